@@ -1,0 +1,176 @@
+"""
+The gateway's settings as one frozen value, and the checks that make a setting valid.
+
+Everything that builds the gateway (the service tree, the front door, the relay)
+reads a L{GatewayConfig}; nothing reads C{sys.argv} or a file directly.  The
+command line (L{gateway.options}) produces one; the TOML file of the lifecycle
+issue will produce one too, through the same checks, so that a bad value gives
+the same message wherever it comes from.
+
+Each check raises L{ConfigError} with a message that names the setting, because
+that message is what an operator sees when start-up refuses a bad value.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IReactorCore
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEMO_LISTEN",
+    "BackendSpec",
+    "ConfigError",
+    "GatewayConfig",
+    "check_client_endpoint",
+    "check_directory",
+    "check_seconds",
+    "check_server_endpoint",
+]
+
+DEFAULT_LISTEN = "tcp:8080"
+"""The public front when no C{--listen} is given (the contract's default)."""
+
+DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
+"""The public front of C{--demo}: loopback only, since the demo is for one machine."""
+
+
+class ConfigError(ValueError):
+    """
+    A setting is invalid.  The message names the setting and says what was wrong.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """
+    One game backend as configured.
+
+    @ivar name: the name shown in logs (and later on the admin endpoint); by
+        default the endpoint string itself.
+    @ivar endpoint: a Twisted client endpoint string, e.g. C{tcp:127.0.0.1:7000}.
+    """
+
+    name: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """
+    Every setting of one gateway, validated.
+
+    @ivar listen: server endpoint strings of the public front.
+    @ivar backends: the game backends, in configured order.
+    @ivar http_root: folder of static files for HTTP clients, or L{None} (then
+        every HTTP request gets a 404, except in demo mode).
+    @ivar http_listing: serve a listing for folders without an index file.
+    @ivar sniff_timeout: seconds a silent client may wait before it is taken for
+        a game client of a protocol where the server speaks first.
+    @ivar connect_timeout: seconds per backend connection attempt.
+    @ivar idle_timeout: seconds without traffic either way before a session is
+        closed; 0 turns the idle timeout off for game sessions.
+    @ivar demo: also run the built-in demo game backends and page.
+    """
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    backends: tuple[BackendSpec, ...] = field(default=())
+    http_root: str | None = None
+    http_listing: bool = False
+    sniff_timeout: float = 2.0
+    connect_timeout: float = 5.0
+    idle_timeout: float = 0.0
+    demo: bool = False
+
+
+def check_seconds(option: str, text: str, *, allow_zero: bool) -> float:
+    """
+    Parse a duration in seconds.
+
+    @param option: the setting's name, for the error message.
+    @param text: what the user wrote.
+    @param allow_zero: whether 0 (meaning "off") is allowed.
+    @return: the duration.
+    @raise ConfigError: not a finite number, negative, or 0 where not allowed.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{option}: expected a number of seconds, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{option}: expected a finite number of seconds, got {text!r}")
+    if value < 0:
+        raise ConfigError(f"{option}: must not be negative, got {text!r}")
+    if value == 0 and not allow_zero:
+        raise ConfigError(f"{option}: must be more than 0 seconds, got {text!r}")
+    return value
+
+
+def check_directory(option: str, path: str) -> str:
+    """
+    Check that C{path} is a readable folder.
+
+    @return: the absolute path.
+    @raise ConfigError: it does not exist, is not a folder, or cannot be read.
+    """
+    absolute = os.path.abspath(path)
+    if not os.path.exists(absolute):
+        raise ConfigError(f"{option}: {path!r} does not exist")
+    if not os.path.isdir(absolute):
+        raise ConfigError(f"{option}: {path!r} is not a directory")
+    if not os.access(absolute, os.R_OK | os.X_OK):
+        raise ConfigError(f"{option}: {path!r} is not readable")
+    return absolute
+
+
+def _describe(error: Exception) -> str:
+    """
+    Turn an endpoint parser's exception into a short reason.
+    """
+    text = str(error).strip()
+    if isinstance(error, KeyError):
+        # serverFromString raises KeyError('Unknown endpoint type: ...') for a
+        # prefix no parser claims; str() of a KeyError keeps the quotes.
+        text = text.strip("'\"")
+    return text or type(error).__name__
+
+
+def check_server_endpoint(option: str, description: str, reactor: IReactorCore) -> str:
+    """
+    Check that a server endpoint string parses, without listening on it.
+
+    @param reactor: the reactor the endpoint would be built for.  Parsing does
+        not touch it; it is what L{serverFromString} needs.
+    @return: the description unchanged.
+    @raise ConfigError: the string does not parse.
+    """
+    if not description.strip():
+        raise ConfigError(f"{option}: empty endpoint")
+    try:
+        serverFromString(reactor, description)
+    except Exception as error:  # noqa: BLE001 - parsers raise anything
+        raise ConfigError(
+            f"{option}: cannot use {description!r} as a server endpoint: {_describe(error)}"
+        ) from None
+    return description
+
+
+def check_client_endpoint(option: str, description: str, reactor: IReactorCore) -> str:
+    """
+    Check that a client endpoint string parses, without connecting.
+
+    @return: the description unchanged.
+    @raise ConfigError: the string does not parse.
+    """
+    if not description.strip():
+        raise ConfigError(f"{option}: empty endpoint")
+    try:
+        clientFromString(reactor, description)
+    except Exception as error:  # noqa: BLE001 - parsers raise anything
+        raise ConfigError(
+            f"{option}: cannot use {description!r} as a client endpoint: {_describe(error)}"
+        ) from None
+    return description

@@ -1,0 +1,250 @@
+"""
+The front door: every connection on the public port starts here.
+
+The L{FrontDoor} reads the client's first bytes and classifies the connection
+with L{classify}:
+
+  - the bytes begin with an HTTP request line (a known method, then a space):
+    the connection is handed to a C{twisted.web} channel;
+  - the bytes cannot begin one: it is a game session (L{gateway.relay});
+  - the bytes so far could still begin one (C{"GE"}): wait for more.
+
+A client that sends nothing (or only the start of a method) for the sniff
+timeout is a game session too, so that protocols where the server speaks first
+work.  The decision never depends on how the client split its bytes: the
+sniffer buffers until L{classify} can decide (at most L{SNIFF_LIMIT} bytes), and
+the buffered bytes are replayed to the chosen side unchanged.
+
+After the decision the front door stays the transport's protocol and forwards
+each event to the chosen side (one method call per chunk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Site
+from typing_extensions import override
+from zope.interface import implementer
+
+from gateway.interfaces import IBackendChooser
+from gateway.relay import GameSession
+
+__all__ = [
+    "HTTP_METHODS",
+    "SNIFF_LIMIT",
+    "FrontDoor",
+    "GatewayFactory",
+    "Verdict",
+    "classify",
+    "describe_peer",
+]
+
+HTTP_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE")
+"""Request methods that mark a connection as HTTP (CONNECT is not served)."""
+
+_STARTS = tuple(method + b" " for method in HTTP_METHODS)
+
+SNIFF_LIMIT = max(len(start) for start in _STARTS)
+"""The most bytes L{classify} ever needs to decide."""
+
+
+class Verdict(Enum):
+    """
+    What L{classify} concluded from a connection's first bytes.
+    """
+
+    HTTP = "http"
+    GAME = "game"
+    UNDECIDED = "undecided"
+
+
+def classify(prefix: bytes) -> Verdict:
+    """
+    Classify a connection from the bytes it sent so far.
+
+    @param prefix: every byte received so far, in order.
+    @return: L{Verdict.HTTP} if C{prefix} starts with a known method and a
+        space, L{Verdict.UNDECIDED} if more bytes could still make it so
+        (including the empty prefix), L{Verdict.GAME} otherwise.
+    """
+    head = prefix[:SNIFF_LIMIT]
+    for start in _STARTS:
+        if head.startswith(start):
+            return Verdict.HTTP
+        if start.startswith(head):
+            return Verdict.UNDECIDED
+    return Verdict.GAME
+
+
+def describe_peer(address: IAddress) -> str:
+    """
+    A short text for a peer address: C{host:port} for IP, the path for UNIX.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if name:
+        return name.decode() if isinstance(name, bytes) else str(name)
+    return str(address)
+
+
+class GatewayFactory(ServerFactory):
+    """
+    Builds a L{FrontDoor} for each accepted connection.
+
+    @ivar site: the public HTTP site.
+    @ivar chooser: picks backends for game sessions.
+    @ivar clock: for the sniff, connect and idle timeouts.
+    @ivar sniff_timeout: seconds a silent client waits before being a game session.
+    @ivar connect_timeout: seconds per backend attempt.
+    @ivar idle_timeout: seconds without traffic before a game session is closed (0: never).
+    """
+
+    def __init__(
+        self,
+        *,
+        site: Site,
+        chooser: IBackendChooser,
+        clock: IReactorTime,
+        sniff_timeout: float,
+        connect_timeout: float,
+        idle_timeout: float,
+    ) -> None:
+        self.site = site
+        self.chooser = chooser
+        self.clock = clock
+        self.sniff_timeout = sniff_timeout
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> FrontDoor:
+        return FrontDoor(self)
+
+
+@implementer(IHalfCloseableProtocol)
+class FrontDoor(Protocol):
+    """
+    Sniffs one public connection, then forwards it to HTTP or a game session.
+    """
+
+    _log = Logger()
+
+    def __init__(self, factory: GatewayFactory) -> None:
+        self.factory = factory
+        self._sniffed = b""
+        self._sniff_call: IDelayedCall | None = None
+        self._forward: Callable[[bytes], None] | None = None
+        self.http: HTTPChannel | None = None
+        self.session: GameSession | None = None
+
+    @override
+    def connectionMade(self) -> None:
+        self._sniff_call = self.factory.clock.callLater(
+            self.factory.sniff_timeout, self._sniff_timed_out
+        )
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        forward = self._forward
+        if forward is not None:
+            forward(data)
+            return
+        self._sniffed += data
+        verdict = classify(self._sniffed)
+        if verdict is Verdict.HTTP:
+            self._start_http()
+        elif verdict is Verdict.GAME:
+            self._start_game()
+
+    def _sniff_timed_out(self) -> None:
+        self._sniff_call = None
+        self._start_game()
+
+    def _stop_sniffing(self) -> bytes:
+        if self._sniff_call is not None and self._sniff_call.active():
+            self._sniff_call.cancel()
+        self._sniff_call = None
+        sniffed, self._sniffed = self._sniffed, b""
+        return sniffed
+
+    def _start_http(self) -> None:
+        sniffed = self._stop_sniffing()
+        assert self.transport is not None
+        channel = self.factory.site.buildProtocol(self.transport.getPeer())
+        assert isinstance(channel, HTTPChannel)
+        self.http = channel
+        self._forward = channel.dataReceived
+        channel.makeConnection(self.transport)
+        channel.dataReceived(sniffed)
+
+    def _start_game(self, *, client_eof: bool = False) -> None:
+        sniffed = self._stop_sniffing()
+        assert self.transport is not None
+        session = GameSession(
+            self.transport,
+            self.factory.chooser,
+            self.factory.clock,
+            connect_timeout=self.factory.connect_timeout,
+            idle_timeout=self.factory.idle_timeout,
+            peer=describe_peer(self.transport.getPeer()),
+        )
+        self.session = session
+        self._forward = session.client_data
+        session.start(sniffed)
+        if client_eof:
+            session.client_eof()
+
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed its sending side (or closed the connection).
+        """
+        if self.session is not None:
+            self.session.client_eof()
+        elif self.http is not None:
+            self._http_client_eof(self.http)
+        elif self._sniffed:
+            # Some bytes, then the end: not HTTP, so a game client that has
+            # said all it will say and waits for the reply.
+            self._start_game(client_eof=True)
+        else:
+            self._stop_sniffing()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _http_client_eof(self, channel: HTTPChannel) -> None:
+        # An HTTP client may half-close after its request (curl does not, nc -N
+        # does): answer what it asked, then close.  Requests still queued are
+        # answered; a keep-alive connection ends after the last response.
+        # HTTPChannel sets _handlingRequest once a whole request was received;
+        # a request cut short by the end of stream can never complete.
+        channel.persistent = False
+        if not getattr(channel, "_handlingRequest", False):
+            channel.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our half-close towards the client completed; nothing to do.
+        """
+
+    @override
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._stop_sniffing()
+        self._forward = None
+        if self.http is not None:
+            self.http.connectionLost(reason)
+        if self.session is not None:
+            self.session.client_lost()

@@ -1,0 +1,206 @@
+"""
+The command line of C{twistd gateway}: argv in, a validated L{GatewayConfig} out.
+
+L{GatewayOptions} is the parser (tested as data: an argv in, a whole config
+out).  L{Options} is what the twistd plugin uses: the same parser, but a bad
+setting ends the process with one line on standard error, instead of twistd's
+habit of printing the whole usage text first.  L{makeService} is the plugin's
+entry point; it imports the service module only when the gateway really starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IReactorCore
+from twisted.python import usage
+from typing_extensions import override
+
+from gateway.config import (
+    DEFAULT_LISTEN,
+    DEMO_LISTEN,
+    BackendSpec,
+    ConfigError,
+    GatewayConfig,
+    check_client_endpoint,
+    check_directory,
+    check_seconds,
+    check_server_endpoint,
+)
+
+if TYPE_CHECKING:
+    from twisted.application.service import IService
+
+__all__ = ["GatewayOptions", "Options", "makeService"]
+
+_DEFAULTS = GatewayConfig()
+
+
+class GatewayOptions(usage.Options):
+    """
+    Parse and check the gateway's options; the result is in L{config}.
+
+    @ivar config: the validated configuration, set by L{postOptions}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve HTTP and proxy game sessions on one public port. Each connection is "
+        "classified from its first bytes: an HTTP request line (a known method and a "
+        "space) is served from --http-root; anything else, or a client that stays "
+        "silent for --sniff-timeout seconds, is a game session relayed byte for byte "
+        "to a backend (round-robin, trying the next backend when one fails). "
+        "Try it: twistd -n gateway --demo"
+    )
+
+    optFlags = [
+        [
+            "demo",
+            None,
+            "Run the built-in demo: two in-process game servers as backends and a demo "
+            f"page as the HTTP root, on {DEMO_LISTEN} unless --listen is given.",
+        ],
+        [
+            "http-listing",
+            None,
+            "List the files of a folder that has no index.html (off: such folders are a 404).",
+        ],
+    ]
+    optParameters = [
+        [
+            "http-root",
+            None,
+            None,
+            "Folder of static files served to HTTP clients on the front "
+            "(default: none, every HTTP request is a 404; the demo page with --demo).",
+        ],
+        [
+            "sniff-timeout",
+            None,
+            str(_DEFAULTS.sniff_timeout),
+            "Seconds to wait for a client's first bytes; a client that sends nothing "
+            "for this long is a game session (for protocols where the server speaks first).",
+        ],
+        [
+            "connect-timeout",
+            None,
+            str(_DEFAULTS.connect_timeout),
+            "Seconds per backend connection attempt; a failed or timed-out attempt is "
+            "retried on the next backend before any client byte is lost.",
+        ],
+        [
+            "idle-timeout",
+            None,
+            str(_DEFAULTS.idle_timeout),
+            "Close a game session with no traffic either way for this many seconds "
+            "(0: never). HTTP keep-alive connections use it too, or 60 s when it is 0.",
+        ],
+    ]
+
+    def __init__(self, reactor: IReactorCore | None = None) -> None:
+        """
+        @param reactor: the reactor endpoint strings are checked against; the
+            global reactor when L{None}.  Checking parses a string, it never
+            listens or connects.
+        """
+        super().__init__()
+        self._reactor = reactor
+        self._listen: list[str] = []
+        self._backends: list[str] = []
+        self.config = _DEFAULTS
+
+    def opt_listen(self, description: str) -> None:
+        """A public front (repeatable; default tcp:8080): any Twisted server endpoint string, e.g. tcp:80, tcp:8080:interface=127.0.0.1, unix:/run/gw.sock."""  # noqa: E501
+        self._listen.append(description)
+
+    def opt_backend(self, description: str) -> None:
+        """A game backend (repeatable; at least one unless --demo): any Twisted client endpoint string, e.g. tcp:10.0.0.5:7000, tls:game.example:7000, unix:/run/game.sock."""  # noqa: E501
+        self._backends.append(description)
+
+    @override
+    def parseArgs(self, *args: str) -> None:
+        """
+        Refuse positional arguments: every setting is an option.
+        """
+        if args:
+            raise usage.UsageError(
+                f"unexpected argument {args[0]!r}: every setting is an option, "
+                "e.g. --backend tcp:HOST:PORT"
+            )
+
+    @override
+    def postOptions(self) -> None:
+        """
+        Check every setting and build L{config}.
+
+        @raise usage.UsageError: a setting is invalid; the message names it.
+        """
+        try:
+            self.config = self._build()
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+
+    def _build(self) -> GatewayConfig:
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        assert reactor is not None
+        demo = bool(self["demo"])
+        listen = self._listen or [DEMO_LISTEN if demo else DEFAULT_LISTEN]
+        for description in listen:
+            check_server_endpoint("--listen", description, reactor)
+        for description in self._backends:
+            check_client_endpoint("--backend", description, reactor)
+        if not self._backends and not demo:
+            raise ConfigError(
+                "--backend: at least one game backend is needed "
+                "(or --demo for the built-in demo game)"
+            )
+        http_root = self["http-root"]
+        if http_root is not None:
+            http_root = check_directory("--http-root", http_root)
+        return GatewayConfig(
+            listen=tuple(listen),
+            backends=tuple(BackendSpec(name=d, endpoint=d) for d in self._backends),
+            http_root=http_root,
+            http_listing=bool(self["http-listing"]),
+            sniff_timeout=check_seconds(
+                "--sniff-timeout", self["sniff-timeout"], allow_zero=False
+            ),
+            connect_timeout=check_seconds(
+                "--connect-timeout", self["connect-timeout"], allow_zero=False
+            ),
+            idle_timeout=check_seconds("--idle-timeout", self["idle-timeout"], allow_zero=True),
+            demo=demo,
+        )
+
+
+class Options(GatewayOptions):
+    """
+    The options of the twistd plugin: a bad setting stops start-up with one
+    line on standard error and exit status 2, before anything is bound.
+    """
+
+    @override
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            sys.stderr.write(f"gateway: error: {error} (see: twistd gateway --help)\n")
+            raise SystemExit(2) from None
+
+
+def makeService(options: dict[str, Any]) -> IService:  # noqa: N802 - the plugin contract
+    """
+    Build the gateway's service tree from parsed options (the IServiceMaker entry).
+
+    @param options: a parsed L{GatewayOptions}.
+    """
+    from gateway.service import make_service
+
+    assert isinstance(options, GatewayOptions)
+    return make_service(options.config)

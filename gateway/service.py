@@ -1,0 +1,144 @@
+"""
+The service tree: a validated L{GatewayConfig} in, one C{MultiService} out.
+
+L{make_service} only assembles: it builds endpoints from their strings, the
+pool, the HTTP site and the front door's factory, and puts a listener service
+per C{--listen} under one L{GatewayService}.  Nothing is bound until twistd
+starts the tree.  The reactor is fetched here, lazily, and passed down; no
+other module imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    clientFromString,
+    serverFromString,
+)
+from twisted.internet.interfaces import IListeningPort, IReactorTCP
+from twisted.logger import Logger
+from typing_extensions import override
+
+from gateway.config import GatewayConfig
+from gateway.front import GatewayFactory
+from gateway.pool import Backend, Pool
+from gateway.web import make_site
+
+__all__ = ["DemoBackends", "GatewayService", "make_service"]
+
+DEMO_BACKENDS = ("demo-a", "demo-b")
+"""Names of the demo game servers that C{--demo} runs in-process."""
+
+
+class GatewayService(MultiService):
+    """
+    The root of the gateway's service tree.
+
+    @ivar config: the configuration it was built from.
+    @ivar pool: the game backends.
+    @ivar factory: the front door's factory, shared by every listener.
+    """
+
+    def __init__(self, config: GatewayConfig, pool: Pool, factory: GatewayFactory) -> None:
+        super().__init__()
+        self.config = config
+        self.pool = pool
+        self.factory = factory
+
+
+class DemoBackends(Service):
+    """
+    The built-in demo game servers: listen on ephemeral loopback ports and put
+    each into the pool as a backend.
+    """
+
+    _log = Logger()
+
+    def __init__(self, pool: Pool, reactor: IReactorTCP, names: tuple[str, ...]) -> None:
+        self._pool = pool
+        self._reactor = reactor
+        self._names = names
+        self._ports: list[IListeningPort] = []
+
+    @override
+    def startService(self) -> None:
+        from gateway.demo import HiLoFactory
+
+        super().startService()
+        for name in self._names:
+            factory = HiLoFactory(name)
+            port = self._reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
+            self._ports.append(port)
+            number = port.getHost().port  # type: ignore[attr-defined]
+            description = f"tcp:127.0.0.1:{number}"
+            self._pool.add(
+                Backend(
+                    name=name,
+                    description=description,
+                    endpoint=TCP4ClientEndpoint(self._reactor, "127.0.0.1", number),
+                )
+            )
+            self._log.info(
+                "demo game server {name} listening on {endpoint}", name=name, endpoint=description
+            )
+
+    @override
+    def stopService(self) -> Any:
+        super().stopService()
+        ports, self._ports = self._ports, []
+        for port in ports:
+            port.stopListening()
+
+
+def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
+    """
+    Assemble the gateway for C{config}.
+
+    @param reactor: the reactor to run on; the global one when L{None}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    pool = Pool(
+        Backend(
+            name=spec.name,
+            description=spec.endpoint,
+            endpoint=clientFromString(reactor, spec.endpoint),
+        )
+        for spec in config.backends
+    )
+    http_root = config.http_root
+    if http_root is None and config.demo:
+        from gateway.demo import SITE_DIR
+
+        http_root = SITE_DIR
+    site = make_site(
+        http_root,
+        listing=config.http_listing,
+        idle_timeout=config.idle_timeout,
+        reactor=reactor,
+    )
+    factory = GatewayFactory(
+        site=site,
+        chooser=pool,
+        clock=reactor,
+        sniff_timeout=config.sniff_timeout,
+        connect_timeout=config.connect_timeout,
+        idle_timeout=config.idle_timeout,
+    )
+    top = GatewayService(config, pool, factory)
+    if config.demo:
+        DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
+    for description in config.listen:
+        listener = StreamServerEndpointService(serverFromString(reactor, description), factory)
+        # Fail start-up when a port cannot be bound, instead of logging and
+        # running on without it.
+        listener._raiseSynchronously = True
+        listener.setName(f"listen {description}")
+        listener.setServiceParent(top)
+    return top

@@ -1,0 +1,38 @@
+"""
+Shared fixtures: threaded loopback backends for the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import Backend, banner_then_echo, echo, sink
+
+
+@pytest.fixture
+def echo_backend() -> Iterator[Backend]:
+    """
+    A backend that echoes every byte back.
+    """
+    with Backend(echo) as backend:
+        yield backend
+
+
+@pytest.fixture
+def banner_backend() -> Iterator[Backend]:
+    """
+    A backend that speaks first (a banner with its port), then echoes.
+    """
+    with Backend(banner_then_echo) as backend:
+        yield backend
+
+
+@pytest.fixture
+def sink_backend() -> Iterator[Backend]:
+    """
+    A backend that reads to the end, then answers with the count and SHA-256.
+    """
+    with Backend(sink) as backend:
+        yield backend

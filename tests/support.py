@@ -1,0 +1,357 @@
+"""
+Helpers for the end-to-end tests: a real C{twistd -n gateway} subprocess and
+small threaded backends, all on loopback with ephemeral ports.
+
+The gateway is started the way users start it (C{twistd -n gateway ...} from the
+venv that runs the tests), on C{tcp:0}; its real port is read back from
+C{/proc} (the listening sockets the process owns), never from its log text.
+Every process started here is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "Backend",
+    "GatewayProcess",
+    "closed_port",
+    "connect",
+    "listening_ports",
+    "recv_exactly",
+    "recv_until_eof",
+    "rss_kib",
+    "wait_for",
+]
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+"""The twistd of the venv that runs the tests (so the plugin under test is found)."""
+
+DEADLINE = 20.0
+"""Seconds any single wait in these helpers may take before the test fails."""
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    """
+    Poll C{predicate} until it is true.
+
+    @raise AssertionError: it stayed false for C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def listening_ports(pid: int) -> dict[str, int]:
+    """
+    The TCP (IPv4) ports process C{pid} listens on.
+
+    @return: C{{"127.0.0.1": port, ...}}: local address to port.  (One port per
+        address is enough for these tests.)
+    """
+    inodes = _socket_inodes(pid)
+    found: dict[str, int] = {}
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            hex_host, hex_port = local.split(":")
+            host = socket.inet_ntoa(bytes.fromhex(hex_host)[::-1])
+            found[host] = int(hex_port, 16)
+    return found
+
+
+def rss_kib(pid: int) -> int:
+    """
+    The resident set size of process C{pid}, in KiB.
+    """
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+class GatewayProcess:
+    """
+    A C{twistd -n gateway} subprocess listening on an ephemeral port.
+
+    Use as a context manager; on exit it is stopped with SIGTERM (then
+    SIGKILL) by its PID, and its log stays readable in L{log}.
+
+    @ivar port: the public front's port on C{host}.
+    """
+
+    def __init__(self, args: list[str], tmp_path: Path, host: str = "127.0.0.1") -> None:
+        """
+        @param args: the gateway's options; C{--listen tcp:0:interface=HOST}
+            is added unless C{args} has a C{--listen}.
+        @param tmp_path: where the log goes.
+        @param host: the front's address when C{--listen} is added here.
+        """
+        self.host = host
+        self.log_path = tmp_path / "gateway.log"
+        if not any(a == "--listen" or a.startswith("--listen=") for a in args):
+            args = ["--listen", f"tcp:0:interface={host}", *args]
+        self.argv = [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path), "gateway"]
+        self.argv += args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def __enter__(self) -> GatewayProcess:
+        self.process = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        pid = self.process.pid
+
+        def listening() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"gateway exited early: {self.stderr()}\n{self.log()}")
+            return self.host in listening_ports(pid)
+
+        wait_for(listening, "the gateway to listen")
+        self.port = listening_ports(pid)[self.host]
+        return self
+
+    @property
+    def pid(self) -> int:
+        """
+        The gateway's process ID.
+        """
+        assert self.process is not None
+        return self.process.pid
+
+    def stderr(self) -> str:
+        """
+        What the process wrote to standard error (only once it has exited).
+        """
+        assert self.process is not None and self.process.stderr is not None
+        if self.process.poll() is None:
+            return ""
+        return self.process.stderr.read().decode(errors="replace")
+
+    def log(self) -> str:
+        """
+        The gateway's log so far.
+        """
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> int:
+        """
+        Stop the gateway by its PID (SIGTERM, then SIGKILL after a grace time).
+
+        @return: its exit status.
+        """
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return self.process.returncode
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def connect(port: int, host: str = "127.0.0.1", timeout: float = DEADLINE) -> socket.socket:
+    """
+    A blocking client socket connected to C{host:port}, with a timeout on every operation.
+    """
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def recv_exactly(sock: socket.socket, count: int) -> bytes:
+    """
+    Read exactly C{count} bytes.
+
+    @raise AssertionError: the stream ended first.
+    """
+    chunks = []
+    while count:
+        chunk = sock.recv(min(count, 1 << 20))
+        if not chunk:
+            raise AssertionError(f"stream ended {count} bytes early")
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_until_eof(sock: socket.socket) -> bytes:
+    """
+    Read until the peer ends the stream.
+    """
+    chunks = []
+    while chunk := sock.recv(1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def closed_port() -> int:
+    """
+    A loopback port with nothing listening on it (connections are refused).
+
+    The socket stays bound (never listening) for the life of the process, so
+    no other test can take the port meanwhile.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _keep_bound.append(sock)
+    return int(sock.getsockname()[1])
+
+
+_keep_bound: list[socket.socket] = []
+
+
+Handler = Callable[[socket.socket, "Backend"], None]
+
+
+class Backend:
+    """
+    A threaded TCP server on an ephemeral loopback port; each connection runs
+    C{handler(sock, backend)} in its own thread.
+
+    @ivar port: its port.
+    @ivar connections: how many connections it accepted.
+    @ivar received: per connection, what a recording handler stored.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.received: list[bytes] = []
+        self.digests: list[str] = []
+        self._lock = threading.Lock()
+        backend = self
+
+        class _Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with backend._lock:
+                    backend.connections += 1
+                sock = self.request
+                assert isinstance(sock, socket.socket)
+                sock.settimeout(DEADLINE)
+                try:
+                    backend.handler(sock, backend)
+                except OSError:
+                    pass
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        """
+        Its client endpoint string, for C{--backend}.
+        """
+        return f"tcp:127.0.0.1:{self.port}"
+
+    def record(self, data: bytes) -> None:
+        """
+        Keep what one connection received (thread-safe).
+        """
+        with self._lock:
+            self.received.append(data)
+
+    def __enter__(self) -> Backend:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def echo(sock: socket.socket, backend: Backend) -> None:
+    """
+    Send back everything received; on end of stream, close.
+    """
+    while data := sock.recv(1 << 16):
+        sock.sendall(data)
+
+
+def banner_then_echo(sock: socket.socket, backend: Backend) -> None:
+    """
+    Speak first (a banner naming the port), then echo.
+    """
+    sock.sendall(f"HELLO from {backend.port}\r\n".encode())
+    echo(sock, backend)
+
+
+def sink(sock: socket.socket, backend: Backend) -> None:
+    """
+    Read to the end of stream, then answer with the byte count and the SHA-256
+    of what was read, and record it.
+    """
+    digest = hashlib.sha256()
+    count = 0
+    while data := sock.recv(1 << 20):
+        digest.update(data)
+        count += len(data)
+    sock.sendall(f"{count} {digest.hexdigest()}\n".encode())
+    with backend._lock:
+        backend.digests.append(digest.hexdigest())
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """
+    C{size} pseudo-random bytes, so that a lost, duplicated or reordered block
+    changes the digest.
+    """
+    return random.Random(seed).randbytes(size)
+
+
+def chunks_of(data: bytes, size: int) -> Iterator[bytes]:
+    """
+    C{data} in pieces of C{size} bytes.
+    """
+    for start in range(0, len(data), size):
+        yield data[start : start + size]

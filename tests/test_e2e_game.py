@@ -1,0 +1,324 @@
+"""
+End-to-end tests of game sessions: a real C{twistd -n gateway} subprocess on
+loopback, real backends and blocking clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    Backend,
+    GatewayProcess,
+    closed_port,
+    connect,
+    pattern,
+    recv_exactly,
+    recv_until_eof,
+    rss_kib,
+    wait_for,
+)
+
+MB = 1 << 20
+
+
+def source_of(data: bytes) -> Backend:
+    """
+    A backend that sends C{data} and then closes the connection.
+    """
+
+    def send(sock: socket.socket, backend: Backend) -> None:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        recv_until_eof(sock)
+
+    return Backend(send)
+
+
+def test_http_and_game_on_one_port_at_once(tmp_path: Path, echo_backend: Backend) -> None:
+    """
+    One port serves an HTTP client and a game client at the same time: the game
+    session stays open and keeps echoing while HTTP requests are answered.
+    """
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_text("<h1>game page</h1>")
+    with GatewayProcess(
+        ["--backend", echo_backend.endpoint, "--http-root", str(root)], tmp_path
+    ) as gateway:
+        game = connect(gateway.port)
+        game.sendall(b"hello backend\n")
+        assert recv_exactly(game, 14) == b"hello backend\n"
+
+        web = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        web.request("GET", "/")
+        response = web.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type", "").startswith("text/html")
+        assert response.read() == b"<h1>game page</h1>"
+
+        game.sendall(b"still here\n")
+        assert recv_exactly(game, 11) == b"still here\n"
+        web.request("GET", "/missing")
+        missing = web.getresponse()
+        missing.read()
+        assert missing.status == 404
+        game.close()
+        web.close()
+
+
+def test_twenty_megabytes_each_way_byte_exact(tmp_path: Path, sink_backend: Backend) -> None:
+    """
+    20 MB from client to backend and 20 MB from backend to client arrive
+    byte-exact (same length, same SHA-256).
+    """
+    upload = pattern(20 * MB, seed=1)
+    download = pattern(20 * MB, seed=2)
+    with (
+        source_of(download) as source,
+        GatewayProcess(["--backend", sink_backend.endpoint], tmp_path) as gateway,
+    ):
+        client = connect(gateway.port)
+        client.sendall(upload)
+        client.shutdown(socket.SHUT_WR)
+        reply = recv_until_eof(client).decode()
+        assert reply == f"{len(upload)} {hashlib.sha256(upload).hexdigest()}\n"
+        client.close()
+
+    with (
+        source_of(download) as source,
+        GatewayProcess(["--backend", source.endpoint], tmp_path) as gateway,
+    ):
+        client = connect(gateway.port)
+        # The backend speaks first: the client sends nothing, so the sniff
+        # timeout (2 s by default) decides that it is a game session.
+        received = recv_until_eof(client)
+        assert len(received) == len(download)
+        assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+        client.close()
+
+
+def test_slow_reader_keeps_gateway_memory_bounded(tmp_path: Path) -> None:
+    """
+    A backend sends 200 MB to a client that reads slowly: the backend is held
+    back (flow control), the gateway's memory stays within a bound far below
+    the data volume, and every byte arrives.
+    """
+    total = 200 * MB
+    block = pattern(MB, seed=3)
+    sent = [0]
+
+    def flood(sock: socket.socket, backend: Backend) -> None:
+        for _ in range(total // MB):
+            sock.sendall(block)
+            sent[0] += MB
+        sock.shutdown(socket.SHUT_WR)
+        recv_until_eof(sock)
+
+    with (
+        Backend(flood) as source,
+        GatewayProcess(
+            ["--backend", source.endpoint, "--sniff-timeout", "0.2"], tmp_path
+        ) as gateway,
+    ):
+        baseline = rss_kib(gateway.pid)
+        client = connect(gateway.port)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        wait_for(lambda: sent[0] > 0, "the backend to start sending")
+        # Not reading at all for a while: the backend must stall.
+        time.sleep(1.5)
+        stalled_at = sent[0]
+        peak = rss_kib(gateway.pid)
+        assert stalled_at < 32 * MB, f"backend not held back: {stalled_at} bytes sent"
+
+        # Now read slowly, 256 KiB at a time with pauses, sampling memory.
+        received = 0
+        digest = hashlib.sha256()
+        deadline = time.monotonic() + 120
+        while received < total:
+            assert time.monotonic() < deadline
+            chunk = client.recv(256 * 1024)
+            if not chunk:
+                break
+            digest.update(chunk)
+            received += len(chunk)
+            if received % (8 * MB) < len(chunk):
+                peak = max(peak, rss_kib(gateway.pid))
+                time.sleep(0.01)
+        assert client.recv(1) == b""
+        client.close()
+
+    assert received == total
+    expected = hashlib.sha256(block * (total // MB)).digest()
+    assert digest.digest() == expected
+    growth_mib = (peak - baseline) / 1024
+    print(
+        f"slow reader: backend stalled at {stalled_at / MB:.2f} MiB, "
+        f"gateway RSS {baseline} KiB -> peak {peak} KiB"
+    )
+    # The bound (docs/architecture.md): about one write buffer plus one read per
+    # direction for this one session, i.e. well under 1 MiB of payload; 16 MiB
+    # leaves room for the allocator.  Without flow control it would be ~200 MiB.
+    assert growth_mib < 16, f"gateway RSS grew by {growth_mib:.1f} MiB"
+
+
+def test_server_speaks_first_through_the_sniff_timeout(
+    tmp_path: Path, banner_backend: Backend
+) -> None:
+    """
+    A client that sends nothing is taken for a game client after the sniff
+    timeout, so a backend that speaks first reaches it; the session then works
+    both ways.
+    """
+    with GatewayProcess(
+        ["--backend", banner_backend.endpoint, "--sniff-timeout", "0.3"], tmp_path
+    ) as gateway:
+        client = connect(gateway.port)
+        started = time.monotonic()
+        banner = recv_exactly(client, len(f"HELLO from {banner_backend.port}\r\n"))
+        assert banner == f"HELLO from {banner_backend.port}\r\n".encode()
+        assert time.monotonic() - started >= 0.25
+        client.sendall(b"GET is not special mid-session\n")
+        assert recv_exactly(client, 31) == b"GET is not special mid-session\n"
+        client.close()
+
+
+def test_failover_to_second_backend_loses_no_byte(tmp_path: Path, sink_backend: Backend) -> None:
+    """
+    With the first backend refusing connections, the session lands on the
+    second, and every byte the client sent meanwhile (one byte per write)
+    arrives in order.
+    """
+    dead = closed_port()
+    message = b"player-42 joins\n" * 64
+    with GatewayProcess(
+        ["--backend", f"tcp:127.0.0.1:{dead}", "--backend", sink_backend.endpoint],
+        tmp_path,
+    ) as gateway:
+        client = connect(gateway.port)
+        for byte in message:
+            client.send(bytes([byte]))
+        client.shutdown(socket.SHUT_WR)
+        reply = recv_until_eof(client).decode()
+        client.close()
+        assert reply == f"{len(message)} {hashlib.sha256(message).hexdigest()}\n"
+        assert sink_backend.connections == 1
+        wait_for(lambda: "failed for a session" in gateway.log(), "the failure log line")
+        assert "Connection refused" in gateway.log()
+
+
+def test_no_backend_reachable_closes_the_client(tmp_path: Path) -> None:
+    """
+    When every backend refuses, the client is closed (not left hanging) and the
+    gateway logs why, and keeps serving.
+    """
+    with GatewayProcess(
+        ["--backend", f"tcp:127.0.0.1:{closed_port()}", "--sniff-timeout", "0.2"], tmp_path
+    ) as gateway:
+        for _ in range(2):
+            client = connect(gateway.port)
+            client.sendall(b"hello\n")
+            assert recv_until_eof(client) == b""
+            client.close()
+        wait_for(lambda: "no backend available" in gateway.log(), "the log line")
+        assert gateway.process is not None and gateway.process.poll() is None
+
+
+def test_client_half_close_still_gets_the_whole_reply(tmp_path: Path) -> None:
+    """
+    A client that shuts down its sending side (as C{nc -N} does) still gets
+    the whole reply, which the backend sends only after seeing end of stream.
+    """
+    reply = pattern(3 * MB, seed=4)
+
+    def answer_after_eof(sock: socket.socket, backend: Backend) -> None:
+        backend.record(recv_until_eof(sock))
+        time.sleep(0.2)
+        sock.sendall(reply)
+
+    with (
+        Backend(answer_after_eof) as backend,
+        GatewayProcess(["--backend", backend.endpoint], tmp_path) as gateway,
+    ):
+        client = connect(gateway.port)
+        client.sendall(b"quit\n")
+        client.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(client) == reply
+        client.close()
+        assert backend.received == [b"quit\n"]
+
+
+def test_idle_timeout_closes_quiet_sessions_only(tmp_path: Path, echo_backend: Backend) -> None:
+    """
+    With --idle-timeout, a session with no traffic is closed after about that
+    long, while a session that keeps talking stays open past it.
+    """
+    with GatewayProcess(
+        ["--backend", echo_backend.endpoint, "--idle-timeout", "0.6"], tmp_path
+    ) as gateway:
+        quiet = connect(gateway.port)
+        busy = connect(gateway.port)
+        for sock in (quiet, busy):
+            sock.sendall(b"hi\n")
+            assert recv_exactly(sock, 3) == b"hi\n"
+        started = time.monotonic()
+        closed_at: list[float] = []
+
+        def watch() -> None:
+            # A clean close (FIN), not a reset: recv() returns b"".
+            if quiet.recv(1) == b"":
+                closed_at.append(time.monotonic() - started)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        for _ in range(8):  # 1.6 s of traffic, well past the timeout
+            time.sleep(0.2)
+            busy.sendall(b"ping\n")
+            assert recv_exactly(busy, 5) == b"ping\n"
+        watcher.join(timeout=10)
+        assert closed_at, "the quiet session was not closed"
+        assert 0.5 <= closed_at[0] <= 1.5
+        busy.sendall(b"last\n")
+        assert recv_exactly(busy, 5) == b"last\n"
+        quiet.close()
+        busy.close()
+        wait_for(lambda: "idle for 0.6 s" in gateway.log(), "the idle log line")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--sniff-timeout", "-1"], "--sniff-timeout: must not be negative"),
+        (["--listen", "nosuch:1234"], "--listen: cannot use 'nosuch:1234'"),
+        (["--http-root", "/no/such/dir"], "--http-root: '/no/such/dir' does not exist"),
+    ],
+)
+def test_bad_option_stops_start_up_with_one_line(
+    tmp_path: Path, echo_backend: Backend, args: list[str], expected: str
+) -> None:
+    """
+    A bad setting stops twistd before anything is bound: exit status 2 and one
+    line on standard error that names the option.
+    """
+    import subprocess
+
+    from tests.support import TWISTD
+
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "gateway", "--backend", echo_backend.endpoint, *args],
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("gateway: error: " + expected)
+    assert result.stdout == b""

@@ -1,0 +1,287 @@
+"""
+Unit tests of the front door: classification of first bytes, however the
+client splits them, and the sniff timeout, on in-memory transports and a
+L{Clock}.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.base import DelayedCall
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from zope.interface import implementer
+
+from gateway.front import HTTP_METHODS, SNIFF_LIMIT, FrontDoor, GatewayFactory, Verdict, classify
+from gateway.pool import Backend, Pool
+from gateway.web import make_site
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+def splits(data: bytes) -> st.SearchStrategy[list[bytes]]:
+    """
+    Every way of cutting C{data} into consecutive non-empty pieces.
+    """
+    if not data:
+        return st.just([])
+    return st.lists(
+        st.integers(min_value=1, max_value=len(data) - 1), unique=True, max_size=len(data)
+    ).map(
+        lambda cuts: [
+            data[a:b] for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(data)], strict=True)
+        ]
+    )
+
+
+@implementer(IStreamClientEndpoint)
+class RecordingEndpoint:
+    """
+    A client endpoint that records connection attempts and never completes them.
+    """
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        self.attempts += 1
+        return Deferred()
+
+
+def make_front(
+    sniff_timeout: float = 2.0,
+) -> tuple[FrontDoor, StringTransportWithDisconnection, MemoryReactorClock, RecordingEndpoint]:
+    """
+    A front door on an in-memory transport, with one backend that never answers.
+    """
+    reactor = MemoryReactorClock()
+    endpoint = RecordingEndpoint()
+    pool = Pool([Backend(name="b", description="b", endpoint=endpoint)])
+    factory = GatewayFactory(
+        site=make_site(None, listing=False, idle_timeout=0, reactor=reactor),
+        chooser=pool,
+        clock=reactor,
+        sniff_timeout=sniff_timeout,
+        connect_timeout=5,
+        idle_timeout=0,
+    )
+    front = factory.buildProtocol(PEER)
+    transport = StringTransportWithDisconnection(peerAddress=PEER)
+    transport.protocol = front
+    front.makeConnection(transport)
+    return front, transport, reactor, endpoint
+
+
+def test_classify_known_methods() -> None:
+    """
+    Every known method followed by a space is HTTP, whatever follows.
+    """
+    for method in HTTP_METHODS:
+        assert classify(method + b" ") is Verdict.HTTP
+        assert classify(method + b" /index.html HTTP/1.1\r\n") is Verdict.HTTP
+
+
+def test_classify_prefixes_wait() -> None:
+    """
+    The empty prefix and every proper prefix of "METHOD " are undecided.
+    """
+    assert classify(b"") is Verdict.UNDECIDED
+    for method in HTTP_METHODS:
+        start = method + b" "
+        for end in range(len(start)):
+            assert classify(start[:end]) is Verdict.UNDECIDED
+
+
+def test_classify_game_bytes() -> None:
+    """
+    Bytes that cannot start an HTTP request line are a game, including a
+    method without its space and lower-case methods.
+    """
+    for data in [
+        b"\x00",
+        b"hello",
+        b"GETX",
+        b"GET\r\n",
+        b"get / HTTP/1.1",
+        b"\x16\x03\x01",
+        b"CONNECT ",
+    ]:
+        assert classify(data) is Verdict.GAME
+
+
+@given(st.binary(max_size=40))
+def test_classify_is_a_function_of_the_first_bytes(data: bytes) -> None:
+    """
+    The verdict never changes once decided: appending bytes to a decided
+    prefix keeps the verdict, and only the first SNIFF_LIMIT bytes matter.
+    """
+    verdict = classify(data)
+    if verdict is not Verdict.UNDECIDED:
+        assert classify(data + b"more bytes") is verdict
+    assert classify(data) is classify(data[:SNIFF_LIMIT])
+    if len(data) >= SNIFF_LIMIT:
+        assert verdict is not Verdict.UNDECIDED
+
+
+REQUEST = b"GET /missing HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n"
+
+
+@given(splits(REQUEST))
+def test_http_request_in_any_split_is_served(pieces: list[bytes]) -> None:
+    """
+    An HTTP request cut into any pieces is classified HTTP and answered
+    exactly once (here a 404: no HTTP root), and no backend is contacted.
+    """
+    front, transport, _reactor, endpoint = make_front()
+    for piece in pieces:
+        front.dataReceived(piece)
+    assert isinstance(front.http, HTTPChannel)
+    assert front.session is None
+    response = transport.value()
+    assert response.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert response.count(b"HTTP/1.1 ") == 1
+    assert endpoint.attempts == 0
+
+
+GAME = b"GEThello\x00\x01 this is a game protocol\r\n" * 3
+
+
+@given(splits(GAME))
+def test_game_bytes_in_any_split_are_held_whole(pieces: list[bytes]) -> None:
+    """
+    Game bytes cut into any pieces (one byte per write included) go to the
+    game session unchanged: nothing lost, duplicated or reordered, and the
+    client's reading is paused while the backend connects.
+    """
+    front, transport, _reactor, endpoint = make_front()
+    for piece in pieces:
+        front.dataReceived(piece)
+    session = front.session
+    assert session is not None
+    assert b"".join(session._held) == GAME
+    assert endpoint.attempts == 1
+    assert transport.producerState == "paused"
+    assert transport.value() == b""
+
+
+def test_one_byte_per_write_http() -> None:
+    """
+    An HTTP request arriving one byte per write is still HTTP: the sniffer
+    waits for enough bytes instead of deciding on the first read.
+    """
+    front, transport, reactor, endpoint = make_front()
+    for byte in REQUEST:
+        front.dataReceived(bytes([byte]))
+        reactor.advance(0.1)
+    assert front.http is not None
+    assert transport.value().startswith(b"HTTP/1.1 404")
+    assert endpoint.attempts == 0
+
+
+def test_silent_client_becomes_a_game_session_after_the_sniff_timeout() -> None:
+    """
+    A client that sends nothing is a game session exactly when the sniff
+    timeout expires, not before.
+    """
+    front, _transport, reactor, endpoint = make_front(sniff_timeout=1.5)
+    reactor.advance(1.49)
+    assert front.session is None and endpoint.attempts == 0
+    reactor.advance(0.01)
+    assert front.session is not None
+    assert endpoint.attempts == 1
+    assert front.session._held == []
+
+
+def test_partial_method_then_silence_is_a_game() -> None:
+    """
+    A client that sends the start of a method ("GE") and then nothing is a
+    game session after the sniff timeout, and its two bytes are kept.
+    """
+    front, _transport, reactor, _endpoint = make_front(sniff_timeout=1)
+    front.dataReceived(b"GE")
+    reactor.advance(1)
+    assert front.session is not None
+    assert front.session._held == [b"GE"]
+
+
+def test_sniff_timer_cancelled_once_decided() -> None:
+    """
+    Once a connection is classified, the sniff timer is gone: no delayed call
+    is left behind to fire later.
+    """
+    front, _transport, reactor, _endpoint = make_front()
+    front.dataReceived(REQUEST)
+    calls = [cast(DelayedCall, c) for c in reactor.getDelayedCalls()]
+    assert [c for c in calls if c.active() and c.func == front._sniff_timed_out] == []
+
+
+def test_close_while_sniffing_contacts_no_backend() -> None:
+    """
+    A client that connects and leaves without a byte costs no backend
+    connection, and leaves no timer behind.
+    """
+    front, transport, reactor, endpoint = make_front()
+    transport.loseConnection()
+    reactor.advance(10)
+    assert endpoint.attempts == 0
+    assert front.session is None
+    assert not any(
+        c.active() and cast(DelayedCall, c).func == front._sniff_timed_out
+        for c in reactor.getDelayedCalls()
+    )
+
+
+def test_eof_while_sniffing_with_bytes_is_a_game() -> None:
+    """
+    A client that sends a few game bytes and half-closes at once (nc -N) is a
+    game session that carries its bytes and its end of stream.
+    """
+    front, _transport, _reactor, endpoint = make_front()
+    front.dataReceived(b"hi")
+    front.readConnectionLost()
+    assert front.session is not None
+    assert front.session._held == [b"hi"]
+    assert front.session._client_eof
+    assert endpoint.attempts == 1
+
+
+def test_eof_while_sniffing_without_bytes_closes() -> None:
+    """
+    A client that half-closes without sending anything is closed.
+    """
+    front, transport, _reactor, endpoint = make_front()
+    front.readConnectionLost()
+    assert not transport.connected
+    assert endpoint.attempts == 0
+
+
+def test_http_half_close_after_request_gets_response_then_close() -> None:
+    """
+    An HTTP client that half-closes after its request gets the response and
+    then the connection is closed, even on HTTP/1.1 keep-alive.
+    """
+    front, transport, _reactor, _endpoint = make_front()
+    front.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    front.readConnectionLost()
+    assert transport.value().startswith(b"HTTP/1.1 404")
+    assert not transport.connected
+
+
+def test_connection_lost_reaches_the_http_channel() -> None:
+    """
+    When the connection is lost, the HTTP channel hears about it: its idle
+    timer (on the gateway's clock) is cancelled, so nothing is left scheduled.
+    """
+    front, _transport, reactor, _endpoint = make_front()
+    front.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+    assert front.http is not None
+    assert any(call.active() for call in reactor.getDelayedCalls())
+    front.connectionLost(Failure(ConnectionError("gone")))
+    assert not any(call.active() for call in reactor.getDelayedCalls())

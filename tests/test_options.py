@@ -1,0 +1,182 @@
+"""
+The command line as data: an argv in, a whole L{GatewayConfig} out, and every
+bad setting refused with a message that names it.  Also: Twisted's plugin
+discovery finds the plugin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactor
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+
+from gateway.config import BackendSpec, GatewayConfig
+from gateway.options import GatewayOptions, Options
+
+
+def parse(argv: list[str]) -> GatewayConfig:
+    """
+    Parse C{argv} as the plugin would, against a memory reactor.
+    """
+    options = GatewayOptions(reactor=MemoryReactor())
+    options.parseOptions(argv)
+    return options.config
+
+
+def test_plugin_is_discovered() -> None:
+    """
+    Twisted's plugin discovery finds exactly one "gateway" service maker, and
+    it points at the options module.
+    """
+    makers = [p for p in getPlugins(IServiceMaker) if p.tapname == "gateway"]
+    assert len(makers) == 1
+    assert makers[0].options is Options
+
+
+def test_minimal_command_line() -> None:
+    """
+    One backend and nothing else gives the documented defaults.
+    """
+    assert parse(["--backend", "tcp:127.0.0.1:7000"]) == GatewayConfig(
+        listen=("tcp:8080",),
+        backends=(BackendSpec(name="tcp:127.0.0.1:7000", endpoint="tcp:127.0.0.1:7000"),),
+        http_root=None,
+        http_listing=False,
+        sniff_timeout=2.0,
+        connect_timeout=5.0,
+        idle_timeout=0.0,
+        demo=False,
+    )
+
+
+def test_full_command_line(tmp_path: Path) -> None:
+    """
+    Every option lands in the config; repeated --listen and --backend keep
+    their order.
+    """
+    argv = [
+        "--listen",
+        "tcp:80",
+        "--listen=unix:/tmp/gw.sock",
+        "--backend",
+        "tcp:10.0.0.1:7000",
+        "--backend",
+        "unix:/run/game.sock",
+        "--http-root",
+        str(tmp_path),
+        "--http-listing",
+        "--sniff-timeout",
+        "0.5",
+        "--connect-timeout",
+        "3",
+        "--idle-timeout",
+        "600",
+    ]
+    assert parse(argv) == GatewayConfig(
+        listen=("tcp:80", "unix:/tmp/gw.sock"),
+        backends=(
+            BackendSpec(name="tcp:10.0.0.1:7000", endpoint="tcp:10.0.0.1:7000"),
+            BackendSpec(name="unix:/run/game.sock", endpoint="unix:/run/game.sock"),
+        ),
+        http_root=str(tmp_path),
+        http_listing=True,
+        sniff_timeout=0.5,
+        connect_timeout=3.0,
+        idle_timeout=600.0,
+        demo=False,
+    )
+
+
+def test_demo_defaults() -> None:
+    """
+    --demo needs no backend and listens on loopback port 8080 by default.
+    """
+    assert parse(["--demo"]) == GatewayConfig(listen=("tcp:8080:interface=127.0.0.1",), demo=True)
+
+
+def test_demo_with_listen() -> None:
+    """
+    --listen given with --demo replaces the demo's default front.
+    """
+    assert parse(["--demo", "--listen", "tcp:9999"]).listen == ("tcp:9999",)
+
+
+def test_relative_http_root_becomes_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A relative --http-root is resolved at start-up, so twistd's --rundir or a
+    later chdir cannot change what is served.
+    """
+    (tmp_path / "www").mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = parse(["--backend", "tcp:h:1", "--http-root", "www"])
+    assert config.http_root == str(tmp_path / "www")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "--backend: at least one game backend is needed"),
+        (["--backend", "nosuch:1"], "--backend: cannot use 'nosuch:1' as a client endpoint"),
+        (["--backend", "tcp:host"], "--backend: cannot use 'tcp:host' as a client endpoint"),
+        (["--backend", ""], "--backend: empty endpoint"),
+        (["--listen", "tcp:notaport", "--demo"], "--listen: cannot use 'tcp:notaport'"),
+        (
+            ["--listen", "bogus:80", "--demo"],
+            "--listen: cannot use 'bogus:80' as a server endpoint",
+        ),
+        (["--listen", " ", "--demo"], "--listen: empty endpoint"),
+        (["--demo", "--sniff-timeout", "-1"], "--sniff-timeout: must not be negative, got '-1'"),
+        (["--demo", "--sniff-timeout", "0"], "--sniff-timeout: must be more than 0 seconds"),
+        (["--demo", "--sniff-timeout", "abc"], "--sniff-timeout: expected a number of seconds"),
+        (["--demo", "--sniff-timeout", "nan"], "--sniff-timeout: expected a finite number"),
+        (["--demo", "--connect-timeout", "-0.5"], "--connect-timeout: must not be negative"),
+        (["--demo", "--connect-timeout", "0"], "--connect-timeout: must be more than 0 seconds"),
+        (["--demo", "--idle-timeout", "-3"], "--idle-timeout: must not be negative"),
+        (["--demo", "--idle-timeout", "inf"], "--idle-timeout: expected a finite number"),
+        (
+            ["--demo", "--http-root", "/no/such/folder"],
+            "--http-root: '/no/such/folder' does not exist",
+        ),
+        (["--demo", "--nosuch"], "option --nosuch not recognized"),
+        (["--demo", "extra"], "unexpected argument 'extra': every setting is an option"),
+    ],
+)
+def test_bad_settings(argv: list[str], message: str) -> None:
+    """
+    Each bad setting raises a UsageError whose message names the setting.
+    """
+    with pytest.raises(UsageError) as raised:
+        parse(argv)
+    assert message in str(raised.value)
+
+
+def test_http_root_must_be_a_directory(tmp_path: Path) -> None:
+    """
+    --http-root naming a file is refused.
+    """
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    with pytest.raises(UsageError, match=r"--http-root: '.*file.txt' is not a directory"):
+        parse(["--demo", "--http-root", str(afile)])
+
+
+def test_plugin_options_exit_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    The plugin's Options turn a bad setting into one line on standard error
+    and exit status 2, instead of the whole usage text.
+    """
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions(["--sniff-timeout", "-1", "--demo"])
+    assert raised.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "gateway: error: --sniff-timeout: must not be negative, got '-1' "
+        "(see: twistd gateway --help)\n"
+    )

@@ -1,0 +1,17 @@
+"""
+The C{gateway} twistd plugin: C{twistd -n gateway ...} and C{twist gateway ...}.
+
+This file stays thin on purpose: Twisted imports every module in
+C{twisted/plugins/} when it scans for plugins, so it names the module that holds
+the options and C{makeService} by string, and that module is only imported
+when the plugin is actually used.
+"""
+
+from twisted.application.service import ServiceMaker
+
+gateway = ServiceMaker(
+    "gateway",
+    "gateway.options",
+    "One public port that serves HTTP and proxies stateful game sessions to backends.",
+    "gateway",
+)
