@@ -82,6 +82,16 @@ class Pool:
             raise ValueError(f"duplicate backend name {backend.name!r}")
         self._backends.append(backend)
 
+    def remove(self, backend: Backend) -> None:
+        """
+        Take a backend out of rotation (sessions already on it are not touched).
+
+        @raise ValueError: it is not in the pool.
+        """
+        self._backends.remove(backend)
+        if self._next >= len(self._backends):
+            self._next = 0
+
     def choose(self, exclude: Collection[Backend] = ()) -> Backend | None:
         """
         The next backend in round-robin order that is up and not excluded.

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     clientFromString,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort, IReactorTCP
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTCP,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from typing_extensions import override
 
 from gateway.config import GatewayConfig
@@ -28,10 +34,72 @@ from gateway.front import GatewayFactory
 from gateway.pool import Backend, Pool
 from gateway.web import make_site
 
-__all__ = ["DemoBackends", "GatewayService", "make_service"]
+__all__ = ["DemoBackends", "FrontListener", "GatewayService", "make_service"]
 
 DEMO_BACKENDS = ("demo-a", "demo-b")
 """Names of the demo game servers that C{--demo} runs in-process."""
+
+
+class FrontListener(Service):
+    """
+    One public front: listens on its endpoint while the service runs.
+
+    It binds in C{privilegedStartService} (before twistd drops privileges, so
+    ports below 1024 work) and a port that cannot be bound stops start-up with
+    one line naming the option, instead of a traceback or a gateway that runs
+    on without its port.
+
+    @ivar description: the endpoint string, as configured.
+    @ivar port: the listening port once bound, else L{None}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self, description: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
+    ) -> None:
+        self.description = description
+        self._endpoint = endpoint
+        self._factory = factory
+        self.port: IListeningPort | None = None
+        self.setName(f"listen {description}")
+
+    @override
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is not None:
+            return
+        outcome: list[IListeningPort | Failure] = []
+        listening: Deferred[IListeningPort] = self._endpoint.listen(self._factory)
+        listening.addBoth(outcome.append)
+        if not outcome:
+            # An endpoint that binds later (none of Twisted's do): keep going.
+            listening.addCallback(self._bound)
+            return
+        result = outcome[0]
+        if isinstance(result, Failure):
+            raise SystemExit(
+                f"gateway: error: --listen {self.description}: {result.getErrorMessage()}"
+            )
+        self._bound(result)
+
+    def _bound(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        self._log.info("listening on {front}", front=self.description)
+        return port
+
+    @override
+    def startService(self) -> None:
+        self.privilegedStartService()
+        super().startService()
+
+    @override
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        return port.stopListening()
 
 
 class GatewayService(MultiService):
@@ -41,6 +109,7 @@ class GatewayService(MultiService):
     @ivar config: the configuration it was built from.
     @ivar pool: the game backends.
     @ivar factory: the front door's factory, shared by every listener.
+    @ivar listeners: one per public front, in configured order.
     """
 
     def __init__(self, config: GatewayConfig, pool: Pool, factory: GatewayFactory) -> None:
@@ -48,6 +117,7 @@ class GatewayService(MultiService):
         self.config = config
         self.pool = pool
         self.factory = factory
+        self.listeners: list[FrontListener] = []
 
 
 class DemoBackends(Service):
@@ -63,6 +133,7 @@ class DemoBackends(Service):
         self._reactor = reactor
         self._names = names
         self._ports: list[IListeningPort] = []
+        self._backends: list[Backend] = []
 
     @override
     def startService(self) -> None:
@@ -75,13 +146,13 @@ class DemoBackends(Service):
             self._ports.append(port)
             number = port.getHost().port  # type: ignore[attr-defined]
             description = f"tcp:127.0.0.1:{number}"
-            self._pool.add(
-                Backend(
-                    name=name,
-                    description=description,
-                    endpoint=TCP4ClientEndpoint(self._reactor, "127.0.0.1", number),
-                )
+            backend = Backend(
+                name=name,
+                description=description,
+                endpoint=TCP4ClientEndpoint(self._reactor, "127.0.0.1", number),
             )
+            self._pool.add(backend)
+            self._backends.append(backend)
             self._log.info(
                 "demo game server {name} listening on {endpoint}", name=name, endpoint=description
             )
@@ -89,9 +160,11 @@ class DemoBackends(Service):
     @override
     def stopService(self) -> Any:
         super().stopService()
+        backends, self._backends = self._backends, []
+        for backend in backends:
+            self._pool.remove(backend)
         ports, self._ports = self._ports, []
-        for port in ports:
-            port.stopListening()
+        return gatherResults([maybeDeferred(port.stopListening) for port in ports])
 
 
 def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
@@ -135,10 +208,7 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
     if config.demo:
         DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
     for description in config.listen:
-        listener = StreamServerEndpointService(serverFromString(reactor, description), factory)
-        # Fail start-up when a port cannot be bound, instead of logging and
-        # running on without it.
-        listener._raiseSynchronously = True
-        listener.setName(f"listen {description}")
+        listener = FrontListener(description, serverFromString(reactor, description), factory)
+        top.listeners.append(listener)
         listener.setServiceParent(top)
     return top

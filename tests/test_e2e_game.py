@@ -322,3 +322,31 @@ def test_bad_option_stops_start_up_with_one_line(
     assert len(lines) == 1, lines
     assert lines[0].startswith("gateway: error: " + expected)
     assert result.stdout == b""
+
+
+def test_port_in_use_stops_start_up_with_one_line(tmp_path: Path, echo_backend: Backend) -> None:
+    """
+    A front port that cannot be bound stops the gateway with a non-zero exit
+    and one line naming the --listen value, not a traceback.
+    """
+    import subprocess
+
+    from tests.support import TWISTD
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    front = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+    log = tmp_path / "gateway.log"
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "--logfile", str(log), "gateway"]
+        + ["--backend", echo_backend.endpoint, "--listen", front],
+        capture_output=True,
+        timeout=60,
+    )
+    taken.close()
+    assert result.returncode != 0
+    text = log.read_text()
+    assert f"gateway: error: --listen {front}: Couldn't listen on" in text
+    assert "Address already in use" in text
+    assert "Traceback" not in text

@@ -1,0 +1,148 @@
+"""
+End-to-end tests in this process, under pytest-twisted: the service tree that
+C{twistd gateway --demo} runs, started on the real reactor on loopback with an
+ephemeral port, and talked to by Twisted clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from gateway.config import GatewayConfig
+from gateway.pool import BackendState
+from gateway.service import GatewayService, make_service
+
+reactor: IReactorTCP = _reactor
+
+
+class Collector(Protocol):
+    """
+    A client that keeps what it receives and can wait for some text or the end.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+        self._waiting: list[tuple[bytes, Deferred[bytes]]] = []
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        for item in list(self._waiting):
+            text, waiter = item
+            if text in self.received:
+                self._waiting.remove(item)
+                waiter.callback(self.received)
+
+    @override
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed.callback(None)
+
+    def wait_for(self, text: bytes, timeout: float = 10) -> Deferred[bytes]:
+        """
+        Fire with everything received once C{text} has arrived.
+        """
+        waiter: Deferred[bytes] = Deferred()
+        if text in self.received:
+            waiter.callback(self.received)
+            return waiter
+        self._waiting.append((text, waiter))
+        clock: IReactorTime = reactor  # type: ignore[assignment]
+        return waiter.addTimeout(timeout, clock)
+
+
+@pytest_twisted.async_yield_fixture
+async def demo() -> AsyncIterator[GatewayService]:
+    """
+    The demo gateway (two demo game servers, the demo page) on an ephemeral
+    loopback port, with a short sniff timeout.
+    """
+    config = GatewayConfig(listen=("tcp:0:interface=127.0.0.1",), demo=True, sniff_timeout=0.2)
+    service = make_service(config, reactor)
+    service.startService()
+    try:
+        yield service
+    finally:
+        await service.stopService()
+
+
+def front_port(service: GatewayService) -> int:
+    """
+    The port the gateway's first front listens on.
+    """
+    port = service.listeners[0].port
+    assert port is not None
+    return int(port.getHost().port)  # type: ignore[attr-defined]
+
+
+async def connect_client(service: GatewayService) -> Collector:
+    """
+    Connect a new collecting client to the gateway's front.
+    """
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", front_port(service))
+    client = Collector()
+    await connectProtocol(endpoint, client)
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_serves_page_and_game_round_robin(demo: GatewayService) -> None:
+    """
+    On one port the demo serves its page over HTTP and, to silent clients,
+    the Hi-Lo game; two players land on the two demo servers in turn and can
+    play; the pool counts their sessions.
+    """
+    assert [b.name for b in demo.pool.backends] == ["demo-a", "demo-b"]
+    assert all(b.state is BackendState.UP for b in demo.pool.backends)
+
+    web = await connect_client(demo)
+    web.transport.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")  # type: ignore[union-attr]
+    await web.closed
+    assert web.received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Type: text/html" in web.received
+    assert b"nc localhost 8080" in web.received
+
+    first = await connect_client(demo)
+    second = await connect_client(demo)
+    await first.wait_for(b"What is your name?")
+    await second.wait_for(b"What is your name?")
+    servers = {b"demo-a" if b"server demo-a" in c.received else b"demo-b" for c in (first, second)}
+    assert servers == {b"demo-a", b"demo-b"}
+
+    first.transport.write(b"alice\r\nwho\r\n")  # type: ignore[union-attr]
+    reply = await first.wait_for(b"Players on ")
+    assert b"alice (0 wins)" in reply
+    assert sorted(b.active for b in demo.pool.backends) == [1, 1]
+
+    first.transport.write(b"quit\n")  # type: ignore[union-attr]
+    await first.closed
+    assert b"Goodbye, alice!" in first.received
+    second.transport.loseConnection()  # type: ignore[union-attr]
+    await second.closed
+    await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+    assert [b.active for b in demo.pool.backends] == [0, 0]
+    assert [b.total for b in demo.pool.backends] == [1, 1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_closes_the_front(demo: GatewayService) -> None:
+    """
+    Stopping the service tree stops listening on the front.
+    """
+    port = front_port(demo)
+    await demo.stopService()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    with pytest.raises(Exception, match="refused"):
+        await connectProtocol(endpoint, Collector())
+    demo.startService()  # so that the fixture's stop has something to stop
