@@ -22,11 +22,13 @@ def main() -> None:
     """
     with (
         tempfile.TemporaryDirectory() as tmp,
-        GatewayProcess(["--demo", "--sniff-timeout", "0.5"], Path(tmp)) as gateway,
+        GatewayProcess(
+            ["--demo", "--sniff-timeout", "0.5"], Path(tmp), host="127.0.0.2"
+        ) as gateway,
     ):
-        page = urllib.request.urlopen(f"http://127.0.0.1:{gateway.port}/", timeout=10).read()
+        page = urllib.request.urlopen(f"http://127.0.0.2:{gateway.port}/", timeout=10).read()
         assert b"Hi-Lo" in page, page[:200]
-        game = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        game = socket.create_connection(("127.0.0.2", gateway.port), timeout=10)
         banner = recv_exactly(game, len(b"Welcome to Hi-Lo"))
         assert banner == b"Welcome to Hi-Lo", banner
         game.close()

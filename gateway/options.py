@@ -153,8 +153,10 @@ class GatewayOptions(usage.Options):
         listen = self._listen or [DEMO_LISTEN if demo else DEFAULT_LISTEN]
         for description in listen:
             check_server_endpoint("--listen", description, reactor)
-        for description in self._backends:
+        for index, description in enumerate(self._backends):
             check_client_endpoint("--backend", description, reactor)
+            if description in self._backends[:index]:
+                raise ConfigError(f"--backend: {description!r} is given twice")
         if not self._backends and not demo:
             raise ConfigError(
                 "--backend: at least one game backend is needed "

@@ -62,8 +62,10 @@ class Pool:
     """
 
     def __init__(self, backends: Iterable[Backend] = ()) -> None:
-        self._backends: list[Backend] = list(backends)
+        self._backends: list[Backend] = []
         self._next = 0
+        for backend in backends:
+            self.add(backend)
 
     @property
     def backends(self) -> tuple[Backend, ...]:
@@ -105,6 +107,8 @@ class Pool:
             index = (self._next + offset) % count
             backend = self._backends[index]
             if backend.state is BackendState.UP and backend not in exclude:
-                self._next = (index + 1) % count
+                # Not taken modulo here: a backend added meanwhile at the end
+                # is then the next one, as round-robin order says.
+                self._next = index + 1
                 return backend
         return None

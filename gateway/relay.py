@@ -23,8 +23,10 @@ on the backend side) and decides what happens:
      (C{shutdown(SHUT_WR)}), after what was in flight is flushed; so a client
      that half-closes still gets the whole reply.  When both directions have
      ended, or when either connection is lost, the other is closed after
-     flushing.  With an idle timeout, a session where no byte moved either way
-     for that long is aborted.
+     flushing.  The side whose end of stream came first is the close reason.
+     With an idle timeout, a session where no byte moved either way for that
+     long is closed cleanly, and aborted if it has not gone after
+     L{CLOSE_GRACE} more seconds (a peer that never reads cannot hold it).
 
 The per-chunk work is a C{write} and an integer addition per direction; the
 idle timeout is checked by a timer that compares the byte counters, never by
@@ -181,6 +183,9 @@ class GameSession:
         self._backend_eof = False
         self._client_gone = False
         self._backend_gone = False
+        self._client_feeds_server = False
+        self._server_feeds_client = False
+        self._ended_by: CloseReason | None = None
         self._idle_call: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None
         self._idle_seen = 0
@@ -216,13 +221,15 @@ class GameSession:
             return result
 
         attempt.addBoth(stop_timer)
+        # Set before the callbacks: an endpoint may answer synchronously, and
+        # then they run (and may start the next attempt) inside addCallbacks.
+        self._attempt = attempt
         attempt.addCallbacks(
             self._connected,
             self._attempt_failed,
             callbackArgs=(backend, link),
             errbackArgs=(backend, timer),
         )
-        self._attempt = attempt
 
     def _attempt_failed(self, failure: Failure, backend: Backend, timer: IDelayedCall) -> None:
         self._attempt = None
@@ -257,12 +264,14 @@ class GameSession:
         # on one side pauses reading on the other (flow control end to end).
         server.registerProducer(self.client, True)
         self.client.registerProducer(server, True)
+        self._client_feeds_server = self._server_feeds_client = True
         if self._client_eof:
-            server.unregisterProducer()
+            self._stop_client_feeding_server()
             _half_close(server)
         else:
             self.client.resumeProducing()
         if self._idle_timeout:
+            self._idle_seen = self.bytes_in
             self._idle_since = self._clock.seconds()
             self._idle_call = self._clock.callLater(self._idle_timeout / 4, self._check_idle)
         self._log.debug(
@@ -297,10 +306,12 @@ class GameSession:
         The client half-closed (or closed) its sending side.
         """
         self._client_eof = True
+        if self._ended_by is None:
+            self._ended_by = CloseReason.CLIENT_CLOSED
         server = self._server
         if server is None:
             return  # passed on once connected
-        server.unregisterProducer()
+        self._stop_client_feeding_server()
         if self._backend_eof:
             self._close_both()
         else:
@@ -316,10 +327,10 @@ class GameSession:
             self._finish(CloseReason.CLIENT_LEFT_EARLY)
             self._attempt.cancel()
             return
-        self._finish(CloseReason.CLIENT_CLOSED)
+        self._finish(self._ended_by or CloseReason.CLIENT_CLOSED)
         server = self._server
         if server is not None and not self._backend_gone:
-            server.unregisterProducer()
+            self._stop_client_feeding_server()
             server.loseConnection()
 
     # Events from the backend side
@@ -336,7 +347,9 @@ class GameSession:
         The backend half-closed (or closed) its sending side.
         """
         self._backend_eof = True
-        self.client.unregisterProducer()
+        if self._ended_by is None:
+            self._ended_by = CloseReason.BACKEND_CLOSED
+        self._stop_server_feeding_client()
         if self._client_eof:
             self._close_both()
         else:
@@ -351,9 +364,9 @@ class GameSession:
         backend = self.backend
         if backend is not None:
             backend.active -= 1
-        self._finish(CloseReason.BACKEND_CLOSED)
+        self._finish(self._ended_by or CloseReason.BACKEND_CLOSED)
         if not self._client_gone:
-            self.client.unregisterProducer()
+            self._stop_server_feeding_client()
             self.client.loseConnection()
 
     # Ending
@@ -362,11 +375,30 @@ class GameSession:
         """
         Close both connections once their buffers are flushed.
         """
-        self.client.unregisterProducer()
-        self.client.loseConnection()
-        if self._server is not None:
-            self._server.unregisterProducer()
+        self._stop_server_feeding_client()
+        self._stop_client_feeding_server()
+        if not self._client_gone:
+            self.client.loseConnection()
+        if self._server is not None and not self._backend_gone:
             self._server.loseConnection()
+
+    def _stop_client_feeding_server(self) -> None:
+        """
+        Undo the pairing in which the client's transport produces for the
+        backend's (once: the pairing is undone on EOF and again on close).
+        """
+        if self._client_feeds_server and self._server is not None:
+            self._client_feeds_server = False
+            self._server.unregisterProducer()
+
+    def _stop_server_feeding_client(self) -> None:
+        """
+        Undo the pairing in which the backend's transport produces for the
+        client's (once).
+        """
+        if self._server_feeds_client:
+            self._server_feeds_client = False
+            self.client.unregisterProducer()
 
     def _abort_both(self) -> None:
         """
@@ -389,7 +421,10 @@ class GameSession:
             self._idle_since = now
             delay = self._idle_timeout / 4
         else:
-            delay = self._idle_since + self._idle_timeout - now
+            # Check again within a quarter of the timeout even when the
+            # deadline is further: traffic seen at a check is dated to that
+            # check, so the gap between checks is the close's only lateness.
+            delay = min(self._idle_since + self._idle_timeout - now, self._idle_timeout / 4)
             if delay <= 0:
                 self._log.info(
                     "session from {peer} idle for {timeout:g} s; closing it",

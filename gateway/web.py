@@ -10,7 +10,14 @@ file size) with the defaults a public server wants:
   - nothing outside the root: C{..} segments are refused by C{FilePath}, and a
     symbolic link inside the root that resolves outside it is a 404;
   - hidden files (a segment starting with C{.}, such as C{.git} or C{.env})
-    are a 404, except C{.well-known}.
+    are a 404, except C{.well-known}; a listing does not show them either, nor
+    links that leave the root;
+  - a path segment with a NUL byte or invalid UTF-8 is a 404 (not a 500, and
+    no traceback in the log per request);
+  - methods other than GET and HEAD get a 405 with C{Allow: GET, HEAD};
+  - content types come from a pinned table for the common web types (so they
+    do not depend on the host's C{/etc/mime.types}), then the host's table,
+    and unknown extensions are C{application/octet-stream}, never HTML.
 
 L{make_site} builds the C{Site} whose channels the front door attaches to
 connections it classified as HTTP.
@@ -35,6 +42,45 @@ HTTP_IDLE_DEFAULT = 60.0
 
 _NOT_FOUND = pages.notFound("No Such Resource", "No such file.")
 
+WEB_TYPES = {
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".css": "text/css",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".wasm": "application/wasm",
+    ".txt": "text/plain",
+    ".xml": "application/xml",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".ico": "image/vnd.microsoft.icon",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".ttf": "font/ttf",
+    ".otf": "font/otf",
+    ".mp3": "audio/mpeg",
+    ".ogg": "audio/ogg",
+    ".wav": "audio/wav",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".pdf": "application/pdf",
+    ".zip": "application/zip",
+}
+"""Content types pinned for the files a game's web site serves."""
+
+_ALLOWED_METHODS = (b"GET", b"HEAD")
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") and name != ".well-known"
+
 
 class StaticRoot(File):
     """
@@ -45,6 +91,7 @@ class StaticRoot(File):
     """
 
     childNotFound = _NOT_FOUND  # type: ignore[assignment]
+    contentTypes = {**File.contentTypes, **WEB_TYPES}
 
     def __init__(self, path: str, *, listing: bool = False, root_real: str | None = None) -> None:
         """
@@ -52,7 +99,7 @@ class StaticRoot(File):
         @param listing: list folders that have no index file.
         @param root_real: the resolved root; L{None} for the root itself.
         """
-        super().__init__(path)
+        super().__init__(path, defaultType="application/octet-stream")
         # Only real HTML index files: File's default list also has "index" and
         # "index.rpy", and this server runs no resource scripts.
         self.indexNames = ["index.html", "index.htm"]
@@ -61,14 +108,42 @@ class StaticRoot(File):
 
     @override
     def getChild(self, path: bytes, request: IRequest) -> resource.IResource:
-        if path.startswith(b".") and path != b".well-known":
+        try:
+            name = path.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.childNotFound
+        if "\x00" in name or _is_hidden(name):
             return self.childNotFound
         return super().getChild(path, request)  # type: ignore[no-any-return]
 
     @override
+    def render(self, request: IRequest) -> bytes | int:
+        if request.method not in _ALLOWED_METHODS:
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b", ".join(_ALLOWED_METHODS))
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"405 Method Not Allowed: this server only serves files (GET, HEAD).\n"
+        return super().render(request)  # type: ignore[no-any-return]
+
+    @override
+    def listNames(self) -> list[str]:
+        names = super().listNames()
+        folder = self.path
+        return [
+            name
+            for name in names
+            if not _is_hidden(name) and self._inside(os.path.realpath(os.path.join(folder, name)))
+        ]
+
+    def _inside(self, real: str) -> bool:
+        """
+        Whether a resolved path is the root or below it.
+        """
+        return real == self.root_real or real.startswith(self.root_real + os.sep)
+
+    @override
     def createSimilarFile(self, path: str) -> resource.IResource:
-        real = os.path.realpath(path)
-        if real != self.root_real and not real.startswith(self.root_real + os.sep):
+        if not self._inside(os.path.realpath(path)):
             # A symbolic link that leaves the root.
             return self.childNotFound
         return StaticRoot(path, listing=self.listing, root_real=self.root_real)

@@ -125,6 +125,7 @@ def test_relative_http_root_becomes_absolute(
         (["--backend", "nosuch:1"], "--backend: cannot use 'nosuch:1' as a client endpoint"),
         (["--backend", "tcp:host"], "--backend: cannot use 'tcp:host' as a client endpoint"),
         (["--backend", ""], "--backend: empty endpoint"),
+        (["--backend", "tcp:h:1", "--backend", "tcp:h:1"], "--backend: 'tcp:h:1' is given twice"),
         (["--listen", "tcp:notaport", "--demo"], "--listen: cannot use 'tcp:notaport'"),
         (
             ["--listen", "bogus:80", "--demo"],

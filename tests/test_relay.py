@@ -1,0 +1,1040 @@
+"""
+Tests for L{gateway.relay}: a game session relaying one client to one backend.
+
+Every test is synchronous and uses no real reactor or socket.  The backends
+are real L{TCP4ClientEndpoint}s on a L{MemoryReactorClock}, which records each
+C{connectTCP} in C{tcpClients}; a test completes an attempt by building the
+protocol from the recorded factory and connecting it to an in-memory
+transport, or fails it through the factory's C{clientConnectionFailed}, as
+Twisted's own endpoint tests do.  Time only moves when a test advances the
+clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import (
+    IHalfCloseableDescriptor,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.internet.testing import (
+    EventLoggingObserver,
+    MemoryReactorClock,
+    RaisingMemoryReactor,
+    StringTransport,
+)
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from gateway.pool import Backend, BackendState, Pool
+from gateway.relay import CLOSE_GRACE, BackendLink, CloseReason, GameSession
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds per backend attempt in these tests."""
+
+
+class FakeTransport(StringTransport):
+    """
+    An in-memory transport that records what the relay asked of it and loses
+    its connection only when the test says the reactor got round to it.
+
+    Two departures from L{StringTransport}, both to behave like Twisted's real
+    TCP transports (L{twisted.internet.abstract.FileDescriptor}):
+
+      - C{loseConnection} only marks the transport as disconnecting; the test
+        calls L{connection_lost} to deliver C{connectionLost}, as a reactor
+        does after flushing, never from inside C{loseConnection}.
+        (L{StringTransportWithDisconnection} calls it re-entrantly, which a
+        real transport never does.)
+      - C{unregisterProducer} with no producer registered is a no-op, as in
+        C{FileDescriptor} and C{TLSMemoryBIOProtocol}; L{StringTransport}
+        raises.  The relay unregisters twice on some closing paths (both
+        EOFs, for one), which real transports allow.
+
+    @ivar flow: C{"pause"}/C{"resume"} for each C{pauseProducing} and
+        C{resumeProducing}, in order.
+    @ivar lose_calls: how many times C{loseConnection} was called.
+    @ivar lost: whether C{connectionLost} was delivered.
+    @ivar on_lost: what the reactor calls when the connection is lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flow: list[str] = []
+        self.lose_calls = 0
+        self.lost = False
+        self.on_lost: Callable[[Failure], object] | None = None
+
+    @override
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self.flow.append("pause")
+
+    @override
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        self.flow.append("resume")
+
+    @override
+    def loseConnection(self) -> None:
+        self.lose_calls += 1
+        super().loseConnection()
+
+    @override
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+
+    @property
+    def aborted(self) -> bool:
+        """
+        Whether C{abortConnection} was called.
+        """
+        return bool(self.disconnected)
+
+    def connection_lost(self, reason: Failure | None = None) -> None:
+        """
+        Deliver the end of the connection to its protocol, once.
+        """
+        assert not self.lost, "connectionLost delivered twice"
+        self.lost = True
+        self.connected = False
+        assert self.on_lost is not None
+        self.on_lost(reason or Failure(ConnectionDone()))
+
+
+@implementer(IHalfCloseableDescriptor)
+class HalfCloseableTransport(FakeTransport):
+    """
+    A L{FakeTransport} that can shut down its sending side, as TCP can.
+
+    @ivar write_closed: whether C{loseWriteConnection} was called.
+    """
+
+    write_closed = False
+
+    # Twisted's name from IHalfCloseableDescriptor; @override needs a base class method.
+    def loseWriteConnection(self) -> None:  # noqa: N802
+        """
+        Record the half-close.
+        """
+        self.write_closed = True
+
+    def writeConnectionLost(self, reason: Failure) -> None:
+        """
+        Part of L{IHalfCloseableDescriptor}; unused here.
+        """
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        """
+        Part of L{IHalfCloseableDescriptor}; unused here.
+        """
+
+
+def backend_eof(protocol: IProtocol) -> None:
+    """
+    Deliver an EOF from the backend as a TCP transport does: to a protocol
+    that provides L{IHalfCloseableProtocol}, which the endpoint's wrapper must
+    pass on (else the transport would deliver C{connectionLost} instead).
+    """
+    IHalfCloseableProtocol(protocol).readConnectionLost()
+
+
+def written(transport: StringTransport) -> bytes:
+    """
+    Everything written to C{transport} so far.
+    """
+    data: bytes = transport.value()
+    return data
+
+
+class Gateway:
+    """
+    One game session under test: its client transport, its pool of backends
+    on a memory reactor, and helpers to play the backends' part.
+
+    @ivar reactor: records connection attempts and is the session's clock.
+    @ivar backends: the pool's backends, C{b0}, C{b1}, ... on ports 7000, 7001, ...
+    @ivar client: the client's transport; losing it tells the session, as the
+        front door does.
+    @ivar session: the session under test (not started).
+    """
+
+    def __init__(
+        self,
+        backends: int = 3,
+        *,
+        client: FakeTransport | None = None,
+        idle_timeout: float = 0.0,
+    ) -> None:
+        self.reactor = MemoryReactorClock()
+        self.backends = [
+            Backend(
+                name=f"b{i}",
+                description=f"tcp:127.0.0.1:{7000 + i}",
+                endpoint=TCP4ClientEndpoint(self.reactor, "127.0.0.1", 7000 + i),
+            )
+            for i in range(backends)
+        ]
+        self.pool = Pool(self.backends)
+        self.client = client if client is not None else HalfCloseableTransport()
+        self.session = GameSession(
+            self.client,
+            self.pool,
+            self.reactor,
+            connect_timeout=CONNECT_TIMEOUT,
+            idle_timeout=idle_timeout,
+            peer="192.0.2.7:40000",
+        )
+        self.client.on_lost = lambda reason: self.session.client_lost()
+
+    def attempted_ports(self) -> list[int]:
+        """
+        The port of each connection attempt so far, in order.
+        """
+        return [port for _host, port, _factory, _timeout, _bind in self.reactor.tcpClients]
+
+    def accept(
+        self, attempt: int = -1, transport: FakeTransport | None = None
+    ) -> tuple[FakeTransport, IProtocol]:
+        """
+        Complete a connection attempt (the last by default).
+
+        @return: the backend side's transport and the protocol the reactor
+            would drive.
+        """
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[attempt]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        assert protocol is not None
+        if transport is None:
+            transport = HalfCloseableTransport()
+        transport.on_lost = protocol.connectionLost
+        protocol.makeConnection(transport)
+        return transport, protocol
+
+    def refuse(self, attempt: int = -1) -> None:
+        """
+        Fail a connection attempt (the last by default) as refused.
+        """
+        factory = self.reactor.tcpClients[attempt][2]
+        connector = self.reactor.connectors[attempt]
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+
+    def stopped_connecting(self, attempt: int = -1) -> bool:
+        """
+        Whether the session gave up on a connection attempt (the last by default).
+        """
+        stopped: bool = self.reactor.connectors[attempt].stoppedConnecting
+        return stopped
+
+    def connected(
+        self, first: bytes = b"hello", backend: FakeTransport | None = None
+    ) -> tuple[FakeTransport, IProtocol]:
+        """
+        Start the session and connect it to the first backend.
+        """
+        self.session.start(first)
+        return self.accept(transport=backend)
+
+    def counters(self) -> list[tuple[int, int, int]]:
+        """
+        C{(active, total, failures)} of each backend.
+        """
+        return [(b.active, b.total, b.failures) for b in self.backends]
+
+
+@pytest.fixture
+def log_events() -> Iterator[EventLoggingObserver]:
+    """
+    The log events emitted while the test runs.
+    """
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)
+
+
+# Connecting
+
+
+def test_client_paused_while_connecting() -> None:
+    """
+    Starting a session stops reading from the client and holds the first
+    bytes while the first backend connects: nothing is relayed yet.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"hello")
+    assert gateway.client.flow == ["pause"]
+    assert gateway.client.producerState == "paused"
+    assert gateway.attempted_ports() == [7000]
+    assert gateway.session.backend is None
+    assert gateway.session.bytes_in == 0
+
+
+def test_client_resumed_once_connected() -> None:
+    """
+    Once the backend connects, the client is resumed (once) and the session
+    records its backend.
+    """
+    gateway = Gateway()
+    gateway.connected()
+    assert gateway.client.flow == ["pause", "resume"]
+    assert gateway.client.producerState == "producing"
+    assert gateway.session.backend is gateway.backends[0]
+
+
+def test_held_bytes_written_first_in_order() -> None:
+    """
+    The first bytes, then the bytes that arrived while connecting, reach the
+    backend first and in order, before anything sent after the connect.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"first ")
+    gateway.session.client_data(b"second ")
+    gateway.session.client_data(b"third ")
+    backend, _ = gateway.accept()
+    assert written(backend) == b"first second third "
+    gateway.session.client_data(b"fourth")
+    assert written(backend) == b"first second third fourth"
+    assert gateway.session.bytes_in == len(b"first second third fourth")
+
+
+def test_no_first_bytes_nothing_written() -> None:
+    """
+    A session started with no bytes (a server-speaks-first protocol) writes
+    nothing to the backend on connect.
+    """
+    gateway = Gateway()
+    backend, _ = gateway.connected(b"")
+    assert written(backend) == b""
+    assert gateway.session.bytes_in == 0
+
+
+def test_producers_registered_both_ways() -> None:
+    """
+    After the connect, each transport is the other's streaming producer, so a
+    full write buffer on either side stops reading on the other.
+    """
+    gateway = Gateway()
+    backend, _ = gateway.connected()
+    assert gateway.client.producer is backend
+    assert gateway.client.streaming is True
+    assert backend.producer is gateway.client
+    assert backend.streaming is True
+
+
+def test_connect_counts_session() -> None:
+    """
+    Connecting counts one active session and one session in total on the
+    chosen backend, and none anywhere else.
+    """
+    gateway = Gateway()
+    gateway.connected()
+    assert gateway.counters() == [(1, 1, 0), (0, 0, 0), (0, 0, 0)]
+
+
+def test_connect_cancels_timeout() -> None:
+    """
+    A connect that completes in time leaves no timer behind (with no idle
+    timeout), so the timeout can never cancel a live connection.
+    """
+    gateway = Gateway()
+    gateway.connected()
+    assert gateway.reactor.getDelayedCalls() == []
+    gateway.reactor.advance(CONNECT_TIMEOUT * 2)
+    assert gateway.attempted_ports() == [7000]
+    assert gateway.backends[0].failures == 0
+
+
+def test_refused_backend_fails_over() -> None:
+    """
+    A refused attempt is counted as a failure of that backend and the next
+    backend is tried; it gets every held byte, in order.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"one ")
+    gateway.session.client_data(b"two ")
+    gateway.refuse()
+    assert gateway.attempted_ports() == [7000, 7001]
+    gateway.session.client_data(b"three")
+    backend, _ = gateway.accept()
+    assert written(backend) == b"one two three"
+    assert gateway.session.backend is gateway.backends[1]
+    assert gateway.counters() == [(0, 0, 1), (1, 1, 0), (0, 0, 0)]
+    assert gateway.client.flow == ["pause", "resume"]
+
+
+def test_timed_out_backend_fails_over() -> None:
+    """
+    An attempt that has not connected after C{connect_timeout} seconds is
+    cancelled (its connector stops connecting), counted as a failure, and the
+    next backend is tried with every held byte.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"held")
+    gateway.reactor.advance(CONNECT_TIMEOUT - 0.1)
+    assert gateway.attempted_ports() == [7000]
+    assert not gateway.stopped_connecting(0)
+    gateway.reactor.advance(0.1)
+    assert gateway.stopped_connecting(0)
+    assert gateway.attempted_ports() == [7000, 7001]
+    assert gateway.backends[0].failures == 1
+    backend, _ = gateway.accept()
+    assert written(backend) == b"held"
+    assert gateway.counters() == [(0, 0, 1), (1, 1, 0), (0, 0, 0)]
+
+
+def test_each_attempt_gets_its_own_timeout() -> None:
+    """
+    The timeout applies per attempt: a second backend tried after a refusal
+    has the full C{connect_timeout} from its own start.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    gateway.reactor.advance(CONNECT_TIMEOUT - 1)
+    gateway.refuse()
+    gateway.reactor.advance(CONNECT_TIMEOUT - 0.5)
+    assert gateway.attempted_ports() == [7000, 7001]
+    gateway.reactor.advance(0.5)
+    assert gateway.attempted_ports() == [7000, 7001, 7002]
+    assert gateway.counters() == [(0, 0, 1), (0, 0, 1), (0, 0, 0)]
+
+
+def test_failover_skips_down_backend() -> None:
+    """
+    Failover only tries backends that are up.
+    """
+    gateway = Gateway()
+    gateway.backends[1].state = BackendState.DOWN
+    gateway.session.start(b"x")
+    gateway.refuse()
+    assert gateway.attempted_ports() == [7000, 7002]
+
+
+def test_every_backend_failing_closes_client(log_events: EventLoggingObserver) -> None:
+    """
+    When every backend failed once (refused or timed out), no backend is tried
+    twice, the client is closed cleanly, the reason is NO_BACKEND, and an error
+    naming the backends tried is logged.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    gateway.refuse()
+    gateway.reactor.advance(CONNECT_TIMEOUT)
+    gateway.refuse()
+    assert gateway.attempted_ports() == [7000, 7001, 7002]
+    assert gateway.client.lose_calls == 1
+    assert not gateway.client.aborted
+    assert gateway.session.close_reason is CloseReason.NO_BACKEND
+    assert gateway.counters() == [(0, 0, 1), (0, 0, 1), (0, 0, 1)]
+    assert gateway.reactor.getDelayedCalls() == []
+    errors = [e for e in log_events if e["log_level"] is LogLevel.error]
+    assert [e["tried"] for e in errors] == ["b0, b1, b2"]
+    # The client's connection then ends; nothing else happens.
+    gateway.client.connection_lost()
+    assert gateway.session.close_reason is CloseReason.NO_BACKEND
+    assert gateway.attempted_ports() == [7000, 7001, 7002]
+
+
+def test_no_backend_up_closes_client() -> None:
+    """
+    With no backend up, the session closes the client at once, NO_BACKEND.
+    """
+    gateway = Gateway(backends=2)
+    for backend in gateway.backends:
+        backend.state = BackendState.DRAINING
+    gateway.session.start(b"x")
+    assert gateway.attempted_ports() == []
+    assert gateway.client.lose_calls == 1
+    assert gateway.session.close_reason is CloseReason.NO_BACKEND
+
+
+def test_empty_pool_closes_client() -> None:
+    """
+    With no backend configured, the session closes the client at once, NO_BACKEND.
+    """
+    gateway = Gateway(backends=0)
+    gateway.session.start(b"x")
+    assert gateway.client.lose_calls == 1
+    assert gateway.session.close_reason is CloseReason.NO_BACKEND
+
+
+def test_failure_logged_with_reason(log_events: EventLoggingObserver) -> None:
+    """
+    Each failed attempt is logged as a warning naming the backend and why:
+    the error for a refusal, the timeout for a timeout.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    gateway.refuse()
+    gateway.reactor.advance(CONNECT_TIMEOUT)
+    warnings = [e for e in log_events if e["log_level"] is LogLevel.warn]
+    assert [e["backend"] for e in warnings] == ["b0", "b1"]
+    assert "refused" in warnings[0]["reason"]
+    assert warnings[1]["reason"] == "no connection within 5 s"
+
+
+def test_client_lost_while_connecting() -> None:
+    """
+    A client that leaves while its backend connects cancels the attempt: the
+    connector stops, no other backend is tried, no failure is counted, no
+    timer is left, and the reason is CLIENT_LEFT_EARLY.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    gateway.client.connection_lost()
+    assert gateway.stopped_connecting()
+    assert gateway.session.close_reason is CloseReason.CLIENT_LEFT_EARLY
+    assert gateway.reactor.getDelayedCalls() == []
+    gateway.reactor.advance(CONNECT_TIMEOUT * 2)
+    assert gateway.attempted_ports() == [7000]
+    assert gateway.counters() == [(0, 0, 0)] * 3
+
+
+def test_client_lost_while_connecting_after_failover() -> None:
+    """
+    A client that leaves during the second attempt cancels that attempt, and
+    only the first backend's failure is counted.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    gateway.refuse()
+    gateway.client.connection_lost()
+    assert gateway.stopped_connecting(1)
+    assert gateway.attempted_ports() == [7000, 7001]
+    assert gateway.session.close_reason is CloseReason.CLIENT_LEFT_EARLY
+    assert gateway.counters() == [(0, 0, 1), (0, 0, 0), (0, 0, 0)]
+
+
+def test_client_eof_while_connecting() -> None:
+    """
+    A client that sends its bytes and half-closes before the backend connects
+    gets them delivered and the end passed on: the backend is half-closed
+    right after the held bytes, its producer unregistered, and the finished
+    client is not resumed.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"request")
+    gateway.session.client_eof()
+    backend, _ = gateway.accept()
+    assert written(backend) == b"request"
+    assert isinstance(backend, HalfCloseableTransport)
+    assert backend.write_closed
+    assert backend.lose_calls == 0
+    assert backend.producer is None
+    assert gateway.client.flow == ["pause"]
+    # The reply still reaches the client.
+    gateway.session.backend_data(b"reply")
+    assert written(gateway.client) == b"reply"
+
+
+# Relaying
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    first=st.binary(max_size=20),
+    early=st.lists(st.binary(min_size=1, max_size=20), max_size=4),
+    traffic=st.lists(st.tuples(st.booleans(), st.binary(min_size=1, max_size=50)), max_size=20),
+)
+def test_bytes_relayed_and_counted_exactly(
+    first: bytes, early: list[bytes], traffic: list[tuple[bool, bytes]]
+) -> None:
+    """
+    Every byte is relayed once, in order, each way; C{bytes_in} counts the
+    bytes written towards the backend (held ones included) and C{bytes_out}
+    those written towards the client.
+    """
+    gateway = Gateway()
+    gateway.session.start(first)
+    for chunk in early:
+        gateway.session.client_data(chunk)
+    backend, protocol = gateway.accept()
+    sent = first + b"".join(early)
+    received = b""
+    for from_client, chunk in traffic:
+        if from_client:
+            gateway.session.client_data(chunk)
+            sent += chunk
+        else:
+            protocol.dataReceived(chunk)
+            received += chunk
+    assert written(backend) == sent
+    assert written(gateway.client) == received
+    assert gateway.session.bytes_in == len(sent)
+    assert gateway.session.bytes_out == len(received)
+
+
+# Closing
+
+
+def test_client_eof_half_closes_backend() -> None:
+    """
+    A client EOF is passed on as a half-close of a backend transport that can
+    half-close (C{loseWriteConnection}), not a close; the client stops being
+    the backend's producer, and the reply still flows.
+    """
+    gateway = Gateway()
+    backend, protocol = gateway.connected()
+    gateway.session.client_eof()
+    assert isinstance(backend, HalfCloseableTransport)
+    assert backend.write_closed
+    assert backend.lose_calls == 0
+    assert backend.producer is None
+    assert gateway.client.lose_calls == 0
+    protocol.dataReceived(b"reply")
+    assert written(gateway.client) == b"reply"
+
+
+def test_client_eof_closes_backend_that_cannot_half_close() -> None:
+    """
+    A client EOF closes (after flushing) a backend transport that does not
+    provide L{IHalfCloseableDescriptor}; the client stays open.
+    """
+    gateway = Gateway()
+    backend, _ = gateway.connected(backend=FakeTransport())
+    assert not IHalfCloseableDescriptor.providedBy(backend)
+    gateway.session.client_eof()
+    assert backend.lose_calls == 1
+    assert not backend.aborted
+    assert gateway.client.lose_calls == 0
+
+
+def test_backend_eof_half_closes_client() -> None:
+    """
+    A backend EOF is passed on as a half-close of the client; the backend
+    stays open and stops being the client's producer.
+    """
+    gateway = Gateway()
+    backend, protocol = gateway.connected()
+    backend_eof(protocol)
+    assert isinstance(gateway.client, HalfCloseableTransport)
+    assert gateway.client.write_closed
+    assert gateway.client.lose_calls == 0
+    assert gateway.client.producer is None
+    assert backend.lose_calls == 0
+    gateway.session.client_data(b"more")
+    assert written(backend) == b"hellomore"
+
+
+def test_backend_eof_closes_client_that_cannot_half_close() -> None:
+    """
+    A backend EOF closes (after flushing) a client transport that cannot
+    half-close.
+    """
+    gateway = Gateway(client=FakeTransport())
+    gateway.connected()
+    gateway.session.backend_eof()
+    assert gateway.client.lose_calls == 1
+    assert not gateway.client.aborted
+
+
+@pytest.mark.parametrize("client_first", [True, False])
+def test_eof_both_ways_closes_both(client_first: bool) -> None:
+    """
+    Once both sides have sent EOF, in either order, both connections are
+    closed cleanly (after flushing), with no producer left registered.
+    """
+    gateway = Gateway()
+    backend, protocol = gateway.connected()
+    eofs: list[Callable[[], object]] = [
+        gateway.session.client_eof,
+        lambda: backend_eof(protocol),
+    ]
+    if not client_first:
+        eofs.reverse()
+    for eof in eofs:
+        eof()
+    assert gateway.client.lose_calls == 1
+    assert backend.lose_calls == 1
+    assert not gateway.client.aborted and not backend.aborted
+    assert gateway.client.producer is None
+    assert backend.producer is None
+
+
+def test_backend_lost_closes_client() -> None:
+    """
+    When the backend connection is lost, the client is closed cleanly, the
+    reason is BACKEND_CLOSED and the backend's active count goes back down.
+    """
+    gateway = Gateway()
+    backend, _ = gateway.connected()
+    backend.connection_lost(Failure(ConnectionLost()))
+    assert gateway.client.lose_calls == 1
+    assert not gateway.client.aborted
+    assert gateway.client.producer is None
+    assert gateway.session.close_reason is CloseReason.BACKEND_CLOSED
+    assert gateway.counters()[0] == (0, 1, 0)
+    gateway.client.connection_lost()
+    assert gateway.session.close_reason is CloseReason.BACKEND_CLOSED
+    assert gateway.counters()[0] == (0, 1, 0)
+
+
+def test_client_lost_closes_backend() -> None:
+    """
+    When the client connection is lost, the backend is closed cleanly and the
+    reason is CLIENT_CLOSED; the active count goes down when the backend
+    connection actually ends.
+    """
+    gateway = Gateway()
+    backend, _ = gateway.connected()
+    gateway.client.connection_lost()
+    assert backend.lose_calls == 1
+    assert not backend.aborted
+    assert backend.producer is None
+    assert gateway.session.close_reason is CloseReason.CLIENT_CLOSED
+    assert gateway.counters()[0] == (1, 1, 0)
+    backend.connection_lost()
+    assert gateway.counters()[0] == (0, 1, 0)
+    assert gateway.session.close_reason is CloseReason.CLIENT_CLOSED
+
+
+_EVENTS = (
+    "client_eof",
+    "backend_eof",
+    "client_lost",
+    "backend_lost",
+    "client_data",
+    "backend_data",
+    "clock_tick",
+)
+"""Events of L{test_counts_balanced_whatever_the_close_order}; a tick is 4 s."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(st.sampled_from(_EVENTS), max_size=12),
+    client_half_closes=st.booleans(),
+    backend_half_closes=st.booleans(),
+)
+def test_counts_balanced_whatever_the_close_order(
+    events: list[str], client_half_closes: bool, backend_half_closes: bool
+) -> None:
+    """
+    Whatever order the two sides end in (EOFs, losses, data and time passing
+    in between, so idle closes and aborts too; with or without half-close
+    support), the backend's active count goes up once on connect and down
+    exactly once, when its connection ends; C{total} stays 1, and once both
+    connections have ended the session has a reason and no timer left.
+
+    An event is only delivered when a real transport could deliver it: no
+    EOF or data from a side after its connection ended, after its EOF, or
+    after the relay closed it (a closing transport stops reading).
+    """
+    client = HalfCloseableTransport() if client_half_closes else FakeTransport()
+    gateway = Gateway(client=client, idle_timeout=10.0)
+    server = HalfCloseableTransport() if backend_half_closes else FakeTransport()
+    backend, protocol = gateway.connected(backend=server)
+    counted = gateway.backends[0]
+    ended = {"client": False, "backend": False}
+
+    def readable(side: str, transport: FakeTransport) -> bool:
+        return not ended[side] and not transport.lost and not transport.disconnecting
+
+    for event in events:
+        side, _, what = event.partition("_")
+        transport = client if side == "client" else backend
+        if event == "clock_tick":
+            gateway.reactor.advance(4)
+        elif what == "lost":
+            if not transport.lost:
+                transport.connection_lost()
+        elif readable(side, transport):
+            if what == "eof":
+                ended[side] = True
+                if side == "client":
+                    gateway.session.client_eof()
+                else:
+                    backend_eof(protocol)
+            elif side == "client":
+                gateway.session.client_data(b"c")
+            else:
+                protocol.dataReceived(b"b")
+        assert counted.active == (0 if backend.lost else 1)
+        assert counted.total == 1
+    # The reactor finishes the closes the relay started; then the peers go away.
+    for transport in (client, backend):
+        if transport.disconnecting and not transport.lost:
+            transport.connection_lost()
+    for transport in (client, backend):
+        if not transport.lost:
+            transport.connection_lost()
+    assert gateway.counters() == [(0, 1, 0), (0, 0, 0), (0, 0, 0)]
+    ended_by = {CloseReason.CLIENT_CLOSED, CloseReason.BACKEND_CLOSED}
+    if "clock_tick" in events:
+        ended_by.add(CloseReason.IDLE_TIMEOUT)
+    assert gateway.session.close_reason in ended_by
+    assert gateway.reactor.getDelayedCalls() == []
+
+
+# Idle timeout
+
+
+def test_no_idle_timer_without_idle_timeout() -> None:
+    """
+    With C{idle_timeout=0} no timer is kept and a silent session stays open.
+    """
+    gateway = Gateway(idle_timeout=0)
+    backend, _ = gateway.connected()
+    assert gateway.reactor.getDelayedCalls() == []
+    gateway.reactor.advance(3600)
+    assert gateway.client.lose_calls == backend.lose_calls == 0
+
+
+def advance_until_closed(gateway: Gateway, limit: float, step: float = 0.1) -> float:
+    """
+    Advance the clock in small steps until the client is told to close.
+
+    @return: the clock time at which it was (to within C{step}).
+    """
+    start = gateway.reactor.seconds()
+    ticks = 0
+    while gateway.reactor.seconds() < limit:
+        # Aim at start + ticks * step each time so rounding errors do not add up.
+        ticks += 1
+        gateway.reactor.advance(start + ticks * step - gateway.reactor.seconds())
+        if gateway.client.lose_calls:
+            return gateway.reactor.seconds()
+    raise AssertionError(f"still open at {limit} s")
+
+
+@pytest.mark.parametrize("first", [b"", b"hello"])
+def test_idle_session_closed(first: bytes) -> None:
+    """
+    With C{idle_timeout=10}, a session where nothing moves after the connect
+    is closed between 10 and 12.5 s later, cleanly (C{loseConnection} on both
+    sides, no abort), with the reason IDLE_TIMEOUT.
+    """
+    gateway = Gateway(idle_timeout=10)
+    backend, _ = gateway.connected(first)
+    closed_at = advance_until_closed(gateway, limit=20)
+    assert 10 <= closed_at <= 12.5
+    assert gateway.client.lose_calls == 1
+    assert backend.lose_calls == 1
+    assert not gateway.client.aborted and not backend.aborted
+    assert gateway.session.close_reason is CloseReason.IDLE_TIMEOUT
+
+
+def test_idle_counted_from_last_traffic() -> None:
+    """
+    The idle time runs from the last byte moved: traffic at 7 s moves the
+    close to between 17 and 19.5 s.
+    """
+    gateway = Gateway(idle_timeout=10)
+    _, protocol = gateway.connected()
+    gateway.reactor.advance(7)
+    protocol.dataReceived(b"tick")
+    closed_at = advance_until_closed(gateway, limit=30)
+    assert 17 <= closed_at <= 19.5
+
+
+@pytest.mark.parametrize("from_client", [True, False])
+def test_traffic_keeps_session_open(from_client: bool) -> None:
+    """
+    A session with a byte every 3 s, either way, is never closed over 100 s
+    with C{idle_timeout=10}.
+    """
+    gateway = Gateway(idle_timeout=10)
+    backend, protocol = gateway.connected()
+    for _ in range(34):
+        gateway.reactor.advance(3)
+        if from_client:
+            gateway.session.client_data(b".")
+        else:
+            protocol.dataReceived(b".")
+    assert gateway.reactor.seconds() >= 100
+    assert gateway.client.lose_calls == backend.lose_calls == 0
+    assert gateway.session.close_reason is None
+
+
+def test_idle_close_aborts_after_grace() -> None:
+    """
+    If neither connection has ended C{CLOSE_GRACE} seconds after an idle
+    close (a peer that reads nothing keeps the gateway from flushing), both
+    are aborted; not a moment before.
+    """
+    gateway = Gateway(idle_timeout=10)
+    backend, _ = gateway.connected()
+    closed_at = advance_until_closed(gateway, limit=20)
+    gateway.reactor.advance(CLOSE_GRACE - 0.5)
+    assert not gateway.client.aborted and not backend.aborted
+    gateway.reactor.advance(0.5)
+    assert gateway.reactor.seconds() == pytest.approx(closed_at + CLOSE_GRACE)
+    assert gateway.client.aborted and backend.aborted
+
+
+def test_idle_close_no_abort_when_both_ended() -> None:
+    """
+    When both connections end within the grace time after an idle close,
+    nothing is aborted and no timer is left.
+    """
+    gateway = Gateway(idle_timeout=10)
+    backend, _ = gateway.connected()
+    advance_until_closed(gateway, limit=20)
+    gateway.client.connection_lost()
+    backend.connection_lost()
+    assert gateway.reactor.getDelayedCalls() == []
+    gateway.reactor.advance(CLOSE_GRACE * 2)
+    assert not gateway.client.aborted and not backend.aborted
+    assert gateway.session.close_reason is CloseReason.IDLE_TIMEOUT
+    assert gateway.counters()[0] == (0, 1, 0)
+
+
+@pytest.mark.parametrize("client_ends", [True, False])
+def test_idle_close_aborts_only_what_is_left(client_ends: bool) -> None:
+    """
+    When one connection ended within the grace time after an idle close, only
+    the other is aborted.
+    """
+    gateway = Gateway(idle_timeout=10)
+    backend, _ = gateway.connected()
+    advance_until_closed(gateway, limit=20)
+    ending, left = (gateway.client, backend) if client_ends else (backend, gateway.client)
+    ending.connection_lost()
+    gateway.reactor.advance(CLOSE_GRACE)
+    assert not ending.aborted
+    assert left.aborted
+
+
+def test_session_end_stops_idle_timer() -> None:
+    """
+    A session that ends before it is idle leaves no idle timer behind.
+    """
+    gateway = Gateway(idle_timeout=10)
+    backend, _ = gateway.connected()
+    gateway.reactor.advance(4)
+    backend.connection_lost()
+    gateway.client.connection_lost()
+    assert gateway.reactor.getDelayedCalls() == []
+    assert gateway.session.close_reason is CloseReason.BACKEND_CLOSED
+
+
+# Endpoints that answer synchronously
+
+
+@implementer(IStreamClientEndpoint)
+@dataclass
+class InstantEndpoint:
+    """
+    A client endpoint that connects at once, to an in-memory transport (like
+    an in-process backend might): its C{connect} Deferred has already fired.
+
+    @ivar transports: the backend-side transport of each connection.
+    """
+
+    transports: list[FakeTransport]
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        Build the protocol and connect it to a new transport, before returning.
+        """
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert protocol is not None
+        transport = HalfCloseableTransport()
+        transport.on_lost = protocol.connectionLost
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        return succeed(protocol)
+
+
+def instant_gateway(first: IStreamClientEndpoint) -> Gateway:
+    """
+    A L{Gateway} whose first backend connects through C{first}.
+    """
+    gateway = Gateway()
+    gateway.backends[0].endpoint = first
+    return gateway
+
+
+def test_client_lost_after_synchronous_failure_cancels_next_attempt() -> None:
+    """
+    When the first backend's endpoint fails at once (its C{connect} raises or
+    returns a failed Deferred), the next attempt is the one in progress: a
+    client that leaves then cancels it.
+    """
+    gateway = instant_gateway(
+        TCP4ClientEndpoint(
+            RaisingMemoryReactor(connectException=ConnectionRefusedError()), "127.0.0.1", 1
+        )
+    )
+    gateway.session.start(b"x")
+    assert gateway.attempted_ports() == [7001]
+    assert gateway.backends[0].failures == 1
+    gateway.client.connection_lost()
+    assert gateway.stopped_connecting()
+    assert gateway.session.close_reason is CloseReason.CLIENT_LEFT_EARLY
+
+
+def test_synchronous_connect_relays() -> None:
+    """
+    An endpoint that connects at once works like any other: held bytes
+    written, producers registered, the client resumed.
+    """
+    transports: list[FakeTransport] = []
+    gateway = instant_gateway(InstantEndpoint(transports))
+    gateway.session.start(b"hello")
+    [backend] = transports
+    assert written(backend) == b"hello"
+    assert gateway.client.producer is backend
+    assert gateway.client.flow == ["pause", "resume"]
+    assert gateway.reactor.getDelayedCalls() == []
+
+
+def test_client_lost_after_synchronous_connect_closes_backend() -> None:
+    """
+    When the backend connected at once, a client that leaves later closes
+    the backend, and the reason is CLIENT_CLOSED.
+    """
+    transports: list[FakeTransport] = []
+    gateway = instant_gateway(InstantEndpoint(transports))
+    gateway.session.start(b"hello")
+    [backend] = transports
+    gateway.client.connection_lost()
+    assert backend.lose_calls == 1
+    assert gateway.session.close_reason is CloseReason.CLIENT_CLOSED
+
+
+def test_backend_link_forwards_events() -> None:
+    """
+    L{BackendLink} passes data, EOF and loss to its session (and ignores the
+    end of its own half-close).
+    """
+    calls: list[object] = []
+
+    class Recorder(GameSession):
+        def __init__(self) -> None:
+            pass
+
+        @override
+        def backend_data(self, data: bytes) -> None:
+            calls.append(data)
+
+        @override
+        def backend_eof(self) -> None:
+            calls.append("eof")
+
+        @override
+        def backend_lost(self, reason: Failure) -> None:
+            calls.append(reason)
+
+    link = BackendLink(Recorder())
+    reason = Failure(ConnectionDone())
+    link.dataReceived(b"abc")
+    link.readConnectionLost()
+    link.writeConnectionLost()
+    link.connectionLost(reason)
+    assert calls == [b"abc", "eof", reason]
