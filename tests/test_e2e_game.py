@@ -284,7 +284,7 @@ def test_idle_timeout_closes_quiet_sessions_only(tmp_path: Path, echo_backend: B
             assert recv_exactly(busy, 5) == b"ping\n"
         watcher.join(timeout=10)
         assert closed_at, "the quiet session was not closed"
-        assert 0.5 <= closed_at[0] <= 1.5
+        assert 0.5 <= closed_at[0] <= 3.0
         busy.sendall(b"last\n")
         assert recv_exactly(busy, 5) == b"last\n"
         quiet.close()
@@ -350,3 +350,57 @@ def test_port_in_use_stops_start_up_with_one_line(tmp_path: Path, echo_backend: 
     assert f"gateway: error: --listen {front}: Couldn't listen on" in text
     assert "Address already in use" in text
     assert "Traceback" not in text
+
+
+def test_connect_timeout_moves_on_to_the_next_backend(
+    tmp_path: Path, sink_backend: Backend
+) -> None:
+    """
+    A backend that never completes the TCP handshake (its accept queue is
+    full, so the kernel drops the gateway's SYN) is given up after
+    --connect-timeout, and the session lands on the next backend with every
+    client byte.
+    """
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    address = blackhole.getsockname()
+    fillers = []
+    # Fill the accept queue (backlog 0 admits one pending connection) and
+    # confirm that a further connection really hangs.
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(address)
+        fillers.append(filler)
+    probe = socket.socket()
+    probe.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        probe.connect(address)
+    probe.close()
+
+    message = b"hello after a timeout\n"
+    with GatewayProcess(
+        [
+            "--backend",
+            f"tcp:127.0.0.1:{address[1]}",
+            "--backend",
+            sink_backend.endpoint,
+            "--connect-timeout",
+            "0.5",
+        ],
+        tmp_path,
+    ) as gateway:
+        client = connect(gateway.port)
+        started = time.monotonic()
+        client.sendall(message)
+        client.shutdown(socket.SHUT_WR)
+        reply = recv_until_eof(client).decode()
+        elapsed = time.monotonic() - started
+        client.close()
+        assert reply == f"{len(message)} {hashlib.sha256(message).hexdigest()}\n"
+        assert 0.4 <= elapsed < 10
+        wait_for(lambda: "no connection within 0.5 s" in gateway.log(), "the timeout log line")
+    for filler in fillers:
+        filler.close()
+    blackhole.close()
