@@ -71,8 +71,10 @@ class GatewayConfig:
     @ivar sniff_timeout: seconds a silent client may wait before it is taken for
         a game client of a protocol where the server speaks first.
     @ivar connect_timeout: seconds per backend connection attempt.
-    @ivar idle_timeout: seconds without traffic either way before a session is
-        closed; 0 turns the idle timeout off for game sessions.
+    @ivar idle_timeout: seconds without traffic either way before a game
+        session is closed; 0 turns the idle timeout off.
+    @ivar fin_timeout: seconds without traffic before a game session where one
+        side has ended its stream is closed; 0 turns it off.
     @ivar demo: also run the built-in demo game backends and page.
     """
 
@@ -83,6 +85,7 @@ class GatewayConfig:
     sniff_timeout: float = 2.0
     connect_timeout: float = 5.0
     idle_timeout: float = 0.0
+    fin_timeout: float = 60.0
     demo: bool = False
 
 

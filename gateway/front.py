@@ -96,9 +96,12 @@ def describe_peer(address: IAddress) -> str:
     port = getattr(address, "port", None)
     if host is not None and port is not None:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if name:
-        return name.decode() if isinstance(name, bytes) else str(name)
+    if hasattr(address, "name"):
+        # A UNIX socket peer: usually unnamed (the client did not bind).
+        name = address.name
+        if name:
+            return "unix:" + (name.decode(errors="replace") if isinstance(name, bytes) else name)
+        return "unix"
     return str(address)
 
 
@@ -112,7 +115,11 @@ class GatewayFactory(ServerFactory):
     @ivar sniff_timeout: seconds a silent client waits before being a game session.
     @ivar connect_timeout: seconds per backend attempt.
     @ivar idle_timeout: seconds without traffic before a game session is closed (0: never).
+    @ivar fin_timeout: seconds without traffic before a game session with one
+        direction ended is closed (0: never).
     """
+
+    noisy = False
 
     def __init__(
         self,
@@ -123,6 +130,7 @@ class GatewayFactory(ServerFactory):
         sniff_timeout: float,
         connect_timeout: float,
         idle_timeout: float,
+        fin_timeout: float,
     ) -> None:
         self.site = site
         self.chooser = chooser
@@ -130,6 +138,7 @@ class GatewayFactory(ServerFactory):
         self.sniff_timeout = sniff_timeout
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self.fin_timeout = fin_timeout
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> FrontDoor:
@@ -201,6 +210,7 @@ class FrontDoor(Protocol):
             self.factory.clock,
             connect_timeout=self.factory.connect_timeout,
             idle_timeout=self.factory.idle_timeout,
+            fin_timeout=self.factory.fin_timeout,
             peer=describe_peer(self.transport.getPeer()),
         )
         self.session = session

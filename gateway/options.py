@@ -94,8 +94,15 @@ class GatewayOptions(usage.Options):
             "idle-timeout",
             None,
             str(_DEFAULTS.idle_timeout),
-            "Close a game session with no traffic either way for this many seconds "
-            "(0: never). HTTP keep-alive connections use it too, or 60 s when it is 0.",
+            "Close a game session with no traffic either way for this many seconds (0: never).",
+        ],
+        [
+            "fin-timeout",
+            None,
+            str(_DEFAULTS.fin_timeout),
+            "Close a game session where one side has ended its stream (a half-close, "
+            "or a close the other side has not answered) once no byte has moved for "
+            "this many seconds (0: never).",
         ],
     ]
 
@@ -118,6 +125,13 @@ class GatewayOptions(usage.Options):
     def opt_backend(self, description: str) -> None:
         """A game backend (repeatable; at least one unless --demo): any Twisted client endpoint string, e.g. tcp:10.0.0.5:7000, tls:game.example:7000, unix:/run/game.sock."""  # noqa: E501
         self._backends.append(description)
+
+    def opt_version(self) -> None:
+        """Print the gateway's version and exit."""
+        from gateway import __version__
+
+        print(f"gateway {__version__}")
+        raise SystemExit(0)
 
     @override
     def parseArgs(self, *args: str) -> None:
@@ -151,8 +165,10 @@ class GatewayOptions(usage.Options):
         assert reactor is not None
         demo = bool(self["demo"])
         listen = self._listen or [DEMO_LISTEN if demo else DEFAULT_LISTEN]
-        for description in listen:
+        for index, description in enumerate(listen):
             check_server_endpoint("--listen", description, reactor)
+            if description in listen[:index]:
+                raise ConfigError(f"--listen: {description!r} is given twice")
         for index, description in enumerate(self._backends):
             check_client_endpoint("--backend", description, reactor)
             if description in self._backends[:index]:
@@ -177,6 +193,7 @@ class GatewayOptions(usage.Options):
                 "--connect-timeout", self["connect-timeout"], allow_zero=False
             ),
             idle_timeout=check_seconds("--idle-timeout", self["idle-timeout"], allow_zero=True),
+            fin_timeout=check_seconds("--fin-timeout", self["fin-timeout"], allow_zero=True),
             demo=demo,
         )
 

@@ -6,11 +6,15 @@ connection is a game client.  It is a plain object that takes events from the
 two protocols around it (the front door on the client side, a L{BackendLink}
 on the backend side) and decides what happens:
 
-  1. B{Connecting.}  The client transport is paused, so the only client bytes
-     held are those the front door read while sniffing (at most one read).  The
-     session asks the pool for a backend and connects with a timeout; a refused
-     or timed-out attempt is counted on that backend and the next backend is
-     tried, until every backend was tried once.  Then the client is closed.
+  1. B{Connecting.}  The session asks the pool for a backend and connects with
+     a timeout that covers the TCP connection and, for a C{tls:} backend, the
+     TLS handshake (certificate and hostname checks included).  A refused,
+     failed or timed-out attempt is counted on that backend, logged with its
+     reason, and the next backend is tried, until every backend was tried
+     once; then the client is closed.  Meanwhile the client's bytes are held
+     in order; past L{HOLD_LIMIT} bytes its reading is paused, so the hold is
+     bounded.  The client is still watched, so one that leaves cancels the
+     attempt.
   2. B{Relaying.}  The held bytes are written to the backend first, in order,
      then each transport is registered as the other's streaming producer (as
      in C{twisted.protocols.portforward}): when one side's write buffer passes
@@ -24,13 +28,16 @@ on the backend side) and decides what happens:
      that half-closes still gets the whole reply.  When both directions have
      ended, or when either connection is lost, the other is closed after
      flushing.  The side whose end of stream came first is the close reason.
-     With an idle timeout, a session where no byte moved either way for that
-     long is closed cleanly, and aborted if it has not gone after
-     L{CLOSE_GRACE} more seconds (a peer that never reads cannot hold it).
+     A session where one direction has ended is closed when no byte has moved
+     for the fin timeout (like HAProxy's client-fin/server-fin), so a peer
+     that never closes its side cannot hold the session forever.  With an idle
+     timeout, a session where no byte moved either way for that long is closed
+     the same way.  A clean close that has not completed after L{CLOSE_GRACE}
+     more seconds (a peer that never reads) is aborted.
 
 The per-chunk work is a C{write} and an integer addition per direction; the
-idle timeout is checked by a timer that compares the byte counters, never by
-touching a timer per chunk.
+idle and fin timeouts are checked by a timer that compares the byte counters,
+never by touching a timer per chunk.
 """
 
 from __future__ import annotations
@@ -40,30 +47,36 @@ from typing import TYPE_CHECKING, cast
 from typing import Protocol as Structural
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import (
+    IAddress,
     IDelayedCall,
     IHalfCloseableDescriptor,
     IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
+    IProtocol,
     IReactorTime,
     ITransport,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from gateway.interfaces import IBackendChooser
 
 if TYPE_CHECKING:
     from gateway.pool import Backend
 
-__all__ = ["CLOSE_GRACE", "BackendLink", "CloseReason", "GameSession"]
+__all__ = ["CLOSE_GRACE", "HOLD_LIMIT", "BackendLink", "CloseReason", "GameSession"]
 
 CLOSE_GRACE = 10.0
-"""Seconds an idle-timed-out session gets to flush before it is aborted."""
+"""Seconds a timed-out session gets to flush before it is aborted."""
+
+HOLD_LIMIT = 64 * 1024
+"""Client bytes held while connecting before the client's reading is paused."""
 
 
 class CloseReason(Enum):
@@ -75,6 +88,7 @@ class CloseReason(Enum):
     CLIENT_CLOSED = "client-closed"
     BACKEND_CLOSED = "backend-closed"
     IDLE_TIMEOUT = "idle-timeout"
+    FIN_TIMEOUT = "fin-timeout"
     NO_BACKEND = "no-backend"
     CLIENT_LEFT_EARLY = "client-left-before-connect"
 
@@ -106,14 +120,75 @@ def _half_close(transport: Stream) -> None:
         transport.loseConnection()
 
 
-@implementer(IHalfCloseableProtocol)
+def _restore_half_close(transport: object) -> None:
+    """
+    Make sure the protocol that C{transport} calls hears of half-closes.
+
+    Twisted's client endpoints put our protocol inside their own wrapper
+    (C{endpoints._WrappingProtocol}), which copies our interfaces with
+    C{directlyProvides} in a loop, so only the last one survives: a protocol
+    that is both an L{IHalfCloseableProtocol} and an L{IHandshakeListener}
+    loses its half-close notifications, and an end of stream from the backend
+    becomes a full close.  The wrapper does forward C{readConnectionLost} and
+    C{writeConnectionLost}, so declaring the interface on it again is enough.
+    """
+    outer = getattr(transport, "protocol", None)
+    if (
+        outer is not None
+        and not IHalfCloseableProtocol.providedBy(outer)
+        and hasattr(outer, "readConnectionLost")
+        and hasattr(outer, "writeConnectionLost")
+    ):
+        alsoProvides(outer, IHalfCloseableProtocol)
+
+
+def describe_failure(failure: Failure) -> str:
+    """
+    A one-line reason for a failed backend connection, readable for TLS errors
+    too (OpenSSL reports a list of (library, function, reason) tuples).
+    """
+    value = failure.value
+    args = getattr(value, "args", ())
+    if args and isinstance(args[0], list) and args[0] and isinstance(args[0][0], tuple):
+        reasons = [str(item[-1]) for item in args[0] if item and item[-1]]
+        return "TLS error: " + ", ".join(reasons or [repr(args[0])])
+    if type(value).__name__ == "VerificationError":
+        return f"TLS certificate does not match the host name: {value}"
+    return failure.getErrorMessage()
+
+
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class BackendLink(Protocol):
     """
     The backend side of one game session: passes every event to the session.
+
+    @ivar backend: the backend this connection goes to.
+    @ivar ready: whether the connection is usable (connected, and for TLS,
+        the handshake done).
+    @ivar failure_reason: set when the session gives up on this connection
+        before it was ready (a handshake timeout), for the log.
     """
 
-    def __init__(self, session: GameSession) -> None:
+    def __init__(self, session: GameSession, backend: Backend) -> None:
         self.session = session
+        self.backend = backend
+        self.ready = False
+        self.failure_reason: str | None = None
+
+    @override
+    def connectionMade(self) -> None:
+        if INegotiated.providedBy(self.transport):
+            # TLS: usable once handshakeCompleted is called (TLS transports
+            # cannot half-close, so the workaround below does not apply).
+            return
+        _restore_half_close(self.transport)
+        self.session.link_ready(self)
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake succeeded (the certificate and host name verified).
+        """
+        self.session.link_ready(self)
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -132,7 +207,23 @@ class BackendLink(Protocol):
 
     @override
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        self.session.backend_lost(reason)
+        self.session.link_lost(self, reason)
+
+
+class _LinkFactory(Factory):
+    """
+    Hands one L{BackendLink} to an endpoint's connection attempt, quietly
+    (Twisted's own one-shot factory logs two lines per attempt).
+    """
+
+    noisy = False
+
+    def __init__(self, link: BackendLink) -> None:
+        self._link = link
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> BackendLink:
+        return self._link
 
 
 class GameSession:
@@ -155,14 +246,17 @@ class GameSession:
         *,
         connect_timeout: float,
         idle_timeout: float,
+        fin_timeout: float,
         peer: str,
     ) -> None:
         """
         @param client: the client's transport (also an IPushProducer and IConsumer).
         @param chooser: picks backends (the pool).
-        @param clock: for the connect and idle timeouts.
-        @param connect_timeout: seconds per backend attempt.
+        @param clock: for the connect, idle and fin timeouts.
+        @param connect_timeout: seconds per backend attempt (TLS handshake included).
         @param idle_timeout: seconds without traffic before closing; 0 for never.
+        @param fin_timeout: seconds without traffic before closing once one
+            direction has ended; 0 for never.
         @param peer: the client's address, for logs.
         """
         self.client = cast(Stream, client)
@@ -170,14 +264,19 @@ class GameSession:
         self._clock = clock
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
+        self._fin_timeout = fin_timeout
         self.peer = peer
         self.backend: Backend | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.close_reason: CloseReason | None = None
         self._held: list[bytes] = []
+        self._held_size = 0
+        self._client_paused = False
         self._tried: list[Backend] = []
-        self._attempt: Deferred[Protocol] | None = None
+        self._pending: BackendLink | None = None
+        self._attempt: Deferred[IProtocol] | None = None
+        self._attempt_timer: IDelayedCall | None = None
         self._server: Stream | None = None
         self._client_eof = False
         self._backend_eof = False
@@ -193,15 +292,20 @@ class GameSession:
 
     def start(self, first_bytes: bytes) -> None:
         """
-        Begin: hold the client's first bytes, stop reading from the client and
-        connect to a backend.
+        Begin: hold the client's first bytes and connect to a backend.
 
         @param first_bytes: what the front door read while sniffing.
         """
         if first_bytes:
-            self._held.append(first_bytes)
-        self.client.pauseProducing()
+            self._hold(first_bytes)
         self._connect_next()
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size >= HOLD_LIMIT and not self._client_paused:
+            self._client_paused = True
+            self.client.pauseProducing()
 
     # Connecting
 
@@ -211,52 +315,81 @@ class GameSession:
             self._give_up()
             return
         self._tried.append(backend)
-        link = BackendLink(self)
-        attempt = connectProtocol(backend.endpoint, link)
-        timer = self._clock.callLater(self._connect_timeout, attempt.cancel)
-
-        def stop_timer(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        attempt.addBoth(stop_timer)
-        # Set before the callbacks: an endpoint may answer synchronously, and
-        # then they run (and may start the next attempt) inside addCallbacks.
-        self._attempt = attempt
-        attempt.addCallbacks(
-            self._connected,
-            self._attempt_failed,
-            callbackArgs=(backend, link),
-            errbackArgs=(backend, timer),
+        link = BackendLink(self, backend)
+        self._pending = link
+        self._attempt_timer = self._clock.callLater(
+            self._connect_timeout, self._attempt_timed_out, link
         )
+        attempt = backend.endpoint.connect(_LinkFactory(link))
+        if self._pending is link:
+            # Still pending: the endpoint did not answer synchronously.
+            self._attempt = attempt
+        attempt.addErrback(self._connect_failed, link)
 
-    def _attempt_failed(self, failure: Failure, backend: Backend, timer: IDelayedCall) -> None:
-        self._attempt = None
-        if self._client_gone:
-            # We cancelled the attempt ourselves because the client left.
-            return
-        backend.failures += 1
+    def _attempt_timed_out(self, link: BackendLink) -> None:
+        self._attempt_timer = None
+        if link.transport is None:
+            # Still connecting at the TCP level: cancelling fails the attempt.
+            if self._attempt is not None:
+                self._attempt.cancel()
+        else:
+            link.failure_reason = f"TLS handshake not done within {self._connect_timeout:g} s"
+            link.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _connect_failed(self, failure: Failure, link: BackendLink) -> None:
         if failure.check(CancelledError, ConnectingCancelledError):
             reason = f"no connection within {self._connect_timeout:g} s"
         else:
-            reason = failure.getErrorMessage()
+            reason = describe_failure(failure)
+        self._attempt_failed(link, reason)
+
+    def _stop_attempt(self, link: BackendLink) -> bool:
+        """
+        Forget the pending attempt on C{link}.
+
+        @return: whether C{link} was the pending attempt.
+        """
+        if self._pending is not link:
+            return False
+        self._pending = None
+        self._attempt = None
+        if self._attempt_timer is not None:
+            if self._attempt_timer.active():
+                self._attempt_timer.cancel()
+            self._attempt_timer = None
+        return True
+
+    def _attempt_failed(self, link: BackendLink, reason: str) -> None:
+        if not self._stop_attempt(link) or self._client_gone:
+            # A stale attempt, or one we gave up ourselves because the client left.
+            return
+        link.backend.failures += 1
         self._log.warn(
             "backend {backend} failed for a session from {peer}: {reason}",
-            backend=backend.name,
+            backend=link.backend.name,
             peer=self.peer,
             reason=reason,
         )
         self._connect_next()
 
-    def _connected(self, _protocol: Protocol, backend: Backend, link: BackendLink) -> None:
-        self._attempt = None
+    def link_ready(self, link: BackendLink) -> None:
+        """
+        A backend connection is usable: connected, and for TLS, verified.
+        """
+        if not self._stop_attempt(link):
+            return
+        if self._client_gone:
+            link.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        link.ready = True
+        backend = link.backend
         self.backend = backend
         server = cast(Stream, link.transport)
         self._server = server
         backend.active += 1
         backend.total += 1
         held, self._held = self._held, []
+        self._held_size = 0
         for chunk in held:
             server.write(chunk)
             self.bytes_in += len(chunk)
@@ -268,18 +401,25 @@ class GameSession:
         if self._client_eof:
             self._stop_client_feeding_server()
             _half_close(server)
-        else:
+        elif self._client_paused:
+            self._client_paused = False
             self.client.resumeProducing()
-        if self._idle_timeout:
-            self._idle_seen = self.bytes_in
-            self._idle_since = self._clock.seconds()
-            self._idle_call = self._clock.callLater(self._idle_timeout / 4, self._check_idle)
-        self._log.debug(
-            "session from {peer} connected to {backend}", peer=self.peer, backend=backend.name
-        )
+        self._idle_seen = self.bytes_in
+        self._idle_since = self._clock.seconds()
+        self._schedule_idle_check()
+
+    def link_lost(self, link: BackendLink, reason: Failure) -> None:
+        """
+        A backend connection is gone: before it was ready (a failed attempt,
+        e.g. a TLS verification error) or during the session.
+        """
+        if link.ready:
+            self._backend_lost()
+        else:
+            self._attempt_failed(link, link.failure_reason or describe_failure(reason))
 
     def _give_up(self) -> None:
-        tried = ", ".join(b.name for b in self._tried) or "none configured"
+        tried = ", ".join(b.name for b in self._tried) or "none up"
         self._log.error(
             "no backend available for a session from {peer} (tried: {tried}); closing it",
             peer=self.peer,
@@ -296,7 +436,7 @@ class GameSession:
         """
         server = self._server
         if server is None:
-            self._held.append(data)
+            self._hold(data)
             return
         server.write(data)
         self.bytes_in += len(data)
@@ -316,6 +456,7 @@ class GameSession:
             self._close_both()
         else:
             _half_close(server)
+            self._schedule_idle_check()
 
     def client_lost(self) -> None:
         """
@@ -323,9 +464,13 @@ class GameSession:
         """
         self._client_gone = True
         self._stop_abort_timer()
-        if self._attempt is not None:
+        link = self._pending
+        if link is not None:
             self._finish(CloseReason.CLIENT_LEFT_EARLY)
-            self._attempt.cancel()
+            if link.transport is not None:
+                link.transport.abortConnection()  # type: ignore[attr-defined]
+            elif self._attempt is not None:
+                self._attempt.cancel()
             return
         self._finish(self._ended_by or CloseReason.CLIENT_CLOSED)
         server = self._server
@@ -354,10 +499,11 @@ class GameSession:
             self._close_both()
         else:
             _half_close(self.client)
+            self._schedule_idle_check()
 
-    def backend_lost(self, reason: Failure) -> None:
+    def _backend_lost(self) -> None:
         """
-        The backend connection is gone.
+        The backend connection is gone, during the session.
         """
         self._backend_gone = True
         self._stop_abort_timer()
@@ -411,27 +557,52 @@ class GameSession:
         if not self._backend_gone and self._server is not None:
             self._server.abortConnection()
 
+    def _quiet_limit(self) -> tuple[float, CloseReason]:
+        """
+        How long the session may go without traffic now, and the close reason
+        if it does: the idle timeout, or the fin timeout once a direction has
+        ended, whichever is shorter (0: no limit).
+        """
+        limit, reason = self._idle_timeout, CloseReason.IDLE_TIMEOUT
+        if self._fin_timeout and (self._client_eof or self._backend_eof):
+            if not limit or self._fin_timeout < limit:
+                limit, reason = self._fin_timeout, CloseReason.FIN_TIMEOUT
+        return limit, reason
+
+    def _schedule_idle_check(self) -> None:
+        """
+        (Re)start the quiet-time check at the current limit's pace.
+        """
+        if self._idle_call is not None:
+            self._idle_call.cancel()
+            self._idle_call = None
+        limit, _reason = self._quiet_limit()
+        if limit and self.close_reason is None:
+            self._idle_call = self._clock.callLater(limit / 4, self._check_idle)
+
     def _check_idle(self) -> None:
         self._idle_call = None
+        limit, reason = self._quiet_limit()
         now = self._clock.seconds()
         seen = self.bytes_in + self.bytes_out
         if seen != self._idle_seen:
-            # Traffic since the last check: it was idle at most since now.
+            # Traffic since the last check: it was quiet at most since now.
             self._idle_seen = seen
             self._idle_since = now
-            delay = self._idle_timeout / 4
+            delay = limit / 4
         else:
-            # Check again within a quarter of the timeout even when the
+            # Check again within a quarter of the limit even when the
             # deadline is further: traffic seen at a check is dated to that
             # check, so the gap between checks is the close's only lateness.
-            delay = min(self._idle_since + self._idle_timeout - now, self._idle_timeout / 4)
+            delay = min(self._idle_since + limit - now, limit / 4)
             if delay <= 0:
                 self._log.info(
-                    "session from {peer} idle for {timeout:g} s; closing it",
+                    "session from {peer} had no traffic for {timeout:g} s ({reason}); closing it",
                     peer=self.peer,
-                    timeout=self._idle_timeout,
+                    timeout=limit,
+                    reason=reason.value,
                 )
-                self._finish(CloseReason.IDLE_TIMEOUT)
+                self._finish(reason)
                 self._close_both()
                 self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort_both)
                 return

@@ -34,10 +34,21 @@ from gateway.front import GatewayFactory
 from gateway.pool import Backend, Pool
 from gateway.web import make_site
 
-__all__ = ["DemoBackends", "FrontListener", "GatewayService", "make_service"]
+__all__ = ["DemoBackends", "FrontListener", "GatewayService", "StartupError", "make_service"]
 
 DEMO_BACKENDS = ("demo-a", "demo-b")
 """Names of the demo game servers that C{--demo} runs in-process."""
+
+
+class StartupError(SystemExit, Exception):
+    """
+    Start-up cannot go on (a front cannot be bound).
+
+    A SystemExit, so that C{twistd -n} prints its one-line message and exits
+    without a traceback; also an Exception, so that a daemonizing twistd (which
+    catches Exception in the child) reports it to the parent process, which
+    then exits non-zero instead of waiting forever.
+    """
 
 
 class FrontListener(Service):
@@ -78,7 +89,7 @@ class FrontListener(Service):
             return
         result = outcome[0]
         if isinstance(result, Failure):
-            raise SystemExit(
+            raise StartupError(
                 f"gateway: error: --listen {self.description}: {result.getErrorMessage()}"
             )
         self._bound(result)
@@ -190,12 +201,7 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         from gateway.demo import SITE_DIR
 
         http_root = SITE_DIR
-    site = make_site(
-        http_root,
-        listing=config.http_listing,
-        idle_timeout=config.idle_timeout,
-        reactor=reactor,
-    )
+    site = make_site(http_root, listing=config.http_listing, reactor=reactor)
     factory = GatewayFactory(
         site=site,
         chooser=pool,
@@ -203,6 +209,7 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         sniff_timeout=config.sniff_timeout,
         connect_timeout=config.connect_timeout,
         idle_timeout=config.idle_timeout,
+        fin_timeout=config.fin_timeout,
     )
     top = GatewayService(config, pool, factory)
     if config.demo:

@@ -35,10 +35,10 @@ from twisted.web.server import Site
 from twisted.web.static import File
 from typing_extensions import override
 
-__all__ = ["HTTP_IDLE_DEFAULT", "StaticRoot", "make_site"]
+__all__ = ["HTTP_IDLE_TIMEOUT", "StaticRoot", "make_site"]
 
-HTTP_IDLE_DEFAULT = 60.0
-"""Seconds an HTTP keep-alive connection may sit idle when --idle-timeout is 0."""
+HTTP_IDLE_TIMEOUT = 60.0
+"""Seconds an HTTP keep-alive connection may sit idle between requests."""
 
 _NOT_FOUND = pages.notFound("No Such Resource", "No such file.")
 
@@ -172,7 +172,6 @@ def make_site(
     http_root: str | None,
     *,
     listing: bool,
-    idle_timeout: float,
     reactor: IReactorTime,
 ) -> Site:
     """
@@ -180,8 +179,6 @@ def make_site(
 
     @param http_root: the folder to serve, or L{None} to answer 404 to everything.
     @param listing: list folders without an index file.
-    @param idle_timeout: seconds a connection may be idle; 0 means the default
-        of L{HTTP_IDLE_DEFAULT}.
     @param reactor: the reactor for the channels' timeouts.
     """
     root: resource.IResource
@@ -191,4 +188,4 @@ def make_site(
         )
     else:
         root = StaticRoot(http_root, listing=listing)
-    return _HTTPSite(root, timeout=idle_timeout or HTTP_IDLE_DEFAULT, reactor=reactor)
+    return _HTTPSite(root, timeout=HTTP_IDLE_TIMEOUT, reactor=reactor)

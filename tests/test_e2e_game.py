@@ -74,35 +74,61 @@ def test_http_and_game_on_one_port_at_once(tmp_path: Path, echo_backend: Backend
         web.close()
 
 
-def test_twenty_megabytes_each_way_byte_exact(tmp_path: Path, sink_backend: Backend) -> None:
+def test_twenty_megabytes_each_way_at_once_byte_exact(tmp_path: Path) -> None:
     """
-    20 MB from client to backend and 20 MB from backend to client arrive
-    byte-exact (same length, same SHA-256).
+    20 MB from client to backend and 20 MB from backend to client, sent at
+    the same time through one session, arrive byte-exact (same length, same
+    SHA-256), and each side's end of stream arrives after its last byte.
     """
     upload = pattern(20 * MB, seed=1)
     download = pattern(20 * MB, seed=2)
-    with (
-        source_of(download) as source,
-        GatewayProcess(["--backend", sink_backend.endpoint], tmp_path) as gateway,
-    ):
-        client = connect(gateway.port)
-        client.sendall(upload)
-        client.shutdown(socket.SHUT_WR)
-        reply = recv_until_eof(client).decode()
-        assert reply == f"{len(upload)} {hashlib.sha256(upload).hexdigest()}\n"
-        client.close()
+
+    def duplex(sock: socket.socket, backend: Backend) -> None:
+        def send() -> None:
+            sock.sendall(download)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        backend.record(recv_until_eof(sock))
+        sender.join(timeout=60)
 
     with (
-        source_of(download) as source,
-        GatewayProcess(["--backend", source.endpoint], tmp_path) as gateway,
+        Backend(duplex) as backend,
+        GatewayProcess(["--backend", backend.endpoint], tmp_path) as gateway,
     ):
         client = connect(gateway.port)
-        # The backend speaks first: the client sends nothing, so the sniff
-        # timeout (2 s by default) decides that it is a game session.
+
+        def upload_all() -> None:
+            client.sendall(upload)
+            client.shutdown(socket.SHUT_WR)
+
+        uploader = threading.Thread(target=upload_all)
+        uploader.start()
         received = recv_until_eof(client)
-        assert len(received) == len(download)
-        assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+        uploader.join(timeout=60)
         client.close()
+        wait_for(lambda: len(backend.received) == 1, "the backend to finish")
+    assert len(received) == len(download)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+    assert len(backend.received[0]) == len(upload)
+    assert hashlib.sha256(backend.received[0]).digest() == hashlib.sha256(upload).digest()
+
+
+def test_backend_speaking_first_sends_twenty_megabytes(tmp_path: Path) -> None:
+    """
+    A backend that speaks first and sends 20 MB to a silent client (taken for a
+    game client by the sniff timeout) delivers it byte-exact, then its close.
+    """
+    download = pattern(20 * MB, seed=5)
+    with (
+        source_of(download) as source,
+        GatewayProcess(["--backend", source.endpoint, "--sniff-timeout", "0.3"], tmp_path) as gw,
+    ):
+        client = connect(gw.port)
+        received = recv_until_eof(client)
+        client.close()
+    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
 
 
 def test_slow_reader_keeps_gateway_memory_bounded(tmp_path: Path) -> None:
@@ -164,9 +190,9 @@ def test_slow_reader_keeps_gateway_memory_bounded(tmp_path: Path) -> None:
         f"gateway RSS {baseline} KiB -> peak {peak} KiB"
     )
     # The bound (docs/architecture.md): about one write buffer plus one read per
-    # direction for this one session, i.e. well under 1 MiB of payload; 16 MiB
+    # direction for this one session, i.e. well under 1 MiB of payload; 4 MiB
     # leaves room for the allocator.  Without flow control it would be ~200 MiB.
-    assert growth_mib < 16, f"gateway RSS grew by {growth_mib:.1f} MiB"
+    assert growth_mib < 4, f"gateway RSS grew by {growth_mib:.1f} MiB"
 
 
 def test_server_speaks_first_through_the_sniff_timeout(
@@ -289,7 +315,9 @@ def test_idle_timeout_closes_quiet_sessions_only(tmp_path: Path, echo_backend: B
         assert recv_exactly(busy, 5) == b"last\n"
         quiet.close()
         busy.close()
-        wait_for(lambda: "idle for 0.6 s" in gateway.log(), "the idle log line")
+        wait_for(
+            lambda: "no traffic for 0.6 s (idle-timeout)" in gateway.log(), "the idle log line"
+        )
 
 
 @pytest.mark.parametrize(
@@ -404,3 +432,33 @@ def test_connect_timeout_moves_on_to_the_next_backend(
     for filler in fillers:
         filler.close()
     blackhole.close()
+
+
+def test_backend_close_with_silent_client_ends_after_fin_timeout(
+    tmp_path: Path,
+) -> None:
+    """
+    When the backend closes and the client neither closes nor writes, the
+    client gets the backend's last bytes and its end of stream, and the
+    gateway closes the session after --fin-timeout instead of holding it.
+    """
+
+    def say_bye(sock: socket.socket, backend: Backend) -> None:
+        sock.sendall(b"BYE\r\n")
+        sock.close()
+
+    with (
+        Backend(say_bye) as backend,
+        GatewayProcess(
+            ["--backend", backend.endpoint, "--sniff-timeout", "0.2", "--fin-timeout", "0.5"],
+            tmp_path,
+        ) as gateway,
+    ):
+        client = connect(gateway.port)
+        assert recv_until_eof(client) == b"BYE\r\n"
+        wait_for(
+            lambda: "no traffic for 0.5 s (fin-timeout)" in gateway.log(), "the fin-timeout log"
+        )
+        assert "ended (backend-closed)" not in gateway.log()
+        assert "ended (fin-timeout)" in gateway.log()
+        client.close()

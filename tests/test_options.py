@@ -49,6 +49,7 @@ def test_minimal_command_line() -> None:
         sniff_timeout=2.0,
         connect_timeout=5.0,
         idle_timeout=0.0,
+        fin_timeout=60.0,
         demo=False,
     )
 
@@ -75,6 +76,8 @@ def test_full_command_line(tmp_path: Path) -> None:
         "3",
         "--idle-timeout",
         "600",
+        "--fin-timeout",
+        "0",
     ]
     assert parse(argv) == GatewayConfig(
         listen=("tcp:80", "unix:/tmp/gw.sock"),
@@ -87,6 +90,7 @@ def test_full_command_line(tmp_path: Path) -> None:
         sniff_timeout=0.5,
         connect_timeout=3.0,
         idle_timeout=600.0,
+        fin_timeout=0.0,
         demo=False,
     )
 
@@ -125,6 +129,8 @@ def test_relative_http_root_becomes_absolute(
         (["--backend", "nosuch:1"], "--backend: cannot use 'nosuch:1' as a client endpoint"),
         (["--backend", "tcp:host"], "--backend: cannot use 'tcp:host' as a client endpoint"),
         (["--backend", ""], "--backend: empty endpoint"),
+        (["--demo", "--listen", "tcp:1", "--listen", "tcp:1"], "--listen: 'tcp:1' is given twice"),
+        (["--demo", "--fin-timeout", "-2"], "--fin-timeout: must not be negative"),
         (["--backend", "tcp:h:1", "--backend", "tcp:h:1"], "--backend: 'tcp:h:1' is given twice"),
         (["--listen", "tcp:notaport", "--demo"], "--listen: cannot use 'tcp:notaport'"),
         (
@@ -181,3 +187,15 @@ def test_plugin_options_exit_with_one_line(capsys: pytest.CaptureFixture[str]) -
         "gateway: error: --sniff-timeout: must not be negative, got '-1' "
         "(see: twistd gateway --help)\n"
     )
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    --version prints the gateway's version (not Twisted's) and exits 0.
+    """
+    from gateway import __version__
+
+    with pytest.raises(SystemExit) as raised:
+        parse(["--version"])
+    assert raised.value.code == 0
+    assert capsys.readouterr().out == f"gateway {__version__}\n"

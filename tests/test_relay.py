@@ -6,8 +6,11 @@ are real L{TCP4ClientEndpoint}s on a L{MemoryReactorClock}, which records each
 C{connectTCP} in C{tcpClients}; a test completes an attempt by building the
 protocol from the recorded factory and connecting it to an in-memory
 transport, or fails it through the factory's C{clientConnectionFailed}, as
-Twisted's own endpoint tests do.  Time only moves when a test advances the
-clock.
+Twisted's own endpoint tests do.  A C{tls:} backend is played by a transport
+that provides L{INegotiated}, as L{twisted.protocols.tls.TLSMemoryBIOProtocol}
+does: the test completes its handshake by calling C{handshakeCompleted}, or
+fails it by losing the connection with the error OpenSSL or service_identity
+would report.  Time only moves when a test advances the clock.
 """
 
 from __future__ import annotations
@@ -18,13 +21,24 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from OpenSSL import SSL
+from service_identity import VerificationError
+from service_identity.exceptions import DNSMismatch
+from service_identity.hazmat import DNS_ID
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.interfaces import (
     IHalfCloseableDescriptor,
     IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
     IProtocol,
     IProtocolFactory,
     IStreamClientEndpoint,
@@ -35,16 +49,29 @@ from twisted.internet.testing import (
     RaisingMemoryReactor,
     StringTransport,
 )
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
 from gateway.pool import Backend, BackendState, Pool
-from gateway.relay import CLOSE_GRACE, BackendLink, CloseReason, GameSession
+from gateway.relay import (
+    CLOSE_GRACE,
+    HOLD_LIMIT,
+    BackendLink,
+    CloseReason,
+    GameSession,
+    describe_failure,
+)
 
 CONNECT_TIMEOUT = 5.0
 """Seconds per backend attempt in these tests."""
+
+PEER = "192.0.2.7:40000"
+"""The client's address as the session logs it."""
+
+CERT_VERIFY_FAILED = SSL.Error([("SSL routines", "", "certificate verify failed")])
+"""What pyOpenSSL reports when the backend's certificate does not chain to a trust root."""
 
 
 class FakeTransport(StringTransport):
@@ -145,6 +172,19 @@ class HalfCloseableTransport(FakeTransport):
         """
 
 
+@implementer(INegotiated)
+class TLSTransport(FakeTransport):
+    """
+    A L{FakeTransport} standing for a TLS connection: like
+    L{twisted.protocols.tls.TLSMemoryBIOProtocol}, it provides L{INegotiated}
+    and cannot half-close.
+
+    @ivar negotiatedProtocol: no ALPN here.
+    """
+
+    negotiatedProtocol = None
+
+
 def backend_eof(protocol: IProtocol) -> None:
     """
     Deliver an EOF from the backend as a TCP transport does: to a protocol
@@ -152,6 +192,21 @@ def backend_eof(protocol: IProtocol) -> None:
     pass on (else the transport would deliver C{connectionLost} instead).
     """
     IHalfCloseableProtocol(protocol).readConnectionLost()
+
+
+def handshake_completed(protocol: IProtocol) -> None:
+    """
+    Tell a protocol its TLS handshake is done, as C{TLSMemoryBIOProtocol}
+    does (through the endpoint's wrapper, which must pass it on).
+    """
+    IHandshakeListener(protocol).handshakeCompleted()
+
+
+def warnings_logged(log_events: EventLoggingObserver) -> list[str]:
+    """
+    The text of each warning logged so far.
+    """
+    return [formatEvent(e) for e in log_events if e["log_level"] is LogLevel.warn]
 
 
 def written(transport: StringTransport) -> bytes:
@@ -180,6 +235,7 @@ class Gateway:
         *,
         client: FakeTransport | None = None,
         idle_timeout: float = 0.0,
+        fin_timeout: float = 0.0,
     ) -> None:
         self.reactor = MemoryReactorClock()
         self.backends = [
@@ -198,7 +254,8 @@ class Gateway:
             self.reactor,
             connect_timeout=CONNECT_TIMEOUT,
             idle_timeout=idle_timeout,
-            peer="192.0.2.7:40000",
+            fin_timeout=fin_timeout,
+            peer=PEER,
         )
         self.client.on_lost = lambda reason: self.session.client_lost()
 
@@ -226,6 +283,15 @@ class Gateway:
         protocol.makeConnection(transport)
         return transport, protocol
 
+    def accept_tls(self, attempt: int = -1) -> tuple[TLSTransport, IProtocol]:
+        """
+        Complete the TCP part of a connection attempt (the last by default)
+        to a TLS backend; the handshake is still to come.
+        """
+        transport = TLSTransport()
+        _, protocol = self.accept(attempt, transport)
+        return transport, protocol
+
     def refuse(self, attempt: int = -1) -> None:
         """
         Fail a connection attempt (the last by default) as refused.
@@ -250,6 +316,16 @@ class Gateway:
         self.session.start(first)
         return self.accept(transport=backend)
 
+    def connected_tls(self, first: bytes = b"hello") -> tuple[TLSTransport, IProtocol]:
+        """
+        Start the session and connect it to the first backend over TLS,
+        handshake included.
+        """
+        self.session.start(first)
+        transport, protocol = self.accept_tls()
+        handshake_completed(protocol)
+        return transport, protocol
+
     def counters(self) -> list[tuple[int, int, int]]:
         """
         C{(active, total, failures)} of each backend.
@@ -271,28 +347,29 @@ def log_events() -> Iterator[EventLoggingObserver]:
 # Connecting
 
 
-def test_client_paused_while_connecting() -> None:
+def test_client_still_read_while_connecting() -> None:
     """
-    Starting a session stops reading from the client and holds the first
-    bytes while the first backend connects: nothing is relayed yet.
+    Starting a session holds the first bytes while the first backend
+    connects, and keeps reading from the client (so a client that leaves is
+    noticed): the client is not paused, and nothing is relayed yet.
     """
     gateway = Gateway()
     gateway.session.start(b"hello")
-    assert gateway.client.flow == ["pause"]
-    assert gateway.client.producerState == "paused"
+    assert gateway.client.flow == []
+    assert gateway.client.producerState == "producing"
     assert gateway.attempted_ports() == [7000]
     assert gateway.session.backend is None
     assert gateway.session.bytes_in == 0
 
 
-def test_client_resumed_once_connected() -> None:
+def test_client_not_paused_or_resumed_on_connect() -> None:
     """
-    Once the backend connects, the client is resumed (once) and the session
-    records its backend.
+    Once the backend connects, the session records its backend; a client
+    that was never paused is not resumed either.
     """
     gateway = Gateway()
     gateway.connected()
-    assert gateway.client.flow == ["pause", "resume"]
+    assert gateway.client.flow == []
     assert gateway.client.producerState == "producing"
     assert gateway.session.backend is gateway.backends[0]
 
@@ -375,7 +452,7 @@ def test_refused_backend_fails_over() -> None:
     assert written(backend) == b"one two three"
     assert gateway.session.backend is gateway.backends[1]
     assert gateway.counters() == [(0, 0, 1), (1, 1, 0), (0, 0, 0)]
-    assert gateway.client.flow == ["pause", "resume"]
+    assert gateway.client.flow == []
 
 
 def test_timed_out_backend_fails_over() -> None:
@@ -525,7 +602,7 @@ def test_client_eof_while_connecting() -> None:
     A client that sends its bytes and half-closes before the backend connects
     gets them delivered and the end passed on: the backend is half-closed
     right after the held bytes, its producer unregistered, and the finished
-    client is not resumed.
+    client is neither paused nor resumed.
     """
     gateway = Gateway()
     gateway.session.start(b"request")
@@ -536,7 +613,7 @@ def test_client_eof_while_connecting() -> None:
     assert backend.write_closed
     assert backend.lose_calls == 0
     assert backend.producer is None
-    assert gateway.client.flow == ["pause"]
+    assert gateway.client.flow == []
     # The reply still reaches the client.
     gateway.session.backend_data(b"reply")
     assert written(gateway.client) == b"reply"
@@ -982,7 +1059,7 @@ def test_client_lost_after_synchronous_failure_cancels_next_attempt() -> None:
 def test_synchronous_connect_relays() -> None:
     """
     An endpoint that connects at once works like any other: held bytes
-    written, producers registered, the client resumed.
+    written, producers registered, the client never paused.
     """
     transports: list[FakeTransport] = []
     gateway = instant_gateway(InstantEndpoint(transports))
@@ -990,7 +1067,7 @@ def test_synchronous_connect_relays() -> None:
     [backend] = transports
     assert written(backend) == b"hello"
     assert gateway.client.producer is backend
-    assert gateway.client.flow == ["pause", "resume"]
+    assert gateway.client.flow == []
     assert gateway.reactor.getDelayedCalls() == []
 
 
@@ -1008,33 +1085,76 @@ def test_client_lost_after_synchronous_connect_closes_backend() -> None:
     assert gateway.session.close_reason is CloseReason.CLIENT_CLOSED
 
 
+class Recorder(GameSession):
+    """
+    A session that records the events its L{BackendLink} passes on.
+
+    @ivar calls: each event, in order.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[object] = []
+
+    @override
+    def link_ready(self, link: BackendLink) -> None:
+        self.calls.append(("ready", link))
+
+    @override
+    def link_lost(self, link: BackendLink, reason: Failure) -> None:
+        self.calls.append(("lost", link, reason))
+
+    @override
+    def backend_data(self, data: bytes) -> None:
+        self.calls.append(data)
+
+    @override
+    def backend_eof(self) -> None:
+        self.calls.append("eof")
+
+
+def recorded_link() -> tuple[Recorder, BackendLink]:
+    """
+    A L{BackendLink} to a backend, on a L{Recorder}.
+    """
+    session = Recorder()
+    backend = Backend(
+        name="b",
+        description="tcp:127.0.0.1:1",
+        endpoint=TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 1),
+    )
+    link = BackendLink(session, backend)
+    assert link.backend is backend
+    assert not link.ready
+    assert link.failure_reason is None
+    return session, link
+
+
 def test_backend_link_forwards_events() -> None:
     """
-    L{BackendLink} passes data, EOF and loss to its session (and ignores the
-    end of its own half-close).
+    L{BackendLink} on a plain transport is ready as soon as it is connected,
+    then passes data, EOF and loss (naming itself) to its session, and
+    ignores the end of its own half-close.
     """
-    calls: list[object] = []
-
-    class Recorder(GameSession):
-        def __init__(self) -> None:
-            pass
-
-        @override
-        def backend_data(self, data: bytes) -> None:
-            calls.append(data)
-
-        @override
-        def backend_eof(self) -> None:
-            calls.append("eof")
-
-        @override
-        def backend_lost(self, reason: Failure) -> None:
-            calls.append(reason)
-
-    link = BackendLink(Recorder())
+    session, link = recorded_link()
     reason = Failure(ConnectionDone())
+    link.makeConnection(StringTransport())
     link.dataReceived(b"abc")
     link.readConnectionLost()
     link.writeConnectionLost()
     link.connectionLost(reason)
-    assert calls == [b"abc", "eof", reason]
+    assert session.calls == [("ready", link), b"abc", "eof", ("lost", link, reason)]
+
+
+def test_backend_link_on_tls_ready_at_handshake() -> None:
+    """
+    L{BackendLink} listens for the TLS handshake: on a transport that
+    provides L{INegotiated} it is not ready when connected, only when the
+    handshake completes.
+    """
+    session, link = recorded_link()
+    assert IHandshakeListener.providedBy(link)
+    assert IHalfCloseableProtocol.providedBy(link)
+    link.makeConnection(TLSTransport())
+    assert session.calls == []
+    link.handshakeCompleted()
+    assert session.calls == [("ready", link)]

@@ -307,6 +307,8 @@ class HiLoFactory(_FactoryBase):
     the scoreboard cannot grow with every name ever used.
     """
 
+    noisy = False
+
     _log = Logger()
 
     def __init__(self, name: str, rng: random.Random | None = None) -> None:
