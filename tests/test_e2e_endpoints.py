@@ -56,7 +56,9 @@ def tls_echo(ca: ScratchCA) -> Iterator[Backend]:
         yield backend
 
 
-def test_tls_backend_verified_and_relayed(tmp_path: Path, ca: ScratchCA, tls_echo: Backend) -> None:
+def test_tls_backend_verified_and_relayed(
+    tmp_path: Path, ca: ScratchCA, tls_echo: Backend
+) -> None:
     """
     A tls: backend whose certificate chains to trustRoots and names the host
     is used: bytes go through TLS and back unchanged.
