@@ -25,7 +25,12 @@ __all__ = [
     "BackendSpec",
     "ConfigError",
     "GatewayConfig",
+    "OVERFLOW_CHOICES",
+    "check_choice",
     "check_client_endpoint",
+    "check_count",
+    "check_line",
+    "check_rate",
     "check_directory",
     "check_seconds",
     "check_server_endpoint",
@@ -36,6 +41,10 @@ DEFAULT_LISTEN = "tcp:8080"
 
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
 """The public front of C{--demo}: loopback only, since the demo is for one machine."""
+
+
+OVERFLOW_CHOICES = ("reject", "queue")
+"""What happens at the total connection cap."""
 
 
 class ConfigError(ValueError):
@@ -75,6 +84,15 @@ class GatewayConfig:
         session is closed; 0 turns the idle timeout off.
     @ivar fin_timeout: seconds without traffic before a game session where one
         side has ended its stream is closed; 0 turns it off.
+    @ivar header_timeout: seconds an HTTP request's line and headers (and a
+        PROXY header) may take to arrive.
+    @ivar max_connections: concurrent front connections of every kind (0: no cap).
+    @ivar max_per_ip: concurrent connections from one client address (0: no cap).
+    @ivar rate_per_ip: new connections per second from one address (0: no limit).
+    @ivar rate_burst: the token bucket's size; L{None} for the default
+        (L{gateway.limits.default_burst}).
+    @ivar overflow: at the total cap, C{"reject"} or C{"queue"}.
+    @ivar busy_message: the line sent to a refused game client, if any.
     @ivar demo: also run the built-in demo game backends and page.
     """
 
@@ -86,6 +104,13 @@ class GatewayConfig:
     connect_timeout: float = 5.0
     idle_timeout: float = 0.0
     fin_timeout: float = 60.0
+    header_timeout: float = 10.0
+    max_connections: int = 0
+    max_per_ip: int = 0
+    rate_per_ip: float = 0.0
+    rate_burst: float | None = None
+    overflow: str = "reject"
+    busy_message: str | None = None
     demo: bool = False
 
 
@@ -110,6 +135,62 @@ def check_seconds(option: str, text: str, *, allow_zero: bool) -> float:
     if value == 0 and not allow_zero:
         raise ConfigError(f"{option}: must be more than 0 seconds, got {text!r}")
     return value
+
+
+def check_count(option: str, text: str) -> int:
+    """
+    Parse a whole number that is 0 or more (0 meaning "no cap").
+
+    @raise ConfigError: not a whole number, or negative.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{option}: expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"{option}: must not be negative, got {text!r}")
+    return value
+
+
+def check_rate(option: str, text: str, *, minimum: float = 0.0) -> float:
+    """
+    Parse a finite number that is at least C{minimum}.
+
+    @raise ConfigError: not a finite number, or below the minimum.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{option}: expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{option}: expected a finite number, got {text!r}")
+    if value < minimum:
+        raise ConfigError(f"{option}: must be at least {minimum:g}, got {text!r}")
+    return value
+
+
+def check_choice(option: str, text: str, choices: tuple[str, ...]) -> str:
+    """
+    Check that C{text} is one of C{choices}.
+
+    @raise ConfigError: it is not.
+    """
+    if text not in choices:
+        raise ConfigError(f"{option}: expected one of {', '.join(choices)}, got {text!r}")
+    return text
+
+
+def check_line(option: str, text: str, *, limit: int = 200) -> str:
+    """
+    Check that C{text} is one line of printable text, at most C{limit} characters.
+
+    @raise ConfigError: it has a line break or a control character, or is too long.
+    """
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ConfigError(f"{option}: must be one line without control characters")
+    if len(text) > limit:
+        raise ConfigError(f"{option}: at most {limit} characters, got {len(text)}")
+    return text
 
 
 def check_directory(option: str, path: str) -> str:

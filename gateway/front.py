@@ -43,6 +43,7 @@ from gateway.relay import GameSession
 
 __all__ = [
     "HTTP_METHODS",
+    "CloseHooks",
     "SNIFF_LIMIT",
     "FrontDoor",
     "GatewayFactory",
@@ -105,6 +106,36 @@ def describe_peer(address: IAddress) -> str:
     return str(address)
 
 
+class CloseHooks:
+    """
+    Mixin for protocols: callables run once when the connection is lost (the
+    admission layer releases a connection's slots this way, without wrapping
+    the protocol, so nothing is added to the data path).
+    """
+
+    _hooks_log = Logger()
+
+    def __init__(self) -> None:
+        self._close_hooks: list[Callable[[], None]] = []
+
+    def add_close_hook(self, hook: Callable[[], None]) -> None:
+        """
+        Run C{hook} when the connection is lost.
+        """
+        self._close_hooks.append(hook)
+
+    def run_close_hooks(self) -> None:
+        """
+        Run the hooks, once; one that fails is logged and the others still run.
+        """
+        hooks, self._close_hooks = self._close_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                self._hooks_log.failure("a close hook failed")
+
+
 class GatewayFactory(ServerFactory):
     """
     Builds a L{FrontDoor} for each accepted connection.
@@ -146,7 +177,7 @@ class GatewayFactory(ServerFactory):
 
 
 @implementer(IHalfCloseableProtocol)
-class FrontDoor(Protocol):
+class FrontDoor(CloseHooks, Protocol):
     """
     Sniffs one public connection, then forwards it to HTTP or a game session.
     """
@@ -154,6 +185,7 @@ class FrontDoor(Protocol):
     _log = Logger()
 
     def __init__(self, factory: GatewayFactory) -> None:
+        CloseHooks.__init__(self)
         self.factory = factory
         self._sniffed = b""
         self._sniff_call: IDelayedCall | None = None
@@ -258,3 +290,4 @@ class FrontDoor(Protocol):
             self.http.connectionLost(reason)
         if self.session is not None:
             self.session.client_lost()
+        self.run_close_hooks()

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from gateway.pool import Backend
 
-__all__ = ["IBackendChooser"]
+__all__ = ["IAddressPolicy", "IBackendChooser"]
 
 
 class IBackendChooser(Interface):
@@ -29,4 +29,28 @@ class IBackendChooser(Interface):
 
         @param exclude: backends this session already tried; never chosen again.
         @return: a backend that accepts new sessions, or L{None} when none is left.
+        """
+
+
+class IAddressPolicy(Interface):
+    """
+    A limit on the connections from one client address (by its key, see
+    L{gateway.limits.address_key}).  Time is passed in, never read.
+    """
+
+    reason = Attribute("The L{gateway.limits.Refusal} counted when this policy refuses.")
+
+    def allows(key: str, now: float) -> bool:
+        """
+        Whether a new connection from C{key} may be admitted at C{now}.
+        """
+
+    def acquire(key: str, now: float) -> None:
+        """
+        Count an admitted connection from C{key}.
+        """
+
+    def release(key: str) -> None:
+        """
+        An admitted connection from C{key} ended.
         """

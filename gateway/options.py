@@ -21,11 +21,16 @@ from typing_extensions import override
 from gateway.config import (
     DEFAULT_LISTEN,
     DEMO_LISTEN,
+    OVERFLOW_CHOICES,
     BackendSpec,
     ConfigError,
     GatewayConfig,
+    check_choice,
     check_client_endpoint,
+    check_count,
     check_directory,
+    check_line,
+    check_rate,
     check_seconds,
     check_server_endpoint,
 )
@@ -69,6 +74,52 @@ class GatewayOptions(usage.Options):
         ],
     ]
     optParameters = [
+        [
+            "max-connections",
+            None,
+            "0",
+            "Concurrent front connections, all kinds (0: no cap).",
+        ],
+        [
+            "overflow",
+            None,
+            "reject",
+            "At --max-connections: 'reject' (HTTP gets 503 with Retry-After, a game "
+            "connection is closed, after --busy-message if set) or 'queue' (stop "
+            "accepting until a slot frees; clients wait in the kernel backlog).",
+        ],
+        [
+            "max-per-ip",
+            None,
+            "0",
+            "Concurrent connections from one client address; IPv6 counts per /64 (0: no cap).",
+        ],
+        [
+            "rate-per-ip",
+            None,
+            "0",
+            "New connections per second from one client address (token bucket; 0: no limit).",
+        ],
+        [
+            "rate-burst",
+            None,
+            None,
+            "Connections one address may open at once before --rate-per-ip applies "
+            "(default: twice the rate, at least 10).",
+        ],
+        [
+            "busy-message",
+            None,
+            None,
+            "One line sent to a game client that is refused (default: none, just close).",
+        ],
+        [
+            "header-timeout",
+            None,
+            "10",
+            "Seconds an HTTP request's line and headers (and a PROXY header) may take "
+            "to arrive; slower clients get 408 and are closed.",
+        ],
         [
             "http-root",
             None,
@@ -178,6 +229,15 @@ class GatewayOptions(usage.Options):
                 "--backend: at least one game backend is needed "
                 "(or --demo for the built-in demo game)"
             )
+        rate = check_rate("--rate-per-ip", self["rate-per-ip"])
+        burst = None
+        if self["rate-burst"] is not None:
+            if not rate:
+                raise ConfigError("--rate-burst: needs --rate-per-ip")
+            burst = check_rate("--rate-burst", self["rate-burst"], minimum=1)
+        busy = self["busy-message"]
+        if busy is not None:
+            busy = check_line("--busy-message", busy)
         http_root = self["http-root"]
         if http_root is not None:
             http_root = check_directory("--http-root", http_root)
@@ -194,6 +254,15 @@ class GatewayOptions(usage.Options):
             ),
             idle_timeout=check_seconds("--idle-timeout", self["idle-timeout"], allow_zero=True),
             fin_timeout=check_seconds("--fin-timeout", self["fin-timeout"], allow_zero=True),
+            header_timeout=check_seconds(
+                "--header-timeout", self["header-timeout"], allow_zero=False
+            ),
+            max_connections=check_count("--max-connections", self["max-connections"]),
+            max_per_ip=check_count("--max-per-ip", self["max-per-ip"]),
+            rate_per_ip=rate,
+            rate_burst=burst,
+            overflow=check_choice("--overflow", self["overflow"], OVERFLOW_CHOICES),
+            busy_message=busy,
             demo=demo,
         )
 

@@ -25,13 +25,19 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from gateway.admission import AddressGate, CapFactory, CapState, Responder
 from gateway.config import GatewayConfig
 from gateway.front import GatewayFactory
+from gateway.interfaces import IAddressPolicy
+from gateway.limits import AddressCap, AddressLimits, AddressRate, TotalCap
 from gateway.pool import Backend, Pool
+from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
+from gateway.registry import Counters, RefusalLog
 from gateway.web import make_site
 
 __all__ = ["DemoBackends", "FrontListener", "GatewayService", "StartupError", "make_service"]
@@ -67,11 +73,20 @@ class FrontListener(Service):
     _log = Logger()
 
     def __init__(
-        self, description: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
+        self,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        cap_state: CapState | None = None,
     ) -> None:
+        """
+        @param cap_state: the total cap, which pauses and resumes this front's
+            accepting in queue mode.
+        """
         self.description = description
         self._endpoint = endpoint
         self._factory = factory
+        self._cap_state = cap_state
         self.port: IListeningPort | None = None
         self.setName(f"listen {description}")
 
@@ -96,6 +111,8 @@ class FrontListener(Service):
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.port = port
+        if self._cap_state is not None:
+            self._cap_state.add_port(port)
         self._log.info("listening on {front}", front=self.description)
         return port
 
@@ -110,6 +127,8 @@ class FrontListener(Service):
         port, self.port = self.port, None
         if port is None:
             return None
+        if self._cap_state is not None:
+            self._cap_state.remove_port(port)
         return port.stopListening()
 
 
@@ -121,13 +140,24 @@ class GatewayService(MultiService):
     @ivar pool: the game backends.
     @ivar factory: the front door's factory, shared by every listener.
     @ivar listeners: one per public front, in configured order.
+    @ivar counters: accepted, queued and refused connections.
+    @ivar cap_state: the total cap and its held queue.
     """
 
-    def __init__(self, config: GatewayConfig, pool: Pool, factory: GatewayFactory) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        pool: Pool,
+        factory: GatewayFactory,
+        counters: Counters,
+        cap_state: CapState,
+    ) -> None:
         super().__init__()
         self.config = config
         self.pool = pool
         self.factory = factory
+        self.counters = counters
+        self.cap_state = cap_state
         self.listeners: list[FrontListener] = []
 
 
@@ -201,7 +231,15 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         from gateway.demo import SITE_DIR
 
         http_root = SITE_DIR
-    site = make_site(http_root, listing=config.http_listing, reactor=reactor)
+    counters = Counters()
+    refusals = RefusalLog(reactor, counters)
+    site = make_site(
+        http_root,
+        listing=config.http_listing,
+        reactor=reactor,
+        header_timeout=config.header_timeout,
+        refusals=refusals,
+    )
     factory = GatewayFactory(
         site=site,
         chooser=pool,
@@ -211,11 +249,46 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         idle_timeout=config.idle_timeout,
         fin_timeout=config.fin_timeout,
     )
-    top = GatewayService(config, pool, factory)
+    responder = Responder(
+        reactor, busy_message=config.busy_message, wait=min(config.sniff_timeout, 2.0)
+    )
+    cap_state = CapState(
+        TotalCap(config.max_connections),
+        queue_mode=config.overflow == "queue",
+        refusals=refusals,
+        responder=responder,
+    )
+    policies: list[IAddressPolicy] = []
+    if config.max_per_ip:
+        policies.append(AddressCap(config.max_per_ip))
+    if config.rate_per_ip:
+        policies.append(AddressRate(config.rate_per_ip, config.rate_burst))
+    gate = AddressGate(
+        factory,
+        AddressLimits(policies) if policies else None,
+        clock=reactor,
+        refusals=refusals,
+        responder=responder,
+    )
+    top = GatewayService(config, pool, factory, counters, cap_state)
     if config.demo:
         DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
     for description in config.listen:
-        listener = FrontListener(description, serverFromString(reactor, description), factory)
+        inner: Factory = gate
+        endpoint_text = description
+        if description.startswith(HAPROXY_PREFIX):
+            # Our own PROXY header reader (see gateway.proxyheader) instead
+            # of Twisted's haproxy: endpoint wrapper.
+            endpoint_text = description[len(HAPROXY_PREFIX) :]
+            inner = ProxyHeaderFactory(
+                gate, clock=reactor, timeout=config.header_timeout, refusals=refusals
+            )
+        listener = FrontListener(
+            description,
+            serverFromString(reactor, endpoint_text),
+            CapFactory(cap_state, inner),
+            cap_state,
+        )
         top.listeners.append(listener)
         listener.setServiceParent(top)
     return top

@@ -27,18 +27,34 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import pages, resource
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 from twisted.web.static import File
 from typing_extensions import override
 
-__all__ = ["HTTP_IDLE_TIMEOUT", "StaticRoot", "make_site"]
+from gateway.front import describe_peer
+from gateway.limits import Refusal
+from gateway.registry import RefusalLog
+
+__all__ = [
+    "HEADER_TIMEOUT",
+    "HTTP_IDLE_TIMEOUT",
+    "GatewayHTTPChannel",
+    "HTTPSite",
+    "StaticRoot",
+    "make_site",
+]
 
 HTTP_IDLE_TIMEOUT = 60.0
 """Seconds an HTTP keep-alive connection may sit idle between requests."""
+
+HEADER_TIMEOUT = 10.0
+"""Default seconds a request's line and headers may take to arrive (slowloris)."""
 
 _NOT_FOUND = pages.notFound("No Such Resource", "No such file.")
 
@@ -155,17 +171,122 @@ class StaticRoot(File):
         return self.childNotFound
 
 
-class _HTTPSite(Site):
+class GatewayHTTPChannel(HTTPChannel):
     """
-    A C{Site} that builds plain HTTP/1.x channels.
+    Twisted's HTTP/1.x channel, hardened against slow and oversized requests:
+
+      - a request's line and headers must all arrive within the site's
+        C{header_timeout} from its first byte (slowloris), else the client
+        gets C{408 Request Timeout} and the connection is closed;
+      - a request line longer than the line limit gets C{414 URI Too Long},
+        a header line longer than it C{431 Request Header Fields Too Large},
+        and the connection is closed (Twisted closes without an answer);
+      - every such case, and Twisted's own 400 answers, are counted refusals.
+    """
+
+    site: HTTPSite
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._header_call: IDelayedCall | None = None
+        self._headers_done = False
+        self._request_lines = 0
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self._header_call is None and not self._headers_done:
+            self._header_call = self.callLater(self.site.header_timeout, self._header_timed_out)
+        super().dataReceived(data)
+
+    @override
+    def lineReceived(self, line: bytes) -> None:
+        self._request_lines += 1
+        super().lineReceived(line)
+
+    @override
+    def allHeadersReceived(self) -> None:
+        self._headers_done = True
+        self._request_lines = 0
+        self._stop_header_timer()
+        super().allHeadersReceived()
+
+    @override
+    def requestDone(self, request: Request) -> None:
+        # The next request's headers get their own time limit.
+        self._headers_done = False
+        super().requestDone(request)
+
+    def _header_timed_out(self) -> None:
+        self._header_call = None
+        self._refuse(
+            Refusal.TIMEOUT,
+            b"408 Request Timeout",
+            f"request headers not complete within {self.site.header_timeout:g} s",
+        )
+
+    @override
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._request_lines == 0:
+            self._refuse(Refusal.BAD_REQUEST, b"414 URI Too Long", "request line too long")
+        else:
+            self._refuse(
+                Refusal.BAD_REQUEST,
+                b"431 Request Header Fields Too Large",
+                "header line too long",
+            )
+
+    def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802 - Twisted's name
+        # Twisted's single exit for malformed requests and oversized headers.
+        self._count(Refusal.BAD_REQUEST, "bad request")
+        super()._respondToBadRequestAndDisconnect()
+
+    def _refuse(self, reason: Refusal, status: bytes, detail: str) -> None:
+        self._count(reason, detail)
+        body = status + b"\n"
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 "
+            + status
+            + b"\r\nContent-Type: text/plain\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body
+        )
+        self.loseConnection()
+
+    def _count(self, reason: Refusal, detail: str) -> None:
+        self._stop_header_timer()
+        refusals = self.site.refusals
+        if refusals is not None and self.transport is not None:
+            refusals.refused(reason, describe_peer(self.transport.getPeer()), detail)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_call is not None and self._header_call.active():
+            self._header_call.cancel()
+        self._header_call = None
+
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_header_timer()
+        super().connectionLost(reason)
+
+
+class HTTPSite(Site):
+    """
+    A C{Site} that builds L{GatewayHTTPChannel}s (plain HTTP/1.x).
 
     The front door needs the channel itself (not Twisted's generic wrapper that
     can switch to HTTP/2 after TLS ALPN) to finish a response for a client that
     half-closed its side.
+
+    @ivar header_timeout: seconds a request's line and headers may take.
+    @ivar refusals: where timeouts and bad requests are counted, or L{None}.
     """
 
-    protocol = HTTPChannel  # type: ignore[assignment]
+    protocol = GatewayHTTPChannel  # type: ignore[assignment]
     displayTracebacks = False
+    header_timeout = HEADER_TIMEOUT
+    refusals: RefusalLog | None = None
 
 
 def make_site(
@@ -173,13 +294,17 @@ def make_site(
     *,
     listing: bool,
     reactor: IReactorTime,
-) -> Site:
+    header_timeout: float = HEADER_TIMEOUT,
+    refusals: RefusalLog | None = None,
+) -> HTTPSite:
     """
     Build the public HTTP site.
 
     @param http_root: the folder to serve, or L{None} to answer 404 to everything.
     @param listing: list folders without an index file.
     @param reactor: the reactor for the channels' timeouts.
+    @param header_timeout: seconds a request's line and headers may take.
+    @param refusals: where timeouts and bad requests are counted.
     """
     root: resource.IResource
     if http_root is None:
@@ -188,4 +313,7 @@ def make_site(
         )
     else:
         root = StaticRoot(http_root, listing=listing)
-    return _HTTPSite(root, timeout=HTTP_IDLE_TIMEOUT, reactor=reactor)
+    site = HTTPSite(root, timeout=HTTP_IDLE_TIMEOUT, reactor=reactor)
+    site.header_timeout = header_timeout
+    site.refusals = refusals
+    return site

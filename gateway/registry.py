@@ -1,0 +1,113 @@
+"""
+The gateway's counters, and the refusal log that keeps floods out of the log.
+
+L{Counters} holds plain integers that the data path adds to and the admin
+endpoint (a later issue) reads; nothing is computed per chunk.  L{RefusalLog}
+counts every refusal by reason and logs it as a structured event with the
+client's address, except that past a few refusals of one reason in a window it
+only tallies them and logs one summary per window, saying how many it did not
+log one by one and from which addresses most of them came.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from gateway.limits import Refusal
+
+__all__ = ["Counters", "RefusalLog"]
+
+
+class Counters:
+    """
+    Running totals since start.
+
+    @ivar accepted: connections admitted past the limits.
+    @ivar refused: refused connections (and requests) by reason.
+    @ivar queued: connections that waited for a free slot (--overflow queue).
+    """
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.queued = 0
+        self.refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
+
+
+class RefusalLog:
+    """
+    Counts refusals and logs them, sampled: the first C{burst} of each reason
+    in a window of C{window} seconds are logged one by one; the rest are
+    tallied (by address, keeping the C{top} most frequent) and summarised
+    when the window ends.
+    """
+
+    _log = Logger(namespace="gateway.refusals")
+
+    TRACKED_ADDRESSES = 1000
+    """Distinct addresses tallied per reason and window; the rest are "others"."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        counters: Counters,
+        *,
+        window: float = 10.0,
+        burst: int = 5,
+        top: int = 5,
+    ) -> None:
+        self._clock = clock
+        self.counters = counters
+        self.window = window
+        self.burst = burst
+        self.top = top
+        self._logged: Counter[Refusal] = Counter()
+        self._suppressed: dict[Refusal, Counter[str]] = {}
+        self._others: Counter[Refusal] = Counter()
+        self._flush_call: IDelayedCall | None = None
+
+    def refused(self, reason: Refusal, peer: str, detail: str = "") -> None:
+        """
+        Count one refusal and log it, or tally it if this reason is flooding.
+
+        @param peer: the client's address, as shown in logs.
+        @param detail: a few words on the case, for the log (optional).
+        """
+        self.counters.refused[reason] += 1
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(self.window, self._flush)
+        if self._logged[reason] < self.burst:
+            self._logged[reason] += 1
+            self._log.warn(
+                "refused {peer}: {reason}{detail}",
+                peer=peer,
+                reason=reason.value,
+                detail=f" ({detail})" if detail else "",
+            )
+            return
+        tally = self._suppressed.setdefault(reason, Counter())
+        if peer in tally or len(tally) < self.TRACKED_ADDRESSES:
+            tally[peer] += 1
+        else:
+            self._others[reason] += 1
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        for reason, tally in self._suppressed.items():
+            others = self._others[reason]
+            count = sum(tally.values()) + others
+            most = ", ".join(f"{peer} ({n})" for peer, n in tally.most_common(self.top))
+            self._log.warn(
+                "refused {count} more connections ({reason}) in the last {window:g} s "
+                "without logging each; most from: {most}",
+                count=count,
+                reason=reason.value,
+                window=self.window,
+                most=most + (f", others ({others})" if others else ""),
+                addresses=len(tally),
+            )
+        self._logged.clear()
+        self._suppressed.clear()
+        self._others.clear()
