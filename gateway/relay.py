@@ -153,6 +153,13 @@ def describe_failure(failure: Failure) -> str:
         reasons = [str(item[-1]) for item in args[0] if item and item[-1]]
         return "TLS error: " + ", ".join(reasons or [repr(args[0])])
     if type(value).__name__ == "VerificationError":
+        wanted = []
+        for error in getattr(value, "errors", None) or []:
+            ident = getattr(error, "mismatched_id", None)
+            name = getattr(ident, "hostname", None) or getattr(ident, "ip", None) or ident
+            wanted.append(name.decode() if isinstance(name, bytes) else str(name))
+        if wanted:
+            return "TLS certificate does not match the host name " + ", ".join(wanted)
         return f"TLS certificate does not match the host name: {value}"
     return failure.getErrorMessage()
 
@@ -456,7 +463,7 @@ class GameSession:
             self._close_both()
         else:
             _half_close(server)
-            self._schedule_idle_check()
+            self._restart_quiet_clock()
 
     def client_lost(self) -> None:
         """
@@ -499,7 +506,7 @@ class GameSession:
             self._close_both()
         else:
             _half_close(self.client)
-            self._schedule_idle_check()
+            self._restart_quiet_clock()
 
     def _backend_lost(self) -> None:
         """
@@ -568,6 +575,15 @@ class GameSession:
             if not limit or self._fin_timeout < limit:
                 limit, reason = self._fin_timeout, CloseReason.FIN_TIMEOUT
         return limit, reason
+
+    def _restart_quiet_clock(self) -> None:
+        """
+        Count quiet time from now (an end of stream: the fin timeout gives the
+        other side its full time from this moment, as HAProxy's does).
+        """
+        self._idle_seen = self.bytes_in + self.bytes_out
+        self._idle_since = self._clock.seconds()
+        self._schedule_idle_check()
 
     def _schedule_idle_check(self) -> None:
         """

@@ -52,7 +52,7 @@ from twisted.internet.testing import (
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from typing_extensions import override
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from gateway.pool import Backend, BackendState, Pool
 from gateway.relay import (
@@ -97,6 +97,8 @@ class FakeTransport(StringTransport):
     @ivar lose_calls: how many times C{loseConnection} was called.
     @ivar lost: whether C{connectionLost} was delivered.
     @ivar on_lost: what the reactor calls when the connection is lost.
+    @ivar protocol: the protocol this transport drives, as on Twisted's TCP
+        transports (for a backend, the endpoint's wrapper around the link).
     """
 
     def __init__(self) -> None:
@@ -105,6 +107,7 @@ class FakeTransport(StringTransport):
         self.lose_calls = 0
         self.lost = False
         self.on_lost: Callable[[Failure], object] | None = None
+        self.protocol: IProtocol | None = None
 
     @override
     def pauseProducing(self) -> None:
@@ -172,7 +175,6 @@ class HalfCloseableTransport(FakeTransport):
         """
 
 
-@implementer(INegotiated)
 class TLSTransport(FakeTransport):
     """
     A L{FakeTransport} standing for a TLS connection: like
@@ -182,24 +184,62 @@ class TLSTransport(FakeTransport):
     @ivar negotiatedProtocol: no ALPN here.
     """
 
-    negotiatedProtocol = None
+    def __init__(self) -> None:
+        super().__init__()
+        # Twisted's name, from INegotiated.
+        self.negotiatedProtocol: bytes | None = None  # noqa: N815
+        # Declared on the instance: INegotiated extends ISSLTransport and
+        # ITCPTransport, whose other methods the relay never calls, so
+        # @implementer would have mypy-zope ask for all of them.
+        alsoProvides(self, INegotiated)
+
+
+def link_of(protocol: IProtocol) -> BackendLink:
+    """
+    The session's L{BackendLink} inside C{protocol}, the protocol the reactor
+    drives: Twisted's client endpoints wrap it in their private
+    C{_WrappingProtocol}; L{InstantEndpoint} does not.
+    """
+    link = getattr(protocol, "_wrappedProtocol", protocol)
+    assert isinstance(link, BackendLink)
+    return link
 
 
 def backend_eof(protocol: IProtocol) -> None:
     """
-    Deliver an EOF from the backend as a TCP transport does: to a protocol
-    that provides L{IHalfCloseableProtocol}, which the endpoint's wrapper must
-    pass on (else the transport would deliver C{connectionLost} instead).
+    Deliver an EOF from a plain backend as a TCP transport does: to the
+    protocol it drives, which must provide L{IHalfCloseableProtocol} (the
+    endpoint's wrapper must pass it on; see
+    L{test_backend_eof_through_endpoint_is_a_half_close}).
     """
     IHalfCloseableProtocol(protocol).readConnectionLost()
 
 
+def tcp_eof(protocol: IProtocol, transport: FakeTransport) -> None:
+    """
+    Deliver an EOF from the backend whatever the protocol the transport
+    drives, as C{twisted.internet.tcp.Connection.readConnectionLost} does: as
+    C{readConnectionLost} to a protocol that provides
+    L{IHalfCloseableProtocol}, else as the end of the connection (which is
+    how a TLS backend's end of stream arrives).
+    """
+    half_closeable = IHalfCloseableProtocol(protocol, None)
+    if half_closeable is None:
+        transport.connection_lost(Failure(ConnectionDone()))
+    else:
+        half_closeable.readConnectionLost()
+
+
 def handshake_completed(protocol: IProtocol) -> None:
     """
-    Tell a protocol its TLS handshake is done, as C{TLSMemoryBIOProtocol}
-    does (through the endpoint's wrapper, which must pass it on).
+    Tell the session's link that its TLS handshake is done, as
+    C{TLSMemoryBIOProtocol} does: it wraps the link directly (the endpoint's
+    wrapper is outside it) and calls C{handshakeCompleted} on it if it
+    provides L{IHandshakeListener}.
     """
-    IHandshakeListener(protocol).handshakeCompleted()
+    link = link_of(protocol)
+    assert IHandshakeListener.providedBy(link)
+    link.handshakeCompleted()
 
 
 def warnings_logged(log_events: EventLoggingObserver) -> list[str]:
@@ -280,6 +320,7 @@ class Gateway:
         if transport is None:
             transport = HalfCloseableTransport()
         transport.on_lost = protocol.connectionLost
+        transport.protocol = protocol
         protocol.makeConnection(transport)
         return transport, protocol
 
@@ -619,6 +660,474 @@ def test_client_eof_while_connecting() -> None:
     assert written(gateway.client) == b"reply"
 
 
+def test_failure_log_line(log_events: EventLoggingObserver) -> None:
+    """
+    A failed attempt's warning reads as one line naming the backend, the
+    client and the reason.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    gateway.refuse()
+    assert warnings_logged(log_events) == [
+        f"backend b0 failed for a session from {PEER}: Connection was refused by other side."
+    ]
+
+
+def test_session_logs_only_its_end(log_events: EventLoggingObserver) -> None:
+    """
+    A session that connects and ends logs one line, its end, with its byte
+    counts: no line when it connects, and none from the factory handed to
+    the endpoint when the connector starts and stops it (Twisted's factories
+    log "Starting factory" and "Stopping factory" unless quiet).
+    """
+    gateway = Gateway()
+    gateway.session.start(b"hello")
+    factory = gateway.reactor.tcpClients[0][2]
+    factory.doStart()  # as the connector does when it starts connecting
+    backend, protocol = gateway.accept()
+    protocol.dataReceived(b"hi")
+    backend.connection_lost()
+    factory.doStop()  # as the connector does once the connection ended
+    gateway.client.connection_lost()
+    assert [formatEvent(e) for e in log_events] == [
+        f"game session from {PEER} to b0 ended (backend-closed): 5 bytes in, 2 bytes out"
+    ]
+
+
+def test_backend_lost_after_ready_is_not_a_failure() -> None:
+    """
+    A backend connection lost once the session is established ends the
+    session: it is not a failed attempt, so no failure is counted and no
+    other backend is tried.
+    """
+    gateway = Gateway()
+    backend, _ = gateway.connected()
+    backend.connection_lost(Failure(ConnectionLost()))
+    assert gateway.attempted_ports() == [7000]
+    assert gateway.counters() == [(0, 1, 0), (0, 0, 0), (0, 0, 0)]
+    assert gateway.session.close_reason is CloseReason.BACKEND_CLOSED
+
+
+def test_backend_lost_after_client_eof_is_client_closed() -> None:
+    """
+    When the client's EOF came first, the backend connection ending
+    afterwards leaves CLIENT_CLOSED as the reason.
+    """
+    gateway = Gateway()
+    backend, _ = gateway.connected()
+    gateway.session.client_eof()
+    backend.connection_lost()
+    assert gateway.session.close_reason is CloseReason.CLIENT_CLOSED
+    assert gateway.client.lose_calls == 1
+    assert gateway.counters()[0] == (0, 1, 0)
+
+
+# Holding the client's bytes while connecting
+
+
+def numbered_chunks(count: int, size: int) -> list[bytes]:
+    """
+    C{count} chunks of C{size} bytes, each of a different letter, so that
+    order matters when they are joined.
+    """
+    return [bytes([ord("a") + i % 26]) * size for i in range(count)]
+
+
+def test_hold_limit_pauses_client_and_connect_resumes() -> None:
+    """
+    While connecting, the client is read until more than L{HOLD_LIMIT}
+    bytes are held, then paused, once; a chunk already on its way is still
+    held.  The connect writes every held byte in order, registers the
+    producers and resumes the client, once.
+    """
+    gateway = Gateway()
+    size = 5000
+    below = HOLD_LIMIT // size  # chunks that stay below the limit
+    chunks = numbered_chunks(below + 3, size)
+    gateway.session.start(chunks[0])
+    for chunk in chunks[1:below]:
+        gateway.session.client_data(chunk)
+    assert below * size < HOLD_LIMIT
+    assert gateway.client.flow == []
+    gateway.session.client_data(chunks[below])
+    assert (below + 1) * size > HOLD_LIMIT
+    assert gateway.client.flow == ["pause"]
+    assert gateway.client.producerState == "paused"
+    for chunk in chunks[below + 1 :]:
+        gateway.session.client_data(chunk)
+    assert gateway.client.flow == ["pause"]
+    assert gateway.session.bytes_in == 0
+    backend, _ = gateway.accept()
+    assert written(backend) == b"".join(chunks)
+    assert gateway.session.bytes_in == len(chunks) * size
+    assert gateway.client.flow == ["pause", "resume"]
+    assert gateway.client.producerState == "producing"
+    assert gateway.client.producer is backend
+    assert backend.producer is gateway.client
+    # Later bytes go straight through, and the hold does not pause again.
+    gateway.session.client_data(b"z" * HOLD_LIMIT)
+    assert written(backend).endswith(b"z" * HOLD_LIMIT)
+    assert gateway.client.flow == ["pause", "resume"]
+
+
+def test_first_bytes_past_hold_limit_pause_client() -> None:
+    """
+    First bytes (from the front door) that already pass L{HOLD_LIMIT} pause
+    the client at the start.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x" * (HOLD_LIMIT + 1))
+    assert gateway.client.flow == ["pause"]
+    backend, _ = gateway.accept()
+    assert written(backend) == b"x" * (HOLD_LIMIT + 1)
+    assert gateway.client.flow == ["pause", "resume"]
+
+
+def test_paused_client_stays_paused_across_failover() -> None:
+    """
+    A client paused for holding too much stays paused while the next backend
+    is tried, and is resumed when that one connects, which gets every held
+    byte in order.
+    """
+    gateway = Gateway()
+    chunks = numbered_chunks(3, HOLD_LIMIT // 2)
+    gateway.session.start(chunks[0])
+    gateway.session.client_data(chunks[1])
+    gateway.session.client_data(chunks[2])
+    assert gateway.client.flow == ["pause"]
+    gateway.refuse()
+    gateway.reactor.advance(CONNECT_TIMEOUT)
+    assert gateway.attempted_ports() == [7000, 7001, 7002]
+    assert gateway.client.flow == ["pause"]
+    backend, _ = gateway.accept()
+    assert written(backend) == b"".join(chunks)
+    assert gateway.client.flow == ["pause", "resume"]
+
+
+def test_paused_client_closed_when_no_backend() -> None:
+    """
+    A paused client whose every backend failed is closed (cleanly, NO_BACKEND)
+    and not resumed.
+    """
+    gateway = Gateway(backends=1)
+    gateway.session.start(b"x" * HOLD_LIMIT * 2)
+    gateway.refuse()
+    assert gateway.client.flow == ["pause"]
+    assert gateway.client.lose_calls == 1
+    assert not gateway.client.aborted
+    assert gateway.session.close_reason is CloseReason.NO_BACKEND
+
+
+@settings(max_examples=100, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=1, max_value=HOLD_LIMIT // 3), max_size=12))
+def test_hold_bounded_whatever_the_chunks(sizes: list[int]) -> None:
+    """
+    However the client's bytes arrive while connecting, the client is paused
+    once the bytes held reach L{HOLD_LIMIT} (never while below it, always once
+    past it) and at most once; the connect delivers them all in order and
+    resumes the client exactly when it was paused.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"")
+    sent = b""
+    for i, size in enumerate(sizes):
+        chunk = bytes([ord("a") + i % 26]) * size
+        gateway.session.client_data(chunk)
+        sent += chunk
+        if len(sent) < HOLD_LIMIT:
+            assert gateway.client.flow == []
+        elif len(sent) > HOLD_LIMIT:
+            assert gateway.client.flow == ["pause"]
+    paused = gateway.client.flow == ["pause"]
+    backend, _ = gateway.accept()
+    assert written(backend) == sent
+    assert gateway.client.flow == (["pause", "resume"] if paused else [])
+    assert gateway.client.producerState == "producing"
+
+
+# TLS backends: ready once the handshake is done
+
+
+def test_tls_link_not_established_at_tcp_connect() -> None:
+    """
+    A backend connection on a TLS transport (one providing L{INegotiated}) is
+    not used when TCP connects: nothing is written to it, no producer is
+    registered, nothing is counted, the client's bytes are still held (and
+    the client still read), and the connect timer still runs.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"hello")
+    gateway.reactor.advance(1)
+    backend, _ = gateway.accept_tls()
+    gateway.session.client_data(b" world")
+    assert written(backend) == b""
+    assert backend.producer is None
+    assert gateway.client.producer is None
+    assert gateway.session.backend is None
+    assert gateway.session.bytes_in == 0
+    assert gateway.counters() == [(0, 0, 0)] * 3
+    assert gateway.client.flow == []
+    assert [call.getTime() for call in gateway.reactor.getDelayedCalls()] == [CONNECT_TIMEOUT]
+
+
+def test_tls_link_established_at_handshake() -> None:
+    """
+    When the TLS handshake completes, the session is established: the held
+    bytes are written in order, the producers registered both ways, the
+    session counted on the backend, and the connect timer stopped.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"hello")
+    backend, protocol = gateway.accept_tls()
+    gateway.session.client_data(b" world")
+    gateway.reactor.advance(2)
+    handshake_completed(protocol)
+    assert written(backend) == b"hello world"
+    assert gateway.session.bytes_in == len(b"hello world")
+    assert gateway.client.producer is backend
+    assert backend.producer is gateway.client
+    assert gateway.session.backend is gateway.backends[0]
+    assert gateway.counters() == [(1, 1, 0), (0, 0, 0), (0, 0, 0)]
+    assert gateway.reactor.getDelayedCalls() == []
+    gateway.reactor.advance(CONNECT_TIMEOUT * 2)
+    assert not backend.aborted
+    protocol.dataReceived(b"reply")
+    assert written(gateway.client) == b"reply"
+
+
+def test_tls_handshake_timeout_fails_over(log_events: EventLoggingObserver) -> None:
+    """
+    The connect timeout covers the TLS handshake, from the start of the
+    attempt: a handshake not done C{connect_timeout} seconds after the attempt
+    began aborts the connection; once it is gone the attempt counts as a
+    failure of that backend, logged with the reason, and the next backend is
+    tried with every held byte.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"held")
+    gateway.reactor.advance(3)
+    backend, _ = gateway.accept_tls()
+    gateway.reactor.advance(CONNECT_TIMEOUT - 3 - 0.1)
+    assert not backend.aborted
+    gateway.reactor.advance(0.1)
+    assert backend.aborted
+    backend.connection_lost(Failure(ConnectionAborted()))
+    assert gateway.attempted_ports() == [7000, 7001]
+    assert gateway.counters() == [(0, 0, 1), (0, 0, 0), (0, 0, 0)]
+    assert warnings_logged(log_events) == [
+        f"backend b0 failed for a session from {PEER}: TLS handshake not done within 5 s"
+    ]
+    gateway.session.client_data(b" more")
+    second, _ = gateway.accept()
+    assert written(second) == b"held more"
+    assert gateway.counters() == [(0, 0, 1), (1, 1, 0), (0, 0, 0)]
+    assert gateway.session.close_reason is None
+
+
+def test_tls_handshake_just_in_time() -> None:
+    """
+    A handshake that completes just before the connect timeout establishes
+    the session, and nothing is aborted afterwards.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    backend, protocol = gateway.accept_tls()
+    gateway.reactor.advance(CONNECT_TIMEOUT - 0.01)
+    handshake_completed(protocol)
+    gateway.reactor.advance(CONNECT_TIMEOUT)
+    assert not backend.aborted
+    assert gateway.counters()[0] == (1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("error", "logged"),
+    [
+        (CERT_VERIFY_FAILED, "TLS error: certificate verify failed"),
+        (
+            VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("game.example"))]),
+            "TLS certificate does not match the host name game.example",
+        ),
+        (ConnectionDone(), "Connection was closed cleanly."),
+    ],
+)
+def test_tls_link_lost_before_ready_fails_over(
+    log_events: EventLoggingObserver, error: Exception, logged: str
+) -> None:
+    """
+    A TLS connection lost before its handshake completed (the certificate
+    did not verify, the host name did not match, or the backend hung up) is
+    a failed attempt: counted on that backend, logged with a readable
+    reason, and the next backend is tried; the bytes held meanwhile, in
+    order, reach the backend that connects.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"one ")
+    backend, _ = gateway.accept_tls()
+    gateway.session.client_data(b"two ")
+    backend.connection_lost(Failure(error))
+    assert gateway.attempted_ports() == [7000, 7001]
+    assert gateway.counters() == [(0, 0, 1), (0, 0, 0), (0, 0, 0)]
+    [warning] = warnings_logged(log_events)
+    assert warning.startswith(f"backend b0 failed for a session from {PEER}: {logged}")
+    assert gateway.session.backend is None
+    gateway.session.client_data(b"three")
+    second, _ = gateway.accept()
+    assert written(second) == b"one two three"
+    assert gateway.session.backend is gateway.backends[1]
+
+
+def test_every_tls_backend_failing_closes_client(log_events: EventLoggingObserver) -> None:
+    """
+    When the handshake fails on every backend, the client is closed with
+    NO_BACKEND and the error names every backend tried.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    for _ in range(3):
+        backend, _ = gateway.accept_tls()
+        backend.connection_lost(Failure(CERT_VERIFY_FAILED))
+    assert gateway.attempted_ports() == [7000, 7001, 7002]
+    assert gateway.session.close_reason is CloseReason.NO_BACKEND
+    assert gateway.client.lose_calls == 1
+    assert gateway.counters() == [(0, 0, 1)] * 3
+    assert gateway.reactor.getDelayedCalls() == []
+    errors = [e for e in log_events if e["log_level"] is LogLevel.error]
+    assert [e["tried"] for e in errors] == ["b0, b1, b2"]
+
+
+def test_client_lost_during_tls_handshake() -> None:
+    """
+    A client that leaves during the TLS handshake aborts the backend
+    connection; when it is gone no failure is counted, no other backend is
+    tried, no timer is left, and the reason is CLIENT_LEFT_EARLY.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    backend, _ = gateway.accept_tls()
+    gateway.client.connection_lost()
+    assert backend.aborted
+    assert gateway.session.close_reason is CloseReason.CLIENT_LEFT_EARLY
+    backend.connection_lost(Failure(ConnectionAborted()))
+    assert gateway.attempted_ports() == [7000]
+    assert gateway.counters() == [(0, 0, 0)] * 3
+    assert gateway.reactor.getDelayedCalls() == []
+    gateway.reactor.advance(CONNECT_TIMEOUT * 2)
+    assert gateway.attempted_ports() == [7000]
+    assert gateway.session.close_reason is CloseReason.CLIENT_LEFT_EARLY
+
+
+def test_handshake_done_after_client_left_closes_link() -> None:
+    """
+    A handshake that completes after the client left (before the aborted
+    connection is gone) does not establish the session: the connection is
+    closed, nothing is written or counted.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    backend, protocol = gateway.accept_tls()
+    gateway.client.connection_lost()
+    handshake_completed(protocol)
+    assert written(backend) == b""
+    assert backend.producer is None
+    assert gateway.session.backend is None
+    backend.connection_lost(Failure(ConnectionAborted()))
+    assert gateway.counters() == [(0, 0, 0)] * 3
+    assert gateway.session.close_reason is CloseReason.CLIENT_LEFT_EARLY
+
+
+def test_client_eof_during_tls_handshake() -> None:
+    """
+    A client that half-closes during the handshake gets its bytes delivered
+    once the handshake completes, then the backend closed after flushing (a
+    TLS transport cannot half-close); the reply still reaches the client.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"request")
+    backend, protocol = gateway.accept_tls()
+    gateway.session.client_eof()
+    assert backend.lose_calls == 0
+    handshake_completed(protocol)
+    assert written(backend) == b"request"
+    assert backend.lose_calls == 1
+    assert not backend.aborted
+    protocol.dataReceived(b"reply")
+    assert written(gateway.client) == b"reply"
+
+
+def test_tls_session_closes_like_any_other() -> None:
+    """
+    Once established, a TLS session ends like a plain one: the backend's
+    connection ending closes the client, BACKEND_CLOSED, and the active count
+    goes back down.
+    """
+    gateway = Gateway()
+    backend, _ = gateway.connected_tls()
+    backend.connection_lost()
+    assert gateway.client.lose_calls == 1
+    assert gateway.session.close_reason is CloseReason.BACKEND_CLOSED
+    assert gateway.counters() == [(0, 1, 0), (0, 0, 0), (0, 0, 0)]
+
+
+# Describing a failed connection
+
+
+class ForeignVerificationError(Exception):
+    """
+    An exception named like service_identity's (see below), as another TLS
+    library's might be.
+    """
+
+
+ForeignVerificationError.__name__ = "VerificationError"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (CERT_VERIFY_FAILED, "TLS error: certificate verify failed"),
+        (
+            SSL.Error(
+                [
+                    ("SSL routines", "", "sslv3 alert handshake failure"),
+                    ("SSL routines", "", "certificate verify failed"),
+                ]
+            ),
+            "TLS error: sslv3 alert handshake failure, certificate verify failed",
+        ),
+        (
+            SSL.Error(
+                [("SSL routines", "tls_process_server_certificate", "certificate verify failed")]
+            ),
+            "TLS error: certificate verify failed",
+        ),
+        (
+            ForeignVerificationError("no match for game.example"),
+            "TLS certificate does not match the host name: no match for game.example",
+        ),
+        (ConnectionRefusedError(), "Connection was refused by other side."),
+        (ConnectionDone(), "Connection was closed cleanly."),
+    ],
+)
+def test_describe_failure(error: Exception, expected: str) -> None:
+    """
+    L{describe_failure} turns OpenSSL's list of (library, function, reason)
+    tuples into the reasons, names a host name mismatch, and otherwise gives
+    the failure's own message.
+    """
+    assert describe_failure(Failure(error)) == expected
+
+
+def test_describe_failure_service_identity() -> None:
+    """
+    service_identity's L{VerificationError}, which Twisted's TLS reports
+    when the certificate does not name the host, is described as such, with
+    the host name it looked for.
+    """
+    error = VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("game.example"))])
+    described = describe_failure(Failure(error))
+    assert described == "TLS certificate does not match the host name game.example"
+
+
 # Relaying
 
 
@@ -708,6 +1217,29 @@ def test_backend_eof_half_closes_client() -> None:
     assert written(backend) == b"hellomore"
 
 
+def test_backend_eof_through_endpoint_is_a_half_close() -> None:
+    """
+    A backend that half-closes over a plain TCP endpoint is half-closed
+    towards the client, not disconnected: the transport hands the EOF to the
+    protocol it drives, the endpoint's wrapper, which must provide
+    L{IHalfCloseableProtocol} to get it as an EOF.  Twisted's wrapper copies
+    only one of the link's interfaces (it calls C{directlyProvides} in a
+    loop, and the link is also an L{IHandshakeListener}), so the link
+    declares the interface on it again once connected.  The client can then
+    still send.
+    """
+    gateway = Gateway()
+    backend, protocol = gateway.connected()
+    assert IHalfCloseableProtocol.providedBy(protocol)
+    tcp_eof(protocol, backend)
+    assert not backend.lost
+    assert isinstance(gateway.client, HalfCloseableTransport)
+    assert gateway.client.write_closed
+    assert gateway.client.lose_calls == 0
+    gateway.session.client_data(b"more")
+    assert written(backend) == b"hellomore"
+
+
 def test_backend_eof_closes_client_that_cannot_half_close() -> None:
     """
     A backend EOF closes (after flushing) a client transport that cannot
@@ -789,34 +1321,51 @@ _EVENTS = (
     "backend_data",
     "clock_tick",
 )
-"""Events of L{test_counts_balanced_whatever_the_close_order}; a tick is 4 s."""
+"""
+Events of L{test_counts_balanced_whatever_the_close_order}: a loss is the
+transport delivering C{connectionLost} (for the backend, to the link, which
+tells the session through C{link_lost}); a tick is 4 s.
+"""
+
+_BACKEND_KINDS: dict[str, Callable[[], FakeTransport]] = {
+    "tcp": HalfCloseableTransport,
+    "no-half-close": FakeTransport,
+    "tls": TLSTransport,
+}
+"""The backend transports of L{test_counts_balanced_whatever_the_close_order}."""
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     events=st.lists(st.sampled_from(_EVENTS), max_size=12),
     client_half_closes=st.booleans(),
-    backend_half_closes=st.booleans(),
+    backend_kind=st.sampled_from(sorted(_BACKEND_KINDS)),
+    fin_timeout=st.sampled_from([0.0, 6.0, 30.0]),
 )
 def test_counts_balanced_whatever_the_close_order(
-    events: list[str], client_half_closes: bool, backend_half_closes: bool
+    events: list[str], client_half_closes: bool, backend_kind: str, fin_timeout: float
 ) -> None:
     """
     Whatever order the two sides end in (EOFs, losses, data and time passing
-    in between, so idle closes and aborts too; with or without half-close
-    support), the backend's active count goes up once on connect and down
-    exactly once, when its connection ends; C{total} stays 1, and once both
+    in between, so idle and fin timeouts and aborts too; with or without
+    half-close support, over TCP or TLS), the backend's active count goes up
+    once when the session is established and down exactly once, when its
+    connection ends; C{total} stays 1, no failure is counted, and once both
     connections have ended the session has a reason and no timer left.
 
     An event is only delivered when a real transport could deliver it: no
     EOF or data from a side after its connection ended, after its EOF, or
-    after the relay closed it (a closing transport stops reading).
+    after the relay closed it (a closing transport stops reading).  A TLS
+    backend's EOF arrives as the end of its connection, as it does from
+    C{TLSMemoryBIOProtocol}.
     """
     client = HalfCloseableTransport() if client_half_closes else FakeTransport()
-    gateway = Gateway(client=client, idle_timeout=10.0)
-    server = HalfCloseableTransport() if backend_half_closes else FakeTransport()
-    backend, protocol = gateway.connected(backend=server)
+    gateway = Gateway(client=client, idle_timeout=10.0, fin_timeout=fin_timeout)
+    backend, protocol = gateway.connected(backend=_BACKEND_KINDS[backend_kind]())
+    if backend_kind == "tls":
+        handshake_completed(protocol)
     counted = gateway.backends[0]
+    assert counted.active == 1
     ended = {"client": False, "backend": False}
 
     def readable(side: str, transport: FakeTransport) -> bool:
@@ -836,7 +1385,7 @@ def test_counts_balanced_whatever_the_close_order(
                 if side == "client":
                     gateway.session.client_eof()
                 else:
-                    backend_eof(protocol)
+                    tcp_eof(protocol, backend)
             elif side == "client":
                 gateway.session.client_data(b"c")
             else:
@@ -854,6 +1403,8 @@ def test_counts_balanced_whatever_the_close_order(
     ended_by = {CloseReason.CLIENT_CLOSED, CloseReason.BACKEND_CLOSED}
     if "clock_tick" in events:
         ended_by.add(CloseReason.IDLE_TIMEOUT)
+        if fin_timeout and any(ended.values()):
+            ended_by.add(CloseReason.FIN_TIMEOUT)
     assert gateway.session.close_reason in ended_by
     assert gateway.reactor.getDelayedCalls() == []
 
@@ -872,21 +1423,27 @@ def test_no_idle_timer_without_idle_timeout() -> None:
     assert gateway.client.lose_calls == backend.lose_calls == 0
 
 
-def advance_until_closed(gateway: Gateway, limit: float, step: float = 0.1) -> float:
+def advance_until_closed(gateway: Gateway, limit: float) -> float:
     """
-    Advance the clock in small steps until the client is told to close.
+    Run the clock's timers one at a time, in order, until the client is told
+    to close (the session closes only from a timer while nothing else
+    happens).  The clock stops exactly at each timer's time, so the close
+    time is exact, not rounded up to a step.
 
-    @return: the clock time at which it was (to within C{step}).
+    @return: the clock time at which the client was told to close.
+    @raise AssertionError: no timer is left, or the next one is after C{limit}.
     """
-    start = gateway.reactor.seconds()
-    ticks = 0
-    while gateway.reactor.seconds() < limit:
-        # Aim at start + ticks * step each time so rounding errors do not add up.
-        ticks += 1
-        gateway.reactor.advance(start + ticks * step - gateway.reactor.seconds())
-        if gateway.client.lose_calls:
-            return gateway.reactor.seconds()
-    raise AssertionError(f"still open at {limit} s")
+    reactor = gateway.reactor
+    while not gateway.client.lose_calls:
+        calls = reactor.getDelayedCalls()
+        assert calls, f"still open at {reactor.seconds()} s, with no timer left"
+        when = min(call.getTime() for call in calls)
+        if when > limit:
+            raise AssertionError(f"still open at {limit} s")
+        # A second advance covers the case where now + (when - now) rounds below when.
+        while reactor.seconds() < when:
+            reactor.advance(when - reactor.seconds())
+    return reactor.seconds()
 
 
 @pytest.mark.parametrize("first", [b"", b"hello"])
@@ -998,6 +1555,205 @@ def test_session_end_stops_idle_timer() -> None:
     gateway.client.connection_lost()
     assert gateway.reactor.getDelayedCalls() == []
     assert gateway.session.close_reason is CloseReason.BACKEND_CLOSED
+
+
+def test_idle_counted_from_tls_handshake() -> None:
+    """
+    The idle time of a TLS session runs from the end of the handshake (when
+    the session is established), not from the TCP connect: no idle timer runs
+    during the handshake, and a handshake done at 4 s moves the close to
+    between 14 and 16.5 s.
+    """
+    gateway = Gateway(idle_timeout=10)
+    gateway.session.start(b"x")
+    _, protocol = gateway.accept_tls()
+    gateway.reactor.advance(4)
+    assert len(gateway.reactor.getDelayedCalls()) == 1  # the connect timer
+    handshake_completed(protocol)
+    closed_at = advance_until_closed(gateway, limit=30)
+    assert 14 <= closed_at <= 16.5
+    assert gateway.session.close_reason is CloseReason.IDLE_TIMEOUT
+
+
+# Fin timeout: a session where one direction has ended
+
+
+def end_direction(gateway: Gateway, protocol: IProtocol, side: str) -> None:
+    """
+    End one direction of an established session: C{"client"} sends an EOF,
+    C{"backend"} sends an EOF.
+    """
+    if side == "client":
+        gateway.session.client_eof()
+    else:
+        backend_eof(protocol)
+
+
+@pytest.mark.parametrize("side", ["client", "backend"])
+def test_fin_timeout_closes_half_closed_session(
+    log_events: EventLoggingObserver, side: str
+) -> None:
+    """
+    With C{fin_timeout=5} and no idle timeout, a session whose client or
+    backend sent its EOF, and where nothing moves after, is closed between 5
+    and 6.25 s later, cleanly (no abort), with the reason FIN_TIMEOUT and a
+    log line saying so.
+    """
+    gateway = Gateway(idle_timeout=0, fin_timeout=5)
+    backend, protocol = gateway.connected()
+    end_direction(gateway, protocol, side)
+    closed_at = advance_until_closed(gateway, limit=20)
+    assert 5 <= closed_at <= 6.25
+    assert gateway.session.close_reason is CloseReason.FIN_TIMEOUT
+    assert gateway.client.lose_calls == 1
+    assert backend.lose_calls == 1
+    assert not gateway.client.aborted and not backend.aborted
+    lines = [formatEvent(e) for e in log_events]
+    assert f"session from {PEER} had no traffic for 5 s (fin-timeout); closing it" in lines
+    assert lines[-1].startswith(f"game session from {PEER} to b0 ended (fin-timeout)")
+
+
+def test_fin_timeout_aborts_after_grace() -> None:
+    """
+    A fin-timeout close that has not completed after C{CLOSE_GRACE} seconds
+    (a peer that reads nothing) is aborted, as an idle close is.
+    """
+    gateway = Gateway(fin_timeout=5)
+    backend, protocol = gateway.connected()
+    backend_eof(protocol)
+    closed_at = advance_until_closed(gateway, limit=20)
+    gateway.reactor.advance(CLOSE_GRACE - 0.5)
+    assert not gateway.client.aborted and not backend.aborted
+    gateway.reactor.advance(0.5)
+    assert gateway.reactor.seconds() == pytest.approx(closed_at + CLOSE_GRACE)
+    assert gateway.client.aborted and backend.aborted
+
+
+def test_fin_timeout_needs_an_eof() -> None:
+    """
+    The fin timeout only applies once a direction has ended: with no idle
+    timeout, a silent session where neither side sent an EOF keeps no timer
+    and stays open.
+    """
+    gateway = Gateway(idle_timeout=0, fin_timeout=5)
+    backend, _ = gateway.connected()
+    assert gateway.reactor.getDelayedCalls() == []
+    gateway.reactor.advance(3600)
+    assert gateway.client.lose_calls == backend.lose_calls == 0
+    assert gateway.session.close_reason is None
+
+
+@pytest.mark.parametrize("side", ["client", "backend"])
+def test_traffic_after_eof_keeps_session_open(side: str) -> None:
+    """
+    Bytes still moving the other way after an EOF keep the session open
+    (a byte every 3 s for 60 s with C{fin_timeout=5}); once they stop it is
+    closed between 5 and 6.25 s after the last one.
+    """
+    gateway = Gateway(fin_timeout=5)
+    backend, protocol = gateway.connected()
+    end_direction(gateway, protocol, side)
+    for _ in range(20):
+        gateway.reactor.advance(3)
+        if side == "client":
+            protocol.dataReceived(b".")
+        else:
+            gateway.session.client_data(b".")
+    last = gateway.reactor.seconds()
+    assert gateway.client.lose_calls == backend.lose_calls == 0
+    assert gateway.session.close_reason is None
+    closed_at = advance_until_closed(gateway, limit=last + 20)
+    assert last + 5 <= closed_at <= last + 6.25
+    assert gateway.session.close_reason is CloseReason.FIN_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("idle_timeout", "fin_timeout", "reason"),
+    [
+        (20.0, 5.0, CloseReason.FIN_TIMEOUT),
+        (5.0, 20.0, CloseReason.IDLE_TIMEOUT),
+        (5.0, 0.0, CloseReason.IDLE_TIMEOUT),
+    ],
+)
+def test_shorter_quiet_limit_wins_after_eof(
+    log_events: EventLoggingObserver, idle_timeout: float, fin_timeout: float, reason: CloseReason
+) -> None:
+    """
+    Once a direction has ended, the session is closed after the shorter of
+    the idle and fin timeouts without traffic (5 s here: between 5 and
+    6.25 s), with that timeout's reason; a fin timeout of 0 leaves the idle
+    timeout alone.
+    """
+    gateway = Gateway(idle_timeout=idle_timeout, fin_timeout=fin_timeout)
+    _, protocol = gateway.connected()
+    backend_eof(protocol)
+    closed_at = advance_until_closed(gateway, limit=30)
+    assert 5 <= closed_at <= 6.25
+    assert gateway.session.close_reason is reason
+    lines = [formatEvent(e) for e in log_events]
+    assert f"session from {PEER} had no traffic for 5 s ({reason.value}); closing it" in lines
+
+
+def test_fin_timeout_shortens_running_idle_wait() -> None:
+    """
+    An EOF in a session under a longer idle timeout switches it to the fin
+    timeout at once: with idle 60 s and fin 5 s, an EOF at 2 s right after
+    traffic closes the session between 7 and 8.25 s, not 60 s later.
+    """
+    gateway = Gateway(idle_timeout=60, fin_timeout=5)
+    _, protocol = gateway.connected()
+    gateway.reactor.advance(2)
+    protocol.dataReceived(b"last words")
+    backend_eof(protocol)
+    closed_at = advance_until_closed(gateway, limit=70)
+    assert 7 <= closed_at <= 8.25
+    assert gateway.session.close_reason is CloseReason.FIN_TIMEOUT
+
+
+def test_fin_timeout_after_eof_while_connecting() -> None:
+    """
+    A client that half-closed while its backend connected is under the fin
+    timeout from the moment the session is established.
+    """
+    gateway = Gateway(idle_timeout=60, fin_timeout=5)
+    gateway.session.start(b"request")
+    gateway.session.client_eof()
+    gateway.reactor.advance(1)
+    gateway.accept()
+    closed_at = advance_until_closed(gateway, limit=30)
+    assert 6 <= closed_at <= 7.25
+    assert gateway.session.close_reason is CloseReason.FIN_TIMEOUT
+
+
+def test_no_timer_without_idle_or_fin_timeout() -> None:
+    """
+    With C{idle_timeout=0} and C{fin_timeout=0} no timer is ever kept, before
+    or after either side's EOF, and the session stays open however long it
+    is silent.
+    """
+    gateway = Gateway(idle_timeout=0, fin_timeout=0)
+    backend, protocol = gateway.connected()
+    assert gateway.reactor.getDelayedCalls() == []
+    backend_eof(protocol)
+    assert gateway.reactor.getDelayedCalls() == []
+    gateway.reactor.advance(3600)
+    assert gateway.client.lose_calls == backend.lose_calls == 0
+    assert gateway.session.close_reason is None
+
+
+@pytest.mark.parametrize("idle_timeout", [0.0, 60.0])
+def test_fin_timeout_runs_from_the_eof(idle_timeout: float) -> None:
+    """
+    The other side gets the whole fin timeout after an EOF: a session quiet
+    for 30 s (allowed by the idle timeout) whose backend then half-closes is
+    closed between 5 and 6.25 s after the EOF with C{fin_timeout=5}.
+    """
+    gateway = Gateway(idle_timeout=idle_timeout, fin_timeout=5)
+    _, protocol = gateway.connected()
+    gateway.reactor.advance(30)
+    backend_eof(protocol)
+    closed_at = advance_until_closed(gateway, limit=60)
+    assert 35 <= closed_at <= 36.25
 
 
 # Endpoints that answer synchronously
@@ -1152,9 +1908,8 @@ def test_backend_link_on_tls_ready_at_handshake() -> None:
     handshake completes.
     """
     session, link = recorded_link()
-    assert IHandshakeListener.providedBy(link)
-    assert IHalfCloseableProtocol.providedBy(link)
     link.makeConnection(TLSTransport())
+    assert IHandshakeListener.providedBy(link)
     assert session.calls == []
     link.handshakeCompleted()
     assert session.calls == [("ready", link)]
