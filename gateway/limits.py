@@ -27,6 +27,7 @@ factories that apply them to connections are in L{gateway.admission}.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from enum import Enum
@@ -48,6 +49,9 @@ __all__ = [
 
 RATE_TABLE_SIZE = 65536
 """Default bound on the addresses L{AddressRate} remembers at once."""
+
+_CLOCK_SLACK = 1e-6
+"""Seconds of refill forgiven to float rounding (a POSIX time is good to ~0.24 us)."""
 
 
 class Refusal(Enum):
@@ -188,11 +192,11 @@ class AddressRate:
         @param burst: the bucket's size; L{default_burst} when L{None}.
         @param max_entries: the most addresses remembered at once.
         """
-        if rate <= 0:
-            raise ValueError(f"a rate must be more than 0: {rate}")
+        if not 0 < rate < math.inf:
+            raise ValueError(f"a rate must be a finite number more than 0: {rate}")
         burst = default_burst(rate) if burst is None else burst
-        if burst < 1:
-            raise ValueError(f"a burst must be at least 1: {burst}")
+        if not 1 <= burst < math.inf:
+            raise ValueError(f"a burst must be a finite number of at least 1: {burst}")
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1: {max_entries}")
         self.rate = rate
@@ -221,11 +225,11 @@ class AddressRate:
         return min(self.burst, tokens + (now - stamp) * self.rate)
 
     def allows(self, key: str, now: float) -> bool:
-        return self.tokens(key, now) >= 1
+        return self.tokens(key, now + _CLOCK_SLACK) >= 1
 
     def acquire(self, key: str, now: float) -> None:
         self._expire(now)
-        tokens = self.tokens(key, now) - 1
+        tokens = max(0.0, self.tokens(key, now) - 1)
         bucket = self._buckets.pop(key, None)
         if bucket is None:
             bucket = [tokens, now]

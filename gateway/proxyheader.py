@@ -42,7 +42,13 @@ from gateway.front import CloseHooks, describe_peer
 from gateway.limits import Refusal
 from gateway.registry import RefusalLog
 
-__all__ = ["HAPROXY_PREFIX", "MAX_V2_HEADER", "ProxyHeaderFactory", "ProxyHeaderProtocol"]
+__all__ = [
+    "HAPROXY_PREFIX",
+    "MAX_V2_HEADER",
+    "V1_MAX",
+    "ProxyHeaderFactory",
+    "ProxyHeaderProtocol",
+]
 
 HAPROXY_PREFIX = "haproxy:"
 """The endpoint prefix that marks a front receiving the PROXY protocol."""
@@ -51,6 +57,8 @@ MAX_V2_HEADER = 16 + 1024
 """The largest version 2 header accepted (16 fixed bytes, addresses and TLVs)."""
 
 _V1_START = V1Parser.PROXYSTR + b" "
+V1_MAX = 107
+"""The longest version 1 header, CRLF included (the specification's bound)."""
 _V2_START = V2Parser.PREFIX
 
 
@@ -91,7 +99,6 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
         CloseHooks.__init__(self)
         self.factory = factory
         self._buffer = b""
-        self._parser: V1Parser | V2Parser | None = None
         self._timer: IDelayedCall | None = None
         self._peer: IAddress | None = None
         self._host: IAddress | None = None
@@ -117,24 +124,36 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
             self._refuse(Refusal.BAD_REQUEST, f"bad PROXY header: {type(error).__name__}")
 
     def _parse(self) -> None:
+        """
+        Wait until the buffer holds a whole header, then parse it with
+        Twisted's parser for its version (each parser is given the complete
+        header at once, so how the bytes were split never matters).
+        """
         buffer = self._buffer
-        if self._parser is None:
-            if buffer.startswith(_V2_START):
-                self._parser = V2Parser()
-            elif buffer.startswith(_V1_START):
-                self._parser = V1Parser()
-            elif _V2_START.startswith(buffer[:12]) or _V1_START.startswith(buffer[:6]):
-                return  # could still become a header: wait for more bytes
-            else:
-                raise InvalidProxyHeader()
-        if isinstance(self._parser, V2Parser) and len(buffer) >= 16:
+        parser: V1Parser | V2Parser
+        if buffer.startswith(_V2_START):
+            if len(buffer) < 16:
+                return
             (length,) = struct.unpack("!H", buffer[14:16])
             if 16 + length > MAX_V2_HEADER:
                 raise InvalidProxyHeader()
-        self._buffer = b""
-        info, rest = self._parser.feed(buffer)
+            if len(buffer) < 16 + length:
+                return
+            parser = V2Parser()
+        elif buffer.startswith(_V1_START):
+            if b"\r\n" not in buffer[:V1_MAX]:
+                if len(buffer) >= V1_MAX:
+                    raise InvalidProxyHeader()
+                return
+            parser = V1Parser()
+        elif _V2_START.startswith(buffer[:12]) or _V1_START.startswith(buffer[:6]):
+            return  # could still become a header: wait for more bytes
+        else:
+            raise InvalidProxyHeader()
+        info, rest = parser.feed(buffer)
         if info is None:
-            return
+            raise InvalidProxyHeader()
+        self._buffer = b""
         self._done = True
         self._stop_timer()
         self._peer = info.source
