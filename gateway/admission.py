@@ -40,12 +40,13 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
     IReactorTime,
+    ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from gateway.front import CloseHooks, Verdict, classify, describe_peer
 from gateway.limits import AddressLimits, Refusal, TotalCap, address_key
@@ -58,6 +59,7 @@ __all__ = [
     "Held",
     "Refuser",
     "Responder",
+    "with_close_hook",
 ]
 
 
@@ -69,8 +71,62 @@ class Tracked(Structural):
     def add_close_hook(self, hook: Callable[[], None]) -> None: ...
 
 
-def _add_hook(protocol: IProtocol, hook: Callable[[], None]) -> None:
-    cast(Tracked, protocol).add_close_hook(hook)
+class _Hooked(Protocol):
+    """
+    Runs a hook when the connection of a protocol that has no close hooks of
+    its own (any Twisted protocol) is lost; every event is passed on, and the
+    protocol talks to the real transport directly.
+    """
+
+    def __init__(self, inner: IProtocol, hook: Callable[[], None]) -> None:
+        self.inner = inner
+        self._hook = hook
+        if IHalfCloseableProtocol.providedBy(inner):
+            alsoProvides(self, IHalfCloseableProtocol)
+
+    @override
+    def makeConnection(self, transport: ITransport) -> None:
+        super().makeConnection(transport)
+        self.inner.makeConnection(transport)
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.inner.dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        """
+        Pass the half-close on (only declared when the inner protocol takes it).
+        """
+        cast(IHalfCloseableProtocol, self.inner).readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Pass our half-close's completion on.
+        """
+        cast(IHalfCloseableProtocol, self.inner).writeConnectionLost()
+
+    @override
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        try:
+            self.inner.connectionLost(reason)
+        finally:
+            self._hook()
+
+
+def with_close_hook(protocol: IProtocol, hook: Callable[[], None]) -> IProtocol:
+    """
+    Arrange for C{hook} to run when C{protocol}'s connection is lost.
+
+    The gateway's own protocols take the hook directly (L{CloseHooks}), which
+    adds nothing to their data path; any other protocol is wrapped.
+
+    @return: the protocol to give the transport.
+    """
+    add = getattr(protocol, "add_close_hook", None)
+    if add is not None:
+        cast(Tracked, protocol).add_close_hook(hook)
+        return protocol
+    return _Hooked(protocol, hook)
 
 
 class Responder:
@@ -276,7 +332,7 @@ class CapState:
         )
 
 
-class CapFactory(Factory):
+class CapFactory(ServerFactory):
     """
     The outermost factory of a front: applies the total cap.
     """
@@ -308,9 +364,8 @@ class CapFactory(Factory):
         if protocol is None:
             state.release()
             return None
-        _add_hook(protocol, state.release)
         state._update_pause()
-        return protocol
+        return with_close_hook(protocol, state.release)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -338,13 +393,13 @@ class Held(Protocol):
         Our turn: build the real protocol (the slot is already counted).
         """
         state = self._factory.state
-        inner = self._factory.wrapped.buildProtocol(self._addr)
-        if inner is None:
+        built = self._factory.wrapped.buildProtocol(self._addr)
+        if built is None:
             state.release()
             assert self.transport is not None
             self.transport.loseConnection()
             return
-        _add_hook(inner, state.release)
+        inner = with_close_hook(built, state.release)
         self.inner = inner
         assert self.transport is not None
         inner.makeConnection(self.transport)
@@ -424,5 +479,5 @@ class AddressGate(Factory):
             return None
         self._refusals.counters.accepted += 1
         if key is not None and limits is not None:
-            _add_hook(protocol, lambda: limits.release(key))
+            return with_close_hook(protocol, lambda: limits.release(key))
         return protocol
