@@ -80,7 +80,7 @@ class _Hooked(Protocol):
 
     def __init__(self, inner: IProtocol, hook: Callable[[], None]) -> None:
         self.inner = inner
-        self._hook = hook
+        self._hook: Callable[[], None] | None = hook
         if IHalfCloseableProtocol.providedBy(inner):
             alsoProvides(self, IHalfCloseableProtocol)
 
@@ -107,10 +107,12 @@ class _Hooked(Protocol):
 
     @override
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        hook, self._hook = self._hook, None
         try:
             self.inner.connectionLost(reason)
         finally:
-            self._hook()
+            if hook is not None:
+                hook()
 
 
 def with_close_hook(protocol: IProtocol, hook: Callable[[], None]) -> IProtocol:
@@ -137,9 +139,10 @@ class Responder:
     @ivar busy_message: the line sent to a refused game client, or L{None}.
     @ivar wait: seconds a refused connection may take to show whether it is
         HTTP (its first bytes); then it is treated as a game client.
-    @ivar max_lingering: refused connections allowed to wait at once; past
-        that, refused connections are closed at once without an answer, so a
-        flood cannot hold many descriptors open.
+    @ivar max_lingering: refused connections allowed to wait at once for their
+        first bytes; past that, a refused connection is answered as a game
+        client (the busy line, if any) and closed at once, so a flood cannot
+        hold many descriptors open.
     @ivar lingering: refused connections waiting now.
     """
 
@@ -296,7 +299,7 @@ class CapState:
             held = self._held.popleft()
             self.cap.acquire()
             held.admit()
-        self._update_pause()
+        self.update_pause()
 
     def hold(self, held: Held) -> None:
         """
@@ -312,7 +315,11 @@ class CapState:
         if held in self._held:
             self._held.remove(held)
 
-    def _update_pause(self) -> None:
+    def update_pause(self) -> None:
+        """
+        In queue mode, stop accepting on every front at the cap (or while
+        connections are held), and accept again otherwise.
+        """
         if not self.queue_mode:
             return
         want_paused = self.cap.full or bool(self._held)
@@ -364,7 +371,7 @@ class CapFactory(ServerFactory):
         if protocol is None:
             state.release()
             return None
-        state._update_pause()
+        state.update_pause()
         return with_close_hook(protocol, state.release)
 
 
@@ -380,13 +387,14 @@ class Held(Protocol):
         self._factory = factory
         self._addr = addr
         self.inner: IProtocol | None = None
+        self._early: list[bytes] = []
 
     @override
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.pauseProducing()  # type: ignore[attr-defined]
         self._factory.state.hold(self)
-        self._factory.state._update_pause()
+        self._factory.state.update_pause()
 
     def admit(self) -> None:
         """
@@ -403,12 +411,18 @@ class Held(Protocol):
         self.inner = inner
         assert self.transport is not None
         inner.makeConnection(self.transport)
+        early, self._early = self._early, []
+        for data in early:
+            inner.dataReceived(data)
         self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     @override
     def dataReceived(self, data: bytes) -> None:
         if self.inner is not None:
             self.inner.dataReceived(data)
+        else:
+            # Bytes read in the same event as the pause: keep them for later.
+            self._early.append(data)
 
     def readConnectionLost(self) -> None:
         """
@@ -434,7 +448,7 @@ class Held(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         if self.inner is None:
             self._factory.state.unhold(self)
-            self._factory.state._update_pause()
+            self._factory.state.update_pause()
         else:
             self.inner.connectionLost(reason)
 

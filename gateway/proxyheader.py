@@ -20,6 +20,7 @@ address.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from typing import Any
 
@@ -57,6 +58,7 @@ MAX_V2_HEADER = 16 + 1024
 """The largest version 2 header accepted (16 fixed bytes, addresses and TLVs)."""
 
 _V1_START = V1Parser.PROXYSTR + b" "
+_V1_UNKNOWN = V1Parser.PROXYSTR + b" UNKNOWN"
 V1_MAX = 107
 """The longest version 1 header, CRLF included (the specification's bound)."""
 _V2_START = V2Parser.PREFIX
@@ -120,7 +122,7 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
         self._buffer += data
         try:
             self._parse()
-        except InvalidProxyHeader as error:
+        except (InvalidProxyHeader, UnicodeDecodeError) as error:
             self._refuse(Refusal.BAD_REQUEST, f"bad PROXY header: {type(error).__name__}")
 
     def _parse(self) -> None:
@@ -150,15 +152,33 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
             return  # could still become a header: wait for more bytes
         else:
             raise InvalidProxyHeader()
-        info, rest = parser.feed(buffer)
-        if info is None:
-            raise InvalidProxyHeader()
+        source: IAddress | None = None
+        destination: IAddress | None = None
+        if buffer.startswith(_V1_UNKNOWN):
+            # "PROXY UNKNOWN" and anything up to the line end (the minimal
+            # form, which Twisted's parser refuses): keep the balancer's address.
+            rest = buffer[buffer.index(b"\r\n") + 2 :]
+        else:
+            try:
+                info, remaining = parser.feed(buffer)
+            except ValueError as error:  # Twisted's v1 parser: int() of a bad port
+                raise InvalidProxyHeader() from error
+            if info is None:
+                raise InvalidProxyHeader()
+            rest = remaining or b""
+            source, destination = info.source, info.destination
+            host = getattr(source, "host", None)
+            if host is not None:
+                try:
+                    ipaddress.ip_address(host)
+                except ValueError as error:
+                    raise InvalidProxyHeader() from error
         self._buffer = b""
         self._done = True
         self._stop_timer()
-        self._peer = info.source
-        self._host = info.destination
-        self._start_inner(rest or b"")
+        self._peer = source
+        self._host = destination
+        self._start_inner(rest)
 
     def _start_inner(self, rest: bytes) -> None:
         inner = self.factory.wrapped.buildProtocol(self.getPeer())

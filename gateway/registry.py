@@ -44,8 +44,6 @@ class RefusalLog:
     when the window ends.
     """
 
-    _log = Logger(namespace="gateway.refusals")
-
     TRACKED_ADDRESSES = 1000
     """Distinct addresses tallied per reason and window; the rest are "others"."""
 
@@ -58,6 +56,9 @@ class RefusalLog:
         burst: int = 5,
         top: int = 5,
     ) -> None:
+        # Per instance: a Logger set as a class attribute would take the
+        # class's name as its namespace, and the README documents this one.
+        self._log = Logger(namespace="gateway.refusals", source=self)
         self._clock = clock
         self.counters = counters
         self.window = window

@@ -194,9 +194,14 @@ class GatewayHTTPChannel(HTTPChannel):
 
     @override
     def dataReceived(self, data: bytes) -> None:
+        if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+            return  # answered (408, 414, ...) and closing: nothing more to parse
+        self._start_header_timer()
+        super().dataReceived(data)
+
+    def _start_header_timer(self) -> None:
         if self._header_call is None and not self._headers_done:
             self._header_call = self.callLater(self.site.header_timeout, self._header_timed_out)
-        super().dataReceived(data)
 
     @override
     def lineReceived(self, line: bytes) -> None:
@@ -212,9 +217,13 @@ class GatewayHTTPChannel(HTTPChannel):
 
     @override
     def requestDone(self, request: Request) -> None:
-        # The next request's headers get their own time limit.
+        # The next request's headers get their own time limit, from its first
+        # byte; if it was pipelined (already buffered), from now.
         self._headers_done = False
         super().requestDone(request)
+        if self.persistent and self._buffer and self.transport is not None:
+            if not self.transport.disconnecting:  # type: ignore[attr-defined]
+                self._start_header_timer()
 
     def _header_timed_out(self) -> None:
         self._header_call = None

@@ -1,0 +1,423 @@
+"""
+Unit tests of L{gateway.web.GatewayHTTPChannel}: the request header timeout
+(slowloris), the answers to oversized request lines and headers, and the
+refusals they count.
+
+Each channel comes from L{make_site} and C{site.buildProtocol}, on a
+L{StringTransport}, with a L{MemoryReactorClock} as the site's reactor, so the
+header timer and Twisted's own idle timer run only when a test advances the
+clock.  A plain L{StringTransport} behaves like a real one here: closing only
+marks it C{disconnecting} (the reactor stops reading and reports the end
+later), so Twisted's line parser stops at a refusal.  (With
+L{StringTransportWithDisconnection}, C{connectionLost} would run in the middle
+of C{dataReceived} and the parser would go on with the next line of a closed
+connection, which no real transport does.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+
+from gateway.limits import Refusal
+from gateway.registry import Counters, RefusalLog
+from gateway.web import GatewayHTTPChannel, make_site
+
+PEER = IPv4Address("TCP", "198.51.100.7", 52000)
+HEADER_TIMEOUT = 5.0
+LINE_LIMIT = HTTPChannel.MAX_LENGTH
+"""The longest request or header line Twisted takes (16 KiB)."""
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"
+
+
+@dataclass
+class Client:
+    """
+    One HTTP connection to a fresh site, and what it shares with the site.
+    """
+
+    channel: GatewayHTTPChannel
+    transport: StringTransport
+    clock: MemoryReactorClock
+    counters: Counters
+
+    def send(self, data: bytes) -> None:
+        """
+        Deliver C{data} as one read.
+        """
+        self.channel.dataReceived(data)
+
+    @property
+    def open(self) -> bool:
+        """
+        Whether the channel has not closed the connection.
+        """
+        return not self.transport.disconnecting
+
+    def lose(self) -> None:
+        """
+        Report the connection's end to the channel, as the reactor does.
+        """
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+    def take(self) -> bytes:
+        """
+        Everything written to the client since the last call.
+        """
+        value: bytes = self.transport.value()
+        self.transport.clear()
+        return value
+
+    @property
+    def refused(self) -> dict[Refusal, int]:
+        """
+        The refusals counted so far, by reason (only those counted).
+        """
+        return {reason: n for reason, n in self.counters.refused.items() if n}
+
+
+def connect(http_root: str | None = None) -> Client:
+    """
+    A channel of a site built as the gateway builds it, with a header
+    timeout of L{HEADER_TIMEOUT}, connected from L{PEER}.
+    """
+    clock = MemoryReactorClock()
+    counters = Counters()
+    site = make_site(
+        http_root,
+        listing=False,
+        reactor=clock,
+        header_timeout=HEADER_TIMEOUT,
+        refusals=RefusalLog(clock, counters),
+    )
+    channel = site.buildProtocol(PEER)
+    assert isinstance(channel, GatewayHTTPChannel)
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    return Client(channel, transport, clock, counters)
+
+
+def status_line(response: bytes) -> bytes:
+    """
+    The first line of a response.
+    """
+    return response.split(b"\r\n", 1)[0]
+
+
+def test_request_in_time_is_served(tmp_path: Path) -> None:
+    """
+    Requests whose headers arrive in time get the normal response from the
+    site's root, and the connection stays open for the next one.
+    """
+    (tmp_path / "index.html").write_bytes(b"<h1>hi</h1>")
+    client = connect(str(tmp_path))
+    # HEAD and a 404 are answered at once; a GET of a file would be streamed
+    # by Twisted's global cooperator, which these reactor-free tests do not run.
+    client.send(b"HEAD / HTTP/1.1\r\n")
+    client.clock.advance(HEADER_TIMEOUT - 0.5)
+    client.send(b"Host: example\r\n\r\n")
+    response = client.take()
+    assert status_line(response) == b"HTTP/1.1 200 OK"
+    assert b"Content-Length: 11\r\n" in response
+    client.send(b"GET /missing.html HTTP/1.1\r\nHost: example\r\n\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 404 Not Found"
+    assert client.open
+    assert client.refused == {}
+
+
+def test_slowloris_gets_408() -> None:
+    """
+    Headers that trickle in one line every 2 s (each read resets Twisted's
+    idle timer) are cut off 5 s after the request's first byte: the client
+    gets C{408 Request Timeout} and is closed, and a timeout is counted.
+    """
+    client = connect()
+    client.clock.advance(30)  # connected long before: only the first byte counts
+    client.send(b"GET / HTTP/1.1\r\n")
+    client.clock.advance(2)
+    client.send(b"Host: example\r\n")
+    client.clock.advance(2)
+    client.send(b"X-One: 1\r\n")
+    client.clock.advance(HEADER_TIMEOUT - 4 - 0.001)
+    assert client.take() == b""
+    assert client.open
+    client.clock.advance(0.001)
+    response = client.take()
+    assert status_line(response) == b"HTTP/1.1 408 Request Timeout"
+    assert b"\r\nConnection: close\r\n" in response
+    head, body = response.split(b"\r\n\r\n", 1)
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert not client.open
+    assert client.refused == {Refusal.TIMEOUT: 1}
+
+
+def test_408_cleans_up_timers() -> None:
+    """
+    After a 408 and the connection's end, the channel leaves no timer behind
+    (only the refusal log's window remains), and nothing more is counted.
+    """
+    client = connect()
+    client.send(b"GET / HTTP/1.1\r\n")
+    client.clock.advance(HEADER_TIMEOUT)
+    assert not client.open
+    client.lose()
+    assert len(client.clock.getDelayedCalls()) == 1
+    client.clock.advance(600)
+    assert client.refused == {Refusal.TIMEOUT: 1}
+
+
+def test_keep_alive_request_gets_fresh_timeout() -> None:
+    """
+    On a keep-alive connection, the idle time between requests does not
+    count against the next request's headers: each request has its own
+    header timeout from its own first byte.
+    """
+    client = connect()
+    client.send(REQUEST)
+    assert status_line(client.take()) == b"HTTP/1.1 404 Not Found"
+
+    client.clock.advance(30)  # idle, under Twisted's 60 s idle timeout
+    client.send(b"GET /second HTTP/1.1\r\n")
+    client.clock.advance(HEADER_TIMEOUT - 1)
+    client.send(b"Host: example\r\n\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 404 Not Found"
+
+    client.clock.advance(10)
+    client.send(b"GET /third HTTP/1.1\r\n")
+    client.clock.advance(HEADER_TIMEOUT - 0.001)
+    assert client.take() == b""
+    client.clock.advance(0.001)
+    assert status_line(client.take()) == b"HTTP/1.1 408 Request Timeout"
+    assert client.refused == {Refusal.TIMEOUT: 1}
+
+
+def test_complete_request_leaves_no_header_timer() -> None:
+    """
+    Once a request's headers are complete its header timer is gone: the only
+    timer left is Twisted's idle timeout, and nothing is ever written or
+    counted afterwards when the clock moves past the header timeout.
+    """
+    client = connect()
+    assert len(client.clock.getDelayedCalls()) == 1  # the idle timeout
+    client.send(b"GET / HTTP/1.1\r\n")
+    assert len(client.clock.getDelayedCalls()) == 2
+    client.send(b"Host: example\r\n\r\n")
+    assert len(client.clock.getDelayedCalls()) == 1
+    client.take()
+    client.clock.advance(HEADER_TIMEOUT * 2)
+    assert client.take() == b""
+    assert client.open
+    assert client.refused == {}
+
+
+def test_request_with_body_not_cut_by_header_timeout() -> None:
+    """
+    The header timeout covers the line and headers only: a body that takes
+    longer to arrive is not cut off by it.
+    """
+    client = connect()
+    client.send(b"POST / HTTP/1.1\r\nHost: example\r\nContent-Length: 4\r\n\r\nab")
+    client.clock.advance(HEADER_TIMEOUT * 2)
+    assert client.take() == b""
+    client.send(b"cd")
+    assert status_line(client.take()) == b"HTTP/1.1 404 Not Found"
+    assert client.refused == {}
+
+
+def test_connection_lost_cancels_header_timer() -> None:
+    """
+    A client that leaves in the middle of its headers leaves no header timer
+    behind and is not counted.
+    """
+    client = connect()
+    client.send(b"GET / HTTP/1.1\r\n")
+    client.lose()
+    assert client.clock.getDelayedCalls() == []
+    assert client.refused == {}
+
+
+def test_long_request_line_gets_414() -> None:
+    """
+    A request line over 16 KiB gets C{414 URI Too Long} and is closed, as a
+    counted bad request, whether its end arrived or not.
+    """
+    client = connect()
+    client.send(b"GET /" + b"a" * LINE_LIMIT + b" HTTP/1.1\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 414 URI Too Long"
+    assert not client.open
+    assert client.refused == {Refusal.BAD_REQUEST: 1}
+
+    client = connect()
+    for _ in range(5):
+        client.send(b"GET /" + b"a" * (LINE_LIMIT // 4))
+    assert status_line(client.take()) == b"HTTP/1.1 414 URI Too Long"
+    assert not client.open
+    assert client.refused == {Refusal.BAD_REQUEST: 1}
+
+
+def test_request_line_at_limit_is_not_414() -> None:
+    """
+    A request line of exactly 16 KiB is not too long for the line limit (so
+    no 414); it does use up all of Twisted's 16 KiB for the whole head, so
+    the first header line makes it Twisted's 400.
+    """
+    client = connect()
+    line = b"GET /" + b"a" * (LINE_LIMIT - len(b"GET / HTTP/1.1")) + b" HTTP/1.1"
+    assert len(line) == LINE_LIMIT
+    client.send(line + b"\r\n")
+    assert client.take() == b""
+    assert client.open
+    client.send(b"Host: example\r\n\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 400 Bad Request"
+    assert client.refused == {Refusal.BAD_REQUEST: 1}
+
+
+def test_long_header_line_gets_431() -> None:
+    """
+    A header line over 16 KiB gets C{431 Request Header Fields Too Large} and
+    is closed, as a counted bad request.
+    """
+    client = connect()
+    client.send(b"GET / HTTP/1.1\r\nHost: example\r\n")
+    client.send(b"X-Big: " + b"a" * LINE_LIMIT + b"\r\n\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 431 Request Header Fields Too Large"
+    assert not client.open
+    assert client.refused == {Refusal.BAD_REQUEST: 1}
+
+
+def test_long_line_in_second_request() -> None:
+    """
+    On a keep-alive connection, the next request's over-long first line is a
+    414 (not taken for a header line of the request before).
+    """
+    client = connect()
+    client.send(REQUEST)
+    client.take()
+    client.send(b"GET /" + b"a" * LINE_LIMIT + b" HTTP/1.1\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 414 URI Too Long"
+
+
+def test_too_many_headers_gets_400() -> None:
+    """
+    More headers than Twisted allows get Twisted's C{400 Bad Request} and
+    the connection is closed, counted as a bad request.
+    """
+    client = connect()
+    headers = b"".join(b"X-%d: v\r\n" % n for n in range(HTTPChannel.maxHeaders + 1))
+    client.send(b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 400 Bad Request"
+    assert not client.open
+    assert client.refused == {Refusal.BAD_REQUEST: 1}
+
+
+def test_too_large_headers_get_400() -> None:
+    """
+    Headers larger than Twisted allows in all, each line under the line
+    limit, get C{400 Bad Request}, counted as a bad request.
+    """
+    client = connect()
+    line = b"X-Big: " + b"a" * 6000 + b"\r\n"
+    client.send(b"GET / HTTP/1.1\r\n" + line * 3 + b"\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 400 Bad Request"
+    assert not client.open
+    assert client.refused == {Refusal.BAD_REQUEST: 1}
+
+
+def test_malformed_request_line_gets_400() -> None:
+    """
+    A request line that does not parse gets C{400 Bad Request}, counted as a
+    bad request, and its header timer is cancelled.
+    """
+    client = connect()
+    client.send(b"GARBAGE\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 400 Bad Request"
+    assert not client.open
+    assert client.refused == {Refusal.BAD_REQUEST: 1}
+    client.clock.advance(HEADER_TIMEOUT)
+    assert client.take() == b""
+    client.lose()
+    assert len(client.clock.getDelayedCalls()) == 1  # the refusal log's window
+
+
+def test_channel_without_refusal_log() -> None:
+    """
+    A site built without a refusal log still times out and answers; nothing
+    is counted anywhere.
+    """
+    clock = MemoryReactorClock()
+    site = make_site(None, listing=False, reactor=clock, header_timeout=HEADER_TIMEOUT)
+    channel = site.buildProtocol(PEER)
+    assert channel is not None
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET / HTTP/1.1\r\n")
+    clock.advance(HEADER_TIMEOUT)
+    assert status_line(transport.value()) == b"HTTP/1.1 408 Request Timeout"
+    assert transport.disconnecting
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=len(REQUEST) - 1), unique=True),
+    gaps=st.lists(st.floats(min_value=0, max_value=3), min_size=len(REQUEST)),
+)
+def test_header_timeout_from_first_byte_whatever_the_split(
+    cuts: list[int], gaps: list[float]
+) -> None:
+    """
+    However a request is split and however its pieces are spaced in time,
+    it is served when its last piece arrives within the header timeout of
+    its first byte, and answered with a 408 exactly at the timeout
+    otherwise; exactly one of the two happens.
+    """
+    points = [0, *sorted(cuts), len(REQUEST)]
+    chunks = [REQUEST[a:b] for a, b in zip(points[:-1], points[1:], strict=True)]
+    client = connect()
+    start = client.clock.seconds()
+    timed_out = False
+    for index, chunk in enumerate(chunks):
+        if index:
+            delay = gaps[index]
+            deadline = start + HEADER_TIMEOUT
+            if client.clock.seconds() + delay >= deadline:
+                client.clock.advance(deadline - client.clock.seconds())
+                timed_out = True
+                break
+            client.clock.advance(delay)
+        client.send(chunk)
+    response = client.take()
+    if timed_out:
+        assert status_line(response) == b"HTTP/1.1 408 Request Timeout"
+        assert client.refused == {Refusal.TIMEOUT: 1}
+        assert not client.open
+    else:
+        assert status_line(response) == b"HTTP/1.1 404 Not Found"
+        assert client.refused == {}
+        client.clock.advance(HEADER_TIMEOUT)
+        assert client.take() == b""
+
+
+# Found while writing these tests
+
+
+def test_pipelined_request_gets_header_timeout() -> None:
+    """
+    A second request whose headers start in the same read as the end of the
+    first request is timed from then: left incomplete, it gets a 408 once
+    the header timeout has passed, long before Twisted's idle timeout.
+    """
+    client = connect()
+    client.send(REQUEST + b"GET /second HTTP/1.1\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 404 Not Found"
+    client.clock.advance(HEADER_TIMEOUT)
+    assert status_line(client.take()) == b"HTTP/1.1 408 Request Timeout"
+    assert client.refused == {Refusal.TIMEOUT: 1}
