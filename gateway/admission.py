@@ -140,9 +140,8 @@ class Responder:
     @ivar wait: seconds a refused connection may take to show whether it is
         HTTP (its first bytes); then it is treated as a game client.
     @ivar max_lingering: refused connections allowed to wait at once for their
-        first bytes; past that, a refused connection is answered as a game
-        client (the busy line, if any) and closed at once, so a flood cannot
-        hold many descriptors open.
+        first bytes; past that, a refused connection is closed at once without
+        an answer, so a flood cannot hold many descriptors open.
     @ivar lingering: refused connections waiting now.
     """
 
@@ -195,7 +194,9 @@ class Refuser(CloseHooks, Protocol):
     def connectionMade(self) -> None:
         responder = self._responder
         if responder.lingering >= responder.max_lingering:
-            self._answer_game()
+            # Too many refused connections are waiting already: close this one
+            # at once, without an answer (we cannot know whether it is HTTP).
+            self._answer(b"")
             return
         responder.lingering += 1
         self._lingering = True

@@ -1081,10 +1081,11 @@ def test_game_answer_whatever_the_split(data: st.DataObject, message: bytes) -> 
 def test_refusers_past_max_lingering_close_at_once() -> None:
     """
     Past C{max_lingering} refused connections waiting at once, a new refused
-    connection is closed at once without waiting for its first bytes; the
+    connection is closed at once without waiting for its first bytes and
+    without an answer (not even the busy line: it may be an HTTP client); the
     lingering count goes back to 0 once every waiting one is closed.
     """
-    responder, clock = make_refuser(busy=None, max_lingering=2)
+    responder, clock = make_refuser(busy="server full", max_lingering=2)
     waiting = [refuse(responder) for _ in range(2)]
     assert responder.lingering == 2
     extra_refuser, extra = refuse(responder)
