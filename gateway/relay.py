@@ -195,6 +195,11 @@ class BackendLink(Protocol):
         """
         The TLS handshake succeeded (the certificate and host name verified).
         """
+        if getattr(self.transport, "disconnecting", False):
+            # Twisted before 25 reports the handshake done even when the host
+            # name check failed and aborted the connection: connectionLost
+            # follows with the reason, and that is a failed attempt.
+            return
         self.session.link_ready(self)
 
     @override

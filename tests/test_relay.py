@@ -895,6 +895,22 @@ def test_tls_link_established_at_handshake() -> None:
     assert written(gateway.client) == b"reply"
 
 
+def test_handshake_reported_on_an_aborting_tls_transport_is_ignored() -> None:
+    """
+    Twisted before 25 calls handshakeCompleted even when its host name check
+    failed and it is aborting the connection: the session is then not
+    established on that backend (the loss that follows is a failed attempt).
+    """
+    gateway = Gateway()
+    gateway.session.start(b"hello")
+    backend, protocol = gateway.accept_tls()
+    backend.disconnecting = True
+    handshake_completed(protocol)
+    assert written(backend) == b""
+    assert gateway.session.backend is None
+    assert gateway.counters() == [(0, 0, 0)] * 3
+
+
 def test_tls_handshake_timeout_fails_over(log_events: EventLoggingObserver) -> None:
     """
     The connect timeout covers the TLS handshake, from the start of the
