@@ -7,7 +7,7 @@ test or a future balancing policy can be another.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
@@ -15,7 +15,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from gateway.pool import Backend
 
-__all__ = ["IAddressPolicy", "IBackendChooser"]
+__all__ = ["IAddressPolicy", "IBackendChooser", "IBalancer"]
 
 
 class IBackendChooser(Interface):
@@ -23,12 +23,42 @@ class IBackendChooser(Interface):
     Picks the backend for a new game session.
     """
 
-    def choose(exclude: Collection[Backend]) -> Backend | None:
+    needs_key = Attribute("Whether choose() uses the session key (then it is worth waiting for).")
+
+    def choose(exclude: Collection[Backend], key: bytes | None = None) -> Backend | None:
         """
         The backend for the next connection attempt.
 
         @param exclude: backends this session already tried; never chosen again.
+        @param key: the session's affinity key (see L{IBalancer}), if any.
         @return: a backend that accepts new sessions, or L{None} when none is left.
+        """
+
+    def attempt_failed(backend: Backend) -> None:
+        """
+        A connection attempt to C{backend} failed (passive health detection).
+        """
+
+    def attempt_succeeded(backend: Backend) -> None:
+        """
+        A connection attempt to C{backend} succeeded.
+        """
+
+
+class IBalancer(Interface):
+    """
+    A balancing policy: picks one backend among those that may take a session.
+    """
+
+    needs_key = Attribute("Whether the policy uses the session key.")
+
+    def choose(candidates: Sequence[Backend], key: bytes | None) -> Backend:
+        """
+        Pick one of C{candidates} (never empty; in configured order).
+
+        @param key: the session's affinity key: the first group of
+            C{--session-key} in the client's first line, or the client's
+            address; L{None} when the policy does not need one.
         """
 
 

@@ -2,22 +2,27 @@
 The pool of game backends and the choice of a backend for a new session.
 
 A L{Backend} is data: a name, its endpoint string, the endpoint built from it,
-a state from a closed vocabulary and plain integer counters that the relay
-updates and the admin endpoint will read.  The L{Pool} chooses round-robin among
-the backends that are up; the pool issue adds weights, least-connections,
-consistent hashing and health checks on top of this model.
+a weight, a state from a closed vocabulary and plain integer counters that the
+relay updates and the admin endpoint reads.  The L{Pool} holds the backends in
+configured order, asks its balancing policy (L{gateway.balance}) to choose among
+those that are up, and is the one place where a backend's state changes: by an
+operator (drain, enable), by the health checker (L{gateway.health}), or by
+passive detection (C{fall} consecutive failed connection attempts mark a
+backend down at once; only a passing health check brings it back).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.interfaces import IBackendChooser
+from gateway.balance import RoundRobin
+from gateway.interfaces import IBackendChooser, IBalancer
 
 __all__ = ["Backend", "BackendState", "Pool"]
 
@@ -40,32 +45,61 @@ class Backend:
     @ivar name: the operator's name for it (by default its endpoint string).
     @ivar description: the endpoint string it was configured with.
     @ivar endpoint: the client endpoint sessions connect to.
+    @ivar weight: its share of new sessions relative to the others (>= 1).
     @ivar state: whether it takes new sessions.
     @ivar active: sessions connected to it now.
     @ivar total: sessions ever connected to it.
     @ivar failures: connection attempts to it that failed or timed out.
+    @ivar consecutive_failures: failed attempts since its last success.
+    @ivar reason: why it is in its state (a health check's or an operator's
+        words), for logs and the admin endpoint.
     """
 
     name: str
     description: str
     endpoint: IStreamClientEndpoint
+    weight: int = 1
     state: BackendState = BackendState.UP
     active: int = 0
     total: int = 0
     failures: int = 0
+    consecutive_failures: int = 0
+    reason: str = field(default="")
 
 
 @implementer(IBackendChooser)
 class Pool:
     """
-    The backends, in configured order, chosen round-robin.
+    The backends, in configured order, and the policy that chooses among them.
+
+    @ivar balancer: the balancing policy.
+    @ivar fall: consecutive failed attempts that mark a backend down at once
+        (0: passive detection off).
+    @ivar transitions: state changes so far (a counter for the admin endpoint).
     """
 
-    def __init__(self, backends: Iterable[Backend] = ()) -> None:
+    _log = Logger()
+
+    def __init__(
+        self,
+        backends: Iterable[Backend] = (),
+        balancer: IBalancer | None = None,
+        *,
+        fall: int = 0,
+    ) -> None:
         self._backends: list[Backend] = []
-        self._next = 0
+        self.balancer: IBalancer = balancer if balancer is not None else RoundRobin()
+        self.fall = fall
+        self.transitions = 0
         for backend in backends:
             self.add(backend)
+
+    @property
+    def needs_key(self) -> bool:
+        """
+        Whether the balancing policy uses a session key.
+        """
+        return bool(self.balancer.needs_key)
 
     @property
     def backends(self) -> tuple[Backend, ...]:
@@ -74,13 +108,22 @@ class Pool:
         """
         return tuple(self._backends)
 
+    def get(self, name: str) -> Backend | None:
+        """
+        The backend called C{name}, if any.
+        """
+        for backend in self._backends:
+            if backend.name == name:
+                return backend
+        return None
+
     def add(self, backend: Backend) -> None:
         """
         Put a backend into rotation.
 
         @raise ValueError: a backend of that name is already in the pool.
         """
-        if any(b.name == backend.name for b in self._backends):
+        if self.get(backend.name) is not None:
             raise ValueError(f"duplicate backend name {backend.name!r}")
         self._backends.append(backend)
 
@@ -91,24 +134,60 @@ class Pool:
         @raise ValueError: it is not in the pool.
         """
         self._backends.remove(backend)
-        if self._next >= len(self._backends):
-            self._next = 0
 
-    def choose(self, exclude: Collection[Backend] = ()) -> Backend | None:
+    def choose(
+        self, exclude: Collection[Backend] = (), key: bytes | None = None
+    ) -> Backend | None:
         """
-        The next backend in round-robin order that is up and not excluded.
+        The backend for a new session: chosen by the balancing policy among
+        the backends that are up and not excluded.
+        """
+        candidates = [
+            backend
+            for backend in self._backends
+            if backend.state is BackendState.UP and backend not in exclude
+        ]
+        if not candidates:
+            return None
+        return self.balancer.choose(candidates, key)
 
-        The rotation advances past the chosen backend, so consecutive sessions
-        go to consecutive backends, and a session retrying after a failure gets
-        the one after the one that failed.
+    def set_state(self, backend: Backend, state: BackendState, reason: str) -> None:
         """
-        count = len(self._backends)
-        for offset in range(count):
-            index = (self._next + offset) % count
-            backend = self._backends[index]
-            if backend.state is BackendState.UP and backend not in exclude:
-                # Not taken modulo here: a backend added meanwhile at the end
-                # is then the next one, as round-robin order says.
-                self._next = index + 1
-                return backend
-        return None
+        Change a backend's state (logged and counted when it changes).
+        """
+        backend.reason = reason
+        if backend.state is state:
+            return
+        old, backend.state = backend.state, state
+        self.transitions += 1
+        self._log.info(
+            "backend {backend} is {state} (was {old}): {reason}",
+            backend=backend.name,
+            state=state.value,
+            old=old.value,
+            reason=reason,
+        )
+
+    def attempt_failed(self, backend: Backend) -> None:
+        """
+        A connection attempt failed: count it, and after C{fall} in a row mark
+        the backend down at once.
+        """
+        backend.failures += 1
+        backend.consecutive_failures += 1
+        if (
+            self.fall
+            and backend.consecutive_failures >= self.fall
+            and backend.state is BackendState.UP
+        ):
+            self.set_state(
+                backend,
+                BackendState.DOWN,
+                f"{backend.consecutive_failures} connection attempts failed in a row",
+            )
+
+    def attempt_succeeded(self, backend: Backend) -> None:
+        """
+        A connection attempt succeeded.
+        """
+        backend.consecutive_failures = 0

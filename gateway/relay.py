@@ -375,7 +375,7 @@ class GameSession:
         if not self._stop_attempt(link) or self._client_gone:
             # A stale attempt, or one we gave up ourselves because the client left.
             return
-        link.backend.failures += 1
+        self._chooser.attempt_failed(link.backend)
         self._log.warn(
             "backend {backend} failed for a session from {peer}: {reason}",
             backend=link.backend.name,
@@ -395,6 +395,7 @@ class GameSession:
             return
         link.ready = True
         backend = link.backend
+        self._chooser.attempt_succeeded(backend)
         self.backend = backend
         server = cast(Stream, link.transport)
         self._server = server
