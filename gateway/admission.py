@@ -48,7 +48,8 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
-from gateway.front import CloseHooks, Verdict, classify, describe_peer
+from gateway.connection import CloseHooks, describe_peer
+from gateway.front import Verdict, classify
 from gateway.limits import AddressLimits, Refusal, TotalCap, address_key
 from gateway.registry import RefusalLog
 

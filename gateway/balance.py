@@ -105,11 +105,12 @@ class RendezvousHash:
             digest = hashlib.blake2b(
                 key, digest_size=8, person=b"gw-rdv", salt=_salt(backend.name)
             ).digest()
-            # A uniform number in (0, 1), then the weighted score of
+            # A uniform number u in (0, 1), then the weighted score of
             # "Weighted distributed hash tables" (Schindelhauer, Schomaker):
-            # -weight / ln(u) is largest for the winner.
-            uniform = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)
-            score = -backend.weight / math.log(uniform)
+            # -weight / ln(u) is largest for the winner.  ln(u) is computed as
+            # log1p(-(1 - u)) so that u close to 1 never rounds to ln(1) = 0.
+            complement = (2**64 - int.from_bytes(digest, "big")) / (2**64 + 1)
+            score = backend.weight / -math.log1p(-complement)
             if score > best_score:
                 best, best_score = backend, score
         assert best is not None

@@ -14,6 +14,7 @@ that message is what an operator sees when start-up refuses a bad value.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from twisted.internet.endpoints import clientFromString, serverFromString
@@ -25,7 +26,9 @@ __all__ = [
     "BackendSpec",
     "ConfigError",
     "GatewayConfig",
+    "BALANCE_CHOICES",
     "OVERFLOW_CHOICES",
+    "PROXY_CHOICES",
     "check_choice",
     "check_client_endpoint",
     "check_count",
@@ -33,6 +36,7 @@ __all__ = [
     "check_rate",
     "check_directory",
     "check_seconds",
+    "check_session_key",
     "check_server_endpoint",
 ]
 
@@ -45,6 +49,12 @@ DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
 
 OVERFLOW_CHOICES = ("reject", "queue")
 """What happens at the total connection cap."""
+
+BALANCE_CHOICES = ("roundrobin", "leastconn", "hash")
+"""The balancing policies (L{gateway.balance})."""
+
+PROXY_CHOICES = ("off", "v1", "v2")
+"""PROXY protocol versions sent to backends."""
 
 
 class ConfigError(ValueError):
@@ -61,10 +71,12 @@ class BackendSpec:
     @ivar name: the name shown in logs (and later on the admin endpoint); by
         default the endpoint string itself.
     @ivar endpoint: a Twisted client endpoint string, e.g. C{tcp:127.0.0.1:7000}.
+    @ivar weight: its share of new sessions relative to the others.
     """
 
     name: str
     endpoint: str
+    weight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +105,13 @@ class GatewayConfig:
         (L{gateway.limits.default_burst}).
     @ivar overflow: at the total cap, C{"reject"} or C{"queue"}.
     @ivar busy_message: the line sent to a refused game client, if any.
+    @ivar balance: the balancing policy (C{roundrobin}, C{leastconn}, C{hash}).
+    @ivar session_key: with C{hash}, a regular expression whose first group in
+        the client's first line is the affinity key (else the client address).
+    @ivar proxy_protocol: send a PROXY header to backends: C{off}, C{v1}, C{v2}.
+    @ivar health_interval: seconds between active health checks (0: none, and
+        no passive marking either, since nothing would bring a backend back).
+    @ivar retries: further backends tried after a failed connection attempt.
     @ivar demo: also run the built-in demo game backends and page.
     """
 
@@ -111,6 +130,11 @@ class GatewayConfig:
     rate_burst: float | None = None
     overflow: str = "reject"
     busy_message: str | None = None
+    balance: str = "roundrobin"
+    session_key: str | None = None
+    proxy_protocol: str = "off"
+    health_interval: float = 5.0
+    retries: int = 2
     demo: bool = False
 
 
@@ -191,6 +215,21 @@ def check_line(option: str, text: str, *, limit: int = 200) -> str:
     if len(text) > limit:
         raise ConfigError(f"{option}: at most {limit} characters, got {len(text)}")
     return text
+
+
+def check_session_key(option: str, pattern: str) -> str:
+    """
+    Check that C{pattern} is a regular expression with at least one group.
+
+    @raise ConfigError: it does not compile, or has no group.
+    """
+    try:
+        compiled = re.compile(pattern.encode())
+    except (re.error, UnicodeEncodeError) as error:
+        raise ConfigError(f"{option}: not a valid regular expression: {error}") from None
+    if compiled.groups < 1:
+        raise ConfigError(f"{option}: needs a group, e.g. 'user=(\\w+)', got {pattern!r}")
+    return pattern
 
 
 def check_directory(option: str, path: str) -> str:

@@ -21,8 +21,10 @@ each event to the chosen side (one method call per chunk).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import (
     IAddress,
@@ -38,8 +40,13 @@ from twisted.web.server import Site
 from typing_extensions import override
 from zope.interface import implementer
 
+from gateway.connection import CloseHooks, describe_peer
 from gateway.interfaces import IBackendChooser
+from gateway.limits import address_key
 from gateway.relay import GameSession
+
+if TYPE_CHECKING:
+    from gateway.registry import Counters
 
 __all__ = [
     "HTTP_METHODS",
@@ -59,6 +66,9 @@ _STARTS = tuple(method + b" " for method in HTTP_METHODS)
 
 SNIFF_LIMIT = max(len(start) for start in _STARTS)
 """The most bytes L{classify} ever needs to decide."""
+
+KEY_LINE_LIMIT = 4096
+"""The most bytes waited for to find the session key in the first line."""
 
 
 class Verdict(Enum):
@@ -89,53 +99,6 @@ def classify(prefix: bytes) -> Verdict:
     return Verdict.GAME
 
 
-def describe_peer(address: IAddress) -> str:
-    """
-    A short text for a peer address: C{host:port} for IP, the path for UNIX.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if hasattr(address, "name"):
-        # A UNIX socket peer: usually unnamed (the client did not bind).
-        name = address.name
-        if name:
-            return "unix:" + (name.decode(errors="replace") if isinstance(name, bytes) else name)
-        return "unix"
-    return str(address)
-
-
-class CloseHooks:
-    """
-    Mixin for protocols: callables run once when the connection is lost (the
-    admission layer releases a connection's slots this way, without wrapping
-    the protocol, so nothing is added to the data path).
-    """
-
-    _hooks_log = Logger()
-
-    def __init__(self) -> None:
-        self._close_hooks: list[Callable[[], None]] = []
-
-    def add_close_hook(self, hook: Callable[[], None]) -> None:
-        """
-        Run C{hook} when the connection is lost.
-        """
-        self._close_hooks.append(hook)
-
-    def run_close_hooks(self) -> None:
-        """
-        Run the hooks, once; one that fails is logged and the others still run.
-        """
-        hooks, self._close_hooks = self._close_hooks, []
-        for hook in hooks:
-            try:
-                hook()
-            except Exception:
-                self._hooks_log.failure("a close hook failed")
-
-
 class GatewayFactory(ServerFactory):
     """
     Builds a L{FrontDoor} for each accepted connection.
@@ -148,6 +111,11 @@ class GatewayFactory(ServerFactory):
     @ivar idle_timeout: seconds without traffic before a game session is closed (0: never).
     @ivar fin_timeout: seconds without traffic before a game session with one
         direction ended is closed (0: never).
+    @ivar session_key: with a balancer that uses keys, the pattern whose
+        first group in the client's first line is the session's key.
+    @ivar retries: other backends tried after a failed connection attempt.
+    @ivar counters: where key fallbacks are counted, if anywhere.
+    @ivar proxy_version: the PROXY header sent to backends (C{"off"}: none).
     """
 
     noisy = False
@@ -162,8 +130,16 @@ class GatewayFactory(ServerFactory):
         connect_timeout: float,
         idle_timeout: float,
         fin_timeout: float,
+        session_key: re.Pattern[bytes] | None = None,
+        retries: int = 2,
+        counters: Counters | None = None,
+        proxy_version: str = "off",
     ) -> None:
         self.site = site
+        self.proxy_version = proxy_version
+        self.session_key = session_key
+        self.retries = retries
+        self.counters = counters
         self.chooser = chooser
         self.clock = clock
         self.sniff_timeout = sniff_timeout
@@ -192,6 +168,8 @@ class FrontDoor(CloseHooks, Protocol):
         self._forward: Callable[[bytes], None] | None = None
         self.http: HTTPChannel | None = None
         self.session: GameSession | None = None
+        self._key_wait = b""
+        self._key_call: IDelayedCall | None = None
 
     @override
     def connectionMade(self) -> None:
@@ -235,19 +213,72 @@ class FrontDoor(CloseHooks, Protocol):
 
     def _start_game(self, *, client_eof: bool = False) -> None:
         sniffed = self._stop_sniffing()
+        factory = self.factory
+        if (
+            factory.session_key is not None
+            and factory.chooser.needs_key
+            and sniffed
+            and not client_eof
+            and b"\n" not in sniffed
+            and len(sniffed) < KEY_LINE_LIMIT
+        ):
+            # The key is in the first line: wait for it (at most the sniff
+            # timeout and KEY_LINE_LIMIT bytes).  A silent client (server
+            # speaks first) is not kept waiting: it has no first line.
+            self._key_wait = sniffed
+            self._forward = self._key_data
+            self._key_call = factory.clock.callLater(factory.sniff_timeout, self._key_done)
+            return
+        self._launch(sniffed, client_eof)
+
+    def _key_data(self, data: bytes) -> None:
+        self._key_wait += data
+        if b"\n" in self._key_wait or len(self._key_wait) >= KEY_LINE_LIMIT:
+            self._key_done()
+
+    def _key_done(self, client_eof: bool = False) -> None:
+        if self._key_call is not None and self._key_call.active():
+            self._key_call.cancel()
+        self._key_call = None
+        first, self._key_wait = self._key_wait, b""
+        self._launch(first, client_eof)
+
+    def _session_key(self, first: bytes) -> bytes:
+        """
+        The session's affinity key: the first group of --session-key in the
+        first line, else the client's address (by its limits key, so an IPv6
+        client keeps its affinity across the addresses of its /64).
+        """
+        pattern = self.factory.session_key
+        if pattern is not None:
+            match = pattern.search(first.split(b"\n", 1)[0][:KEY_LINE_LIMIT])
+            if match is not None and match.group(1) is not None:
+                key: bytes = match.group(1)
+                return key
+            if self.factory.counters is not None:
+                self.factory.counters.key_fallbacks += 1
         assert self.transport is not None
+        host = getattr(self.transport.getPeer(), "host", None)
+        return address_key(host).encode() if isinstance(host, str) else b""
+
+    def _launch(self, first: bytes, client_eof: bool) -> None:
+        assert self.transport is not None
+        factory = self.factory
         session = GameSession(
             self.transport,
-            self.factory.chooser,
-            self.factory.clock,
-            connect_timeout=self.factory.connect_timeout,
-            idle_timeout=self.factory.idle_timeout,
-            fin_timeout=self.factory.fin_timeout,
+            factory.chooser,
+            factory.clock,
+            connect_timeout=factory.connect_timeout,
+            idle_timeout=factory.idle_timeout,
+            fin_timeout=factory.fin_timeout,
             peer=describe_peer(self.transport.getPeer()),
+            key=self._session_key(first) if factory.chooser.needs_key else None,
+            retries=factory.retries,
+            proxy_version=factory.proxy_version,
         )
         self.session = session
         self._forward = session.client_data
-        session.start(sniffed)
+        session.start(first)
         if client_eof:
             session.client_eof()
 
@@ -257,6 +288,8 @@ class FrontDoor(CloseHooks, Protocol):
         """
         if self.session is not None:
             self.session.client_eof()
+        elif self._key_call is not None:
+            self._key_done(client_eof=True)
         elif self.http is not None:
             self._http_client_eof(self.http)
         elif self._sniffed:
@@ -285,6 +318,9 @@ class FrontDoor(CloseHooks, Protocol):
     @override
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._stop_sniffing()
+        if self._key_call is not None and self._key_call.active():
+            self._key_call.cancel()
+        self._key_call = None
         self._forward = None
         if self.http is not None:
             self.http.connectionLost(reason)

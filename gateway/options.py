@@ -19,9 +19,11 @@ from twisted.python import usage
 from typing_extensions import override
 
 from gateway.config import (
+    BALANCE_CHOICES,
     DEFAULT_LISTEN,
     DEMO_LISTEN,
     OVERFLOW_CHOICES,
+    PROXY_CHOICES,
     BackendSpec,
     ConfigError,
     GatewayConfig,
@@ -33,6 +35,7 @@ from gateway.config import (
     check_rate,
     check_seconds,
     check_server_endpoint,
+    check_session_key,
 )
 
 if TYPE_CHECKING:
@@ -112,6 +115,43 @@ class GatewayOptions(usage.Options):
             None,
             None,
             "One line sent to a game client that is refused (default: none, just close).",
+        ],
+        [
+            "balance",
+            None,
+            "roundrobin",
+            "How a game session's backend is chosen: 'roundrobin' (weighted), "
+            "'leastconn' (fewest sessions per weight) or 'hash' (consistent hash of "
+            "the session key: a returning player reaches the same backend).",
+        ],
+        [
+            "session-key",
+            None,
+            None,
+            "With --balance hash: the affinity key is the first group of this regular "
+            "expression in the client's first line (waited for up to --sniff-timeout); "
+            "without it, or when it does not match, the client's address.",
+        ],
+        [
+            "proxy-protocol",
+            None,
+            "off",
+            "Send a PROXY protocol header ('v1' text or 'v2' binary) to backends before "
+            "any client byte, so they see the real client address ('off': none).",
+        ],
+        [
+            "health-interval",
+            None,
+            "5",
+            "Seconds between active health checks of every backend (a TCP connect); "
+            "a backend is down after 3 failed checks, or 3 failed connection attempts "
+            "in a row, and up again after 2 passed checks (0: no checks).",
+        ],
+        [
+            "retries",
+            None,
+            "2",
+            "Other backends tried when a connection attempt fails, before the client is closed.",
         ],
         [
             "header-timeout",
@@ -238,6 +278,11 @@ class GatewayOptions(usage.Options):
         busy = self["busy-message"]
         if busy is not None:
             busy = check_line("--busy-message", busy)
+        session_key = self["session-key"]
+        if session_key is not None:
+            session_key = check_session_key("--session-key", session_key)
+            if self["balance"] != "hash":
+                raise ConfigError("--session-key: needs --balance hash")
         http_root = self["http-root"]
         if http_root is not None:
             http_root = check_directory("--http-root", http_root)
@@ -263,6 +308,13 @@ class GatewayOptions(usage.Options):
             rate_burst=burst,
             overflow=check_choice("--overflow", self["overflow"], OVERFLOW_CHOICES),
             busy_message=busy,
+            balance=check_choice("--balance", self["balance"], BALANCE_CHOICES),
+            session_key=session_key,
+            proxy_protocol=check_choice("--proxy-protocol", self["proxy-protocol"], PROXY_CHOICES),
+            health_interval=check_seconds(
+                "--health-interval", self["health-interval"], allow_zero=True
+            ),
+            retries=check_count("--retries", self["retries"]),
             demo=demo,
         )
 

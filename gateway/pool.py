@@ -156,6 +156,9 @@ class Pool:
         Change a backend's state (logged and counted when it changes).
         """
         backend.reason = reason
+        if state is BackendState.UP:
+            # Back in service: it needs `fall` new failures to be marked down.
+            backend.consecutive_failures = 0
         if backend.state is state:
             return
         old, backend.state = backend.state, state

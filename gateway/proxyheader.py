@@ -24,6 +24,7 @@ import ipaddress
 import struct
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -39,16 +40,18 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import alsoProvides, implementer, providedBy
 
-from gateway.front import CloseHooks, describe_peer
+from gateway.connection import CloseHooks, describe_peer
 from gateway.limits import Refusal
 from gateway.registry import RefusalLog
 
 __all__ = [
     "HAPROXY_PREFIX",
     "MAX_V2_HEADER",
+    "PROXY_VERSIONS",
     "V1_MAX",
     "ProxyHeaderFactory",
     "ProxyHeaderProtocol",
+    "proxy_header",
 ]
 
 HAPROXY_PREFIX = "haproxy:"
@@ -283,3 +286,122 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
         if transport is None or name.startswith("__"):
             raise AttributeError(name)
         return getattr(transport, name)
+
+
+# The writer: the header the gateway sends to a backend (--proxy-protocol)
+
+PROXY_VERSIONS = ("off", "v1", "v2")
+"""
+The values of C{--proxy-protocol}: send no header to the backends, or a
+version 1 (text) or version 2 (binary) header before any byte of the client's.
+"""
+
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_V1_UNKNOWN_LINE = b"PROXY UNKNOWN\r\n"
+_V2_PROXY = 0x21  # version 2, command PROXY
+_V2_LOCAL = 0x20  # version 2, command LOCAL
+_V2_TCP4 = 0x11  # AF_INET, STREAM
+_V2_TCP6 = 0x21  # AF_INET6, STREAM
+_V2_UNSPEC = 0x00  # AF_UNSPEC, UNSPEC
+
+
+def proxy_header(version: str, source: IAddress, destination: IAddress) -> bytes:
+    """
+    The PROXY header that tells a backend where its connection really comes
+    from, to be written before any byte of the client's.
+
+    A TCP connection over IPv4 or IPv6 gives a C{TCP4} or C{TCP6} header
+    (families C{0x11} and C{0x21} in version 2).  An IPv4-mapped IPv6 address
+    (C{::ffff:a.b.c.d}, as a dual-stack socket reports an IPv4 client) is sent
+    as IPv4; if the two addresses still differ in family, the IPv4 one is sent
+    mapped into IPv6 (as HAProxy does), since a header has one family for both.
+    The zone of a link-local address (C{fe80::1%eth0}) is dropped: it names an
+    interface of this host, which means nothing to the backend.
+
+    Anything else (a UNIX socket, a UDP or unparsable address) cannot be
+    described, and gets the header that tells the backend to use the
+    connection's own addresses: C{PROXY UNKNOWN\\r\\n} in version 1 (the
+    short form the specification allows; HAProxy and our own reader accept it,
+    but Twisted's C{V1Parser} refuses it), and in version 2 a LOCAL command
+    (C{0x20}) with family C{0x00} (C{AF_UNSPEC}) and no address bytes, as
+    HAProxy's own sender does (the specification lets a receiver refuse a
+    PROXY command without addresses, but it must accept LOCAL).
+
+    @param version: C{"v1"} or C{"v2"}.
+    @param source: the client's address (C{getPeer()} of the client's
+        connection, which a PROXY header on the front may have set).
+    @param destination: the address the client connected to (C{getHost()}).
+    @return: the header's bytes: at most L{V1_MAX} for version 1, 16, 28 or
+        52 for version 2.
+    @raise ValueError: if C{version} is neither C{"v1"} nor C{"v2"}.
+    """
+    if version not in ("v1", "v2"):
+        raise ValueError(f"no PROXY header of version {version!r}")
+    source_end, destination_end = _tcp_endpoint(source), _tcp_endpoint(destination)
+    if source_end is None or destination_end is None:
+        return _V1_UNKNOWN_LINE if version == "v1" else _v2_prefix(_V2_UNSPEC, 0, _V2_LOCAL)
+    (source_ip, source_port), (destination_ip, destination_port) = source_end, destination_end
+    if source_ip.version != destination_ip.version:
+        source_ip, destination_ip = _as_ipv6(source_ip), _as_ipv6(destination_ip)
+    if version == "v1":
+        family = "TCP4" if source_ip.version == 4 else "TCP6"
+        line = (
+            f"PROXY {family} {_v1_host(source_ip)} {_v1_host(destination_ip)}"
+            f" {source_port} {destination_port}\r\n"
+        )
+        return line.encode("ascii")
+    body = (
+        source_ip.packed
+        + destination_ip.packed
+        + struct.pack("!HH", source_port, destination_port)
+    )
+    return _v2_prefix(_V2_TCP4 if source_ip.version == 4 else _V2_TCP6, len(body)) + body
+
+
+def _tcp_endpoint(address: IAddress) -> tuple[_IPAddress, int] | None:
+    """
+    The IP address (an IPv4-mapped one as IPv4, without a zone) and port of a
+    TCP address, or L{None} for anything a PROXY header cannot carry.
+    """
+    if not isinstance(address, IPv4Address | IPv6Address) or address.type != "TCP":
+        return None
+    if not 0 <= address.port <= 0xFFFF:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.host.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped, address.port
+    return ip, address.port
+
+
+def _as_ipv6(ip: _IPAddress) -> ipaddress.IPv6Address:
+    """
+    C{ip} as IPv6: an IPv4 address mapped into C{::ffff:0:0/96}.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        return ip
+    return ipaddress.IPv6Address(0xFFFF_0000_0000 | int(ip))
+
+
+def _v1_host(ip: _IPAddress) -> str:
+    """
+    C{ip} as version 1 writes it: IPv4 in dotted decimal, IPv6 in groups of
+    hexadecimal digits with at most one C{::}.
+    """
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        # The specification wants hexadecimal groups only, but Python 3.13
+        # writes a mapped address with a dotted tail (::ffff:1.2.3.4).
+        value = int(ip)
+        return f"::ffff:{value >> 16 & 0xFFFF:x}:{value & 0xFFFF:x}"
+    return ip.compressed
+
+
+def _v2_prefix(family: int, length: int, command: int = 0x21) -> bytes:
+    """
+    The fixed 16 bytes of a version 2 PROXY header: the signature, version and
+    command, family and transport, and the length of what follows.
+    """
+    return _V2_START + struct.pack("!BBH", command, family, length)

@@ -28,11 +28,14 @@ class Counters:
     @ivar accepted: connections admitted past the limits.
     @ivar refused: refused connections (and requests) by reason.
     @ivar queued: connections that waited for a free slot (--overflow queue).
+    @ivar key_fallbacks: game sessions whose first line did not match
+        --session-key (their key is the client's address).
     """
 
     def __init__(self) -> None:
         self.accepted = 0
         self.queued = 0
+        self.key_fallbacks = 0
         self.refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
 
 

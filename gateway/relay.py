@@ -66,6 +66,7 @@ from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
 from gateway.interfaces import IBackendChooser
+from gateway.proxyheader import proxy_header
 
 if TYPE_CHECKING:
     from gateway.pool import Backend
@@ -260,6 +261,9 @@ class GameSession:
         idle_timeout: float,
         fin_timeout: float,
         peer: str,
+        key: bytes | None = None,
+        retries: int = 2,
+        proxy_version: str = "off",
     ) -> None:
         """
         @param client: the client's transport (also an IPushProducer and IConsumer).
@@ -270,6 +274,10 @@ class GameSession:
         @param fin_timeout: seconds without traffic before closing once one
             direction has ended; 0 for never.
         @param peer: the client's address, for logs.
+        @param key: the session's affinity key, for a balancer that uses one.
+        @param retries: other backends tried after a failed attempt.
+        @param proxy_version: C{"v1"} or C{"v2"} to send each backend a PROXY
+            header (the client's addresses) before any client byte; C{"off"}.
         """
         self.client = cast(Stream, client)
         self._chooser = chooser
@@ -278,6 +286,9 @@ class GameSession:
         self._idle_timeout = idle_timeout
         self._fin_timeout = fin_timeout
         self.peer = peer
+        self.key = key
+        self._retries = retries
+        self._proxy_version = proxy_version
         self.backend: Backend | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -322,7 +333,9 @@ class GameSession:
     # Connecting
 
     def _connect_next(self) -> None:
-        backend = self._chooser.choose(self._tried)
+        backend = None
+        if len(self._tried) <= self._retries:
+            backend = self._chooser.choose(self._tried, self.key)
         if backend is None:
             self._give_up()
             return
@@ -403,6 +416,10 @@ class GameSession:
         backend.total += 1
         held, self._held = self._held, []
         self._held_size = 0
+        if self._proxy_version != "off":
+            # Before any client byte; not counted in bytes_in (not the client's).
+            client = cast(ITransport, self.client)
+            server.write(proxy_header(self._proxy_version, client.getPeer(), client.getHost()))
         for chunk in held:
             server.write(chunk)
             self.bytes_in += len(chunk)

@@ -10,6 +10,7 @@ other module imports it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -31,6 +32,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from gateway.admission import AddressGate, CapFactory, CapState, Responder
+from gateway.balance import make_balancer
 from gateway.config import GatewayConfig
 from gateway.front import GatewayFactory
 from gateway.interfaces import IAddressPolicy
@@ -41,6 +43,9 @@ from gateway.registry import Counters, RefusalLog
 from gateway.web import make_site
 
 __all__ = ["DemoBackends", "FrontListener", "GatewayService", "StartupError", "make_service"]
+
+PASSIVE_FALL = 3
+"""Failed connection attempts in a row that mark a backend down at once."""
 
 DEMO_BACKENDS = ("demo-a", "demo-b")
 """Names of the demo game servers that C{--demo} runs in-process."""
@@ -219,12 +224,18 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
 
         reactor = global_reactor
     pool = Pool(
-        Backend(
-            name=spec.name,
-            description=spec.endpoint,
-            endpoint=clientFromString(reactor, spec.endpoint),
-        )
-        for spec in config.backends
+        (
+            Backend(
+                name=spec.name,
+                description=spec.endpoint,
+                endpoint=clientFromString(reactor, spec.endpoint),
+                weight=spec.weight,
+            )
+            for spec in config.backends
+        ),
+        make_balancer(config.balance),
+        # Passive detection only with health checks: they bring a backend back.
+        fall=PASSIVE_FALL if config.health_interval else 0,
     )
     http_root = config.http_root
     if http_root is None and config.demo:
@@ -248,6 +259,10 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         connect_timeout=config.connect_timeout,
         idle_timeout=config.idle_timeout,
         fin_timeout=config.fin_timeout,
+        session_key=re.compile(config.session_key.encode()) if config.session_key else None,
+        retries=config.retries,
+        counters=counters,
+        proxy_version=config.proxy_protocol,
     )
     responder = Responder(
         reactor, busy_message=config.busy_message, wait=min(config.sniff_timeout, 2.0)

@@ -37,7 +37,7 @@ from twisted.web.server import Request, Site
 from twisted.web.static import File
 from typing_extensions import override
 
-from gateway.front import describe_peer
+from gateway.connection import describe_peer
 from gateway.limits import Refusal
 from gateway.registry import RefusalLog
 

@@ -70,22 +70,27 @@ def _socket_inodes(pid: int) -> set[str]:
 
 def listening_ports(pid: int) -> dict[str, list[int]]:
     """
-    The TCP (IPv4) ports process C{pid} listens on.
+    The TCP ports process C{pid} listens on.
 
-    @return: C{{"127.0.0.1": [port, ...], ...}}: local address to ports.
+    @return: C{{"127.0.0.1": [port, ...], "::1": [...], ...}}: local address
+        to ports (IPv4 and IPv6).
     """
     inodes = _socket_inodes(pid)
     found: dict[str, list[int]] = {}
-    with open("/proc/net/tcp") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state != "0A" or inode not in inodes:  # 0A: LISTEN
-                continue
-            hex_host, hex_port = local.split(":")
-            host = socket.inet_ntoa(bytes.fromhex(hex_host)[::-1])
-            found.setdefault(host, []).append(int(hex_port, 16))
+    for path, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        with open(path) as table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                    continue
+                hex_host, hex_port = local.split(":")
+                raw = bytes.fromhex(hex_host)
+                # /proc prints each 32-bit word in host (little-endian) order.
+                packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                host = socket.inet_ntop(family, packed)
+                found.setdefault(host, []).append(int(hex_port, 16))
     return found
 
 

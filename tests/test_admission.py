@@ -33,7 +33,8 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from gateway.admission import AddressGate, CapFactory, CapState, Held, Refuser, Responder
-from gateway.front import HTTP_METHODS, CloseHooks
+from gateway.connection import CloseHooks
+from gateway.front import HTTP_METHODS
 from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
 from gateway.registry import Counters, RefusalLog
 

@@ -57,6 +57,11 @@ def test_minimal_command_line() -> None:
         rate_burst=None,
         overflow="reject",
         busy_message=None,
+        balance="roundrobin",
+        session_key=None,
+        proxy_protocol="off",
+        health_interval=5.0,
+        retries=2,
         demo=False,
     )
 
@@ -99,6 +104,16 @@ def test_full_command_line(tmp_path: Path) -> None:
         "12",
         "--busy-message",
         "Full, try later",
+        "--balance",
+        "hash",
+        "--session-key",
+        "^LOGIN (\\w+)",
+        "--proxy-protocol",
+        "v2",
+        "--health-interval",
+        "0",
+        "--retries",
+        "0",
     ]
     assert parse(argv) == GatewayConfig(
         listen=("tcp:80", "unix:/tmp/gw.sock"),
@@ -119,6 +134,11 @@ def test_full_command_line(tmp_path: Path) -> None:
         rate_burst=12.0,
         overflow="queue",
         busy_message="Full, try later",
+        balance="hash",
+        session_key="^LOGIN (\\w+)",
+        proxy_protocol="v2",
+        health_interval=0.0,
+        retries=0,
         demo=False,
     )
 
@@ -173,6 +193,19 @@ def test_relative_http_root_becomes_absolute(
         (["--demo", "--busy-message", "a\nb"], "--busy-message: must be one line"),
         (["--demo", "--busy-message", "x" * 201], "--busy-message: at most 200 characters"),
         (["--demo", "--header-timeout", "0"], "--header-timeout: must be more than 0"),
+        (["--demo", "--balance", "random"], "--balance: expected one of roundrobin, leastconn"),
+        (["--demo", "--session-key", "user=(\\w+)"], "--session-key: needs --balance hash"),
+        (
+            ["--demo", "--balance", "hash", "--session-key", "user=\\w+"],
+            "--session-key: needs a group",
+        ),
+        (
+            ["--demo", "--balance", "hash", "--session-key", "user=(\\w+"],
+            "--session-key: not a valid regular expression",
+        ),
+        (["--demo", "--proxy-protocol", "v3"], "--proxy-protocol: expected one of off, v1, v2"),
+        (["--demo", "--health-interval", "-1"], "--health-interval: must not be negative"),
+        (["--demo", "--retries", "-1"], "--retries: must not be negative"),
         (["--backend", "tcp:h:1", "--backend", "tcp:h:1"], "--backend: 'tcp:h:1' is given twice"),
         (["--listen", "tcp:notaport", "--demo"], "--listen: cannot use 'tcp:notaport'"),
         (

@@ -9,15 +9,24 @@ backends out, it never touches their endpoints.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
-from gateway.interfaces import IBackendChooser
+from gateway.balance import (
+    BALANCERS,
+    LeastConnections,
+    RendezvousHash,
+    RoundRobin,
+    make_balancer,
+)
+from gateway.interfaces import IBackendChooser, IBalancer
 from gateway.pool import Backend, BackendState, Pool
 
 _REACTOR = MemoryReactorClock()
@@ -300,3 +309,243 @@ def test_spread_is_exact(states: list[BackendState], rounds: int, start: int) ->
     up = [backend for backend in pool.backends if backend.state is BackendState.UP]
     counts = Counter(pool.choose() for _ in range(len(up) * rounds))
     assert counts == {backend: rounds for backend in up}
+
+
+# Pool with each balancing policy
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    balance=st.sampled_from(sorted(BALANCERS)),
+    states=st.lists(_STATES, min_size=0, max_size=6),
+    steps=st.lists(
+        st.tuples(st.sets(st.integers(min_value=0, max_value=5)), st.binary(max_size=8)),
+        max_size=40,
+    ),
+)
+def test_every_balancer_chooses_up_and_not_excluded(
+    balance: str, states: list[BackendState], steps: list[tuple[set[int], bytes]]
+) -> None:
+    """
+    Whatever the balancing policy, over any choices with any exclusions and
+    keys, the chosen backend is up and not excluded, and L{None} comes back
+    exactly when no backend is both.
+    """
+    pool = Pool(
+        (make_backend(f"b{i}", state) for i, state in enumerate(states)),
+        make_balancer(balance),
+    )
+    backends = pool.backends
+    for excluded, key in steps:
+        exclude = [backends[i] for i in excluded if i < len(backends)]
+        chosen = pool.choose(exclude, key)
+        eligible = [b for b in backends if b.state is BackendState.UP and b not in exclude]
+        if chosen is None:
+            assert eligible == []
+        else:
+            assert chosen in eligible
+            chosen.active += 1
+
+
+@pytest.mark.parametrize(
+    ("balancer", "needs_key"),
+    [(None, False), (RoundRobin(), False), (LeastConnections(), False), (RendezvousHash(), True)],
+)
+def test_needs_key_follows_balancer(balancer: IBalancer | None, needs_key: bool) -> None:
+    """
+    A pool needs a session key exactly when its balancing policy does (the
+    default policy, round-robin, does not).
+    """
+    assert Pool([make_backend("a")], balancer).needs_key is needs_key
+
+
+def test_hash_pool_keeps_key_on_backend() -> None:
+    """
+    A pool with the hash policy sends a key to the same backend each time, and
+    while that backend is down, to another one; back up, the key returns to it.
+    """
+    pool = Pool([make_backend(name) for name in "abcd"], RendezvousHash())
+    home = pool.choose((), b"player-7")
+    assert home is not None
+    assert {pool.choose((), b"player-7") for _ in range(5)} == {home}
+    pool.set_state(home, BackendState.DOWN, "test")
+    elsewhere = pool.choose((), b"player-7")
+    assert elsewhere is not None and elsewhere is not home
+    pool.set_state(home, BackendState.UP, "test")
+    assert pool.choose((), b"player-7") is home
+
+
+# State changes and passive failure detection
+
+
+@pytest.fixture
+def log_events() -> Iterator[EventLoggingObserver]:
+    """
+    The log events emitted while the test runs.
+    """
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)
+
+
+def state_changes(log_events: EventLoggingObserver) -> list[str]:
+    """
+    The text of the pool's state-change events logged so far.
+    """
+    return [
+        formatEvent(event)
+        for event in log_events
+        if event.get("log_namespace") == "gateway.pool.Pool"
+        and event.get("log_format", "").startswith("backend {backend} is {state}")
+    ]
+
+
+def test_set_state_logs_and_counts_each_change(log_events: EventLoggingObserver) -> None:
+    """
+    Each state change is logged once, with the old and new states and the
+    reason, and counted in C{transitions}; the backend keeps the reason.
+    """
+    pool = make_pool("a", "b")
+    a, _ = pool.backends
+    pool.set_state(a, BackendState.DRAINING, "operator drain")
+    pool.set_state(a, BackendState.DOWN, "3 health checks failed")
+    assert (a.state, a.reason, pool.transitions) == (
+        BackendState.DOWN,
+        "3 health checks failed",
+        2,
+    )
+    assert state_changes(log_events) == [
+        "backend a is draining (was up): operator drain",
+        "backend a is down (was draining): 3 health checks failed",
+    ]
+    levels = {
+        event["log_level"]
+        for event in log_events
+        if event.get("log_namespace") == "gateway.pool.Pool"
+    }
+    assert levels == {LogLevel.info}
+
+
+def test_set_state_unchanged_not_logged(log_events: EventLoggingObserver) -> None:
+    """
+    Setting a backend to the state it is already in logs nothing and counts
+    nothing (the reason given is still recorded).
+    """
+    pool = make_pool("a")
+    (a,) = pool.backends
+    pool.set_state(a, BackendState.UP, "health check passed")
+    assert (a.state, a.reason, pool.transitions) == (BackendState.UP, "health check passed", 0)
+    assert state_changes(log_events) == []
+
+
+def test_fall_failures_in_a_row_mark_down(log_events: EventLoggingObserver) -> None:
+    """
+    With C{fall=3}, the third failed attempt in a row marks an up backend
+    down at once, logged with the reason, and the pool stops choosing it.
+    """
+    pool = Pool([make_backend("a"), make_backend("b")], fall=3)
+    a, b = pool.backends
+    pool.attempt_failed(a)
+    pool.attempt_failed(a)
+    assert a.state is BackendState.UP
+    pool.attempt_failed(a)
+    assert (a.state, a.reason, pool.transitions) == (
+        BackendState.DOWN,
+        "3 connection attempts failed in a row",
+        1,
+    )
+    assert state_changes(log_events) == [
+        "backend a is down (was up): 3 connection attempts failed in a row"
+    ]
+    assert {pool.choose() for _ in range(4)} == {b}
+
+
+def test_success_resets_the_run() -> None:
+    """
+    A successful attempt between failures starts the count again: two
+    failures, a success, two failures leave the backend up.
+    """
+    pool = Pool([make_backend("a")], fall=3)
+    (a,) = pool.backends
+    for _ in range(2):
+        pool.attempt_failed(a)
+    pool.attempt_succeeded(a)
+    assert a.consecutive_failures == 0
+    for _ in range(2):
+        pool.attempt_failed(a)
+    assert (a.state, a.failures, a.consecutive_failures) == (BackendState.UP, 4, 2)
+
+
+def test_fall_zero_never_marks_down(log_events: EventLoggingObserver) -> None:
+    """
+    With C{fall=0} passive detection is off: any number of failures in a row
+    are counted but leave the backend up.
+    """
+    pool = Pool([make_backend("a")], fall=0)
+    (a,) = pool.backends
+    for _ in range(100):
+        pool.attempt_failed(a)
+    assert (a.state, a.failures, a.consecutive_failures) == (BackendState.UP, 100, 100)
+    assert pool.transitions == 0
+    assert state_changes(log_events) == []
+
+
+@pytest.mark.parametrize("state", [BackendState.DOWN, BackendState.DRAINING])
+def test_failures_do_not_remark(state: BackendState, log_events: EventLoggingObserver) -> None:
+    """
+    Failures of a backend that is already down or draining are counted, but
+    do not change its state or reason, log or count a transition.
+    """
+    pool = Pool([make_backend("a", state)], fall=1)
+    (a,) = pool.backends
+    a.reason = "operator"
+    for _ in range(3):
+        pool.attempt_failed(a)
+    assert (a.state, a.reason, a.failures, pool.transitions) == (state, "operator", 3, 0)
+    assert state_changes(log_events) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fall=st.integers(min_value=0, max_value=5),
+    outcomes=st.lists(st.booleans(), max_size=30),
+)
+def test_passive_detection_model(fall: int, outcomes: list[bool]) -> None:
+    """
+    For any C{fall} and any sequence of attempt outcomes (C{True}: success),
+    every failure is counted, and the backend is down exactly when some run of
+    C{fall} failures in a row (C{fall} > 0) has occurred, after one transition.
+    """
+    pool = Pool([make_backend("a")], fall=fall)
+    (a,) = pool.backends
+    run = longest = 0
+    for succeeded in outcomes:
+        if succeeded:
+            pool.attempt_succeeded(a)
+            run = 0
+        else:
+            pool.attempt_failed(a)
+            run += 1
+            longest = max(longest, run)
+        assert a.consecutive_failures == run
+    down = fall > 0 and longest >= fall
+    assert a.failures == outcomes.count(False)
+    assert a.state is (BackendState.DOWN if down else BackendState.UP)
+    assert pool.transitions == int(down)
+
+
+def test_recovered_backend_needs_fall_new_failures() -> None:
+    """
+    A backend marked down by C{fall} failures and brought back up (by a
+    passing health check or an operator) takes C{fall} new failures in a row
+    to be marked down again, not one.
+    """
+    pool = Pool([make_backend("a")], fall=3)
+    (a,) = pool.backends
+    for _ in range(3):
+        pool.attempt_failed(a)
+    assert a.state is BackendState.DOWN
+    pool.set_state(a, BackendState.UP, "2 health checks passed")
+    pool.attempt_failed(a)
+    assert (a.state, a.consecutive_failures) == (BackendState.UP, 1)

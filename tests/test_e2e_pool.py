@@ -1,0 +1,409 @@
+"""
+End-to-end tests of the backend pool: balancing, affinity, health checks and
+failover, a TLS front with SNI, and PROXY headers read by a real HAProxy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import socketserver
+import ssl
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.certs import make_ca
+from tests.support import (
+    DEADLINE,
+    Backend,
+    GatewayProcess,
+    banner_then_echo,
+    connect,
+    listening_ports,
+    recv_exactly,
+    recv_until_eof,
+    wait_for,
+)
+
+
+def banner_port(sock: socket.socket) -> int:
+    """
+    Read a banner backend's first line and return the port it names.
+    """
+    line = b""
+    while not line.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        assert chunk, f"closed before the banner: {line!r}"
+        line += chunk
+    match = re.fullmatch(rb"HELLO from (\d+)\r\n", line)
+    assert match is not None, line
+    return int(match.group(1))
+
+
+@pytest.fixture
+def two_banners() -> Iterator[tuple[Backend, Backend]]:
+    """
+    Two backends that name themselves (by port) first, then echo.
+    """
+    with Backend(banner_then_echo) as first, Backend(banner_then_echo) as second:
+        yield first, second
+
+
+def test_round_robin_uses_both_backends(
+    tmp_path: Path, two_banners: tuple[Backend, Backend]
+) -> None:
+    """
+    Round-robin over two backends: six sessions, three on each, alternating.
+    """
+    first, second = two_banners
+    with GatewayProcess(
+        ["--backend", first.endpoint, "--backend", second.endpoint, "--sniff-timeout", "0.2"],
+        tmp_path,
+    ) as gateway:
+        ports = []
+        for _ in range(6):
+            client = connect(gateway.port)
+            client.sendall(b"hi\n")
+            ports.append(banner_port(client))
+            client.close()
+        assert ports == [first.port, second.port] * 3
+
+
+def test_least_connections_fills_the_emptier_backend(
+    tmp_path: Path, two_banners: tuple[Backend, Backend]
+) -> None:
+    """
+    With leastconn, while one backend holds a long session, the next two
+    sessions go to the other one.
+    """
+    first, second = two_banners
+    with GatewayProcess(
+        [
+            "--backend",
+            first.endpoint,
+            "--backend",
+            second.endpoint,
+            "--balance",
+            "leastconn",
+            "--sniff-timeout",
+            "0.2",
+        ],
+        tmp_path,
+    ) as gateway:
+        long = connect(gateway.port)
+        long.sendall(b"stay\n")
+        busy = banner_port(long)
+        others = []
+        for _ in range(2):
+            client = connect(gateway.port)
+            client.sendall(b"x\n")
+            others.append(banner_port(client))
+            client.close()
+            wait_for(lambda: "ended (client-closed)" in gateway.log(), "the session end")
+        assert busy not in others
+        long.close()
+
+
+def test_session_key_affinity(tmp_path: Path, two_banners: tuple[Backend, Backend]) -> None:
+    """
+    With --balance hash and --session-key, every session of a player (the
+    first group of the pattern in the first line) reaches the same backend,
+    different players spread over both, and a first line without a match
+    falls back to the client address.
+    """
+    first, second = two_banners
+    with GatewayProcess(
+        [
+            "--backend",
+            first.endpoint,
+            "--backend",
+            second.endpoint,
+            "--balance",
+            "hash",
+            "--session-key",
+            r"^LOGIN (\w+)",
+        ],
+        tmp_path,
+    ) as gateway:
+        seen: dict[str, set[int]] = {}
+        # 24 players: all on one of two backends by chance has odds 2**-23.
+        players = [f"player{number:02d}" for number in range(24)]
+        for _round in range(2):
+            for player in players:
+                client = connect(gateway.port)
+                # The line split in two writes: the gateway waits for all of it.
+                client.sendall(b"LOGIN " + player[:2].encode())
+                time.sleep(0.01)
+                client.sendall(player[2:].encode() + b" v1.0\r\n")
+                seen.setdefault(player, set()).add(banner_port(client))
+                assert recv_exactly(client, len(player) + 13) == (
+                    f"LOGIN {player} v1.0\r\n".encode()
+                )
+                client.close()
+        assert all(len(ports) == 1 for ports in seen.values()), seen
+        assert {port for ports in seen.values() for port in ports} == {first.port, second.port}
+        for _ in range(3):
+            client = connect(gateway.port)
+            client.sendall(b"no key here\n")
+            port = banner_port(client)
+            client.close()
+            seen.setdefault("by address", set()).add(port)
+        assert len(seen["by address"]) == 1
+
+
+def make_tls_front(folder: Path) -> tuple[Path, dict[str, Path]]:
+    """
+    A folder of PEM files for two host names (the tls: endpoint's SNI map),
+    and each name's CA certificate for the client.
+    """
+    certs = folder / "certs"
+    certs.mkdir()
+    cas = {}
+    for name in ("alpha.example", "beta.example"):
+        ca = make_ca(folder / name, name)
+        shutil.copy(ca.server_pem, certs / f"{name}.pem")
+        cas[name] = ca.trust_dir / "ca.pem"
+    return certs, cas
+
+
+def test_tls_front_with_sni_serves_http_and_game(tmp_path: Path, echo_backend: Backend) -> None:
+    """
+    A tls: front serves two host names from one port (each with its own
+    certificate, chosen by SNI), and behind TLS the front door still tells
+    HTTP from game sessions.
+    """
+    certs, cas = make_tls_front(tmp_path)
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("secure page")
+    with GatewayProcess(
+        [
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--listen",
+            f"tls:{certs}:port=0:interface=\\:\\:1",
+            "--backend",
+            echo_backend.endpoint,
+            "--http-root",
+            str(www),
+        ],
+        tmp_path,
+    ) as gateway:
+        wait_for(lambda: "::1" in listening_ports(gateway.pid), "the TLS front")
+        tls_port = listening_ports(gateway.pid)["::1"][0]
+        for name, ca in cas.items():
+            context = ssl.create_default_context(cafile=str(ca))
+            raw = socket.create_connection(("::1", tls_port), timeout=DEADLINE)
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                cert = tls.getpeercert()
+                assert cert is not None
+                assert ("commonName", name) in [pair for rdn in cert["subject"] for pair in rdn]
+                tls.sendall(
+                    f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode()
+                )
+                response = recv_until_eof(tls)
+                assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+                assert response.endswith(b"secure page")
+            raw = socket.create_connection(("::1", tls_port), timeout=DEADLINE)
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                tls.sendall(b"game over tls\n")
+                assert recv_exactly(tls, 14) == b"game over tls\n"
+
+
+class _Restartable(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class _BannerHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock = self.request
+        assert isinstance(sock, socket.socket)
+        port = self.server.server_address[1]
+        try:
+            sock.sendall(f"HELLO from {port}\r\n".encode())
+            while data := sock.recv(65536):
+                sock.sendall(data)
+        except OSError:
+            pass
+
+
+def serve(port: int = 0) -> tuple[_Restartable, threading.Thread]:
+    """
+    A banner-then-echo server on loopback (on C{port}, to restart one).
+    """
+    server = _Restartable(("127.0.0.1", port), _BannerHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def stop(server: _Restartable) -> None:
+    """
+    Stop a server and close its listening socket.
+    """
+    server.shutdown()
+    server.server_close()
+
+
+def test_dead_backend_is_marked_down_and_comes_back(tmp_path: Path) -> None:
+    """
+    Two backends; one is stopped: it is marked down within the health
+    interval and new sessions all go to the survivor, with no client turned
+    away; restarted, it is marked up again and gets sessions again.
+    """
+    survivor, _ = serve()
+    flaky, _ = serve()
+    flaky_port = int(flaky.server_address[1])
+    survivor_port = int(survivor.server_address[1])
+    try:
+        with GatewayProcess(
+            [
+                "--backend",
+                f"tcp:127.0.0.1:{survivor_port}",
+                "--backend",
+                f"tcp:127.0.0.1:{flaky_port}",
+                "--health-interval",
+                "0.3",
+                "--sniff-timeout",
+                "0.2",
+            ],
+            tmp_path,
+        ) as gateway:
+            stop(flaky)
+            wait_for(
+                lambda: f"backend tcp:127.0.0.1:{flaky_port} is down" in gateway.log(),
+                "the down transition",
+                timeout=5,
+            )
+            ports = Counter()
+            for _ in range(6):
+                client = connect(gateway.port)
+                client.sendall(b"hi\n")
+                ports[banner_port(client)] += 1
+                client.close()
+            assert ports == {survivor_port: 6}
+
+            flaky, _ = serve(flaky_port)
+            wait_for(
+                lambda: f"backend tcp:127.0.0.1:{flaky_port} is up" in gateway.log(),
+                "the up transition",
+                timeout=5,
+            )
+            ports.clear()
+            for _ in range(6):
+                client = connect(gateway.port)
+                client.sendall(b"hi\n")
+                ports[banner_port(client)] += 1
+                client.close()
+            assert ports[flaky_port] >= 2
+    finally:
+        stop(survivor)
+        stop(flaky)
+
+
+def test_every_backend_down_refuses_clearly(tmp_path: Path) -> None:
+    """
+    When every backend is down, a game client is closed at once (not left
+    hanging) and the refusal is logged.
+    """
+    server, _ = serve()
+    port = int(server.server_address[1])
+    with GatewayProcess(
+        [
+            "--backend",
+            f"tcp:127.0.0.1:{port}",
+            "--health-interval",
+            "0.2",
+            "--sniff-timeout",
+            "0.2",
+        ],
+        tmp_path,
+    ) as gateway:
+        stop(server)
+        wait_for(lambda: "is down" in gateway.log(), "the down transition", timeout=5)
+        client = connect(gateway.port)
+        client.sendall(b"hi\n")
+        started = time.monotonic()
+        assert recv_until_eof(client) == b""
+        assert time.monotonic() - started < 2
+        client.close()
+        wait_for(lambda: "no backend available" in gateway.log(), "the refusal log")
+
+
+HAPROXY = shutil.which("haproxy")
+
+
+@pytest.mark.skipif(HAPROXY is None and not os.environ.get("CI"), reason="haproxy not installed")
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_proxy_header_read_by_haproxy(tmp_path: Path, version: str) -> None:
+    """
+    With --proxy-protocol, a real HAProxy (bind ... accept-proxy) in front of
+    the game server sees the gateway's client address, not the gateway's:
+    its log names the client's source address (127.0.0.7 here).
+    """
+    assert HAPROXY is not None, "CI installs haproxy (.ci/run)"
+    with Backend(banner_then_echo) as game:
+        front = socket.socket()
+        front.bind(("127.0.0.1", 0))
+        haproxy_port = front.getsockname()[1]
+        front.close()
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(
+            "global\n"
+            "  log stdout format raw local0\n"
+            "defaults\n"
+            "  mode tcp\n"
+            "  log global\n"
+            '  log-format "client=%ci:%cp"\n'
+            "  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+            "frontend game\n"
+            f"  bind 127.0.0.1:{haproxy_port} accept-proxy\n"
+            "  default_backend game\n"
+            "backend game\n"
+            f"  server game 127.0.0.1:{game.port}\n"
+        )
+        proxy = subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for(
+                lambda: haproxy_port in listening_ports(proxy.pid).get("127.0.0.1", []),
+                "haproxy to listen",
+            )
+            with GatewayProcess(
+                [
+                    "--backend",
+                    f"tcp:127.0.0.1:{haproxy_port}",
+                    "--proxy-protocol",
+                    version,
+                    "--sniff-timeout",
+                    "0.2",
+                ],
+                tmp_path,
+            ) as gateway:
+                client = socket.socket()
+                client.settimeout(DEADLINE)
+                client.bind(("127.0.0.7", 0))
+                client.connect(("127.0.0.1", gateway.port))
+                source_port = client.getsockname()[1]
+                client.sendall(b"hello\n")
+                assert banner_port(client) == game.port
+                assert recv_exactly(client, 6) == b"hello\n"
+                client.close()
+                time.sleep(0.3)
+        finally:
+            proxy.terminate()
+            output, _ = proxy.communicate(timeout=10)
+        assert f"client=127.0.0.7:{source_port}".encode() in output, output
