@@ -227,7 +227,7 @@ class _BannerHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock = self.request
         assert isinstance(sock, socket.socket)
-        port = self.server.server_address[1]
+        port = self.server.server_address[1]  # type: ignore[index]
         try:
             sock.sendall(f"HELLO from {port}\r\n".encode())
             while data := sock.recv(65536):
@@ -284,7 +284,7 @@ def test_dead_backend_is_marked_down_and_comes_back(tmp_path: Path) -> None:
                 "the down transition",
                 timeout=5,
             )
-            ports = Counter()
+            ports: Counter[int] = Counter()
             for _ in range(6):
                 client = connect(gateway.port)
                 client.sendall(b"hi\n")
