@@ -35,6 +35,7 @@ from gateway.admission import AddressGate, CapFactory, CapState, Responder
 from gateway.balance import make_balancer
 from gateway.config import GatewayConfig
 from gateway.front import GatewayFactory
+from gateway.health import HealthChecker
 from gateway.interfaces import IAddressPolicy
 from gateway.limits import AddressCap, AddressLimits, AddressRate, TotalCap
 from gateway.pool import Backend, Pool
@@ -288,6 +289,11 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
     top = GatewayService(config, pool, factory, counters, cap_state)
     if config.demo:
         DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
+    if config.health_interval:
+        # After the demo backends, so that its first round sees them.
+        HealthChecker(
+            pool, reactor, interval=config.health_interval, fall=PASSIVE_FALL
+        ).setServiceParent(top)
     for description in config.listen:
         inner: Factory = gate
         endpoint_text = description

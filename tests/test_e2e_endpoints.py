@@ -100,7 +100,9 @@ def test_tls_backend_failing_verification_fails_over(
     assert callable(describe)
     first = describe(tls_echo.port, ca)
     with GatewayProcess(
-        ["--backend", first, "--backend", echo_backend.endpoint], tmp_path
+        # No health checks: the test counts the backend's connections.
+        ["--backend", first, "--backend", echo_backend.endpoint, "--health-interval", "0"],
+        tmp_path,
     ) as gateway:
         client = connect(gateway.port)
         client.sendall(b"fail over\n")

@@ -95,7 +95,9 @@ def test_twenty_megabytes_each_way_at_once_byte_exact(tmp_path: Path) -> None:
 
     with (
         Backend(duplex) as backend,
-        GatewayProcess(["--backend", backend.endpoint], tmp_path) as gateway,
+        GatewayProcess(
+            ["--backend", backend.endpoint, "--health-interval", "0"], tmp_path
+        ) as gateway,
     ):
         client = connect(gateway.port)
 
@@ -225,7 +227,14 @@ def test_failover_to_second_backend_loses_no_byte(tmp_path: Path, sink_backend: 
     dead = closed_port()
     message = b"player-42 joins\n" * 64
     with GatewayProcess(
-        ["--backend", f"tcp:127.0.0.1:{dead}", "--backend", sink_backend.endpoint],
+        [
+            "--backend",
+            f"tcp:127.0.0.1:{dead}",
+            "--backend",
+            sink_backend.endpoint,
+            "--health-interval",
+            "0",
+        ],
         tmp_path,
     ) as gateway:
         client = connect(gateway.port)
@@ -271,7 +280,9 @@ def test_client_half_close_still_gets_the_whole_reply(tmp_path: Path) -> None:
 
     with (
         Backend(answer_after_eof) as backend,
-        GatewayProcess(["--backend", backend.endpoint], tmp_path) as gateway,
+        GatewayProcess(
+            ["--backend", backend.endpoint, "--health-interval", "0"], tmp_path
+        ) as gateway,
     ):
         client = connect(gateway.port)
         client.sendall(b"quit\n")

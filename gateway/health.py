@@ -1,0 +1,562 @@
+"""
+Active health checks of the game backends.
+
+A L{HealthChecker} is a service that probes every backend in the pool when it
+starts and then every C{interval} seconds.  A probe (L{Probe}) is one short
+connection made the way a game session makes one, through
+C{backend.endpoint.connect}:
+
+  1. B{Connect.}  A plain TCP connection is ready when it is made; a C{tls:}
+     backend's connection is ready once its TLS handshake is done (its
+     certificate and host name verified).
+  2. B{Send and expect}, when the backend's L{HealthCheck} says so: write
+     C{send}, then wait until C{expect} appears somewhere in what the backend
+     sends (split across reads or not).  Only the last C{len(expect) - 1}
+     bytes are kept between reads, so a chatty backend cannot make the probe
+     buffer without bound.
+  3. B{Close}: the probe's connection is closed cleanly (a FIN, or a TLS
+     close_notify), and aborted if that has not finished by the deadline.
+
+Everything must be done within the probe's timeout, which runs from the start
+of the connection attempt: an attempt still connecting is cancelled, an open
+connection is aborted, and the probe has failed.
+
+Each result goes to the backend's L{HealthState}, a plain object that decides
+when the backend's state changes: down after C{fall} failed probes in a row
+while it is up, up after C{rise} passing probes in a row while it is down (so
+one lost probe does not flap a backend), and never while an operator has it
+draining.  A change goes through L{Pool.set_state}, the one place states
+change, with the reason: C{"health check failed 3 times: Connection
+refused"}, C{"health check passed 2 times"}.
+
+Probes of different backends run side by side and each backend has at most one
+probe in flight: a backend whose last probe is still running when a round
+comes is skipped in that round, so a slow backend delays no other.  Backends
+added to the pool are probed from the next round on; removed ones are
+forgotten (a probe of theirs still running is aborted).  Nothing is logged for
+a passing probe; a failed one is logged at debug level with its reason, and
+the pool logs every change of state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+from typing import Protocol as Structural
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.error import ConnectingCancelledError, ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    INegotiated,
+    IProtocol,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from gateway.pool import Backend, BackendState
+from gateway.relay import describe_failure
+
+if TYPE_CHECKING:
+    from gateway.pool import Pool
+
+__all__ = ["DEFAULT_TIMEOUT", "HealthCheck", "HealthChecker", "HealthState", "Probe"]
+
+DEFAULT_TIMEOUT = 5.0
+"""Seconds a probe may take at most by default (less when the interval is shorter)."""
+
+_SHOWN = 32
+"""Bytes of an unexpected answer quoted in a failed probe's reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """
+    What a probe of one backend does once connected.
+
+    @ivar send: bytes written once the connection is ready (none if empty).
+    @ivar expect: bytes that must then appear in what the backend sends; when
+        empty, connecting (TLS handshake included) is the whole check.
+    @ivar timeout: seconds for the whole probe, connect included; L{None} for
+        the checker's timeout.
+    """
+
+    send: bytes = b""
+    expect: bytes = b""
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        """
+        @raise ValueError: the timeout is not a positive number of seconds.
+        """
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"health check timeout must be positive, not {self.timeout!r}")
+
+
+class HealthState:
+    """
+    The health-check record of one backend: runs of passing and failing probes,
+    and the decision when its state changes.
+
+    The runs count probes since the backend's state last changed, whoever
+    changed it: a backend marked down by passive detection, or enabled by an
+    operator, starts a fresh run, so it takes C{rise} passing probes after
+    being marked down to come back (earlier passes do not count).  A change
+    is seen as a state different from the one at the previous probe, so a
+    change undone before the next probe (down, up, down again) goes unseen.
+
+    @ivar rise: passing probes in a row that bring a down backend up.
+    @ivar fall: failed probes in a row that take an up backend down.
+    @ivar successes: passing probes in a row so far.
+    @ivar failures: failed probes in a row so far.
+    """
+
+    def __init__(self, rise: int, fall: int) -> None:
+        """
+        @raise ValueError: C{rise} or C{fall} is less than 1.
+        """
+        if rise < 1 or fall < 1:
+            raise ValueError(f"rise and fall must be at least 1, not {rise} and {fall}")
+        self.rise = rise
+        self.fall = fall
+        self.successes = 0
+        self.failures = 0
+        self._seen: BackendState | None = None
+
+    def record(self, ok: bool, current: BackendState) -> BackendState | None:
+        """
+        Count one probe's result.
+
+        @param ok: whether the probe passed.
+        @param current: the backend's state now.
+        @return: the state the backend is to change to, or L{None} for none.
+        """
+        if current is not self._seen:
+            # Someone else changed the state (or this is the first probe):
+            # the runs start again from here.
+            self._seen = current
+            self.successes = self.failures = 0
+        if ok:
+            self.successes += 1
+            self.failures = 0
+        else:
+            self.failures += 1
+            self.successes = 0
+        change: BackendState | None = None
+        if current is BackendState.UP and self.failures >= self.fall:
+            change = BackendState.DOWN
+        elif current is BackendState.DOWN and self.successes >= self.rise:
+            change = BackendState.UP
+        # DRAINING belongs to operators: probed, never changed here.
+        if change is not None:
+            self._seen = change
+        return change
+
+
+class _Connection(Structural):
+    """
+    What a probe uses of its connected transport (TCP and TLS transports both
+    have these, though ITransport lacks C{abortConnection}).
+    """
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+
+
+def _times(count: int) -> str:
+    return f"{count} time" if count == 1 else f"{count} times"
+
+
+@implementer(IHandshakeListener)
+class Probe(Protocol):
+    """
+    One health check of one backend, from the connection attempt to the close.
+
+    It provides L{IHandshakeListener} only: Twisted's client endpoints copy
+    just the last of a protocol's interfaces onto their wrapper (see
+    C{_restore_half_close} in L{gateway.relay}), and a probe has no use for
+    half-closes anyway (a backend's end of stream ends the probe).
+
+    @ivar backend: the backend probed.
+    @ivar check: what to do once connected.
+    @ivar timeout: seconds for the whole probe.
+    @ivar passed: the result once decided (L{None} before).
+    @ivar finished: whether the probe is over (its connection gone, aborted,
+        or never made); the checker may then start the next one.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        backend: Backend,
+        check: HealthCheck,
+        timeout: float,
+        clock: IReactorTime,
+        report: Callable[[Probe, bool, str], None],
+        finish: Callable[[Probe], None],
+    ) -> None:
+        """
+        @param clock: for the timeout.
+        @param report: called once with the probe, its result and, for a
+            failure, the reason (never for a probe stopped by L{abort}).
+        @param finish: called once with the probe when it is over.
+        """
+        self.backend = backend
+        self.check = check
+        self.timeout = timeout
+        self._clock = clock
+        self._report = report
+        self._finish = finish
+        self.passed: bool | None = None
+        self.finished = False
+        self._silent = False
+        self._ready = False
+        self._attempt: Deferred[IProtocol] | None = None
+        self._deadline: IDelayedCall | None = None
+        self._tail = b""
+        self._received = 0
+        self._head = b""
+
+    def start(self) -> None:
+        """
+        Begin the connection attempt.
+        """
+        self._deadline = self._clock.callLater(self.timeout, self._timed_out)
+        # maybeDeferred: an endpoint that raises is a failed probe too.
+        attempt: Deferred[IProtocol] = maybeDeferred(
+            self.backend.endpoint.connect, _ProbeFactory(self)
+        )
+        if self.transport is None and not self.finished:
+            # Still connecting (the endpoint did not answer synchronously).
+            self._attempt = attempt
+        attempt.addErrback(self._connect_failed)
+
+    def abort(self) -> None:
+        """
+        Stop the probe without a result (the checker is stopping, or the
+        backend left the pool).
+        """
+        self._silent = True
+        self._close(abort=True)
+
+    # Steps
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._attempt = None
+        if failure.check(CancelledError, ConnectingCancelledError):
+            reason = f"no connection within {self.timeout:g} s"
+        else:
+            reason = describe_failure(failure)
+        self._decide(False, reason)
+        self._end()
+
+    @override
+    def connectionMade(self) -> None:
+        self._attempt = None
+        if INegotiated.providedBy(self.transport):
+            # TLS: ready once handshakeCompleted is called.
+            return
+        self._connection_ready()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake succeeded (certificate and host name verified).
+        """
+        if getattr(self.transport, "disconnecting", False):
+            # Twisted before 25 reports the handshake done even when the host
+            # name check failed and aborted the connection; connectionLost
+            # follows with the reason (see BackendLink in gateway.relay).
+            return
+        self._connection_ready()
+
+    def _connection_ready(self) -> None:
+        if self.passed is not None or self.finished:
+            return
+        self._ready = True
+        if self.check.send:
+            self._connection().write(self.check.send)
+        if not self.check.expect:
+            self._decide(True, "")
+            self._close()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        expect = self.check.expect
+        if not self._ready or self.passed is not None or not expect:
+            return
+        if len(self._head) < _SHOWN:
+            self._head += data[: _SHOWN - len(self._head)]
+        self._received += len(data)
+        window = self._tail + data
+        if expect in window:
+            self._decide(True, "")
+            self._close()
+            return
+        # Keep just enough to find the expected bytes split across reads.
+        keep = len(expect) - 1
+        self._tail = window[len(window) - keep :] if keep else b""
+
+    @override
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if self.passed is None:
+            if self._ready:
+                text = f"connection closed before {self.check.expect!r} arrived"
+                text += self._answer()
+            else:
+                text = describe_failure(reason)
+            self._decide(False, text)
+        self._end()
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self.passed is None:
+            if self.transport is None:
+                reason = f"no connection within {self.timeout:g} s"
+            elif not self._ready:
+                reason = f"TLS handshake not done within {self.timeout:g} s"
+            else:
+                reason = f"{self.check.expect!r} not received within {self.timeout:g} s"
+                reason += self._answer()
+            self._decide(False, reason)
+        # Decided but still closing: the peer has had its time.
+        self._close(abort=True)
+
+    def _answer(self) -> str:
+        if not self._received:
+            return " (nothing received)"
+        return f" (received {self._received} bytes: {self._head!r})"
+
+    # Ending
+
+    def _connection(self) -> _Connection:
+        return cast(_Connection, self.transport)
+
+    def _decide(self, passed: bool, reason: str) -> None:
+        """
+        Record the result, once, and report it unless the probe was aborted.
+        """
+        if self.passed is not None or self._silent:
+            return
+        self.passed = passed
+        self._report(self, passed, reason)
+
+    def _close(self, abort: bool = False) -> None:
+        """
+        Close the probe's connection (cleanly, or by aborting it, which also
+        ends the probe), or cancel its connection attempt.
+        """
+        if self.finished:
+            return
+        if self.transport is not None:
+            if not abort:
+                # The probe ends when connectionLost arrives, or at the deadline.
+                self._connection().loseConnection()
+                return
+            self._connection().abortConnection()
+        elif self._attempt is not None:
+            attempt, self._attempt = self._attempt, None
+            # Fails the attempt at once (its errback is _connect_failed).
+            attempt.cancel()
+        self._end()
+
+    def _end(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+        self._finish(self)
+
+
+class _ProbeFactory(Factory):
+    """
+    Hands one L{Probe} to an endpoint's connection attempt, quietly (a probe
+    every few seconds per backend must not log two lines each).
+    """
+
+    noisy = False
+
+    def __init__(self, probe: Probe) -> None:
+        self._probe = probe
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> Probe:
+        return self._probe
+
+
+class HealthChecker(Service):
+    """
+    Probes every backend in the pool every C{interval} seconds and changes
+    their states through the pool as their L{HealthState}s decide.
+
+    @ivar interval: seconds between rounds of probes.
+    @ivar rise: passing probes in a row that bring a down backend up.
+    @ivar fall: failed probes in a row that take an up backend down.
+    @ivar timeout: seconds a probe may take, unless its L{HealthCheck} says.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        pool: Pool,
+        clock: IReactorTime,
+        *,
+        interval: float,
+        rise: int = 2,
+        fall: int = 3,
+        timeout: float | None = None,
+        checks: Mapping[str, HealthCheck] | None = None,
+    ) -> None:
+        """
+        @param pool: the backends, and the place their states change.
+        @param clock: for the rounds and the probes' timeouts.
+        @param timeout: L{None} for C{min(interval, DEFAULT_TIMEOUT)}.
+        @param checks: the check of each backend, by name; a backend without
+            one gets a TCP connect (a TLS handshake for C{tls:} backends).
+        @raise ValueError: a setting is out of range.
+        """
+        if not interval > 0:
+            raise ValueError(f"health check interval must be positive, not {interval!r}")
+        if rise < 1 or fall < 1:
+            raise ValueError(f"rise and fall must be at least 1, not {rise} and {fall}")
+        if timeout is None:
+            timeout = min(interval, DEFAULT_TIMEOUT)
+        elif not timeout > 0:
+            raise ValueError(f"health check timeout must be positive, not {timeout!r}")
+        self._pool = pool
+        self._clock = clock
+        self.interval = interval
+        self.rise = rise
+        self.fall = fall
+        self.timeout = timeout
+        self._checks: dict[str, HealthCheck] = dict(checks or {})
+        self._states: dict[Backend, HealthState] = {}
+        self._probes: dict[Backend, Probe] = {}
+        self._loop: LoopingCall | None = None
+        self.setName("health")
+
+    def health(self, backend: Backend) -> HealthState | None:
+        """
+        The health-check record of C{backend}, once it has been probed.
+        """
+        return self._states.get(backend)
+
+    def in_flight(self) -> tuple[Backend, ...]:
+        """
+        The backends whose probe is running now.
+        """
+        return tuple(self._probes)
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        loop = LoopingCall(self._round)
+        loop.clock = self._clock
+        self._loop = loop
+        loop.start(self.interval, now=True).addErrback(self._loop_failed)
+
+    @override
+    def stopService(self) -> None:
+        super().stopService()
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        probes = list(self._probes.values())
+        self._probes.clear()
+        self._states.clear()
+        for probe in probes:
+            self._abort(probe)
+
+    def _loop_failed(self, failure: Failure) -> None:
+        # _round catches everything; this is the last line of defence.
+        self._log.failure("health checks stopped", failure)
+
+    def _round(self) -> None:
+        """
+        Forget backends that left the pool, and probe each backend that has
+        no probe running.
+        """
+        backends = self._pool.backends
+        present = set(backends)
+        for gone in [b for b in self._probes if b not in present]:
+            self._abort(self._probes.pop(gone))
+        for gone in [b for b in self._states if b not in present]:
+            del self._states[gone]
+        for backend in backends:
+            if backend in self._probes:
+                continue
+            try:
+                self._probe(backend)
+            except Exception:
+                self._probes.pop(backend, None)
+                self._log.failure(
+                    "could not start a health check of {backend}", backend=backend.name
+                )
+
+    def _probe(self, backend: Backend) -> None:
+        if backend not in self._states:
+            self._states[backend] = HealthState(self.rise, self.fall)
+        check = self._checks.get(backend.name, HealthCheck())
+        probe = Probe(
+            backend,
+            check,
+            check.timeout if check.timeout is not None else self.timeout,
+            self._clock,
+            self._record,
+            self._finished,
+        )
+        self._probes[backend] = probe
+        probe.start()
+
+    def _finished(self, probe: Probe) -> None:
+        if self._probes.get(probe.backend) is probe:
+            del self._probes[probe.backend]
+
+    def _abort(self, probe: Probe) -> None:
+        try:
+            probe.abort()
+        except Exception:
+            self._log.failure(
+                "could not abort the health check of {backend}", backend=probe.backend.name
+            )
+
+    def _record(self, probe: Probe, passed: bool, reason: str) -> None:
+        """
+        Count a probe's result and change the backend's state if it is due.
+        """
+        backend = probe.backend
+        try:
+            health = self._states.get(backend)
+            if health is None or self._pool.get(backend.name) is not backend:
+                return  # removed from the pool (or the checker stopped) meanwhile
+            if not passed:
+                self._log.debug(
+                    "health check of backend {backend} failed: {reason}",
+                    backend=backend.name,
+                    reason=reason,
+                )
+            change = health.record(passed, backend.state)
+            if change is BackendState.DOWN:
+                self._pool.set_state(
+                    backend, change, f"health check failed {_times(health.failures)}: {reason}"
+                )
+            elif change is BackendState.UP:
+                self._pool.set_state(
+                    backend, change, f"health check passed {_times(health.successes)}"
+                )
+        except Exception:
+            self._log.failure("could not record a health check of {backend}", backend=backend.name)
