@@ -36,7 +36,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
 from twisted.internet.protocol import ServerFactory, connectionDone
@@ -292,13 +292,7 @@ class _Seat:
     wins: int = 0
 
 
-if TYPE_CHECKING:
-    _FactoryBase = ServerFactory[HiLoProtocol]
-else:  # Twisted before 26.4 has no generic (subscriptable) ServerFactory
-    _FactoryBase = ServerFactory
-
-
-class HiLoFactory(_FactoryBase):
+class HiLoFactory(ServerFactory[HiLoProtocol]):
     """
     One Hi-Lo server: its lobby of players, the secret number and the scores.
 
