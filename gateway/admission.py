@@ -50,11 +50,14 @@ from zope.interface import alsoProvides, implementer
 
 from gateway.connection import CloseHooks, describe_peer
 from gateway.front import Verdict, classify
+from gateway.interfaces import IRefusal
 from gateway.limits import AddressLimits, Refusal, TotalCap, address_key
 from gateway.registry import RefusalLog
 
 __all__ = [
+    "ANSWER_GRACE",
     "AddressGate",
+    "RefusalFactory",
     "CapFactory",
     "CapState",
     "Held",
@@ -62,6 +65,10 @@ __all__ = [
     "Responder",
     "with_close_hook",
 ]
+
+
+ANSWER_GRACE = 5.0
+"""Seconds a refused connection has to take its answer before it is aborted."""
 
 
 class Tracked(Structural):
@@ -177,9 +184,12 @@ class Responder:
         )
 
 
+@implementer(IRefusal)
 class Refuser(CloseHooks, Protocol):
     """
-    Answers one refused connection and closes it.
+    Answers one refused connection and closes it (aborting it if the close
+    has not completed L{ANSWER_GRACE} seconds later, e.g. a TLS client that
+    never finishes its handshake).
     """
 
     def __init__(self, responder: Responder, reason: Refusal) -> None:
@@ -188,6 +198,7 @@ class Refuser(CloseHooks, Protocol):
         self.reason = reason
         self._seen = b""
         self._timer: IDelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None
         self._lingering = False
         self._answered = False
 
@@ -226,6 +237,11 @@ class Refuser(CloseHooks, Protocol):
         assert self.transport is not None
         if data:
             self.transport.write(data)
+        # Scheduled before loseConnection, which may lose the connection at once.
+        self._abort_call = self._responder.clock.callLater(
+            ANSWER_GRACE,
+            self.transport.abortConnection,  # type: ignore[attr-defined]
+        )
         self.transport.loseConnection()
 
     def _stop_timer(self) -> None:
@@ -236,6 +252,9 @@ class Refuser(CloseHooks, Protocol):
     @override
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._stop_timer()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         if self._lingering:
             self._lingering = False
             self._responder.lingering -= 1
@@ -348,9 +367,20 @@ class CapFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, state: CapState, wrapped: Factory) -> None:
+    def __init__(
+        self, state: CapState, wrapped: Factory, refusal_factory: Factory | None = None
+    ) -> None:
+        """
+        @param refusal_factory: builds the protocol that answers a connection
+            refused at the cap; by default a L{RefusalFactory}.  A C{haproxy:}
+            front passes one that reads the PROXY header first, so that the
+            answer and the log are about the real client.
+        """
         self.state = state
         self.wrapped = wrapped
+        self.refusal_factory = refusal_factory or RefusalFactory(
+            state.responder, Refusal.TOTAL_CAP, state.refusals
+        )
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> IProtocol | None:  # type: ignore[override]
@@ -358,9 +388,7 @@ class CapFactory(ServerFactory):
         if state.cap.full:
             if state.queue_mode:
                 return Held(self, addr)
-            assert addr is not None
-            state.refusals.refused(Refusal.TOTAL_CAP, describe_peer(addr))
-            return Refuser(state.responder, Refusal.TOTAL_CAP)
+            return self.refusal_factory.buildProtocol(addr)
         return self.admit(addr)
 
     def admit(self, addr: IAddress | None) -> IProtocol | None:
@@ -370,9 +398,11 @@ class CapFactory(ServerFactory):
         state = self.state
         state.cap.acquire()
         protocol = self.wrapped.buildProtocol(addr)
-        if protocol is None:
+        if protocol is None or IRefusal.providedBy(protocol):
+            # Refused by a per-address policy: it must not hold a slot that
+            # another address's client could use.
             state.release()
-            return None
+            return protocol
         state.update_pause()
         return with_close_hook(protocol, state.release)
 
@@ -409,7 +439,11 @@ class Held(Protocol):
             assert self.transport is not None
             self.transport.loseConnection()
             return
-        inner = with_close_hook(built, state.release)
+        if IRefusal.providedBy(built):
+            state.release()
+            inner: IProtocol = built
+        else:
+            inner = with_close_hook(built, state.release)
         self.inner = inner
         assert self.transport is not None
         inner.makeConnection(self.transport)
@@ -453,6 +487,25 @@ class Held(Protocol):
             self._factory.state.update_pause()
         else:
             self.inner.connectionLost(reason)
+
+
+class RefusalFactory(Factory):
+    """
+    Counts and logs a refusal for the given reason, and answers it with a
+    L{Refuser}.
+    """
+
+    noisy = False
+
+    def __init__(self, responder: Responder, reason: Refusal, refusals: RefusalLog) -> None:
+        self.responder = responder
+        self.reason = reason
+        self.refusals = refusals
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> Refuser:
+        self.refusals.refused(self.reason, describe_peer(addr) if addr is not None else "-")
+        return Refuser(self.responder, self.reason)
 
 
 class AddressGate(Factory):

@@ -15,7 +15,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from gateway.pool import Backend
 
-__all__ = ["IAddressPolicy", "IBackendChooser", "IBalancer"]
+__all__ = ["IAddressPolicy", "IBackendChooser", "IBalancer", "IRefusal"]
 
 
 class IBackendChooser(Interface):
@@ -84,3 +84,10 @@ class IAddressPolicy(Interface):
         """
         An admitted connection from C{key} ended.
         """
+
+
+class IRefusal(Interface):
+    """
+    Marks a protocol that answers a refused connection: it holds no slot of
+    the total cap (the slot it was counted in is given back at once).
+    """

@@ -41,6 +41,7 @@ from typing_extensions import override
 from zope.interface import alsoProvides, implementer, providedBy
 
 from gateway.connection import CloseHooks, describe_peer
+from gateway.interfaces import IRefusal
 from gateway.limits import Refusal
 from gateway.registry import RefusalLog
 
@@ -189,6 +190,10 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
             assert self.transport is not None
             self.transport.loseConnection()
             return
+        if IRefusal.providedBy(inner):
+            # Refused by a per-address policy: give back the total-cap slot
+            # this connection holds (the close hooks) now, not at its close.
+            self.run_close_hooks()
         self.inner = inner
         assert self.transport is not None
         # Offer what the real transport offers (as policies.ProtocolWrapper

@@ -21,6 +21,17 @@ from gateway.limits import Refusal
 __all__ = ["Counters", "RefusalLog"]
 
 
+def _host_of(peer: str) -> str:
+    """
+    C{"10.0.0.1:5000"} -> C{"10.0.0.1"}, C{"[::1]:5000"} -> C{"::1"}; other
+    names unchanged.
+    """
+    if peer.startswith("["):
+        return peer[1 : peer.find("]")] if "]" in peer else peer
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() and ":" not in host else peer
+
+
 class Counters:
     """
     Running totals since start.
@@ -91,9 +102,12 @@ class RefusalLog:
                 detail=f" ({detail})" if detail else "",
             )
             return
+        # Tallied by address, without the port: a flood from one address
+        # comes from many ports.
+        host = _host_of(peer)
         tally = self._suppressed.setdefault(reason, Counter())
-        if peer in tally or len(tally) < self.TRACKED_ADDRESSES:
-            tally[peer] += 1
+        if host in tally or len(tally) < self.TRACKED_ADDRESSES:
+            tally[host] += 1
         else:
             self._others[reason] += 1
 

@@ -31,13 +31,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from gateway.admission import AddressGate, CapFactory, CapState, Responder
+from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory, Responder
 from gateway.balance import make_balancer
 from gateway.config import GatewayConfig
 from gateway.front import GatewayFactory
 from gateway.health import HealthChecker
 from gateway.interfaces import IAddressPolicy
-from gateway.limits import AddressCap, AddressLimits, AddressRate, TotalCap
+from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
 from gateway.pool import Backend, Pool
 from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
 from gateway.registry import Counters, RefusalLog
@@ -296,18 +296,26 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         ).setServiceParent(top)
     for description in config.listen:
         inner: Factory = gate
+        refusal: Factory | None = None
         endpoint_text = description
         if description.startswith(HAPROXY_PREFIX):
             # Our own PROXY header reader (see gateway.proxyheader) instead
-            # of Twisted's haproxy: endpoint wrapper.
+            # of Twisted's haproxy: endpoint wrapper; refusals at the total
+            # cap read the header too, to answer and log the real client.
             endpoint_text = description[len(HAPROXY_PREFIX) :]
             inner = ProxyHeaderFactory(
                 gate, clock=reactor, timeout=config.header_timeout, refusals=refusals
             )
+            refusal = ProxyHeaderFactory(
+                RefusalFactory(responder, Refusal.TOTAL_CAP, refusals),
+                clock=reactor,
+                timeout=config.header_timeout,
+                refusals=refusals,
+            )
         listener = FrontListener(
             description,
             serverFromString(reactor, endpoint_text),
-            CapFactory(cap_state, inner),
+            CapFactory(cap_state, inner, refusal),
             cap_state,
         )
         top.listeners.append(listener)

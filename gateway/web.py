@@ -43,6 +43,7 @@ from gateway.registry import RefusalLog
 
 __all__ = [
     "HEADER_TIMEOUT",
+    "MAX_BODY",
     "HTTP_IDLE_TIMEOUT",
     "GatewayHTTPChannel",
     "HTTPSite",
@@ -52,6 +53,9 @@ __all__ = [
 
 HTTP_IDLE_TIMEOUT = 60.0
 """Seconds an HTTP keep-alive connection may sit idle between requests."""
+
+MAX_BODY = 64 * 1024
+"""The largest request body accepted (static files need none)."""
 
 HEADER_TIMEOUT = 10.0
 """Default seconds a request's line and headers may take to arrive (slowloris)."""
@@ -181,6 +185,10 @@ class GatewayHTTPChannel(HTTPChannel):
       - a request line longer than the line limit gets C{414 URI Too Long},
         a header line longer than it C{431 Request Header Fields Too Large},
         and the connection is closed (Twisted closes without an answer);
+      - a request body over L{MAX_BODY} bytes, or a chunked one, gets
+        C{413 Content Too Large} at once (the site serves files, it takes no
+        uploads), so no client can fill the disk or hold a connection with a
+        slow upload;
       - every such case, and Twisted's own 400 answers, are counted refusals.
     """
 
@@ -213,7 +221,27 @@ class GatewayHTTPChannel(HTTPChannel):
         self._headers_done = True
         self._request_lines = 0
         self._stop_header_timer()
+        if self._body_too_large():
+            # A static site takes no request bodies: refuse a large or chunked
+            # one before Twisted spools it to a temporary file (and a slow one
+            # before it ties the connection up).
+            self._refuse(Refusal.BAD_REQUEST, b"413 Content Too Large", "request body too large")
+            return
         super().allHeadersReceived()
+
+    def _body_too_large(self) -> bool:
+        headers = self.requests[-1].requestHeaders if self.requests else None
+        if headers is None:
+            return False
+        if headers.getRawHeaders(b"transfer-encoding"):
+            return True
+        for value in headers.getRawHeaders(b"content-length") or []:
+            try:
+                if int(value) > MAX_BODY:
+                    return True
+            except ValueError:
+                return False  # Twisted answers a malformed length with its 400
+        return False
 
     @override
     def requestDone(self, request: Request) -> None:
@@ -294,8 +322,18 @@ class HTTPSite(Site):
 
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
     displayTracebacks = False
-    header_timeout = HEADER_TIMEOUT
-    refusals: RefusalLog | None = None
+
+    def __init__(
+        self,
+        resource: resource.IResource,
+        *,
+        reactor: IReactorTime,
+        header_timeout: float = HEADER_TIMEOUT,
+        refusals: RefusalLog | None = None,
+    ) -> None:
+        super().__init__(resource, timeout=HTTP_IDLE_TIMEOUT, reactor=reactor)
+        self.header_timeout = header_timeout
+        self.refusals = refusals
 
 
 def make_site(
@@ -322,7 +360,4 @@ def make_site(
         )
     else:
         root = StaticRoot(http_root, listing=listing)
-    site = HTTPSite(root, timeout=HTTP_IDLE_TIMEOUT, reactor=reactor)
-    site.header_timeout = header_timeout
-    site.refusals = refusals
-    return site
+    return HTTPSite(root, reactor=reactor, header_timeout=header_timeout, refusals=refusals)

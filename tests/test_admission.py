@@ -894,7 +894,8 @@ def test_gate_behind_cap_releases_both() -> None:
     """
     In the real chain (cap, then gate), an admitted connection's end frees
     both its cap slot and its per-address count, and a connection the gate
-    refuses frees its cap slot when its refuser closes.
+    refuses gives its cap slot back at once (a noisy address must not use up
+    the total cap of everyone else).
     """
     clock = MemoryReactorClock()
     counters = Counters()
@@ -913,7 +914,7 @@ def test_gate_behind_cap_releases_both() -> None:
     _, admitted_transport = connect(factory, peer(1))
     refused, refused_transport = connect(factory, peer(2))
     assert isinstance(refused, Refuser)
-    assert state.cap.active == 2
+    assert state.cap.active == 1
     clock.advance(responder.wait)
     assert not refused_transport.connected
     assert state.cap.active == 1
@@ -1141,3 +1142,25 @@ def test_lingering_count_matches_waiting_refusers(
     clock.advance(responder.wait)
     assert responder.lingering == 0
     assert clock.getDelayedCalls() == []
+
+
+def test_answered_refusal_aborted_if_never_closed() -> None:
+    """
+    A refused connection whose close does not complete (a TLS client that
+    never finishes its handshake keeps the answer unsent) is aborted
+    ANSWER_GRACE seconds after its answer, so it cannot pin a lingering slot.
+    """
+    from twisted.internet.testing import StringTransport
+
+    from gateway.admission import ANSWER_GRACE
+
+    responder, clock = make_refuser()
+    refuser = Refuser(responder, Refusal.TOTAL_CAP)
+    transport = StringTransport(peerAddress=PEER)
+    refuser.makeConnection(transport)
+    refuser.dataReceived(b"\x16\x03\x01")
+    assert transport.disconnecting
+    clock.advance(ANSWER_GRACE - 0.01)
+    assert not transport.disconnected
+    clock.advance(0.01)
+    assert transport.disconnected

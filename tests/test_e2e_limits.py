@@ -332,3 +332,69 @@ def test_oversized_request_lines_and_headers(tmp_path: Path, echo_backend: Backe
         game = game_session("127.0.0.1", gateway.port)
         game.close()
         assert gateway.log().count("bad-request") == 3
+
+
+def test_noisy_address_does_not_use_up_the_total_cap(
+    tmp_path: Path, echo_backend: Backend
+) -> None:
+    """
+    Connections refused for their address (here silent ones, whose refusal
+    waits for their first bytes) do not hold total-cap slots: with 4 slots
+    and 2 per address, a client from another address is still served while
+    127.0.0.2 keeps 10 refused connections open.
+    """
+    with GatewayProcess(
+        [
+            "--backend",
+            echo_backend.endpoint,
+            "--max-connections",
+            "4",
+            "--max-per-ip",
+            "2",
+            "--busy-message",
+            "BUSY",
+            "--sniff-timeout",
+            "2",
+        ],
+        tmp_path,
+    ) as gateway:
+        noisy = [game_session("127.0.0.2", gateway.port) for _ in range(2)]
+        silent = [client_from("127.0.0.2", gateway.port) for _ in range(10)]
+        time.sleep(0.2)
+        others = [game_session("127.0.0.3", gateway.port) for _ in range(2)]
+        for sock in noisy + silent + others:
+            sock.close()
+        assert "total-cap" not in gateway.log()
+
+
+def test_refusal_at_the_cap_behind_a_balancer_reads_the_proxy_header(
+    tmp_path: Path, echo_backend: Backend
+) -> None:
+    """
+    On a haproxy: front at the total cap, the refusal reads the PROXY header
+    first: an HTTP client behind the balancer gets 503 (not a game answer)
+    and the log names the address the header claims.
+    """
+    with GatewayProcess(
+        [
+            "--listen",
+            "haproxy:tcp:0:interface=127.0.0.1",
+            "--backend",
+            echo_backend.endpoint,
+            "--max-connections",
+            "1",
+            "--busy-message",
+            "BUSY",
+        ],
+        tmp_path,
+    ) as gateway:
+        holder = client_from("127.0.0.1", gateway.port)
+        holder.sendall(proxy_v1("10.0.0.1", 4001) + b"ping\n")
+        assert recv_exactly(holder, 5) == b"ping\n"
+        web = client_from("127.0.0.1", gateway.port)
+        web.sendall(proxy_v2("10.0.0.2", 4002) + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = recv_until_eof(web)
+        web.close()
+        holder.close()
+        assert response.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), response
+        wait_for(lambda: "refused 10.0.0.2:4002: total-cap" in gateway.log(), "the refusal log")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -421,3 +422,40 @@ def test_pipelined_request_gets_header_timeout() -> None:
     client.clock.advance(HEADER_TIMEOUT)
     assert status_line(client.take()) == b"HTTP/1.1 408 Request Timeout"
     assert client.refused == {Refusal.TIMEOUT: 1}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Content-Length: 100000000000\r\n",
+        b"Content-Length: 65537\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+    ],
+    ids=["huge", "just-over", "chunked"],
+)
+def test_large_or_chunked_body_refused_with_413(headers: bytes) -> None:
+    """
+    A request announcing a body over 64 KiB, or a chunked one, gets 413 at
+    once, before any body byte is read, and is closed and counted; the body
+    that follows is ignored (nothing is spooled).
+    """
+    client = connect()
+    client.channel.dataReceived(b"POST /upload HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert status_line(client.take()) == b"HTTP/1.1 413 Content Too Large"
+    assert not client.open
+    assert client.refused == {Refusal.BAD_REQUEST: 1}
+    client.channel.dataReceived(b"x" * 100_000)
+    assert client.take() == b""
+
+
+def test_small_body_still_answered() -> None:
+    """
+    A small request body (up to 64 KiB) is read and the request answered
+    as usual (here 404: no HTTP root).
+    """
+    client = connect()
+    client.channel.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n" + b"y" * 65536
+    )
+    assert status_line(client.take()) == b"HTTP/1.1 404 Not Found"
+    assert client.refused == {}

@@ -117,7 +117,9 @@ def test_summary_at_window_end(log_events: EventLoggingObserver) -> None:
     refusals, _, clock = make_log()
     for _ in range(BURST):
         refusals.refused(Refusal.RATE, "192.0.2.9:1")
-    suppressed = ["192.0.2.1:1"] * 4 + ["192.0.2.2:1"] * 2 + ["192.0.2.3:1"]
+    # Tallied by address: the ports (each connection has its own) are dropped.
+    suppressed = [f"192.0.2.1:{port}" for port in range(4)] + ["192.0.2.2:1"] * 2
+    suppressed += ["192.0.2.3:1"]
     for peer in suppressed:
         refusals.refused(Refusal.RATE, peer)
     refusals.refused(Refusal.TIMEOUT, "192.0.2.4:1")
@@ -127,7 +129,7 @@ def test_summary_at_window_end(log_events: EventLoggingObserver) -> None:
     (summary,) = summaries(log_events)
     assert formatEvent(summary) == (
         "refused 7 more connections (rate) in the last 10 s without logging each; "
-        "most from: 192.0.2.1:1 (4), 192.0.2.2:1 (2)"
+        "most from: 192.0.2.1 (4), 192.0.2.2 (2)"
     )
     assert summary["count"] == 7
     assert summary["reason"] == "rate"
@@ -191,7 +193,7 @@ def test_tracked_addresses_bounded(log_events: EventLoggingObserver) -> None:
     (summary,) = summaries(log_events)
     assert summary["count"] == 15
     assert summary["addresses"] == 3
-    assert summary["most"] == "192.0.2.0:1 (6), 192.0.2.1:1 (1), others (7)"
+    assert summary["most"] == "192.0.2.0 (6), 192.0.2.1 (1), others (7)"
     assert counters.refused[Refusal.RATE] == BURST + 15
 
 
