@@ -823,3 +823,17 @@ def test_address_limits_keys_are_independent() -> None:
         limits.release(key)
         assert limits.admit(key, 0.0) is Refusal.RATE
         assert cap.count(key) == 1
+
+
+def test_default_rate_table_bound_holds() -> None:
+    """
+    With the default table size (RATE_TABLE_SIZE, 65,536 addresses), 70,000
+    distinct /64 networks at one instant leave exactly 65,536 remembered and
+    4,464 evicted: the README's bound, at its real size.
+    """
+    policy = AddressRate(rate=1)
+    for number in range(70_000):
+        policy.acquire(f"2001:db8:{number >> 16:x}:{number & 0xFFFF:x}::/64", 0.0)
+    assert RATE_TABLE_SIZE == 65_536
+    assert len(policy) == RATE_TABLE_SIZE
+    assert policy.evicted == 70_000 - RATE_TABLE_SIZE
