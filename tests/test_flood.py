@@ -23,6 +23,13 @@ for the GIL, so under the flood its accept queue overflows and some of the
 gateway's backend connections wait for seconds in the backend's kernel (the
 gateway then rightly keeps those sessions open), which would test the
 backend rather than the gateway.
+
+While the flood runs, probe clients (L{Probe}), each from a loopback address
+the flooders do not use, check that the sniff and idle timeouts still hold
+under load: a game session left silent is closed by the idle timeout on time
+(L{IdleProbe}); a client silent past the sniff timeout becomes a game session
+(L{SniffProbe}); an HTTP request sent a byte at a time within the sniff
+timeout is answered as HTTP (L{TrickleProbe}).
 """
 
 from __future__ import annotations
@@ -103,6 +110,43 @@ ANSWER_TIMEOUT = 4.0
 
 CHUNK = 64 * 1024
 LONG_SESSIONS = 3
+
+IDLE_TIMEOUT = 2.0
+"""The gateway's C{--idle-timeout}: the long sessions stream without a pause, so never idle."""
+
+IDLE_CLOSE_LIMIT = 6.0
+"""Seconds after its last byte by which the idle probe must be closed (generous: under load)."""
+
+IDLE_SOURCE = "127.0.0.20"
+SNIFF_SOURCE = "127.0.0.21"
+TRICKLE_SOURCE = "127.0.0.22"
+"""The probes' source addresses: neither in L{SOURCES} nor the after-flood clients' C{127.0.0.10}.
+
+Each probe opens one connection, well within C{--max-per-ip} and the rate
+limit's burst (L{gateway.limits.default_burst}: 100 at C{--rate-per-ip 50});
+only the total cap (400, above the flooders' 384 attempts in flight) could
+refuse one, and a refusal fails the probe with what it got.
+"""
+
+IDLE_PROBE_BYTES = b"idle probe: one echo, then silence\n"
+
+SNIFF_PROBE_SILENCE = 1.0
+"""Seconds the sniff probe sends nothing: twice L{SNIFF_TIMEOUT}."""
+
+SNIFF_PROBE_BYTES = b"GET /after-the-sniff HTTP/1.0\r\n\r\n"
+"""What the sniff probe sends after its silence.  They would begin an HTTP
+request: they come back unchanged only if the sniff timeout had already made the
+connection a game session (an HTTP channel would answer them with a 404)."""
+
+TRICKLE_REQUEST = b"GET / HTTP/1.0\r\n\r\n"
+TRICKLE_GAP = 0.01
+"""Seconds between the trickle probe's bytes: 18 bytes in 0.17 s, well within L{SNIFF_TIMEOUT}."""
+
+FLOOD_SEEN_FDS = 50
+"""Descriptors above their level before the flood that show the flood has reached the gateway."""
+
+PROBE_TIMEOUT = 15.0
+"""Seconds any probe operation may take (bounds every probe thread)."""
 
 REFUSAL_WINDOW = 10.0
 """The refusal log's window (L{gateway.registry.RefusalLog}): a summary per window."""
@@ -458,6 +502,256 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+class FloodWatch:
+    """
+    Notes when the flood reaches the gateway: its descriptors rise
+    L{FLOOD_SEEN_FDS} above their level before it (the flooders take a few
+    tenths of a second to start).  A thread polls C{/proc} for at most
+    L{PROBE_TIMEOUT} seconds.
+
+    @ivar seen: set once the flood is seen.
+    @ivar at: when it was seen (monotonic seconds).
+    """
+
+    def __init__(self, pid: int, fds_before: int) -> None:
+        self._pid = pid
+        self._threshold = fds_before + FLOOD_SEEN_FDS
+        self.seen = threading.Event()
+        self.at = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        """
+        Start watching.
+        """
+        self._thread.start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + PROBE_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if fd_count(self._pid) >= self._threshold:
+                    self.at = time.monotonic()
+                    self.seen.set()
+                    return
+            except OSError:  # the gateway is gone: the test says so
+                return
+            time.sleep(0.01)
+
+    def join(self) -> None:
+        """
+        Wait for the watching thread to end.
+        """
+        self._thread.join(timeout=PROBE_TIMEOUT + 5)
+
+
+class Probe:
+    """
+    A client checked in a thread of its own while the flood runs, from an
+    address the flooders do not use.  Subclasses implement L{check}; what
+    fails in it is kept and raised by L{join}, in the test's thread.
+
+    @ivar started: when the check started (monotonic seconds).
+    @ivar ended: when it ended.
+    @ivar error: what failed, if anything did.
+    """
+
+    name = "probe"
+
+    def __init__(self, port: int, source: str, watch: FloodWatch | None = None) -> None:
+        """
+        @param watch: if given, the check waits until the flood is seen.
+        """
+        self.port = port
+        self.source = source
+        self.watch = watch
+        self.started = self.ended = 0.0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def connect(self) -> socket.socket:
+        """
+        A blocking client socket from L{source} to the gateway.
+        """
+        sock = socket.create_connection(("127.0.0.1", self.port), PROBE_TIMEOUT, (self.source, 0))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def start(self) -> None:
+        """
+        Start the check in its thread.
+        """
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            if self.watch is not None and not self.watch.seen.wait(PROBE_TIMEOUT):
+                raise AssertionError("the flood never reached the gateway")
+            self.started = time.monotonic()
+            self.check()
+        except BaseException as error:  # raised again by join, in the test's thread
+            self.error = error
+        finally:
+            self.ended = time.monotonic()
+
+    def check(self) -> None:
+        """
+        The probe's client side; raise if the gateway does not behave.
+        """
+        raise NotImplementedError
+
+    def join(self) -> None:
+        """
+        Wait for the check to end.
+        """
+        self._thread.join(timeout=3 * PROBE_TIMEOUT)
+        assert not self._thread.is_alive(), f"the {self.name} probe is stuck"
+
+    def verify(self) -> None:
+        """
+        Raise what failed in the check, if anything did.
+        """
+        if self.error is not None:
+            raise AssertionError(f"the {self.name} probe failed: {self.error!r}") from self.error
+
+
+def refused(data: bytes) -> str:
+    """
+    A note for a probe's failure message if C{data} is a refusal.
+    """
+    if data.startswith(BUSY_LINE) or data.startswith(b"HTTP/1.1 503"):
+        return " (refused: the total cap?)"
+    return ""
+
+
+class IdleProbe(Probe):
+    """
+    A game session opened just before the flood: one echo, then silence.
+    The gateway must close it cleanly (a FIN) between L{IDLE_TIMEOUT} and
+    L{IDLE_CLOSE_LIMIT} seconds after its last byte, while the flood runs.
+
+    The echo is exchanged in L{__init__}, in the test's thread; the check
+    waits for the close.
+
+    @ivar sent: when the probe's last byte was sent: the gateway cannot
+        have seen it earlier, so it may not close before C{sent + IDLE_TIMEOUT}.
+    @ivar echoed: when the echo (the session's last byte) was read back.
+    @ivar closed: when the gateway's end of stream was read.
+    """
+
+    name = "idle"
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port, IDLE_SOURCE)
+        self.sock = self.connect()
+        self.sent = time.monotonic()
+        self.sock.sendall(IDLE_PROBE_BYTES)
+        echo = recv_exactly(self.sock, len(IDLE_PROBE_BYTES))
+        self.echoed = time.monotonic()
+        assert echo == IDLE_PROBE_BYTES, f"idle probe: no echo but {echo!r}{refused(echo)}"
+        self.closed = 0.0
+
+    @property
+    def quiet(self) -> float:
+        """
+        Seconds from the echo to the gateway's close.
+        """
+        return self.closed - self.echoed
+
+    @override
+    def check(self) -> None:
+        try:
+            self.sock.settimeout(IDLE_CLOSE_LIMIT + 2.0)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                raise AssertionError("the idle session was never closed") from None
+            except ConnectionResetError:
+                raise AssertionError("the idle session was reset, not closed") from None
+            self.closed = time.monotonic()
+            assert data == b"", f"the idle session got {data!r} instead of the end of stream"
+        finally:
+            self.sock.close()
+
+
+class SniffProbe(Probe):
+    """
+    A client that, once the flood is on, sends nothing for
+    L{SNIFF_PROBE_SILENCE} seconds (past the sniff timeout), then
+    L{SNIFF_PROBE_BYTES}: it must have become a game session, kept open
+    through the silence, that echoes them unchanged.
+
+    @ivar round_trip: seconds from sending the bytes to reading their echo.
+    """
+
+    name = "sniff"
+
+    def __init__(self, port: int, watch: FloodWatch) -> None:
+        super().__init__(port, SNIFF_SOURCE, watch)
+        self.round_trip = 0.0
+
+    @override
+    def check(self) -> None:
+        with self.connect() as sock:
+            sock.settimeout(SNIFF_PROBE_SILENCE)
+            try:
+                early = sock.recv(4096)
+            except TimeoutError:
+                pass
+            else:
+                raise AssertionError(f"silent client got {early!r}{refused(early)}")
+            sock.settimeout(PROBE_TIMEOUT)
+            sent = time.monotonic()
+            sock.sendall(SNIFF_PROBE_BYTES)
+            echo = b""
+            while len(echo) < len(SNIFF_PROBE_BYTES):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                echo += chunk
+            self.round_trip = time.monotonic() - sent
+            assert echo == SNIFF_PROBE_BYTES, f"not a game session: got {echo!r}{refused(echo)}"
+
+
+class TrickleProbe(Probe):
+    """
+    An HTTP client that, once the flood is on, sends L{TRICKLE_REQUEST} one
+    byte per L{TRICKLE_GAP} seconds (in all well within the sniff timeout),
+    and must get an HTTP answer: a 404 (admitted; no C{--http-root}) or a 503
+    (refused by the total cap).
+
+    @ivar status: the answer's status code.
+    @ivar trickle: seconds from the first byte sent to the last.
+    @ivar answered: seconds from the last byte sent to the end of the answer.
+    """
+
+    name = "trickle"
+
+    def __init__(self, port: int, watch: FloodWatch) -> None:
+        super().__init__(port, TRICKLE_SOURCE, watch)
+        self.status = 0
+        self.trickle = self.answered = 0.0
+
+    @override
+    def check(self) -> None:
+        with self.connect() as sock:
+            first = time.monotonic()
+            for index in range(len(TRICKLE_REQUEST)):
+                # On a schedule, so that late wake-ups under load do not add up.
+                time.sleep(max(0.0, first + index * TRICKLE_GAP - time.monotonic()))
+                sock.sendall(TRICKLE_REQUEST[index : index + 1])
+            last = time.monotonic()
+            self.trickle = last - first
+            answer = b""
+            while len(answer) < 65536 and (chunk := sock.recv(4096)):
+                answer += chunk
+            self.answered = time.monotonic() - last
+        status = answer.split(b"\r\n", 1)[0].split(b" ")
+        assert len(status) > 2 and status[0].startswith(b"HTTP/"), f"no HTTP answer: {answer!r}"
+        assert status[1] in (b"404", b"503"), f"unexpected answer: {answer!r}"
+        self.status = int(status[1])
+
+
 def refusal_lines(log: str) -> tuple[int, int, int, dict[str, int]]:
     """
     The refusal log's lines in C{log}.
@@ -565,8 +859,14 @@ def test_flood_leaves_the_gateway_and_its_sessions_standing(
     stays sampled (a summary line, far fewer lines than refusals); and once
     the flood is over, descriptors and memory come back near their level
     before it, and new clients are served.
+
+    During the flood, the sniff and idle timeouts still hold: a game session
+    left silent is closed cleanly between 2 and 6 s after its last byte; a
+    client silent past the sniff timeout becomes a game session and is not
+    dropped; an HTTP request sent a byte per 10 ms is answered as HTTP.
     """
     args = ["--backend", echo_server.endpoint, "--sniff-timeout", str(SNIFF_TIMEOUT)]
+    args += ["--idle-timeout", str(IDLE_TIMEOUT)]
     args += ["--max-connections", "400", "--max-per-ip", "30", "--rate-per-ip", "50"]
     args += ["--busy-message", "BUSY"]
     with GatewayProcess(args, tmp_path) as gateway:
@@ -579,8 +879,22 @@ def test_flood_leaves_the_gateway_and_its_sessions_standing(
         baseline = rate_over(sessions, 1.5)
         rss_before, fds_before = rss_kib(pid), fd_count(pid)
 
+        # The probes: the idle one echoes now, just before the flood; the
+        # others start once the flood has reached the gateway.
+        watch = FloodWatch(pid, fds_before)
+        idle = IdleProbe(gateway.port)
+        sniff = SniffProbe(gateway.port, watch)
+        trickle = TrickleProbe(gateway.port, watch)
+        probes: list[Probe] = [idle, sniff, trickle]
+        watch.start()
+        for probe in probes:
+            probe.start()
+
         record = flood(gateway.port, pid, sessions)
 
+        watch.join()
+        for probe in probes:
+            probe.join()
         assert gateway.process is not None and gateway.process.poll() is None, "gateway died"
         # Settle: descriptors back near their level; then wait out the refusal
         # log's last window, so that its summary of the flood's end is written.
@@ -642,6 +956,32 @@ def test_flood_leaves_the_gateway_and_its_sessions_standing(
         f"gateway fds: {fds_before} before, {record.fds_peak} peak, "
         f"{fds_after} after (settled {settled_in:.1f} s after the flood)"
     )
+    flood_on = watch.at - record.started if watch.seen.is_set() else float("nan")
+    print(
+        f"probes (flood reached the gateway {flood_on:.2f} s after the flooders "
+        f"started; flooders ran until {record.ended - record.started:.2f} s):"
+    )
+    if idle.closed:
+        print(
+            f"  idle ({IDLE_SOURCE}, --idle-timeout {IDLE_TIMEOUT:g}): closed "
+            f"{idle.quiet:.2f} s after its echo ({idle.closed - idle.sent:.2f} s after "
+            f"its last byte sent), at {idle.closed - record.started:.2f} s into the flood"
+        )
+    else:
+        print(f"  idle ({IDLE_SOURCE}): not closed ({idle.error!r})")
+    print(
+        f"  sniff ({SNIFF_SOURCE}, --sniff-timeout {SNIFF_TIMEOUT:g}): silent "
+        f"{SNIFF_PROBE_SILENCE:g} s, then echoed as a game session in "
+        f"{sniff.round_trip * 1000:.0f} ms; "
+        f"{sniff.started - record.started:.2f}-{sniff.ended - record.started:.2f} s into the flood"
+    )
+    print(
+        f"  trickle ({TRICKLE_SOURCE}): {len(TRICKLE_REQUEST)} bytes in {trickle.trickle:.2f} s, "
+        f"answered HTTP {trickle.status} {trickle.answered * 1000:.0f} ms later; "
+        f"{trickle.started - record.started:.2f}-{trickle.ended - record.started:.2f} s "
+        f"into the flood"
+    )
+    print(f"  idle-timeout closes in the log: {log.count('(idle-timeout); closing it')}")
 
     # On a busy machine the flooders may not finish their 20,000 attempts
     # within FLOOD_TIME_LIMIT; a quarter of them is still a flood.
@@ -665,3 +1005,21 @@ def test_flood_leaves_the_gateway_and_its_sessions_standing(
     windows = int(elapsed // REFUSAL_WINDOW) + 2
     assert mentions <= windows * len(REASONS) * (REFUSAL_BURST + 1)
     assert mentions * 20 < refused_logged
+
+    # The sniff and idle timeouts held during the flood.
+    for probe in probes:
+        probe.verify()
+    assert watch.seen.is_set()
+    assert idle.closed - idle.sent >= IDLE_TIMEOUT, "the idle session was closed early"
+    assert idle.quiet <= IDLE_CLOSE_LIMIT, f"the idle session was closed late: {idle.quiet:.2f} s"
+    for probe in probes:
+        assert probe.ended <= record.ended, f"the {probe.name} probe ended after the flood"
+    assert watch.at <= idle.closed, "the idle session was closed before the flood was on"
+    assert re.search(
+        rf"session from {re.escape(IDLE_SOURCE)}:\d+ had no traffic for "
+        rf"{IDLE_TIMEOUT:g} s \(idle-timeout\); closing it",
+        log,
+    ), "the log does not show the idle probe's idle timeout"
+    assert re.search(rf"game session from {re.escape(SNIFF_SOURCE)}:\d+ to ", log), (
+        "the log does not show the sniff probe's game session"
+    )
