@@ -35,6 +35,7 @@ __all__ = [
     "check_line",
     "check_rate",
     "check_directory",
+    "check_escaped",
     "check_seconds",
     "check_session_key",
     "check_server_endpoint",
@@ -111,6 +112,9 @@ class GatewayConfig:
     @ivar proxy_protocol: send a PROXY header to backends: C{off}, C{v1}, C{v2}.
     @ivar health_interval: seconds between active health checks (0: none, and
         no passive marking either, since nothing would bring a backend back).
+    @ivar health_send: bytes a health check sends after connecting (none: a
+        connect is the check).
+    @ivar health_expect: bytes a health check must receive (none: none).
     @ivar retries: further backends tried after a failed connection attempt.
     @ivar demo: also run the built-in demo game backends and page.
     """
@@ -134,6 +138,8 @@ class GatewayConfig:
     session_key: str | None = None
     proxy_protocol: str = "off"
     health_interval: float = 5.0
+    health_send: bytes = b""
+    health_expect: bytes = b""
     retries: int = 2
     demo: bool = False
 
@@ -230,6 +236,21 @@ def check_session_key(option: str, pattern: str) -> str:
     if compiled.groups < 1:
         raise ConfigError(f"{option}: needs a group, e.g. 'user=(\\w+)', got {pattern!r}")
     return pattern
+
+
+def check_escaped(option: str, text: str, *, limit: int = 1024) -> bytes:
+    """
+    Turn text with backslash escapes (C{\\r}, C{\\n}, C{\\x00}, C{\\\\}) into bytes.
+
+    @raise ConfigError: a bad escape, a character beyond Latin-1, or too long.
+    """
+    try:
+        value = text.encode("latin-1").decode("unicode_escape").encode("latin-1")
+    except (UnicodeError, ValueError) as error:
+        raise ConfigError(f"{option}: cannot read {text!r}: {error}") from None
+    if len(value) > limit:
+        raise ConfigError(f"{option}: at most {limit} bytes, got {len(value)}")
+    return value
 
 
 def check_directory(option: str, path: str) -> str:

@@ -251,7 +251,10 @@ class FrontDoor(CloseHooks, Protocol):
         """
         pattern = self.factory.session_key
         if pattern is not None:
-            match = pattern.search(first.split(b"\n", 1)[0][:KEY_LINE_LIMIT])
+            line, newline, _rest = first.partition(b"\n")
+            # Only a whole first line: a cut one (timeout, 4 KiB) could give
+            # a cut key and send the player to the wrong backend unnoticed.
+            match = pattern.search(line) if newline else None
             if match is not None and match.group(1) is not None:
                 key: bytes = match.group(1)
                 return key

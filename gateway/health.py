@@ -205,15 +205,19 @@ class Probe(Protocol):
         clock: IReactorTime,
         report: Callable[[Probe, bool, str], None],
         finish: Callable[[Probe], None],
+        preamble: bytes = b"",
     ) -> None:
         """
         @param clock: for the timeout.
+        @param preamble: bytes written first on the connection (the PROXY
+            header of a backend that expects one).
         @param report: called once with the probe, its result and, for a
             failure, the reason (never for a probe stopped by L{abort}).
         @param finish: called once with the probe when it is over.
         """
         self.backend = backend
         self.check = check
+        self.preamble = preamble
         self.timeout = timeout
         self._clock = clock
         self._report = report
@@ -284,6 +288,8 @@ class Probe(Protocol):
         if self.passed is not None or self.finished:
             return
         self._ready = True
+        if self.preamble:
+            self._connection().write(self.preamble)
         if self.check.send:
             self._connection().write(self.check.send)
         if not self.check.expect:
@@ -420,13 +426,19 @@ class HealthChecker(Service):
         fall: int = 3,
         timeout: float | None = None,
         checks: Mapping[str, HealthCheck] | None = None,
+        default_check: HealthCheck | None = None,
+        preamble: bytes = b"",
     ) -> None:
         """
         @param pool: the backends, and the place their states change.
         @param clock: for the rounds and the probes' timeouts.
         @param timeout: L{None} for C{min(interval, DEFAULT_TIMEOUT)}.
         @param checks: the check of each backend, by name; a backend without
-            one gets a TCP connect (a TLS handshake for C{tls:} backends).
+            one gets C{default_check}.
+        @param default_check: by default a TCP connect (a TLS handshake for
+            C{tls:} backends).
+        @param preamble: bytes every probe writes first (a PROXY header for
+            backends behind C{--proxy-protocol}, so they do not log errors).
         @raise ValueError: a setting is out of range.
         """
         if not interval > 0:
@@ -444,6 +456,9 @@ class HealthChecker(Service):
         self.fall = fall
         self.timeout = timeout
         self._checks: dict[str, HealthCheck] = dict(checks or {})
+        self._default_check = default_check or HealthCheck()
+        self._preamble = preamble
+        self._fast: dict[Backend, IDelayedCall] = {}
         self._states: dict[Backend, HealthState] = {}
         self._probes: dict[Backend, Probe] = {}
         self._loop: LoopingCall | None = None
@@ -478,6 +493,10 @@ class HealthChecker(Service):
         probes = list(self._probes.values())
         self._probes.clear()
         self._states.clear()
+        fast, self._fast = self._fast, {}
+        for call in fast.values():
+            if call.active():
+                call.cancel()
         for probe in probes:
             self._abort(probe)
 
@@ -510,7 +529,7 @@ class HealthChecker(Service):
     def _probe(self, backend: Backend) -> None:
         if backend not in self._states:
             self._states[backend] = HealthState(self.rise, self.fall)
-        check = self._checks.get(backend.name, HealthCheck())
+        check = self._checks.get(backend.name, self._default_check)
         probe = Probe(
             backend,
             check,
@@ -518,9 +537,27 @@ class HealthChecker(Service):
             self._clock,
             self._record,
             self._finished,
+            self._preamble,
         )
         self._probes[backend] = probe
         probe.start()
+
+    def _probe_soon(self, backend: Backend) -> None:
+        if backend in self._fast:
+            return
+
+        def probe_again() -> None:
+            del self._fast[backend]
+            if self.running and backend not in self._probes and self._pool.get(backend.name):
+                try:
+                    self._probe(backend)
+                except Exception:
+                    self._probes.pop(backend, None)
+                    self._log.failure(
+                        "could not start a health check of {backend}", backend=backend.name
+                    )
+
+        self._fast[backend] = self._clock.callLater(self.interval / 4, probe_again)
 
     def _finished(self, probe: Probe) -> None:
         if self._probes.get(probe.backend) is probe:
@@ -543,13 +580,12 @@ class HealthChecker(Service):
             health = self._states.get(backend)
             if health is None or self._pool.get(backend.name) is not backend:
                 return  # removed from the pool (or the checker stopped) meanwhile
-            if not passed:
-                self._log.debug(
-                    "health check of backend {backend} failed: {reason}",
-                    backend=backend.name,
-                    reason=reason,
-                )
             change = health.record(passed, backend.state)
+            if not passed and change is None and backend.state is BackendState.UP:
+                # Failing but not down yet: probe again soon (HAProxy's
+                # "fastinter"), so a dead backend is down after about half an
+                # interval more, not after `fall` whole intervals.
+                self._probe_soon(backend)
             if change is BackendState.DOWN:
                 self._pool.set_state(
                     backend, change, f"health check failed {_times(health.failures)}: {reason}"

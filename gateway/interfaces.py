@@ -44,6 +44,11 @@ class IBackendChooser(Interface):
         A connection attempt to C{backend} succeeded.
         """
 
+    def nothing_available() -> None:
+        """
+        A session found no backend to try (all down, draining or tried).
+        """
+
 
 class IBalancer(Interface):
     """

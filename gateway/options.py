@@ -31,6 +31,7 @@ from gateway.config import (
     check_client_endpoint,
     check_count,
     check_directory,
+    check_escaped,
     check_line,
     check_rate,
     check_seconds,
@@ -146,6 +147,19 @@ class GatewayOptions(usage.Options):
             "Seconds between active health checks of every backend (a TCP connect); "
             "a backend is down after 3 failed checks, or 3 failed connection attempts "
             "in a row, and up again after 2 passed checks (0: no checks).",
+        ],
+        [
+            "health-send",
+            None,
+            None,
+            "Bytes a health check sends after connecting, with backslash escapes "
+            "(e.g. 'PING\\r\\n'); default: the connect alone is the check.",
+        ],
+        [
+            "health-expect",
+            None,
+            None,
+            "Bytes a health check must then receive within its timeout (e.g. 'PONG').",
         ],
         [
             "retries",
@@ -315,6 +329,8 @@ class GatewayOptions(usage.Options):
                 "--health-interval", self["health-interval"], allow_zero=True
             ),
             retries=check_count("--retries", self["retries"]),
+            health_send=check_escaped("--health-send", self["health-send"] or ""),
+            health_expect=check_escaped("--health-expect", self["health-expect"] or ""),
             demo=demo,
         )
 

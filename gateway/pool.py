@@ -76,6 +76,7 @@ class Pool:
     @ivar fall: consecutive failed attempts that mark a backend down at once
         (0: passive detection off).
     @ivar transitions: state changes so far (a counter for the admin endpoint).
+    @ivar unserved: game sessions closed because no backend could take them.
     """
 
     _log = Logger()
@@ -91,6 +92,7 @@ class Pool:
         self.balancer: IBalancer = balancer if balancer is not None else RoundRobin()
         self.fall = fall
         self.transitions = 0
+        self.unserved = 0
         for backend in backends:
             self.add(backend)
 
@@ -194,3 +196,9 @@ class Pool:
         A connection attempt succeeded.
         """
         backend.consecutive_failures = 0
+
+    def nothing_available(self) -> None:
+        """
+        A session found no backend to try: count it.
+        """
+        self.unserved += 1

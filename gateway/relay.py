@@ -449,6 +449,7 @@ class GameSession:
             self._attempt_failed(link, link.failure_reason or describe_failure(reason))
 
     def _give_up(self) -> None:
+        self._chooser.nothing_available()
         tried = ", ".join(b.name for b in self._tried) or "none up"
         self._log.error(
             "no backend available for a session from {peer} (tried: {tried}); closing it",

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -35,11 +36,11 @@ from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory,
 from gateway.balance import make_balancer
 from gateway.config import GatewayConfig
 from gateway.front import GatewayFactory
-from gateway.health import HealthChecker
+from gateway.health import HealthCheck, HealthChecker
 from gateway.interfaces import IAddressPolicy
 from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
 from gateway.pool import Backend, Pool
-from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
+from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory, proxy_header
 from gateway.registry import Counters, RefusalLog
 from gateway.web import make_site
 
@@ -291,8 +292,19 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
     if config.health_interval:
         # After the demo backends, so that its first round sees them.
+        preamble = b""
+        if config.proxy_protocol != "off":
+            # A backend that expects a PROXY header gets one from the probes
+            # too (without addresses: LOCAL in v2, UNKNOWN in v1).
+            nobody = UNIXAddress(None)
+            preamble = proxy_header(config.proxy_protocol, nobody, nobody)
         HealthChecker(
-            pool, reactor, interval=config.health_interval, fall=PASSIVE_FALL
+            pool,
+            reactor,
+            interval=config.health_interval,
+            fall=PASSIVE_FALL,
+            default_check=HealthCheck(send=config.health_send, expect=config.health_expect),
+            preamble=preamble,
         ).setServiceParent(top)
     for description in config.listen:
         inner: Factory = gate

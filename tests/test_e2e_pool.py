@@ -282,7 +282,9 @@ def test_dead_backend_is_marked_down_and_comes_back(tmp_path: Path) -> None:
             wait_for(
                 lambda: f"backend tcp:127.0.0.1:{flaky_port} is down" in gateway.log(),
                 "the down transition",
-                timeout=5,
+                # 3 failed probes, the last two a quarter interval apart: about
+                # 0.5 s at most here; 2 s leaves room for a loaded machine.
+                timeout=2,
             )
             ports: Counter[int] = Counter()
             for _ in range(6):
@@ -343,12 +345,15 @@ HAPROXY = shutil.which("haproxy")
 
 
 @pytest.mark.skipif(HAPROXY is None and not os.environ.get("CI"), reason="haproxy not installed")
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_proxy_header_read_by_haproxy(tmp_path: Path, version: str) -> None:
+def test_proxy_header_read_by_haproxy(tmp_path: Path, version: str, family: str) -> None:
     """
     With --proxy-protocol, a real HAProxy (bind ... accept-proxy) in front of
-    the game server sees the gateway's client address, not the gateway's:
-    its log names the client's source address (127.0.0.7 here).
+    the game server sees the gateway's client, not the gateway: its log names
+    the client's source address and port (127.0.0.7, or ::1 through an IPv6
+    front) and the address the client connected to.  The health probes send
+    a LOCAL/UNKNOWN header, so HAProxy logs no protocol errors.
     """
     assert HAPROXY is not None, "CI installs haproxy (.ci/run)"
     with Backend(banner_then_echo) as game:
@@ -363,7 +368,7 @@ def test_proxy_header_read_by_haproxy(tmp_path: Path, version: str) -> None:
             "defaults\n"
             "  mode tcp\n"
             "  log global\n"
-            '  log-format "client=%ci:%cp"\n'
+            '  log-format "client=%ci:%cp front=%fi:%fp"\n'
             "  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
             "frontend game\n"
             f"  bind 127.0.0.1:{haproxy_port} accept-proxy\n"
@@ -382,22 +387,39 @@ def test_proxy_header_read_by_haproxy(tmp_path: Path, version: str) -> None:
                 lambda: haproxy_port in listening_ports(proxy.pid).get("127.0.0.1", []),
                 "haproxy to listen",
             )
+            extra = []
+            if family == "ipv6":
+                extra = ["--listen", "tcp6:0:interface=\\:\\:1"]
             with GatewayProcess(
                 [
+                    "--listen",
+                    "tcp:0:interface=127.0.0.1",
+                    *extra,
                     "--backend",
                     f"tcp:127.0.0.1:{haproxy_port}",
                     "--proxy-protocol",
                     version,
                     "--sniff-timeout",
                     "0.2",
+                    "--health-interval",
+                    "0.2",
                 ],
                 tmp_path,
             ) as gateway:
-                client = socket.socket()
-                client.settimeout(DEADLINE)
-                client.bind(("127.0.0.7", 0))
-                client.connect(("127.0.0.1", gateway.port))
-                source_port = client.getsockname()[1]
+                if family == "ipv6":
+                    wait_for(lambda: "::1" in listening_ports(gateway.pid), "the IPv6 front")
+                    front_port = listening_ports(gateway.pid)["::1"][0]
+                    client = socket.socket(socket.AF_INET6)
+                    client.settimeout(DEADLINE)
+                    client.connect(("::1", front_port))
+                    expected_front = f"front=::1:{front_port}"
+                else:
+                    client = socket.socket()
+                    client.settimeout(DEADLINE)
+                    client.bind(("127.0.0.7", 0))
+                    client.connect(("127.0.0.1", gateway.port))
+                    expected_front = f"front=127.0.0.1:{gateway.port}"
+                source = client.getsockname()
                 client.sendall(b"hello\n")
                 assert banner_port(client) == game.port
                 assert recv_exactly(client, 6) == b"hello\n"
@@ -406,4 +428,50 @@ def test_proxy_header_read_by_haproxy(tmp_path: Path, version: str) -> None:
         finally:
             proxy.terminate()
             output, _ = proxy.communicate(timeout=10)
-        assert f"client=127.0.0.7:{source_port}".encode() in output, output
+        assert f"client={source[0]}:{source[1]} {expected_front}".encode() in output, output
+        assert b"PROXY protocol" not in output, output  # no header errors from the probes
+
+
+def test_send_expect_health_check_marks_a_mute_backend_down(tmp_path: Path) -> None:
+    """
+    A backend that accepts connections and closes them at once passes a
+    plain connect check; with --health-send/--health-expect it fails the
+    check, is marked down (with the reason in the log), while a backend
+    that answers PONG stays up.
+    """
+
+    def mute(sock: socket.socket, backend: Backend) -> None:
+        sock.close()
+
+    def pong(sock: socket.socket, backend: Backend) -> None:
+        data = b""
+        while b"PING\r\n" not in data:
+            chunk = sock.recv(100)
+            if not chunk:
+                return
+            data += chunk
+        sock.sendall(b"PONG\r\n")
+
+    with (
+        Backend(mute) as broken,
+        Backend(pong) as healthy,
+        GatewayProcess(
+            [
+                "--backend",
+                broken.endpoint,
+                "--backend",
+                healthy.endpoint,
+                "--health-interval",
+                "0.4",
+                "--health-send",
+                "PING\\r\\n",
+                "--health-expect",
+                "PONG",
+            ],
+            tmp_path,
+        ) as gateway,
+    ):
+        wait_for(lambda: f"backend {broken.endpoint} is down" in gateway.log(), "down", 5)
+        assert "connection closed before" in gateway.log()
+        time.sleep(1)
+        assert f"backend {healthy.endpoint} is down" not in gateway.log()

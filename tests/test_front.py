@@ -6,6 +6,7 @@ L{Clock}.
 
 from __future__ import annotations
 
+import re
 from typing import cast
 
 from hypothesis import given
@@ -19,8 +20,10 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
+from gateway.balance import RendezvousHash
 from gateway.front import HTTP_METHODS, SNIFF_LIMIT, FrontDoor, GatewayFactory, Verdict, classify
 from gateway.pool import Backend, Pool
+from gateway.registry import Counters
 from gateway.web import make_site
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -296,3 +299,63 @@ def test_connection_lost_reaches_the_http_channel() -> None:
     assert any(call.active() for call in reactor.getDelayedCalls())
     front.connectionLost(Failure(ConnectionError("gone")))
     assert not any(call.active() for call in reactor.getDelayedCalls())
+
+
+def make_keyed_front(
+    sniff_timeout: float = 2.0,
+) -> tuple[FrontDoor, MemoryReactorClock, RecordingEndpoint, Counters]:
+    """
+    A front door with a hash-balanced pool and --session-key '^LOGIN (\\w+)'.
+    """
+    reactor = MemoryReactorClock()
+    endpoint = RecordingEndpoint()
+    pool = Pool([Backend(name="b", description="b", endpoint=endpoint)], RendezvousHash())
+    counters = Counters()
+    factory = GatewayFactory(
+        site=make_site(None, listing=False, reactor=reactor),
+        chooser=pool,
+        clock=reactor,
+        sniff_timeout=sniff_timeout,
+        connect_timeout=5,
+        idle_timeout=0,
+        fin_timeout=60,
+        session_key=re.compile(rb"^LOGIN (\w+)"),
+        counters=counters,
+    )
+    front = factory.buildProtocol(PEER)
+    transport = StringTransportWithDisconnection(peerAddress=PEER)
+    transport.protocol = front
+    front.makeConnection(transport)
+    return front, reactor, endpoint, counters
+
+
+@given(splits(b"LOGIN alice v1.2\r\n"))
+def test_session_key_from_the_whole_first_line(pieces: list[bytes]) -> None:
+    """
+    The session key is the pattern's group in the whole first line, however
+    the line is split; no backend is contacted before the line is complete.
+    """
+    front, _reactor, endpoint, counters = make_keyed_front()
+    for piece in pieces[:-1]:
+        front.dataReceived(piece)
+    assert endpoint.attempts == 0 or b"\n" in b"".join(pieces[:-1])
+    front.dataReceived(pieces[-1])
+    assert front.session is not None
+    assert front.session.key == b"alice"
+    assert counters.key_fallbacks == 0
+
+
+def test_cut_first_line_falls_back_to_the_address() -> None:
+    """
+    A first line that never ends (the wait times out) is not searched, so a
+    cut key cannot send a player to the wrong backend: the key is the
+    client's address, and the fallback is counted.
+    """
+    front, reactor, endpoint, counters = make_keyed_front(sniff_timeout=2)
+    front.dataReceived(b"LOGIN al")
+    reactor.advance(2.1)
+    front.dataReceived(b"ice\n")
+    assert front.session is not None
+    assert front.session.key == PEER.host.encode()
+    assert counters.key_fallbacks == 1
+    assert endpoint.attempts == 1

@@ -61,6 +61,8 @@ def test_minimal_command_line() -> None:
         session_key=None,
         proxy_protocol="off",
         health_interval=5.0,
+        health_send=b"",
+        health_expect=b"",
         retries=2,
         demo=False,
     )
@@ -114,6 +116,10 @@ def test_full_command_line(tmp_path: Path) -> None:
         "0",
         "--retries",
         "0",
+        "--health-send",
+        "PING\\r\\n",
+        "--health-expect",
+        "PONG",
     ]
     assert parse(argv) == GatewayConfig(
         listen=("tcp:80", "unix:/tmp/gw.sock"),
@@ -138,6 +144,8 @@ def test_full_command_line(tmp_path: Path) -> None:
         session_key="^LOGIN (\\w+)",
         proxy_protocol="v2",
         health_interval=0.0,
+        health_send=b"PING\r\n",
+        health_expect=b"PONG",
         retries=0,
         demo=False,
     )
@@ -206,6 +214,8 @@ def test_relative_http_root_becomes_absolute(
         (["--demo", "--proxy-protocol", "v3"], "--proxy-protocol: expected one of off, v1, v2"),
         (["--demo", "--health-interval", "-1"], "--health-interval: must not be negative"),
         (["--demo", "--retries", "-1"], "--retries: must not be negative"),
+        (["--demo", "--health-send", "\\x4"], "--health-send: cannot read"),
+        (["--demo", "--health-expect", "\u20ac"], "--health-expect: cannot read"),
         (["--backend", "tcp:h:1", "--backend", "tcp:h:1"], "--backend: 'tcp:h:1' is given twice"),
         (["--listen", "tcp:notaport", "--demo"], "--listen: cannot use 'tcp:notaport'"),
         (

@@ -549,3 +549,15 @@ def test_recovered_backend_needs_fall_new_failures() -> None:
     pool.set_state(a, BackendState.UP, "2 health checks passed")
     pool.attempt_failed(a)
     assert (a.state, a.consecutive_failures) == (BackendState.UP, 1)
+
+
+def test_nothing_available_is_counted() -> None:
+    """
+    A session that found no backend to try is counted on the pool
+    (unserved), for the admin endpoint.
+    """
+    pool = make_pool("a")
+    assert pool.unserved == 0
+    pool.nothing_available()
+    pool.nothing_available()
+    assert pool.unserved == 2
