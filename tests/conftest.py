@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 
 from tests.support import Backend, banner_then_echo, echo, sink
 
@@ -36,3 +38,14 @@ def sink_backend() -> Iterator[Backend]:
     """
     with Backend(sink) as backend:
         yield backend
+
+
+@pytest.fixture
+def log_events() -> Iterator[EventLoggingObserver]:
+    """
+    The log events emitted while the test runs.
+    """
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)

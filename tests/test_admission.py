@@ -12,7 +12,6 @@ in both modes; the refuser's classification against every split of its input.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -27,7 +26,7 @@ from twisted.internet.testing import (
     MemoryReactorClock,
     StringTransportWithDisconnection,
 )
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
@@ -231,17 +230,6 @@ def connect(
     transport.protocol = protocol
     protocol.makeConnection(transport)
     return protocol, transport
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    """
-    The log events emitted while the test runs.
-    """
-    observer = EventLoggingObserver()
-    globalLogPublisher.addObserver(observer)
-    yield observer
-    globalLogPublisher.removeObserver(observer)
 
 
 def refusal_lines(events: EventLoggingObserver | list[LogEvent]) -> list[str]:

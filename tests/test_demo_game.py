@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -19,7 +18,6 @@ from hypothesis import strategies as st
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.internet.testing import EventLoggingObserver, StringTransport
-from twisted.logger import globalLogPublisher
 
 from gateway.demo import SITE_DIR, HiLoFactory
 from gateway.demo.game import HIGHEST, LOWEST, HiLoProtocol
@@ -676,17 +674,6 @@ def test_servers_are_separate() -> None:
     bob.send("say hi")
     assert alice.take() == []
     assert bob.take() == ["alice says: hi"]
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    """
-    Collect the log events emitted during a test.
-    """
-    observer = EventLoggingObserver()
-    globalLogPublisher.addObserver(observer)
-    yield observer
-    globalLogPublisher.removeObserver(observer)
 
 
 def test_logs_joins_wins_and_leaves(log_events: EventLoggingObserver) -> None:

@@ -15,8 +15,6 @@ only moves when a test advances the clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -34,7 +32,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
@@ -256,17 +254,6 @@ class Rig:
         The state of backend C{backend}.
         """
         return self.backends[backend].state
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    """
-    The log events emitted while the test runs.
-    """
-    observer = EventLoggingObserver()
-    globalLogPublisher.addObserver(observer)
-    yield observer
-    globalLogPublisher.removeObserver(observer)
 
 
 # HealthState

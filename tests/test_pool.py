@@ -9,14 +9,13 @@ backends out, it never touches their endpoints.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from zope.interface.verify import verifyObject
 
 from gateway.balance import (
@@ -376,17 +375,6 @@ def test_hash_pool_keeps_key_on_backend() -> None:
 
 
 # State changes and passive failure detection
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    """
-    The log events emitted while the test runs.
-    """
-    observer = EventLoggingObserver()
-    globalLogPublisher.addObserver(observer)
-    yield observer
-    globalLogPublisher.removeObserver(observer)
 
 
 def state_changes(log_events: EventLoggingObserver) -> list[str]:

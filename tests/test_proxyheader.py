@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -28,7 +27,7 @@ from twisted.internet.testing import (
     MemoryReactorClock,
     StringTransportWithDisconnection,
 )
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
@@ -223,17 +222,6 @@ def make_reader(half_close: bool = False) -> Reader:
     transport.protocol = protocol
     protocol.makeConnection(transport)
     return Reader(protocol, transport, inner, counters, clock)
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    """
-    The log events emitted while the test runs.
-    """
-    observer = EventLoggingObserver()
-    globalLogPublisher.addObserver(observer)
-    yield observer
-    globalLogPublisher.removeObserver(observer)
 
 
 # Valid headers, however they are split

@@ -12,14 +12,12 @@ L{capturedLogs} around each example.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 
 from gateway.limits import Refusal
 from gateway.registry import Counters, RefusalLog
@@ -27,17 +25,6 @@ from gateway.registry import Counters, RefusalLog
 WINDOW = 10.0
 BURST = 3
 TOP = 2
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    """
-    The log events emitted while the test runs.
-    """
-    observer = EventLoggingObserver()
-    globalLogPublisher.addObserver(observer)
-    yield observer
-    globalLogPublisher.removeObserver(observer)
 
 
 def make_log() -> tuple[RefusalLog, Counters, Clock]:

@@ -15,7 +15,7 @@ would report.  Time only moves when a test advances the clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -49,7 +49,7 @@ from twisted.internet.testing import (
     RaisingMemoryReactor,
     StringTransport,
 )
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import alsoProvides, implementer
@@ -372,17 +372,6 @@ class Gateway:
         C{(active, total, failures)} of each backend.
         """
         return [(b.active, b.total, b.failures) for b in self.backends]
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    """
-    The log events emitted while the test runs.
-    """
-    observer = EventLoggingObserver()
-    globalLogPublisher.addObserver(observer)
-    yield observer
-    globalLogPublisher.removeObserver(observer)
 
 
 # Connecting
