@@ -13,6 +13,7 @@ that message is what an operator sees when start-up refuses a bad value.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -154,16 +155,24 @@ def check_seconds(option: str, text: str, *, allow_zero: bool) -> float:
     @return: the duration.
     @raise ConfigError: not a finite number, negative, or 0 where not allowed.
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{option}: expected a number of seconds, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{option}: expected a finite number of seconds, got {text!r}")
+    value = _finite(option, text, "a number of seconds")
     if value < 0:
         raise ConfigError(f"{option}: must not be negative, got {text!r}")
     if value == 0 and not allow_zero:
         raise ConfigError(f"{option}: must be more than 0 seconds, got {text!r}")
+    return value
+
+
+def _finite(option: str, text: str, what: str) -> float:
+    """
+    Parse a finite number, or raise L{ConfigError} saying C{what} was expected.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{option}: expected {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{option}: expected a finite number, got {text!r}")
     return value
 
 
@@ -188,12 +197,7 @@ def check_rate(option: str, text: str, *, minimum: float = 0.0) -> float:
 
     @raise ConfigError: not a finite number, or below the minimum.
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{option}: expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{option}: expected a finite number, got {text!r}")
+    value = _finite(option, text, "a number")
     if value < minimum:
         raise ConfigError(f"{option}: must be at least {minimum:g}, got {text!r}")
     return value

@@ -516,15 +516,19 @@ class HealthChecker(Service):
         for gone in [b for b in self._states if b not in present]:
             del self._states[gone]
         for backend in backends:
-            if backend in self._probes:
-                continue
-            try:
-                self._probe(backend)
-            except Exception:
-                self._probes.pop(backend, None)
-                self._log.failure(
-                    "could not start a health check of {backend}", backend=backend.name
-                )
+            if backend not in self._probes:
+                self._start_probe(backend)
+
+    def _start_probe(self, backend: Backend) -> None:
+        """
+        Probe C{backend}; a probe that cannot even start is logged, and the
+        other backends' probes go on.
+        """
+        try:
+            self._probe(backend)
+        except Exception:
+            self._probes.pop(backend, None)
+            self._log.failure("could not start a health check of {backend}", backend=backend.name)
 
     def _probe(self, backend: Backend) -> None:
         if backend not in self._states:
@@ -549,13 +553,7 @@ class HealthChecker(Service):
         def probe_again() -> None:
             del self._fast[backend]
             if self.running and backend not in self._probes and self._pool.get(backend.name):
-                try:
-                    self._probe(backend)
-                except Exception:
-                    self._probes.pop(backend, None)
-                    self._log.failure(
-                        "could not start a health check of {backend}", backend=backend.name
-                    )
+                self._start_probe(backend)
 
         self._fast[backend] = self._clock.callLater(self.interval / 4, probe_again)
 
