@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorCore
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "DEFAULT_ADMIN",
     "DEMO_LISTEN",
     "BackendSpec",
     "ConfigError",
@@ -46,6 +47,9 @@ DEFAULT_LISTEN = "tcp:8080"
 """The public front when no C{--listen} is given (the contract's default)."""
 
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+DEFAULT_ADMIN = "tcp:9090:interface=127.0.0.1"
+"""The admin endpoint when no C{--admin} is given (loopback only)."""
 """The public front of C{--demo}: loopback only, since the demo is for one machine."""
 
 
@@ -117,6 +121,7 @@ class GatewayConfig:
         connect is the check).
     @ivar health_expect: bytes a health check must receive (none: none).
     @ivar retries: further backends tried after a failed connection attempt.
+    @ivar admin: the admin endpoint's server endpoint string, or L{None} for none.
     @ivar demo: also run the built-in demo game backends and page.
     """
 
@@ -142,6 +147,7 @@ class GatewayConfig:
     health_send: bytes = b""
     health_expect: bytes = b""
     retries: int = 2
+    admin: str | None = DEFAULT_ADMIN
     demo: bool = False
 
 

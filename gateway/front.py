@@ -46,7 +46,7 @@ from gateway.limits import address_key
 from gateway.relay import GameSession
 
 if TYPE_CHECKING:
-    from gateway.registry import Counters
+    from gateway.registry import Counters, LiveSession, SessionRegistry
 
 __all__ = [
     "HTTP_METHODS",
@@ -116,6 +116,7 @@ class GatewayFactory(ServerFactory):
     @ivar retries: other backends tried after a failed connection attempt.
     @ivar counters: where key fallbacks are counted, if anywhere.
     @ivar proxy_version: the PROXY header sent to backends (C{"off"}: none).
+    @ivar registry: where live sessions are listed, if anywhere.
     """
 
     noisy = False
@@ -134,8 +135,10 @@ class GatewayFactory(ServerFactory):
         retries: int = 2,
         counters: Counters | None = None,
         proxy_version: str = "off",
+        registry: SessionRegistry | None = None,
     ) -> None:
         self.site = site
+        self.registry = registry
         self.proxy_version = proxy_version
         self.session_key = session_key
         self.retries = retries
@@ -170,6 +173,11 @@ class FrontDoor(CloseHooks, Protocol):
         self.session: GameSession | None = None
         self._key_wait = b""
         self._key_call: IDelayedCall | None = None
+        self.registry_id: int | None = None
+        self.kind = "sniffing"
+        self.peer = ""
+        self.started = 0.0
+        self._http_in = 0
 
     @override
     def connectionMade(self) -> None:
@@ -207,9 +215,47 @@ class FrontDoor(CloseHooks, Protocol):
         channel = self.factory.site.buildProtocol(self.transport.getPeer())
         assert isinstance(channel, HTTPChannel)
         self.http = channel
-        self._forward = channel.dataReceived
+        self.kind = "http"
+        self.peer = describe_peer(self.transport.getPeer())
+        self.started = self.factory.clock.seconds()
+        self._register(self)
+        self._forward = self._http_data
         channel.makeConnection(self.transport)
-        channel.dataReceived(sniffed)
+        self._http_data(sniffed)
+
+    def _http_data(self, data: bytes) -> None:
+        self._http_in += len(data)
+        assert self.http is not None
+        self.http.dataReceived(data)
+
+    def _register(self, session: LiveSession) -> None:
+        registry = self.factory.registry
+        if registry is not None:
+            self.registry_id = registry.add(session)
+
+    # What the registry reads of an HTTP connection (a game session is its
+    # own entry).
+
+    @property
+    def backend_name(self) -> str | None:
+        """
+        HTTP is served here: no backend.
+        """
+        return None
+
+    @property
+    def bytes_in(self) -> int:
+        """
+        Bytes received from the HTTP client.
+        """
+        return self._http_in
+
+    @property
+    def bytes_out(self) -> int:
+        """
+        Bytes of the responses sent to the HTTP client.
+        """
+        return int(getattr(self.http, "bytes_out", 0))
 
     def _start_game(self, *, client_eof: bool = False) -> None:
         sniffed = self._stop_sniffing()
@@ -280,6 +326,7 @@ class FrontDoor(CloseHooks, Protocol):
             proxy_version=factory.proxy_version,
         )
         self.session = session
+        self._register(session)
         self._forward = session.client_data
         session.start(first)
         if client_eof:
@@ -329,4 +376,6 @@ class FrontDoor(CloseHooks, Protocol):
             self.http.connectionLost(reason)
         if self.session is not None:
             self.session.client_lost()
+        if self.registry_id is not None and self.factory.registry is not None:
+            self.factory.registry.remove(self.registry_id)
         self.run_close_hooks()

@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from gateway.config import (
     BALANCE_CHOICES,
+    DEFAULT_ADMIN,
     DEFAULT_LISTEN,
     DEMO_LISTEN,
     OVERFLOW_CHOICES,
@@ -168,6 +169,13 @@ class GatewayOptions(usage.Options):
             "Other backends tried when a connection attempt fails, before the client is closed.",
         ],
         [
+            "admin",
+            None,
+            DEFAULT_ADMIN,
+            "Admin and status endpoint (/status.json, /metrics): a server endpoint "
+            "string, or 'none'. Never served on the public front.",
+        ],
+        [
             "header-timeout",
             None,
             "10",
@@ -292,6 +300,13 @@ class GatewayOptions(usage.Options):
         busy = self["busy-message"]
         if busy is not None:
             busy = check_line("--busy-message", busy)
+        admin = self["admin"]
+        if admin == "none":
+            admin = None
+        else:
+            check_server_endpoint("--admin", admin, reactor)
+            if admin in listen:
+                raise ConfigError(f"--admin: {admin!r} is also a --listen front")
         session_key = self["session-key"]
         if session_key is not None:
             session_key = check_session_key("--session-key", session_key)
@@ -329,6 +344,7 @@ class GatewayOptions(usage.Options):
                 "--health-interval", self["health-interval"], allow_zero=True
             ),
             retries=check_count("--retries", self["retries"]),
+            admin=admin,
             health_send=check_escaped("--health-send", self["health-send"] or ""),
             health_expect=check_escaped("--health-expect", self["health-expect"] or ""),
             demo=demo,

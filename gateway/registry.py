@@ -1,5 +1,6 @@
 """
-The gateway's counters, and the refusal log that keeps floods out of the log.
+The gateway's counters, the registry of live sessions (the "children list"),
+and the refusal log that keeps floods out of the log.
 
 L{Counters} holds plain integers that the data path adds to and the admin
 endpoint (a later issue) reads; nothing is computed per chunk.  L{RefusalLog}
@@ -12,13 +13,15 @@ log one by one and from which addresses most of them came.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from typing import Protocol as Structural
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from gateway.limits import Refusal
 
-__all__ = ["Counters", "RefusalLog"]
+__all__ = ["Counters", "LiveSession", "RefusalLog", "SessionRegistry"]
 
 
 def _host_of(peer: str) -> str:
@@ -48,6 +51,83 @@ class Counters:
         self.queued = 0
         self.key_fallbacks = 0
         self.refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
+
+
+class LiveSession(Structural):
+    """
+    What the registry and the admin endpoint read of a live session (a
+    classified front connection: a game session or an HTTP connection).
+    """
+
+    kind: str
+    peer: str
+    started: float
+
+    @property
+    def backend_name(self) -> str | None: ...
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+
+
+class SessionRegistry:
+    """
+    Every live session, by id, and totals of the ended ones.
+
+    A session is added when its connection is classified and removed when
+    its client connection is lost; a second removal of the same id does
+    nothing, so the two sides of a session closing in any order remove it
+    exactly once.  Nothing here is touched per chunk: byte counts are read
+    from the sessions when someone asks.
+
+    @ivar started: sessions ever added, by kind.
+    @ivar ended_bytes_in: bytes from clients in sessions that ended.
+    @ivar ended_bytes_out: bytes to clients in sessions that ended.
+    """
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._live: dict[int, LiveSession] = {}
+        self.started: Counter[str] = Counter()
+        self.ended_bytes_in = 0
+        self.ended_bytes_out = 0
+
+    def add(self, session: LiveSession) -> int:
+        """
+        Register a live session.
+
+        @return: its id (unique for the life of the process).
+        """
+        number = self._next
+        self._next += 1
+        self._live[number] = session
+        self.started[session.kind] += 1
+        return number
+
+    def remove(self, number: int) -> None:
+        """
+        The session C{number} ended (again: nothing).
+        """
+        session = self._live.pop(number, None)
+        if session is not None:
+            self.ended_bytes_in += session.bytes_in
+            self.ended_bytes_out += session.bytes_out
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def items(self) -> Iterator[tuple[int, LiveSession]]:
+        """
+        The live sessions with their ids, oldest first.
+        """
+        return iter(list(self._live.items()))
+
+    def active(self) -> Counter[str]:
+        """
+        Live sessions by kind.
+        """
+        return Counter(session.kind for session in self._live.values())
 
 
 class RefusalLog:

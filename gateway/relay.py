@@ -247,6 +247,8 @@ class GameSession:
     @ivar bytes_in: bytes from the client written towards the backend.
     @ivar bytes_out: bytes from the backend written towards the client.
     @ivar close_reason: why the session ended, once it has.
+    @ivar kind: C{"game"} (for the registry of live sessions).
+    @ivar started: when it started, in the clock's seconds.
     """
 
     _log = Logger()
@@ -292,6 +294,8 @@ class GameSession:
         self.backend: Backend | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.kind = "game"
+        self.started = clock.seconds()
         self.close_reason: CloseReason | None = None
         self._held: list[bytes] = []
         self._held_size = 0
@@ -312,6 +316,13 @@ class GameSession:
         self._abort_call: IDelayedCall | None = None
         self._idle_seen = 0
         self._idle_since = 0.0
+
+    @property
+    def backend_name(self) -> str | None:
+        """
+        The name of the backend this session is connected to, once connected.
+        """
+        return self.backend.name if self.backend is not None else None
 
     def start(self, first_bytes: bytes) -> None:
         """

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from gateway.admin import AdminState, make_admin_site
 from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory, Responder
 from gateway.balance import make_balancer
 from gateway.config import GatewayConfig
@@ -41,7 +42,7 @@ from gateway.interfaces import IAddressPolicy
 from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
 from gateway.pool import Backend, Pool
 from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory, proxy_header
-from gateway.registry import Counters, RefusalLog
+from gateway.registry import Counters, RefusalLog, SessionRegistry
 from gateway.web import make_site
 
 __all__ = ["DemoBackends", "FrontListener", "GatewayService", "StartupError", "make_service"]
@@ -85,17 +86,20 @@ class FrontListener(Service):
         endpoint: IStreamServerEndpoint,
         factory: IProtocolFactory,
         cap_state: CapState | None = None,
+        option: str = "--listen",
     ) -> None:
         """
         @param cap_state: the total cap, which pauses and resumes this front's
             accepting in queue mode.
+        @param option: the option the endpoint came from, for error messages.
         """
+        self.option = option
         self.description = description
         self._endpoint = endpoint
         self._factory = factory
         self._cap_state = cap_state
         self.port: IListeningPort | None = None
-        self.setName(f"listen {description}")
+        self.setName(f"{option.lstrip('-')} {description}")
 
     @override
     def privilegedStartService(self) -> None:
@@ -112,7 +116,7 @@ class FrontListener(Service):
         result = outcome[0]
         if isinstance(result, Failure):
             raise StartupError(
-                f"gateway: error: --listen {self.description}: {result.getErrorMessage()}"
+                f"gateway: error: {self.option} {self.description}: {result.getErrorMessage()}"
             )
         self._bound(result)
 
@@ -147,6 +151,7 @@ class GatewayService(MultiService):
     @ivar pool: the game backends.
     @ivar factory: the front door's factory, shared by every listener.
     @ivar listeners: one per public front, in configured order.
+    @ivar admin: the admin endpoint's listener, unless turned off.
     @ivar counters: accepted, queued and refused connections.
     @ivar cap_state: the total cap and its held queue.
     """
@@ -166,6 +171,7 @@ class GatewayService(MultiService):
         self.counters = counters
         self.cap_state = cap_state
         self.listeners: list[FrontListener] = []
+        self.admin: FrontListener | None = None
 
 
 class DemoBackends(Service):
@@ -245,6 +251,7 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
 
         http_root = SITE_DIR
     counters = Counters()
+    registry = SessionRegistry()
     refusals = RefusalLog(reactor, counters)
     site = make_site(
         http_root,
@@ -265,6 +272,7 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         retries=config.retries,
         counters=counters,
         proxy_version=config.proxy_protocol,
+        registry=registry,
     )
     responder = Responder(
         reactor, busy_message=config.busy_message, wait=min(config.sniff_timeout, 2.0)
@@ -332,4 +340,13 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         )
         top.listeners.append(listener)
         listener.setServiceParent(top)
+    if config.admin is not None:
+        admin = FrontListener(
+            config.admin,
+            serverFromString(reactor, config.admin),
+            make_admin_site(AdminState(pool, registry, counters), reactor),
+            option="--admin",
+        )
+        top.admin = admin
+        admin.setServiceParent(top)
     return top

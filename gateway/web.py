@@ -197,6 +197,7 @@ class GatewayHTTPChannel(HTTPChannel):
     def __init__(self) -> None:
         super().__init__()
         self._header_call: IDelayedCall | None = None
+        self.bytes_out = 0
         self._headers_done = False
         self._request_lines = 0
 
@@ -245,6 +246,7 @@ class GatewayHTTPChannel(HTTPChannel):
 
     @override
     def requestDone(self, request: Request) -> None:
+        self.bytes_out += request.sentLength
         # The next request's headers get their own time limit, from its first
         # byte; if it was pipelined (already buffered), from now.
         self._headers_done = False

@@ -118,7 +118,8 @@ class GatewayProcess:
     def __init__(self, args: list[str], tmp_path: Path, host: str = "127.0.0.1") -> None:
         """
         @param args: the gateway's options; C{--listen tcp:0:interface=HOST}
-            is added unless C{args} has a C{--listen}.
+            is added unless C{args} has a C{--listen}, and C{--admin none}
+            unless it has an C{--admin}.
         @param tmp_path: where the log goes.
         @param host: the front's address when C{--listen} is added here.
         """
@@ -126,6 +127,9 @@ class GatewayProcess:
         self.log_path = tmp_path / "gateway.log"
         if not any(a == "--listen" or a.startswith("--listen=") for a in args):
             args = ["--listen", f"tcp:0:interface={host}", *args]
+        if not any(a == "--admin" or a.startswith("--admin=") for a in args):
+            # Not the default tcp:9090: tests run many gateways.
+            args = ["--admin", "none", *args]
         self.argv = [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path), "gateway"]
         self.argv += args
         self.process: subprocess.Popen[bytes] | None = None

@@ -68,7 +68,9 @@ async def demo() -> AsyncIterator[GatewayService]:
     The demo gateway (two demo game servers, the demo page) on an ephemeral
     loopback port, with a short sniff timeout.
     """
-    config = GatewayConfig(listen=("tcp:0:interface=127.0.0.1",), demo=True, sniff_timeout=0.2)
+    config = GatewayConfig(
+        listen=("tcp:0:interface=127.0.0.1",), demo=True, sniff_timeout=0.2, admin=None
+    )
     service = make_service(config, reactor)
     service.startService()
     try:

@@ -64,6 +64,7 @@ def test_minimal_command_line() -> None:
         health_send=b"",
         health_expect=b"",
         retries=2,
+        admin="tcp:9090:interface=127.0.0.1",
         demo=False,
     )
 
@@ -120,6 +121,8 @@ def test_full_command_line(tmp_path: Path) -> None:
         "PING\\r\\n",
         "--health-expect",
         "PONG",
+        "--admin",
+        "unix:/run/gw-admin.sock",
     ]
     assert parse(argv) == GatewayConfig(
         listen=("tcp:80", "unix:/tmp/gw.sock"),
@@ -147,6 +150,7 @@ def test_full_command_line(tmp_path: Path) -> None:
         health_send=b"PING\r\n",
         health_expect=b"PONG",
         retries=0,
+        admin="unix:/run/gw-admin.sock",
         demo=False,
     )
 
@@ -156,6 +160,7 @@ def test_demo_defaults() -> None:
     --demo needs no backend and listens on loopback port 8080 by default.
     """
     assert parse(["--demo"]) == GatewayConfig(listen=("tcp:8080:interface=127.0.0.1",), demo=True)
+    assert parse(["--demo", "--admin", "none"]).admin is None
 
 
 def test_demo_with_listen() -> None:
@@ -214,6 +219,11 @@ def test_relative_http_root_becomes_absolute(
         (["--demo", "--proxy-protocol", "v3"], "--proxy-protocol: expected one of off, v1, v2"),
         (["--demo", "--health-interval", "-1"], "--health-interval: must not be negative"),
         (["--demo", "--retries", "-1"], "--retries: must not be negative"),
+        (["--demo", "--admin", "bogus:1"], "--admin: cannot use 'bogus:1' as a server endpoint"),
+        (
+            ["--demo", "--listen", "tcp:7000", "--admin", "tcp:7000"],
+            "--admin: 'tcp:7000' is also a --listen front",
+        ),
         (["--demo", "--health-send", "\\x4"], "--health-send: cannot read"),
         (["--demo", "--health-expect", "\u20ac"], "--health-expect: cannot read"),
         (["--backend", "tcp:h:1", "--backend", "tcp:h:1"], "--backend: 'tcp:h:1' is given twice"),

@@ -1,0 +1,226 @@
+"""
+The admin endpoint: the registry of live sessions, /status.json and /metrics
+(unit tests), and the endpoint on a real gateway (end to end).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.admin import AdminState, render_metrics, status
+from gateway.limits import Refusal
+from gateway.pool import Backend, BackendState, Pool
+from gateway.registry import Counters, SessionRegistry
+from tests.support import Backend as ServerBackend
+from tests.support import (
+    GatewayProcess,
+    connect,
+    echo,
+    listening_ports,
+    recv_exactly,
+    wait_for,
+)
+
+
+@dataclass
+class FakeSession:
+    """
+    A live session as the registry sees it.
+    """
+
+    kind: str
+    peer: str
+    started: float
+    backend_name: str | None
+    bytes_in: int
+    bytes_out: int
+
+
+def make_state() -> AdminState:
+    """
+    Two backends (one down), two live sessions, some counters.
+    """
+    pool = Pool(
+        [
+            Backend(name="a", description="tcp:10.0.0.1:7000", endpoint=None),  # type: ignore[arg-type]
+            Backend(name="b", description="tcp:10.0.0.2:7000", endpoint=None),  # type: ignore[arg-type]
+        ]
+    )
+    a, b = pool.backends
+    a.active, a.total, a.failures = 1, 5, 2
+    pool.set_state(b, BackendState.DOWN, "health check failed 3 times: refused")
+    registry = SessionRegistry()
+    registry.add(FakeSession("game", "192.0.2.1:5000", 100.0, "a", 10, 20))
+    gone = registry.add(FakeSession("http", "192.0.2.2:6000", 101.0, None, 30, 40))
+    registry.remove(gone)
+    registry.add(FakeSession("http", "192.0.2.3:6001", 102.0, None, 1, 2))
+    counters = Counters()
+    counters.accepted = 7
+    counters.refused[Refusal.RATE] = 3
+    return AdminState(pool, registry, counters)
+
+
+def test_status_document() -> None:
+    """
+    /status.json has the contract's backends, sessions and counters, with
+    the live sessions' byte counts read now and ended sessions in the totals.
+    """
+    document = status(make_state())
+    assert document["backends"] == [
+        {
+            "name": "a",
+            "endpoint": "tcp:10.0.0.1:7000",
+            "state": "up",
+            "active": 1,
+            "total": 5,
+            "failures": 2,
+            "weight": 1,
+            "reason": "",
+        },
+        {
+            "name": "b",
+            "endpoint": "tcp:10.0.0.2:7000",
+            "state": "down",
+            "active": 0,
+            "total": 0,
+            "failures": 0,
+            "weight": 1,
+            "reason": "health check failed 3 times: refused",
+        },
+    ]
+    assert document["sessions"] == [
+        {
+            "id": 1,
+            "kind": "game",
+            "peer": "192.0.2.1:5000",
+            "backend": "a",
+            "started": 100.0,
+            "bytes_in": 10,
+            "bytes_out": 20,
+        },
+        {
+            "id": 3,
+            "kind": "http",
+            "peer": "192.0.2.3:6001",
+            "backend": None,
+            "started": 102.0,
+            "bytes_in": 1,
+            "bytes_out": 2,
+        },
+    ]
+    counters = document["counters"]
+    assert counters["accepted"] == 7
+    assert counters["refused"]["rate"] == 3 and counters["refused"]["total-cap"] == 0
+    assert counters["sessions"] == {"game": 1, "http": 2}
+    assert counters["active_sessions"] == {"game": 1, "http": 1}
+    assert (counters["bytes_in"], counters["bytes_out"]) == (41, 62)
+    assert counters["backend_failures"] == 2
+    assert counters["health_transitions"] == 1
+    json.dumps(document)
+
+
+def test_metrics_parse_with_prometheus_client() -> None:
+    """
+    /metrics is valid Prometheus text (parsed by prometheus_client's own
+    parser), every name starts with gateway_, and labels are bounded (no
+    client address appears).
+    """
+    text = render_metrics(make_state()).decode()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert all(name.startswith("gateway_") for name in families)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families.values()
+        for sample in family.samples
+    }
+    assert samples[("gateway_connections_accepted_total", ())] == 7
+    assert samples[("gateway_connections_refused_total", (("reason", "rate"),))] == 3
+    assert samples[("gateway_backend_up", (("backend", "a"),))] == 1
+    assert samples[("gateway_backend_up", (("backend", "b"),))] == 0
+    assert samples[("gateway_sessions_active", (("kind", "game"),))] == 1
+    assert samples[("gateway_bytes_total", (("direction", "in"),))] == 41
+    assert "192.0.2" not in text
+
+
+@given(st.lists(st.sampled_from(["add", "remove", "remove-again"]), max_size=60))
+def test_registry_adds_and_removes_exactly_once(steps: list[str]) -> None:
+    """
+    Whatever the order of adds and (repeated) removals, the registry holds
+    exactly the sessions added and not yet removed, ids are never reused,
+    and an ended session's bytes count once in the totals.
+    """
+    registry = SessionRegistry()
+    live: list[int] = []
+    removed: list[int] = []
+    seen: set[int] = set()
+    for step in steps:
+        if step == "add":
+            number = registry.add(FakeSession("game", "p", 0.0, None, 1, 2))
+            assert number not in seen
+            seen.add(number)
+            live.append(number)
+        elif step == "remove" and live:
+            number = live.pop(0)
+            registry.remove(number)
+            removed.append(number)
+        elif step == "remove-again" and removed:
+            registry.remove(removed[-1])
+    assert [number for number, _ in registry.items()] == live
+    assert len(registry) == len(live)
+    assert registry.ended_bytes_in == len(removed)
+    assert registry.ended_bytes_out == 2 * len(removed)
+
+
+def test_admin_endpoint_end_to_end(tmp_path: Path) -> None:
+    """
+    A real gateway with --admin on another address: /status.json lists the
+    live game session (with its backend and byte counts) and the backends,
+    /metrics parses, and the public front does not serve either.
+    """
+    with (
+        ServerBackend(echo) as backend,
+        GatewayProcess(
+            [
+                "--backend",
+                backend.endpoint,
+                "--admin",
+                "tcp:0:interface=127.0.0.3",
+                "--sniff-timeout",
+                "0.2",
+            ],
+            tmp_path,
+        ) as gateway,
+    ):
+        wait_for(lambda: "127.0.0.3" in listening_ports(gateway.pid), "the admin endpoint")
+        admin = f"http://127.0.0.3:{listening_ports(gateway.pid)['127.0.0.3'][0]}"
+        game = connect(gateway.port)
+        game.sendall(b"hello\n")
+        assert recv_exactly(game, 6) == b"hello\n"
+        document = json.loads(urllib.request.urlopen(admin + "/status.json", timeout=10).read())
+        [session] = [s for s in document["sessions"] if s["kind"] == "game"]
+        assert session["backend"] == backend.endpoint
+        assert (session["bytes_in"], session["bytes_out"]) == (6, 6)
+        assert session["peer"] == f"127.0.0.1:{game.getsockname()[1]}"
+        assert [b["state"] for b in document["backends"]] == ["up"]
+        metrics = urllib.request.urlopen(admin + "/metrics", timeout=10).read().decode()
+        names = {family.name for family in text_string_to_metric_families(metrics)}
+        assert "gateway_sessions_active" in names
+        front = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        front.sendall(b"GET /status.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert front.recv(100).startswith(b"HTTP/1.1 404")
+        front.close()
+        game.close()
+        try:
+            urllib.request.urlopen(admin + "/nothing", timeout=10)
+            raise AssertionError("expected a 404")
+        except urllib.error.HTTPError as error:
+            assert error.code == 404
