@@ -5,6 +5,7 @@ failover, a TLS front with SNI, and PROXY headers read by a real HAProxy.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -430,6 +432,73 @@ def test_proxy_header_read_by_haproxy(tmp_path: Path, version: str, family: str)
             output, _ = proxy.communicate(timeout=10)
         assert f"client={source[0]}:{source[1]} {expected_front}".encode() in output, output
         assert b"PROXY protocol" not in output, output  # no header errors from the probes
+
+
+def header_then_echo(sock: socket.socket, backend: Backend) -> None:
+    """
+    Record the first line (a PROXY v1 header, CRLF included, if the gateway
+    sent one), then echo every byte after it.
+    """
+    data = b""
+    while b"\n" not in data:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            backend.record(data)
+            return
+        data += chunk
+    end = data.index(b"\n") + 1
+    backend.record(data[:end])
+    if data[end:]:
+        sock.sendall(data[end:])
+    while data := sock.recv(1 << 16):
+        sock.sendall(data)
+
+
+def test_client_address_from_proxy_front_passed_to_backend(tmp_path: Path) -> None:
+    """
+    Behind a haproxy: front, the address in the client's PROXY v1 header is
+    the session's client everywhere: a backend with --proxy-protocol v1 gets
+    a header naming 203.0.113.7 port 4444 as the source (and the header's
+    destination as the destination), then the game bytes that followed the
+    client's header, and /status.json on the admin endpoint lists the session
+    with peer 203.0.113.7:4444.
+    """
+    with (
+        Backend(header_then_echo) as backend,
+        GatewayProcess(
+            [
+                # The only port on 127.0.0.1 (the admin is on 127.0.0.3), so
+                # GatewayProcess finds it as the front.
+                "--listen",
+                "haproxy:tcp:0:interface=127.0.0.1",
+                "--backend",
+                backend.endpoint,
+                "--proxy-protocol",
+                "v1",
+                "--admin",
+                "tcp:0:interface=127.0.0.3",
+                # No probes: their PROXY UNKNOWN connections would reach the backend too.
+                "--health-interval",
+                "0",
+                "--sniff-timeout",
+                "0.2",
+            ],
+            tmp_path,
+        ) as gateway,
+    ):
+        wait_for(lambda: "127.0.0.3" in listening_ports(gateway.pid), "the admin endpoint")
+        admin = f"http://127.0.0.3:{listening_ports(gateway.pid)['127.0.0.3'][0]}"
+        client = connect(gateway.port)
+        # The header and the first game bytes in one write, as a balancer may send them.
+        client.sendall(b"PROXY TCP4 203.0.113.7 198.51.100.9 4444 443\r\nhello\n")
+        wait_for(lambda: bool(backend.received), "the backend's first line")
+        assert backend.received == [b"PROXY TCP4 203.0.113.7 198.51.100.9 4444 443\r\n"]
+        assert recv_exactly(client, 6) == b"hello\n"
+        document = json.loads(urllib.request.urlopen(admin + "/status.json", timeout=10).read())
+        [session] = [s for s in document["sessions"] if s["kind"] == "game"]
+        assert session["peer"] == "203.0.113.7:4444"
+        assert session["backend"] == backend.endpoint
+        client.close()
 
 
 def test_send_expect_health_check_marks_a_mute_backend_down(tmp_path: Path) -> None:

@@ -6,6 +6,10 @@ discovery finds the plugin.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -266,6 +270,64 @@ def test_http_root_must_be_a_directory(tmp_path: Path) -> None:
     afile.write_text("x")
     with pytest.raises(UsageError, match=r"--http-root: '.*file.txt' is not a directory"):
         parse(["--demo", "--http-root", str(afile)])
+
+
+def without_root_powers() -> list[str]:
+    """
+    A command prefix under which a child process is held to file permissions:
+    none for an ordinary user; for root, which may read and search any
+    folder whatever its mode, C{setpriv} dropping the two capabilities that
+    allow it (C{CAP_DAC_OVERRIDE}, C{CAP_DAC_READ_SEARCH}) from the bounding
+    set, so that the child starts without them.  Skips the test when root
+    has no C{setpriv}.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root reads any folder, and there is no setpriv to drop that power")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_http_root_must_be_readable(tmp_path: Path) -> None:
+    """
+    --http-root naming a folder that exists but that the gateway's user may
+    not read (mode 000) is refused at start-up: the plugin's options exit
+    with status 2 and one line naming --http-root and the folder.
+    """
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0)
+    # In a child process: as root, only a process without root's
+    # capabilities meets the folder's mode (see without_root_powers).
+    parse_argv = (
+        "import sys; from gateway.options import Options; Options().parseOptions(sys.argv[1:])"
+    )
+    try:
+        result = subprocess.run(
+            [
+                *without_root_powers(),
+                sys.executable,
+                "-c",
+                parse_argv,
+                "--backend",
+                "tcp:127.0.0.1:1",
+                "--http-root",
+                str(folder),
+            ],
+            # The checkout's gateway package, not an installed copy.
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        folder.chmod(0o700)  # so that tmp_path can be cleaned up
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"gateway: error: --http-root: {str(folder)!r} is not readable "
+        "(see: twistd gateway --help)\n",
+    )
 
 
 def test_plugin_options_exit_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:

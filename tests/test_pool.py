@@ -427,6 +427,34 @@ def test_set_state_unchanged_not_logged(log_events: EventLoggingObserver) -> Non
     assert state_changes(log_events) == []
 
 
+def test_drain_then_enable(log_events: EventLoggingObserver) -> None:
+    """
+    A backend set to draining through the pool gets no new session, not even
+    when it is the only one left to choose; set back up, it is chosen again
+    within one round.  Both changes are logged and counted in C{transitions}.
+    """
+    pool = make_pool("a", "b", "c")
+    a, b, c = pool.backends
+    assert names([pool.choose()]) == ["a"]
+    pool.set_state(b, BackendState.DRAINING, "operator drain")
+    assert (b.state, b.reason, pool.transitions) == (
+        BackendState.DRAINING,
+        "operator drain",
+        1,
+    )
+    # The others share the sessions (in what order is the balancer's business).
+    assert set(names([pool.choose() for _ in range(6)])) == {"a", "c"}
+    assert pool.choose([a, c]) is None
+    pool.set_state(b, BackendState.UP, "operator enable")
+    assert (b.state, b.reason, pool.transitions) == (BackendState.UP, "operator enable", 2)
+    assert "b" in names([pool.choose() for _ in range(3)])
+    assert pool.choose([a, c]) is b
+    assert state_changes(log_events) == [
+        "backend b is draining (was up): operator drain",
+        "backend b is up (was draining): operator enable",
+    ]
+
+
 def test_fall_failures_in_a_row_mark_down(log_events: EventLoggingObserver) -> None:
     """
     With C{fall=3}, the third failed attempt in a row marks an up backend
