@@ -5,87 +5,157 @@ their tools.  Never served on the public front.
   - C{GET /status.json}: the backends (name, endpoint, state, active, total,
     failures), the live sessions (the "children list": id, kind, peer,
     backend, started, bytes_in, bytes_out) and the counters.
+    C{?limit=N} lists at most the N oldest sessions (the counters still
+    count them all), for a page that polls it.
   - C{GET /metrics}: the same counters in Prometheus's text format, names
     prefixed C{gateway_}, rendered by C{prometheus_client} from a collector
     that reads the gateway's own integers at scrape time (nothing is counted
     twice, and nothing costs anything between scrapes).  Labels are bounded:
     backend names, refusal reasons and session kinds, never client addresses.
+  - C{GET /}: a dashboard (static HTML, CSS and JavaScript shipped in
+    C{gateway/dashboard}) that renders C{status.json} every 2 seconds.
+  - C{POST /backends/NAME/drain} and C{POST /backends/NAME/enable}: an
+    operator's actions on a backend.  With an admin token, each needs
+    C{Authorization: Bearer TOKEN} (compared in constant time); a missing or
+    wrong one is a 401 and a log event.  A request from a browser page of
+    another origin (its C{Origin} header names another host) is a 403, so a
+    web page cannot drain backends through an operator's browser.
 
 Everything is read when asked; the data path only adds to plain integers.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator, TaskDone, TaskFailed
+from twisted.logger import Logger
+from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.static import Data
+from typing_extensions import override
 
+from gateway.connection import describe_peer
 from gateway.limits import Refusal
-from gateway.pool import BackendState, Pool
-from gateway.registry import Counters, SessionRegistry
+from gateway.pool import Backend, BackendState, Pool
+from gateway.registry import Counters, LiveSession, SessionRegistry
 
-__all__ = ["AdminState", "make_admin_site", "render_metrics", "status"]
+__all__ = [
+    "ACTIONS",
+    "AdminState",
+    "backend_status",
+    "make_admin_site",
+    "render_metrics",
+    "status",
+]
 
 SESSION_KINDS = ("game", "http")
 """The kinds of live sessions (a closed vocabulary)."""
 
+ACTIONS = ("drain", "enable")
+"""What an operator can do to a backend: C{POST /backends/NAME/ACTION}."""
+
+DASHBOARD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
+"""The dashboard's files (shipped as package data)."""
+
+_DASHBOARD_FILES = {
+    b"": ("index.html", b"text/html; charset=utf-8"),
+    b"dashboard.js": ("dashboard.js", b"text/javascript; charset=utf-8"),
+    b"dashboard.css": ("dashboard.css", b"text/css; charset=utf-8"),
+}
+
 
 class AdminState:
     """
-    Everything the admin endpoint reads.
+    Everything the admin endpoint reads, and the token its actions need.
+
+    @ivar clock: for the C{now} of the status document.
+    @ivar token: the admin token, or L{None} when actions need none.
+    @ivar started: when the gateway started, in the clock's seconds.
     """
 
-    def __init__(self, pool: Pool, registry: SessionRegistry, counters: Counters) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        registry: SessionRegistry,
+        counters: Counters,
+        *,
+        clock: IReactorTime | None = None,
+        token: str | None = None,
+    ) -> None:
         self.pool = pool
         self.registry = registry
         self.counters = counters
+        self.clock = clock
+        self.token = token
+        self.started = clock.seconds() if clock is not None else 0.0
 
 
-def status(state: AdminState) -> dict[str, Any]:
+def backend_status(backend: Backend) -> dict[str, Any]:
+    """
+    One backend as C{/status.json} shows it.
+    """
+    return {
+        "name": backend.name,
+        "endpoint": backend.description,
+        "state": backend.state.value,
+        "active": backend.active,
+        "total": backend.total,
+        "failures": backend.failures,
+        "weight": backend.weight,
+        "reason": backend.reason,
+    }
+
+
+def session_entry(number: int, session: LiveSession) -> dict[str, Any]:
+    """
+    One live session as C{/status.json} lists it (byte counts read now).
+    """
+    return {
+        "id": number,
+        "kind": session.kind,
+        "peer": session.peer,
+        "backend": session.backend_name,
+        "started": session.started,
+        "bytes_in": session.bytes_in,
+        "bytes_out": session.bytes_out,
+    }
+
+
+def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
     """
     The gateway's status as the JSON document of C{/status.json}.
+
+    @param limit: list at most this many sessions (the oldest); L{None}: all.
     """
     pool, registry, counters = state.pool, state.registry, state.counters
-    sessions = []
+    sessions: list[dict[str, Any]] = []
     live_in = live_out = 0
-    for number, session in registry.items():
+    ids, live = registry.snapshot()
+    for number, session in zip(ids, live, strict=True):
         bytes_in, bytes_out = session.bytes_in, session.bytes_out
         live_in += bytes_in
         live_out += bytes_out
-        sessions.append(
-            {
-                "id": number,
-                "kind": session.kind,
-                "peer": session.peer,
-                "backend": session.backend_name,
-                "started": session.started,
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-            }
-        )
+        if limit is not None and len(sessions) >= limit:
+            continue  # still summed into the byte totals
+        sessions.append(session_entry(number, session))
     active = registry.active()
     return {
-        "backends": [
-            {
-                "name": backend.name,
-                "endpoint": backend.description,
-                "state": backend.state.value,
-                "active": backend.active,
-                "total": backend.total,
-                "failures": backend.failures,
-                "weight": backend.weight,
-                "reason": backend.reason,
-            }
-            for backend in pool.backends
-        ],
+        "started": state.started,
+        "now": state.clock.seconds() if state.clock is not None else 0.0,
+        "backends": [backend_status(backend) for backend in pool.backends],
         "sessions": sessions,
         "counters": {
             "accepted": counters.accepted,
@@ -112,7 +182,8 @@ class _GatewayCollector(Collector):
         self._state = state
 
     def collect(self) -> Iterator[Metric]:
-        document = status(self._state)
+        # The counters only: listing the sessions would cost for nothing.
+        document = status(self._state, limit=0)
         counters = document["counters"]
         accepted = CounterMetricFamily(
             "gateway_connections_accepted", "Front connections admitted past the limits."
@@ -192,17 +263,100 @@ def render_metrics(state: AdminState) -> bytes:
     return generate_latest(registry)
 
 
+def _json(request: IRequest, code: int, document: dict[str, Any]) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(document, separators=(",", ":")).encode() + b"\n"
+
+
+STREAM_CHUNK = 100
+"""Sessions serialized per step when C{/status.json} lists many."""
+
+STREAM_SLICE = 0.002
+"""Seconds of serializing steps per reactor turn (the cooperator's time slice)."""
+
+
 class _Status(Resource):
+    """
+    C{GET /status.json}.  A long session list is written in steps of
+    L{STREAM_CHUNK} sessions by a cooperator, which gives the reactor back
+    after L{STREAM_SLICE} seconds of work, so that listing 10,000 sessions does not
+    stall the sessions themselves (measured with 10,000 live sessions: see
+    the README).  The list is the sessions live when the
+    request arrived; each one's byte counts are read when its step runs.
+    """
+
     isLeaf = True  # noqa: N815 - twisted.web's name
 
-    def __init__(self, state: AdminState) -> None:
+    def __init__(self, state: AdminState, cooperator: Cooperator) -> None:
         super().__init__()
         self._state = state
+        self._cooperator = cooperator
 
-    def render_GET(self, request: IRequest) -> bytes:  # noqa: N802 - twisted.web's name
+    def render_GET(self, request: IRequest) -> bytes | int:  # noqa: N802 - twisted.web's name
+        limit: int | None = None
+        values = request.args.get(b"limit") if request.args else None
+        if values:
+            try:
+                limit = int(values[0])
+                if limit < 0:
+                    raise ValueError
+            except ValueError:
+                return _json(request, 400, {"error": "limit must be a whole number >= 0"})
+        if (
+            limit is not None
+            and limit <= STREAM_CHUNK
+            or len(self._state.registry) <= STREAM_CHUNK
+        ):
+            return _json(request, 200, status(self._state, limit))
+        ids, sessions = self._state.registry.snapshot()
+        if limit is not None:
+            ids, sessions = ids[:limit], sessions[:limit]
+        document = status(self._state, limit=0)
+        del document["sessions"]
+        head = json.dumps(document, separators=(",", ":"))[:-1] + ',"sessions":['
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(status(self._state), separators=(",", ":")).encode() + b"\n"
+        request.write(head.encode())
+        work = self._cooperator.cooperate(self._steps(request, ids, sessions))
+        finished = request.notifyFinish()  # type: ignore[attr-defined]
+
+        def _gone(reason: object) -> None:
+            # The client left: stop serializing for nobody.
+            try:
+                work.stop()
+            except (TaskDone, TaskFailed):
+                pass
+
+        finished.addErrback(_gone)
+        return NOT_DONE_YET
+
+    def _steps(
+        self, request: IRequest, ids: list[int], sessions: list[LiveSession]
+    ) -> Iterator[None]:
+        for start in range(0, len(ids), STREAM_CHUNK):
+            end = start + STREAM_CHUNK
+            text = ",".join(map(_session_json, ids[start:end], sessions[start:end]))
+            request.write((("," if start else "") + text).encode())
+            yield None
+        request.write(b"]}\n")
+        request.finish()
+
+
+def _session_json(number: int, session: LiveSession) -> str:
+    """
+    L{session_entry} as JSON text, built from strings only: strings are not
+    tracked by the garbage collector, dictionaries are, and allocating 10,000
+    of them would trigger collections that pause the reactor.
+    """
+    backend = session.backend_name
+    return (
+        f'{{"id":{number},"kind":{_quote(session.kind)},"peer":{_quote(session.peer)},'
+        f'"backend":{"null" if backend is None else _quote(backend)},'
+        f'"started":{float(session.started)!r},'
+        f'"bytes_in":{int(session.bytes_in)},"bytes_out":{int(session.bytes_out)}}}'
+    )
 
 
 class _Metrics(Resource):
@@ -217,13 +371,143 @@ class _Metrics(Resource):
         return render_metrics(self._state)
 
 
+class _BackendActions(Resource):
+    """
+    C{POST /backends/NAME/drain} and C{POST /backends/NAME/enable}.
+
+    NAME is percent-encoded when it has a C{/} (C{unix:%2Frun%2Fgame.sock}).
+    """
+
+    isLeaf = True  # noqa: N815 - twisted.web's name
+    _log = Logger()
+
+    def __init__(self, state: AdminState) -> None:
+        super().__init__()
+        self._state = state
+
+    @override
+    def render(self, request: IRequest) -> bytes:
+        if request.method != b"POST":
+            # Not Resource's default, which would offer HEAD as well.
+            raise UnsupportedMethod((b"POST",))
+        return self.render_POST(request)
+
+    def render_POST(self, request: IRequest) -> bytes:  # noqa: N802 - twisted.web's name
+        address = request.getClientAddress()
+        peer = getattr(address, "host", None) or describe_peer(address)
+        segments = [segment for segment in request.postpath if segment]
+        if len(segments) != 2 or segments[1].decode("ascii", "replace") not in ACTIONS:
+            return _json(
+                request, 404, {"error": "use POST /backends/NAME/drain or /backends/NAME/enable"}
+            )
+        name = segments[0].decode("utf-8", "replace")
+        action = segments[1].decode("ascii")
+        refusal = self._refusal(request)
+        if refusal is not None:
+            code, reason = refusal
+            self._log.warn(
+                "admin action {action} on {backend} refused for {peer}: {reason}",
+                action=action,
+                backend=name,
+                peer=peer,
+                reason=reason,
+            )
+            if code == 401:
+                request.setHeader(b"www-authenticate", b'Bearer realm="gateway admin"')
+            return _json(request, code, {"error": reason})
+        backend = self._state.pool.get(name)
+        if backend is None:
+            return _json(request, 404, {"error": f"no backend named {name!r}"})
+        if action == "drain":
+            self._state.pool.set_state(
+                backend, BackendState.DRAINING, f"drained by an operator from {peer}"
+            )
+        elif backend.state is BackendState.DRAINING:
+            # Back in rotation; a backend that is really down is marked down
+            # again by its next failed health check.
+            self._state.pool.set_state(
+                backend, BackendState.UP, f"enabled by an operator from {peer}"
+            )
+        elif backend.state is BackendState.DOWN:
+            return _json(
+                request,
+                409,
+                {
+                    "error": f"backend {name!r} is down ({backend.reason}); "
+                    "it comes back when its health checks pass",
+                    "backend": backend_status(backend),
+                },
+            )
+        return _json(request, 200, {"backend": backend_status(backend)})
+
+    def _refusal(self, request: IRequest) -> tuple[int, str] | None:
+        """
+        Why this request may not act, as (HTTP status, reason), or L{None}.
+        """
+        origin = request.getHeader(b"origin")
+        if origin is not None:
+            host = request.getHeader(b"host") or b""
+            if urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") != host:
+                return 403, "cross-origin request"
+        token = self._state.token
+        if token is None:
+            return None
+        header = request.getHeader(b"authorization")
+        if header is None:
+            return 401, "no admin token given"
+        scheme, _, given = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(
+            given.strip(), token.encode("utf-8")
+        ):
+            return 401, "wrong admin token"
+        return None
+
+
+def _dashboard(root: Resource) -> None:
+    for path, (filename, content_type) in _DASHBOARD_FILES.items():
+        with open(os.path.join(DASHBOARD_DIR, filename), "rb") as file:
+            page = Data(file.read(), content_type.decode())
+        root.putChild(path, page)
+
+
+class _AdminSite(Site):
+    """
+    The admin site: every response says not to be framed or cached, and the
+    dashboard may load nothing but this endpoint's own files.
+    """
+
+    @override
+    def getResourceFor(self, request: IRequest) -> Any:
+        request.setHeader(b"x-frame-options", b"DENY")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(
+            b"content-security-policy",
+            b"default-src 'self'; frame-ancestors 'none'; form-action 'none'",
+        )
+        return super().getResourceFor(request)
+
+
+def _time_slice(clock: IReactorTime, seconds: float) -> Callable[[], bool]:
+    """
+    A cooperator's termination predicate: true once C{seconds} have passed.
+    """
+    deadline = clock.seconds() + seconds
+    return lambda: clock.seconds() >= deadline
+
+
 def make_admin_site(state: AdminState, reactor: IReactorTime) -> Site:
     """
     The admin endpoint's site.
     """
     root = Resource()
-    root.putChild(b"status.json", _Status(state))
+    cooperator = Cooperator(
+        terminationPredicateFactory=lambda: _time_slice(reactor, STREAM_SLICE),
+        scheduler=lambda work: reactor.callLater(0, work),
+    )
+    root.putChild(b"status.json", _Status(state, cooperator))
     root.putChild(b"metrics", _Metrics(state))
-    site = Site(root, reactor=reactor)
+    root.putChild(b"backends", _BackendActions(state))
+    _dashboard(root)
+    site = _AdminSite(root, reactor=reactor)
     site.displayTracebacks = False
     return site

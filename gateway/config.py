@@ -35,6 +35,9 @@ __all__ = [
     "check_client_endpoint",
     "check_count",
     "check_line",
+    "check_token",
+    "check_writable_file",
+    "read_token_file",
     "check_rate",
     "check_directory",
     "check_escaped",
@@ -48,9 +51,10 @@ DEFAULT_LISTEN = "tcp:8080"
 
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
 
+"""The public front of C{--demo}: loopback only, since the demo is for one machine."""
+
 DEFAULT_ADMIN = "tcp:9090:interface=127.0.0.1"
 """The admin endpoint when no C{--admin} is given (loopback only)."""
-"""The public front of C{--demo}: loopback only, since the demo is for one machine."""
 
 
 OVERFLOW_CHOICES = ("reject", "queue")
@@ -122,6 +126,10 @@ class GatewayConfig:
     @ivar health_expect: bytes a health check must receive (none: none).
     @ivar retries: further backends tried after a failed connection attempt.
     @ivar admin: the admin endpoint's server endpoint string, or L{None} for none.
+    @ivar admin_token: the token the admin endpoint's actions need, or
+        L{None} (then they need none).
+    @ivar access_log: a file to append access events to as JSON lines
+        (C{-}: standard output), or L{None}.
     @ivar demo: also run the built-in demo game backends and page.
     """
 
@@ -148,6 +156,8 @@ class GatewayConfig:
     health_expect: bytes = b""
     retries: int = 2
     admin: str | None = DEFAULT_ADMIN
+    admin_token: str | None = field(default=None, repr=False)
+    access_log: str | None = None
     demo: bool = False
 
 
@@ -277,6 +287,64 @@ def check_directory(option: str, path: str) -> str:
         raise ConfigError(f"{option}: {path!r} is not a directory")
     if not os.access(absolute, os.R_OK | os.X_OK):
         raise ConfigError(f"{option}: {path!r} is not readable")
+    return absolute
+
+
+TOKEN_MIN_LENGTH = 16
+"""The shortest admin token accepted (a short one can be guessed)."""
+
+
+def check_token(option: str, token: str) -> str:
+    """
+    Check an admin token: at least L{TOKEN_MIN_LENGTH} visible ASCII
+    characters, so that it fits an C{Authorization} header as it is.
+
+    @raise ConfigError: too short, or with spaces or other characters.
+    """
+    if not all(33 <= ord(char) < 127 for char in token):
+        raise ConfigError(f"{option}: only visible ASCII characters, no spaces")
+    if len(token) < TOKEN_MIN_LENGTH:
+        raise ConfigError(
+            f"{option}: at least {TOKEN_MIN_LENGTH} characters, got {len(token)} "
+            "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
+    return token
+
+
+def read_token_file(option: str, path: str) -> str:
+    """
+    Read an admin token from the first line of a file.
+
+    @raise ConfigError: the file cannot be read, or its token is not valid.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.readline().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else str(error)
+        raise ConfigError(f"{option}: cannot read {path!r}: {reason}") from None
+    return check_token(f"{option} {path}", token)
+
+
+def check_writable_file(option: str, path: str) -> str:
+    """
+    Check that a file can be appended to (or created): C{-} stands for
+    standard output.
+
+    @return: the absolute path, or C{-}.
+    @raise ConfigError: its folder does not exist, or it cannot be written.
+    """
+    if path == "-":
+        return path
+    absolute = os.path.abspath(path)
+    folder = os.path.dirname(absolute)
+    if os.path.isdir(absolute):
+        raise ConfigError(f"{option}: {path!r} is a directory")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{option}: the folder of {path!r} does not exist")
+    target = absolute if os.path.exists(absolute) else folder
+    if not os.access(target, os.W_OK):
+        raise ConfigError(f"{option}: {path!r} is not writable")
     return absolute
 
 

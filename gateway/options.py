@@ -38,6 +38,9 @@ from gateway.config import (
     check_seconds,
     check_server_endpoint,
     check_session_key,
+    check_token,
+    check_writable_file,
+    read_token_file,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +64,8 @@ class GatewayOptions(usage.Options):
         "classified from its first bytes: an HTTP request line (a known method and a "
         "space) is served from --http-root; anything else, or a client that stays "
         "silent for --sniff-timeout seconds, is a game session relayed byte for byte "
-        "to a backend (round-robin, trying the next backend when one fails). "
+        "to a backend of the pool (chosen by --balance, trying another when one "
+        "fails). Operators watch and steer it on the --admin endpoint. "
         "Try it: twistd -n gateway --demo"
     )
 
@@ -172,8 +176,32 @@ class GatewayOptions(usage.Options):
             "admin",
             None,
             DEFAULT_ADMIN,
-            "Admin and status endpoint (/status.json, /metrics): a server endpoint "
-            "string, or 'none'. Never served on the public front.",
+            "Admin and status endpoint (a dashboard at /, /status.json, /metrics, "
+            "backend actions): a server endpoint string, or 'none'. Never served on "
+            "the public front.",
+        ],
+        [
+            "admin-token",
+            None,
+            None,
+            "Token the admin endpoint's actions (POST /backends/NAME/drain, /enable) "
+            "need as 'Authorization: Bearer TOKEN' (at least 16 characters; default: "
+            "none, actions are open to whoever reaches --admin). Visible in the "
+            "process list: prefer --admin-token-file.",
+        ],
+        [
+            "admin-token-file",
+            None,
+            None,
+            "File whose first line is the admin token (instead of --admin-token).",
+        ],
+        [
+            "access-log",
+            None,
+            None,
+            "Also append one JSON line per finished game session and HTTP request "
+            "to this file ('-': standard output), for log shippers. The same events "
+            "always go to twistd's log.",
         ],
         [
             "header-timeout",
@@ -307,6 +335,18 @@ class GatewayOptions(usage.Options):
             check_server_endpoint("--admin", admin, reactor)
             if admin in listen:
                 raise ConfigError(f"--admin: {admin!r} is also a --listen front")
+        token = None
+        if self["admin-token"] is not None and self["admin-token-file"] is not None:
+            raise ConfigError("--admin-token: give it or --admin-token-file, not both")
+        if self["admin-token"] is not None:
+            token = check_token("--admin-token", self["admin-token"])
+        elif self["admin-token-file"] is not None:
+            token = read_token_file("--admin-token-file", self["admin-token-file"])
+        if token is not None and admin is None:
+            raise ConfigError("--admin-token: needs an --admin endpoint (it is 'none')")
+        access_log = self["access-log"]
+        if access_log is not None:
+            access_log = check_writable_file("--access-log", access_log)
         session_key = self["session-key"]
         if session_key is not None:
             session_key = check_session_key("--session-key", session_key)
@@ -345,6 +385,8 @@ class GatewayOptions(usage.Options):
             ),
             retries=check_count("--retries", self["retries"]),
             admin=admin,
+            admin_token=token,
+            access_log=access_log,
             health_send=check_escaped("--health-send", self["health-send"] or ""),
             health_expect=check_escaped("--health-expect", self["health-expect"] or ""),
             demo=demo,

@@ -65,6 +65,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
+from gateway.access import log_game_session
 from gateway.interfaces import IBackendChooser
 from gateway.proxyheader import proxy_header
 
@@ -674,12 +675,11 @@ class GameSession:
         if self._idle_call is not None:
             self._idle_call.cancel()
             self._idle_call = None
-        self._log.info(
-            "game session from {peer} to {backend} ended ({reason}): "
-            "{bytes_in} bytes in, {bytes_out} bytes out",
+        log_game_session(
             peer=self.peer,
-            backend=self.backend.name if self.backend is not None else "-",
-            reason=reason.value,
+            backend=self.backend.name if self.backend is not None else None,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
+            duration=self._clock.seconds() - self.started,
+            reason=reason.value,
         )

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from gateway.access import AccessLogFile
 from gateway.admin import AdminState, make_admin_site
 from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory, Responder
 from gateway.balance import make_balancer
@@ -341,12 +342,39 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         top.listeners.append(listener)
         listener.setServiceParent(top)
     if config.admin is not None:
+        state = AdminState(pool, registry, counters, clock=reactor, token=config.admin_token)
         admin = FrontListener(
             config.admin,
             serverFromString(reactor, config.admin),
-            make_admin_site(AdminState(pool, registry, counters), reactor),
+            make_admin_site(state, reactor),
             option="--admin",
         )
         top.admin = admin
         admin.setServiceParent(top)
+        if config.admin_token is None and not _local_only(config.admin):
+            _log.warn(
+                "the admin endpoint {admin} is not on loopback and has no --admin-token: "
+                "whoever reaches it can drain backends",
+                admin=config.admin,
+            )
+    if config.access_log is not None:
+        AccessLogFile(config.access_log).setServiceParent(top)
     return top
+
+
+_log = Logger()
+
+
+def _local_only(description: str) -> bool:
+    """
+    Whether an endpoint string listens only where local processes reach it
+    (a loopback interface or a UNIX socket).
+    """
+    if description.startswith("unix:"):
+        return True
+    # Colons inside a value are escaped: interface=\:\:1.
+    match = re.search(r"(?:^|:)interface=((?:\\.|[^:\\])*)", description)
+    if match is None:
+        return False
+    interface = match.group(1).replace("\\", "")
+    return interface.startswith("127.") or interface in ("::1", "localhost")

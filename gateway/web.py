@@ -30,13 +30,14 @@ import os
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web import pages, resource
+from twisted.web import http, pages, resource
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 from typing_extensions import override
 
+from gateway.access import HTTP_CLIENT_LEFT, HTTP_COMPLETE, log_http_request
 from gateway.connection import describe_peer
 from gateway.limits import Refusal
 from gateway.registry import RefusalLog
@@ -46,6 +47,7 @@ __all__ = [
     "MAX_BODY",
     "HTTP_IDLE_TIMEOUT",
     "GatewayHTTPChannel",
+    "GatewayRequest",
     "HTTPSite",
     "StaticRoot",
     "make_site",
@@ -310,6 +312,39 @@ class GatewayHTTPChannel(HTTPChannel):
         super().connectionLost(reason)
 
 
+LOGGED_PATH_LIMIT = 1024
+"""Characters of a request's path kept in its access log event."""
+
+
+class GatewayRequest(Request):
+    """
+    A request that notes when its request line arrived, for the access log,
+    and is logged also when its client leaves before the response is done.
+    """
+
+    def __init__(self, channel: HTTPChannel, *args: object, **kwargs: object) -> None:
+        super().__init__(channel, *args, **kwargs)
+        site = getattr(channel, "site", None)
+        self.received_at = site.reactor.seconds() if site is not None else 0.0
+        self.dispatched = False
+
+    @override
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # The whole request is in: from here on it is served, and logged.
+        # (A request refused earlier, e.g. a 413 or a cut header, is a
+        # counted refusal instead.)
+        self.dispatched = True
+        super().requestReceived(command, path, version)
+
+    @override
+    def connectionLost(self, reason: Failure) -> None:
+        channel = self.channel
+        super().connectionLost(reason)
+        site = getattr(channel, "site", None)
+        if self.dispatched and not self.finished and isinstance(site, HTTPSite):
+            site.log_request(self, HTTP_CLIENT_LEFT, channel)
+
+
 class HTTPSite(Site):
     """
     A C{Site} that builds L{GatewayHTTPChannel}s (plain HTTP/1.x).
@@ -323,6 +358,7 @@ class HTTPSite(Site):
     """
 
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
+    requestFactory = GatewayRequest  # noqa: N815 - twisted.web's name
     displayTracebacks = False
 
     def __init__(
@@ -336,6 +372,41 @@ class HTTPSite(Site):
         super().__init__(resource, timeout=HTTP_IDLE_TIMEOUT, reactor=reactor)
         self.header_timeout = header_timeout
         self.refusals = refusals
+
+    @override
+    def log(self, request: http.Request) -> None:
+        """
+        The access log event of a request whose response was written
+        (instead of Twisted's common log format line).
+        """
+        self.log_request(request, HTTP_COMPLETE, request.channel)
+
+    def log_request(self, request: http.Request, reason: str, channel: HTTPChannel | None) -> None:
+        """
+        Emit the access log event of C{request}.
+
+        @param reason: C{HTTP_COMPLETE} or C{HTTP_CLIENT_LEFT}.
+        @param channel: the request's channel (a request that lost its
+            connection no longer has one).
+        """
+        transport = getattr(channel, "transport", None)
+        peer = describe_peer(transport.getPeer()) if transport is not None else "-"
+        try:
+            bytes_in = int(request.getHeader(b"content-length") or 0)
+        except ValueError:
+            bytes_in = 0
+        started = getattr(request, "received_at", None)
+        method = request.method or b"-"
+        log_http_request(
+            peer=peer,
+            method=method.decode("ascii", "backslashreplace"),
+            path=(request.uri or b"-").decode("utf-8", "backslashreplace")[:LOGGED_PATH_LIMIT],
+            status=int(request.code),
+            bytes_in=bytes_in,
+            bytes_out=request.sentLength,
+            duration=self.reactor.seconds() - started if started is not None else 0.0,
+            reason=reason,
+        )
 
 
 def make_site(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,3 +225,105 @@ def test_admin_endpoint_end_to_end(tmp_path: Path) -> None:
             raise AssertionError("expected a 404")
         except urllib.error.HTTPError as error:
             assert error.code == 404
+
+
+def _admin_url(gateway: GatewayProcess, host: str = "127.0.0.3") -> str:
+    wait_for(lambda: host in listening_ports(gateway.pid), "the admin endpoint")
+    return f"http://{host}:{listening_ports(gateway.pid)[host][0]}"
+
+
+def _post(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(url, method="POST")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_drain_with_token_and_access_log_end_to_end(tmp_path: Path) -> None:
+    """
+    On a real gateway with an admin token and --access-log: a drain without
+    the token is a 401 (logged) and changes nothing; with it, the backend is
+    draining, its live session goes on, and new sessions go to the other
+    backend; enable brings it back.  Every finished session and HTTP request
+    is one JSON line in the access log file and one event in twistd's log.
+    """
+    token = "e2e-admin-token-0123456789"
+    access = tmp_path / "access.jsonl"
+    site = tmp_path / "www"
+    site.mkdir()
+    (site / "index.html").write_text("<p>hello</p>")
+    with (
+        ServerBackend(echo) as first,
+        ServerBackend(echo) as second,
+        GatewayProcess(
+            [
+                "--backend",
+                first.endpoint,
+                "--backend",
+                second.endpoint,
+                "--admin",
+                "tcp:0:interface=127.0.0.3",
+                "--admin-token",
+                token,
+                "--access-log",
+                str(access),
+                "--http-root",
+                str(site),
+                "--sniff-timeout",
+                "0.2",
+                # No probes: they would count as backend connections.
+                "--health-interval",
+                "0",
+            ],
+            tmp_path,
+        ) as gateway,
+    ):
+        admin = _admin_url(gateway)
+        name = urllib.parse.quote(first.endpoint, safe="")
+        kept = connect(gateway.port)
+        kept.sendall(b"one\n")
+        assert recv_exactly(kept, 4) == b"one\n"
+        assert first.connections == 1
+        code, body = _post(f"{admin}/backends/{name}/drain")
+        assert (code, body) == (401, {"error": "no admin token given"})
+        code, body = _post(f"{admin}/backends/{name}/drain", "wrong-token-wrong-token")
+        assert code == 401
+        wait_for(lambda: "refused for 127.0.0.1: wrong admin token" in gateway.log(), "401 log")
+        code, body = _post(f"{admin}/backends/{name}/drain", token)
+        assert code == 200 and body["backend"]["state"] == "draining"  # type: ignore[index]
+        for _ in range(3):
+            game = connect(gateway.port)
+            game.sendall(b"x\n")
+            assert recv_exactly(game, 2) == b"x\n"
+            game.close()
+        assert (first.connections, second.connections) == (1, 3)
+        kept.sendall(b"still\n")
+        assert recv_exactly(kept, 6) == b"still\n"
+        kept.close()
+        code, body = _post(f"{admin}/backends/{name}/enable", token)
+        assert code == 200 and body["backend"]["state"] == "up"  # type: ignore[index]
+        page = urllib.request.urlopen(f"http://127.0.0.1:{gateway.port}/", timeout=10).read()
+        assert page == b"<p>hello</p>"
+
+        def lines() -> list[dict[str, object]]:
+            return [json.loads(line) for line in access.read_text().splitlines()]
+
+        wait_for(lambda: len(lines()) == 5, "five access lines")
+        events = lines()
+        games = [e for e in events if e["kind"] == "game"]
+        assert sorted((str(e["backend"]), e["bytes_in"], e["bytes_out"]) for e in games) == sorted(
+            [(first.endpoint, 10, 10)] + [(second.endpoint, 2, 2)] * 3
+        )
+        assert all(e["reason"] == "client-closed" for e in games)
+        [http] = [e for e in events if e["kind"] == "http"]
+        assert (http["method"], http["path"], http["status"], http["bytes_out"]) == (
+            "GET",
+            "/",
+            200,
+            len(b"<p>hello</p>"),
+        )
+        assert gateway.log().count("gateway.access") == 5

@@ -24,13 +24,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.limits import Refusal
 from gateway.registry import Counters, RefusalLog
-from gateway.web import GatewayHTTPChannel, make_site
+from gateway.web import GatewayHTTPChannel, HTTPSite, make_site
 
 PEER = IPv4Address("TCP", "198.51.100.7", 52000)
 HEADER_TIMEOUT = 5.0
@@ -459,3 +462,99 @@ def test_small_body_still_answered() -> None:
     )
     assert status_line(client.take()) == b"HTTP/1.1 404 Not Found"
     assert client.refused == {}
+
+
+def _access(events: EventLoggingObserver) -> list[dict[str, object]]:
+    return [e for e in events if e.get("log_namespace") == "gateway.access"]
+
+
+def test_answered_requests_are_access_logged(
+    tmp_path: Path, log_events: EventLoggingObserver
+) -> None:
+    """
+    Each answered request is one access event: the client, method, path,
+    status, body bytes each way, the time from its request line to its
+    last byte, and the reason "complete".
+    """
+    (tmp_path / "index.html").write_bytes(b"<h1>hi</h1>")
+    client = connect(str(tmp_path))
+    client.send(b"HEAD / HTTP/1.1\r\n")
+    client.clock.advance(0.25)
+    client.send(b"Host: example\r\n\r\n")
+    client.send(b"GET /missing.html?x=1 HTTP/1.1\r\nHost: example\r\n\r\n")
+    first, second = _access(log_events)
+    fields = ("kind", "peer", "backend", "method", "path", "status", "reason", "duration")
+    assert {k: first[k] for k in fields} == {
+        "kind": "http",
+        "peer": "198.51.100.7:52000",
+        "backend": None,
+        "method": "HEAD",
+        "path": "/",
+        "status": 200,
+        "reason": "complete",
+        "duration": 0.25,
+    }
+    assert (second["method"], second["path"], second["status"]) == (
+        "GET",
+        "/missing.html?x=1",
+        404,
+    )
+    # The 404 page is sent chunked: bytes_out counts the body, not the framing.
+    chunked = client.take().split(b"\r\n\r\n", 2)[-1]
+    body = b""
+    while chunked:
+        size, _, chunked = chunked.partition(b"\r\n")
+        body, chunked = body + chunked[: int(size, 16)], chunked[int(size, 16) + 2 :]
+    assert second["bytes_out"] == len(body) > 0
+    assert formatEvent(first) == (
+        'http request from 198.51.100.7:52000: "HEAD /" 200 (complete): '
+        "0 bytes in, 0 bytes out, 0.250 s"
+    )
+
+
+def test_request_left_by_its_client_is_access_logged(log_events: EventLoggingObserver) -> None:
+    """
+    A request whose client leaves before the response is finished is logged
+    once, with the reason "client-left" and the bytes sent so far.
+    """
+    clock = MemoryReactorClock()
+
+    class Slow(Resource):
+        isLeaf = True  # noqa: N815 - twisted.web's name
+
+        def render_GET(self, request: Request) -> object:  # noqa: N802
+            request.write(b"partial")
+            return NOT_DONE_YET
+
+    site = HTTPSite(Slow(), reactor=clock)
+    channel = site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    channel.dataReceived(REQUEST)
+    assert _access(log_events) == []
+    clock.advance(2.0)
+    channel.connectionLost(Failure(ConnectionDone()))
+    [event] = _access(log_events)
+    assert (event["reason"], event["status"], event["bytes_out"], event["duration"]) == (
+        "client-left",
+        200,
+        len(b"partial"),
+        2.0,
+    )
+
+
+def test_refused_requests_are_not_access_logged(log_events: EventLoggingObserver) -> None:
+    """
+    A request refused before it was served (413 for a body, 408 for slow
+    headers) is a counted refusal, not an access event, even once its
+    connection is gone.
+    """
+    client = connect()
+    client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n")
+    client.lose()
+    slow = connect()
+    slow.send(b"GET / HTTP/1.1\r\n")
+    slow.clock.advance(HEADER_TIMEOUT + 1)
+    slow.lose()
+    assert _access(log_events) == []
+    assert client.refused == {Refusal.BAD_REQUEST: 1}

@@ -276,6 +276,7 @@ class Gateway:
         client: FakeTransport | None = None,
         idle_timeout: float = 0.0,
         fin_timeout: float = 0.0,
+        retries: int = 2,
     ) -> None:
         self.reactor = MemoryReactorClock()
         self.backends = [
@@ -296,6 +297,7 @@ class Gateway:
             idle_timeout=idle_timeout,
             fin_timeout=fin_timeout,
             peer=PEER,
+            retries=retries,
         )
         self.client.on_lost = lambda reason: self.session.client_lost()
 
@@ -557,6 +559,38 @@ def test_every_backend_failing_closes_client(log_events: EventLoggingObserver) -
     assert gateway.attempted_ports() == [7000, 7001, 7002]
 
 
+@pytest.mark.parametrize("retries", [0, 1])
+def test_retries_bound_the_attempts(retries: int, log_events: EventLoggingObserver) -> None:
+    """
+    With four backends that all refuse, a session makes C{1 + retries}
+    attempts, on as many different backends, and no more, even though
+    backends that were not tried are still up: then the client is closed
+    cleanly, the reason is NO_BACKEND, and the error names only the
+    backends tried.
+    """
+    gateway = Gateway(backends=4, retries=retries)
+    gateway.session.start(b"x")
+    for _ in range(retries + 1):
+        assert gateway.client.lose_calls == 0
+        gateway.refuse()
+    tried = [7000 + i for i in range(retries + 1)]
+    assert gateway.attempted_ports() == tried
+    assert gateway.client.lose_calls == 1
+    assert not gateway.client.aborted
+    assert gateway.session.close_reason is CloseReason.NO_BACKEND
+    assert [b.failures for b in gateway.backends] == [1] * (retries + 1) + [0] * (3 - retries)
+    assert all(b.state is BackendState.UP for b in gateway.backends)
+    assert gateway.pool.unserved == 1
+    assert gateway.reactor.getDelayedCalls() == []
+    errors = [e for e in log_events if e["log_level"] is LogLevel.error]
+    assert [e["tried"] for e in errors] == [", ".join(f"b{i}" for i in range(retries + 1))]
+    # Time passing or the client leaving starts no further attempt.
+    gateway.reactor.advance(CONNECT_TIMEOUT * 2)
+    gateway.client.connection_lost()
+    assert gateway.attempted_ports() == tried
+    assert gateway.session.close_reason is CloseReason.NO_BACKEND
+
+
 def test_no_backend_up_closes_client() -> None:
     """
     With no backend up, the session closes the client at once, NO_BACKEND.
@@ -679,8 +713,17 @@ def test_session_logs_only_its_end(log_events: EventLoggingObserver) -> None:
     factory.doStop()  # as the connector does once the connection ended
     gateway.client.connection_lost()
     assert [formatEvent(e) for e in log_events] == [
-        f"game session from {PEER} to b0 ended (backend-closed): 5 bytes in, 2 bytes out"
+        f"game session from {PEER} to b0 ended (backend-closed): 5 bytes in, 2 bytes out, 0.000 s"
     ]
+    [event] = log_events
+    assert event["log_namespace"] == "gateway.access"
+    assert {k: event[k] for k in ("kind", "peer", "backend", "reason", "duration")} == {
+        "kind": "game",
+        "peer": PEER,
+        "backend": "b0",
+        "reason": "backend-closed",
+        "duration": 0.0,
+    }
 
 
 def test_backend_lost_after_ready_is_not_a_failure() -> None:

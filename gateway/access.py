@@ -1,0 +1,208 @@
+"""
+The access log: one structured event per finished game session and per
+finished HTTP request, in the C{gateway.access} namespace of
+C{twisted.logger}, so that twistd's own logging (C{--logfile}, C{twist}'s
+stdout) receives it like every other event.
+
+L{AccessLogFile} (C{--access-log FILE}) writes the same events as JSON lines
+for log shippers: one JSON object per line, with only the fields of
+L{ACCESS_FIELDS} and a C{time} (seconds since the epoch).
+
+The events (see the README's table):
+
+  - a game session, once it has ended (the first of its two connections to
+    be lost, or a timeout): C{kind="game"}, C{peer}, C{backend} (L{None} if
+    it never reached one), C{bytes_in} (client to backend), C{bytes_out}
+    (backend to client), C{duration} (seconds), C{reason} (a
+    L{gateway.relay.CloseReason} value);
+  - an HTTP request, once its response was written or its client left:
+    C{kind="http"}, C{peer}, C{backend=None}, C{method}, C{path}, C{status},
+    C{bytes_in} (the request body), C{bytes_out} (the response body),
+    C{duration} (from the request line to the last byte written),
+    C{reason} (L{HTTP_COMPLETE} or L{HTTP_CLIENT_LEFT}).
+
+An event costs one dictionary when a session or request ends, never anything
+per chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from twisted.application.service import Service
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from typing_extensions import override
+from zope.interface import implementer
+
+__all__ = [
+    "ACCESS_FIELDS",
+    "ACCESS_NAMESPACE",
+    "HTTP_CLIENT_LEFT",
+    "HTTP_COMPLETE",
+    "AccessLogFile",
+    "JsonLinesObserver",
+    "access_log",
+    "log_game_session",
+    "log_http_request",
+]
+
+ACCESS_NAMESPACE = "gateway.access"
+"""The log namespace of access events."""
+
+ACCESS_FIELDS = (
+    "kind",
+    "peer",
+    "backend",
+    "method",
+    "path",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration",
+    "reason",
+)
+"""The fields of an access event written as JSON (those an event has)."""
+
+HTTP_COMPLETE = "complete"
+"""An HTTP request whose whole response was written."""
+
+HTTP_CLIENT_LEFT = "client-left"
+"""An HTTP request whose client left before the response was written."""
+
+access_log = Logger(namespace=ACCESS_NAMESPACE)
+"""The access log's logger (one namespace for both kinds, as documented)."""
+
+
+def log_game_session(
+    *,
+    peer: str,
+    backend: str | None,
+    bytes_in: int,
+    bytes_out: int,
+    duration: float,
+    reason: str,
+) -> None:
+    """
+    Log the end of a game session.
+    """
+    access_log.info(
+        "game session from {peer} to {backend_shown} ended ({reason}): "
+        "{bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s",
+        kind="game",
+        peer=peer,
+        backend=backend,
+        backend_shown=backend if backend is not None else "-",
+        bytes_in=bytes_in,
+        bytes_out=bytes_out,
+        duration=duration,
+        reason=reason,
+    )
+
+
+def log_http_request(
+    *,
+    peer: str,
+    method: str,
+    path: str,
+    status: int,
+    bytes_in: int,
+    bytes_out: int,
+    duration: float,
+    reason: str,
+) -> None:
+    """
+    Log a finished HTTP request (answered, or left by its client).
+    """
+    access_log.info(
+        'http request from {peer}: "{method} {path}" {status} ({reason}): '
+        "{bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s",
+        kind="http",
+        peer=peer,
+        backend=None,
+        method=method,
+        path=path,
+        status=status,
+        bytes_in=bytes_in,
+        bytes_out=bytes_out,
+        duration=duration,
+        reason=reason,
+    )
+
+
+@implementer(ILogObserver)
+class JsonLinesObserver:
+    """
+    Writes the access events it sees as JSON lines to a text stream and
+    ignores every other event.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_namespace") != ACCESS_NAMESPACE:
+            return
+        record: dict[str, Any] = {"time": round(float(event.get("log_time", 0.0)), 6)}
+        for name in ACCESS_FIELDS:
+            if name in event:
+                record[name] = event[name]
+        duration = record.get("duration")
+        if isinstance(duration, float):
+            record["duration"] = round(duration, 6)
+        self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._stream.flush()
+
+
+class AccessLogFile(Service):
+    """
+    C{--access-log}: while running, appends the access events to a file as
+    JSON lines (C{-}: standard output).
+
+    The file is opened in C{privilegedStartService}, before twistd drops
+    privileges, so it may live where only root can write.
+    """
+
+    _log = Logger()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stream: IO[str] | None = None
+        self._observer: JsonLinesObserver | None = None
+        self.setName("access-log")
+
+    @override
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self._stream is not None:
+            return
+        from gateway.service import StartupError
+
+        if self.path == "-":
+            import sys
+
+            self._stream = sys.stdout
+        else:
+            try:
+                self._stream = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as error:
+                raise StartupError(
+                    f"gateway: error: --access-log {self.path}: {error.strerror or error}"
+                ) from None
+        self._observer = JsonLinesObserver(self._stream)
+        globalLogPublisher.addObserver(self._observer)
+
+    @override
+    def startService(self) -> None:
+        self.privilegedStartService()
+        super().startService()
+
+    @override
+    def stopService(self) -> None:
+        super().stopService()
+        if self._observer is not None:
+            globalLogPublisher.removeObserver(self._observer)
+            self._observer = None
+        stream, self._stream = self._stream, None
+        if stream is not None and self.path != "-":
+            stream.close()

@@ -1,0 +1,208 @@
+"""
+The admin issue's settings as data (C{--admin-token}, C{--admin-token-file},
+C{--access-log}), the JSON lines writer of the access log, and the start-up
+warning for an open admin endpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from twisted.internet.testing import EventLoggingObserver, MemoryReactor, MemoryReactorClock
+from twisted.logger import Logger, globalLogPublisher
+from twisted.python.usage import UsageError
+
+from gateway.access import AccessLogFile, JsonLinesObserver, log_game_session, log_http_request
+from gateway.config import GatewayConfig
+from gateway.options import GatewayOptions
+from gateway.service import StartupError, make_service
+
+TOKEN = "abcdefghijklmnop-0123"
+
+
+def parse(argv: list[str]) -> GatewayConfig:
+    """
+    Parse C{argv} as the plugin would, against a memory reactor.
+    """
+    options = GatewayOptions(reactor=MemoryReactor())
+    options.parseOptions(["--backend", "tcp:127.0.0.1:7000", *argv])
+    return options.config
+
+
+def test_admin_token_and_access_log_settings(tmp_path: Path) -> None:
+    """
+    --admin-token and --access-log land in the config (the log as an
+    absolute path); the token is not shown in the config's repr.
+    """
+    log = tmp_path / "access.jsonl"
+    config = parse(["--admin-token", TOKEN, "--access-log", str(log)])
+    assert config.admin_token == TOKEN
+    assert config.access_log == str(log)
+    assert TOKEN not in repr(config)
+    assert parse(["--access-log", "-"]).access_log == "-"
+    assert parse([]).admin_token is None and parse([]).access_log is None
+
+
+def test_admin_token_file(tmp_path: Path) -> None:
+    """
+    --admin-token-file reads the token from the file's first line, without
+    its line end.
+    """
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\nignored\n")
+    assert parse(["--admin-token-file", str(path)]).admin_token == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--admin-token", "short"], "--admin-token: at least 16 characters, got 5"),
+        (["--admin-token", "has spaces in it, sixteen+"], "--admin-token: only visible ASCII"),
+        (["--admin-token", "tökentökentökentöken"], "--admin-token: only visible ASCII"),
+        (["--admin-token", TOKEN, "--admin-token-file", "/x"], "not both"),
+        (["--admin-token", TOKEN, "--admin", "none"], "--admin-token: needs an --admin"),
+        (["--admin-token-file", "/nonexistent/token"], "--admin-token-file: cannot read"),
+        (["--access-log", "/nonexistent/dir/a.log"], "--access-log: the folder of"),
+        (["--access-log", "/"], "--access-log: '/' is a directory"),
+    ],
+)
+def test_bad_admin_settings(argv: list[str], message: str) -> None:
+    """
+    Each bad setting is refused with a message naming the option.
+    """
+    with pytest.raises(UsageError) as raised:
+        parse(argv)
+    assert message in str(raised.value)
+
+
+def test_token_file_with_a_short_token(tmp_path: Path) -> None:
+    """
+    A token file whose token is too short is refused, naming the file.
+    """
+    path = tmp_path / "token"
+    path.write_text("short\n")
+    with pytest.raises(UsageError, match=r"--admin-token-file .*token: at least 16"):
+        parse(["--admin-token-file", str(path)])
+
+
+def test_json_lines_has_only_access_events() -> None:
+    """
+    The JSON lines writer writes one JSON object per access event, with the
+    documented fields and a time, and ignores every other event.
+    """
+    stream = io.StringIO()
+    observer = JsonLinesObserver(stream)
+    globalLogPublisher.addObserver(observer)
+    try:
+        Logger(namespace="gateway.relay").info("not an access event")
+        log_game_session(
+            peer="192.0.2.1:5000",
+            backend="b0",
+            bytes_in=5,
+            bytes_out=7,
+            duration=1.5,
+            reason="client-closed",
+        )
+        log_http_request(
+            peer="192.0.2.2:6000",
+            method="GET",
+            path="/a b\\x00",
+            status=404,
+            bytes_in=0,
+            bytes_out=12,
+            duration=0.001,
+            reason="complete",
+        )
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    game, http = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert game.pop("time") > 0
+    assert game == {
+        "kind": "game",
+        "peer": "192.0.2.1:5000",
+        "backend": "b0",
+        "bytes_in": 5,
+        "bytes_out": 7,
+        "duration": 1.5,
+        "reason": "client-closed",
+    }
+    http.pop("time")
+    assert http == {
+        "kind": "http",
+        "peer": "192.0.2.2:6000",
+        "backend": None,
+        "method": "GET",
+        "path": "/a b\\x00",
+        "status": 404,
+        "bytes_in": 0,
+        "bytes_out": 12,
+        "duration": 0.001,
+        "reason": "complete",
+    }
+
+
+def test_access_log_file_appends_while_running(tmp_path: Path) -> None:
+    """
+    The --access-log service appends events to its file only while it runs,
+    keeping what the file held before.
+    """
+    path = tmp_path / "access.jsonl"
+    path.write_text('{"earlier": true}\n')
+    service = AccessLogFile(str(path))
+    event = {
+        "peer": "p",
+        "backend": None,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "duration": 0.0,
+        "reason": "no-backend",
+    }
+    log_game_session(**event)  # type: ignore[arg-type]
+    service.startService()
+    log_game_session(**event)  # type: ignore[arg-type]
+    service.stopService()
+    log_game_session(**event)  # type: ignore[arg-type]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    assert json.loads(lines[1])["reason"] == "no-backend"
+
+
+def test_access_log_file_that_cannot_be_opened(tmp_path: Path) -> None:
+    """
+    A file that cannot be opened at start (its folder went away) stops
+    start-up with one line naming the option.
+    """
+    service = AccessLogFile(str(tmp_path / "gone" / "access.jsonl"))
+    with pytest.raises(StartupError, match=r"--access-log .*gone/access.jsonl: No such file"):
+        service.privilegedStartService()
+
+
+@pytest.mark.parametrize(
+    ("admin", "warned"),
+    [
+        ("tcp:9090:interface=127.0.0.1", False),
+        ("tcp:9090:interface=\\:\\:1", False),
+        ("unix:/run/gateway-admin.sock", False),
+        ("tcp:9090", True),
+        ("tcp:9090:interface=0.0.0.0", True),
+    ],
+)
+def test_open_admin_endpoint_warns(
+    admin: str, warned: bool, log_events: EventLoggingObserver
+) -> None:
+    """
+    An admin endpoint reachable from other hosts without a token is worth a
+    warning at start-up; a loopback or UNIX one is not, and neither is one
+    with a token.
+    """
+    make_service(parse(["--admin", admin]), MemoryReactorClock())
+
+    def warnings() -> int:
+        return sum("has no --admin-token" in e.get("log_format", "") for e in log_events)
+
+    assert warnings() == (1 if warned else 0)
+    make_service(parse(["--admin", admin, "--admin-token", TOKEN]), MemoryReactorClock())
+    assert warnings() == (1 if warned else 0)

@@ -1,0 +1,392 @@
+"""
+Unit tests of the admin site as HTTP: the backend actions and their token,
+C{status.json?limit=}, and the dashboard's files.
+
+Each request goes through the real admin C{Site} on an in-memory connection
+(C{site.buildProtocol} on a L{StringTransport}, the reactor a
+L{MemoryReactorClock}), so what is checked is the bytes an HTTP client gets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent
+from twisted.python.failure import Failure
+
+from gateway.admin import AdminState, make_admin_site, status
+from gateway.pool import Backend, BackendState, Pool
+from gateway.registry import Counters, SessionRegistry
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+TOKEN = "s3cret-admin-token-0123"
+
+
+@dataclass
+class FakeSession:
+    """
+    A live session as the registry sees it.
+    """
+
+    kind: str
+    peer: str
+    started: float
+    backend_name: str | None
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass
+class Response:
+    """
+    What a client got: the status code, the headers (lower-case names) and the body.
+    """
+
+    code: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        """
+        The body as JSON.
+        """
+        document = json.loads(self.body)
+        assert isinstance(document, dict)
+        return document
+
+
+def make_state(token: str | None = None) -> AdminState:
+    """
+    Two backends named like endpoint strings (one with a slash), three live
+    sessions.
+    """
+    pool = Pool(
+        [
+            Backend(name="a", description="tcp:10.0.0.1:7000", endpoint=None),  # type: ignore[arg-type]
+            Backend(name="unix:/run/game.sock", description="unix:/run/game.sock", endpoint=None),  # type: ignore[arg-type]
+        ]
+    )
+    registry = SessionRegistry()
+    for number in range(3):
+        registry.add(FakeSession("game", f"192.0.2.{number}:5000", 100.0, "a", 10, 20))
+    clock = MemoryReactorClock()
+    clock.advance(1000.0)
+    return AdminState(pool, registry, Counters(), clock=clock, token=token)
+
+
+def state_of(state: AdminState, name: str) -> BackendState:
+    """
+    The state of backend C{name} now.
+    """
+    backend = state.pool.get(name)
+    assert backend is not None
+    return backend.state
+
+
+def request(
+    state: AdminState, method: str, path: str, headers: dict[str, str] | None = None
+) -> Response:
+    """
+    Send one HTTP/1.1 request to the admin site and parse the response.
+    """
+    reactor = MemoryReactorClock()
+    site = make_admin_site(state, reactor)
+    channel = site.buildProtocol(PEER)
+    assert channel is not None
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1:9090", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    channel.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode())
+    # Run what was scheduled (a streamed status.json), bounded.
+    for _ in range(1000):
+        if not transport.disconnecting:
+            reactor.advance(0)
+    assert transport.disconnecting, "the response did not finish"
+    raw: bytes = transport.value()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    if parsed.get("transfer-encoding") == "chunked":
+        body = _unchunk(body)
+    return Response(int(status.split()[1]), parsed, body)
+
+
+def _unchunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out += body[:size]
+        body = body[size + 2 :]
+    return out
+
+
+def test_drain_and_enable_without_token() -> None:
+    """
+    Without an admin token, POST /backends/NAME/drain puts the backend in
+    draining (so it gets no new sessions) and /enable brings it back up;
+    each answer is the backend's status entry, and the reason names the
+    operator's address.
+    """
+    state = make_state()
+    backend = state.pool.get("a")
+    assert backend is not None
+    drained = request(state, "POST", "/backends/a/drain")
+    assert drained.code == 200
+    assert drained.headers["content-type"] == "application/json"
+    entry = drained.json()["backend"]
+    assert isinstance(entry, dict)
+    assert entry["state"] == "draining"
+    assert entry["reason"] == "drained by an operator from 127.0.0.1"
+    assert backend.state is BackendState.DRAINING
+    assert state.pool.choose() is state.pool.get("unix:/run/game.sock")
+    enabled = request(state, "POST", "/backends/a/enable")
+    assert enabled.code == 200
+    assert state_of(state, "a") is BackendState.UP
+    assert state.pool.transitions == 2
+
+
+def test_backend_name_with_a_slash_is_percent_encoded() -> None:
+    """
+    A backend named by a UNIX endpoint string is reached with its slashes
+    percent-encoded in the path.
+    """
+    state = make_state()
+    response = request(state, "POST", "/backends/unix%3A%2Frun%2Fgame.sock/drain")
+    assert response.code == 200
+    backend = state.pool.get("unix:/run/game.sock")
+    assert backend is not None and backend.state is BackendState.DRAINING
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "no admin token given"),
+        ({"Authorization": "Bearer wrong-token-wrong-token"}, "wrong admin token"),
+        ({"Authorization": "Bearer " + TOKEN[:-1] + "X"}, "wrong admin token"),
+        ({"Authorization": "Basic " + TOKEN}, "wrong admin token"),
+        ({"Authorization": "Bearer"}, "wrong admin token"),
+    ],
+)
+def test_action_needs_the_token(
+    headers: dict[str, str], reason: str, log_events: EventLoggingObserver
+) -> None:
+    """
+    With an admin token, an action without it or with another one (even of
+    the same length, or under another scheme) is a 401 with a Bearer
+    challenge, changes nothing, and is logged with the reason and address.
+    """
+    state = make_state(TOKEN)
+    response = request(state, "POST", "/backends/a/drain", headers)
+    assert response.code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="gateway admin"'
+    assert response.json() == {"error": reason}
+    backend = state.pool.get("a")
+    assert backend is not None and backend.state is BackendState.UP
+    assert [formatEvent(e) for e in log_events] == [
+        f"admin action drain on a refused for 127.0.0.1: {reason}"
+    ]
+
+
+def test_action_with_the_token() -> None:
+    """
+    The right token (the scheme in any case) lets the action through.
+    """
+    state = make_state(TOKEN)
+    response = request(state, "POST", "/backends/a/drain", {"Authorization": "bearer " + TOKEN})
+    assert response.code == 200
+    backend = state.pool.get("a")
+    assert backend is not None and backend.state is BackendState.DRAINING
+
+
+def test_cross_origin_action_is_refused() -> None:
+    """
+    A request that a page of another origin made through a browser (its
+    Origin names another host) is a 403, even with no token configured;
+    the dashboard's own requests (same origin) pass.
+    """
+    state = make_state()
+    response = request(state, "POST", "/backends/a/drain", {"Origin": "http://evil.example"})
+    assert response.code == 403
+    backend = state.pool.get("a")
+    assert backend is not None and backend.state is BackendState.UP
+    same = request(state, "POST", "/backends/a/drain", {"Origin": "http://127.0.0.1:9090"})
+    assert same.code == 200
+
+
+def test_enable_a_down_backend_is_a_conflict() -> None:
+    """
+    Health checks own the down state: enabling a down backend is a 409 that
+    says so, and the backend stays down.
+    """
+    state = make_state()
+    backend = state.pool.get("a")
+    assert backend is not None
+    state.pool.set_state(backend, BackendState.DOWN, "health check failed 3 times")
+    response = request(state, "POST", "/backends/a/enable")
+    assert response.code == 409
+    assert "health checks" in str(response.json()["error"])
+    assert backend.state is BackendState.DOWN
+    # Draining it is allowed (keep it out even once its checks pass).
+    assert request(state, "POST", "/backends/a/drain").code == 200
+    assert state_of(state, "a") is BackendState.DRAINING
+
+
+def test_enable_an_up_backend_changes_nothing() -> None:
+    """
+    Enabling a backend that is up answers its state and counts no transition.
+    """
+    state = make_state()
+    response = request(state, "POST", "/backends/a/enable")
+    assert response.code == 200
+    assert state.pool.transitions == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/backends/nobody/drain", "/backends/a/explode", "/backends/a", "/backends/a/drain/more"],
+)
+def test_unknown_backend_or_action_is_404(path: str) -> None:
+    """
+    An unknown backend, an unknown action or a malformed path is a 404 with
+    a JSON reason, and nothing changes.
+    """
+    state = make_state()
+    response = request(state, "POST", path)
+    assert response.code == 404
+    assert "error" in response.json()
+    assert all(b.state is BackendState.UP for b in state.pool.backends)
+
+
+@pytest.mark.parametrize(("method", "code"), [("GET", 405), ("HEAD", 405), ("PUT", 501)])
+def test_actions_only_take_post(method: str, code: int) -> None:
+    """
+    GET or HEAD on an action is a 405 that allows POST only, a method the
+    admin site does not know at all is Twisted's 501, and nothing changes.
+    """
+    state = make_state()
+    response = request(state, method, "/backends/a/drain")
+    assert response.code == code
+    if code == 405:
+        assert response.headers["allow"] == "POST"
+    backend = state.pool.get("a")
+    assert backend is not None and backend.state is BackendState.UP
+
+
+def test_status_limit_lists_the_oldest_sessions() -> None:
+    """
+    status.json?limit=N lists the N oldest sessions while the counters and
+    byte totals still count all of them; the document says when it was made.
+    """
+    state = make_state()
+    document = request(state, "GET", "/status.json?limit=2").json()
+    sessions = document["sessions"]
+    assert isinstance(sessions, list)
+    assert [s["id"] for s in sessions] == [1, 2]
+    counters = document["counters"]
+    assert isinstance(counters, dict)
+    assert counters["active_sessions"] == {"game": 3, "http": 0}
+    assert counters["bytes_in"] == 30
+    assert document["now"] == 1000.0
+    assert len(request(state, "GET", "/status.json").json()["sessions"]) == 3  # type: ignore[arg-type]
+    assert request(state, "GET", "/status.json?limit=0").json()["sessions"] == []
+
+
+@pytest.mark.parametrize("limit", ["-1", "abc", "1.5", ""])
+def test_status_bad_limit_is_400(limit: str) -> None:
+    """
+    A limit that is not a whole number >= 0 is a 400 that says so.
+    """
+    response = request(make_state(), "GET", f"/status.json?limit={limit}")
+    assert response.code == 400
+    assert "limit" in str(response.json()["error"])
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "marker"),
+    [
+        ("/", "text/html; charset=utf-8", b'id="backends"'),
+        ("/dashboard.js", "text/javascript; charset=utf-8", b"status.json"),
+        ("/dashboard.css", "text/css; charset=utf-8", b"state-draining"),
+    ],
+)
+def test_dashboard_files(path: str, content_type: str, marker: bytes) -> None:
+    """
+    The dashboard's page, script and style sheet are served with their
+    types, and every admin response forbids framing and loading anything
+    from elsewhere (the page works on an isolated network and cannot be
+    used for clickjacking).
+    """
+    response = request(make_state(), "GET", path)
+    assert response.code == 200
+    assert response.headers["content-type"] == content_type
+    assert marker in response.body
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+
+
+def test_dashboard_loads_nothing_from_elsewhere() -> None:
+    """
+    No file of the dashboard names another host (no CDN, no fonts).
+    """
+    for path in ("/", "/dashboard.js", "/dashboard.css"):
+        body = request(make_state(), "GET", path).body
+        assert b"http://" not in body and b"https://" not in body and b"//cdn" not in body
+
+
+def _many(count: int) -> AdminState:
+    state = make_state()
+    for number in range(count - 3):
+        state.registry.add(FakeSession("http", f"198.51.100.{number % 250}:80", 5.0, None, 1, 1))
+    return state
+
+
+@pytest.mark.parametrize(("count", "limit"), [(1001, None), (1001, 600), (600, 251)])
+def test_long_status_is_streamed_whole(count: int, limit: int | None) -> None:
+    """
+    A session list longer than one step is written in steps (the reactor
+    runs between them), and the result is the same document as at once:
+    every session, in order, with the same counters.
+    """
+    state = _many(count)
+    query = "" if limit is None else f"?limit={limit}"
+    streamed = request(state, "GET", "/status.json" + query)
+    assert streamed.code == 200
+    assert streamed.headers["content-type"] == "application/json"
+    expected = status(state, limit)
+    assert streamed.json() == expected
+    sessions = streamed.json()["sessions"]
+    assert isinstance(sessions, list)
+    assert len(sessions) == (count if limit is None else limit)
+
+
+def test_streaming_runs_in_steps_and_stops_when_the_client_leaves() -> None:
+    """
+    Listing 2,000 sessions takes several reactor turns, not one; a client
+    that leaves in the middle stops the work (nothing more is written).
+    """
+    state = _many(2000)
+    reactor = MemoryReactorClock()
+    channel = make_admin_site(state, reactor).buildProtocol(PEER)
+    assert channel is not None
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n")
+    written = len(transport.value())
+    assert b'"sessions":[' in transport.value()
+    assert not transport.disconnecting
+    channel.connectionLost(Failure(ConnectionDone()))
+    for _ in range(20):
+        reactor.advance(0)
+    assert len(transport.value()) == written
