@@ -46,7 +46,7 @@ from gateway.limits import address_key
 from gateway.relay import GameSession
 
 if TYPE_CHECKING:
-    from gateway.registry import Counters, LiveSession, SessionRegistry
+    from gateway.registry import Counters, LiveSession, RefusalLog, SessionRegistry
 
 __all__ = [
     "HTTP_METHODS",
@@ -117,6 +117,9 @@ class GatewayFactory(ServerFactory):
     @ivar counters: where key fallbacks are counted, if anywhere.
     @ivar proxy_version: the PROXY header sent to backends (C{"off"}: none).
     @ivar registry: where live sessions are listed, if anywhere.
+    @ivar refusals: where game sessions that no backend could take are
+        counted and logged (sampled), if anywhere.
+    @ivar busy_message: the line sent to such a client before closing it.
     """
 
     noisy = False
@@ -136,8 +139,12 @@ class GatewayFactory(ServerFactory):
         counters: Counters | None = None,
         proxy_version: str = "off",
         registry: SessionRegistry | None = None,
+        refusals: RefusalLog | None = None,
+        busy_message: str | None = None,
     ) -> None:
         self.site = site
+        self.refusals = refusals
+        self.busy_message = busy_message
         self.registry = registry
         self.proxy_version = proxy_version
         self.session_key = session_key
@@ -324,6 +331,8 @@ class FrontDoor(CloseHooks, Protocol):
             key=self._session_key(first) if factory.chooser.needs_key else None,
             retries=factory.retries,
             proxy_version=factory.proxy_version,
+            refusals=factory.refusals,
+            busy_message=factory.busy_message,
         )
         self.session = session
         self._register(session)

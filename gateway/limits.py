@@ -64,6 +64,8 @@ class Refusal(Enum):
     RATE = "rate"
     TIMEOUT = "timeout"
     BAD_REQUEST = "bad-request"
+    NO_BACKEND = "no-backend"
+    """A game session for which no backend was up (or every attempt failed)."""
 
 
 def address_key(host: str) -> str:

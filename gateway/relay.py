@@ -67,10 +67,12 @@ from zope.interface import alsoProvides, implementer
 
 from gateway.access import log_game_session
 from gateway.interfaces import IBackendChooser
+from gateway.limits import Refusal
 from gateway.proxyheader import proxy_header
 
 if TYPE_CHECKING:
     from gateway.pool import Backend
+    from gateway.registry import RefusalLog
 
 __all__ = ["CLOSE_GRACE", "HOLD_LIMIT", "BackendLink", "CloseReason", "GameSession"]
 
@@ -267,6 +269,8 @@ class GameSession:
         key: bytes | None = None,
         retries: int = 2,
         proxy_version: str = "off",
+        refusals: RefusalLog | None = None,
+        busy_message: str | None = None,
     ) -> None:
         """
         @param client: the client's transport (also an IPushProducer and IConsumer).
@@ -281,6 +285,10 @@ class GameSession:
         @param retries: other backends tried after a failed attempt.
         @param proxy_version: C{"v1"} or C{"v2"} to send each backend a PROXY
             header (the client's addresses) before any client byte; C{"off"}.
+        @param refusals: where a session no backend could take is counted and
+            logged (sampled, like every refusal); without it, it is logged
+            as an error every time.
+        @param busy_message: the line sent to such a client before closing it.
         """
         self.client = cast(Stream, client)
         self._chooser = chooser
@@ -292,6 +300,8 @@ class GameSession:
         self.key = key
         self._retries = retries
         self._proxy_version = proxy_version
+        self._refusals = refusals
+        self._busy_message = busy_message
         self.backend: Backend | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -463,12 +473,21 @@ class GameSession:
     def _give_up(self) -> None:
         self._chooser.nothing_available()
         tried = ", ".join(b.name for b in self._tried) or "none up"
-        self._log.error(
-            "no backend available for a session from {peer} (tried: {tried}); closing it",
-            peer=self.peer,
-            tried=tried,
-        )
+        if self._refusals is not None:
+            # A refusal like the others: counted by reason, and sampled in
+            # the log, so a flood while every backend is down cannot flood it.
+            self._refusals.refused(
+                Refusal.NO_BACKEND, self.peer, f"no backend available; tried: {tried}"
+            )
+        else:
+            self._log.error(
+                "no backend available for a session from {peer} (tried: {tried}); closing it",
+                peer=self.peer,
+                tried=tried,
+            )
         self._finish(CloseReason.NO_BACKEND)
+        if self._busy_message:
+            self.client.write((self._busy_message + "\r\n").encode())
         self.client.loseConnection()
 
     # Events from the client side (the front door)

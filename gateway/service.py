@@ -274,6 +274,8 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         counters=counters,
         proxy_version=config.proxy_protocol,
         registry=registry,
+        refusals=refusals,
+        busy_message=config.busy_message,
     )
     responder = Responder(
         reactor, busy_message=config.busy_message, wait=min(config.sniff_timeout, 2.0)

@@ -316,8 +316,10 @@ def test_dead_backend_is_marked_down_and_comes_back(tmp_path: Path) -> None:
 
 def test_every_backend_down_refuses_clearly(tmp_path: Path) -> None:
     """
-    When every backend is down, a game client is closed at once (not left
-    hanging) and the refusal is logged.
+    When every backend is down, a game client gets the busy line and is
+    closed at once (not left hanging); the refusal is counted under its own
+    reason (no-backend) and logged like other refusals: a burst of such
+    clients is logged 5 at a time, then summarised, not one line each.
     """
     server, _ = serve()
     port = int(server.server_address[1])
@@ -329,18 +331,29 @@ def test_every_backend_down_refuses_clearly(tmp_path: Path) -> None:
             "0.2",
             "--sniff-timeout",
             "0.2",
+            "--busy-message",
+            "BUSY try later",
+            "--admin",
+            "tcp:0:interface=127.0.0.3",
         ],
         tmp_path,
     ) as gateway:
         stop(server)
         wait_for(lambda: "is down" in gateway.log(), "the down transition", timeout=5)
-        client = connect(gateway.port)
-        client.sendall(b"hi\n")
-        started = time.monotonic()
-        assert recv_until_eof(client) == b""
-        assert time.monotonic() - started < 2
-        client.close()
-        wait_for(lambda: "no backend available" in gateway.log(), "the refusal log")
+        for _ in range(12):
+            client = connect(gateway.port)
+            client.sendall(b"hi\n")
+            started = time.monotonic()
+            assert recv_until_eof(client) == b"BUSY try later\r\n"
+            assert time.monotonic() - started < 2
+            client.close()
+        wait_for(lambda: "127.0.0.3" in listening_ports(gateway.pid), "the admin endpoint")
+        admin = f"http://127.0.0.3:{listening_ports(gateway.pid)['127.0.0.3'][0]}"
+        document = json.loads(urllib.request.urlopen(admin + "/status.json", timeout=10).read())
+        assert document["counters"]["refused"]["no-backend"] == 12
+        assert document["counters"]["unserved"] == 12
+        log = gateway.log()
+        assert log.count("no backend available; tried: none up") == 5
 
 
 HAPROXY = shutil.which("haproxy")

@@ -993,7 +993,9 @@ def test_flood_leaves_the_gateway_and_its_sessions_standing(
     # The flooders take CPU from the gateway on these shared cores, hence the
     # low bound: it catches a gateway that starves its sessions, not a slow one.
     assert ratio >= 0.1, f"long sessions slowed to {ratio:.0%} of their throughput"
-    assert (rss_after - rss_before) / 1024 < 30, "the gateway kept the flood's memory"
+    # Measured: +2.3 to +2.9 MiB after the flood (README). 12 MiB still
+    # catches a leak of ~600 bytes per attempt over 20,000 attempts.
+    assert (rss_after - rss_before) / 1024 < 12, "the gateway kept the flood's memory"
     assert outcomes[OTHER] == 0, "the gateway sent something it should not"
     assert "Traceback" not in log
     assert "Unhandled" not in log
