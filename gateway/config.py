@@ -130,6 +130,8 @@ class GatewayConfig:
         L{None} (then they need none).
     @ivar access_log: a file to append access events to as JSON lines
         (C{-}: standard output), or L{None}.
+    @ivar drain_timeout: seconds game sessions may go on after SIGTERM
+        before they are closed (0: close them at once).
     @ivar demo: also run the built-in demo game backends and page.
     """
 
@@ -157,6 +159,7 @@ class GatewayConfig:
     retries: int = 2
     admin: str | None = DEFAULT_ADMIN
     admin_token: str | None = field(default=None, repr=False)
+    drain_timeout: float = 30.0
     access_log: str | None = None
     demo: bool = False
 

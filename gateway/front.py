@@ -369,6 +369,15 @@ class FrontDoor(CloseHooks, Protocol):
         if not getattr(channel, "_handlingRequest", False):
             channel.loseConnection()
 
+    def drain(self) -> None:
+        """
+        The gateway is shutting down: an HTTP connection answers the request
+        it is handling (and those already queued), then closes; an idle
+        keep-alive connection closes now.
+        """
+        if self.http is not None and self.transport is not None:
+            self._http_client_eof(self.http)
+
     def writeConnectionLost(self) -> None:
         """
         Our half-close towards the client completed; nothing to do.

@@ -204,6 +204,14 @@ class GatewayOptions(usage.Options):
             "always go to twistd's log.",
         ],
         [
+            "drain-timeout",
+            None,
+            str(_DEFAULTS.drain_timeout),
+            "On SIGTERM (or SIGINT): stop accepting, finish HTTP responses, and let game "
+            "sessions go on for up to this many seconds before closing them; then exit "
+            "with status 0. A second SIGTERM or SIGINT stops at once (0: close at once).",
+        ],
+        [
             "header-timeout",
             None,
             "10",
@@ -386,6 +394,7 @@ class GatewayOptions(usage.Options):
             retries=check_count("--retries", self["retries"]),
             admin=admin,
             admin_token=token,
+            drain_timeout=check_seconds("--drain-timeout", self["drain-timeout"], allow_zero=True),
             access_log=access_log,
             health_send=check_escaped("--health-send", self["health-send"] or ""),
             health_expect=check_escaped("--health-expect", self["health-expect"] or ""),

@@ -95,6 +95,8 @@ class CloseReason(Enum):
     FIN_TIMEOUT = "fin-timeout"
     NO_BACKEND = "no-backend"
     CLIENT_LEFT_EARLY = "client-left-before-connect"
+    DRAIN_TIMEOUT = "drain-timeout"
+    SHUTDOWN = "shutdown"
 
 
 class Stream(Structural):
@@ -678,6 +680,19 @@ class GameSession:
                 self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort_both)
                 return
         self._idle_call = self._clock.callLater(delay, self._check_idle)
+
+    def close(self, reason: CloseReason) -> None:
+        """
+        End the session now (the gateway is shutting down): both connections
+        are closed once what is in flight is flushed, and aborted after
+        L{CLOSE_GRACE} seconds if a peer does not read it.
+        """
+        if self._client_gone:
+            return
+        self._finish(reason)
+        self._close_both()
+        if self._abort_call is None:
+            self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort_both)
 
     def _stop_abort_timer(self) -> None:
         if self._abort_call is not None and self._client_gone and self._backend_gone:

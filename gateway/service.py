@@ -11,6 +11,7 @@ other module imports it.
 from __future__ import annotations
 
 import re
+import signal
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -22,9 +23,11 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IListeningPort,
     IProtocolFactory,
     IReactorTCP,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
@@ -37,13 +40,14 @@ from gateway.admin import AdminState, make_admin_site
 from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory, Responder
 from gateway.balance import make_balancer
 from gateway.config import GatewayConfig
-from gateway.front import GatewayFactory
+from gateway.front import FrontDoor, GatewayFactory
 from gateway.health import HealthCheck, HealthChecker
 from gateway.interfaces import IAddressPolicy
 from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
 from gateway.pool import Backend, Pool
 from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory, proxy_header
 from gateway.registry import Counters, RefusalLog, SessionRegistry
+from gateway.relay import CloseReason, GameSession
 from gateway.web import make_site
 
 __all__ = ["DemoBackends", "FrontListener", "GatewayService", "StartupError", "make_service"]
@@ -144,9 +148,24 @@ class FrontListener(Service):
         return port.stopListening()
 
 
+DRAIN_POLL = 0.1
+"""Seconds between looks at the sessions left while draining."""
+
+FLUSH_GRACE = 2.0
+"""Seconds closed sessions get to flush before the process goes on stopping."""
+
+
 class GatewayService(MultiService):
     """
     The root of the gateway's service tree.
+
+    Stopping it (twistd stops it on SIGTERM or SIGINT) drains the gateway:
+    every public front stops accepting (the admin endpoint stays up), HTTP
+    connections finish the requests they are handling and close, game
+    sessions go on until they end or C{drain_timeout} passes, then what is
+    left is closed (counted in the log).  A second SIGTERM or SIGINT while
+    draining closes everything at once.  Only then do the other services
+    (health checks, admin endpoint, demo backends) stop.
 
     @ivar config: the configuration it was built from.
     @ivar pool: the game backends.
@@ -155,7 +174,11 @@ class GatewayService(MultiService):
     @ivar admin: the admin endpoint's listener, unless turned off.
     @ivar counters: accepted, queued and refused connections.
     @ivar cap_state: the total cap and its held queue.
+    @ivar registry: the live sessions.
+    @ivar draining: whether a drain has begun.
     """
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -164,15 +187,157 @@ class GatewayService(MultiService):
         factory: GatewayFactory,
         counters: Counters,
         cap_state: CapState,
+        *,
+        registry: SessionRegistry | None = None,
+        clock: IReactorTime | None = None,
+        handle_signals: bool = False,
     ) -> None:
+        """
+        @param clock: for the drain's timers (required to drain).
+        @param handle_signals: while draining, take over SIGTERM and SIGINT
+            so that a second one closes everything at once (only for the
+            real reactor, in the main thread).
+        """
         super().__init__()
         self.config = config
         self.pool = pool
         self.factory = factory
         self.counters = counters
         self.cap_state = cap_state
+        self.registry = registry if registry is not None else SessionRegistry()
         self.listeners: list[FrontListener] = []
         self.admin: FrontListener | None = None
+        self._clock = clock
+        self._handle_signals = handle_signals
+        self._drained: Deferred[None] | None = None
+        self._drain_call: IDelayedCall | None = None
+        self._deadline = 0.0
+        self._closing = False
+
+    @property
+    def draining(self) -> bool:
+        """
+        Whether a drain has begun.
+        """
+        return self._drained is not None
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        if self._drained is None:
+            self._drained = Deferred()
+            self._start_drain()
+        finished: Deferred[None] = Deferred()
+        self._drained.addCallback(lambda _: MultiService.stopService(self))
+        self._drained.addBoth(finished.callback)
+        return finished
+
+    def _start_drain(self) -> None:
+        for listener in self.listeners:
+            listener.stopService()
+        games, https = self._live()
+        timeout = self.config.drain_timeout
+        self._log.info(
+            "draining: stopped accepting; {games} game sessions and {https} HTTP "
+            "connections open; waiting up to {timeout:g} s for game sessions to end",
+            games=len(games),
+            https=len(https),
+            timeout=timeout,
+        )
+        if self._handle_signals:
+            self._take_over_signals()
+        if self._clock is None:
+            self._stop_now("no clock to wait with")
+            return
+        self._deadline = self._clock.seconds() + timeout
+        self._check_drain()
+
+    def _live(self) -> tuple[list[GameSession], list[FrontDoor]]:
+        games: list[GameSession] = []
+        https: list[FrontDoor] = []
+        for session in self.registry.snapshot()[1]:
+            if isinstance(session, GameSession):
+                games.append(session)
+            elif isinstance(session, FrontDoor):
+                https.append(session)
+        return games, https
+
+    def _check_drain(self) -> None:
+        assert self._clock is not None
+        self._drain_call = None
+        if self._drained is None or self._drained.called:
+            return
+        games, https = self._live()
+        for connection in https:
+            connection.drain()
+        if not games and not https:
+            self._log.info("drained: every session has ended")
+            self._done()
+            return
+        if not self._closing and self._clock.seconds() >= self._deadline:
+            self._closing = True
+            self._log.info(
+                "drain timeout ({timeout:g} s): closing {games} game sessions still open",
+                timeout=self.config.drain_timeout,
+                games=len(games),
+                closed=len(games),
+            )
+            for session in games:
+                session.close(CloseReason.DRAIN_TIMEOUT)
+            self._deadline = self._clock.seconds() + FLUSH_GRACE
+        elif self._closing and self._clock.seconds() >= self._deadline:
+            self._log.info(
+                "drain: {count} connections did not finish closing; stopping anyway",
+                count=len(games) + len(https),
+            )
+            self._done()
+            return
+        self._drain_call = self._clock.callLater(DRAIN_POLL, self._check_drain)
+
+    def _done(self) -> None:
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        self._drain_call = None
+        if getattr(self._clock, "_exitSignal", None) is not None:
+            # twistd and twist end by raising again the signal that stopped
+            # the reactor (Twisted's _ISupportsExitSignalCapturing), so the
+            # exit status would say "killed by SIGTERM".  A drain that ran
+            # its course is a clean stop: exit status 0.
+            self._clock._exitSignal = None  # type: ignore[union-attr]
+        if self._drained is not None and not self._drained.called:
+            self._drained.callback(None)
+
+    def _stop_now(self, why: str) -> None:
+        """
+        Close every session at once and finish stopping.
+        """
+        games, https = self._live()
+        self._log.info(
+            "stopping now ({why}): closing {games} game sessions and {https} HTTP connections",
+            why=why,
+            games=len(games),
+            https=len(https),
+        )
+        for session in games:
+            session.close(CloseReason.SHUTDOWN)
+        for connection in https:
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+        self._done()
+
+    def _take_over_signals(self) -> None:
+        """
+        While draining, a second SIGTERM or SIGINT stops at once (Twisted's
+        own handlers would only try to stop the reactor a second time).
+        """
+        clock = self._clock
+
+        def second(signum: int, frame: object) -> None:
+            name = signal.Signals(signum).name
+            if clock is not None and hasattr(clock, "callFromThread"):
+                clock.callFromThread(self._stop_now, f"a second {name}")
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, second)
 
 
 class DemoBackends(Service):
@@ -228,6 +393,7 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
 
     @param reactor: the reactor to run on; the global one when L{None}.
     """
+    handle_signals = reactor is None
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -298,7 +464,16 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         refusals=refusals,
         responder=responder,
     )
-    top = GatewayService(config, pool, factory, counters, cap_state)
+    top = GatewayService(
+        config,
+        pool,
+        factory,
+        counters,
+        cap_state,
+        registry=registry,
+        clock=reactor,
+        handle_signals=handle_signals,
+    )
     if config.demo:
         DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
     if config.health_interval:

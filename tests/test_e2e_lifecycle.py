@@ -1,0 +1,217 @@
+"""
+The gateway's lifecycle on real subprocesses: SIGTERM drains (stop accepting,
+finish HTTP, let game sessions go on up to --drain-timeout, exit 0), and a
+second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support import Backend as ServerBackend
+from tests.support import (
+    GatewayProcess,
+    connect,
+    echo,
+    listening_ports,
+    recv_exactly,
+    recv_until_eof,
+    wait_for,
+)
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def _exit_status(gateway: GatewayProcess, timeout: float) -> int:
+    assert gateway.process is not None
+    return gateway.process.wait(timeout=timeout)
+
+
+def _options(backend: ServerBackend, site: Path, drain: str) -> list[str]:
+    return [
+        "--backend",
+        backend.endpoint,
+        "--http-root",
+        str(site),
+        "--sniff-timeout",
+        "0.2",
+        "--health-interval",
+        "0",
+        "--drain-timeout",
+        drain,
+    ]
+
+
+def _site(tmp_path: Path) -> Path:
+    site = tmp_path / "www"
+    site.mkdir()
+    (site / "index.html").write_bytes(b"<p>drain</p>")
+    return site
+
+
+def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
+    """
+    On SIGTERM the front stops accepting at once; an idle HTTP keep-alive
+    connection is closed; a game session goes on (bytes still flow both
+    ways) and, once its client closes it, the gateway exits with status 0,
+    well before the drain timeout.
+    """
+    with (
+        ServerBackend(echo) as backend,
+        GatewayProcess(_options(backend, _site(tmp_path), "30"), tmp_path) as gateway,
+    ):
+        game = connect(gateway.port)
+        game.sendall(b"before\n")
+        assert recv_exactly(game, 7) == b"before\n"
+        http = connect(gateway.port)
+        http.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = http.recv(4096)
+        assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"<p>drain</p>")
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: _refused(gateway.port), "the front to stop accepting")
+        # The keep-alive connection was idle: closed, not cut mid-response.
+        assert recv_until_eof(http) == b""
+        game.sendall(b"during the drain\n")
+        assert recv_exactly(game, 17) == b"during the drain\n"
+        assert gateway.process.poll() is None
+        began = time.monotonic()
+        game.close()
+        assert _exit_status(gateway, 10) == 0
+        assert time.monotonic() - began < 5
+        log = gateway.log()
+        assert "draining: stopped accepting; 1 game sessions and 1 HTTP connections open" in log
+        assert "drained: every session has ended" in log
+        assert "Traceback" not in log
+
+
+def test_drain_timeout_closes_what_is_left(tmp_path: Path) -> None:
+    """
+    A game session still open when the drain timeout passes is closed by
+    the gateway (its client sees the end of stream), the close is counted in
+    the log and the access log says why, and the exit status is 0.
+    """
+    with (
+        ServerBackend(echo) as backend,
+        GatewayProcess(_options(backend, _site(tmp_path), "1"), tmp_path) as gateway,
+    ):
+        game = connect(gateway.port)
+        game.sendall(b"hello\n")
+        assert recv_exactly(game, 6) == b"hello\n"
+        assert gateway.process is not None
+        began = time.monotonic()
+        gateway.process.send_signal(signal.SIGTERM)
+        assert recv_until_eof(game) == b""
+        waited = time.monotonic() - began
+        assert _exit_status(gateway, 10) == 0
+        assert waited >= 0.9, f"closed after {waited:.2f} s, before the 1 s drain timeout"
+        log = gateway.log()
+        assert "drain timeout (1 s): closing 1 game sessions still open" in log
+        assert "ended (drain-timeout)" in log
+        game.close()
+
+
+def test_second_signal_stops_at_once(tmp_path: Path) -> None:
+    """
+    While draining (with a long drain timeout), a second SIGTERM, or a
+    SIGINT, closes the remaining sessions and the gateway exits at once.
+    """
+    site = _site(tmp_path)
+    for second in (signal.SIGTERM, signal.SIGINT):
+        run = tmp_path / second.name
+        run.mkdir()
+        with (
+            ServerBackend(echo) as backend,
+            GatewayProcess(_options(backend, site, "300"), run) as gateway,
+        ):
+            game = connect(gateway.port)
+            game.sendall(b"x\n")
+            assert recv_exactly(game, 2) == b"x\n"
+            assert gateway.process is not None
+            gateway.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: "draining:" in gateway.log(), "the drain to start")
+            began = time.monotonic()
+            gateway.process.send_signal(second)
+            assert recv_until_eof(game) == b""
+            assert _exit_status(gateway, 10) == 0
+            assert time.monotonic() - began < 5
+            assert f"stopping now (a second {second.name})" in gateway.log()
+            game.close()
+
+
+def test_twist_drains_too(tmp_path: Path) -> None:
+    """
+    Under `twist` (the foreground runner) SIGTERM drains the same way.
+    """
+    twist = Path(GatewayProcess([], tmp_path).argv[0]).with_name("twist")
+    with ServerBackend(echo) as backend:
+        process = subprocess.Popen(
+            [
+                str(twist),
+                "gateway",
+                "--listen",
+                "tcp:0:interface=127.0.0.4",
+                "--admin",
+                "none",
+                *_options(backend, _site(tmp_path), "30"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: "127.0.0.4" in listening_ports(process.pid), "twist to listen")
+            port = listening_ports(process.pid)["127.0.0.4"][0]
+            game = socket.create_connection(("127.0.0.4", port), timeout=10)
+            game.sendall(b"y\n")
+            assert recv_exactly(game, 2) == b"y\n"
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            game.sendall(b"z\n")
+            assert recv_exactly(game, 2) == b"z\n"
+            game.close()
+            assert process.wait(timeout=10) == 0
+            assert process.stdout is not None
+            assert b"drained: every session has ended" in process.stdout.read()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_http_response_in_flight_is_finished(tmp_path: Path) -> None:
+    """
+    An HTTP response being sent when SIGTERM arrives (a large file to a
+    client that reads slowly) is sent whole, then the connection is closed
+    and the gateway exits 0.
+    """
+    site = _site(tmp_path)
+    body = bytes(range(256)) * 16384  # 4 MiB
+    (site / "big.bin").write_bytes(body)
+    with (
+        ServerBackend(echo) as backend,
+        GatewayProcess(_options(backend, site, "30"), tmp_path) as gateway,
+    ):
+        http = connect(gateway.port)
+        http.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        http.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = http.recv(1024)
+        assert first.startswith(b"HTTP/1.1 200")
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "draining:" in gateway.log(), "the drain to start")
+        rest = recv_until_eof(http)
+        received = (first + rest).split(b"\r\n\r\n", 1)[1]
+        assert received == body
+        assert _exit_status(gateway, 10) == 0
+        http.close()
