@@ -17,6 +17,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorCore
@@ -26,6 +27,9 @@ __all__ = [
     "DEFAULT_ADMIN",
     "DEMO_LISTEN",
     "BackendSpec",
+    "RawBackend",
+    "Settings",
+    "build_config",
     "ConfigError",
     "GatewayConfig",
     "BALANCE_CHOICES",
@@ -78,15 +82,41 @@ class BackendSpec:
     """
     One game backend as configured.
 
-    @ivar name: the name shown in logs (and later on the admin endpoint); by
+    @ivar name: the name shown in logs and on the admin endpoint; by
         default the endpoint string itself.
     @ivar endpoint: a Twisted client endpoint string, e.g. C{tcp:127.0.0.1:7000}.
     @ivar weight: its share of new sessions relative to the others.
+    @ivar health_send: this backend's health check sends these bytes
+        (L{None}: the gateway's C{--health-send}).
+    @ivar health_expect: and must receive these (L{None}: C{--health-expect}).
+    @ivar proxy_protocol: the PROXY header sent to this backend (L{None}:
+        the gateway's C{--proxy-protocol}).
     """
 
     name: str
     endpoint: str
     weight: int = 1
+    health_send: bytes | None = None
+    health_expect: bytes | None = None
+    proxy_protocol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RawBackend:
+    """
+    A backend as written (on the command line or in a file), not yet checked.
+
+    @ivar label: how error messages name it, e.g. C{--backend} or
+        C{gateway.toml: backend 'eu-1'}.
+    """
+
+    label: str
+    endpoint: str
+    name: str | None = None
+    weight: str | None = None
+    health_send: str | None = None
+    health_expect: str | None = None
+    proxy_protocol: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +162,8 @@ class GatewayConfig:
         (C{-}: standard output), or L{None}.
     @ivar drain_timeout: seconds game sessions may go on after SIGTERM
         before they are closed (0: close them at once).
+    @ivar config_file: the TOML file the settings were read from, if any
+        (SIGHUP reads it again).
     @ivar demo: also run the built-in demo game backends and page.
     """
 
@@ -160,6 +192,7 @@ class GatewayConfig:
     admin: str | None = DEFAULT_ADMIN
     admin_token: str | None = field(default=None, repr=False)
     drain_timeout: float = 30.0
+    config_file: str | None = None
     access_log: str | None = None
     demo: bool = False
 
@@ -399,3 +432,189 @@ def check_client_endpoint(option: str, description: str, reactor: IReactorCore) 
             f"{option}: cannot use {description!r} as a client endpoint: {_describe(error)}"
         ) from None
     return description
+
+
+MAX_WEIGHT = 1000
+"""The largest backend weight (a weight is a share, not a count)."""
+
+
+class Settings:
+    """
+    Raw settings from their sources, the command line winning over a file:
+    what L{build_config} checks.
+
+    @ivar values: option name (C{max-connections}) to value: text as the
+        command line gives it, a bool for flags, a list of strings for
+        C{listen}.
+    @ivar labels: how error messages name each setting that was given
+        (C{--max-connections}, or C{gateway.toml: max-connections}).
+    @ivar backends: the backends, in order.
+    @ivar defaults: the value of each setting that was not given.
+    """
+
+    def __init__(
+        self,
+        values: dict[str, Any],
+        labels: dict[str, str],
+        backends: list[RawBackend],
+        defaults: dict[str, Any],
+    ) -> None:
+        self.values = values
+        self.labels = labels
+        self.backends = backends
+        self.defaults = defaults
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name] if name in self.values else self.defaults.get(name)
+
+    def label(self, name: str) -> str:
+        """
+        How error messages name the setting C{name}.
+        """
+        return self.labels.get(name, f"--{name}")
+
+
+def _backend_spec(raw: RawBackend, reactor: IReactorCore) -> BackendSpec:
+    check_client_endpoint(raw.label, raw.endpoint, reactor)
+    weight = 1
+    if raw.weight is not None:
+        weight = check_count(f"{raw.label}: weight", raw.weight)
+        if not 1 <= weight <= MAX_WEIGHT:
+            raise ConfigError(f"{raw.label}: weight must be 1 to {MAX_WEIGHT}, got {weight}")
+    name = raw.endpoint if raw.name is None else check_line(f"{raw.label}: name", raw.name)
+    if not name:
+        raise ConfigError(f"{raw.label}: name must not be empty")
+    return BackendSpec(
+        name=name,
+        endpoint=raw.endpoint,
+        weight=weight,
+        health_send=None
+        if raw.health_send is None
+        else check_escaped(f"{raw.label}: health-send", raw.health_send),
+        health_expect=None
+        if raw.health_expect is None
+        else check_escaped(f"{raw.label}: health-expect", raw.health_expect),
+        proxy_protocol=None
+        if raw.proxy_protocol is None
+        else check_choice(f"{raw.label}: proxy-protocol", raw.proxy_protocol, PROXY_CHOICES),
+    )
+
+
+def build_config(
+    settings: Settings, reactor: IReactorCore, *, config_file: str | None = None
+) -> GatewayConfig:
+    """
+    Check every setting and build the configuration.
+
+    @param reactor: endpoint strings are parsed for it (never bound).
+    @param config_file: the file the settings came from, if any.
+    @raise ConfigError: a setting is invalid; the message names it.
+    """
+    s, label = settings, settings.label
+
+    def other(name: str, by: str) -> str:
+        # Another setting, named the way the one in the message (by) is.
+        return f"--{name}" if label(by).startswith("--") else name
+
+    demo = bool(s["demo"])
+    listen = list(s["listen"] or [DEMO_LISTEN if demo else DEFAULT_LISTEN])
+    for index, description in enumerate(listen):
+        check_server_endpoint(label("listen"), description, reactor)
+        if description in listen[:index]:
+            raise ConfigError(f"{label('listen')}: {description!r} is given twice")
+    backends: list[BackendSpec] = []
+    for raw in s.backends:
+        spec = _backend_spec(raw, reactor)
+        if any(b.endpoint == spec.endpoint for b in backends) and raw.name is None:
+            raise ConfigError(f"{raw.label}: {spec.endpoint!r} is given twice")
+        if any(b.name == spec.name for b in backends):
+            raise ConfigError(f"{raw.label}: the name {spec.name!r} is given twice")
+        backends.append(spec)
+    if not backends and not demo:
+        raise ConfigError(
+            f"{label('backend')}: at least one game backend is needed "
+            "(or --demo for the built-in demo game)"
+        )
+    rate = check_rate(label("rate-per-ip"), s["rate-per-ip"])
+    burst = None
+    if s["rate-burst"] is not None:
+        if not rate:
+            raise ConfigError(f"{label('rate-burst')}: needs {other('rate-per-ip', 'rate-burst')}")
+        burst = check_rate(label("rate-burst"), s["rate-burst"], minimum=1)
+    busy = s["busy-message"]
+    if busy is not None:
+        busy = check_line(label("busy-message"), busy)
+    admin = s["admin"]
+    if admin == "none":
+        admin = None
+    else:
+        check_server_endpoint(label("admin"), admin, reactor)
+        if admin in listen:
+            raise ConfigError(
+                f"{label('admin')}: {admin!r} is also a {other('listen', 'admin')} front"
+            )
+    token = None
+    if s["admin-token"] is not None and s["admin-token-file"] is not None:
+        raise ConfigError(
+            f"{label('admin-token')}: give it or "
+            f"{other('admin-token-file', 'admin-token')}, not both"
+        )
+    if s["admin-token"] is not None:
+        token = check_token(label("admin-token"), s["admin-token"])
+    elif s["admin-token-file"] is not None:
+        token = read_token_file(label("admin-token-file"), s["admin-token-file"])
+    if token is not None and admin is None:
+        raise ConfigError(
+            f"{label('admin-token')}: needs an {other('admin', 'admin-token')} endpoint "
+            "(it is 'none')"
+        )
+    access_log = s["access-log"]
+    if access_log is not None:
+        access_log = check_writable_file(label("access-log"), access_log)
+    balance = check_choice(label("balance"), s["balance"], BALANCE_CHOICES)
+    session_key = s["session-key"]
+    if session_key is not None:
+        session_key = check_session_key(label("session-key"), session_key)
+        if balance != "hash":
+            raise ConfigError(
+                f"{label('session-key')}: needs {other('balance', 'session-key')} hash"
+            )
+    http_root = s["http-root"]
+    if http_root is not None:
+        http_root = check_directory(label("http-root"), http_root)
+    return GatewayConfig(
+        listen=tuple(listen),
+        backends=tuple(backends),
+        http_root=http_root,
+        http_listing=bool(s["http-listing"]),
+        sniff_timeout=check_seconds(label("sniff-timeout"), s["sniff-timeout"], allow_zero=False),
+        connect_timeout=check_seconds(
+            label("connect-timeout"), s["connect-timeout"], allow_zero=False
+        ),
+        idle_timeout=check_seconds(label("idle-timeout"), s["idle-timeout"], allow_zero=True),
+        fin_timeout=check_seconds(label("fin-timeout"), s["fin-timeout"], allow_zero=True),
+        header_timeout=check_seconds(
+            label("header-timeout"), s["header-timeout"], allow_zero=False
+        ),
+        max_connections=check_count(label("max-connections"), s["max-connections"]),
+        max_per_ip=check_count(label("max-per-ip"), s["max-per-ip"]),
+        rate_per_ip=rate,
+        rate_burst=burst,
+        overflow=check_choice(label("overflow"), s["overflow"], OVERFLOW_CHOICES),
+        busy_message=busy,
+        balance=balance,
+        session_key=session_key,
+        proxy_protocol=check_choice(label("proxy-protocol"), s["proxy-protocol"], PROXY_CHOICES),
+        health_interval=check_seconds(
+            label("health-interval"), s["health-interval"], allow_zero=True
+        ),
+        retries=check_count(label("retries"), s["retries"]),
+        admin=admin,
+        admin_token=token,
+        drain_timeout=check_seconds(label("drain-timeout"), s["drain-timeout"], allow_zero=True),
+        access_log=access_log,
+        health_send=check_escaped(label("health-send"), s["health-send"] or ""),
+        health_expect=check_escaped(label("health-expect"), s["health-expect"] or ""),
+        demo=demo,
+        config_file=config_file,
+    )

@@ -88,11 +88,14 @@ class HealthCheck:
         empty, connecting (TLS handshake included) is the whole check.
     @ivar timeout: seconds for the whole probe, connect included; L{None} for
         the checker's timeout.
+    @ivar preamble: bytes written first (a PROXY header for a backend that
+        expects one); L{None} for the checker's preamble.
     """
 
     send: bytes = b""
     expect: bytes = b""
     timeout: float | None = None
+    preamble: bytes | None = None
 
     def __post_init__(self) -> None:
         """
@@ -541,7 +544,7 @@ class HealthChecker(Service):
             self._clock,
             self._record,
             self._finished,
-            self._preamble,
+            check.preamble if check.preamble is not None else self._preamble,
         )
         self._probes[backend] = probe
         probe.start()

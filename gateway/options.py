@@ -10,6 +10,7 @@ entry point; it imports the service module only when the gateway really starts.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,28 +20,13 @@ from twisted.python import usage
 from typing_extensions import override
 
 from gateway.config import (
-    BALANCE_CHOICES,
     DEFAULT_ADMIN,
-    DEFAULT_LISTEN,
     DEMO_LISTEN,
-    OVERFLOW_CHOICES,
-    PROXY_CHOICES,
-    BackendSpec,
     ConfigError,
     GatewayConfig,
-    check_choice,
-    check_client_endpoint,
-    check_count,
-    check_directory,
-    check_escaped,
-    check_line,
-    check_rate,
-    check_seconds,
-    check_server_endpoint,
-    check_session_key,
-    check_token,
-    check_writable_file,
-    read_token_file,
+    RawBackend,
+    Settings,
+    build_config,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +57,12 @@ class GatewayOptions(usage.Options):
 
     optFlags = [
         [
+            "check-config",
+            None,
+            "Check the settings (the --config file and the command line) and exit: "
+            "status 0 and a summary if they are valid, else 2 and the error. Binds nothing.",
+        ],
+        [
             "demo",
             None,
             "Run the built-in demo: two in-process game servers as backends and a demo "
@@ -83,6 +75,15 @@ class GatewayOptions(usage.Options):
         ],
     ]
     optParameters = [
+        [
+            "config",
+            None,
+            None,
+            "TOML file with the same settings as the options (keys are the option names, "
+            "backends are [[backend]] tables with name, endpoint, weight, health-send, "
+            "health-expect, proxy-protocol); the command line wins over it. SIGHUP "
+            "reads it again.",
+        ],
         [
             "max-connections",
             None,
@@ -265,7 +266,25 @@ class GatewayOptions(usage.Options):
         self._reactor = reactor
         self._listen: list[str] = []
         self._backends: list[str] = []
+        self._given: set[str] = set()
         self.config = _DEFAULTS
+
+    @override
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        # Note which settings the command line gives, so that they (and only
+        # they) win over the --config file.
+        for name, handler in list(self._dispatch.items()):
+            self._dispatch[name] = self._recorder(name, handler)
+        super().parseOptions(options)
+
+    def _recorder(self, name: str, handler: Any) -> Any:
+        def record(option: str, value: Any = None) -> Any:
+            self._given.add(name)
+            if isinstance(handler, usage.CoerceParameter):
+                return handler.dispatch(option, value)
+            return handler(option, value)
+
+        return record
 
     def opt_listen(self, description: str) -> None:
         """A public front (repeatable; default tcp:8080): any Twisted server endpoint string, e.g. tcp:80, tcp:8080:interface=127.0.0.1, unix:/run/gw.sock."""  # noqa: E501
@@ -304,6 +323,9 @@ class GatewayOptions(usage.Options):
             self.config = self._build()
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
+        if self["check-config"]:
+            print(summary(self.config))
+            raise SystemExit(0)
 
     def _build(self) -> GatewayConfig:
         reactor = self._reactor
@@ -312,94 +334,63 @@ class GatewayOptions(usage.Options):
 
             reactor = global_reactor
         assert reactor is not None
-        demo = bool(self["demo"])
-        listen = self._listen or [DEMO_LISTEN if demo else DEFAULT_LISTEN]
-        for index, description in enumerate(listen):
-            check_server_endpoint("--listen", description, reactor)
-            if description in listen[:index]:
-                raise ConfigError(f"--listen: {description!r} is given twice")
-        for index, description in enumerate(self._backends):
-            check_client_endpoint("--backend", description, reactor)
-            if description in self._backends[:index]:
-                raise ConfigError(f"--backend: {description!r} is given twice")
-        if not self._backends and not demo:
-            raise ConfigError(
-                "--backend: at least one game backend is needed "
-                "(or --demo for the built-in demo game)"
-            )
-        rate = check_rate("--rate-per-ip", self["rate-per-ip"])
-        burst = None
-        if self["rate-burst"] is not None:
-            if not rate:
-                raise ConfigError("--rate-burst: needs --rate-per-ip")
-            burst = check_rate("--rate-burst", self["rate-burst"], minimum=1)
-        busy = self["busy-message"]
-        if busy is not None:
-            busy = check_line("--busy-message", busy)
-        admin = self["admin"]
-        if admin == "none":
-            admin = None
-        else:
-            check_server_endpoint("--admin", admin, reactor)
-            if admin in listen:
-                raise ConfigError(f"--admin: {admin!r} is also a --listen front")
-        token = None
-        if self["admin-token"] is not None and self["admin-token-file"] is not None:
-            raise ConfigError("--admin-token: give it or --admin-token-file, not both")
-        if self["admin-token"] is not None:
-            token = check_token("--admin-token", self["admin-token"])
-        elif self["admin-token-file"] is not None:
-            token = read_token_file("--admin-token-file", self["admin-token-file"])
-        if token is not None and admin is None:
-            raise ConfigError("--admin-token: needs an --admin endpoint (it is 'none')")
-        access_log = self["access-log"]
-        if access_log is not None:
-            access_log = check_writable_file("--access-log", access_log)
-        session_key = self["session-key"]
-        if session_key is not None:
-            session_key = check_session_key("--session-key", session_key)
-            if self["balance"] != "hash":
-                raise ConfigError("--session-key: needs --balance hash")
-        http_root = self["http-root"]
-        if http_root is not None:
-            http_root = check_directory("--http-root", http_root)
-        return GatewayConfig(
-            listen=tuple(listen),
-            backends=tuple(BackendSpec(name=d, endpoint=d) for d in self._backends),
-            http_root=http_root,
-            http_listing=bool(self["http-listing"]),
-            sniff_timeout=check_seconds(
-                "--sniff-timeout", self["sniff-timeout"], allow_zero=False
-            ),
-            connect_timeout=check_seconds(
-                "--connect-timeout", self["connect-timeout"], allow_zero=False
-            ),
-            idle_timeout=check_seconds("--idle-timeout", self["idle-timeout"], allow_zero=True),
-            fin_timeout=check_seconds("--fin-timeout", self["fin-timeout"], allow_zero=True),
-            header_timeout=check_seconds(
-                "--header-timeout", self["header-timeout"], allow_zero=False
-            ),
-            max_connections=check_count("--max-connections", self["max-connections"]),
-            max_per_ip=check_count("--max-per-ip", self["max-per-ip"]),
-            rate_per_ip=rate,
-            rate_burst=burst,
-            overflow=check_choice("--overflow", self["overflow"], OVERFLOW_CHOICES),
-            busy_message=busy,
-            balance=check_choice("--balance", self["balance"], BALANCE_CHOICES),
-            session_key=session_key,
-            proxy_protocol=check_choice("--proxy-protocol", self["proxy-protocol"], PROXY_CHOICES),
-            health_interval=check_seconds(
-                "--health-interval", self["health-interval"], allow_zero=True
-            ),
-            retries=check_count("--retries", self["retries"]),
-            admin=admin,
-            admin_token=token,
-            drain_timeout=check_seconds("--drain-timeout", self["drain-timeout"], allow_zero=True),
-            access_log=access_log,
-            health_send=check_escaped("--health-send", self["health-send"] or ""),
-            health_expect=check_escaped("--health-expect", self["health-expect"] or ""),
-            demo=demo,
-        )
+        return self.rebuild(reactor)
+
+    def rebuild(self, reactor: IReactorCore) -> GatewayConfig:
+        """
+        Build the configuration from the command line and the C{--config}
+        file as it is now (SIGHUP calls this again to re-read the file).
+
+        @raise ConfigError: a setting is invalid; the message names it.
+        """
+        values: dict[str, Any] = {}
+        labels: dict[str, str] = {}
+        backends: list[RawBackend] = []
+        path = self["config"]
+        if path is not None:
+            from gateway.configfile import read_config_file
+
+            file = read_config_file(path)
+            values.update(file.values)
+            labels.update({key: file.label(key) for key in file.values})
+            backends = list(file.backends or [])
+            if file.backends is not None:
+                labels["backend"] = file.label("backend")
+            else:
+                labels["backend"] = f"--backend (or [[backend]] in {path})"
+        # The command line wins: each setting given there replaces the file's
+        # (a list given there, --listen or --backend, replaces the whole list).
+        for name in self._given:
+            if name in self.opts and name not in ("config", "check-config"):
+                values[name] = self[name]
+                labels[name] = f"--{name}"
+        if self._listen:
+            values["listen"] = list(self._listen)
+            labels["listen"] = "--listen"
+        if self._backends:
+            backends = [RawBackend(label="--backend", endpoint=d) for d in self._backends]
+            labels["backend"] = "--backend"
+        defaults: dict[str, Any] = {str(p[0]): p[2] for p in self.optParameters}
+        defaults.update({str(f[0]): False for f in self.optFlags})
+        settings = Settings(values, labels, backends, defaults)
+        return build_config(settings, reactor, config_file=os.path.abspath(path) if path else None)
+
+
+def summary(config: GatewayConfig) -> str:
+    """
+    What C{--check-config} prints for a valid configuration.
+    """
+    source = config.config_file or "the command line"
+    backends = ", ".join(
+        f"{b.name} ({b.endpoint}, weight {b.weight})" if b.name != b.endpoint else b.name
+        for b in config.backends
+    )
+    return (
+        f"gateway: {source}: the configuration is valid: "
+        f"fronts {', '.join(config.listen)}; "
+        f"backends {backends or '(demo)'}; "
+        f"admin {config.admin or 'none'}"
+    )
 
 
 class Options(GatewayOptions):

@@ -53,6 +53,8 @@ class Backend:
     @ivar consecutive_failures: failed attempts since its last success.
     @ivar reason: why it is in its state (a health check's or an operator's
         words), for logs and the admin endpoint.
+    @ivar proxy_protocol: the PROXY header sessions send it (C{off}, C{v1},
+        C{v2}), or L{None} for the gateway's C{--proxy-protocol}.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Backend:
     failures: int = 0
     consecutive_failures: int = 0
     reason: str = field(default="")
+    proxy_protocol: str | None = None
 
 
 @implementer(IBackendChooser)

@@ -440,10 +440,11 @@ class GameSession:
         backend.total += 1
         held, self._held = self._held, []
         self._held_size = 0
-        if self._proxy_version != "off":
+        version = backend.proxy_protocol or self._proxy_version
+        if version != "off":
             # Before any client byte; not counted in bytes_in (not the client's).
             client = cast(ITransport, self.client)
-            server.write(proxy_header(self._proxy_version, client.getPeer(), client.getHost()))
+            server.write(proxy_header(version, client.getPeer(), client.getHost()))
         for chunk in held:
             server.write(chunk)
             self.bytes_in += len(chunk)

@@ -387,6 +387,34 @@ class DemoBackends(Service):
         return gatherResults([maybeDeferred(port.stopListening) for port in ports])
 
 
+def _probe_preamble(version: str) -> bytes:
+    """
+    What a health probe writes first for a backend that expects a PROXY
+    header: one without addresses (LOCAL in v2, UNKNOWN in v1).
+    """
+    if version == "off":
+        return b""
+    nobody = UNIXAddress(None)
+    return proxy_header(version, nobody, nobody)
+
+
+def health_checks(config: GatewayConfig) -> dict[str, HealthCheck]:
+    """
+    The health checks of the backends that have their own (a send/expect
+    check or a PROXY setting of their own in the config file), by name.
+    """
+    checks = {}
+    for spec in config.backends:
+        if spec.health_send is None and spec.health_expect is None and not spec.proxy_protocol:
+            continue
+        checks[spec.name] = HealthCheck(
+            send=config.health_send if spec.health_send is None else spec.health_send,
+            expect=config.health_expect if spec.health_expect is None else spec.health_expect,
+            preamble=None if spec.proxy_protocol is None else _probe_preamble(spec.proxy_protocol),
+        )
+    return checks
+
+
 def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
     """
     Assemble the gateway for C{config}.
@@ -405,6 +433,7 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
                 description=spec.endpoint,
                 endpoint=clientFromString(reactor, spec.endpoint),
                 weight=spec.weight,
+                proxy_protocol=spec.proxy_protocol,
             )
             for spec in config.backends
         ),
@@ -478,19 +507,14 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
     if config.health_interval:
         # After the demo backends, so that its first round sees them.
-        preamble = b""
-        if config.proxy_protocol != "off":
-            # A backend that expects a PROXY header gets one from the probes
-            # too (without addresses: LOCAL in v2, UNKNOWN in v1).
-            nobody = UNIXAddress(None)
-            preamble = proxy_header(config.proxy_protocol, nobody, nobody)
         HealthChecker(
             pool,
             reactor,
             interval=config.health_interval,
             fall=PASSIVE_FALL,
+            checks=health_checks(config),
             default_check=HealthCheck(send=config.health_send, expect=config.health_expect),
-            preamble=preamble,
+            preamble=_probe_preamble(config.proxy_protocol),
         ).setServiceParent(top)
     for description in config.listen:
         inner: Factory = gate

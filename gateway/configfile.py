@@ -1,0 +1,190 @@
+"""
+The TOML configuration file (C{--config FILE}): read with the standard
+library's C{tomllib}, checked for unknown keys and value types, and turned
+into the same raw settings the command line gives, so that both go through
+the same checks (L{gateway.config.build_config}) and give the same messages.
+
+Keys are the long option names (C{max-connections = 100}); backends are an
+array of tables::
+
+    listen = ["tcp:8080"]
+    balance = "hash"
+    admin-token-file = "/etc/gateway/admin-token"
+
+    [[backend]]
+    name = "eu-1"                      # default: the endpoint string
+    endpoint = "tcp:10.0.0.11:7777"
+    weight = 2                         # default 1
+    health-send = "PING\\r\\n"          # this backend's health check
+    health-expect = "PONG"
+    proxy-protocol = "v2"              # this backend's PROXY header
+
+Errors name the file and the key (and, for a TOML syntax error, the line and
+column the parser reports); an unknown key is an error, never ignored.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import ConfigError, RawBackend
+
+__all__ = ["FILE_SETTINGS", "FileSettings", "read_config_file"]
+
+_NUMBER = "a number"
+_INTEGER = "a whole number"
+_STRING = "a string"
+_BOOL = "true or false"
+
+FILE_SETTINGS: dict[str, str] = {
+    "listen": "a list of endpoint strings",
+    "backend": "an array of tables ([[backend]])",
+    "http-root": _STRING,
+    "http-listing": _BOOL,
+    "demo": _BOOL,
+    "sniff-timeout": _NUMBER,
+    "connect-timeout": _NUMBER,
+    "idle-timeout": _NUMBER,
+    "fin-timeout": _NUMBER,
+    "header-timeout": _NUMBER,
+    "drain-timeout": _NUMBER,
+    "max-connections": _INTEGER,
+    "max-per-ip": _INTEGER,
+    "rate-per-ip": _NUMBER,
+    "rate-burst": _NUMBER,
+    "overflow": _STRING,
+    "busy-message": _STRING,
+    "balance": _STRING,
+    "session-key": _STRING,
+    "proxy-protocol": _STRING,
+    "health-interval": _NUMBER,
+    "health-send": _STRING,
+    "health-expect": _STRING,
+    "retries": _INTEGER,
+    "admin": _STRING,
+    "admin-token": _STRING,
+    "admin-token-file": _STRING,
+    "access-log": _STRING,
+}
+"""Every top-level key a file may have, and the type of its value."""
+
+BACKEND_KEYS: dict[str, str] = {
+    "name": _STRING,
+    "endpoint": _STRING,
+    "weight": _INTEGER,
+    "health-send": _STRING,
+    "health-expect": _STRING,
+    "proxy-protocol": _STRING,
+}
+"""The keys of a C{[[backend]]} table."""
+
+
+@dataclass
+class FileSettings:
+    """
+    What a configuration file says, checked for keys and types only.
+
+    @ivar path: the file, as given.
+    @ivar values: option name to value: text for numbers and strings (as the
+        command line would give them), a bool for flags, a list for C{listen}.
+    @ivar backends: the backends, in the file's order (L{None}: the file has
+        no C{backend} key).
+    """
+
+    path: str
+    values: dict[str, Any] = field(default_factory=dict)
+    backends: list[RawBackend] | None = None
+
+    def label(self, key: str) -> str:
+        """
+        How error messages name C{key} of this file.
+        """
+        return f"{self.path}: {key}"
+
+
+def _scalar(label: str, kind: str, value: object) -> str | bool:
+    """
+    Check a value's type and turn it into what the command line would give.
+    """
+    if kind == _BOOL:
+        if isinstance(value, bool):
+            return value
+    elif kind == _STRING:
+        if isinstance(value, str):
+            return value
+    elif kind == _INTEGER:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{label}: must be {kind}, got {value!r}")
+
+
+def _backend(settings: FileSettings, index: int, table: object) -> RawBackend:
+    label = f"{settings.path}: backend[{index}]"
+    if isinstance(table, str):
+        return RawBackend(label=label, endpoint=table)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{label}: must be a table with an endpoint, got {table!r}")
+    unknown = sorted(set(table) - set(BACKEND_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{label}: unknown key {unknown[0]!r} (a backend has: {', '.join(BACKEND_KEYS)})"
+        )
+    if "endpoint" not in table:
+        raise ConfigError(f'{label}: needs an endpoint, e.g. endpoint = "tcp:10.0.0.5:7000"')
+    checked = {
+        key: _scalar(f"{label}.{key}", BACKEND_KEYS[key], value) for key, value in table.items()
+    }
+    if "name" in checked:
+        label = f"{settings.path}: backend {checked['name']!r}"
+    return RawBackend(
+        label=label,
+        endpoint=str(checked["endpoint"]),
+        name=str(checked["name"]) if "name" in checked else None,
+        weight=str(checked["weight"]) if "weight" in checked else None,
+        health_send=str(checked["health-send"]) if "health-send" in checked else None,
+        health_expect=str(checked["health-expect"]) if "health-expect" in checked else None,
+        proxy_protocol=str(checked["proxy-protocol"]) if "proxy-protocol" in checked else None,
+    )
+
+
+def read_config_file(path: str) -> FileSettings:
+    """
+    Read and check a configuration file.
+
+    @raise ConfigError: it cannot be read, is not valid TOML, has an unknown
+        key or a value of the wrong type; the message names the file and key.
+    """
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"--config: cannot read {path!r}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        # tomllib's message ends with "(at line L, column C)".
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    settings = FileSettings(path=path)
+    for key, value in document.items():
+        if key not in FILE_SETTINGS:
+            hint = ""
+            if key.replace("_", "-") in FILE_SETTINGS:
+                hint = f" (did you mean {key.replace('_', '-')!r}?)"
+            elif key == "backends":
+                hint = " (did you mean [[backend]]?)"
+            raise ConfigError(f"{path}: unknown setting {key!r}{hint}")
+        label = settings.label(key)
+        if key == "listen":
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ConfigError(f"{label}: must be {FILE_SETTINGS[key]}, got {value!r}")
+            settings.values[key] = list(items)
+        elif key == "backend":
+            if not isinstance(value, list):
+                raise ConfigError(f"{label}: must be {FILE_SETTINGS[key]}, got {value!r}")
+            settings.backends = [_backend(settings, i, table) for i, table in enumerate(value)]
+        else:
+            settings.values[key] = _scalar(label, FILE_SETTINGS[key], value)
+    return settings

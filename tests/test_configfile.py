@@ -1,0 +1,325 @@
+"""
+The TOML configuration file as data: a file and an argv in, a whole
+L{GatewayConfig} out; every error path with its message; --check-config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.internet.testing import MemoryReactor
+from twisted.python.usage import UsageError
+
+from gateway.config import BackendSpec, GatewayConfig
+from gateway.health import HealthCheck
+from gateway.options import GatewayOptions
+from gateway.service import health_checks
+from tests.support import TWISTD
+
+TOKEN = "file-admin-token-0123456789"
+
+
+def parse(argv: list[str]) -> GatewayConfig:
+    """
+    Parse C{argv} as the plugin would, against a memory reactor.
+    """
+    options = GatewayOptions(reactor=MemoryReactor())
+    options.parseOptions(argv)
+    return options.config
+
+
+def write(tmp_path: Path, text: str) -> str:
+    """
+    Write a config file; its path.
+    """
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return str(path)
+
+
+FULL = f"""
+listen = ["tcp:4000", "unix:/tmp/gw-test.sock"]
+sniff-timeout = 0.5
+connect-timeout = 3
+idle-timeout = 900
+fin-timeout = 30
+header-timeout = 5
+drain-timeout = 120
+max-connections = 1000
+max-per-ip = 20
+rate-per-ip = 5.5
+rate-burst = 12
+overflow = "queue"
+busy-message = "busy"
+balance = "hash"
+session-key = '^LOGIN (\\w+)'
+proxy-protocol = "v1"
+health-interval = 2
+health-send = "PING\\\\r\\\\n"
+health-expect = "PONG"
+retries = 1
+admin = "tcp:9191:interface=127.0.0.1"
+admin-token = "{TOKEN}"
+http-listing = true
+
+[[backend]]
+name = "eu-1"
+endpoint = "tcp:10.0.0.11:7777"
+weight = 3
+health-send = "HELLO\\\\n"
+health-expect = "WELCOME"
+proxy-protocol = "v2"
+
+[[backend]]
+endpoint = "tcp:10.0.0.12:7777"
+"""
+
+
+def test_full_file(tmp_path: Path) -> None:
+    """
+    Every setting of a file lands in the config; a backend without a name is
+    named by its endpoint; the file's path is kept for SIGHUP.
+    """
+    path = write(tmp_path, FULL)
+    config = parse(["--config", path])
+    assert config == GatewayConfig(
+        listen=("tcp:4000", "unix:/tmp/gw-test.sock"),
+        backends=(
+            BackendSpec(
+                name="eu-1",
+                endpoint="tcp:10.0.0.11:7777",
+                weight=3,
+                health_send=b"HELLO\n",
+                health_expect=b"WELCOME",
+                proxy_protocol="v2",
+            ),
+            BackendSpec(name="tcp:10.0.0.12:7777", endpoint="tcp:10.0.0.12:7777"),
+        ),
+        http_root=None,
+        http_listing=True,
+        sniff_timeout=0.5,
+        connect_timeout=3.0,
+        idle_timeout=900.0,
+        fin_timeout=30.0,
+        header_timeout=5.0,
+        drain_timeout=120.0,
+        max_connections=1000,
+        max_per_ip=20,
+        rate_per_ip=5.5,
+        rate_burst=12.0,
+        overflow="queue",
+        busy_message="busy",
+        balance="hash",
+        session_key="^LOGIN (\\w+)",
+        proxy_protocol="v1",
+        health_interval=2.0,
+        health_send=b"PING\r\n",
+        health_expect=b"PONG",
+        retries=1,
+        admin="tcp:9191:interface=127.0.0.1",
+        admin_token=TOKEN,
+        access_log=None,
+        demo=False,
+        config_file=path,
+    )
+
+
+def test_per_backend_health_checks(tmp_path: Path) -> None:
+    """
+    A backend with its own check (or PROXY setting) gets a health check of
+    its own, the others the gateway's; its probes send its PROXY header.
+    """
+    config = parse(["--config", write(tmp_path, FULL)])
+    checks = health_checks(config)
+    assert set(checks) == {"eu-1"}
+    check = checks["eu-1"]
+    assert (check.send, check.expect) == (b"HELLO\n", b"WELCOME")
+    assert check.preamble is not None and check.preamble.startswith(b"\r\n\r\n\x00\r\nQUIT\n")
+    assert HealthCheck().preamble is None
+
+
+def test_command_line_wins(tmp_path: Path) -> None:
+    """
+    A setting given on the command line replaces the file's; a --backend or
+    --listen replaces the file's whole list; the rest still comes from the file.
+    """
+    path = write(tmp_path, FULL)
+    config = parse(
+        [
+            "--config",
+            path,
+            "--max-per-ip",
+            "3",
+            "--backend",
+            "tcp:127.0.0.1:1",
+            "--overflow=reject",
+        ]
+    )
+    assert config.max_per_ip == 3
+    assert config.overflow == "reject"
+    assert config.backends == (BackendSpec(name="tcp:127.0.0.1:1", endpoint="tcp:127.0.0.1:1"),)
+    assert config.max_connections == 1000
+    assert config.listen == ("tcp:4000", "unix:/tmp/gw-test.sock")
+    assert parse(["--config", path, "--listen", "tcp:5000"]).listen == ("tcp:5000",)
+
+
+def test_a_default_on_the_command_line_still_wins(tmp_path: Path) -> None:
+    """
+    Giving an option its default value on the command line still overrides
+    the file (what was typed wins, not what differs from the default).
+    """
+    path = write(tmp_path, 'max-per-ip = 9\n[[backend]]\nendpoint = "tcp:127.0.0.1:1"\n')
+    assert parse(["--config", path, "--max-per-ip", "0"]).max_per_ip == 0
+    assert parse(["--config", path]).max_per_ip == 9
+
+
+def test_minimal_file_has_the_defaults(tmp_path: Path) -> None:
+    """
+    A file with one backend gives the same config as the same backend on the
+    command line (apart from where it came from).
+    """
+    path = write(tmp_path, 'backend = ["tcp:127.0.0.1:7000"]\n')
+    from_file = parse(["--config", path])
+    from_argv = parse(["--backend", "tcp:127.0.0.1:7000"])
+    assert from_file == dataclasses.replace(from_argv, config_file=path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max-connections = \n", "not valid TOML: Invalid value (at line 2, column 19)"),
+        (
+            'x = 1\n\nlisten = ["tcp:1" "x"]\n',
+            "not valid TOML: Unclosed array (at line 4, column 19)",
+        ),
+        (
+            "retries = 1\nretries = 2\n",
+            "not valid TOML: Cannot overwrite a value (at line 3, column 12)",
+        ),
+        (
+            "max_connections = 5",
+            "unknown setting 'max_connections' (did you mean 'max-connections'?)",
+        ),
+        ("backends = []", "unknown setting 'backends' (did you mean [[backend]]?)"),
+        ("colour = 'blue'", "unknown setting 'colour'"),
+        ('max-connections = "5"', "max-connections: must be a whole number, got '5'"),
+        ("max-connections = 5.5", "max-connections: must be a whole number, got 5.5"),
+        ("max-connections = true", "max-connections: must be a whole number, got True"),
+        ("max-connections = -1", "max-connections: must not be negative"),
+        ("sniff-timeout = 'soon'", "sniff-timeout: must be a number, got 'soon'"),
+        ("sniff-timeout = 0", "sniff-timeout: must be more than 0 seconds, got '0'"),
+        ("sniff-timeout = inf", "sniff-timeout:"),
+        ("http-listing = 1", "http-listing: must be true or false, got 1"),
+        ("listen = 8080", "listen: must be a list of endpoint strings, got 8080"),
+        ('listen = ["tcp:nope"]', "listen: "),
+        ('balance = "random"', "balance: "),
+        ("session-key = '(unclosed'", "session-key: not a valid regular expression"),
+        ("backend = 5", "backend: must be an array of tables"),
+        ("[[backend]]\nname = 'x'", "backend[0]: needs an endpoint"),
+        ("[[backend]]\nendpoint = 'tcp:h:1'\ncolour = 1", "backend[0]: unknown key 'colour'"),
+        ("[[backend]]\nendpoint = 'nope:1'", "backend[0]: "),
+        (
+            "[[backend]]\nname = 'a'\nendpoint = 'tcp:h:1'\nweight = 0",
+            "backend 'a': weight must be 1",
+        ),
+        (
+            "[[backend]]\nname = 'a'\nendpoint = 'tcp:h:1'\nweight = '2'",
+            "backend[0].weight: must be",
+        ),
+        (
+            "[[backend]]\nname = 'a'\nendpoint = 'tcp:h:1'\nproxy-protocol = 'v3'",
+            "backend 'a': proxy-protocol:",
+        ),
+        (
+            "[[backend]]\nname = 'a'\nendpoint = 'tcp:h:1'\n"
+            "[[backend]]\nname = 'a'\nendpoint = 'tcp:h:2'",
+            "backend 'a': the name 'a' is given twice",
+        ),
+        ("[[backend]]\nendpoint = 'tcp:h:1'\n[[backend]]\nendpoint = 'tcp:h:1'", "is given twice"),
+        ("rate-burst = 5\nbackend = ['tcp:h:1']", "rate-burst: needs rate-per-ip"),
+        ("admin-token = 'short'\nbackend = ['tcp:h:1']", "admin-token: at least 16 characters"),
+    ],
+)
+def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
+    """
+    Each bad file is refused with a message that names the file and the key
+    (and the line, for a TOML syntax error).
+    """
+    if "backend" not in text and "=" in text:
+        # A file with a backend, so that the error is about the key under test.
+        text = 'backend = ["tcp:127.0.0.1:9"]\n' + text
+    path = write(tmp_path, text)
+    with pytest.raises(UsageError) as raised:
+        parse(["--config", path])
+    assert str(raised.value).startswith(f"{path}: ") or "--config" in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_file_without_backends(tmp_path: Path) -> None:
+    """
+    A file with no backend, and none on the command line, is refused naming
+    both places a backend can be given.
+    """
+    path = write(tmp_path, "balance = 'leastconn'\n")
+    with pytest.raises(UsageError) as raised:
+        parse(["--config", path])
+    assert str(raised.value) == (
+        f"--backend (or [[backend]] in {path}): at least one game backend is needed "
+        "(or --demo for the built-in demo game)"
+    )
+
+
+def test_missing_file() -> None:
+    """
+    A file that cannot be read is refused naming --config and the reason.
+    """
+    with pytest.raises(UsageError, match=r"--config: cannot read '/nonexistent.toml': No such"):
+        parse(["--config", "/nonexistent.toml"])
+
+
+def _check(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TWISTD, "gateway", "--check-config", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+
+
+def test_check_config_valid(tmp_path: Path) -> None:
+    """
+    twistd gateway --check-config with a valid file prints a summary, binds
+    nothing and exits 0 (the file's ports need not be free).
+    """
+    path = write(tmp_path, FULL)
+    result = _check("--config", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"gateway: {path}: the configuration is valid: ")
+    assert "eu-1 (tcp:10.0.0.11:7777, weight 3)" in result.stdout
+
+
+def test_check_config_invalid(tmp_path: Path) -> None:
+    """
+    With an invalid file it prints one line naming the file and key on
+    standard error and exits 2.
+    """
+    path = write(tmp_path, "max-connections = -5\nbackend = ['tcp:127.0.0.1:9']\n")
+    result = _check("--config", path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"gateway: error: {path}: max-connections: must not be negative, got '-5' "
+        "(see: twistd gateway --help)\n"
+    )
+    assert result.stdout == ""
+
+
+def test_python_is_the_one_running(tmp_path: Path) -> None:
+    """
+    The twistd used here is the one of the venv running the tests.
+    """
+    assert Path(TWISTD).parent == Path(sys.executable).parent
