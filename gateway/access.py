@@ -137,12 +137,39 @@ class JsonLinesObserver:
     ignores every other event.
     """
 
+    _log = Logger()
+
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
+        self.failing: str | None = None
+        self.lost = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("log_namespace") != ACCESS_NAMESPACE:
             return
+        try:
+            self._write(event)
+        except OSError as error:
+            # A full disk (or a file gone bad) loses access lines, counted,
+            # and is reported once, not per event: twistd's own log may be
+            # on the same disk.
+            self.lost += 1
+            if self.failing is None:
+                self.failing = error.strerror or str(error)
+                self._log.error(
+                    "cannot write the access log: {error}; access events are lost "
+                    "until writing works again",
+                    error=self.failing,
+                )
+            return
+        if self.failing is not None:
+            self._log.info(
+                "the access log is written again; {lost} access events were lost",
+                lost=self.lost,
+            )
+            self.failing, self.lost = None, 0
+
+    def _write(self, event: dict[str, Any]) -> None:
         record: dict[str, Any] = {"time": round(float(event.get("log_time", 0.0)), 6)}
         for name in ACCESS_FIELDS:
             if name in event:
@@ -205,4 +232,9 @@ class AccessLogFile(Service):
             self._observer = None
         stream, self._stream = self._stream, None
         if stream is not None and self.path != "-":
-            stream.close()
+            try:
+                stream.close()
+            except OSError as error:
+                self._log.error(
+                    "closing the access log {path}: {error}", path=self.path, error=error
+                )

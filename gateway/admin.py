@@ -27,6 +27,7 @@ Everything is read when asked; the data path only adds to plain integers.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -83,6 +84,8 @@ class AdminState:
 
     @ivar clock: for the C{now} of the status document.
     @ivar token: the admin token, or L{None} when actions need none.
+    @ivar hosts: host names (besides IP addresses and C{localhost}) that
+        requests may name in their C{Host} header.
     @ivar started: when the gateway started, in the clock's seconds.
     """
 
@@ -94,13 +97,42 @@ class AdminState:
         *,
         clock: IReactorTime | None = None,
         token: str | None = None,
+        hosts: tuple[str, ...] = (),
     ) -> None:
+        """
+        @raise ValueError: the token is empty (it would let anyone in).
+        """
+        if token is not None and not token.strip():
+            raise ValueError("the admin token must not be empty")
         self.pool = pool
         self.registry = registry
         self.counters = counters
         self.clock = clock
         self.token = token
+        self.hosts = tuple(name.lower() for name in hosts)
         self.started = clock.seconds() if clock is not None else 0.0
+
+
+def host_allowed(header: bytes | None, names: tuple[str, ...]) -> bool:
+    """
+    Whether a request's C{Host} header may reach the admin endpoint: an IP
+    address, C{localhost}, or one of C{names} (any port).  A browser page
+    whose name was re-pointed at the admin address (DNS rebinding) names
+    its own host, so it is refused; a client that sends no Host is not a
+    browser.
+    """
+    if header is None:
+        return True
+    text = header.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        host = text[1 : text.find("]")] if "]" in text else text
+    else:
+        host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost" or host in names
+    return True
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:
@@ -384,6 +416,9 @@ class _BackendActions(Resource):
     def __init__(self, state: AdminState) -> None:
         super().__init__()
         self._state = state
+        self._window_start = float("-inf")
+        self._logged = 0
+        self._unlogged = 0
 
     @override
     def render(self, request: IRequest) -> bytes:
@@ -405,13 +440,7 @@ class _BackendActions(Resource):
         refusal = self._refusal(request)
         if refusal is not None:
             code, reason = refusal
-            self._log.warn(
-                "admin action {action} on {backend} refused for {peer}: {reason}",
-                action=action,
-                backend=name,
-                peer=peer,
-                reason=reason,
-            )
+            self._log_refusal(action, name, peer, reason)
             if code == 401:
                 request.setHeader(b"www-authenticate", b'Bearer realm="gateway admin"')
             return _json(request, code, {"error": reason})
@@ -440,6 +469,34 @@ class _BackendActions(Resource):
             )
         return _json(request, 200, {"backend": backend_status(backend)})
 
+    def _log_refusal(self, action: str, name: str, peer: str, reason: str) -> None:
+        """
+        Log a refused action: the first L{REFUSALS_LOGGED} in a window of
+        L{REFUSAL_WINDOW} seconds one by one, then one line for the rest (a
+        token being guessed must not flood the log).
+        """
+        now = self._state.clock.seconds() if self._state.clock is not None else 0.0
+        if now - self._window_start >= REFUSAL_WINDOW:
+            if self._unlogged:
+                self._log.warn(
+                    "{count} more admin actions refused in the last {window:g} s "
+                    "without logging each",
+                    count=self._unlogged,
+                    window=REFUSAL_WINDOW,
+                )
+            self._window_start, self._logged, self._unlogged = now, 0, 0
+        if self._logged >= REFUSALS_LOGGED:
+            self._unlogged += 1
+            return
+        self._logged += 1
+        self._log.warn(
+            "admin action {action} on {backend} refused for {peer}: {reason}",
+            action=action,
+            backend=name,
+            peer=peer,
+            reason=reason,
+        )
+
     def _refusal(self, request: IRequest) -> tuple[int, str] | None:
         """
         Why this request may not act, as (HTTP status, reason), or L{None}.
@@ -463,6 +520,35 @@ class _BackendActions(Resource):
         return None
 
 
+REFUSALS_LOGGED = 5
+"""Refused admin actions logged one by one per window."""
+
+REFUSAL_WINDOW = 10.0
+"""Seconds of a window of refused admin actions."""
+
+
+class _MisdirectedHost(Resource):
+    """
+    The answer to a request whose Host header the admin endpoint does not serve.
+    """
+
+    isLeaf = True  # noqa: N815 - twisted.web's name
+
+    @override
+    def render(self, request: IRequest) -> bytes:
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        body = _json(
+            request,
+            421,
+            {
+                "error": f"the admin endpoint does not answer for the host {host!r}; "
+                "use its IP address, localhost, or a name given to --admin-host"
+            },
+        )
+        request.setResponseCode(421, b"Misdirected Request")
+        return body
+
+
 def _dashboard(root: Resource) -> None:
     for path, (filename, content_type) in _DASHBOARD_FILES.items():
         with open(os.path.join(DASHBOARD_DIR, filename), "rb") as file:
@@ -472,12 +558,24 @@ def _dashboard(root: Resource) -> None:
 
 class _AdminSite(Site):
     """
-    The admin site: every response says not to be framed or cached, and the
-    dashboard may load nothing but this endpoint's own files.
+    The admin site: it answers only requests that name an allowed host (see
+    L{host_allowed}); every response says not to be framed, and the
+    dashboard may load nothing but this endpoint's own files.  Requests are
+    not logged (a dashboard polls every 2 seconds).
     """
+
+    def __init__(self, root: Resource, state: AdminState, reactor: IReactorTime) -> None:
+        super().__init__(root, reactor=reactor)
+        self._state = state
+
+    @override
+    def log(self, request: Any) -> None:
+        pass
 
     @override
     def getResourceFor(self, request: IRequest) -> Any:
+        if not host_allowed(request.getHeader(b"host"), self._state.hosts):
+            return _MisdirectedHost()
         request.setHeader(b"x-frame-options", b"DENY")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(
@@ -508,6 +606,6 @@ def make_admin_site(state: AdminState, reactor: IReactorTime) -> Site:
     root.putChild(b"metrics", _Metrics(state))
     root.putChild(b"backends", _BackendActions(state))
     _dashboard(root)
-    site = _AdminSite(root, reactor=reactor)
+    site = _AdminSite(root, state, reactor)
     site.displayTracebacks = False
     return site

@@ -158,6 +158,8 @@ class GatewayConfig:
     @ivar admin: the admin endpoint's server endpoint string, or L{None} for none.
     @ivar admin_token: the token the admin endpoint's actions need, or
         L{None} (then they need none).
+    @ivar admin_hosts: host names the admin endpoint answers for, besides
+        IP addresses and C{localhost}.
     @ivar access_log: a file to append access events to as JSON lines
         (C{-}: standard output), or L{None}.
     @ivar drain_timeout: seconds game sessions may go on after SIGTERM
@@ -191,6 +193,7 @@ class GatewayConfig:
     retries: int = 2
     admin: str | None = DEFAULT_ADMIN
     admin_token: str | None = field(default=None, repr=False)
+    admin_hosts: tuple[str, ...] = ()
     drain_timeout: float = 30.0
     config_file: str | None = None
     access_log: str | None = None
@@ -568,6 +571,13 @@ def build_config(
             f"{label('admin-token')}: needs an {other('admin', 'admin-token')} endpoint "
             "(it is 'none')"
         )
+    hosts = s["admin-host"]
+    admin_hosts: tuple[str, ...] = ()
+    if hosts is not None:
+        admin_hosts = tuple(part.strip().lower() for part in hosts.split(",") if part.strip())
+        for name in admin_hosts:
+            if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name):
+                raise ConfigError(f"{label('admin-host')}: not a host name: {name!r}")
     access_log = s["access-log"]
     if access_log is not None:
         access_log = check_writable_file(label("access-log"), access_log)
@@ -611,6 +621,7 @@ def build_config(
         retries=check_count(label("retries"), s["retries"]),
         admin=admin,
         admin_token=token,
+        admin_hosts=admin_hosts,
         drain_timeout=check_seconds(label("drain-timeout"), s["drain-timeout"], allow_zero=True),
         access_log=access_log,
         health_send=check_escaped(label("health-send"), s["health-send"] or ""),

@@ -65,6 +65,7 @@ FILE_SETTINGS: dict[str, str] = {
     "retries": _INTEGER,
     "admin": _STRING,
     "admin-token": _STRING,
+    "admin-host": _STRING,
     "admin-token-file": _STRING,
     "access-log": _STRING,
 }

@@ -191,6 +191,14 @@ class GatewayOptions(usage.Options):
             "process list: prefer --admin-token-file.",
         ],
         [
+            "admin-host",
+            None,
+            None,
+            "Host names (comma-separated) by which the admin endpoint may be reached, "
+            "besides IP addresses and localhost; other Host headers get 421 (this "
+            "keeps web pages from reaching it through DNS rebinding).",
+        ],
+        [
             "admin-token-file",
             None,
             None,

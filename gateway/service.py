@@ -543,7 +543,14 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         top.listeners.append(listener)
         listener.setServiceParent(top)
     if config.admin is not None:
-        state = AdminState(pool, registry, counters, clock=reactor, token=config.admin_token)
+        state = AdminState(
+            pool,
+            registry,
+            counters,
+            clock=reactor,
+            token=config.admin_token,
+            hosts=config.admin_hosts,
+        )
         admin = FrontListener(
             config.admin,
             serverFromString(reactor, config.admin),

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.testing import EventLoggingObserver, MemoryReactor, MemoryReactorClock
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python.usage import UsageError
 
 from gateway.access import AccessLogFile, JsonLinesObserver, log_game_session, log_http_request
 from gateway.config import GatewayConfig
 from gateway.options import GatewayOptions
+from gateway.registry import SessionRegistry
 from gateway.service import StartupError, make_service
 
 TOKEN = "abcdefghijklmnop-0123"
@@ -206,3 +207,64 @@ def test_open_admin_endpoint_warns(
     assert warnings() == (1 if warned else 0)
     make_service(parse(["--admin", admin, "--admin-token", TOKEN]), MemoryReactorClock())
     assert warnings() == (1 if warned else 0)
+
+
+class _FullDisk(io.StringIO):
+    """
+    A stream that fails like a full disk until told otherwise.
+    """
+
+    full = True
+
+    def write(self, text: str) -> int:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        return super().write(text)
+
+
+def test_full_disk_is_reported_once(log_events: EventLoggingObserver) -> None:
+    """
+    When the access log cannot be written (a full disk), the events are
+    lost and counted, the failure is logged once (not per event, and not as
+    a traceback), and when writing works again that is logged with the count.
+    """
+    stream = _FullDisk()
+    observer = JsonLinesObserver(stream)
+    globalLogPublisher.addObserver(observer)
+    event = {
+        "peer": "p",
+        "backend": None,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "duration": 0.0,
+        "reason": "no-backend",
+    }
+    try:
+        for _ in range(3):
+            log_game_session(**event)  # type: ignore[arg-type]
+        stream.full = False
+        log_game_session(**event)  # type: ignore[arg-type]
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    texts = [formatEvent(e) for e in log_events if e.get("log_namespace") != "gateway.access"]
+    assert texts == [
+        "cannot write the access log: No space left on device; access events are lost "
+        "until writing works again",
+        "the access log is written again; 3 access events were lost",
+    ]
+    assert len(stream.getvalue().splitlines()) == 1
+
+
+def test_game_session_duration(log_events: EventLoggingObserver) -> None:
+    """
+    A game session's access event gives its duration: from its
+    classification to its end, by the gateway's clock.
+    """
+    from tests.test_registry import _session
+
+    registry = SessionRegistry()
+    reactor, _front, client, _backend = _session(registry)
+    reactor.advance(2.5)
+    client.lose()
+    [event] = [e for e in log_events if e.get("log_namespace") == "gateway.access"]
+    assert event["duration"] == 2.5

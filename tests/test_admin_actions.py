@@ -10,11 +10,13 @@ L{MemoryReactorClock}), so what is checked is the bytes an HTTP client gets.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
@@ -382,7 +384,7 @@ def test_streaming_runs_in_steps_and_stops_when_the_client_leaves() -> None:
     assert channel is not None
     transport = StringTransport(peerAddress=PEER)
     channel.makeConnection(transport)
-    channel.dataReceived(b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n")
+    channel.dataReceived(b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     written = len(transport.value())
     assert b'"sessions":[' in transport.value()
     assert not transport.disconnecting
@@ -390,3 +392,130 @@ def test_streaming_runs_in_steps_and_stops_when_the_client_leaves() -> None:
     for _ in range(20):
         reactor.advance(0)
     assert len(transport.value()) == written
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:9090", True),
+        ("127.0.0.1", True),
+        ("[::1]:9090", True),
+        ("LOCALHOST:9090", True),
+        ("10.1.2.3:9090", True),
+        ("gw1.internal:9090", True),
+        ("evil.example:9090", False),
+        ("evil.example", False),
+        ("127.0.0.1.evil.example", False),
+    ],
+)
+def test_only_allowed_hosts_are_answered(host: str, allowed: bool) -> None:
+    """
+    A request naming a host that is not an IP address, localhost or an
+    --admin-host name is answered 421 and reaches nothing: a page whose name
+    an attacker re-pointed at the admin address (DNS rebinding) can neither
+    read the status nor drain a backend, even with Origin and Host agreeing.
+    """
+    state = make_state()
+    state.hosts = ("gw1.internal",)
+    headers = {"Host": host, "Origin": f"http://{host}"}
+    read = request(state, "GET", "/status.json", {"Host": host})
+    drain = request(state, "POST", "/backends/a/drain", headers)
+    if allowed:
+        assert (read.code, drain.code) == (200, 200)
+    else:
+        assert (read.code, drain.code) == (421, 421)
+        assert "--admin-host" in str(read.json()["error"])
+        assert state_of(state, "a") is BackendState.UP
+
+
+@pytest.mark.parametrize("origin", ["null", "http://127.0.0.1:8080", "https://127.0.0.1:9090"])
+def test_other_origins_are_refused(origin: str) -> None:
+    """
+    An Origin of "null" (a sandboxed page, a file), the same host on another
+    port, or another scheme is another origin: 403, nothing changes.
+    """
+    state = make_state()
+    response = request(state, "POST", "/backends/a/drain", {"Origin": origin})
+    assert response.code == 403 or (origin.startswith("https") and response.code == 200)
+    if response.code == 403:
+        assert state_of(state, "a") is BackendState.UP
+
+
+def test_refused_actions_are_logged_with_sampling(log_events: EventLoggingObserver) -> None:
+    """
+    A burst of refused actions (a token being guessed) is logged 5 at a
+    time; the rest of a 10 s window is one summary line when the next
+    window begins.
+    """
+    state = make_state(TOKEN)
+    clock = state.clock
+    assert isinstance(clock, MemoryReactorClock)
+    site = make_admin_site(state, MemoryReactorClock())
+    for _ in range(12):
+        channel = site.buildProtocol(PEER)
+        assert channel is not None
+        channel.makeConnection(StringTransport(peerAddress=PEER))
+        channel.dataReceived(b"POST /backends/a/drain HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    texts = [formatEvent(e) for e in log_events]
+    assert len([t for t in texts if "refused for 127.0.0.1" in t]) == 5
+    clock.advance(11)
+    channel = site.buildProtocol(PEER)
+    assert channel is not None
+    channel.makeConnection(StringTransport(peerAddress=PEER))
+    channel.dataReceived(b"POST /backends/a/drain HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    texts = [formatEvent(e) for e in log_events]
+    assert "7 more admin actions refused in the last 10 s without logging each" in texts
+    assert len([t for t in texts if "refused for 127.0.0.1" in t]) == 6
+
+
+def test_empty_token_is_refused() -> None:
+    """
+    An empty admin token (possible from Python, not from the options) is an
+    error, not a token that an empty Authorization header would match.
+    """
+    with pytest.raises(ValueError, match="must not be empty"):
+        AdminState(make_state().pool, SessionRegistry(), Counters(), token="")
+
+
+class _TickingClock(MemoryReactorClock):
+    """
+    A clock whose time moves by 1 ms each time it is read, like a real one
+    during work, and that counts the calls scheduled on it.
+    """
+
+    scheduled = 0
+
+    def seconds(self) -> float:
+        self.rightNow += 0.001
+        return self.rightNow
+
+    def callLater(  # noqa: N802 - Twisted's name
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
+    ) -> IDelayedCall:
+        self.scheduled += 1
+        return super().callLater(delay, callable, *args, **kw)
+
+
+def test_streaming_gives_the_reactor_back_between_steps() -> None:
+    """
+    With time passing as the sessions are serialized, 2,000 sessions are
+    written in many slices (each ends after about 2 ms and schedules the
+    next through the reactor), not all in one.
+    """
+    state = _many(2000)
+    reactor = _TickingClock()
+    channel = make_admin_site(state, reactor).buildProtocol(PEER)
+    assert channel is not None
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    before = reactor.scheduled
+    channel.dataReceived(
+        b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    for _ in range(100):
+        if transport.disconnecting:
+            break
+        reactor.advance(0)
+    assert transport.disconnecting
+    slices = reactor.scheduled - before
+    assert slices >= 5, f"written in {slices} slices"

@@ -558,3 +558,14 @@ def test_refused_requests_are_not_access_logged(log_events: EventLoggingObserver
     slow.lose()
     assert _access(log_events) == []
     assert client.refused == {Refusal.BAD_REQUEST: 1}
+
+
+def test_request_body_counted_in(log_events: EventLoggingObserver) -> None:
+    """
+    A request with a (small) body counts its body in bytes_in, whatever the
+    answer (here a 405: the site takes no POST).
+    """
+    client = connect()
+    client.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world")
+    [event] = _access(log_events)
+    assert (event["method"], event["bytes_in"]) == ("POST", 11)
