@@ -28,6 +28,7 @@ per chunk.
 from __future__ import annotations
 
 import json
+import sys
 from typing import IO, Any
 
 from twisted.application.service import Service
@@ -206,8 +207,6 @@ class AccessLogFile(Service):
         from gateway.service import StartupError
 
         if self.path == "-":
-            import sys
-
             self._stream = sys.stdout
         else:
             try:
@@ -223,6 +222,40 @@ class AccessLogFile(Service):
     def startService(self) -> None:
         self.privilegedStartService()
         super().startService()
+
+    def reopen(self, path: str) -> None:
+        """
+        Close the file and open C{path} (the same one after log rotation, or
+        a new one from a reload).  If it cannot be opened, the old file is
+        kept and that is logged.
+        """
+        if self._stream is None or self._observer is None:
+            self.path = path
+            return
+        try:
+            stream: IO[str] = (
+                sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+            )
+        except OSError as error:
+            self._log.error(
+                "cannot open the access log {path}: {error}; still writing to {old}",
+                path=path,
+                error=error.strerror or str(error),
+                old=self.path,
+            )
+            return
+        old, old_path = self._stream, self.path
+        globalLogPublisher.removeObserver(self._observer)
+        self._stream, self.path = stream, path
+        self._observer = JsonLinesObserver(stream)
+        globalLogPublisher.addObserver(self._observer)
+        if old_path != "-":
+            try:
+                old.close()
+            except OSError as error:
+                self._log.error(
+                    "closing the access log {path}: {error}", path=old_path, error=error
+                )
 
     @override
     def stopService(self) -> None:

@@ -336,6 +336,23 @@ class CapState:
         if held in self._held:
             self._held.remove(held)
 
+    def reconfigure(self, limit: int, queue_mode: bool) -> None:
+        """
+        Apply a new total cap and overflow mode (a reload): held connections
+        get the slots a higher cap frees, and leaving queue mode accepts again.
+        """
+        self.cap.limit = limit
+        while self._held and not self.cap.full:
+            held = self._held.popleft()
+            self.cap.acquire()
+            held.admit()
+        if self.queue_mode and not queue_mode and self.paused:
+            self.paused = False
+            for port in self._ports:
+                port.startReading()  # type: ignore[attr-defined]
+        self.queue_mode = queue_mode
+        self.update_pause()
+
     def update_pause(self) -> None:
         """
         In queue mode, stop accepting on every front at the cap (or while

@@ -467,6 +467,34 @@ class HealthChecker(Service):
         self._loop: LoopingCall | None = None
         self.setName("health")
 
+    def reconfigure(
+        self,
+        *,
+        interval: float,
+        checks: Mapping[str, HealthCheck],
+        default_check: HealthCheck,
+        preamble: bytes,
+    ) -> None:
+        """
+        Apply new settings (a reload): the checks from the next probe on, a
+        new interval from now (the backends' health records are kept).
+
+        @raise ValueError: the interval is not positive.
+        """
+        if not interval > 0:
+            raise ValueError(f"health check interval must be positive, not {interval!r}")
+        self._checks = dict(checks)
+        self._default_check = default_check
+        self._preamble = preamble
+        if interval != self.interval:
+            self.interval = interval
+            loop, self._loop = self._loop, None
+            if loop is not None and loop.running:
+                loop.stop()
+                self._loop = LoopingCall(self._round)
+                self._loop.clock = self._clock
+                self._loop.start(interval, now=False).addErrback(self._loop_failed)
+
     def health(self, backend: Backend) -> HealthState | None:
         """
         The health-check record of C{backend}, once it has been probed.

@@ -344,6 +344,12 @@ class GatewayOptions(usage.Options):
         assert reactor is not None
         return self.rebuild(reactor)
 
+    def rebuild_now(self) -> GatewayConfig:
+        """
+        L{rebuild} against the reactor the options were checked with.
+        """
+        return self._build()
+
     def rebuild(self, reactor: IReactorCore) -> GatewayConfig:
         """
         Build the configuration from the command line and the C{--config}
@@ -425,4 +431,4 @@ def makeService(options: dict[str, Any]) -> IService:  # noqa: N802 - the plugin
     from gateway.service import make_service
 
     assert isinstance(options, GatewayOptions)
-    return make_service(options.config)
+    return make_service(options.config, rebuild=options.rebuild_now)

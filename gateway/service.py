@@ -10,8 +10,11 @@ other module imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -39,12 +42,12 @@ from gateway.access import AccessLogFile
 from gateway.admin import AdminState, make_admin_site
 from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory, Responder
 from gateway.balance import make_balancer
-from gateway.config import GatewayConfig
+from gateway.config import BackendSpec, ConfigError, GatewayConfig
 from gateway.front import FrontDoor, GatewayFactory
 from gateway.health import HealthCheck, HealthChecker
 from gateway.interfaces import IAddressPolicy
 from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
-from gateway.pool import Backend, Pool
+from gateway.pool import Backend, BackendState, Pool
 from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory, proxy_header
 from gateway.registry import Counters, RefusalLog, SessionRegistry
 from gateway.relay import CloseReason, GameSession
@@ -209,10 +212,100 @@ class GatewayService(MultiService):
         self.admin: FrontListener | None = None
         self._clock = clock
         self._handle_signals = handle_signals
+        self.parts: _Parts | None = None
+        self.rebuild: Callable[[], GatewayConfig] | None = None
+        self._leaving: dict[str, Backend] = {}
+        self._leave_call: IDelayedCall | None = None
         self._drained: Deferred[None] | None = None
         self._drain_call: IDelayedCall | None = None
         self._deadline = 0.0
         self._closing = False
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        if self._handle_signals and hasattr(signal, "SIGHUP"):
+            clock = self._clock
+
+            def hangup(signum: int, frame: object) -> None:
+                if clock is not None and hasattr(clock, "callFromThread"):
+                    clock.callFromThread(self.reload)
+
+            signal.signal(signal.SIGHUP, hangup)
+
+    def reload(self) -> bool:
+        """
+        Read the configuration again (SIGHUP) and apply what changed: backends
+        added enter the pool, removed ones drain (their sessions go on) and
+        leave once they have none, and changed limits, timeouts, balancing,
+        health checks, the admin token and the access log apply to what comes
+        next.  An invalid configuration changes nothing and is logged.
+        Settings that need new listening sockets (listen, admin, demo) are
+        kept as they are, and that is logged.
+
+        @return: whether the new configuration was applied.
+        """
+        if self.rebuild is None or self.parts is None:
+            self._log.warn("reload: nothing to reload from")
+            return False
+        if self.draining:
+            self._log.warn("reload ignored: the gateway is draining")
+            return False
+        source = self.config.config_file or "the command line"
+        try:
+            new = self.rebuild()
+        except ConfigError as error:
+            self._log.error(
+                "reload refused, the running configuration stays: {error}", error=str(error)
+            )
+            return False
+        except Exception:
+            self._log.failure("reload refused, the running configuration stays")
+            return False
+        changes = _apply(self, self.parts, new)
+        self._log.info(
+            "reloaded {source}: {changes}",
+            source=source,
+            changes="; ".join(changes) if changes else "nothing changed",
+        )
+        return True
+
+    def leave_when_empty(self, backend: Backend) -> None:
+        """
+        Take a removed backend out of the pool once its last session ended.
+        """
+        self._leaving[backend.name] = backend
+        if self._leave_call is None:
+            self._check_leaving()
+
+    def leaving(self, name: str) -> bool:
+        """
+        Whether the backend C{name} is draining to leave the pool.
+        """
+        return name in self._leaving
+
+    def _check_leaving(self) -> None:
+        self._leave_call = None
+        for name, backend in list(self._leaving.items()):
+            if backend.state is not BackendState.DRAINING:
+                del self._leaving[name]  # enabled again by an operator
+            elif backend.active == 0:
+                del self._leaving[name]
+                if backend in self.pool.backends:
+                    self.pool.remove(backend)
+                self._log.info(
+                    "backend {backend} left the pool (removed from the configuration, "
+                    "no sessions left)",
+                    backend=name,
+                )
+        if self._leaving and self._clock is not None:
+            self._leave_call = self._clock.callLater(1.0, self._check_leaving)
+
+    def come_back(self, name: str) -> Backend | None:
+        """
+        A backend being removed that the configuration names again.
+        """
+        return self._leaving.pop(name, None)
 
     @property
     def draining(self) -> bool:
@@ -387,6 +480,170 @@ class DemoBackends(Service):
         return gatherResults([maybeDeferred(port.stopListening) for port in ports])
 
 
+@dataclass
+class _Parts:
+    """
+    What a reload reconfigures, as built by L{make_service}.
+    """
+
+    reactor: Any
+    factory: GatewayFactory
+    site: Any
+    cap_state: CapState
+    gate: AddressGate
+    responder: Responder
+    health: HealthChecker | None
+    admin_state: AdminState | None
+    access_log: AccessLogFile | None
+
+
+def _policies(config: GatewayConfig, old: AddressLimits | None) -> AddressLimits | None:
+    """
+    The per-address policies of C{config}, keeping the live counts of an
+    existing per-address cap (its connections release into it).
+    """
+    cap = rate = None
+    for policy in old.policies if old is not None else ():
+        if isinstance(policy, AddressCap):
+            cap = policy
+        elif isinstance(policy, AddressRate):
+            rate = policy
+    policies: list[IAddressPolicy] = []
+    if config.max_per_ip:
+        if cap is None:
+            cap = AddressCap(config.max_per_ip)
+        cap.limit = config.max_per_ip
+        policies.append(cap)
+    if config.rate_per_ip:
+        burst = config.rate_burst
+        if (
+            rate is None
+            or rate.rate != config.rate_per_ip
+            or (burst is not None and rate.burst != burst)
+        ):
+            # A new table: every address starts with a full bucket.
+            rate = AddressRate(config.rate_per_ip, burst)
+        policies.append(rate)
+    return AddressLimits(policies) if policies else None
+
+
+_RESTART_ONLY = ("listen", "admin", "demo")
+"""Settings a reload cannot change: they need new listening sockets."""
+
+
+def _apply(service: GatewayService, parts: _Parts, new: GatewayConfig) -> list[str]:
+    """
+    Apply C{new} to a running gateway; what changed, in words.
+    """
+    old = service.config
+    changes: list[str] = []
+    for name in _RESTART_ONLY:
+        if getattr(old, name) != getattr(new, name):
+            changes.append(f"{name} changed, which needs a restart: kept as it was")
+            new = dataclasses.replace(new, **{name: getattr(old, name)})
+    if bool(new.health_interval) != bool(old.health_interval):
+        changes.append("health-interval turned on or off, which needs a restart: kept")
+        new = dataclasses.replace(new, health_interval=old.health_interval)
+    pool = service.pool
+    # Backends, by name.
+    wanted = {spec.name for spec in new.backends}
+    for spec in new.backends:
+        backend = pool.get(spec.name)
+        if backend is None:
+            pool.add(_backend(spec, parts.reactor))
+            changes.append(f"backend {spec.name} added")
+            continue
+        if service.come_back(spec.name) is not None:
+            pool.set_state(backend, BackendState.UP, "back in the configuration")
+            changes.append(f"backend {spec.name} back")
+        if backend.description != spec.endpoint:
+            backend.description = spec.endpoint
+            backend.endpoint = clientFromString(parts.reactor, spec.endpoint)
+            changes.append(f"backend {spec.name} now at {spec.endpoint}")
+        if backend.weight != spec.weight:
+            changes.append(f"backend {spec.name} weight {backend.weight} -> {spec.weight}")
+            backend.weight = spec.weight
+        backend.proxy_protocol = spec.proxy_protocol
+    keep = set(DEMO_BACKENDS) if old.demo else set()
+    for backend in pool.backends:
+        if backend.name in wanted or backend.name in keep or service.leaving(backend.name):
+            continue
+        pool.set_state(backend, BackendState.DRAINING, "removed from the configuration")
+        service.leave_when_empty(backend)
+        changes.append(f"backend {backend.name} removed: draining")
+    if new.balance != old.balance:
+        pool.balancer = make_balancer(new.balance)
+    # Admission.
+    parts.cap_state.reconfigure(new.max_connections, new.overflow == "queue")
+    parts.gate.limits = _policies(new, parts.gate.limits)
+    parts.responder.busy_message = new.busy_message
+    # The front door, HTTP and the relay.
+    factory = parts.factory
+    factory.sniff_timeout = new.sniff_timeout
+    factory.connect_timeout = new.connect_timeout
+    factory.idle_timeout = new.idle_timeout
+    factory.fin_timeout = new.fin_timeout
+    factory.retries = new.retries
+    factory.proxy_version = new.proxy_protocol
+    factory.busy_message = new.busy_message
+    factory.session_key = re.compile(new.session_key.encode()) if new.session_key else None
+    parts.site.header_timeout = new.header_timeout
+    if new.http_root != old.http_root or new.http_listing != old.http_listing:
+        http_root = new.http_root
+        if http_root is None and new.demo:
+            from gateway.demo import SITE_DIR
+
+            http_root = SITE_DIR
+        parts.site.resource = make_site(
+            http_root, listing=new.http_listing, reactor=parts.reactor
+        ).resource
+    if parts.health is not None:
+        parts.health.reconfigure(
+            interval=new.health_interval,
+            checks=health_checks(new),
+            default_check=HealthCheck(send=new.health_send, expect=new.health_expect),
+            preamble=_probe_preamble(new.proxy_protocol),
+        )
+    pool.fall = PASSIVE_FALL if new.health_interval else 0
+    # Admin and access log.
+    if parts.admin_state is not None:
+        parts.admin_state.token = new.admin_token
+        parts.admin_state.hosts = new.admin_hosts
+    if parts.access_log is not None:
+        # Reopened on every reload: this is also how log rotation works.
+        parts.access_log.reopen(new.access_log or parts.access_log.path)
+        if new.access_log is None:
+            changes.append("access-log removed, which needs a restart: kept")
+            new = dataclasses.replace(new, access_log=old.access_log)
+    elif new.access_log is not None:
+        changes.append("access-log added, which needs a restart: not written yet")
+        new = dataclasses.replace(new, access_log=None)
+    skip = {"backends", "config_file", "admin_token", *_RESTART_ONLY}
+    for field in dataclasses.fields(GatewayConfig):
+        if field.name in skip:
+            continue
+        before, after = getattr(old, field.name), getattr(new, field.name)
+        if before != after:
+            changes.append(f"{field.name.replace('_', '-')} {before!r} -> {after!r}")
+    if old.admin_token != new.admin_token:
+        changes.append("admin token changed")
+    service.config = new
+    return changes
+
+
+def _backend(spec: BackendSpec, reactor: Any) -> Backend:
+    """
+    A pool backend for a configured one.
+    """
+    return Backend(
+        name=spec.name,
+        description=spec.endpoint,
+        endpoint=clientFromString(reactor, spec.endpoint),
+        weight=spec.weight,
+        proxy_protocol=spec.proxy_protocol,
+    )
+
+
 def _probe_preamble(version: str) -> bytes:
     """
     What a health probe writes first for a backend that expects a PROXY
@@ -415,11 +672,16 @@ def health_checks(config: GatewayConfig) -> dict[str, HealthCheck]:
     return checks
 
 
-def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
+def make_service(
+    config: GatewayConfig,
+    reactor: Any = None,
+    rebuild: Callable[[], GatewayConfig] | None = None,
+) -> GatewayService:
     """
     Assemble the gateway for C{config}.
 
     @param reactor: the reactor to run on; the global one when L{None}.
+    @param rebuild: reads the configuration again (for SIGHUP).
     """
     handle_signals = reactor is None
     if reactor is None:
@@ -427,16 +689,7 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
 
         reactor = global_reactor
     pool = Pool(
-        (
-            Backend(
-                name=spec.name,
-                description=spec.endpoint,
-                endpoint=clientFromString(reactor, spec.endpoint),
-                weight=spec.weight,
-                proxy_protocol=spec.proxy_protocol,
-            )
-            for spec in config.backends
-        ),
+        (_backend(spec, reactor) for spec in config.backends),
         make_balancer(config.balance),
         # Passive detection only with health checks: they bring a backend back.
         fall=PASSIVE_FALL if config.health_interval else 0,
@@ -505,9 +758,10 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
     )
     if config.demo:
         DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
+    health = None
     if config.health_interval:
         # After the demo backends, so that its first round sees them.
-        HealthChecker(
+        health = HealthChecker(
             pool,
             reactor,
             interval=config.health_interval,
@@ -515,7 +769,8 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
             checks=health_checks(config),
             default_check=HealthCheck(send=config.health_send, expect=config.health_expect),
             preamble=_probe_preamble(config.proxy_protocol),
-        ).setServiceParent(top)
+        )
+        health.setServiceParent(top)
     for description in config.listen:
         inner: Factory = gate
         refusal: Factory | None = None
@@ -542,6 +797,7 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
         )
         top.listeners.append(listener)
         listener.setServiceParent(top)
+    state = None
     if config.admin is not None:
         state = AdminState(
             pool,
@@ -565,8 +821,22 @@ def make_service(config: GatewayConfig, reactor: Any = None) -> GatewayService:
                 "whoever reaches it can drain backends",
                 admin=config.admin,
             )
+    access_log = None
     if config.access_log is not None:
-        AccessLogFile(config.access_log).setServiceParent(top)
+        access_log = AccessLogFile(config.access_log)
+        access_log.setServiceParent(top)
+    top.parts = _Parts(
+        reactor=reactor,
+        factory=factory,
+        site=site,
+        cap_state=cap_state,
+        gate=gate,
+        responder=responder,
+        health=health,
+        admin_state=state,
+        access_log=access_log,
+    )
+    top.rebuild = rebuild
     return top
 
 

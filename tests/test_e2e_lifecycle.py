@@ -6,11 +6,14 @@ second signal stops at once.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.support import Backend as ServerBackend
 from tests.support import (
@@ -215,3 +218,78 @@ def test_http_response_in_flight_is_finished(tmp_path: Path) -> None:
         assert received == body
         assert _exit_status(gateway, 10) == 0
         http.close()
+
+
+def _status(gateway: GatewayProcess) -> dict[str, Any]:
+    host = "127.0.0.3"
+    wait_for(lambda: host in listening_ports(gateway.pid), "the admin endpoint")
+    url = f"http://{host}:{listening_ports(gateway.pid)[host][0]}/status.json"
+    document: dict[str, Any] = json.loads(urllib.request.urlopen(url, timeout=10).read())
+    return document
+
+
+def _first_line(sock: socket.socket) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        line += sock.recv(1)
+    return line
+
+
+def test_sighup_adds_and_removes_backends_under_live_sessions(tmp_path: Path) -> None:
+    """
+    With --config, SIGHUP re-reads the file: a backend added takes new
+    sessions (with its own PROXY setting), one removed drains while its live
+    session goes on, and leaves the pool once that session ends; a bad file
+    on a later SIGHUP is refused in the log and changes nothing.
+    """
+    config = tmp_path / "gateway.toml"
+    with ServerBackend(echo) as first, ServerBackend(echo) as second:
+        config.write_text(
+            f"sniff-timeout = 0.2\nhealth-interval = 0\n"
+            f'[[backend]]\nname = "one"\nendpoint = "{first.endpoint}"\n'
+        )
+        # The fronts on the command line (which wins over the file), as the
+        # test helper puts them on ephemeral ports.
+        with GatewayProcess(
+            ["--config", str(config), "--admin", "tcp:0:interface=127.0.0.3"], tmp_path
+        ) as gateway:
+            assert gateway.process is not None
+            kept = connect(gateway.port)
+            kept.sendall(b"on one\n")
+            assert recv_exactly(kept, 7) == b"on one\n"
+            config.write_text(
+                config.read_text().split("[[backend]]")[0]
+                + f'[[backend]]\nname = "two"\nendpoint = "{second.endpoint}"\n'
+                + 'proxy-protocol = "v1"\nweight = 2\n'
+            )
+            gateway.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reloaded" in gateway.log(), "the reload")
+            states = {b["name"]: b["state"] for b in _status(gateway)["backends"]}
+            assert states == {"one": "draining", "two": "up"}
+            # A new session goes to the added backend, with its PROXY header.
+            new = connect(gateway.port)
+            new.sendall(b"on two\n")
+            header = _first_line(new)
+            assert header.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "), header
+            assert recv_exactly(new, 7) == b"on two\n"
+            new.close()
+            # The live session on the removed backend goes on.
+            kept.sendall(b"still\n")
+            assert recv_exactly(kept, 6) == b"still\n"
+            assert first.connections == 1
+            kept.close()
+            wait_for(
+                lambda: [b["name"] for b in _status(gateway)["backends"]] == ["two"],
+                "the removed backend to leave",
+            )
+            # A typo: refused, the running configuration stays.
+            config.write_text("max-connections = -1\n" + config.read_text())
+            gateway.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reload refused" in gateway.log(), "the refused reload")
+            assert "max-connections: must not be negative" in gateway.log()
+            again = connect(gateway.port)
+            again.sendall(b"x\n")
+            assert _first_line(again).startswith(b"PROXY TCP4")
+            assert recv_exactly(again, 2) == b"x\n"
+            again.close()
+            assert gateway.process.poll() is None

@@ -1,0 +1,221 @@
+"""
+Reloading the configuration (SIGHUP) on a gateway built in memory: what
+changes, what stays, and a bad configuration changing nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import formatEvent
+
+from gateway.config import BackendSpec, ConfigError, GatewayConfig
+from gateway.limits import AddressCap, AddressRate
+from gateway.pool import BackendState
+from gateway.service import GatewayService, make_service
+
+A = BackendSpec(name="a", endpoint="tcp:127.0.0.1:7001")
+B = BackendSpec(name="b", endpoint="tcp:127.0.0.1:7002")
+C = BackendSpec(name="c", endpoint="tcp:127.0.0.1:7003", weight=3)
+
+BASE = GatewayConfig(
+    listen=("tcp:0:interface=127.0.0.1",),
+    backends=(A, B),
+    admin=None,
+    max_per_ip=5,
+    config_file="/etc/gateway/gateway.toml",
+)
+
+
+class Source:
+    """
+    What a rebuild returns: a config, or an error (as a bad file would give).
+    """
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.next: GatewayConfig | ConfigError = config
+
+    def __call__(self) -> GatewayConfig:
+        if isinstance(self.next, ConfigError):
+            raise self.next
+        return self.next
+
+
+def gateway(config: GatewayConfig = BASE) -> tuple[GatewayService, Source, MemoryReactorClock]:
+    """
+    A gateway built from C{config} on a memory reactor, not started.
+    """
+    reactor = MemoryReactorClock()
+    source = Source(config)
+    return make_service(config, reactor, rebuild=source), source, reactor
+
+
+def lines(events: EventLoggingObserver) -> list[str]:
+    """
+    The formatted log.
+    """
+    return [formatEvent(e) for e in events]
+
+
+def test_backends_added_and_removed(log_events: EventLoggingObserver) -> None:
+    """
+    A backend new in the configuration enters the pool up; one no longer in
+    it drains (no new sessions) and leaves the pool once its sessions are
+    gone; the reload is logged with what changed.
+    """
+    service, source, reactor = gateway()
+    a = service.pool.get("a")
+    assert a is not None
+    a.active = 2  # two live sessions on a
+    source.next = dataclasses.replace(BASE, backends=(B, C))
+    assert service.reload()
+    assert [b.name for b in service.pool.backends] == ["a", "b", "c"]
+    assert a.state is BackendState.DRAINING
+    c = service.pool.get("c")
+    assert c is not None and c.state is BackendState.UP and c.weight == 3
+    assert all(service.pool.choose() is not a for _ in range(10))
+    reactor.advance(5)
+    assert a in service.pool.backends  # still has sessions
+    a.active = 0
+    reactor.advance(1)
+    assert [b.name for b in service.pool.backends] == ["b", "c"]
+    text = lines(log_events)
+    assert (
+        "reloaded /etc/gateway/gateway.toml: backend c added; backend a removed: draining" in text
+    )
+    assert "backend a left the pool (removed from the configuration, no sessions left)" in text
+
+
+def test_removed_backend_comes_back_before_leaving() -> None:
+    """
+    A backend removed, then named again by a second reload while it still
+    drains, is back up and stays in the pool.
+    """
+    service, source, reactor = gateway()
+    a = service.pool.get("a")
+    assert a is not None
+    a.active = 1
+    source.next = dataclasses.replace(BASE, backends=(B,))
+    service.reload()
+    assert a.state is BackendState.DRAINING
+    source.next = BASE
+    service.reload()
+    assert service.pool.get("a") is a
+    assert a.state.value == "up"
+    a.active = 0
+    reactor.advance(5)
+    assert a in service.pool.backends
+
+
+def test_changed_backend_endpoint_and_weight() -> None:
+    """
+    A backend that keeps its name but changes endpoint or weight is changed
+    in place (its live sessions keep their connections).
+    """
+    service, source, _ = gateway()
+    moved = dataclasses.replace(A, endpoint="tcp:127.0.0.1:9001", weight=4)
+    source.next = dataclasses.replace(BASE, backends=(moved, B))
+    service.reload()
+    a = service.pool.get("a")
+    assert a is not None
+    assert (a.description, a.weight, a.state) == ("tcp:127.0.0.1:9001", 4, BackendState.UP)
+
+
+def test_limits_and_timeouts_apply_to_what_comes_next() -> None:
+    """
+    Changed limits and timeouts reach the parts that use them; the per-address
+    cap keeps its live counts (its connections release into it).
+    """
+    service, source, _ = gateway()
+    parts = service.parts
+    assert parts is not None and parts.gate.limits is not None
+    [cap] = parts.gate.limits.policies
+    assert isinstance(cap, AddressCap)
+    cap.acquire("192.0.2.1", 0.0)
+    source.next = dataclasses.replace(
+        BASE,
+        max_per_ip=9,
+        rate_per_ip=2.0,
+        max_connections=50,
+        overflow="queue",
+        sniff_timeout=0.5,
+        idle_timeout=60.0,
+        header_timeout=3.0,
+        busy_message="later",
+        balance="leastconn",
+    )
+    service.reload()
+    assert parts.gate.limits is not None
+    kept, rate = parts.gate.limits.policies
+    assert kept is cap and cap.limit == 9
+    # The connection counted before the reload still counts: 8 more fill it.
+    for _ in range(8):
+        cap.acquire("192.0.2.1", 0.0)
+    assert not cap.allows("192.0.2.1", 0.0)
+    assert isinstance(rate, AddressRate) and rate.rate == 2.0
+    assert (parts.cap_state.cap.limit, parts.cap_state.queue_mode) == (50, True)
+    assert (parts.factory.sniff_timeout, parts.factory.idle_timeout) == (0.5, 60.0)
+    assert parts.site.header_timeout == 3.0
+    assert parts.responder.busy_message == "later"
+    assert type(service.pool.balancer).__name__ == "LeastConnections"
+    assert service.config.max_per_ip == 9
+
+
+def test_bad_configuration_changes_nothing(log_events: EventLoggingObserver) -> None:
+    """
+    A reload whose configuration is invalid is refused with the error in the
+    log, and everything stays as it was.
+    """
+    service, source, _ = gateway()
+    source.next = ConfigError("/etc/gateway/gateway.toml: max-per-ip: must not be negative")
+    assert not service.reload()
+    assert service.config == BASE
+    assert [b.name for b in service.pool.backends] == ["a", "b"]
+    assert (
+        "reload refused, the running configuration stays: "
+        "/etc/gateway/gateway.toml: max-per-ip: must not be negative"
+    ) in lines(log_events)
+
+
+def test_restart_only_settings_are_kept(log_events: EventLoggingObserver) -> None:
+    """
+    A changed listen or admin endpoint needs new sockets: the reload keeps
+    the running ones, says so, and applies the rest.
+    """
+    service, source, _ = gateway()
+    source.next = dataclasses.replace(BASE, listen=("tcp:9999",), max_per_ip=7)
+    service.reload()
+    assert service.config.listen == BASE.listen
+    assert service.config.max_per_ip == 7
+    assert any(
+        "listen changed, which needs a restart: kept as it was" in line
+        for line in lines(log_events)
+    )
+
+
+def test_reload_while_draining_is_ignored(log_events: EventLoggingObserver) -> None:
+    """
+    Once a drain has begun, a reload does nothing.
+    """
+    service, source, _ = gateway()
+    service.stopService()
+    source.next = dataclasses.replace(BASE, max_per_ip=1)
+    assert not service.reload()
+    assert service.config.max_per_ip == 5
+
+
+def test_http_root_change_serves_the_new_folder(tmp_path: Path) -> None:
+    """
+    A new http-root is served from the next request on.
+    """
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    service, source, _ = gateway(dataclasses.replace(BASE, http_root=str(first)))
+    source.next = dataclasses.replace(BASE, http_root=str(second))
+    service.reload()
+    parts = service.parts
+    assert parts is not None
+    assert parts.site.resource.path == str(second)
