@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +165,8 @@ class GatewayConfig:
         (C{-}: standard output), or L{None}.
     @ivar drain_timeout: seconds game sessions may go on after SIGTERM
         before they are closed (0: close them at once).
+    @ivar handover: the UNIX socket path for handing the listening sockets
+        over to a new gateway process (and taking them over at start).
     @ivar config_file: the TOML file the settings were read from, if any
         (SIGHUP reads it again).
     @ivar demo: also run the built-in demo game backends and page.
@@ -195,6 +198,7 @@ class GatewayConfig:
     admin_token: str | None = field(default=None, repr=False)
     admin_hosts: tuple[str, ...] = ()
     drain_timeout: float = 30.0
+    handover: str | None = None
     config_file: str | None = None
     access_log: str | None = None
     demo: bool = False
@@ -578,6 +582,13 @@ def build_config(
         for name in admin_hosts:
             if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name):
                 raise ConfigError(f"{label('admin-host')}: not a host name: {name!r}")
+    handover = s["handover"]
+    if handover is not None:
+        handover = os.path.abspath(handover)
+        if not os.path.isdir(os.path.dirname(handover)):
+            raise ConfigError(f"{label('handover')}: the folder of {handover!r} does not exist")
+        if os.path.exists(handover) and not stat.S_ISSOCK(os.stat(handover).st_mode):
+            raise ConfigError(f"{label('handover')}: {handover!r} exists and is not a socket")
     access_log = s["access-log"]
     if access_log is not None:
         access_log = check_writable_file(label("access-log"), access_log)
@@ -623,6 +634,7 @@ def build_config(
         admin_token=token,
         admin_hosts=admin_hosts,
         drain_timeout=check_seconds(label("drain-timeout"), s["drain-timeout"], allow_zero=True),
+        handover=handover,
         access_log=access_log,
         health_send=check_escaped(label("health-send"), s["health-send"] or ""),
         health_expect=check_escaped(label("health-expect"), s["health-expect"] or ""),

@@ -68,6 +68,7 @@ FILE_SETTINGS: dict[str, str] = {
     "admin-host": _STRING,
     "admin-token-file": _STRING,
     "access-log": _STRING,
+    "handover": _STRING,
 }
 """Every top-level key a file may have, and the type of its value."""
 

@@ -213,6 +213,14 @@ class GatewayOptions(usage.Options):
             "always go to twistd's log.",
         ],
         [
+            "handover",
+            None,
+            None,
+            "UNIX socket path for zero-downtime upgrades: a gateway started with the "
+            "same --handover takes over the listening sockets of the one running there "
+            "(which then stops accepting; SIGTERM drains it), instead of binding them.",
+        ],
+        [
             "drain-timeout",
             None,
             str(_DEFAULTS.drain_timeout),

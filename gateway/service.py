@@ -21,9 +21,11 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
     TCP4ClientEndpoint,
     clientFromString,
     serverFromString,
+    wrapServerTLS,
 )
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -44,6 +46,7 @@ from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory,
 from gateway.balance import make_balancer
 from gateway.config import BackendSpec, ConfigError, GatewayConfig
 from gateway.front import FrontDoor, GatewayFactory
+from gateway.handover import Handover, HandoverError, HandoverServer, take_over
 from gateway.health import HealthCheck, HealthChecker
 from gateway.interfaces import IAddressPolicy
 from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
@@ -107,7 +110,31 @@ class FrontListener(Service):
         self._factory = factory
         self._cap_state = cap_state
         self.port: IListeningPort | None = None
+        self.handed_over = False
+        self.adopted = False
         self.setName(f"{option.lstrip('-')} {description}")
+
+    def adopt(self, reactor: Any, fd: int, family: int) -> None:
+        """
+        Listen on an already listening socket (taken over from the gateway
+        this one replaces) instead of binding a new one.
+        """
+        self._endpoint = _adopting(self._endpoint, reactor, fd, family)
+        self.adopted = True
+
+    def hand_over(self) -> None:
+        """
+        Another process accepts on this front's socket now: stop accepting
+        here, but keep the socket open (closing it is the new process's
+        business; nothing in its queue may be lost).
+        """
+        port = self.port
+        if port is None or self.handed_over:
+            return
+        self.handed_over = True
+        if self._cap_state is not None:
+            self._cap_state.remove_port(port)
+        port.stopReading()  # type: ignore[attr-defined]
 
     @override
     def privilegedStartService(self) -> None:
@@ -146,6 +173,11 @@ class FrontListener(Service):
         port, self.port = self.port, None
         if port is None:
             return None
+        if self.handed_over:
+            # Only close our descriptor: stopListening would shut the shared
+            # socket down (TCP) or remove its path (UNIX) under the new process.
+            port.socket.close()  # type: ignore[attr-defined]
+            return None
         if self._cap_state is not None:
             self._cap_state.remove_port(port)
         return port.stopListening()
@@ -156,6 +188,20 @@ DRAIN_POLL = 0.1
 
 FLUSH_GRACE = 2.0
 """Seconds closed sessions get to flush before the process goes on stopping."""
+
+
+def _adopting(endpoint: IStreamServerEndpoint, reactor: Any, fd: int, family: int) -> Any:
+    """
+    C{endpoint}, listening on the socket C{fd} instead of binding: the
+    socket itself for TCP and UNIX endpoints; for Twisted's C{tls:} endpoint
+    (TLS over a TCP endpoint, with public C{endpoint} and
+    C{connectionCreator} attributes) the same TLS over the socket.
+    """
+    adopted = AdoptedStreamServerEndpoint(reactor, fd, family)
+    creator = getattr(endpoint, "connectionCreator", None)
+    if creator is not None and hasattr(endpoint, "endpoint"):
+        return wrapServerTLS(creator, adopted, getattr(endpoint, "clock", None))
+    return adopted
 
 
 class GatewayService(MultiService):
@@ -214,6 +260,7 @@ class GatewayService(MultiService):
         self._handle_signals = handle_signals
         self.parts: _Parts | None = None
         self.rebuild: Callable[[], GatewayConfig] | None = None
+        self.handover: Handover | None = None
         self._leaving: dict[str, Backend] = {}
         self._leave_call: IDelayedCall | None = None
         self._drained: Deferred[None] | None = None
@@ -222,7 +269,41 @@ class GatewayService(MultiService):
         self._closing = False
 
     @override
+    def privilegedStartService(self) -> None:
+        if self.config.handover is not None and self.handover is None and not self.running:
+            try:
+                self.handover = take_over(self.config.handover)
+            except HandoverError as error:
+                raise StartupError(f"gateway: error: --handover: {error}") from None
+            if self.handover is not None:
+                fronts = [*self.listeners, *([self.admin] if self.admin else [])]
+                for listener in fronts:
+                    taken = self.handover.take(listener.description)
+                    if taken is not None:
+                        listener.adopt(self._clock, *taken)
+                self._log.info(
+                    "taking over from process {pid}: {count} listening sockets",
+                    pid=self.handover.peer_pid,
+                    count=sum(listener.adopted for listener in fronts),
+                )
+                for description in self.handover.close_unused():
+                    self._log.info(
+                        "the old process listened on {front}, which this one does not",
+                        front=description,
+                    )
+        super().privilegedStartService()
+
+    @override
     def startService(self) -> None:
+        handover, self.handover = self.handover, None
+        if handover is not None:
+            try:
+                handover.ready()
+            except HandoverError as error:
+                # Both processes accept now; the old one keeps its sockets.
+                self._log.error("hand-over: {error}", error=str(error))
+            else:
+                self._log.info("process {pid} no longer accepts", pid=handover.peer_pid)
         super().startService()
         if self._handle_signals and hasattr(signal, "SIGHUP"):
             clock = self._clock
@@ -527,7 +608,7 @@ def _policies(config: GatewayConfig, old: AddressLimits | None) -> AddressLimits
     return AddressLimits(policies) if policies else None
 
 
-_RESTART_ONLY = ("listen", "admin", "demo")
+_RESTART_ONLY = ("listen", "admin", "demo", "handover")
 """Settings a reload cannot change: they need new listening sockets."""
 
 
@@ -825,6 +906,18 @@ def make_service(
     if config.access_log is not None:
         access_log = AccessLogFile(config.access_log)
         access_log.setServiceParent(top)
+    if config.handover is not None:
+        fronts = [*top.listeners, *([top.admin] if top.admin else [])]
+
+        def listening() -> list[tuple[str, IListeningPort]]:
+            return [(f.description, f.port) for f in fronts if f.port and not f.handed_over]
+
+        def stop_accepting(given: list[tuple[str, IListeningPort]]) -> None:
+            for front in fronts:
+                if any(port is front.port for _, port in given):
+                    front.hand_over()
+
+        HandoverServer(config.handover, reactor, listening, stop_accepting).setServiceParent(top)
     top.parts = _Parts(
         reactor=reactor,
         factory=factory,

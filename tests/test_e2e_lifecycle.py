@@ -10,6 +10,7 @@ import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -293,3 +294,91 @@ def test_sighup_adds_and_removes_backends_under_live_sessions(tmp_path: Path) ->
             assert recv_exactly(again, 2) == b"x\n"
             again.close()
             assert gateway.process.poll() is None
+
+
+class _Stream(threading.Thread):
+    """
+    A steady stream of new connections: each connects, sends a line, reads
+    its echo and closes; every failure is kept.  Bounded in count and time.
+    """
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.done = 0
+        self.failures: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self.halt.is_set() and self.done < 20000 and time.monotonic() < deadline:
+            try:
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                sock.sendall(b"stream\n")
+                assert recv_exactly(sock, 7) == b"stream\n"
+                sock.close()
+                self.done += 1
+            except (OSError, AssertionError) as error:
+                self.failures.append(repr(error))
+
+
+def test_handover_refuses_nothing_and_cuts_nothing(tmp_path: Path) -> None:
+    """
+    The upgrade procedure: with long game sessions open and a steady stream
+    of new connections, a new gateway started with the same --handover takes
+    over the listening socket, the old one gets SIGTERM and drains; no
+    connection attempt fails, no session is cut, and the old process exits 0.
+    """
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    with ServerBackend(echo) as backend:
+        args = [
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--backend",
+            backend.endpoint,
+            "--handover",
+            str(tmp_path / "handover.sock"),
+            "--sniff-timeout",
+            "0.2",
+            "--health-interval",
+            "0",
+            "--drain-timeout",
+            "20",
+        ]
+        with GatewayProcess(args, tmp_path / "old") as old:
+            assert old.process is not None
+            sessions = [connect(old.port) for _ in range(3)]
+            for number, session in enumerate(sessions):
+                session.sendall(b"long %d\n" % number)
+                assert recv_exactly(session, 7) == b"long %d\n" % number
+            stream = _Stream(old.port)
+            stream.start()
+            wait_for(lambda: stream.done >= 50, "the stream to flow")
+            with GatewayProcess(args, tmp_path / "new") as new:
+                assert new.port == old.port
+                wait_for(lambda: "no longer accepts" in new.log(), "the hand-over")
+                served_before = stream.done
+                wait_for(lambda: stream.done >= served_before + 50, "the new process to serve")
+                old.process.send_signal(signal.SIGTERM)
+                wait_for(lambda: "draining:" in old.log(), "the old one to drain")
+                # The long sessions, on the old process, go on while it drains.
+                for round_ in range(3):
+                    for session in sessions:
+                        session.sendall(b"round %d\n" % round_)
+                        assert recv_exactly(session, 8) == b"round %d\n" % round_
+                    time.sleep(0.2)
+                for session in sessions:
+                    session.close()
+                assert _exit_status(old, 15) == 0
+                after_old = stream.done
+                wait_for(lambda: stream.done >= after_old + 50, "the stream after the old exit")
+                stream.halt.set()
+                stream.join(timeout=20)
+                print(f"hand-over: {stream.done} connections, {len(stream.failures)} failed")
+                assert stream.failures == [], stream.failures[:5]
+                assert new.process is not None and new.process.poll() is None
+            old_log = old.log()
+            assert "handed over to process" in old_log
+            assert "drained: every session has ended" in old_log
+            assert "drain timeout" not in old_log
