@@ -62,6 +62,7 @@ ACCESS_FIELDS = (
     "bytes_out",
     "duration",
     "reason",
+    "relay",
 )
 """The fields of an access event written as JSON (those an event has)."""
 
@@ -83,13 +84,16 @@ def log_game_session(
     bytes_out: int,
     duration: float,
     reason: str,
+    relay: str = "copy",
 ) -> None:
     """
     Log the end of a game session.
+
+    @param relay: C{splice} if its bytes moved with splice(2), else C{copy}.
     """
     access_log.info(
         "game session from {peer} to {backend_shown} ended ({reason}): "
-        "{bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s",
+        "{bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s, {relay}",
         kind="game",
         peer=peer,
         backend=backend,
@@ -98,6 +102,7 @@ def log_game_session(
         bytes_out=bytes_out,
         duration=duration,
         reason=reason,
+        relay=relay,
     )
 
 

@@ -69,6 +69,9 @@ BALANCE_CHOICES = ("roundrobin", "leastconn", "hash")
 """The balancing policies (L{gateway.balance})."""
 
 PROXY_CHOICES = ("off", "v1", "v2")
+
+RELAY_CHOICES = ("auto", "splice", "copy")
+"""How game sessions move bytes."""
 """PROXY protocol versions sent to backends."""
 
 
@@ -165,6 +168,9 @@ class GatewayConfig:
         (C{-}: standard output), or L{None}.
     @ivar drain_timeout: seconds game sessions may go on after SIGTERM
         before they are closed (0: close them at once).
+    @ivar relay: how game sessions move bytes: C{auto} (splice(2) where
+        both sides are plain sockets on Linux, else copy), C{splice} (the
+        same, and an error where splice(2) does not exist) or C{copy}.
     @ivar handover: the UNIX socket path for handing the listening sockets
         over to a new gateway process (and taking them over at start).
     @ivar config_file: the TOML file the settings were read from, if any
@@ -198,6 +204,7 @@ class GatewayConfig:
     admin_token: str | None = field(default=None, repr=False)
     admin_hosts: tuple[str, ...] = ()
     drain_timeout: float = 30.0
+    relay: str = "auto"
     handover: str | None = None
     config_file: str | None = None
     access_log: str | None = None
@@ -507,6 +514,16 @@ def _backend_spec(raw: RawBackend, reactor: IReactorCore) -> BackendSpec:
     )
 
 
+def _relay_mode(option: str, text: str) -> str:
+    mode = check_choice(option, text, RELAY_CHOICES)
+    if mode == "splice":
+        from gateway.splice import splice_available
+
+        if not splice_available():
+            raise ConfigError(f"{option}: splice(2) is not available here (Linux only); use auto")
+    return mode
+
+
 def build_config(
     settings: Settings, reactor: IReactorCore, *, config_file: str | None = None
 ) -> GatewayConfig:
@@ -635,6 +652,7 @@ def build_config(
         admin_hosts=admin_hosts,
         drain_timeout=check_seconds(label("drain-timeout"), s["drain-timeout"], allow_zero=True),
         handover=handover,
+        relay=_relay_mode(label("relay"), s["relay"]),
         access_log=access_log,
         health_send=check_escaped(label("health-send"), s["health-send"] or ""),
         health_expect=check_escaped(label("health-expect"), s["health-expect"] or ""),

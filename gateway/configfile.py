@@ -69,6 +69,7 @@ FILE_SETTINGS: dict[str, str] = {
     "admin-token-file": _STRING,
     "access-log": _STRING,
     "handover": _STRING,
+    "relay": _STRING,
 }
 """Every top-level key a file may have, and the type of its value."""
 

@@ -120,6 +120,8 @@ class GatewayFactory(ServerFactory):
     @ivar refusals: where game sessions that no backend could take are
         counted and logged (sampled), if anywhere.
     @ivar busy_message: the line sent to such a client before closing it.
+    @ivar relay_mode: how game sessions move bytes: C{copy}, C{auto} or
+        C{splice} (see L{gateway.splice}).
     """
 
     noisy = False
@@ -141,8 +143,10 @@ class GatewayFactory(ServerFactory):
         registry: SessionRegistry | None = None,
         refusals: RefusalLog | None = None,
         busy_message: str | None = None,
+        relay_mode: str = "copy",
     ) -> None:
         self.site = site
+        self.relay_mode = relay_mode
         self.refusals = refusals
         self.busy_message = busy_message
         self.registry = registry
@@ -333,6 +337,7 @@ class FrontDoor(CloseHooks, Protocol):
             proxy_version=factory.proxy_version,
             refusals=factory.refusals,
             busy_message=factory.busy_message,
+            relay=factory.relay_mode,
         )
         self.session = session
         self._register(session)

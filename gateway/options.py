@@ -213,6 +213,14 @@ class GatewayOptions(usage.Options):
             "always go to twistd's log.",
         ],
         [
+            "relay",
+            None,
+            "auto",
+            "How game sessions move bytes: 'auto' (zero-copy with splice(2) once a session "
+            "is established on plain TCP or UNIX sockets, on Linux; else through Python), "
+            "'splice' (the same, refused where splice(2) does not exist) or 'copy'.",
+        ],
+        [
             "handover",
             None,
             None,

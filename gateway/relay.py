@@ -43,7 +43,7 @@ never by touching a timer per chunk.
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from typing import Protocol as Structural
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -69,6 +69,7 @@ from gateway.access import log_game_session
 from gateway.interfaces import IBackendChooser
 from gateway.limits import Refusal
 from gateway.proxyheader import proxy_header
+from gateway.splice import SpliceRelay, splice_available, spliceable
 
 if TYPE_CHECKING:
     from gateway.pool import Backend
@@ -253,6 +254,7 @@ class GameSession:
     @ivar bytes_out: bytes from the backend written towards the client.
     @ivar close_reason: why the session ended, once it has.
     @ivar kind: C{"game"} (for the registry of live sessions).
+    @ivar spliced: whether some of its bytes moved with splice(2).
     @ivar started: when it started, in the clock's seconds.
     """
 
@@ -273,6 +275,7 @@ class GameSession:
         proxy_version: str = "off",
         refusals: RefusalLog | None = None,
         busy_message: str | None = None,
+        relay: str = "copy",
     ) -> None:
         """
         @param client: the client's transport (also an IPushProducer and IConsumer).
@@ -291,6 +294,9 @@ class GameSession:
             logged (sampled, like every refusal); without it, it is logged
             as an error every time.
         @param busy_message: the line sent to such a client before closing it.
+        @param relay: C{"copy"} (bytes through Python), or C{"auto"}/C{"splice"}:
+            with splice(2) when both sides are plain sockets (then C{clock}
+            must be the reactor, which watches the sockets).
         """
         self.client = cast(Stream, client)
         self._chooser = chooser
@@ -304,6 +310,9 @@ class GameSession:
         self._proxy_version = proxy_version
         self._refusals = refusals
         self._busy_message = busy_message
+        self._relay_mode = relay
+        self._splice: SpliceRelay | None = None
+        self.spliced = False
         self.backend: Backend | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -441,15 +450,31 @@ class GameSession:
         held, self._held = self._held, []
         self._held_size = 0
         version = backend.proxy_protocol or self._proxy_version
+        header = b""
         if version != "off":
             # Before any client byte; not counted in bytes_in (not the client's).
             client = cast(ITransport, self.client)
-            server.write(proxy_header(version, client.getPeer(), client.getHost()))
+            header = proxy_header(version, client.getPeer(), client.getHost())
+        if self._try_splice(header, held):
+            self._idle_seen = self.bytes_in
+            self._idle_since = self._clock.seconds()
+            self._schedule_idle_check()
+            return
+        if header:
+            server.write(header)
         for chunk in held:
             server.write(chunk)
             self.bytes_in += len(chunk)
-        # Each side's transport produces for the other's: a full write buffer
-        # on one side pauses reading on the other (flow control end to end).
+        self._pair_transports()
+
+    def _pair_transports(self) -> None:
+        """
+        Relay through the transports: each produces for the other's, so a
+        full write buffer on one side pauses reading on the other (flow
+        control end to end).
+        """
+        server = self._server
+        assert server is not None
         server.registerProducer(self.client, True)
         self.client.registerProducer(server, True)
         self._client_feeds_server = self._server_feeds_client = True
@@ -459,9 +484,94 @@ class GameSession:
         elif self._client_paused:
             self._client_paused = False
             self.client.resumeProducing()
-        self._idle_seen = self.bytes_in
+        self._idle_seen = self.bytes_in + self.bytes_out
         self._idle_since = self._clock.seconds()
         self._schedule_idle_check()
+
+    def _try_splice(self, header: bytes, held: list[bytes]) -> bool:
+        """
+        Relay with splice(2) if the mode allows and both sides are plain
+        sockets: the first bytes (PROXY header, held client bytes) are sent
+        straight to the fresh backend socket, then the kernel moves the rest.
+
+        @return: whether splicing started (else nothing was sent).
+        """
+        server, client = self._server, self.client
+        if (
+            self._relay_mode == "copy"
+            or self._client_eof
+            or not splice_available()
+            or not spliceable(server)
+            or not spliceable(client)
+            or not hasattr(self._clock, "addReader")
+        ):
+            return False
+        first = header + b"".join(held)
+        sock = server.socket  # type: ignore[union-attr]
+        sent = 0
+        try:
+            while sent < len(first):
+                sent += sock.send(first[sent:])
+        except BlockingIOError:
+            pass
+        except OSError:
+            # The backend is already gone: the copy path will see it.
+            if sent:
+                server.write(first[sent:])  # type: ignore[union-attr]
+                self.bytes_in += max(0, len(first) - len(header))
+                self._pair_transports()
+                return True
+            return False
+        if sent < len(first):
+            # A fresh socket that does not take a few KiB: rare; the rest
+            # goes through the transport, and this session is copied.
+            server.write(first[sent:])  # type: ignore[union-attr]
+            self.bytes_in += len(first) - len(header)
+            self._pair_transports()
+            return True
+        self.bytes_in += len(first) - len(header)
+        self._splice = SpliceRelay(
+            self._clock,
+            cast(Any, client),
+            cast(Any, server),
+            on_moved=self._spliced,
+            on_finished=self._splice_finished,
+        )
+        self._splice.start()
+        return True
+
+    def _spliced(self, up: int, down: int) -> None:
+        self.spliced = True
+        self.bytes_in += up
+        self.bytes_out += down
+
+    def _splice_finished(self, up: bytes, down: bytes) -> None:
+        """
+        Splicing ended (an end of stream, an error, or the session closing):
+        the transports relay again, from where the kernel stopped.
+        """
+        self._splice = None
+        server = self._server
+        assert server is not None
+        if up:
+            server.write(up)
+            self.bytes_in += len(up)
+        if down:
+            self.client.write(down)
+            self.bytes_out += len(down)
+        if self._client_gone or self._backend_gone:
+            return
+        self._pair_transports()
+        for transport in (self.client, server):
+            if not getattr(transport, "disconnecting", False):
+                transport.startReading()  # type: ignore[attr-defined]
+
+    def _stop_splicing(self) -> None:
+        """
+        Hand the sockets back to the transports now (the session closes).
+        """
+        if self._splice is not None:
+            self._splice.finish("the session closes")
 
     def link_lost(self, link: BackendLink, reason: Failure) -> None:
         """
@@ -528,6 +638,7 @@ class GameSession:
         The client connection is gone.
         """
         self._client_gone = True
+        self._stop_splicing()
         self._stop_abort_timer()
         link = self._pending
         if link is not None:
@@ -571,6 +682,7 @@ class GameSession:
         The backend connection is gone, during the session.
         """
         self._backend_gone = True
+        self._stop_splicing()
         self._stop_abort_timer()
         backend = self.backend
         if backend is not None:
@@ -586,6 +698,7 @@ class GameSession:
         """
         Close both connections once their buffers are flushed.
         """
+        self._stop_splicing()
         self._stop_server_feeding_client()
         self._stop_client_feeding_server()
         if not self._client_gone:
@@ -617,6 +730,7 @@ class GameSession:
         connection open forever by never letting the gateway flush.
         """
         self._abort_call = None
+        self._stop_splicing()
         if not self._client_gone:
             self.client.abortConnection()
         if not self._backend_gone and self._server is not None:
@@ -717,4 +831,5 @@ class GameSession:
             bytes_out=self.bytes_out,
             duration=self._clock.seconds() - self.started,
             reason=reason.value,
+            relay="splice" if self.spliced else "copy",
         )

@@ -667,6 +667,7 @@ def _apply(service: GatewayService, parts: _Parts, new: GatewayConfig) -> list[s
     factory.retries = new.retries
     factory.proxy_version = new.proxy_protocol
     factory.busy_message = new.busy_message
+    factory.relay_mode = new.relay
     factory.session_key = re.compile(new.session_key.encode()) if new.session_key else None
     parts.site.header_timeout = new.header_timeout
     if new.http_root != old.http_root or new.http_listing != old.http_listing:
@@ -805,6 +806,7 @@ def make_service(
         registry=registry,
         refusals=refusals,
         busy_message=config.busy_message,
+        relay_mode=config.relay,
     )
     responder = Responder(
         reactor, busy_message=config.busy_message, wait=min(config.sniff_timeout, 2.0)

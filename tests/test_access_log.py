@@ -129,6 +129,7 @@ def test_json_lines_has_only_access_events() -> None:
         "bytes_out": 7,
         "duration": 1.5,
         "reason": "client-closed",
+        "relay": "copy",
     }
     http.pop("time")
     assert http == {

@@ -42,6 +42,38 @@ def source_of(data: bytes) -> Backend:
     return Backend(send)
 
 
+RELAYS = ["splice", "copy"]
+"""The relay modes the data-path tests run with (splice: zero-copy; copy: through Python)."""
+
+
+def relayed_by(gateway: GatewayProcess, relay: str) -> bool:
+    """
+    Whether a game session ended in the gateway's log, relayed by C{relay}.
+    """
+    return f" s, {relay}\n" in gateway.log()
+
+
+@pytest.mark.parametrize("relay", RELAYS)
+def test_one_byte_per_write_both_ways(tmp_path: Path, echo_backend: Backend, relay: str) -> None:
+    """
+    A client writing one byte per send (with TCP_NODELAY) and reading each
+    echo gets every byte back in order, whatever the relay.
+    """
+    data = pattern(3000, seed=9)
+    with GatewayProcess(
+        ["--backend", echo_backend.endpoint, "--sniff-timeout", "0.2", "--relay", relay],
+        tmp_path,
+    ) as gateway:
+        client = connect(gateway.port)
+        client.sendall(data[:1])
+        assert recv_exactly(client, 1) == data[:1]
+        for index in range(1, len(data)):
+            client.send(data[index : index + 1])
+        assert recv_exactly(client, len(data) - 1) == data[1:]
+        client.close()
+        wait_for(lambda: relayed_by(gateway, relay), f"the session's end ({relay})")
+
+
 def test_http_and_game_on_one_port_at_once(tmp_path: Path, echo_backend: Backend) -> None:
     """
     One port serves an HTTP client and a game client at the same time: the game
@@ -74,7 +106,8 @@ def test_http_and_game_on_one_port_at_once(tmp_path: Path, echo_backend: Backend
         web.close()
 
 
-def test_twenty_megabytes_each_way_at_once_byte_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relay", RELAYS)
+def test_twenty_megabytes_each_way_at_once_byte_exact(tmp_path: Path, relay: str) -> None:
     """
     20 MB from client to backend and 20 MB from backend to client, sent at
     the same time through one session, arrive byte-exact (same length, same
@@ -96,7 +129,7 @@ def test_twenty_megabytes_each_way_at_once_byte_exact(tmp_path: Path) -> None:
     with (
         Backend(duplex) as backend,
         GatewayProcess(
-            ["--backend", backend.endpoint, "--health-interval", "0"], tmp_path
+            ["--backend", backend.endpoint, "--health-interval", "0", "--relay", relay], tmp_path
         ) as gateway,
     ):
         client = connect(gateway.port)
@@ -111,6 +144,7 @@ def test_twenty_megabytes_each_way_at_once_byte_exact(tmp_path: Path) -> None:
         uploader.join(timeout=60)
         client.close()
         wait_for(lambda: len(backend.received) == 1, "the backend to finish")
+        wait_for(lambda: relayed_by(gateway, relay), f"the session's end ({relay})")
     assert len(received) == len(download)
     assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
     assert len(backend.received[0]) == len(upload)
@@ -133,7 +167,8 @@ def test_backend_speaking_first_sends_twenty_megabytes(tmp_path: Path) -> None:
     assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
 
 
-def test_slow_reader_keeps_gateway_memory_bounded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relay", RELAYS)
+def test_slow_reader_keeps_gateway_memory_bounded(tmp_path: Path, relay: str) -> None:
     """
     A backend sends 200 MB to a client that reads slowly: the backend is held
     back (flow control), the gateway's memory stays within a bound far below
@@ -153,7 +188,7 @@ def test_slow_reader_keeps_gateway_memory_bounded(tmp_path: Path) -> None:
     with (
         Backend(flood) as source,
         GatewayProcess(
-            ["--backend", source.endpoint, "--sniff-timeout", "0.2"], tmp_path
+            ["--backend", source.endpoint, "--sniff-timeout", "0.2", "--relay", relay], tmp_path
         ) as gateway,
     ):
         baseline = rss_kib(gateway.pid)
@@ -182,6 +217,7 @@ def test_slow_reader_keeps_gateway_memory_bounded(tmp_path: Path) -> None:
                 time.sleep(0.01)
         assert client.recv(1) == b""
         client.close()
+        wait_for(lambda: relayed_by(gateway, relay), f"the session's end ({relay})")
 
     assert received == total
     expected = hashlib.sha256(block * (total // MB)).digest()
@@ -266,39 +302,48 @@ def test_no_backend_reachable_closes_the_client(tmp_path: Path) -> None:
         assert gateway.process is not None and gateway.process.poll() is None
 
 
-def test_client_half_close_still_gets_the_whole_reply(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relay", RELAYS)
+def test_client_half_close_still_gets_the_whole_reply(tmp_path: Path, relay: str) -> None:
     """
     A client that shuts down its sending side (as C{nc -N} does) still gets
-    the whole reply, which the backend sends only after seeing end of stream.
+    the whole reply: the part the backend sends before seeing the end of
+    stream and the part it sends after.
     """
     reply = pattern(3 * MB, seed=4)
 
     def answer_after_eof(sock: socket.socket, backend: Backend) -> None:
-        backend.record(recv_until_eof(sock))
+        request = recv_exactly(sock, 5)
+        sock.sendall(reply[:MB])
+        backend.record(request + recv_until_eof(sock))
         time.sleep(0.2)
-        sock.sendall(reply)
+        sock.sendall(reply[MB:])
 
     with (
         Backend(answer_after_eof) as backend,
         GatewayProcess(
-            ["--backend", backend.endpoint, "--health-interval", "0"], tmp_path
+            ["--backend", backend.endpoint, "--health-interval", "0", "--relay", relay], tmp_path
         ) as gateway,
     ):
         client = connect(gateway.port)
         client.sendall(b"quit\n")
+        first = recv_exactly(client, MB)
         client.shutdown(socket.SHUT_WR)
-        assert recv_until_eof(client) == reply
+        assert first + recv_until_eof(client) == reply
         client.close()
         assert backend.received == [b"quit\n"]
+        wait_for(lambda: relayed_by(gateway, relay), f"the session's end ({relay})")
 
 
-def test_idle_timeout_closes_quiet_sessions_only(tmp_path: Path, echo_backend: Backend) -> None:
+@pytest.mark.parametrize("relay", RELAYS)
+def test_idle_timeout_closes_quiet_sessions_only(
+    tmp_path: Path, echo_backend: Backend, relay: str
+) -> None:
     """
     With --idle-timeout, a session with no traffic is closed after about that
     long, while a session that keeps talking stays open past it.
     """
     with GatewayProcess(
-        ["--backend", echo_backend.endpoint, "--idle-timeout", "0.6"], tmp_path
+        ["--backend", echo_backend.endpoint, "--idle-timeout", "0.6", "--relay", relay], tmp_path
     ) as gateway:
         quiet = connect(gateway.port)
         busy = connect(gateway.port)
@@ -329,6 +374,7 @@ def test_idle_timeout_closes_quiet_sessions_only(tmp_path: Path, echo_backend: B
         wait_for(
             lambda: "no traffic for 0.6 s (idle-timeout)" in gateway.log(), "the idle log line"
         )
+        wait_for(lambda: relayed_by(gateway, relay), f"the sessions' ends ({relay})")
 
 
 @pytest.mark.parametrize(

@@ -713,7 +713,8 @@ def test_session_logs_only_its_end(log_events: EventLoggingObserver) -> None:
     factory.doStop()  # as the connector does once the connection ended
     gateway.client.connection_lost()
     assert [formatEvent(e) for e in log_events] == [
-        f"game session from {PEER} to b0 ended (backend-closed): 5 bytes in, 2 bytes out, 0.000 s"
+        f"game session from {PEER} to b0 ended (backend-closed): "
+        "5 bytes in, 2 bytes out, 0.000 s, copy"
     ]
     [event] = log_events
     assert event["log_namespace"] == "gateway.access"

@@ -1,0 +1,334 @@
+"""
+Zero-copy relaying with splice(2): once a game session is established on two
+plain sockets, its bytes go socket -> pipe -> socket in the kernel and never
+enter Python.
+
+A L{SpliceRelay} takes the two sockets away from their Twisted transports
+(which stop reading, and have nothing buffered) and registers its own
+descriptors with the reactor for the same file descriptors: one pipe per
+direction (sized with C{F_SETPIPE_SZ}), filled from the source socket when it
+is readable and emptied into the destination socket while it takes bytes.  A
+destination that does not take them (a slow reader) leaves the pipe full, so
+the source is not read any more until it drains: flow control end to end,
+with at most one pipe per direction in the kernel and nothing in Python.
+
+The relay only ever moves data.  Anything else (an end of stream, an error,
+a socket type splice does not handle) ends splice mode: the relay stops
+reading, delivers what is still in its pipes, and hands both sockets back to
+their transports, which then see the same end of stream or error and close
+the session the ordinary way (half-close included).  So the ordinary path
+stays the one place where sessions end, and no byte is lost in either mode.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["PIPE_SIZE", "SpliceRelay", "splice_available", "spliceable"]
+
+PIPE_SIZE = 1 << 20
+"""The size asked for each direction's pipe (the kernel may give less)."""
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+def splice_available() -> bool:
+    """
+    Whether this platform has splice(2) (Linux, Python 3.10+).
+    """
+    return sys.platform.startswith("linux") and hasattr(os, "splice")
+
+
+def spliceable(transport: object) -> bool:
+    """
+    Whether C{transport} is a plain stream socket of the reactor (TCP or
+    UNIX), the only kind the relay can splice: not TLS, not a wrapper.
+    """
+    return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
+
+
+class _Direction:
+    """
+    Bytes from one socket to the other through a pipe.
+    """
+
+    def __init__(self, source: int, destination: int) -> None:
+        self.source = source
+        self.destination = destination
+        self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.write_end, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # the default pipe (64 KiB) is smaller, not wrong
+        self.chunk = fcntl.fcntl(self.write_end, F_GETPIPE_SZ)
+        self.in_pipe = 0
+        self.moved = 0
+
+    def fill(self) -> int:
+        """
+        Move what the source has into the pipe.
+
+        @return: the bytes moved (0 at the end of stream).
+        @raise BlockingIOError: the source has nothing now.
+        @raise OSError: the source failed (reset) or cannot be spliced.
+        """
+        count = os.splice(
+            self.source,
+            self.write_end,
+            self.chunk - self.in_pipe,
+            flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK,
+        )
+        self.in_pipe += count
+        return count
+
+    def drain(self) -> bool:
+        """
+        Move what the pipe holds into the destination.
+
+        @return: whether the pipe is empty now.
+        @raise OSError: the destination failed.
+        """
+        while self.in_pipe:
+            try:
+                count = os.splice(
+                    self.read_end,
+                    self.destination,
+                    self.in_pipe,
+                    flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK,
+                )
+            except BlockingIOError:
+                return False
+            self.in_pipe -= count
+            self.moved += count
+        return True
+
+    def leftover(self) -> bytes:
+        """
+        Read back what is still in the pipe (to deliver it another way).
+        """
+        data = b""
+        while self.in_pipe:
+            chunk = os.read(self.read_end, self.in_pipe)
+            if not chunk:
+                break
+            data += chunk
+            self.in_pipe -= len(chunk)
+        return data
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
+@implementer(IReadWriteDescriptor)
+class _SocketEnd:
+    """
+    What the reactor watches for one socket while the relay owns it.
+    """
+
+    def __init__(self, relay: SpliceRelay, fd: int, name: str) -> None:
+        self._relay = relay
+        self._fd = fd
+        self.name = name
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> None:  # noqa: N802 - Twisted's name
+        self._relay.readable(self)
+
+    def doWrite(self) -> None:  # noqa: N802 - Twisted's name
+        self._relay.writable(self)
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        # The reactor is shutting down (or the fd was closed): hand back.
+        self._relay.finish(f"reactor: {reason.getErrorMessage()}")
+
+    def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
+        return f"splice {self.name}"
+
+
+class SpliceRelay:
+    """
+    Relays the bytes of two plain sockets with splice(2) until anything but
+    data happens, then hands them back.
+
+    @ivar active: whether the relay owns the sockets now.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        client: tcp.Connection,
+        server: tcp.Connection,
+        *,
+        on_moved: Callable[[int, int], None],
+        on_finished: Callable[[bytes, bytes], None],
+    ) -> None:
+        """
+        @param on_moved: called with the bytes delivered (client to server,
+            server to client) since the last call, after each step.
+        @param on_finished: called once the sockets are handed back, with the
+            bytes read but not delivered in each direction (client to server,
+            server to client) when splicing them out failed: the caller
+            writes them through the transports.
+        """
+        self._reactor = reactor
+        self._client = client
+        self._server = server
+        self._on_moved = on_moved
+        self._on_finished = on_finished
+        client_fd, server_fd = client.fileno(), server.fileno()
+        self._up = _Direction(client_fd, server_fd)
+        self._down = _Direction(server_fd, client_fd)
+        self._client_end = _SocketEnd(self, client_fd, "client")
+        self._server_end = _SocketEnd(self, server_fd, "server")
+        self.active = False
+        self._stopping = False
+        self._broken = False
+        self.reason = ""
+
+    def start(self) -> None:
+        """
+        Take the sockets over from their transports and start relaying.
+        """
+        for transport in (self._client, self._server):
+            transport.stopReading()
+            transport.stopWriting()
+        self.active = True
+        self._reactor.addReader(self._client_end)
+        self._reactor.addReader(self._server_end)
+
+    def _directions(self, end: _SocketEnd) -> tuple[_Direction, _Direction]:
+        """
+        (the direction that reads from C{end}, the one that writes to it).
+        """
+        if end is self._client_end:
+            return self._up, self._down
+        return self._down, self._up
+
+    def _other(self, end: _SocketEnd) -> _SocketEnd:
+        return self._server_end if end is self._client_end else self._client_end
+
+    def readable(self, end: _SocketEnd) -> None:
+        """
+        The socket C{end} has bytes (or an end of stream, or an error).
+        """
+        if not self.active or self._stopping:
+            return
+        direction, _ = self._directions(end)
+        try:
+            count = direction.fill()
+        except BlockingIOError:
+            return
+        except OSError as error:
+            self.stop(f"{end.name} read: {os.strerror(error.errno or 0)}")
+            return
+        if count == 0:
+            # The end of stream: the transports will see it too.
+            self.stop(f"{end.name} ended its stream")
+            return
+        self._deliver(direction, self._other(end), end)
+
+    def writable(self, end: _SocketEnd) -> None:
+        """
+        The socket C{end} takes bytes again.
+        """
+        if not self.active:
+            return
+        _, direction = self._directions(end)
+        self._deliver(direction, end, self._other(end))
+
+    def _deliver(self, direction: _Direction, destination: _SocketEnd, source: _SocketEnd) -> None:
+        before = direction.moved
+        try:
+            empty = direction.drain()
+        except OSError as error:
+            # The destination is gone: what is in the pipes cannot be
+            # delivered this way; the transports will see the error.
+            self._report(direction, before)
+            self._broken = True
+            reason = f"{destination.name} write: {os.strerror(error.errno or 0)}"
+            if self._stopping:
+                self.finish(reason)
+            else:
+                self.stop(reason)
+            return
+        self._report(direction, before)
+        if empty:
+            self._reactor.removeWriter(destination)
+            if self._stopping:
+                self._maybe_finish()
+            else:
+                self._reactor.addReader(source)
+        else:
+            # The destination is full: stop reading the source until it
+            # drains (flow control), and wait for it to take bytes.
+            self._reactor.removeReader(source)
+            self._reactor.addWriter(destination)
+
+    def _report(self, direction: _Direction, before: int) -> None:
+        moved = direction.moved - before
+        if moved:
+            if direction is self._up:
+                self._on_moved(moved, 0)
+            else:
+                self._on_moved(0, moved)
+
+    def stop(self, reason: str) -> None:
+        """
+        Stop reading; hand the sockets back once the pipes are delivered.
+        """
+        if not self.active or self._stopping:
+            return
+        self._stopping = True
+        self.reason = reason
+        self._reactor.removeReader(self._client_end)
+        self._reactor.removeReader(self._server_end)
+        for direction, destination, source in (
+            (self._up, self._server_end, self._client_end),
+            (self._down, self._client_end, self._server_end),
+        ):
+            if direction.in_pipe:
+                self._deliver(direction, destination, source)
+                if not self.active:
+                    return
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if not self._broken and (self._up.in_pipe or self._down.in_pipe):
+            return  # still delivering (the writers are registered)
+        self.finish(self.reason)
+
+    def finish(self, reason: str) -> None:
+        """
+        Hand the sockets back now; what could not be delivered through the
+        pipes is given to the caller.
+        """
+        if not self.active:
+            return
+        self.active = False
+        self.reason = self.reason or reason
+        for end in (self._client_end, self._server_end):
+            self._reactor.removeReader(end)
+            self._reactor.removeWriter(end)
+        up, down = self._up.leftover(), self._down.leftover()
+        self._up.close()
+        self._down.close()
+        self._on_finished(up, down)
