@@ -130,8 +130,10 @@ refuse one, and a refusal fails the probe with what it got.
 
 IDLE_PROBE_BYTES = b"idle probe: one echo, then silence\n"
 
-SNIFF_PROBE_SILENCE = 1.0
-"""Seconds the sniff probe sends nothing: twice L{SNIFF_TIMEOUT}."""
+SNIFF_PROBE_SILENCE = 2.0
+"""Seconds the sniff probe sends nothing: four times L{SNIFF_TIMEOUT}.  (Twice was
+not enough once in CI: with the flooders on both cores the gateway process itself
+got no CPU for over half a second, so its timer ran after the probe's bytes.)"""
 
 SNIFF_PROBE_BYTES = b"GET /after-the-sniff HTTP/1.0\r\n\r\n"
 """What the sniff probe sends after its silence.  They would begin an HTTP
