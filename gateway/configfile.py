@@ -19,12 +19,17 @@ array of tables::
     health-expect = "PONG"
     proxy-protocol = "v2"              # this backend's PROXY header
 
+Relative paths in the file (C{http-root}, C{access-log}, C{handover},
+C{admin-token-file}) are relative to the file's folder, not to the folder the
+gateway was started in.
+
 Errors name the file and the key (and, for a TOML syntax error, the line and
 column the parser reports); an unknown key is an error, never ignored.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +37,9 @@ from typing import Any
 from gateway.config import ConfigError, RawBackend
 
 __all__ = ["FILE_SETTINGS", "FileSettings", "read_config_file"]
+
+_PATHS = ("http-root", "access-log", "handover", "admin-token-file")
+"""Settings that are paths, relative to the file's folder when not absolute."""
 
 _NUMBER = "a number"
 _INTEGER = "a whole number"
@@ -190,4 +198,9 @@ def read_config_file(path: str) -> FileSettings:
             settings.backends = [_backend(settings, i, table) for i, table in enumerate(value)]
         else:
             settings.values[key] = _scalar(label, FILE_SETTINGS[key], value)
+    folder = os.path.dirname(os.path.abspath(path))
+    for key in _PATHS:
+        value = settings.values.get(key)
+        if isinstance(value, str) and value != "-" and not os.path.isabs(value):
+            settings.values[key] = os.path.join(folder, value)
     return settings

@@ -120,6 +120,8 @@ class GatewayFactory(ServerFactory):
     @ivar refusals: where game sessions that no backend could take are
         counted and logged (sampled), if anywhere.
     @ivar busy_message: the line sent to such a client before closing it.
+    @ivar pending: connections not classified yet (sniffing, or waiting for
+        the session key's line): the drain waits for them too.
     @ivar relay_mode: how game sessions move bytes: C{copy}, C{auto} or
         C{splice} (see L{gateway.splice}).
     """
@@ -146,6 +148,7 @@ class GatewayFactory(ServerFactory):
         relay_mode: str = "copy",
     ) -> None:
         self.site = site
+        self.pending: set[FrontDoor] = set()
         self.relay_mode = relay_mode
         self.refusals = refusals
         self.busy_message = busy_message
@@ -192,6 +195,7 @@ class FrontDoor(CloseHooks, Protocol):
 
     @override
     def connectionMade(self) -> None:
+        self.factory.pending.add(self)
         self._sniff_call = self.factory.clock.callLater(
             self.factory.sniff_timeout, self._sniff_timed_out
         )
@@ -240,6 +244,7 @@ class FrontDoor(CloseHooks, Protocol):
         self.http.dataReceived(data)
 
     def _register(self, session: LiveSession) -> None:
+        self.factory.pending.discard(self)
         registry = self.factory.registry
         if registry is not None:
             self.registry_id = registry.add(session)
@@ -380,8 +385,15 @@ class FrontDoor(CloseHooks, Protocol):
         it is handling (and those already queued), then closes; an idle
         keep-alive connection closes now.
         """
-        if self.http is not None and self.transport is not None:
-            self._http_client_eof(self.http)
+        channel = self.http
+        if channel is None or self.transport is None:
+            return
+        if getattr(channel, "_request_lines", 0) or getattr(channel, "_buffer", b""):
+            # A request is arriving: answer it, then close (the header
+            # timeout bounds a client that never finishes it).
+            channel.persistent = False
+            return
+        self._http_client_eof(channel)
 
     def writeConnectionLost(self) -> None:
         """
@@ -390,6 +402,7 @@ class FrontDoor(CloseHooks, Protocol):
 
     @override
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.factory.pending.discard(self)
         self._stop_sniffing()
         if self._key_call is not None and self._key_call.active():
             self._key_call.cancel()

@@ -78,15 +78,16 @@ class Handover:
         """
         return self.sockets.pop(description, None)
 
-    def ready(self) -> None:
+    def ready(self, adopted: list[str]) -> None:
         """
-        Tell the old process that this one accepts now, and wait until it
-        has stopped accepting and left PATH.
+        Tell the old process that this one accepts now on the sockets whose
+        descriptions are C{adopted}, and wait until it has stopped accepting
+        on them and left PATH.
 
         @raise HandoverError: it did not answer as expected.
         """
         try:
-            self.connection.sendall(b"READY\n")
+            self.connection.sendall(b"READY " + json.dumps(adopted).encode() + b"\n")
             answer = _read_line(self.connection)
         except OSError as error:
             raise HandoverError(f"the old gateway did not answer: {error}") from None
@@ -172,7 +173,7 @@ class _HandoverProtocol(LineOnlyReceiver):
     """
 
     delimiter = b"\n"
-    MAX_LENGTH = 64
+    MAX_LENGTH = 1 << 16
     _log = Logger()
 
     def __init__(self, server: HandoverServer) -> None:
@@ -187,8 +188,16 @@ class _HandoverProtocol(LineOnlyReceiver):
     def lineReceived(self, line: bytes) -> None:
         if line == b"TAKEOVER" and not self._given:
             self._take_over()
-        elif line == b"READY" and self._given:
-            self._server.handed_over(self._given, self._peer_pid).addCallback(self._done)
+        elif line.startswith(b"READY ") and self._given:
+            try:
+                adopted = set(json.loads(line[len(b"READY ") :]))
+            except ValueError:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            # Only what the new process took: a front it does not have stays
+            # ours, accepting, until this process drains.
+            given = [(d, port) for d, port in self._given if d in adopted]
+            self._server.handed_over(given, self._peer_pid).addCallback(self._done)
         else:
             self.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -259,6 +268,7 @@ class HandoverServer(Service):
         self._stop_accepting = stop_accepting
         self._port: IListeningPort | None = None
         self.handed_over_to: int | None = None
+        self.hold = False
         self.setName("handover")
 
     def ports(self) -> list[tuple[str, IListeningPort]]:
@@ -270,6 +280,15 @@ class HandoverServer(Service):
     @override
     def startService(self) -> None:
         super().startService()
+        if not self.hold:
+            self.listen()
+
+    def listen(self) -> None:
+        """
+        Listen at PATH (after a hand-over, once the old process has left it).
+        """
+        if self._port is not None:
+            return
         if os.path.exists(self.path):
             # Left by a process that was handed over from, or that died: a
             # live one answered take_over() before this process started.

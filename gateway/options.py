@@ -343,6 +343,9 @@ class GatewayOptions(usage.Options):
 
         @raise usage.UsageError: a setting is invalid; the message names it.
         """
+        if self["config"] is not None:
+            # Absolute now: twistd --rundir changes the folder before SIGHUP.
+            self["config"] = os.path.abspath(self["config"])
         try:
             self.config = self._build()
         except ConfigError as error:
@@ -394,6 +397,14 @@ class GatewayOptions(usage.Options):
             if name in self.opts and name not in ("config", "check-config"):
                 values[name] = self[name]
                 labels[name] = f"--{name}"
+        # The two ways of giving the admin token: the command line's replaces
+        # the file's, whichever way either gives it.
+        for given, other in (
+            ("admin-token", "admin-token-file"),
+            ("admin-token-file", "admin-token"),
+        ):
+            if given in self._given and other not in self._given:
+                values.pop(other, None)
         if self._listen:
             values["listen"] = list(self._listen)
             labels["listen"] = "--listen"

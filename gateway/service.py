@@ -11,6 +11,7 @@ other module imports it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import signal
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
     TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
     clientFromString,
     serverFromString,
     wrapServerTLS,
@@ -196,12 +200,25 @@ def _adopting(endpoint: IStreamServerEndpoint, reactor: Any, fd: int, family: in
     socket itself for TCP and UNIX endpoints; for Twisted's C{tls:} endpoint
     (TLS over a TCP endpoint, with public C{endpoint} and
     C{connectionCreator} attributes) the same TLS over the socket.
+
+    @raise ValueError: another kind of endpoint (C{ssl:}, a plugin's), whose
+        protocol on top of the socket cannot be rebuilt here.
     """
     adopted = AdoptedStreamServerEndpoint(reactor, fd, family)
+    if isinstance(
+        endpoint,
+        (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint, AdoptedStreamServerEndpoint),
+    ):
+        return adopted
     creator = getattr(endpoint, "connectionCreator", None)
-    if creator is not None and hasattr(endpoint, "endpoint"):
+    if creator is not None and isinstance(
+        getattr(endpoint, "endpoint", None), (TCP4ServerEndpoint, TCP6ServerEndpoint)
+    ):
         return wrapServerTLS(creator, adopted, getattr(endpoint, "clock", None))
-    return adopted
+    raise ValueError(
+        f"cannot take over a front of type {type(endpoint).__name__}: "
+        "only tcp:, tcp6:, unix:, tls: and haproxy: fronts (use tls: instead of ssl:)"
+    )
 
 
 class GatewayService(MultiService):
@@ -261,6 +278,9 @@ class GatewayService(MultiService):
         self.parts: _Parts | None = None
         self.rebuild: Callable[[], GatewayConfig] | None = None
         self.handover: Handover | None = None
+        self.handover_server: HandoverServer | None = None
+        self._took_over = False
+        self._hangup_installed = False
         self._leaving: dict[str, Backend] = {}
         self._leave_call: IDelayedCall | None = None
         self._drained: Deferred[None] | None = None
@@ -270,49 +290,86 @@ class GatewayService(MultiService):
 
     @override
     def privilegedStartService(self) -> None:
-        if self.config.handover is not None and self.handover is None and not self.running:
-            try:
-                self.handover = take_over(self.config.handover)
-            except HandoverError as error:
-                raise StartupError(f"gateway: error: --handover: {error}") from None
-            if self.handover is not None:
-                fronts = [*self.listeners, *([self.admin] if self.admin else [])]
-                for listener in fronts:
-                    taken = self.handover.take(listener.description)
-                    if taken is not None:
-                        listener.adopt(self._clock, *taken)
-                self._log.info(
-                    "taking over from process {pid}: {count} listening sockets",
-                    pid=self.handover.peer_pid,
-                    count=sum(listener.adopted for listener in fronts),
-                )
-                for description in self.handover.close_unused():
-                    self._log.info(
-                        "the old process listened on {front}, which this one does not",
-                        front=description,
-                    )
+        self._install_hangup()
+        self._take_over()
         super().privilegedStartService()
+
+    def _take_over(self) -> None:
+        """
+        With --handover, take over the listening sockets of the gateway
+        running there (once; twist never calls privilegedStartService, so
+        startService calls this too).
+        """
+        if self.config.handover is None or self._took_over:
+            return
+        self._took_over = True
+        try:
+            self.handover = take_over(self.config.handover)
+        except HandoverError as error:
+            raise StartupError(f"gateway: error: --handover: {error}") from None
+        if self.handover is None:
+            return
+        fronts = [*self.listeners, *([self.admin] if self.admin else [])]
+        for listener in fronts:
+            taken = self.handover.take(listener.description)
+            if taken is None:
+                continue
+            try:
+                listener.adopt(self._clock, *taken)
+            except ValueError as error:
+                os.close(taken[0])
+                raise StartupError(f"gateway: error: --handover: {error}") from None
+        self._log.info(
+            "taking over from process {pid}: {count} listening sockets",
+            pid=self.handover.peer_pid,
+            count=sum(listener.adopted for listener in fronts),
+        )
+        for description in self.handover.close_unused():
+            self._log.info(
+                "the old process listens on {front}, which this one does not: it keeps it",
+                front=description,
+            )
+
+    def _install_hangup(self) -> None:
+        """
+        SIGHUP reloads (installed before anything can block, so that an early
+        SIGHUP never takes the default action, which would end the process).
+        """
+        if self._handle_signals and hasattr(signal, "SIGHUP") and not self._hangup_installed:
+            self._hangup_installed = True
+            clock = self._clock
+
+            def hangup(signum: int, frame: object) -> None:
+                if clock is not None and hasattr(clock, "callFromThread") and self.running:
+                    clock.callFromThread(self.reload)
+
+            signal.signal(signal.SIGHUP, hangup)
 
     @override
     def startService(self) -> None:
+        self._install_hangup()
+        self._take_over()
         handover, self.handover = self.handover, None
+        server = self.handover_server
+        if handover is not None and server is not None:
+            server.hold = True  # PATH is the old process's until it answers
+        super().startService()
         if handover is not None:
+            # Everything else runs now; only then does the old process stop.
+            adopted = [f.description for f in self._fronts() if f.adopted]
             try:
-                handover.ready()
+                handover.ready(adopted)
             except HandoverError as error:
                 # Both processes accept now; the old one keeps its sockets.
                 self._log.error("hand-over: {error}", error=str(error))
             else:
                 self._log.info("process {pid} no longer accepts", pid=handover.peer_pid)
-        super().startService()
-        if self._handle_signals and hasattr(signal, "SIGHUP"):
-            clock = self._clock
+        if server is not None and server.hold:
+            server.hold = False
+            server.listen()
 
-            def hangup(signum: int, frame: object) -> None:
-                if clock is not None and hasattr(clock, "callFromThread"):
-                    clock.callFromThread(self.reload)
-
-            signal.signal(signal.SIGHUP, hangup)
+    def _fronts(self) -> list[FrontListener]:
+        return [*self.listeners, *([self.admin] if self.admin else [])]
 
     def reload(self) -> bool:
         """
@@ -411,10 +468,12 @@ class GatewayService(MultiService):
         games, https = self._live()
         timeout = self.config.drain_timeout
         self._log.info(
-            "draining: stopped accepting; {games} game sessions and {https} HTTP "
-            "connections open; waiting up to {timeout:g} s for game sessions to end",
+            "draining: stopped accepting; {games} game sessions, {https} HTTP "
+            "connections and {pending} connections not classified yet open; waiting up to "
+            "{timeout:g} s for game sessions to end",
             games=len(games),
             https=len(https),
+            pending=len(self.factory.pending),
             timeout=timeout,
         )
         if self._handle_signals:
@@ -443,7 +502,7 @@ class GatewayService(MultiService):
         games, https = self._live()
         for connection in https:
             connection.drain()
-        if not games and not https:
+        if not games and not https and not self.factory.pending:
             self._log.info("drained: every session has ended")
             self._done()
             return
@@ -457,6 +516,9 @@ class GatewayService(MultiService):
             )
             for session in games:
                 session.close(CloseReason.DRAIN_TIMEOUT)
+            for front in list(self.factory.pending):
+                if front.transport is not None:
+                    front.transport.loseConnection()
             self._deadline = self._clock.seconds() + FLUSH_GRACE
         elif self._closing and self._clock.seconds() >= self._deadline:
             self._log.info(
@@ -493,7 +555,7 @@ class GatewayService(MultiService):
         )
         for session in games:
             session.close(CloseReason.SHUTDOWN)
-        for connection in https:
+        for connection in [*https, *self.factory.pending]:
             if connection.transport is not None:
                 connection.transport.loseConnection()
         self._done()
@@ -919,7 +981,9 @@ def make_service(
                 if any(port is front.port for _, port in given):
                     front.hand_over()
 
-        HandoverServer(config.handover, reactor, listening, stop_accepting).setServiceParent(top)
+        server = HandoverServer(config.handover, reactor, listening, stop_accepting)
+        server.setServiceParent(top)
+        top.handover_server = server
     top.parts = _Parts(
         reactor=reactor,
         factory=factory,

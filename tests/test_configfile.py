@@ -9,6 +9,7 @@ import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.testing import MemoryReactor
@@ -323,3 +324,39 @@ def test_python_is_the_one_running(tmp_path: Path) -> None:
     The twistd used here is the one of the venv running the tests.
     """
     assert Path(TWISTD).parent == Path(sys.executable).parent
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path, monkeypatch: Any) -> None:
+    """
+    Paths in the file that are not absolute are taken from the file's
+    folder, whatever folder the gateway starts in; --config itself is kept
+    absolute (twistd --rundir changes folders before a SIGHUP reads it).
+    """
+    conf = tmp_path / "conf"
+    (conf / "www").mkdir(parents=True)
+    (conf / "token").write_text(TOKEN + "\n")
+    (conf / "gateway.toml").write_text(
+        'http-root = "www"\naccess-log = "access.jsonl"\nhandover = "h.sock"\n'
+        'admin-token-file = "token"\nbackend = ["tcp:127.0.0.1:9"]\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    config = parse(["--config", "conf/gateway.toml"])
+    assert config.http_root == str(conf / "www")
+    assert config.access_log == str(conf / "access.jsonl")
+    assert config.handover == str(conf / "h.sock")
+    assert config.admin_token == TOKEN
+    assert config.config_file == str(conf / "gateway.toml")
+
+
+def test_command_line_token_replaces_the_files(tmp_path: Path) -> None:
+    """
+    --admin-token on the command line wins over the file's admin-token-file
+    (and the other way round), instead of "not both".
+    """
+    token_file = tmp_path / "token"
+    token_file.write_text("from-the-file-0123456789\n")
+    path = write(tmp_path, f'admin-token-file = "{token_file}"\nbackend = ["tcp:127.0.0.1:9"]\n')
+    assert parse(["--config", path, "--admin-token", TOKEN]).admin_token == TOKEN
+    path = write(tmp_path, f'admin-token = "{TOKEN}"\nbackend = ["tcp:127.0.0.1:9"]\n')
+    config = parse(["--config", path, "--admin-token-file", str(token_file)])
+    assert config.admin_token == "from-the-file-0123456789"

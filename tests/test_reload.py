@@ -219,3 +219,36 @@ def test_http_root_change_serves_the_new_folder(tmp_path: Path) -> None:
     parts = service.parts
     assert parts is not None
     assert parts.site.resource.path == str(second)
+
+
+def test_proxy_protocol_of_a_backend_changes() -> None:
+    """
+    A backend's own PROXY setting changed in the file applies to its next
+    sessions.
+    """
+    service, source, _ = gateway()
+    source.next = dataclasses.replace(
+        BASE, backends=(dataclasses.replace(A, proxy_protocol="v2"), B)
+    )
+    service.reload()
+    a = service.pool.get("a")
+    assert a is not None and a.proxy_protocol == "v2"
+
+
+def test_demo_backends_survive_a_reload() -> None:
+    """
+    Under --demo, the built-in game servers are not in the file; a reload
+    keeps them in rotation instead of draining them.
+    """
+    demo = dataclasses.replace(BASE, backends=(), demo=True)
+    service, source, reactor = gateway(demo)
+    service.startService()
+    try:
+        assert {b.name for b in service.pool.backends} == {"demo-a", "demo-b"}
+        source.next = dataclasses.replace(demo, max_per_ip=3)
+        service.reload()
+        assert all(b.state is BackendState.UP for b in service.pool.backends)
+        assert len(service.pool.backends) == 2
+    finally:
+        service.stopService()
+        reactor.advance(10)
