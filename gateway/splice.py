@@ -5,9 +5,11 @@ enter Python.
 
 A L{SpliceRelay} takes the two sockets away from their Twisted transports
 (which stop reading, and have nothing buffered) and registers its own
-descriptors with the reactor for the same file descriptors: one pipe per
-direction (sized with C{F_SETPIPE_SZ}), filled from the source socket when it
-is readable and emptied into the destination socket while it takes bytes.  A
+descriptors with the reactor for the same file descriptors: per direction, a
+pipe (sized with C{F_SETPIPE_SZ}) filled from the source socket when it is
+readable and emptied into the destination socket while it takes bytes.  The
+pipes come from a shared pool and a direction keeps one only while bytes wait
+in it, so an idle session holds no pipe (and no extra file descriptor).  A
 destination that does not take them (a slow reader) leaves the pipe full, so
 the source is not read any more until it drains: flow control end to end,
 with at most one pipe per direction in the kernel and nothing in Python.
@@ -35,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["PIPE_SIZE", "SpliceRelay", "splice_available", "spliceable"]
+__all__ = ["PIPE_SIZE", "POOL", "PipePool", "SpliceRelay", "splice_available", "spliceable"]
 
 PIPE_SIZE = 1 << 20
 """The size asked for each direction's pipe (the kernel may give less)."""
@@ -61,20 +63,84 @@ def spliceable(transport: object) -> bool:
     return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
 
 
-class _Direction:
+POOL_SIZE = 64
+"""Empty pipes kept for reuse (each holds two file descriptors)."""
+
+
+class _Pipe:
     """
-    Bytes from one socket to the other through a pipe.
+    A non-blocking pipe, sized to L{PIPE_SIZE} where the kernel allows.
     """
 
-    def __init__(self, source: int, destination: int) -> None:
-        self.source = source
-        self.destination = destination
+    __slots__ = ("read_end", "size", "write_end")
+
+    def __init__(self) -> None:
         self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             fcntl.fcntl(self.write_end, F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass  # the default pipe (64 KiB) is smaller, not wrong
-        self.chunk = fcntl.fcntl(self.write_end, F_GETPIPE_SZ)
+        self.size = fcntl.fcntl(self.write_end, F_GETPIPE_SZ)
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
+class PipePool:
+    """
+    Empty pipes shared by every session: a direction holds a pipe only while
+    bytes are in it (its destination is slow), so idle sessions hold none
+    and a busy gateway reuses a few (HAProxy keeps a pool the same way).
+    """
+
+    def __init__(self, keep: int = POOL_SIZE) -> None:
+        self._free: list[_Pipe] = []
+        self._keep = keep
+        self.in_use = 0
+
+    def take(self) -> _Pipe:
+        """
+        An empty pipe.
+
+        @raise OSError: none can be made (out of file descriptors).
+        """
+        pipe = self._free.pop() if self._free else _Pipe()
+        self.in_use += 1
+        return pipe
+
+    def give_back(self, pipe: _Pipe) -> None:
+        """
+        Return an empty pipe.
+        """
+        self.in_use -= 1
+        if len(self._free) < self._keep:
+            self._free.append(pipe)
+        else:
+            pipe.close()
+
+    def discard(self, pipe: _Pipe) -> None:
+        """
+        Close a pipe that is not empty (its bytes were read back).
+        """
+        self.in_use -= 1
+        pipe.close()
+
+
+POOL = PipePool()
+"""The process's pipes (one reactor, one pool)."""
+
+
+class _Direction:
+    """
+    Bytes from one socket to the other through a pipe from the pool.
+    """
+
+    def __init__(self, source: int, destination: int, pool: PipePool) -> None:
+        self.source = source
+        self.destination = destination
+        self._pool = pool
+        self._pipe: _Pipe | None = None
         self.in_pipe = 0
         self.moved = 0
 
@@ -84,15 +150,24 @@ class _Direction:
 
         @return: the bytes moved (0 at the end of stream).
         @raise BlockingIOError: the source has nothing now.
-        @raise OSError: the source failed (reset) or cannot be spliced.
+        @raise OSError: the source failed (reset) or cannot be spliced, or
+            no pipe could be made.
         """
-        count = os.splice(
-            self.source,
-            self.write_end,
-            self.chunk - self.in_pipe,
-            flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK,
-        )
+        pipe = self._pipe
+        if pipe is None:
+            pipe = self._pipe = self._pool.take()
+        try:
+            count = os.splice(
+                self.source,
+                pipe.write_end,
+                pipe.size - self.in_pipe,
+                flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK,
+            )
+        except OSError:
+            self._release_if_empty()
+            raise
         self.in_pipe += count
+        self._release_if_empty()
         return count
 
     def drain(self) -> bool:
@@ -102,10 +177,12 @@ class _Direction:
         @return: whether the pipe is empty now.
         @raise OSError: the destination failed.
         """
+        pipe = self._pipe
         while self.in_pipe:
+            assert pipe is not None
             try:
                 count = os.splice(
-                    self.read_end,
+                    pipe.read_end,
                     self.destination,
                     self.in_pipe,
                     flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK,
@@ -114,15 +191,22 @@ class _Direction:
                 return False
             self.in_pipe -= count
             self.moved += count
+        self._release_if_empty()
         return True
+
+    def _release_if_empty(self) -> None:
+        if self._pipe is not None and not self.in_pipe:
+            self._pool.give_back(self._pipe)
+            self._pipe = None
 
     def leftover(self) -> bytes:
         """
         Read back what is still in the pipe (to deliver it another way).
         """
         data = b""
-        while self.in_pipe:
-            chunk = os.read(self.read_end, self.in_pipe)
+        pipe = self._pipe
+        while self.in_pipe and pipe is not None:
+            chunk = os.read(pipe.read_end, self.in_pipe)
             if not chunk:
                 break
             data += chunk
@@ -130,8 +214,13 @@ class _Direction:
         return data
 
     def close(self) -> None:
-        os.close(self.read_end)
-        os.close(self.write_end)
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            if self.in_pipe:
+                self._pool.discard(pipe)
+            else:
+                self._pool.give_back(pipe)
+        self.in_pipe = 0
 
 
 @implementer(IReadWriteDescriptor)
@@ -195,8 +284,8 @@ class SpliceRelay:
         self._on_moved = on_moved
         self._on_finished = on_finished
         client_fd, server_fd = client.fileno(), server.fileno()
-        self._up = _Direction(client_fd, server_fd)
-        self._down = _Direction(server_fd, client_fd)
+        self._up = _Direction(client_fd, server_fd, POOL)
+        self._down = _Direction(server_fd, client_fd, POOL)
         self._client_end = _SocketEnd(self, client_fd, "client")
         self._server_end = _SocketEnd(self, server_fd, "server")
         self.active = False

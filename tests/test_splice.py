@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThread
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.relay import GameSession
 from gateway.service import make_service
-from gateway.splice import splice_available, spliceable
+from gateway.splice import POOL, splice_available, spliceable
 from tests.support import Backend, echo, pattern, recv_until_eof
 
 reactor: Any = _reactor
@@ -128,3 +128,41 @@ def test_only_plain_sockets_are_spliceable() -> None:
     assert not spliceable(StringTransport())
     assert not spliceable(object())
     assert not spliceable(TLSMemoryBIOProtocol.__new__(TLSMemoryBIOProtocol))
+
+
+@pytest_twisted.ensureDeferred
+async def test_out_of_descriptors_falls_back_and_idle_sessions_hold_no_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    When no pipe can be made (the process is out of file descriptors), the
+    session goes on through the transports, byte-exact; and a session whose
+    bytes have all been delivered holds no pipe (the pool has them all back).
+    """
+    with Backend(echo) as backend:
+        config = GatewayConfig(
+            listen=("tcp:0:interface=127.0.0.1",),
+            backends=(BackendSpec(name="echo", endpoint=backend.endpoint),),
+            admin=None,
+            health_interval=0,
+            sniff_timeout=0.1,
+            relay="auto",
+        )
+        service = make_service(config, reactor)
+        service.startService()
+        try:
+            front = service.listeners[0].port
+            assert front is not None
+            port = front.getHost().port  # type: ignore[attr-defined]
+            data = pattern(1 << 20, seed=11)
+            assert await deferToThread(_transfer, port, data) == data
+            assert POOL.in_use == 0
+
+            def no_pipes(flags: int) -> tuple[int, int]:
+                raise OSError(errno.EMFILE, "Too many open files")
+
+            monkeypatch.setattr(os, "pipe2", no_pipes)
+            monkeypatch.setattr(POOL, "_free", [])
+            assert await deferToThread(_transfer, port, data) == data
+        finally:
+            await service.stopService()
