@@ -26,6 +26,7 @@ from types import TracebackType
 
 __all__ = [
     "Backend",
+    "admin_url",
     "GatewayProcess",
     "closed_port",
     "connect",
@@ -208,6 +209,15 @@ class GatewayProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def admin_url(gateway: GatewayProcess, host: str = "127.0.0.3") -> str:
+    """
+    The base URL of a gateway's admin endpoint on C{host} (started with
+    C{--admin tcp:0:interface=HOST}), once it listens.
+    """
+    wait_for(lambda: host in listening_ports(gateway.pid), "the admin endpoint")
+    return f"http://{host}:{listening_ports(gateway.pid)[host][0]}"
 
 
 def connect(port: int, host: str = "127.0.0.1", timeout: float = DEADLINE) -> socket.socket:

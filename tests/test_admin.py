@@ -24,9 +24,9 @@ from gateway.registry import Counters, SessionRegistry
 from tests.support import Backend as ServerBackend
 from tests.support import (
     GatewayProcess,
+    admin_url,
     connect,
     echo,
-    listening_ports,
     recv_exactly,
     wait_for,
 )
@@ -201,8 +201,7 @@ def test_admin_endpoint_end_to_end(tmp_path: Path) -> None:
             tmp_path,
         ) as gateway,
     ):
-        wait_for(lambda: "127.0.0.3" in listening_ports(gateway.pid), "the admin endpoint")
-        admin = f"http://127.0.0.3:{listening_ports(gateway.pid)['127.0.0.3'][0]}"
+        admin = admin_url(gateway)
         game = connect(gateway.port)
         game.sendall(b"hello\n")
         assert recv_exactly(game, 6) == b"hello\n"
@@ -225,11 +224,6 @@ def test_admin_endpoint_end_to_end(tmp_path: Path) -> None:
             raise AssertionError("expected a 404")
         except urllib.error.HTTPError as error:
             assert error.code == 404
-
-
-def _admin_url(gateway: GatewayProcess, host: str = "127.0.0.3") -> str:
-    wait_for(lambda: host in listening_ports(gateway.pid), "the admin endpoint")
-    return f"http://{host}:{listening_ports(gateway.pid)[host][0]}"
 
 
 def _post(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
@@ -282,7 +276,7 @@ def test_drain_with_token_and_access_log_end_to_end(tmp_path: Path) -> None:
             tmp_path,
         ) as gateway,
     ):
-        admin = _admin_url(gateway)
+        admin = admin_url(gateway)
         name = urllib.parse.quote(first.endpoint, safe="")
         kept = connect(gateway.port)
         kept.sendall(b"one\n")

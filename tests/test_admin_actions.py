@@ -24,23 +24,10 @@ from twisted.python.failure import Failure
 from gateway.admin import AdminState, make_admin_site, status
 from gateway.pool import Backend, BackendState, Pool
 from gateway.registry import Counters, SessionRegistry
+from tests.test_admin import FakeSession
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 TOKEN = "s3cret-admin-token-0123"
-
-
-@dataclass
-class FakeSession:
-    """
-    A live session as the registry sees it.
-    """
-
-    kind: str
-    peer: str
-    started: float
-    backend_name: str | None
-    bytes_in: int
-    bytes_out: int
 
 
 @dataclass

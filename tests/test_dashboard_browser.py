@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import Backend as ServerBackend
-from tests.support import GatewayProcess, connect, echo, listening_ports, recv_exactly, wait_for
+from tests.support import GatewayProcess, admin_url, connect, echo, recv_exactly
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -135,8 +135,7 @@ def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
             tmp_path,
         ) as gateway,
     ):
-        wait_for(lambda: "127.0.0.3" in listening_ports(gateway.pid), "the admin endpoint")
-        admin = f"http://127.0.0.3:{listening_ports(gateway.pid)['127.0.0.3'][0]}"
+        admin = admin_url(gateway)
         sessions = []
         for number in range(3):
             game = connect(gateway.port)

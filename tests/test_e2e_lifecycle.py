@@ -20,6 +20,7 @@ from typing import Any
 from tests.support import Backend as ServerBackend
 from tests.support import (
     GatewayProcess,
+    admin_url,
     banner_then_echo,
     connect,
     echo,
@@ -230,9 +231,7 @@ def test_http_response_in_flight_is_finished(tmp_path: Path) -> None:
 
 
 def _status(gateway: GatewayProcess) -> dict[str, Any]:
-    host = "127.0.0.3"
-    wait_for(lambda: host in listening_ports(gateway.pid), "the admin endpoint")
-    url = f"http://{host}:{listening_ports(gateway.pid)[host][0]}/status.json"
+    url = admin_url(gateway) + "/status.json"
     document: dict[str, Any] = json.loads(urllib.request.urlopen(url, timeout=10).read())
     return document
 

@@ -27,6 +27,7 @@ from tests.support import (
     DEADLINE,
     Backend,
     GatewayProcess,
+    admin_url,
     banner_then_echo,
     connect,
     listening_ports,
@@ -347,8 +348,7 @@ def test_every_backend_down_refuses_clearly(tmp_path: Path) -> None:
             assert recv_until_eof(client) == b"BUSY try later\r\n"
             assert time.monotonic() - started < 2
             client.close()
-        wait_for(lambda: "127.0.0.3" in listening_ports(gateway.pid), "the admin endpoint")
-        admin = f"http://127.0.0.3:{listening_ports(gateway.pid)['127.0.0.3'][0]}"
+        admin = admin_url(gateway)
         document = json.loads(urllib.request.urlopen(admin + "/status.json", timeout=10).read())
         assert document["counters"]["refused"]["no-backend"] == 12
         assert document["counters"]["unserved"] == 12
@@ -502,8 +502,7 @@ def test_client_address_from_proxy_front_passed_to_backend(tmp_path: Path) -> No
             tmp_path,
         ) as gateway,
     ):
-        wait_for(lambda: "127.0.0.3" in listening_ports(gateway.pid), "the admin endpoint")
-        admin = f"http://127.0.0.3:{listening_ports(gateway.pid)['127.0.0.3'][0]}"
+        admin = admin_url(gateway)
         client = connect(gateway.port)
         # The header and the first game bytes in one write, as a balancer may send them.
         client.sendall(b"PROXY TCP4 203.0.113.7 198.51.100.9 4444 443\r\nhello\n")
