@@ -49,6 +49,20 @@ def _transfer(port: int, data: bytes) -> bytes:
     return received
 
 
+def _config(backend: Backend) -> GatewayConfig:
+    """
+    A gateway on an ephemeral loopback port in front of C{backend}, splicing.
+    """
+    return GatewayConfig(
+        listen=("tcp:0:interface=127.0.0.1",),
+        backends=(BackendSpec(name="echo", endpoint=backend.endpoint),),
+        admin=None,
+        health_interval=0,
+        sniff_timeout=0.1,
+        relay="auto",
+    )
+
+
 def _failing_after(calls: int) -> Callable[..., int]:
     """
     os.splice that works C{calls} times, then fails as for a socket type
@@ -79,15 +93,7 @@ async def test_splice_failure_falls_back_without_losing_a_byte(
     # A threaded echo server (a Twisted protocol that is not half-closeable
     # would drop its unsent echo when the client's end of stream reaches it).
     with Backend(echo) as backend:
-        config = GatewayConfig(
-            listen=("tcp:0:interface=127.0.0.1",),
-            backends=(BackendSpec(name="echo", endpoint=backend.endpoint),),
-            admin=None,
-            health_interval=0,
-            sniff_timeout=0.1,
-            relay="auto",
-        )
-        service = make_service(config, reactor)
+        service = make_service(_config(backend), reactor)
         ended: list[GameSession] = []
         original = GameSession._finish
 
@@ -140,15 +146,7 @@ async def test_out_of_descriptors_falls_back_and_idle_sessions_hold_no_pipe(
     bytes have all been delivered holds no pipe (the pool has them all back).
     """
     with Backend(echo) as backend:
-        config = GatewayConfig(
-            listen=("tcp:0:interface=127.0.0.1",),
-            backends=(BackendSpec(name="echo", endpoint=backend.endpoint),),
-            admin=None,
-            health_interval=0,
-            sniff_timeout=0.1,
-            relay="auto",
-        )
-        service = make_service(config, reactor)
+        service = make_service(_config(backend), reactor)
         service.startService()
         try:
             front = service.listeners[0].port
