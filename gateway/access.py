@@ -187,6 +187,13 @@ class JsonLinesObserver:
         self._stream.flush()
 
 
+def _open(path: str) -> IO[str]:
+    """
+    The access log's stream: C{path} opened to append, or standard output for C{-}.
+    """
+    return sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+
 class AccessLogFile(Service):
     """
     C{--access-log}: while running, appends the access events to a file as
@@ -211,15 +218,12 @@ class AccessLogFile(Service):
             return
         from gateway.service import StartupError
 
-        if self.path == "-":
-            self._stream = sys.stdout
-        else:
-            try:
-                self._stream = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-            except OSError as error:
-                raise StartupError(
-                    f"gateway: error: --access-log {self.path}: {error.strerror or error}"
-                ) from None
+        try:
+            self._stream = _open(self.path)
+        except OSError as error:
+            raise StartupError(
+                f"gateway: error: --access-log {self.path}: {error.strerror or error}"
+            ) from None
         self._observer = JsonLinesObserver(self._stream)
         globalLogPublisher.addObserver(self._observer)
 
@@ -238,9 +242,7 @@ class AccessLogFile(Service):
             self.path = path
             return
         try:
-            stream: IO[str] = (
-                sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
-            )
+            stream = _open(path)
         except OSError as error:
             self._log.error(
                 "cannot open the access log {path}: {error}; still writing to {old}",

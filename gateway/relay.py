@@ -494,7 +494,9 @@ class GameSession:
         sockets: the first bytes (PROXY header, held client bytes) are sent
         straight to the fresh backend socket, then the kernel moves the rest.
 
-        @return: whether splicing started (else nothing was sent).
+        @return: whether the first bytes were sent (then the session relays,
+            by splice(2) or, rarely, through the transports); else nothing
+            was sent.
         """
         server, client = self._server, self.client
         if (
@@ -515,21 +517,16 @@ class GameSession:
         except BlockingIOError:
             pass
         except OSError:
-            # The backend is already gone: the copy path will see it.
-            if sent:
-                server.write(first[sent:])  # type: ignore[union-attr]
-                self.bytes_in += max(0, len(first) - len(header))
-                self._pair_transports()
-                return True
-            return False
+            if not sent:
+                return False  # the copy path writes it all, and sees the error
+        self.bytes_in += len(first) - len(header)
         if sent < len(first):
-            # A fresh socket that does not take a few KiB: rare; the rest
-            # goes through the transport, and this session is copied.
+            # Rare: a fresh socket that does not take a few KiB, or a backend
+            # already gone.  The rest goes through the transport (which sees
+            # any error), and this session is copied.
             server.write(first[sent:])  # type: ignore[union-attr]
-            self.bytes_in += len(first) - len(header)
             self._pair_transports()
             return True
-        self.bytes_in += len(first) - len(header)
         self._splice = SpliceRelay(
             self._clock,
             cast(Any, client),

@@ -309,7 +309,7 @@ class GatewayService(MultiService):
             raise StartupError(f"gateway: error: --handover: {error}") from None
         if self.handover is None:
             return
-        fronts = [*self.listeners, *([self.admin] if self.admin else [])]
+        fronts = self.fronts()
         for listener in fronts:
             taken = self.handover.take(listener.description)
             if taken is None:
@@ -356,7 +356,7 @@ class GatewayService(MultiService):
         super().startService()
         if handover is not None:
             # Everything else runs now; only then does the old process stop.
-            adopted = [f.description for f in self._fronts() if f.adopted]
+            adopted = [f.description for f in self.fronts() if f.adopted]
             try:
                 handover.ready(adopted)
             except HandoverError as error:
@@ -368,7 +368,10 @@ class GatewayService(MultiService):
             server.hold = False
             server.listen()
 
-    def _fronts(self) -> list[FrontListener]:
+    def fronts(self) -> list[FrontListener]:
+        """
+        Every listener this gateway owns: the public fronts and the admin endpoint.
+        """
         return [*self.listeners, *([self.admin] if self.admin else [])]
 
     def reload(self) -> bool:
@@ -879,14 +882,9 @@ def make_service(
         refusals=refusals,
         responder=responder,
     )
-    policies: list[IAddressPolicy] = []
-    if config.max_per_ip:
-        policies.append(AddressCap(config.max_per_ip))
-    if config.rate_per_ip:
-        policies.append(AddressRate(config.rate_per_ip, config.rate_burst))
     gate = AddressGate(
         factory,
-        AddressLimits(policies) if policies else None,
+        _policies(config, None),
         clock=reactor,
         refusals=refusals,
         responder=responder,
@@ -971,7 +969,7 @@ def make_service(
         access_log = AccessLogFile(config.access_log)
         access_log.setServiceParent(top)
     if config.handover is not None:
-        fronts = [*top.listeners, *([top.admin] if top.admin else [])]
+        fronts = top.fronts()
 
         def listening() -> list[tuple[str, IListeningPort]]:
             return [(f.description, f.port) for f in fronts if f.port and not f.handed_over]
