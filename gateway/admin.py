@@ -32,15 +32,17 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring_ascii as _quote
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator, TaskDone, TaskFailed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -52,6 +54,9 @@ from gateway.connection import describe_peer
 from gateway.limits import Refusal
 from gateway.pool import Backend, BackendState, Pool
 from gateway.registry import Counters, LiveSession, SessionRegistry
+
+if TYPE_CHECKING:
+    from gateway.workers import WorkerPool
 
 __all__ = [
     "ACTIONS",
@@ -98,8 +103,11 @@ class AdminState:
         clock: IReactorTime | None = None,
         token: str | None = None,
         hosts: tuple[str, ...] = (),
+        workers: WorkerPool | None = None,
     ) -> None:
         """
+        @param workers: with C{--workers}, the worker processes, whose
+            sessions and counters the documents gather.
         @raise ValueError: the token is empty (it would let anyone in).
         """
         if token is not None and not token.strip():
@@ -110,6 +118,7 @@ class AdminState:
         self.clock = clock
         self.token = token
         self.hosts = tuple(name.lower() for name in hosts)
+        self.workers = workers
         self.started = clock.seconds() if clock is not None else 0.0
 
 
@@ -210,12 +219,11 @@ class _GatewayCollector(Collector):
     Turns the status into Prometheus metric families at scrape time.
     """
 
-    def __init__(self, state: AdminState) -> None:
-        self._state = state
+    def __init__(self, document: dict[str, Any]) -> None:
+        self._document = document
 
     def collect(self) -> Iterator[Metric]:
-        # The counters only: listing the sessions would cost for nothing.
-        document = status(self._state, limit=0)
+        document = self._document
         counters = document["counters"]
         accepted = CounterMetricFamily(
             "gateway_connections_accepted", "Front connections admitted past the limits."
@@ -284,15 +292,111 @@ class _GatewayCollector(Collector):
         yield active
         yield total
         yield failures
+        if "workers" in document:
+            running = GaugeMetricFamily("gateway_workers_running", "Worker processes running now.")
+            running.add_metric([], sum(1 for w in document["workers"] if w["state"] == "running"))
+            yield running
+            restarts = CounterMetricFamily(
+                "gateway_worker_restarts", "Worker processes started again after dying."
+            )
+            restarts.add_metric([], sum(w["restarts"] for w in document["workers"]))
+            yield restarts
+            lost = CounterMetricFamily(
+                "gateway_sessions_lost", "Connections lost with a worker process that died."
+            )
+            lost.add_metric([], counters["lost"])
+            yield lost
+
+
+def metrics_text(document: dict[str, Any]) -> bytes:
+    """
+    The Prometheus text exposition of a status document's counters.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_GatewayCollector(document))
+    return generate_latest(registry)
 
 
 def render_metrics(state: AdminState) -> bytes:
     """
-    The Prometheus text exposition of the gateway's counters.
+    The Prometheus text exposition of the gateway's counters (one process).
     """
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_GatewayCollector(state))
-    return generate_latest(registry)
+    # The counters only: listing the sessions would cost for nothing.
+    return metrics_text(status(state, limit=0))
+
+
+def gather_status(
+    state: AdminState, limit: int | None
+) -> Deferred[tuple[dict[str, Any], list[str]]]:
+    """
+    With worker processes: the status document of the whole gateway (without
+    its C{sessions}) and the sessions' JSON texts, oldest first.
+
+    The acceptor's own counters (admission) are added to each worker's
+    (sessions, bytes, backends' counts); the backends' states are the
+    acceptor's (it runs the health checks).  A worker that does not answer
+    in time is listed with C{"responding": false} and its sessions are left out.
+    """
+    workers = state.workers
+    assert workers is not None
+
+    def merge(replies: list[dict[str, Any] | None]) -> tuple[dict[str, Any], list[str]]:
+        document = status(state, limit=0)
+        del document["sessions"]
+        counters = document["counters"]
+        counts: dict[str, list[int]] = {}
+        endpoints: dict[str, str] = {}
+        found: list[tuple[int, str]] = []
+        described = workers.describe()
+        for entry, reply in zip(described, replies, strict=True):
+            entry["responding"] = reply is not None
+            if reply is None:
+                entry["sessions"] = None
+                continue
+            entry["sessions"] = reply["live"]
+            theirs = reply["counters"]
+            for reason, count in theirs["refused"].items():
+                counters["refused"][reason] += count
+            for name in ("sessions", "active_sessions"):
+                for kind, count in theirs[name].items():
+                    counters[name][kind] += count
+            for name in ("bytes_in", "bytes_out", "backend_failures", "unserved", "key_fallbacks"):
+                counters[name] += theirs[name]
+            for name, (active, total, failures, endpoint) in reply["backends"].items():
+                sums = counts.setdefault(name, [0, 0, 0])
+                sums[0] += active
+                sums[1] += total
+                sums[2] += failures
+                endpoints[name] = endpoint
+            found.extend(reply["sessions"])
+        counters["lost"] = workers.lost
+        listed = set()
+        for backend in document["backends"]:
+            listed.add(backend["name"])
+            sums = counts.get(backend["name"], [0, 0, 0])
+            backend["active"], backend["total"], backend["failures"] = sums
+        for name, sums in counts.items():
+            if name not in listed and sums[0]:
+                # Removed here, still draining in a worker.
+                document["backends"].append(
+                    {
+                        "name": name,
+                        "endpoint": endpoints[name],
+                        "state": BackendState.DRAINING.value,
+                        "active": sums[0],
+                        "total": sums[1],
+                        "failures": sums[2],
+                        "weight": 0,
+                        "reason": "removed from the configuration",
+                    }
+                )
+        document["workers"] = described
+        found.sort()
+        if limit is not None:
+            found = found[:limit]
+        return document, [text for _, text in found]
+
+    return workers.status(limit).addCallback(merge)
 
 
 def _json(request: IRequest, code: int, document: dict[str, Any]) -> bytes:
@@ -336,6 +440,22 @@ class _Status(Resource):
                     raise ValueError
             except ValueError:
                 return _json(request, 400, {"error": "limit must be a whole number >= 0"})
+        if self._state.workers is not None:
+            gathered = gather_status(self._state, limit)
+
+            def write(result: tuple[dict[str, Any], list[str]]) -> None:
+                if getattr(request, "_disconnected", False):
+                    return
+                document, sessions = result
+                head = json.dumps(document, separators=(",", ":"))[:-1]
+                request.setHeader(b"content-type", b"application/json")
+                request.setHeader(b"cache-control", b"no-store")
+                request.write(f'{head},"sessions":[{",".join(sessions)}]}}\n'.encode())
+                request.finish()
+
+            gathered.addCallback(write)
+            gathered.addErrback(_failed, request)
+            return NOT_DONE_YET
         if (
             limit is not None
             and limit <= STREAM_CHUNK
@@ -369,25 +489,28 @@ class _Status(Resource):
     ) -> Iterator[None]:
         for start in range(0, len(ids), STREAM_CHUNK):
             end = start + STREAM_CHUNK
-            text = ",".join(map(_session_json, ids[start:end], sessions[start:end]))
+            text = ",".join(map(session_json, ids[start:end], sessions[start:end]))
             request.write((("," if start else "") + text).encode())
             yield None
         request.write(b"]}\n")
         request.finish()
 
 
-def _session_json(number: int, session: LiveSession) -> str:
+def session_json(number: int, session: LiveSession, worker: int | None = None) -> str:
     """
     L{session_entry} as JSON text, built from strings only: strings are not
     tracked by the garbage collector, dictionaries are, and allocating 10,000
     of them would trigger collections that pause the reactor.
+
+    @param worker: the worker process serving it, with C{--workers}.
     """
     backend = session.backend_name
     return (
         f'{{"id":{number},"kind":{_quote(session.kind)},"peer":{_quote(session.peer)},'
         f'"backend":{"null" if backend is None else _quote(backend)},'
         f'"started":{float(session.started)!r},'
-        f'"bytes_in":{int(session.bytes_in)},"bytes_out":{int(session.bytes_out)}}}'
+        f'"bytes_in":{int(session.bytes_in)},"bytes_out":{int(session.bytes_out)}'
+        + ("}" if worker is None else f',"worker":{worker}}}')
     )
 
 
@@ -398,9 +521,36 @@ class _Metrics(Resource):
         super().__init__()
         self._state = state
 
-    def render_GET(self, request: IRequest) -> bytes:  # noqa: N802 - twisted.web's name
+    def render_GET(self, request: IRequest) -> bytes | int:  # noqa: N802 - twisted.web's name
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return render_metrics(self._state)
+        if self._state.workers is None:
+            return render_metrics(self._state)
+        gathered = gather_status(self._state, 0)
+
+        def write(result: tuple[dict[str, Any], list[str]]) -> None:
+            if getattr(request, "_disconnected", False):
+                return
+            request.write(metrics_text(result[0]))
+            request.finish()
+
+        gathered.addCallback(write)
+        gathered.addErrback(_failed, request)
+        return NOT_DONE_YET
+
+
+def _failed(failure: Failure, request: IRequest) -> None:
+    """
+    Gathering the workers' status failed (a bug): answer 500, log it.
+    """
+    _admin_log.failure("gathering the workers' status failed", failure)
+    if getattr(request, "_disconnected", False):
+        return
+    request.setResponseCode(500)
+    request.write(b'{"error":"internal error"}\n')
+    request.finish()
+
+
+_admin_log = Logger()
 
 
 class _BackendActions(Resource):

@@ -171,6 +171,10 @@ class GatewayConfig:
     @ivar relay: how game sessions move bytes: C{auto} (splice(2) where
         both sides are plain sockets on Linux, else copy), C{splice} (the
         same, and an error where splice(2) does not exist) or C{copy}.
+    @ivar workers: worker processes (1: the gateway is one process).  With
+        more, this process is the acceptor: it listens, applies the limits
+        and hands each admitted connection to the least-loaded worker (see
+        L{gateway.workers}).
     @ivar handover: the UNIX socket path for handing the listening sockets
         over to a new gateway process (and taking them over at start).
     @ivar config_file: the TOML file the settings were read from, if any
@@ -205,10 +209,19 @@ class GatewayConfig:
     admin_hosts: tuple[str, ...] = ()
     drain_timeout: float = 30.0
     relay: str = "auto"
+    workers: int = 1
     handover: str | None = None
     config_file: str | None = None
     access_log: str | None = None
     demo: bool = False
+
+
+MAX_WORKERS = 64
+"""The most worker processes C{--workers} allows."""
+
+WORKER_FRONTS = ("tcp", "tcp6", "unix", "tls", "systemd")
+"""Front types whose connections can be handed to a worker process: plain
+sockets (TLS is done by the worker; C{ssl:} wraps sockets another way)."""
 
 
 def check_seconds(option: str, text: str, *, allow_zero: bool) -> float:
@@ -606,6 +619,18 @@ def build_config(
             raise ConfigError(f"{label('handover')}: the folder of {handover!r} does not exist")
         if os.path.exists(handover) and not stat.S_ISSOCK(os.stat(handover).st_mode):
             raise ConfigError(f"{label('handover')}: {handover!r} exists and is not a socket")
+    workers = check_count(label("workers"), s["workers"])
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"{label('workers')}: must be 1 to {MAX_WORKERS}, got {workers}")
+    if workers > 1:
+        for description in listen:
+            kind = description.removeprefix("haproxy:").split(":", 1)[0]
+            if kind not in WORKER_FRONTS or description.startswith("haproxy:tls:"):
+                raise ConfigError(
+                    f"{label('listen')}: {description!r}: with {other('workers', 'listen')} "
+                    "a front must be tcp:, tcp6:, unix:, tls:, systemd: or haproxy: over a "
+                    "plain one (use tls: instead of ssl:)"
+                )
     access_log = s["access-log"]
     if access_log is not None:
         access_log = check_writable_file(label("access-log"), access_log)
@@ -653,6 +678,7 @@ def build_config(
         drain_timeout=check_seconds(label("drain-timeout"), s["drain-timeout"], allow_zero=True),
         handover=handover,
         relay=_relay_mode(label("relay"), s["relay"]),
+        workers=workers,
         access_log=access_log,
         health_send=check_escaped(label("health-send"), s["health-send"] or ""),
         health_expect=check_escaped(label("health-expect"), s["health-expect"] or ""),

@@ -78,6 +78,7 @@ FILE_SETTINGS: dict[str, str] = {
     "access-log": _STRING,
     "handover": _STRING,
     "relay": _STRING,
+    "workers": _INTEGER,
 }
 """Every top-level key a file may have, and the type of its value."""
 

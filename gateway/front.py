@@ -188,6 +188,7 @@ class FrontDoor(CloseHooks, Protocol):
         self._key_wait = b""
         self._key_call: IDelayedCall | None = None
         self.registry_id: int | None = None
+        self.assigned_id: int | None = None
         self.kind = "sniffing"
         self.peer = ""
         self.started = 0.0
@@ -247,7 +248,7 @@ class FrontDoor(CloseHooks, Protocol):
         self.factory.pending.discard(self)
         registry = self.factory.registry
         if registry is not None:
-            self.registry_id = registry.add(session)
+            self.registry_id = registry.add(session, self.assigned_id)
 
     # What the registry reads of an HTTP connection (a game session is its
     # own entry).

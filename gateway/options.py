@@ -221,6 +221,15 @@ class GatewayOptions(usage.Options):
             "'splice' (the same, refused where splice(2) does not exist) or 'copy'.",
         ],
         [
+            "workers",
+            None,
+            str(_DEFAULTS.workers),
+            "Worker processes (use one per core). With more than 1, this process accepts "
+            "the connections, applies the limits exactly across all of them and hands each "
+            "admitted connection to the least-loaded worker; a worker that dies is "
+            "restarted (its sessions are lost, the others' go on).",
+        ],
+        [
             "handover",
             None,
             None,

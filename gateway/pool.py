@@ -13,7 +13,7 @@ backend down at once; only a passing health check brings it back).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -80,6 +80,8 @@ class Pool:
         (0: passive detection off).
     @ivar transitions: state changes so far (a counter for the admin endpoint).
     @ivar unserved: game sessions closed because no backend could take them.
+    @ivar observers: called with a backend whose state just changed (the
+        acceptor tells its workers; a worker tells the acceptor).
     """
 
     _log = Logger()
@@ -96,6 +98,7 @@ class Pool:
         self.fall = fall
         self.transitions = 0
         self.unserved = 0
+        self.observers: list[Callable[[Backend], None]] = []
         for backend in backends:
             self.add(backend)
 
@@ -175,6 +178,8 @@ class Pool:
             old=old.value,
             reason=reason,
         )
+        for observer in list(self.observers):
+            observer(backend)
 
     def attempt_failed(self, backend: Backend) -> None:
         """

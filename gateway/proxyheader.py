@@ -110,6 +110,9 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
         self._host: IAddress | None = None
         self.inner: IProtocol | None = None
         self._done = False
+        self.header = b""
+        """The PROXY header as received, for a process the connection is
+        handed to (which reads it again)."""
 
     @override
     def connectionMade(self) -> None:
@@ -177,6 +180,7 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
                     ipaddress.ip_address(host)
                 except ValueError as error:
                     raise InvalidProxyHeader() from error
+        self.header = buffer[: len(buffer) - len(rest)]
         self._buffer = b""
         self._done = True
         self._stop_timer()

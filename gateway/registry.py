@@ -93,14 +93,18 @@ class SessionRegistry:
         self.ended_bytes_in = 0
         self.ended_bytes_out = 0
 
-    def add(self, session: LiveSession) -> int:
+    def add(self, session: LiveSession, number: int | None = None) -> int:
         """
         Register a live session.
 
+        @param number: its id when someone else numbers the connections (a
+            worker's sessions carry the acceptor's numbers, unique across
+            workers); else the next of this registry's own.
         @return: its id (unique for the life of the process).
         """
-        number = self._next
-        self._next += 1
+        if number is None:
+            number = self._next
+            self._next += 1
         self._live[number] = session
         self.started[session.kind] += 1
         return number

@@ -41,6 +41,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from typing_extensions import override
 
@@ -59,6 +60,7 @@ from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory, proxy_header
 from gateway.registry import Counters, RefusalLog, SessionRegistry
 from gateway.relay import CloseReason, GameSession
 from gateway.web import make_site
+from gateway.workers import Dispatcher, TLSRefusals, WorkerPool
 
 __all__ = ["DemoBackends", "FrontListener", "GatewayService", "StartupError", "make_service"]
 
@@ -287,6 +289,8 @@ class GatewayService(MultiService):
         self._drain_call: IDelayedCall | None = None
         self._deadline = 0.0
         self._closing = False
+        self.workers: WorkerPool | None = None
+        self.refusals: RefusalLog | None = None
 
     @override
     def privilegedStartService(self) -> None:
@@ -404,6 +408,8 @@ class GatewayService(MultiService):
             self._log.failure("reload refused, the running configuration stays")
             return False
         changes = _apply(self, self.parts, new)
+        if self.workers is not None:
+            self.workers.reconfigure()
         self._log.info(
             "reloaded {source}: {changes}",
             source=source,
@@ -479,6 +485,8 @@ class GatewayService(MultiService):
             pending=len(self.factory.pending),
             timeout=timeout,
         )
+        if self.workers is not None:
+            self.workers.drain()
         if self._handle_signals:
             self._take_over_signals()
         if self._clock is None:
@@ -505,7 +513,8 @@ class GatewayService(MultiService):
         games, https = self._live()
         for connection in https:
             connection.drain()
-        if not games and not https and not self.factory.pending:
+        workers_done = self.workers is None or self.workers.finished
+        if not games and not https and not self.factory.pending and workers_done:
             self._log.info("drained: every session has ended")
             self._done()
             return
@@ -561,6 +570,8 @@ class GatewayService(MultiService):
         for connection in [*https, *self.factory.pending]:
             if connection.transport is not None:
                 connection.transport.loseConnection()
+        if self.workers is not None:
+            self.workers.stop_now()
         self._done()
 
     def _take_over_signals(self) -> None:
@@ -636,7 +647,7 @@ class _Parts:
     factory: GatewayFactory
     site: Any
     cap_state: CapState
-    gate: AddressGate
+    gates: list[AddressGate]
     responder: Responder
     health: HealthChecker | None
     admin_state: AdminState | None
@@ -673,7 +684,7 @@ def _policies(config: GatewayConfig, old: AddressLimits | None) -> AddressLimits
     return AddressLimits(policies) if policies else None
 
 
-_RESTART_ONLY = ("listen", "admin", "demo", "handover")
+_RESTART_ONLY = ("listen", "admin", "demo", "handover", "workers")
 """Settings a reload cannot change: they need new listening sockets."""
 
 
@@ -721,7 +732,9 @@ def _apply(service: GatewayService, parts: _Parts, new: GatewayConfig) -> list[s
         pool.balancer = make_balancer(new.balance)
     # Admission.
     parts.cap_state.reconfigure(new.max_connections, new.overflow == "queue")
-    parts.gate.limits = _policies(new, parts.gate.limits)
+    limits = _policies(new, parts.gates[0].limits)
+    for gate in parts.gates:
+        gate.limits = limits
     parts.responder.busy_message = new.busy_message
     # The front door, HTTP and the relay.
     factory = parts.factory
@@ -823,13 +836,23 @@ def make_service(
     config: GatewayConfig,
     reactor: Any = None,
     rebuild: Callable[[], GatewayConfig] | None = None,
+    *,
+    role: str | None = None,
 ) -> GatewayService:
     """
     Assemble the gateway for C{config}.
 
     @param reactor: the reactor to run on; the global one when L{None}.
     @param rebuild: reads the configuration again (for SIGHUP).
+    @param role: C{single} (one process does everything), C{acceptor} (it
+        listens, admits, and hands connections to worker processes: see
+        L{gateway.workers}) or C{worker} (it serves what an acceptor hands
+        it: no fronts, admin endpoint, health checks nor access log file of
+        its own).  By default, C{acceptor} if C{config.workers} is more than
+        1, else C{single}.
     """
+    if role is None:
+        role = "acceptor" if config.workers > 1 else "single"
     handle_signals = reactor is None
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -882,13 +905,15 @@ def make_service(
         refusals=refusals,
         responder=responder,
     )
-    gate = AddressGate(
-        factory,
-        _policies(config, None),
-        clock=reactor,
-        refusals=refusals,
-        responder=responder,
-    )
+    limits = _policies(config, None)
+    gates: list[AddressGate] = []
+
+    def gate_to(inner: Factory) -> AddressGate:
+        gate = AddressGate(inner, limits, clock=reactor, refusals=refusals, responder=responder)
+        gates.append(gate)
+        return gate
+
+    shared_gate = gate_to(factory) if role != "acceptor" else None
     top = GatewayService(
         config,
         pool,
@@ -899,10 +924,15 @@ def make_service(
         clock=reactor,
         handle_signals=handle_signals,
     )
-    if config.demo:
+    top.refusals = refusals
+    if config.demo and role != "worker":
         DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
+    workers = None
+    if role == "acceptor":
+        workers = WorkerPool(config.workers, reactor, pool, lambda: top.config)
+        top.workers = workers
     health = None
-    if config.health_interval:
+    if config.health_interval and role != "worker":
         # After the demo backends, so that its first round sees them.
         health = HealthChecker(
             pool,
@@ -914,34 +944,51 @@ def make_service(
             preamble=_probe_preamble(config.proxy_protocol),
         )
         health.setServiceParent(top)
-    for description in config.listen:
-        inner: Factory = gate
-        refusal: Factory | None = None
+    for index, description in enumerate(config.listen if role != "worker" else ()):
         endpoint_text = description
-        if description.startswith(HAPROXY_PREFIX):
+        proxy = description.startswith(HAPROXY_PREFIX)
+        if proxy:
+            endpoint_text = description[len(HAPROXY_PREFIX) :]
+        endpoint = serverFromString(reactor, endpoint_text)
+        creator = None
+        if workers is not None:
+            gate = gate_to(Dispatcher(workers, index))
+            creator = getattr(endpoint, "connectionCreator", None)
+            if creator is not None:
+                # TLS is the worker's business: the acceptor listens on the
+                # plain socket under it, and speaks TLS only to refuse.
+                endpoint = endpoint.endpoint
+        else:
+            assert shared_gate is not None
+            gate = shared_gate
+        inner: Factory = gate if creator is None else TLSRefusals(gate, creator)
+        refusal: Factory = RefusalFactory(responder, Refusal.TOTAL_CAP, refusals)
+        if proxy:
             # Our own PROXY header reader (see gateway.proxyheader) instead
             # of Twisted's haproxy: endpoint wrapper; refusals at the total
             # cap read the header too, to answer and log the real client.
-            endpoint_text = description[len(HAPROXY_PREFIX) :]
             inner = ProxyHeaderFactory(
-                gate, clock=reactor, timeout=config.header_timeout, refusals=refusals
+                inner, clock=reactor, timeout=config.header_timeout, refusals=refusals
             )
             refusal = ProxyHeaderFactory(
-                RefusalFactory(responder, Refusal.TOTAL_CAP, refusals),
-                clock=reactor,
-                timeout=config.header_timeout,
-                refusals=refusals,
+                refusal, clock=reactor, timeout=config.header_timeout, refusals=refusals
             )
+        if creator is not None:
+            refusal = TLSMemoryBIOFactory(creator, False, refusal)  # type: ignore[assignment]
         listener = FrontListener(
             description,
-            serverFromString(reactor, endpoint_text),
+            endpoint,
             CapFactory(cap_state, inner, refusal),
             cap_state,
         )
         top.listeners.append(listener)
         listener.setServiceParent(top)
+    if workers is not None:
+        # After the fronts: stopped first, before they are (a drain stops
+        # the fronts itself, before anything else).
+        workers.setServiceParent(top)
     state = None
-    if config.admin is not None:
+    if config.admin is not None and role != "worker":
         state = AdminState(
             pool,
             registry,
@@ -949,6 +996,7 @@ def make_service(
             clock=reactor,
             token=config.admin_token,
             hosts=config.admin_hosts,
+            workers=workers,
         )
         admin = FrontListener(
             config.admin,
@@ -965,10 +1013,10 @@ def make_service(
                 admin=config.admin,
             )
     access_log = None
-    if config.access_log is not None:
+    if config.access_log is not None and role != "worker":
         access_log = AccessLogFile(config.access_log)
         access_log.setServiceParent(top)
-    if config.handover is not None:
+    if config.handover is not None and role != "worker":
         fronts = top.fronts()
 
         def listening() -> list[tuple[str, IListeningPort]]:
@@ -987,7 +1035,7 @@ def make_service(
         factory=factory,
         site=site,
         cap_state=cap_state,
-        gate=gate,
+        gates=gates,
         responder=responder,
         health=health,
         admin_state=state,

@@ -130,8 +130,8 @@ def test_limits_and_timeouts_apply_to_what_comes_next() -> None:
     """
     service, source, _ = gateway()
     parts = service.parts
-    assert parts is not None and parts.gate.limits is not None
-    [cap] = parts.gate.limits.policies
+    assert parts is not None and parts.gates[0].limits is not None
+    [cap] = parts.gates[0].limits.policies
     assert isinstance(cap, AddressCap)
     cap.acquire("192.0.2.1", 0.0)
     source.next = dataclasses.replace(
@@ -147,8 +147,8 @@ def test_limits_and_timeouts_apply_to_what_comes_next() -> None:
         balance="leastconn",
     )
     service.reload()
-    assert parts.gate.limits is not None
-    kept, rate = parts.gate.limits.policies
+    assert parts.gates[0].limits is not None
+    kept, rate = parts.gates[0].limits.policies
     assert kept is cap and cap.limit == 9
     # The connection counted before the reload still counts: 8 more fill it.
     for _ in range(8):

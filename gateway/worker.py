@@ -1,0 +1,469 @@
+"""
+A worker process of C{--workers N}: C{python -m gateway.worker INDEX}, started
+by the acceptor (L{gateway.workers}) with its control channel on descriptor 3
+and its handoff channel on descriptor 4.
+
+It builds the same gateway as a single process, without fronts, limits, health
+checks or admin endpoint (the acceptor has those), and serves the connections
+the acceptor passes it: each is adopted into its front's protocol chain (the
+PROXY header reader of a C{haproxy:} front, which reads again the header the
+acceptor read; TLS for a C{tls:} front), the bytes the acceptor read are
+replayed, and from then on it is an ordinary connection of this reactor.
+When it ends, the acceptor is told, which frees its slots.
+
+Its log events go to the acceptor, which writes them with its own.  It ignores
+SIGINT and SIGHUP (a terminal's Ctrl-C or hang-up reaches every process of the
+group; the acceptor decides), drains on SIGTERM or when the acceptor says so,
+and drains too if the acceptor goes away.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import sys
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IProtocol, IReadDescriptor
+from twisted.internet.protocol import Factory
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogLevel,
+    formatEvent,
+    formatEventAsClassicLogText,
+    globalLogBeginner,
+)
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from gateway.config import GatewayConfig
+from gateway.front import FrontDoor
+from gateway.pool import Backend, BackendState
+from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
+from gateway.workers import HANDOFF_MESSAGE, MAX_MESSAGE
+
+CONTROL_FD = 3
+HANDOFF_FD = 4
+
+
+@implementer(ILogObserver)
+class _Forward:
+    """
+    Sends log events (info and above) to the acceptor; before the channel
+    is up, or after it is gone, writes them to standard error.
+    """
+
+    def __init__(self) -> None:
+        self.control: _Control | None = None
+        self._stderr = FileLogObserver(sys.stderr, formatEventAsClassicLogText)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        if level is not None and level < LogLevel.info:
+            return
+        control = self.control
+        if control is None or control.transport is None:
+            self._stderr(event)
+            return
+        # The text as this process would write it (Twisted's JSON form of an
+        # event loses format specifications), and the plain fields, which
+        # the access log reads.
+        record = {key: value for key, value in event.items() if type(value) in _PLAIN}
+        record["log_level"] = level.name if level is not None else "info"
+        record["text"] = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            record["traceback"] = failure.getTraceback()
+        control.send({"op": "log", "event": record})
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class _Control(Int32StringReceiver):
+    """
+    The worker's end of its control channel.
+    """
+
+    MAX_LENGTH = MAX_MESSAGE
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    @override
+    def connectionMade(self) -> None:
+        self.worker.control = self
+        self.worker.forward.control = self
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.transport is not None:
+            self.sendString(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @override
+    def stringReceived(self, string: bytes) -> None:
+        self.worker.received(pickle.loads(string))
+
+    @override
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.worker.acceptor_gone()
+        closed, self.closed = self.closed, None
+        if closed is not None:
+            closed.callback(None)
+
+    closed: Deferred[None] | None = None
+
+
+class _ControlFactory(Factory):
+    noisy = False
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> _Control:
+        return _Control(self.worker)
+
+
+@implementer(IReadDescriptor)
+class _Handoffs:
+    """
+    Reads the handoff channel: one connection (descriptor and header) per message.
+    """
+
+    def __init__(self, worker: Worker, sock: socket.socket) -> None:
+        self.worker = worker
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> None:  # noqa: N802 - Twisted's name
+        while True:
+            try:
+                data, fds, _flags, _address = socket.recv_fds(
+                    self.sock, HANDOFF_MESSAGE, 1, socket.MSG_CMSG_CLOEXEC
+                )
+            except BlockingIOError:
+                return
+            except OSError:
+                self.worker.handoffs_ended()
+                return
+            if not data and not fds:
+                self.worker.handoffs_ended()
+                return
+            self.worker.handoff(pickle.loads(data), fds)
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        pass
+
+    def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
+        return "handoffs"
+
+
+class _Numbered(Factory):
+    """
+    Builds the front door of one handed-over connection, with the number
+    the acceptor gave it; its end is reported to the acceptor.
+    """
+
+    noisy = False
+
+    def __init__(self, worker: Worker, number: int) -> None:
+        self.worker = worker
+        self.number = number
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> IProtocol:  # type: ignore[override]
+        front = self.worker.service.factory.buildProtocol(addr)
+        assert isinstance(front, FrontDoor)
+        front.assigned_id = self.number
+        number, worker = self.number, self.worker
+        front.add_close_hook(lambda: worker.ended(number))
+        return front
+
+
+class Worker:
+    """
+    One worker's reactor-side state: its gateway service, its channels and
+    the connections it serves.
+    """
+
+    def __init__(self, index: int, reactor: Any, forward: _Forward) -> None:
+        self.index = index
+        self.reactor = reactor
+        self.forward = forward
+        self.service: Any = None
+        self.control: _Control | None = None
+        self._handoffs: _Handoffs | None = None
+        self._fronts: list[tuple[str, Any]] = []
+        self._ended: list[int] = []
+        self._applying = False
+        self._stopping: Deferred[None] | None = None
+
+    def start(self) -> None:
+        control = socket.socket(fileno=CONTROL_FD)
+        control.setblocking(False)
+        self.reactor.adoptStreamConnection(control.fileno(), socket.AF_UNIX, _ControlFactory(self))
+        control.close()
+        sock = socket.socket(fileno=HANDOFF_FD)
+        sock.setblocking(False)
+        self._handoffs = _Handoffs(self, sock)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._drain)
+
+    # Control messages
+
+    def received(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "config":
+            self._configure(message["config"])
+        elif op == "state":
+            self._set_state(message["backend"], message["state"], message["reason"])
+        elif op == "status":
+            self._status(message["n"], message["limit"])
+        elif op == "stop":
+            if self.service is not None:
+                self.service._stop_now("the acceptor stops at once")
+
+    def _configure(self, config: GatewayConfig) -> None:
+        from gateway.service import _apply, make_service
+
+        if self.service is not None:
+            self._applying = True
+            try:
+                _apply(self.service, self.service.parts, config)
+            finally:
+                self._applying = False
+            return
+        self.service = make_service(config, self.reactor, role="worker")
+        self.service.pool.observers.append(self._state_changed)
+        factory = _NumberedFactories(self)
+        for description in config.listen:
+            self._fronts.append((description, factory.chain(description, config)))
+        self.service.startService()
+        assert self._handoffs is not None
+        self.reactor.addReader(self._handoffs)
+        self._send({"op": "ready", "pid": os.getpid()})
+
+    def _set_state(self, name: str, state: str, reason: str) -> None:
+        backend = self.service.pool.get(name) if self.service is not None else None
+        if backend is None:
+            return
+        self._applying = True
+        try:
+            self.service.pool.set_state(backend, BackendState(state), reason)
+        finally:
+            self._applying = False
+
+    def _state_changed(self, backend: Backend) -> None:
+        if not self._applying:
+            self._send(
+                {
+                    "op": "state",
+                    "backend": backend.name,
+                    "state": backend.state.value,
+                    "reason": backend.reason,
+                }
+            )
+
+    def _status(self, number: int, limit: int | None) -> None:
+        from gateway.admin import AdminState, session_json, status
+
+        service = self.service
+        reply: dict[str, Any] = {"op": "status", "n": number}
+        if service is not None:
+            state = AdminState(service.pool, service.registry, service.counters)
+            document = status(state, limit=0)
+            ids, sessions = service.registry.snapshot()
+            if limit is not None:
+                ids, sessions = ids[:limit], sessions[:limit]
+            reply["counters"] = document["counters"]
+            reply["backends"] = {
+                b.name: [b.active, b.total, b.failures, b.description]
+                for b in service.pool.backends
+            }
+            reply["sessions"] = [
+                (n, session_json(n, s, self.index)) for n, s in zip(ids, sessions, strict=True)
+            ]
+            reply["live"] = len(service.registry)
+        self._send(reply)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.control is not None:
+            self.control.send(message)
+
+    # Connections
+
+    def handoff(self, message: dict[str, Any], fds: list[int]) -> None:
+        """
+        A connection from the acceptor (or its last message, when draining).
+        """
+        if message.get("op") == "drain":
+            self.handoffs_ended()
+            self._stop_reactor()
+            return
+        number = message["id"]
+        if not fds:
+            self.ended(number)
+            return
+        fd = fds[0]
+        try:
+            self._adopt(fd, number, message["front"], message["data"])
+        except Exception:
+            self.ended(number)
+            from twisted.logger import Logger
+
+            Logger().failure("worker {index}: cannot take a connection", index=self.index)
+        finally:
+            os.close(fd)
+
+    def _adopt(self, fd: int, number: int, front: int, data: bytes) -> None:
+        family = socket.socket(fileno=os.dup(fd))
+        try:
+            kind = family.family
+        finally:
+            family.close()
+        _, chain = self._fronts[front]
+        factory = chain(number)
+        transport = self.reactor.adoptStreamConnection(fd, kind, factory)
+        protocol = transport.protocol
+        add = getattr(protocol, "add_close_hook", None)
+        if add is not None:
+            # The PROXY header reader: its connection may end before the
+            # front door exists.
+            add(lambda: self.ended(number))
+        if data:
+            protocol.dataReceived(data)
+
+    def ended(self, number: int) -> None:
+        """
+        A connection ended: the acceptor hears of it on the next turn (with
+        the others that ended in this one).
+        """
+        if not self._ended:
+            self.reactor.callLater(0, self._flush_ended)
+        self._ended.append(number)
+
+    def _flush_ended(self) -> None:
+        ended, self._ended = self._ended, []
+        if ended:
+            self._send({"op": "end", "ids": ended})
+
+    # Stopping
+
+    def handoffs_ended(self) -> None:
+        if self._handoffs is not None:
+            self.reactor.removeReader(self._handoffs)
+            self._handoffs.sock.close()
+            self._handoffs = None
+
+    def acceptor_gone(self) -> None:
+        self.control = None
+        self.forward.control = None
+        self._stop_reactor()
+
+    def _stop_reactor(self) -> None:
+        from twisted.internet.error import ReactorNotRunning
+
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def _drain(self) -> Deferred[None] | None:
+        if self.service is None or self._stopping is not None:
+            return self._stopping
+        self._stopping = self.service.stopService()
+        self._stopping.addCallback(lambda _: self._close_control())
+        return self._stopping
+
+    def _close_control(self) -> Deferred[None] | None:
+        """
+        Drained: close the control channel once what it still has to send
+        (the last log events, the last ends) is sent; the reactor's own
+        shutdown would drop it.
+        """
+        self._flush_ended()
+        control = self.control
+        if control is None or control.transport is None:
+            return None
+        closed: Deferred[None] = Deferred()
+        control.closed = closed
+        self.forward.control = None
+        control.transport.loseConnection()
+
+        def give_up() -> None:
+            if not closed.called:
+                closed.callback(None)
+
+        timer = self.reactor.callLater(2.0, give_up)
+
+        def stop_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        closed.addCallback(stop_timer)
+        return closed
+
+
+class _NumberedFactories:
+    """
+    The protocol chain of each front, as in a single gateway minus the
+    admission (done by the acceptor).
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def chain(self, description: str, config: GatewayConfig) -> Any:
+        from twisted.internet.endpoints import serverFromString
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        worker = self.worker
+        reactor = worker.reactor
+        service = worker.service
+        proxy = description.startswith(HAPROXY_PREFIX)
+        text = description[len(HAPROXY_PREFIX) :] if proxy else description
+        creator = None
+        if text.startswith("tls:"):
+            creator = getattr(serverFromString(reactor, text), "connectionCreator", None)
+
+        def build(number: int) -> Factory:
+            factory: Factory = _Numbered(worker, number)
+            if proxy:
+                factory = ProxyHeaderFactory(
+                    factory,
+                    clock=reactor,
+                    timeout=config.header_timeout,
+                    refusals=service.refusals,
+                )
+            if creator is not None:
+                factory = TLSMemoryBIOFactory(creator, False, factory)  # type: ignore[assignment]
+            return factory
+
+        return build
+
+
+def main(argv: list[str]) -> int:
+    index = int(argv[1]) if len(argv) > 1 else 0
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from twisted.internet import reactor
+
+    forward = _Forward()
+    globalLogBeginner.beginLoggingTo([forward], redirectStandardIO=False)
+    worker = Worker(index, reactor, forward)
+    worker.start()
+    # Twisted installs its own SIGINT handler when it runs: ignore it again.
+    reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

@@ -1,0 +1,876 @@
+"""
+Every core in use (C{--workers N}): the acceptor's side.
+
+With more than one worker, the twistd process is the I{acceptor}.  It listens
+on the fronts and runs the same admission chain as a single gateway (total
+cap, per-address cap and rate, the PROXY header of a C{haproxy:} front), so
+the limits stay exact however many processes serve the connections.  The end
+of that chain is a L{Handoff} instead of a front door: it stops reading the
+admitted socket and passes it, with the bytes the acceptor has read from it
+(a PROXY header), to the least-loaded worker, then closes its own copy.
+
+Each worker (L{gateway.worker}, a process of its own) is a full reactor:
+sniffing, HTTP, relaying, splicing.  Two socket pairs join it to the acceptor:
+
+  - the I{handoff channel} (C{SOCK_SEQPACKET}): one message per connection,
+    carrying its descriptor (C{SCM_RIGHTS}) and a small pickled header: its
+    number, its front and the bytes already read.  Once C{sendmsg} returns,
+    the kernel holds the socket for the worker and the acceptor closes its
+    descriptor.  The last message of a drain says so, so the worker knows
+    every connection sent to it has arrived;
+  - the I{control channel} (a stream of length-prefixed pickled messages):
+    the configuration (at start and on every SIGHUP), backend states (health
+    checks and operators' actions happen in the acceptor), status requests
+    for the admin endpoint and, from the worker, its readiness, the end of
+    each connection (which frees its slots here), its log events (re-emitted
+    here, so twistd's log and the access log see every worker's events) and
+    backend states it changed (a backend that failed too often).
+
+The acceptor is the workers' supervisor: a worker that exits is restarted
+(with a growing delay if it keeps dying young); the connections it held are
+counted as lost and their slots freed; connections not sent to it yet go to
+another worker.  The other workers' sessions are never touched.
+
+Both channels carry pickles, which is safe only because both ends are this
+program: the socket pairs are created here and inherited by the worker, and
+nothing else can connect to them.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ConnectionDone, ProcessTerminated
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IWriteDescriptor
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import alsoProvides, implementer
+
+from gateway.config import GatewayConfig
+from gateway.connection import CloseHooks
+from gateway.interfaces import IRefusal
+from gateway.pool import Backend, BackendState, Pool
+
+__all__ = [
+    "MAX_MESSAGE",
+    "Dispatcher",
+    "Handoff",
+    "TLSRefusals",
+    "WorkerPool",
+    "worker_config",
+]
+
+MAX_MESSAGE = 256 * 1024 * 1024
+"""The largest control message (a status reply listing many sessions)."""
+
+HANDOFF_MESSAGE = 64 * 1024
+"""The largest handoff message (its header: the bytes read are few)."""
+
+STATUS_WAIT = 2.0
+"""Seconds the admin endpoint waits for a worker's status before leaving it out."""
+
+RESTART_DELAY = 0.2
+"""Seconds before a dead worker is restarted (doubled while it keeps dying young)."""
+
+RESTART_DELAY_MAX = 10.0
+"""The longest wait before a restart."""
+
+YOUNG = 10.0
+"""A worker that dies within this many seconds of its start died young."""
+
+KILL_GRACE = 5.0
+"""Seconds a stopping worker gets past its drain before it is killed."""
+
+
+def worker_config(config: GatewayConfig, pool: Pool) -> GatewayConfig:
+    """
+    The configuration a worker runs: the same, with the acceptor's backends
+    (the demo's game servers run in the acceptor, on ports it chose).
+    """
+    import dataclasses
+
+    from gateway.config import BackendSpec
+
+    backends = list(config.backends)
+    http_root = config.http_root
+    if config.demo:
+        named = {spec.name for spec in backends}
+        for backend in pool.backends:
+            if backend.name not in named:
+                backends.append(
+                    BackendSpec(name=backend.name, endpoint=backend.description, weight=1)
+                )
+        if http_root is None:
+            from gateway.demo import SITE_DIR
+
+            http_root = SITE_DIR
+    return dataclasses.replace(config, backends=tuple(backends), http_root=http_root, demo=False)
+
+
+def _raw(transport: Any) -> Any:
+    """
+    The socket transport under a connection's protocol wrappers (the PROXY
+    header reader acts as a transport).
+    """
+    while isinstance(transport, Protocol):
+        transport = transport.transport
+    return transport
+
+
+@implementer(IProtocol)
+class Handoff(CloseHooks, Protocol):
+    """
+    An admitted connection in the acceptor: sent to a worker, and kept (as
+    the holder of its slots) until the worker reports its end.
+
+    @ivar number: the connection's number, unique across workers (its
+        session's id on the admin endpoint).
+    @ivar front: the index of its front in C{--listen} order.
+    @ivar worker: the worker it went to, once sent.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, number: int) -> None:
+        CloseHooks.__init__(self)
+        self._dispatcher = dispatcher
+        self.number = number
+        self.front = dispatcher.front
+        self.worker: WorkerProcess | None = None
+        self.received: list[bytes] = []
+        self.raw: Any = None
+        self.ended = False
+
+    @override
+    def connectionMade(self) -> None:
+        self.raw = _raw(self.transport)
+        self.raw.stopReading()
+        header = getattr(self.transport, "header", b"")
+        if header:
+            self.received.append(header)
+        # Sent on the next turn: the PROXY header reader and the queue of
+        # held connections hand over bytes right after connectionMade.
+        self._dispatcher.workers.clock.callLater(0, self._dispatcher.workers.dispatch, self)
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self.worker is None:
+            self.received.append(data)
+
+    def data(self) -> bytes:
+        """
+        Every byte read from the connection here, in order.
+        """
+        return b"".join(self.received)
+
+    def detach(self) -> None:
+        """
+        The worker holds the socket now: close the acceptor's descriptor
+        without shutting the connection down (a shutdown would end it for
+        the worker too).
+        """
+        raw = self.raw
+        raw.stopReading()
+        raw.stopWriting()
+        raw.socket.close()
+
+    def end(self) -> None:
+        """
+        The connection ended (its worker said so, or died): free its slots,
+        through the close hooks of every protocol on the connection.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        outer = getattr(self.raw, "protocol", None)
+        reason = Failure(ConnectionDone())
+        if outer is not None and outer is not self:
+            outer.connectionLost(reason)
+        else:
+            self.connectionLost(reason)
+
+    @override
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.ended = True
+        if self.worker is None:
+            self._dispatcher.workers.forget(self)
+        self.run_close_hooks()
+
+
+class Dispatcher(Factory):
+    """
+    The end of a front's admission chain in the acceptor: builds a
+    L{Handoff} per admitted connection.
+
+    @ivar front: the front's index in C{--listen} order.
+    """
+
+    noisy = False
+
+    def __init__(self, workers: WorkerPool, front: int) -> None:
+        self.workers = workers
+        self.front = front
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> Handoff:
+        return Handoff(self, self.workers.next_number())
+
+
+class TLSRefusals(Factory):
+    """
+    On a C{tls:} front of the acceptor: admitted connections pass untouched
+    (their worker does TLS), a refused one is answered over TLS.
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped: Factory, creator: Any) -> None:
+        self.wrapped = wrapped
+        self._tls = TLSMemoryBIOFactory(creator, False, wrapped)
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> IProtocol | None:  # type: ignore[override]
+        protocol = self.wrapped.buildProtocol(addr)
+        if protocol is None or not IRefusal.providedBy(protocol):
+            return protocol
+        tls = TLSMemoryBIOProtocol(self._tls, protocol)
+        alsoProvides(tls, IRefusal)
+        return tls
+
+
+class _Control(Int32StringReceiver):
+    """
+    The acceptor's end of a worker's control channel.
+    """
+
+    MAX_LENGTH = MAX_MESSAGE
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+
+    @override
+    def connectionMade(self) -> None:
+        self.worker.control = self
+        self.worker.send_config()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """
+        Send one message.
+        """
+        self.sendString(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @override
+    def stringReceived(self, string: bytes) -> None:
+        self.worker.received(pickle.loads(string))
+
+    @override
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.worker.log.error(
+            "worker {index}: a control message of {length} bytes is too long; dropping the "
+            "channel",
+            index=self.worker.index,
+            length=length,
+        )
+        super().lengthLimitExceeded(length)
+
+    @override
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if self.worker.control is self:
+            self.worker.control = None
+
+
+@implementer(IWriteDescriptor)
+class _HandoffWriter:
+    """
+    Waits for room in a worker's handoff channel, when its socket buffer
+    was full, and sends what waited.
+    """
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+
+    def fileno(self) -> int:
+        sock = self.worker.handoff
+        return sock.fileno() if sock is not None else -1
+
+    def doWrite(self) -> None:  # noqa: N802 - Twisted's name
+        self.worker.flush()
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        pass
+
+    def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
+        return f"worker {self.worker.index} handoff"
+
+
+class WorkerProcess(ProcessProtocol):
+    """
+    One worker: its process, its two channels and the connections it holds.
+
+    @ivar index: its number, from 1.
+    @ivar pid: its process ID while it runs.
+    @ivar state: C{starting}, C{running} (it said it is ready), C{restarting}
+        (dead, waiting to be started again) or C{stopped}.
+    @ivar live: the connections it holds, by number.
+    @ivar backlog: connections waiting for room in the handoff channel.
+    @ivar restarts: how many times it was started again after dying.
+    @ivar lost: connections it held when it died, over all its deaths.
+    """
+
+    log = Logger()
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.pid: int | None = None
+        self.state = "stopped"
+        self.live: dict[int, Handoff] = {}
+        self.backlog: deque[Handoff] = deque()
+        self.restarts = 0
+        self.lost = 0
+        self.control: _Control | None = None
+        self.handoff: socket.socket | None = None
+        self.started_at = 0.0
+        self.delay = RESTART_DELAY
+        self._writer: _HandoffWriter | None = None
+        self._restart_call: IDelayedCall | None = None
+        self._status: dict[int, Deferred[dict[str, Any] | None]] = {}
+        self._drain_sent = False
+        self.exited: Deferred[None] | None = None
+
+    # Lifecycle
+
+    def start(self) -> None:
+        """
+        Start the process, with its two channels as descriptors 3 and 4.
+        """
+        pool = self.pool
+        reactor = pool.clock
+        control_here, control_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        handoff_here, handoff_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        handoff_here.setblocking(False)
+        self.handoff = handoff_here
+        self._drain_sent = False
+        self.state = "starting"
+        self.started_at = reactor.seconds()
+        self.exited = Deferred()
+        try:
+            reactor.spawnProcess(
+                self,
+                sys.executable,
+                [sys.executable, "-m", "gateway.worker", str(self.index)],
+                env=pool.environment(),
+                childFDs={0: 0, 1: 1, 2: 2, 3: control_there.fileno(), 4: handoff_there.fileno()},
+            )
+        finally:
+            control_there.close()
+            handoff_there.close()
+        control_here.setblocking(False)
+        reactor.adoptStreamConnection(control_here.fileno(), socket.AF_UNIX, _ControlFactory(self))
+        control_here.close()  # adopted as a copy
+
+    @override
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.pid = self.transport.pid
+        self.log.info("worker {index} started (pid {pid})", index=self.index, pid=self.pid)
+
+    @override
+    def processEnded(self, reason: Failure) -> None:
+        pool = self.pool
+        pid, self.pid = self.pid, None
+        was = self.state
+        self.state = "stopped"
+        self._close_channels()
+        for number in list(self._status):
+            self._status_reply(number, None)
+        live, self.live = self.live, {}
+        waiting, self.backlog = list(self.backlog), deque()
+        for handoff in waiting:
+            handoff.worker = None
+        how = _how_it_ended(reason)
+        exited, self.exited = self.exited, None
+        if pool.stopping:
+            for handoff in live.values():
+                handoff.end()
+            if how != "exited with status 0" or live:
+                self.log.info(
+                    "worker {index} (pid {pid}) {how}; {count} connections closed with it",
+                    index=self.index,
+                    pid=pid,
+                    how=how,
+                    count=len(live),
+                )
+            if exited is not None:
+                exited.callback(None)
+            return
+        self.lost += len(live)
+        pool.lost += len(live)
+        for handoff in live.values():
+            handoff.end()
+        young = pool.clock.seconds() - self.started_at < YOUNG
+        self.delay = min(self.delay * 2, RESTART_DELAY_MAX) if young else RESTART_DELAY
+        self.state = "restarting"
+        self.log.error(
+            "worker {index} (pid {pid}) {how} while {was}: {count} sessions lost; "
+            "restarting it in {delay:g} s",
+            index=self.index,
+            pid=pid,
+            how=how,
+            was=was,
+            count=len(live),
+            delay=self.delay,
+        )
+        self._restart_call = pool.clock.callLater(self.delay, self._restart)
+        for handoff in waiting:
+            pool.dispatch(handoff)
+        if exited is not None:
+            exited.callback(None)
+
+    def _restart(self) -> None:
+        self._restart_call = None
+        if self.pool.stopping or self.state != "restarting":
+            return
+        self.restarts += 1
+        self.start()
+
+    def _close_channels(self) -> None:
+        if self._writer is not None:
+            self.pool.clock.removeWriter(self._writer)
+            self._writer = None
+        if self.handoff is not None:
+            self.handoff.close()
+            self.handoff = None
+        if self.control is not None and self.control.transport is not None:
+            self.control.transport.loseConnection()
+        self.control = None
+
+    # The channels
+
+    def send_config(self) -> None:
+        """
+        Send the configuration (at start, and again on every reload).
+        """
+        if self.control is not None:
+            self.control.send({"op": "config", "config": self.pool.worker_config()})
+            for backend in self.pool.backends.backends:
+                if backend.state is not BackendState.UP:
+                    self.send_state(backend)
+
+    def send_state(self, backend: Backend) -> None:
+        """
+        Tell the worker a backend's state.
+        """
+        if self.control is not None:
+            self.control.send(
+                {
+                    "op": "state",
+                    "backend": backend.name,
+                    "state": backend.state.value,
+                    "reason": backend.reason,
+                }
+            )
+
+    def send(self, handoff: Handoff) -> None:
+        """
+        Pass a connection to this worker (or queue it, if the channel is full).
+        """
+        handoff.worker = self
+        if self.backlog:
+            self.backlog.append(handoff)
+            return
+        if not self._send(handoff):
+            self.backlog.append(handoff)
+            self._wait_for_room()
+
+    def _send(self, handoff: Handoff) -> bool:
+        sock = self.handoff
+        assert sock is not None
+        if handoff.ended:
+            return True  # the client went away while it waited
+        message = pickle.dumps(
+            {"id": handoff.number, "front": handoff.front, "data": handoff.data()},
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+        try:
+            socket.send_fds(sock, [message], [handoff.raw.fileno()])
+        except BlockingIOError:
+            return False
+        except OSError as error:
+            # The worker is gone (its end closed): processEnded follows and
+            # this connection goes to another worker.
+            self.log.warn(
+                "worker {index}: cannot pass a connection: {error}",
+                index=self.index,
+                error=error.strerror or str(error),
+            )
+            return False
+        self.live[handoff.number] = handoff
+        handoff.detach()
+        return True
+
+    def _wait_for_room(self) -> None:
+        if self._writer is None and self.handoff is not None:
+            self._writer = _HandoffWriter(self)
+            self.pool.clock.addWriter(self._writer)
+
+    def flush(self) -> None:
+        """
+        Send what waited for room in the handoff channel.
+        """
+        while self.backlog and self.handoff is not None:
+            if not self._send(self.backlog[0]):
+                return
+            self.backlog.popleft()
+        if self._writer is not None:
+            self.pool.clock.removeWriter(self._writer)
+            self._writer = None
+        if self.pool.stopping and not self._drain_sent:
+            self.send_drain()
+
+    def send_drain(self) -> None:
+        """
+        The last handoff message: every connection for this worker has been
+        sent; it drains and exits.
+        """
+        if self.backlog or self.handoff is None or self._drain_sent:
+            return
+        try:
+            self.handoff.send(pickle.dumps({"op": "drain"}))
+        except BlockingIOError:
+            self._wait_for_room()
+            return
+        except OSError:
+            return
+        self._drain_sent = True
+
+    def forget(self, handoff: Handoff) -> None:
+        """
+        A connection that waited here went away.
+        """
+        if handoff in self.backlog:
+            self.backlog.remove(handoff)
+
+    def received(self, message: dict[str, Any]) -> None:
+        """
+        A message from the worker.
+        """
+        op = message.get("op")
+        if op == "end":
+            for number in message["ids"]:
+                handoff = self.live.pop(number, None)
+                if handoff is not None:
+                    handoff.end()
+        elif op == "log":
+            event = message["event"]
+            text = event.pop("text")
+            traceback = event.pop("traceback", None)
+            event["log_level"] = LogLevel.levelWithName(event["log_level"])
+            event["log_format"] = "{log_text}"
+            event["log_text"] = text if traceback is None else f"{text}\n{traceback}"
+            event["log_system"] = f"worker {self.index}"
+            event["log_worker"] = self.index
+            globalLogPublisher(event)
+        elif op == "ready":
+            self.state = "running"
+            self.delay = self.delay if self.restarts else RESTART_DELAY
+            self.pool.worker_ready(self)
+        elif op == "state":
+            self.pool.worker_state(message["backend"], message["state"], message["reason"])
+        elif op == "status":
+            self._status_reply(message["n"], message)
+
+    def status(self, limit: int | None) -> Deferred[dict[str, Any] | None]:
+        """
+        Ask the worker for its counters and sessions (L{None} if it does not
+        answer within L{STATUS_WAIT} seconds).
+        """
+        done: Deferred[dict[str, Any] | None] = Deferred()
+        if self.control is None or self.state != "running":
+            done.callback(None)
+            return done
+        number = self.pool.next_number()
+        self._status[number] = done
+        timer = self.pool.clock.callLater(STATUS_WAIT, self._status_reply, number, None)
+
+        def cancel_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        done.addBoth(cancel_timer)
+        self.control.send({"op": "status", "n": number, "limit": limit})
+        return done
+
+    def _status_reply(self, number: int, message: dict[str, Any] | None) -> None:
+        waiting = self._status.pop(number, None)
+        if waiting is not None:
+            waiting.callback(message)
+
+    def stop_now(self) -> None:
+        """
+        Close every session at once (a second SIGTERM).
+        """
+        if self.control is not None:
+            self.control.send({"op": "stop"})
+
+    def kill(self) -> None:
+        """
+        The drain is over and the worker still runs: kill it.
+        """
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def describe(self) -> dict[str, Any]:
+        """
+        This worker as C{/status.json} lists it.
+        """
+        return {
+            "worker": self.index,
+            "pid": self.pid,
+            "state": self.state,
+            "connections": len(self.live) + len(self.backlog),
+            "restarts": self.restarts,
+            "lost": self.lost,
+        }
+
+
+class _ControlFactory(Factory):
+    noisy = False
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> _Control:
+        return _Control(self.worker)
+
+
+def _how_it_ended(reason: Failure) -> str:
+    value = reason.value
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            try:
+                name = signal.Signals(value.signal).name
+            except ValueError:
+                name = f"signal {value.signal}"
+            return f"was killed by {name}"
+        return f"exited with status {value.exitCode}"
+    return "exited with status 0"
+
+
+class WorkerPool(Service):
+    """
+    The acceptor's workers: starts them, passes them connections (the
+    least-loaded running one gets the next), restarts those that die and
+    tells them what changes.
+
+    @ivar clock: the reactor (time, processes, descriptors).
+    @ivar backends: the acceptor's pool, whose states the workers follow.
+    @ivar workers: every worker, by index order.
+    @ivar lost: connections lost with dead workers.
+    @ivar stopping: a drain has begun: nothing is restarted.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        count: int,
+        clock: Any,
+        backends: Pool,
+        config: Callable[[], GatewayConfig],
+    ) -> None:
+        """
+        @param config: the running configuration (read at each send).
+        """
+        self.clock = clock
+        self.backends = backends
+        self._config = config
+        self.workers = [WorkerProcess(self, index) for index in range(1, count + 1)]
+        self.lost = 0
+        self.stopping = False
+        self._number = 0
+        self._waiting: deque[Handoff] = deque()
+        self._applying = False
+        backends.observers.append(self._state_changed)
+
+    def next_number(self) -> int:
+        """
+        A number no connection nor request has had.
+        """
+        self._number += 1
+        return self._number
+
+    def environment(self) -> dict[str, str]:
+        """
+        The workers' environment: this one, with this package importable.
+        """
+        env = dict(os.environ)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [here, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+        )
+        return env
+
+    def worker_config(self) -> GatewayConfig:
+        """
+        What the workers run now.
+        """
+        return worker_config(self._config(), self.backends)
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        for worker in self.workers:
+            worker.start()
+
+    # Connections
+
+    def dispatch(self, handoff: Handoff) -> None:
+        """
+        Pass an admitted connection to the least-loaded running worker, or
+        keep it until one runs.
+        """
+        if handoff.ended:
+            return
+        # A connection held in queue mode is resumed once admitted: read
+        # nothing more here (what was read goes with it).
+        handoff.raw.stopReading()
+        running = [w for w in self.workers if w.state == "running" and w.handoff is not None]
+        if not running:
+            self._waiting.append(handoff)
+            return
+        worker = min(running, key=lambda w: len(w.live) + len(w.backlog))
+        worker.send(handoff)
+
+    def forget(self, handoff: Handoff) -> None:
+        """
+        A connection went away before it was passed on.
+        """
+        if handoff in self._waiting:
+            self._waiting.remove(handoff)
+        for worker in self.workers:
+            worker.forget(handoff)
+
+    def worker_ready(self, worker: WorkerProcess) -> None:
+        """
+        A worker runs: pass it what waited for one.
+        """
+        waiting, self._waiting = self._waiting, deque()
+        for handoff in waiting:
+            self.dispatch(handoff)
+        if self.stopping:
+            worker.send_drain()
+
+    # Backend states: the acceptor's pool is the reference.
+
+    def _state_changed(self, backend: Backend) -> None:
+        for worker in self.workers:
+            worker.send_state(backend)
+
+    def worker_state(self, name: str, state: str, reason: str) -> None:
+        """
+        A worker changed a backend's state (too many failed connections).
+        """
+        backend = self.backends.get(name)
+        if backend is not None:
+            self.backends.set_state(backend, BackendState(state), reason)
+
+    def reconfigure(self) -> None:
+        """
+        The configuration was reloaded: the workers apply it too.
+        """
+        for worker in self.workers:
+            worker.send_config()
+
+    # Status
+
+    def status(self, limit: int | None) -> Deferred[list[dict[str, Any] | None]]:
+        """
+        Every running worker's status reply (L{None} for one that did not answer).
+        """
+        return gatherResults([worker.status(limit) for worker in self.workers])
+
+    def describe(self) -> list[dict[str, Any]]:
+        """
+        The workers as C{/status.json} lists them.
+        """
+        return [worker.describe() for worker in self.workers]
+
+    # Stopping
+
+    @property
+    def finished(self) -> bool:
+        """
+        Whether every worker has exited.
+        """
+        return all(worker.pid is None for worker in self.workers)
+
+    def drain(self) -> None:
+        """
+        Stop: each worker gets every connection meant for it, then drains.
+        Connections still waiting for a worker are closed.
+        """
+        self.stopping = True
+        for worker in self.workers:
+            if worker._restart_call is not None and worker._restart_call.active():
+                worker._restart_call.cancel()
+            worker._restart_call = None
+            if worker.state == "restarting":
+                worker.state = "stopped"
+        waiting, self._waiting = self._waiting, deque()
+        for handoff in waiting:
+            if handoff.raw is not None:
+                handoff.raw.loseConnection()
+        for worker in self.workers:
+            worker.send_drain()
+
+    def stop_now(self) -> None:
+        """
+        A second SIGTERM: every worker closes its sessions at once.
+        """
+        for worker in self.workers:
+            worker.stop_now()
+
+    @override
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if not self.stopping:
+            self.drain()
+        exits = [w.exited for w in self.workers if w.pid is not None and w.exited is not None]
+        if not exits:
+            return None
+        done: Deferred[list[None]] = gatherResults(exits)
+        timer = self.clock.callLater(KILL_GRACE, self._kill)
+
+        def stop_timer(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        done.addBoth(stop_timer)
+        return done  # type: ignore[return-value]
+
+    def _kill(self) -> None:
+        for worker in self.workers:
+            if worker.pid is not None:
+                self.log.warn(
+                    "worker {index} (pid {pid}) did not stop; killing it",
+                    index=worker.index,
+                    pid=worker.pid,
+                )
+                worker.kill()
