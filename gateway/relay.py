@@ -258,6 +258,51 @@ class GameSession:
     @ivar started: when it started, in the clock's seconds.
     """
 
+    # Slots, not a dict per session: a live session is mostly idle, and
+    # thousands of them are what the gateway holds (docs/performance.md).
+    __slots__ = (
+        "_abort_call",
+        "_attempt",
+        "_attempt_timer",
+        "_backend_eof",
+        "_backend_gone",
+        "_busy_message",
+        "_chooser",
+        "_client_eof",
+        "_client_feeds_server",
+        "_client_gone",
+        "_client_paused",
+        "_clock",
+        "_connect_timeout",
+        "_ended_by",
+        "_fin_timeout",
+        "_held",
+        "_held_size",
+        "_idle_call",
+        "_idle_seen",
+        "_idle_since",
+        "_idle_timeout",
+        "_pending",
+        "_proxy_version",
+        "_refusals",
+        "_relay_mode",
+        "_retries",
+        "_server",
+        "_server_feeds_client",
+        "_splice",
+        "_tried",
+        "backend",
+        "bytes_in",
+        "bytes_out",
+        "client",
+        "close_reason",
+        "key",
+        "kind",
+        "peer",
+        "spliced",
+        "started",
+    )
+
     _log = Logger()
 
     def __init__(

@@ -136,6 +136,15 @@ class _Direction:
     Bytes from one socket to the other through a pipe from the pool.
     """
 
+    __slots__ = (
+        "_pipe",
+        "_pool",
+        "destination",
+        "in_pipe",
+        "moved",
+        "source",
+    )
+
     def __init__(self, source: int, destination: int, pool: PipePool) -> None:
         self.source = source
         self.destination = destination
@@ -229,6 +238,12 @@ class _SocketEnd:
     What the reactor watches for one socket while the relay owns it.
     """
 
+    __slots__ = (
+        "_fd",
+        "_relay",
+        "name",
+    )
+
     def __init__(self, relay: SpliceRelay, fd: int, name: str) -> None:
         self._relay = relay
         self._fd = fd
@@ -260,6 +275,22 @@ class SpliceRelay:
     """
 
     _log = Logger()
+
+    __slots__ = (
+        "_broken",
+        "_client",
+        "_client_end",
+        "_down",
+        "_on_finished",
+        "_on_moved",
+        "_reactor",
+        "_server",
+        "_server_end",
+        "_stopping",
+        "_up",
+        "active",
+        "reason",
+    )
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def running(gateway: GatewayProcess, count: int) -> dict[str, Any]:
 
     def check() -> bool:
         found.update(status(gateway))
-        return sum(w["state"] == "running" for w in found["workers"]) == count
+        return bool(sum(w["state"] == "running" for w in found["workers"]) == count)
 
     wait_for(check, f"{count} running workers")
     return found
@@ -66,6 +67,10 @@ def alive(pid: int) -> bool:
     # A zombie (exited, not reaped yet) is not alive either.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def exited(pid: int) -> Callable[[], bool]:
+    return lambda: not alive(pid)
 
 
 def options(backend: Backend, *extra: str) -> list[str]:
@@ -300,7 +305,7 @@ def test_drain_with_workers(tmp_path: Path, echo_backend: Backend) -> None:
             sock.close()
         assert gateway.process.wait(timeout=10) == 0
         for pid in pids:
-            wait_for(lambda pid=pid: not alive(pid), "the workers to exit")
+            wait_for(exited(pid), "the workers to exit")
 
 
 def test_workers_exit_when_the_acceptor_dies(tmp_path: Path, echo_backend: Backend) -> None:
@@ -312,7 +317,7 @@ def test_workers_exit_when_the_acceptor_dies(tmp_path: Path, echo_backend: Backe
         session = game_session("127.0.0.1", gateway.port)
         os.kill(gateway.pid, signal.SIGKILL)
         for pid in pids:
-            wait_for(lambda pid=pid: not alive(pid), "the workers to exit")
+            wait_for(exited(pid), "the workers to exit")
         assert recv_until_eof(session) == b""
         session.close()
 
