@@ -159,9 +159,14 @@ class Pool:
             return None
         return self.balancer.choose(candidates, key)
 
-    def set_state(self, backend: Backend, state: BackendState, reason: str) -> None:
+    def set_state(
+        self, backend: Backend, state: BackendState, reason: str, *, log: bool = True
+    ) -> None:
         """
         Change a backend's state (logged and counted when it changes).
+
+        @param log: whether to log the change (a worker process follows its
+            acceptor's changes without logging them again).
         """
         backend.reason = reason
         if state is BackendState.UP:
@@ -171,13 +176,14 @@ class Pool:
             return
         old, backend.state = backend.state, state
         self.transitions += 1
-        self._log.info(
-            "backend {backend} is {state} (was {old}): {reason}",
-            backend=backend.name,
-            state=state.value,
-            old=old.value,
-            reason=reason,
-        )
+        if log:
+            self._log.info(
+                "backend {backend} is {state} (was {old}): {reason}",
+                backend=backend.name,
+                state=state.value,
+                old=old.value,
+                reason=reason,
+            )
         for observer in list(self.observers):
             observer(backend)
 

@@ -291,6 +291,7 @@ class GatewayService(MultiService):
         self._closing = False
         self.workers: WorkerPool | None = None
         self.refusals: RefusalLog | None = None
+        self.role = "single"
 
     @override
     def privilegedStartService(self) -> None:
@@ -304,7 +305,7 @@ class GatewayService(MultiService):
         running there (once; twist never calls privilegedStartService, so
         startService calls this too).
         """
-        if self.config.handover is None or self._took_over:
+        if self.config.handover is None or self._took_over or self.role == "worker":
             return
         self._took_over = True
         try:
@@ -925,6 +926,7 @@ def make_service(
         handle_signals=handle_signals,
     )
     top.refusals = refusals
+    top.role = role
     if config.demo and role != "worker":
         DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
     workers = None

@@ -32,12 +32,12 @@ from twisted.internet.protocol import Factory
 from twisted.logger import (
     FileLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     formatEvent,
     formatEventAsClassicLogText,
     globalLogBeginner,
 )
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
@@ -46,7 +46,9 @@ from gateway.config import GatewayConfig
 from gateway.front import FrontDoor
 from gateway.pool import Backend, BackendState
 from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
-from gateway.workers import HANDOFF_MESSAGE, MAX_MESSAGE
+from gateway.workers import HANDOFF_MESSAGE, Framed
+
+_log = Logger()
 
 CONTROL_FD = 3
 HANDOFF_FD = 4
@@ -86,14 +88,13 @@ class _Forward:
 _PLAIN = (str, int, float, bool, type(None))
 
 
-class _Control(Int32StringReceiver):
+class _Control(Framed):
     """
     The worker's end of its control channel.
     """
 
-    MAX_LENGTH = MAX_MESSAGE
-
     def __init__(self, worker: Worker) -> None:
+        super().__init__()
         self.worker = worker
 
     @override
@@ -101,13 +102,9 @@ class _Control(Int32StringReceiver):
         self.worker.control = self
         self.worker.forward.control = self
 
-    def send(self, message: dict[str, Any]) -> None:
-        if self.transport is not None:
-            self.sendString(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-
     @override
-    def stringReceived(self, string: bytes) -> None:
-        self.worker.received(pickle.loads(string))
+    def message_received(self, message: dict[str, Any]) -> None:
+        self.worker.received(message)
 
     @override
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
@@ -144,10 +141,10 @@ class _Handoffs:
         return self.sock.fileno()
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
-        while True:
+        while self.worker.reading_handoffs(self):
             try:
-                data, fds, _flags, _address = socket.recv_fds(
-                    self.sock, HANDOFF_MESSAGE, 1, socket.MSG_CMSG_CLOEXEC
+                data, fds, flags, _address = socket.recv_fds(
+                    self.sock, HANDOFF_MESSAGE, 4, socket.MSG_CMSG_CLOEXEC
                 )
             except BlockingIOError:
                 return
@@ -157,7 +154,22 @@ class _Handoffs:
             if not data and not fds:
                 self.worker.handoffs_ended()
                 return
-            self.worker.handoff(pickle.loads(data), fds)
+            try:
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                    raise ValueError(f"a truncated handoff message ({len(data)} bytes)")
+                message = pickle.loads(data)
+            except Exception as error:
+                # Never on a working acceptor; if it happens, this
+                # connection is lost, not the channel.
+                for fd in fds:
+                    os.close(fd)
+                _log.error(
+                    "worker {index}: bad handoff message: {error}",
+                    index=self.worker.index,
+                    error=str(error),
+                )
+                continue
+            self.worker.handoff(message, fds)
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
         pass
@@ -256,7 +268,7 @@ class Worker:
             return
         self._applying = True
         try:
-            self.service.pool.set_state(backend, BackendState(state), reason)
+            self.service.pool.set_state(backend, BackendState(state), reason, log=False)
         finally:
             self._applying = False
 
@@ -308,17 +320,18 @@ class Worker:
             self._stop_reactor()
             return
         number = message["id"]
-        if not fds:
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
             self.ended(number)
             return
         fd = fds[0]
         try:
             self._adopt(fd, number, message["front"], message["data"])
         except Exception:
+            # The client may be gone already (its socket reset): a lost connection.
             self.ended(number)
-            from twisted.logger import Logger
-
-            Logger().failure("worker {index}: cannot take a connection", index=self.index)
+            _log.failure("worker {index}: cannot take a connection", index=self.index)
         finally:
             os.close(fd)
 
@@ -356,6 +369,12 @@ class Worker:
 
     # Stopping
 
+    def reading_handoffs(self, reader: _Handoffs) -> bool:
+        """
+        Whether C{reader} is still this worker's handoff reader.
+        """
+        return self._handoffs is reader
+
     def handoffs_ended(self) -> None:
         if self._handoffs is not None:
             self.reactor.removeReader(self._handoffs)
@@ -378,6 +397,7 @@ class Worker:
     def _drain(self) -> Deferred[None] | None:
         if self.service is None or self._stopping is not None:
             return self._stopping
+        self._send({"op": "draining"})
         self._stopping = self.service.stopService()
         self._stopping.addCallback(lambda _: self._close_control())
         return self._stopping

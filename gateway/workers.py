@@ -50,17 +50,22 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectionDone, ProcessTerminated
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IWriteDescriptor
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IWriteDescriptor,
+)
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger, LogLevel, globalLogPublisher
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
 from gateway.config import GatewayConfig
-from gateway.connection import CloseHooks
+from gateway.connection import CloseHooks, describe_peer
 from gateway.interfaces import IRefusal
 from gateway.pool import Backend, BackendState, Pool
 
@@ -76,8 +81,16 @@ __all__ = [
 MAX_MESSAGE = 256 * 1024 * 1024
 """The largest control message (a status reply listing many sessions)."""
 
-HANDOFF_MESSAGE = 64 * 1024
-"""The largest handoff message (its header: the bytes read are few)."""
+HANDOFF_MESSAGE = 256 * 1024
+"""The largest handoff message a worker reads (the bytes the acceptor read
+from a connection are at most a read or two: 64 KiB each)."""
+
+HANDOFF_BUFFER = 1024 * 1024
+"""The handoff channel's socket buffers (the kernel may give less): a
+SEQPACKET message must fit in the sender's buffer whole."""
+
+CONTROL_GRACE = 2.0
+"""Seconds the acceptor reads a dead worker's control channel to its end."""
 
 STATUS_WAIT = 2.0
 """Seconds the admin endpoint waits for a worker's status before leaving it out."""
@@ -90,6 +103,9 @@ RESTART_DELAY_MAX = 10.0
 
 YOUNG = 10.0
 """A worker that dies within this many seconds of its start died young."""
+
+SENT, FULL, GONE = "sent", "full", "gone"
+"""What an attempt to pass a connection to a worker came to."""
 
 KILL_GRACE = 5.0
 """Seconds a stopping worker gets past its drain before it is killed."""
@@ -117,7 +133,18 @@ def worker_config(config: GatewayConfig, pool: Pool) -> GatewayConfig:
             from gateway.demo import SITE_DIR
 
             http_root = SITE_DIR
-    return dataclasses.replace(config, backends=tuple(backends), http_root=http_root, demo=False)
+    # The fronts, admin endpoint, hand-over and access log file are the
+    # acceptor's: a worker must never take them over or open them.
+    return dataclasses.replace(
+        config,
+        backends=tuple(backends),
+        http_root=http_root,
+        demo=False,
+        admin=None,
+        admin_token=None,
+        handover=None,
+        access_log=None,
+    )
 
 
 def _raw(transport: Any) -> Any:
@@ -130,7 +157,7 @@ def _raw(transport: Any) -> Any:
     return transport
 
 
-@implementer(IProtocol)
+@implementer(IProtocol, IHalfCloseableProtocol)
 class Handoff(CloseHooks, Protocol):
     """
     An admitted connection in the acceptor: sent to a worker, and kept (as
@@ -184,6 +211,32 @@ class Handoff(CloseHooks, Protocol):
         raw.stopReading()
         raw.stopWriting()
         raw.socket.close()
+
+    def close(self) -> None:
+        """
+        Close a connection that was never passed on (its slots are freed as
+        it closes).
+        """
+        self.ended = True
+        self.raw.loseConnection()
+
+    def peer(self) -> str:
+        """
+        The client's address, for logs.
+        """
+        transport = self.transport
+        return describe_peer(transport.getPeer()) if transport is not None else "-"
+
+    def readConnectionLost(self) -> None:
+        """
+        The client ended its stream before the socket was passed on: the
+        worker reads that end of stream again.
+        """
+
+    def writeConnectionLost(self) -> None:
+        """
+        Never happens here (nothing is written).
+        """
 
     def end(self) -> None:
         """
@@ -249,14 +302,63 @@ class TLSRefusals(Factory):
         return tls
 
 
-class _Control(Int32StringReceiver):
+class Framed(Protocol):
+    """
+    Length-prefixed pickled messages (4 bytes, big-endian, then the pickle).
+
+    Not Twisted's C{Int32StringReceiver}, which joins its buffer with each
+    read: a status reply of megabytes would be copied over and over.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """
+        Send one message.
+        """
+        if self.transport is not None:
+            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+            self.transport.writeSequence([len(data).to_bytes(4, "big"), data])
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= 4:
+            length = int.from_bytes(buffer[start : start + 4], "big")
+            if length > MAX_MESSAGE:
+                self.too_long(length)
+                return
+            if len(buffer) - start - 4 < length:
+                break
+            message = pickle.loads(buffer[start + 4 : start + 4 + length])
+            start += 4 + length
+            self.message_received(message)
+        del buffer[:start]
+
+    def message_received(self, message: dict[str, Any]) -> None:
+        """
+        One whole message arrived.
+        """
+        raise NotImplementedError
+
+    def too_long(self, length: int) -> None:
+        """
+        A message longer than L{MAX_MESSAGE} (a bug): drop the channel.
+        """
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+class _Control(Framed):
     """
     The acceptor's end of a worker's control channel.
     """
 
-    MAX_LENGTH = MAX_MESSAGE
-
     def __init__(self, worker: WorkerProcess) -> None:
+        super().__init__()
         self.worker = worker
 
     @override
@@ -264,30 +366,25 @@ class _Control(Int32StringReceiver):
         self.worker.control = self
         self.worker.send_config()
 
-    def send(self, message: dict[str, Any]) -> None:
-        """
-        Send one message.
-        """
-        self.sendString(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    @override
+    def message_received(self, message: dict[str, Any]) -> None:
+        self.worker.received(message)
 
     @override
-    def stringReceived(self, string: bytes) -> None:
-        self.worker.received(pickle.loads(string))
-
-    @override
-    def lengthLimitExceeded(self, length: int) -> None:
+    def too_long(self, length: int) -> None:
         self.worker.log.error(
             "worker {index}: a control message of {length} bytes is too long; dropping the "
             "channel",
             index=self.worker.index,
             length=length,
         )
-        super().lengthLimitExceeded(length)
+        super().too_long(length)
 
     @override
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         if self.worker.control is self:
             self.worker.control = None
+            self.worker.control_lost()
 
 
 @implementer(IWriteDescriptor)
@@ -348,6 +445,9 @@ class WorkerProcess(ProcessProtocol):
         self._status: dict[int, Deferred[dict[str, Any] | None]] = {}
         self._drain_sent = False
         self.exited: Deferred[None] | None = None
+        self.pid_gone: int | None = None
+        self._ended_reason: Failure | None = None
+        self._finish_call: IDelayedCall | None = None
 
     # Lifecycle
 
@@ -360,6 +460,8 @@ class WorkerProcess(ProcessProtocol):
         control_here, control_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         handoff_here, handoff_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         handoff_here.setblocking(False)
+        handoff_here.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HANDOFF_BUFFER)
+        handoff_there.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HANDOFF_BUFFER)
         self.handoff = handoff_here
         self._drain_sent = False
         self.state = "starting"
@@ -388,8 +490,44 @@ class WorkerProcess(ProcessProtocol):
 
     @override
     def processEnded(self, reason: Failure) -> None:
+        # What the worker wrote last (its last ends, its last log events)
+        # may still wait in the control channel: read it to its end first.
+        self.pid_gone = self.pid
+        self.pid = None
+        self._ended_reason = reason
+        if self.control is None:
+            self._finish()
+        else:
+            self._finish_call = self.pool.clock.callLater(CONTROL_GRACE, self._finish)
+
+    def control_lost(self) -> None:
+        """
+        The control channel closed: the process ended (finish), or it lost its
+        acceptor without ending (a bug): then it is told to drain and leave.
+        """
+        if self._ended_reason is not None:
+            self._finish()
+        elif self.pid is not None and not self.pool.stopping:
+            self.state = "draining"
+            self.log.error(
+                "worker {index} (pid {pid}) lost its control channel; stopping it",
+                index=self.index,
+                pid=self.pid,
+            )
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _finish(self) -> None:
+        reason, self._ended_reason = self._ended_reason, None
+        if reason is None:
+            return
+        if self._finish_call is not None and self._finish_call.active():
+            self._finish_call.cancel()
+        self._finish_call = None
         pool = self.pool
-        pid, self.pid = self.pid, None
+        pid = self.pid_gone
         was = self.state
         self.state = "stopped"
         self._close_channels()
@@ -404,13 +542,15 @@ class WorkerProcess(ProcessProtocol):
         if pool.stopping:
             for handoff in live.values():
                 handoff.end()
+            for handoff in waiting:
+                handoff.close()
             if how != "exited with status 0" or live:
                 self.log.info(
                     "worker {index} (pid {pid}) {how}; {count} connections closed with it",
                     index=self.index,
                     pid=pid,
                     how=how,
-                    count=len(live),
+                    count=len(live) + len(waiting),
                 )
             if exited is not None:
                 exited.callback(None)
@@ -443,7 +583,20 @@ class WorkerProcess(ProcessProtocol):
         if self.pool.stopping or self.state != "restarting":
             return
         self.restarts += 1
-        self.start()
+        try:
+            self.start()
+        except Exception as error:
+            # Out of descriptors or processes, say: try again later.
+            self._close_channels()
+            self.state = "restarting"
+            self.delay = min(self.delay * 2, RESTART_DELAY_MAX)
+            self.log.error(
+                "worker {index} cannot be started: {error}; trying again in {delay:g} s",
+                index=self.index,
+                error=str(error) or type(error).__name__,
+                delay=self.delay,
+            )
+            self._restart_call = self.pool.clock.callLater(self.delay, self._restart)
 
     def _close_channels(self) -> None:
         if self._writer is not None:
@@ -490,15 +643,25 @@ class WorkerProcess(ProcessProtocol):
         if self.backlog:
             self.backlog.append(handoff)
             return
-        if not self._send(handoff):
+        outcome = self._send(handoff)
+        if outcome == FULL:
             self.backlog.append(handoff)
             self._wait_for_room()
+        elif outcome == GONE:
+            handoff.worker = None
+            self.pool.dispatch(handoff)
 
-    def _send(self, handoff: Handoff) -> bool:
+    def _send(self, handoff: Handoff) -> str:
+        """
+        Try to send a connection: L{SENT} (or done with: closed), L{FULL}
+        (no room in the channel now) or L{GONE} (this worker is dying: it
+        takes nothing more).
+        """
         sock = self.handoff
-        assert sock is not None
         if handoff.ended:
-            return True  # the client went away while it waited
+            return SENT  # the client went away while it waited
+        if sock is None or self.state not in ("starting", "running"):
+            return GONE
         message = pickle.dumps(
             {"id": handoff.number, "front": handoff.front, "data": handoff.data()},
             protocol=pickle.HIGHEST_PROTOCOL,
@@ -506,19 +669,30 @@ class WorkerProcess(ProcessProtocol):
         try:
             socket.send_fds(sock, [message], [handoff.raw.fileno()])
         except BlockingIOError:
-            return False
-        except OSError as error:
-            # The worker is gone (its end closed): processEnded follows and
-            # this connection goes to another worker.
+            return FULL
+        except (BrokenPipeError, ConnectionError) as error:
+            # The worker's end is closed: processEnded follows.
+            self.state = "dying"
             self.log.warn(
-                "worker {index}: cannot pass a connection: {error}",
+                "worker {index}: cannot pass it connections: {error}",
                 index=self.index,
                 error=error.strerror or str(error),
             )
-            return False
+            return GONE
+        except OSError as error:
+            # This connection cannot be passed (too large a message, no
+            # memory): close it, not the channel.
+            self.log.error(
+                "worker {index}: cannot pass a connection from {peer}: {error}; closing it",
+                index=self.index,
+                peer=handoff.peer(),
+                error=error.strerror or str(error),
+            )
+            handoff.close()
+            return SENT
         self.live[handoff.number] = handoff
         handoff.detach()
-        return True
+        return SENT
 
     def _wait_for_room(self) -> None:
         if self._writer is None and self.handoff is not None:
@@ -530,9 +704,13 @@ class WorkerProcess(ProcessProtocol):
         Send what waited for room in the handoff channel.
         """
         while self.backlog and self.handoff is not None:
-            if not self._send(self.backlog[0]):
+            outcome = self._send(self.backlog[0])
+            if outcome == FULL:
                 return
-            self.backlog.popleft()
+            handoff = self.backlog.popleft()
+            if outcome == GONE:
+                handoff.worker = None
+                self.pool.dispatch(handoff)
         if self._writer is not None:
             self.pool.clock.removeWriter(self._writer)
             self._writer = None
@@ -582,6 +760,9 @@ class WorkerProcess(ProcessProtocol):
             event["log_system"] = f"worker {self.index}"
             event["log_worker"] = self.index
             globalLogPublisher(event)
+        elif op == "draining":
+            # It drains on its own (a SIGTERM sent to it): it takes nothing more.
+            self.state = "draining"
         elif op == "ready":
             self.state = "running"
             self.delay = self.delay if self.restarts else RESTART_DELAY
@@ -597,7 +778,7 @@ class WorkerProcess(ProcessProtocol):
         answer within L{STATUS_WAIT} seconds).
         """
         done: Deferred[dict[str, Any] | None] = Deferred()
-        if self.control is None or self.state != "running":
+        if self.control is None or self.state not in ("running", "draining"):
             done.callback(None)
             return done
         number = self.pool.next_number()
@@ -751,6 +932,11 @@ class WorkerPool(Service):
         # A connection held in queue mode is resumed once admitted: read
         # nothing more here (what was read goes with it).
         handoff.raw.stopReading()
+        if self.stopping:
+            # Admitted after the drain began (its PROXY header came late, or
+            # it waited in queue mode): the workers take nothing new now.
+            handoff.close()
+            return
         running = [w for w in self.workers if w.state == "running" and w.handoff is not None]
         if not running:
             self._waiting.append(handoff)
@@ -788,8 +974,14 @@ class WorkerPool(Service):
         A worker changed a backend's state (too many failed connections).
         """
         backend = self.backends.get(name)
-        if backend is not None:
-            self.backends.set_state(backend, BackendState(state), reason)
+        # A worker only ever marks an up backend down (failed connections);
+        # what it saw may be stale (an operator drained it meanwhile).
+        if (
+            backend is not None
+            and state == BackendState.DOWN.value
+            and backend.state is BackendState.UP
+        ):
+            self.backends.set_state(backend, BackendState.DOWN, f"in a worker: {reason}")
 
     def reconfigure(self) -> None:
         """
@@ -835,8 +1027,7 @@ class WorkerPool(Service):
                 worker.state = "stopped"
         waiting, self._waiting = self._waiting, deque()
         for handoff in waiting:
-            if handoff.raw is not None:
-                handoff.raw.loseConnection()
+            handoff.close()
         for worker in self.workers:
             worker.send_drain()
 

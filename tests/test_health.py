@@ -1011,7 +1011,7 @@ def test_error_recording_a_result_is_logged_and_checks_go_on(
     """
     rig = Rig(fall=1)
 
-    def broken(backend: Backend, state: BackendState, reason: str) -> None:
+    def broken(backend: Backend, state: BackendState, reason: str, *, log: bool = True) -> None:
         raise RuntimeError("pool broke")
 
     rig.pool.set_state = broken  # type: ignore[method-assign]

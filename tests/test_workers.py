@@ -399,6 +399,104 @@ def test_sighup_reaches_the_workers(tmp_path: Path, echo_backend: Backend) -> No
                 wait_for(reaches_other, "a session on the added backend")
 
 
+def test_large_first_read_and_a_worker_sigterm(tmp_path: Path, echo_backend: Backend) -> None:
+    """
+    A PROXY header followed at once by 300 KB: what the acceptor read with
+    the header reaches the worker whole, and the rest follows, byte-exact.
+    A worker sent SIGTERM on its own drains its session, takes no new one
+    meanwhile (they go to the other worker), exits and is started again,
+    with no session counted as lost.
+    """
+    args = options(echo_backend, "--listen", "haproxy:tcp:0:interface=127.0.0.1")
+    with GatewayProcess(args, tmp_path) as gateway:
+        running(gateway, 2)
+        payload = bytes(range(256)) * 1200
+        sock = client_from("127.0.0.1", gateway.port)
+        sock.sendall(proxy_v1("10.0.0.9", 4000) + payload)
+        assert recv_exactly(sock, len(payload)) == payload
+        [session] = status(gateway)["sessions"]
+        worker = next(w for w in status(gateway)["workers"] if w["worker"] == session["worker"])
+        os.kill(worker["pid"], signal.SIGTERM)
+        wait_for(
+            lambda: any(w["state"] == "draining" for w in status(gateway)["workers"]),
+            "the worker to drain",
+        )
+        others = []
+        for number in range(3):
+            other = client_from("127.0.0.1", gateway.port)
+            other.sendall(proxy_v1("10.0.1.9", 4001 + number) + b"hi\n")
+            assert recv_exactly(other, 3) == b"hi\n"
+            others.append(other)
+        workers_of = Counter(s["worker"] for s in status(gateway)["sessions"])
+        assert workers_of == {session["worker"]: 1, 3 - session["worker"]: 3}
+        sock.sendall(b"still served\n")
+        assert recv_exactly(sock, 13) == b"still served\n"
+        sock.close()
+        document = running(gateway, 2)
+        again = next(w for w in document["workers"] if w["worker"] == session["worker"])
+        assert again["pid"] != worker["pid"] and again["restarts"] == 1
+        assert document["counters"]["lost"] == 0
+        for other in others:
+            other.close()
+
+
+def test_operator_drain_reaches_every_worker(tmp_path: Path, echo_backend: Backend) -> None:
+    """
+    Backend states live in the acceptor: an operator's drain there applies
+    in every worker (no new session reaches the drained backend), and
+    enabling it again does too.
+    """
+    with Backend(_tagged_echo(b"B:")) as other:
+        args = options(echo_backend, "--backend", other.endpoint)
+        with GatewayProcess(args, tmp_path) as gateway:
+            running(gateway, 2)
+            url = admin_url(gateway)
+            name = urllib.request.quote(other.endpoint, safe="")
+            drain = urllib.request.Request(f"{url}/backends/{name}/drain", method="POST")
+            assert urllib.request.urlopen(drain, timeout=10).status == 200
+            sessions = [game_session("127.0.0.1", gateway.port) for _ in range(6)]
+            assert Counter(s["worker"] for s in status(gateway)["sessions"]) == {1: 3, 2: 3}
+            assert {s["backend"] for s in status(gateway)["sessions"]} == {echo_backend.endpoint}
+            enable = urllib.request.Request(f"{url}/backends/{name}/enable", method="POST")
+            assert urllib.request.urlopen(enable, timeout=10).status == 200
+            tagged = 0
+            for _ in range(8):
+                sock = client_from("127.0.0.1", gateway.port)
+                sock.sendall(b"ping\n")
+                tagged += recv_exactly(sock, 2) == b"B:"
+                sessions.append(sock)
+            assert tagged == 4  # round robin in each worker: half of them
+            for sock in sessions:
+                sock.close()
+            assert gateway.log().count(f"backend {other.endpoint} is draining") == 1
+
+
+def test_handover_with_workers(tmp_path: Path, echo_backend: Backend) -> None:
+    """
+    --handover with workers: the workers never take part in it (they have
+    no fronts); a new gateway takes the acceptor's sockets over, its own
+    workers serve, and the old one drains and exits 0.
+    """
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    args = options(echo_backend, "--handover", str(tmp_path / "h.sock"))
+    with GatewayProcess(args, tmp_path / "old") as old:
+        running(old, 2)
+        session = game_session("127.0.0.1", old.port)
+        assert "handed over" not in old.log()
+        with GatewayProcess(args, tmp_path / "new") as new:
+            wait_for(lambda: "no longer accepts" in new.log(), "the hand-over")
+            assert listening_ports(new.pid)["127.0.0.1"] == [old.port]
+            running(new, 2)
+            fresh = game_session("127.0.0.1", old.port)
+            assert [s["worker"] for s in status(new)["sessions"]] in ([1], [2])
+            session.sendall(b"old\n")
+            assert recv_exactly(session, 4) == b"old\n"
+            session.close()
+            assert old.stop() == 0
+            fresh.close()
+
+
 def _tagged_echo(tag: bytes) -> Any:
     from tests.support import echo
 
