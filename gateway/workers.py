@@ -89,6 +89,9 @@ HANDOFF_BUFFER = 1024 * 1024
 """The handoff channel's socket buffers (the kernel may give less): a
 SEQPACKET message must fit in the sender's buffer whole."""
 
+READY_WAIT = 30.0
+"""Seconds a started worker has to say it is ready before it is killed."""
+
 CONTROL_GRACE = 2.0
 """Seconds the acceptor reads a dead worker's control channel to its end."""
 
@@ -448,6 +451,7 @@ class WorkerProcess(ProcessProtocol):
         self.pid_gone: int | None = None
         self._ended_reason: Failure | None = None
         self._finish_call: IDelayedCall | None = None
+        self._ready_call: IDelayedCall | None = None
 
     # Lifecycle
 
@@ -466,6 +470,7 @@ class WorkerProcess(ProcessProtocol):
         self._drain_sent = False
         self.state = "starting"
         self.started_at = reactor.seconds()
+        self._ready_call = reactor.callLater(READY_WAIT, self._not_ready)
         self.exited = Deferred()
         try:
             reactor.spawnProcess(
@@ -578,6 +583,17 @@ class WorkerProcess(ProcessProtocol):
         if exited is not None:
             exited.callback(None)
 
+    def _not_ready(self) -> None:
+        self._ready_call = None
+        if self.state == "starting" and self.pid is not None:
+            self.log.error(
+                "worker {index} (pid {pid}) did not get ready within {wait:g} s; killing it",
+                index=self.index,
+                pid=self.pid,
+                wait=READY_WAIT,
+            )
+            self.kill()
+
     def _restart(self) -> None:
         self._restart_call = None
         if self.pool.stopping or self.state != "restarting":
@@ -599,6 +615,9 @@ class WorkerProcess(ProcessProtocol):
             self._restart_call = self.pool.clock.callLater(self.delay, self._restart)
 
     def _close_channels(self) -> None:
+        if self._ready_call is not None and self._ready_call.active():
+            self._ready_call.cancel()
+        self._ready_call = None
         if self._writer is not None:
             self.pool.clock.removeWriter(self._writer)
             self._writer = None
@@ -764,6 +783,9 @@ class WorkerProcess(ProcessProtocol):
             # It drains on its own (a SIGTERM sent to it): it takes nothing more.
             self.state = "draining"
         elif op == "ready":
+            if self._ready_call is not None and self._ready_call.active():
+                self._ready_call.cancel()
+            self._ready_call = None
             self.state = "running"
             self.delay = self.delay if self.restarts else RESTART_DELAY
             self.pool.worker_ready(self)

@@ -1,0 +1,244 @@
+"""
+Unit tests of the acceptor's side of C{--workers} (L{gateway.workers}): the
+control channel's framing, the worker configuration, backend states from
+workers, and passing connections to workers over a real socket pair.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from gateway.config import BackendSpec, GatewayConfig
+from gateway.pool import Backend, BackendState, Pool
+from gateway.workers import Dispatcher, Framed, Handoff, WorkerPool, worker_config
+
+
+class Collect(Framed):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[dict[str, Any]] = []
+
+    def message_received(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+
+def frames(messages: list[dict[str, Any]]) -> bytes:
+    sender = Collect()
+    transport = StringTransport()
+    sender.makeConnection(transport)
+    for message in messages:
+        sender.send(message)
+    return bytes(transport.value())
+
+
+messages_strategy = st.lists(
+    st.dictionaries(
+        st.text(max_size=5),
+        st.one_of(st.integers(), st.binary(max_size=300), st.text(max_size=20), st.none()),
+        max_size=4,
+    ),
+    max_size=6,
+)
+
+
+@given(messages_strategy, st.lists(st.integers(min_value=0, max_value=5000), max_size=12))
+def test_framing_survives_any_split(messages: list[dict[str, Any]], cuts: list[int]) -> None:
+    """
+    Messages come out whole and in order however the stream is cut.
+    """
+    data = frames(messages)
+    receiver = Collect()
+    receiver.makeConnection(StringTransport())
+    points = sorted({min(cut, len(data)) for cut in cuts} | {0, len(data)})
+    for start, end in zip(points, points[1:], strict=False):
+        receiver.dataReceived(data[start:end])
+    assert receiver.messages == messages
+
+
+def test_a_frame_too_long_drops_the_channel() -> None:
+    receiver = Collect()
+    transport = StringTransport()
+    receiver.makeConnection(transport)
+    receiver.dataReceived((2**31).to_bytes(4, "big") + b"x")
+    assert transport.disconnecting
+    assert receiver.messages == []
+
+
+def test_worker_config_keeps_the_acceptors_things_to_itself() -> None:
+    """
+    A worker gets the demo's backends by address and the demo page, and
+    never the fronts' hand-over, the admin endpoint or the access log file.
+    """
+    config = GatewayConfig(
+        demo=True,
+        handover="/run/h.sock",
+        access_log="/var/log/a.jsonl",
+        admin_token="x" * 20,
+        backends=(BackendSpec(name="real", endpoint="tcp:127.0.0.1:7000"),),
+    )
+    pool = Pool([Backend(name="demo-a", description="tcp:127.0.0.1:4000", endpoint=None)])  # type: ignore[arg-type]
+    derived = worker_config(config, pool)
+    assert (derived.handover, derived.access_log, derived.admin, derived.admin_token) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert not derived.demo and derived.http_root is not None
+    assert [(b.name, b.endpoint) for b in derived.backends] == [
+        ("real", "tcp:127.0.0.1:7000"),
+        ("demo-a", "tcp:127.0.0.1:4000"),
+    ]
+
+
+def make_pool(count: int = 2) -> tuple[WorkerPool, Pool]:
+    backends = Pool([Backend(name="a", description="tcp:127.0.0.1:1", endpoint=None)])  # type: ignore[arg-type]
+    return WorkerPool(count, MemoryReactorClock(), backends, lambda: GatewayConfig()), backends
+
+
+def state_of(backend: Backend) -> BackendState:
+    return backend.state
+
+
+def test_a_worker_only_marks_an_up_backend_down() -> None:
+    """
+    A worker's report is about failed connections: it marks an up backend
+    down for everyone, but never undoes an operator's drain nor brings a
+    backend up.
+    """
+    workers, backends = make_pool()
+    backend = backends.get("a")
+    assert backend is not None
+    workers.worker_state("a", "down", "3 connection attempts failed in a row")
+    assert state_of(backend) is BackendState.DOWN
+    assert backend.reason == "in a worker: 3 connection attempts failed in a row"
+    workers.worker_state("a", "up", "?")
+    assert state_of(backend) is BackendState.DOWN
+    backends.set_state(backend, BackendState.DRAINING, "operator")
+    workers.worker_state("a", "down", "stale")
+    assert state_of(backend) is BackendState.DRAINING
+    workers.worker_state("nobody", "down", "unknown backend")
+
+
+class FakeRaw:
+    """
+    The socket transport under an admitted connection (what a Handoff needs).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+        self.reading = True
+        self.lost = False
+        self.protocol: Any = None
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def stopReading(self) -> None:  # noqa: N802 - Twisted's name
+        self.reading = False
+
+    def stopWriting(self) -> None:  # noqa: N802 - Twisted's name
+        pass
+
+    def loseConnection(self) -> None:  # noqa: N802 - Twisted's name
+        self.lost = True
+
+
+def admitted(workers: WorkerPool, front: int = 0) -> tuple[Handoff, socket.socket, list[str]]:
+    """
+    A connection admitted on front C{front}: its Handoff (with a release
+    hook), the client's end of a real socket pair, and the hooks that ran.
+    """
+    client, served = socket.socketpair()
+    handoff = Dispatcher(workers, front).buildProtocol(None)
+    raw = FakeRaw(served)
+    raw.protocol = handoff
+    released: list[str] = []
+    handoff.add_close_hook(lambda: released.append("released"))
+    handoff.raw = raw
+    handoff.transport = raw  # type: ignore[assignment]
+    return handoff, client, released
+
+
+def running_worker(workers: WorkerPool, index: int) -> socket.socket:
+    """
+    Make worker C{index} look running, with a real handoff channel; the
+    worker's end is returned.
+    """
+    worker = workers.workers[index - 1]
+    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    here.setblocking(False)
+    worker.handoff = here
+    worker.state = "running"
+    return there
+
+
+def receive(end: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    data, fds, _flags, _address = socket.recv_fds(end, 1 << 18, 4)
+    return pickle.loads(data), fds
+
+
+def test_connections_go_to_the_least_loaded_worker_with_their_bytes() -> None:
+    """
+    Each admitted connection goes to the running worker holding the fewest,
+    with its descriptor (the same socket: the client's bytes reach it) and
+    the bytes read from it; the acceptor closes its own descriptor, and the
+    slots are released only when the worker reports the end.
+    """
+    workers, _ = make_pool()
+    ends = {1: running_worker(workers, 1), 2: running_worker(workers, 2)}
+    got: dict[int, list[int]] = {1: [], 2: []}
+    clients = []
+    for number in range(4):
+        handoff, client, released = admitted(workers)
+        handoff.received.append(b"first bytes %d" % number)
+        workers.dispatch(handoff)
+        assert handoff.raw.socket.fileno() == -1  # closed here
+        assert released == []
+        assert handoff.worker is not None
+        message, fds = receive(ends[handoff.worker.index])
+        assert message == {"id": handoff.number, "front": 0, "data": b"first bytes %d" % number}
+        passed = socket.socket(fileno=fds[0])
+        client.sendall(b"hello")
+        assert passed.recv(5) == b"hello"
+        passed.close()
+        got[handoff.worker.index].append(handoff.number)
+        clients.append((client, handoff, released))
+    assert [len(numbers) for numbers in got.values()] == [2, 2]
+    worker = workers.workers[0]
+    worker.received({"op": "end", "ids": [got[1][0], 999]})
+    ended = [released for _, h, released in clients if h.number == got[1][0]]
+    assert ended == [["released"]]
+    assert [len(w.live) for w in workers.workers] == [1, 2]
+    for client, _, _ in clients:
+        client.close()
+
+
+def test_connections_wait_for_a_running_worker_and_close_in_a_drain() -> None:
+    """
+    With no worker running, admitted connections wait (not reading); the
+    first worker to run gets them.  Once the gateway drains, a connection
+    admitted late is closed instead.
+    """
+    workers, _ = make_pool(1)
+    handoff, client, _ = admitted(workers)
+    workers.dispatch(handoff)
+    assert handoff.worker is None and not handoff.raw.reading
+    end = running_worker(workers, 1)
+    workers.worker_ready(workers.workers[0])
+    message, fds = receive(end)
+    assert message["id"] == handoff.number
+    for fd in fds:
+        socket.socket(fileno=fd).close()
+    workers.stopping = True
+    late, other, _ = admitted(workers)
+    workers.dispatch(late)
+    assert late.raw.lost and late.worker is None
+    client.close()
+    other.close()
