@@ -261,6 +261,14 @@ class Worker:
         assert self._handoffs is not None
         self.reactor.addReader(self._handoffs)
         self._send({"op": "ready", "pid": os.getpid()})
+        from gateway.uvloopreactor import reactor_name
+
+        _log.info(
+            "worker {index} (pid {pid}) ready, reactor {reactor}",
+            index=self.index,
+            pid=os.getpid(),
+            reactor=reactor_name(self.reactor) or type(self.reactor).__name__,
+        )
 
     def _set_state(self, name: str, state: str, reason: str) -> None:
         backend = self.service.pool.get(name) if self.service is not None else None
@@ -473,6 +481,11 @@ def main(argv: list[str]) -> int:
     index = int(argv[1]) if len(argv) > 1 else 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if len(argv) > 2:
+        # The acceptor's kind of reactor (twistd -r NAME).
+        from twisted.application.reactors import installReactor
+
+        installReactor(argv[2])
     from twisted.internet import reactor
 
     forward = _Forward()

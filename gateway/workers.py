@@ -476,7 +476,7 @@ class WorkerProcess(ProcessProtocol):
             reactor.spawnProcess(
                 self,
                 sys.executable,
-                [sys.executable, "-m", "gateway.worker", str(self.index)],
+                [sys.executable, "-m", "gateway.worker", str(self.index), *pool.reactor_args()],
                 env=pool.environment(),
                 childFDs={0: 0, 1: 1, 2: 2, 3: control_there.fileno(), 4: handoff_there.fileno()},
             )
@@ -929,6 +929,16 @@ class WorkerPool(Service):
             [here, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
         )
         return env
+
+    def reactor_args(self) -> list[str]:
+        """
+        The worker's command-line arguments that make it run the acceptor's
+        kind of reactor (C{twistd -r uvloop}: the workers too).
+        """
+        from gateway.uvloopreactor import reactor_name
+
+        name = reactor_name(self.clock)
+        return [name] if name is not None else []
 
     def worker_config(self) -> GatewayConfig:
         """

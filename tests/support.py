@@ -116,13 +116,20 @@ class GatewayProcess:
     @ivar port: the public front's port on C{host}.
     """
 
-    def __init__(self, args: list[str], tmp_path: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        args: list[str],
+        tmp_path: Path,
+        host: str = "127.0.0.1",
+        reactor: str | None = None,
+    ) -> None:
         """
         @param args: the gateway's options; C{--listen tcp:0:interface=HOST}
             is added unless C{args} has a C{--listen}, and C{--admin none}
             unless it has an C{--admin}.
         @param tmp_path: where the log goes.
         @param host: the front's address when C{--listen} is added here.
+        @param reactor: twistd's C{-r} (C{uvloop}, C{asyncio}), if not the default.
         """
         self.host = host
         self.log_path = tmp_path / "gateway.log"
@@ -131,7 +138,9 @@ class GatewayProcess:
         if not any(a == "--admin" or a.startswith("--admin=") for a in args):
             # Not the default tcp:9090: tests run many gateways.
             args = ["--admin", "none", *args]
-        self.argv = [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path), "gateway"]
+        self.argv = [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path)]
+        self.argv += ["-r", reactor] if reactor is not None else []
+        self.argv += ["gateway"]
         self.argv += args
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0

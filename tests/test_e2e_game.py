@@ -43,6 +43,9 @@ def source_of(data: bytes) -> Backend:
 
 
 RELAYS = ["splice", "copy"]
+
+RELAYS_AND_REACTORS = [("splice", None), ("copy", None), ("splice", "uvloop"), ("copy", "uvloop")]
+"""The data path with Twisted's default reactor and with C{twistd -r uvloop}."""
 """The relay modes the data-path tests run with (splice: zero-copy; copy: through Python)."""
 
 
@@ -53,8 +56,10 @@ def relayed_by(gateway: GatewayProcess, relay: str) -> bool:
     return f" s, {relay}\n" in gateway.log()
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_one_byte_per_write_both_ways(tmp_path: Path, echo_backend: Backend, relay: str) -> None:
+@pytest.mark.parametrize(("relay", "reactor"), RELAYS_AND_REACTORS)
+def test_one_byte_per_write_both_ways(
+    tmp_path: Path, echo_backend: Backend, relay: str, reactor: str | None
+) -> None:
     """
     A client writing one byte per send (with TCP_NODELAY) and reading each
     echo gets every byte back in order, whatever the relay.
@@ -63,6 +68,7 @@ def test_one_byte_per_write_both_ways(tmp_path: Path, echo_backend: Backend, rel
     with GatewayProcess(
         ["--backend", echo_backend.endpoint, "--sniff-timeout", "0.2", "--relay", relay],
         tmp_path,
+        reactor=reactor,
     ) as gateway:
         client = connect(gateway.port)
         client.sendall(data[:1])
@@ -106,8 +112,10 @@ def test_http_and_game_on_one_port_at_once(tmp_path: Path, echo_backend: Backend
         web.close()
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_twenty_megabytes_each_way_at_once_byte_exact(tmp_path: Path, relay: str) -> None:
+@pytest.mark.parametrize(("relay", "reactor"), RELAYS_AND_REACTORS)
+def test_twenty_megabytes_each_way_at_once_byte_exact(
+    tmp_path: Path, relay: str, reactor: str | None
+) -> None:
     """
     20 MB from client to backend and 20 MB from backend to client, sent at
     the same time through one session, arrive byte-exact (same length, same
@@ -129,7 +137,9 @@ def test_twenty_megabytes_each_way_at_once_byte_exact(tmp_path: Path, relay: str
     with (
         Backend(duplex) as backend,
         GatewayProcess(
-            ["--backend", backend.endpoint, "--health-interval", "0", "--relay", relay], tmp_path
+            ["--backend", backend.endpoint, "--health-interval", "0", "--relay", relay],
+            tmp_path,
+            reactor=reactor,
         ) as gateway,
     ):
         client = connect(gateway.port)
@@ -302,8 +312,10 @@ def test_no_backend_reachable_closes_the_client(tmp_path: Path) -> None:
         assert gateway.process is not None and gateway.process.poll() is None
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_client_half_close_still_gets_the_whole_reply(tmp_path: Path, relay: str) -> None:
+@pytest.mark.parametrize(("relay", "reactor"), RELAYS_AND_REACTORS)
+def test_client_half_close_still_gets_the_whole_reply(
+    tmp_path: Path, relay: str, reactor: str | None
+) -> None:
     """
     A client that shuts down its sending side (as C{nc -N} does) still gets
     the whole reply: the part the backend sends before seeing the end of
@@ -321,7 +333,9 @@ def test_client_half_close_still_gets_the_whole_reply(tmp_path: Path, relay: str
     with (
         Backend(answer_after_eof) as backend,
         GatewayProcess(
-            ["--backend", backend.endpoint, "--health-interval", "0", "--relay", relay], tmp_path
+            ["--backend", backend.endpoint, "--health-interval", "0", "--relay", relay],
+            tmp_path,
+            reactor=reactor,
         ) as gateway,
     ):
         client = connect(gateway.port)

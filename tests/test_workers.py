@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -451,7 +452,7 @@ def test_operator_drain_reaches_every_worker(tmp_path: Path, echo_backend: Backe
         with GatewayProcess(args, tmp_path) as gateway:
             running(gateway, 2)
             url = admin_url(gateway)
-            name = urllib.request.quote(other.endpoint, safe="")
+            name = urllib.parse.quote(other.endpoint, safe="")
             drain = urllib.request.Request(f"{url}/backends/{name}/drain", method="POST")
             assert urllib.request.urlopen(drain, timeout=10).status == 200
             sessions = [game_session("127.0.0.1", gateway.port) for _ in range(6)]
@@ -495,6 +496,27 @@ def test_handover_with_workers(tmp_path: Path, echo_backend: Backend) -> None:
             session.close()
             assert old.stop() == 0
             fresh.close()
+
+
+@pytest.mark.parametrize("reactor", [None, "uvloop"])
+def test_workers_run_the_acceptors_reactor(
+    tmp_path: Path, echo_backend: Backend, reactor: str | None
+) -> None:
+    """
+    The workers run the reactor the acceptor was started with (twistd -r).
+    """
+    with GatewayProcess(options(echo_backend), tmp_path, reactor=reactor) as gateway:
+        running(gateway, 2)
+        sessions = [game_session("127.0.0.1", gateway.port) for _ in range(2)]
+        expected = reactor or "epoll"
+        wait_for(
+            lambda: gateway.log().count(f"ready, reactor {expected}") == 2,
+            "both workers' reactor lines",
+        )
+        assert "[worker 1] worker 1 (pid" in gateway.log()
+        assert "[worker 2] worker 2 (pid" in gateway.log()
+        for sock in sessions:
+            sock.close()
 
 
 def _tagged_echo(tag: bytes) -> Any:

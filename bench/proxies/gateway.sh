@@ -2,6 +2,7 @@
 # Our gateway (twistd plugin "gateway"), from the venv in $GATEWAY_VENV (default: ./.venv when
 # the bench is started from the project's root, else the venv of the first twistd on PATH).
 #   env GATEWAY_ARGS  extra options appended to the command line (word-split)
+#   env TWISTD_ARGS   extra twistd options before the plugin name (word-split), e.g. -r uvloop
 # When the plugin knows --admin, the admin endpoint is turned off (--admin none) so that
 # benchmark instances never compete for its default port.
 set -euo pipefail
@@ -42,5 +43,7 @@ done
 args+=(--admin none --health-interval 0)
 # shellcheck disable=SC2206
 extra=(${GATEWAY_ARGS:-})
+# shellcheck disable=SC2206
+twistd_extra=(${TWISTD_ARGS:-})
 quiet_stdout
-exec "$twistd" -n --pidfile= gateway "${args[@]}" "${extra[@]}"
+exec "$twistd" -n --pidfile= "${twistd_extra[@]}" gateway "${args[@]}" "${extra[@]}"

@@ -7,6 +7,7 @@ the options and C{makeService} by string, and that module is only imported
 when the plugin is actually used.
 """
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
 gateway = ServiceMaker(
@@ -14,4 +15,10 @@ gateway = ServiceMaker(
     "gateway.options",
     "One public port that serves HTTP and proxies stateful game sessions to backends.",
     "gateway",
+)
+
+uvloop = Reactor(
+    "uvloop",
+    "gateway.uvloopreactor",
+    "Twisted's asyncio reactor on uvloop's event loop (pip install 'gateway[uvloop]').",
 )
