@@ -46,7 +46,7 @@ from gateway.config import GatewayConfig
 from gateway.front import FrontDoor
 from gateway.pool import Backend, BackendState
 from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
-from gateway.workers import HANDOFF_MESSAGE, Framed
+from gateway.workers import HANDOFF_MESSAGE, Adopting, Framed
 
 _log = Logger()
 
@@ -114,17 +114,6 @@ class _Control(Framed):
             closed.callback(None)
 
     closed: Deferred[None] | None = None
-
-
-class _ControlFactory(Factory):
-    noisy = False
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-
-    @override
-    def buildProtocol(self, addr: IAddress | None) -> _Control:
-        return _Control(self.worker)
 
 
 @implementer(IReadDescriptor)
@@ -221,7 +210,9 @@ class Worker:
     def start(self) -> None:
         control = socket.socket(fileno=CONTROL_FD)
         control.setblocking(False)
-        self.reactor.adoptStreamConnection(control.fileno(), socket.AF_UNIX, _ControlFactory(self))
+        self.reactor.adoptStreamConnection(
+            control.fileno(), socket.AF_UNIX, Adopting(_Control(self))
+        )
         control.close()
         sock = socket.socket(fileno=HANDOFF_FD)
         sock.setblocking(False)

@@ -484,7 +484,9 @@ class WorkerProcess(ProcessProtocol):
             control_there.close()
             handoff_there.close()
         control_here.setblocking(False)
-        reactor.adoptStreamConnection(control_here.fileno(), socket.AF_UNIX, _ControlFactory(self))
+        reactor.adoptStreamConnection(
+            control_here.fileno(), socket.AF_UNIX, Adopting(_Control(self))
+        )
         control_here.close()  # adopted as a copy
 
     @override
@@ -852,15 +854,20 @@ class WorkerProcess(ProcessProtocol):
         }
 
 
-class _ControlFactory(Factory):
+class Adopting(Factory):
+    """
+    The factory for one adopted socket (a control channel's end): it builds
+    the protocol it was given.
+    """
+
     noisy = False
 
-    def __init__(self, worker: WorkerProcess) -> None:
-        self.worker = worker
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
 
     @override
-    def buildProtocol(self, addr: IAddress | None) -> _Control:
-        return _Control(self.worker)
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return self._protocol
 
 
 def _how_it_ended(reason: Failure) -> str:

@@ -309,6 +309,34 @@ def test_drain_with_workers(tmp_path: Path, echo_backend: Backend) -> None:
             wait_for(exited(pid), "the workers to exit")
 
 
+def test_second_sigterm_with_workers_stops_at_once(tmp_path: Path, echo_backend: Backend) -> None:
+    """
+    While the workers drain (with a long drain timeout), a second SIGTERM to
+    the acceptor closes every worker's sessions at once, and all exit.
+    """
+    with GatewayProcess(options(echo_backend, "--drain-timeout", "300"), tmp_path) as gateway:
+        pids = [w["pid"] for w in running(gateway, 2)["workers"]]
+        sessions = [game_session("127.0.0.1", gateway.port) for _ in range(2)]
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGTERM)
+        wait_for(
+            lambda: (
+                "[worker 1] draining" in gateway.log() and "[worker 2] draining" in gateway.log()
+            ),
+            "both workers to drain",
+        )
+        began = time.monotonic()
+        gateway.process.send_signal(signal.SIGTERM)
+        for sock in sessions:
+            assert recv_until_eof(sock) == b""
+            sock.close()
+        assert gateway.process.wait(timeout=10) == 0
+        assert time.monotonic() - began < 5
+        for pid in pids:
+            wait_for(exited(pid), "the workers to exit")
+        assert "stopping now (the acceptor stops at once)" in gateway.log()
+
+
 def test_workers_exit_when_the_acceptor_dies(tmp_path: Path, echo_backend: Backend) -> None:
     """
     A worker whose acceptor is gone (killed) drains and exits: no orphans.

@@ -242,3 +242,48 @@ def test_connections_wait_for_a_running_worker_and_close_in_a_drain() -> None:
     assert late.raw.lost and late.worker is None
     client.close()
     other.close()
+
+
+def test_a_full_channel_queues_connections_in_order() -> None:
+    """
+    When the worker's channel has no room (the worker is busy), connections
+    wait in order and the acceptor waits for the socket to be writable; once
+    the worker reads, they all go, in the order they came.
+    """
+    workers, _ = make_pool(1)
+    end = running_worker(workers, 1)
+    worker = workers.workers[0]
+    assert worker.handoff is not None
+    worker.handoff.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    reactor = workers.clock
+    sent = []
+    clients = []
+    while not worker.backlog:
+        handoff, client, _ = admitted(workers)
+        handoff.received.append(b"x" * 2000)
+        workers.dispatch(handoff)
+        sent.append(handoff.number)
+        clients.append(client)
+        assert len(sent) < 1000, "the channel never filled"
+    for _ in range(3):
+        handoff, client, _ = admitted(workers)
+        workers.dispatch(handoff)
+        sent.append(handoff.number)
+        clients.append(client)
+    assert len(worker.backlog) == 4
+    assert reactor.getWriters()
+    got: list[int] = []
+    while len(got) < len(sent):
+        try:
+            message, fds = receive(end)
+        except BlockingIOError:
+            worker.flush()
+            continue
+        got.append(message["id"])
+        for fd in fds:
+            socket.socket(fileno=fd).close()
+        end.setblocking(False)
+    assert got == sent
+    assert not worker.backlog and not reactor.getWriters()
+    for client in clients:
+        client.close()
