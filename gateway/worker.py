@@ -63,11 +63,15 @@ class _Forward:
 
     def __init__(self) -> None:
         self.control: _Control | None = None
+        self.finished = False
         self._stderr = FileLogObserver(sys.stderr, formatEventAsClassicLogText)
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level")
-        if level is not None and level < LogLevel.info:
+        least = LogLevel.warn if self.finished else LogLevel.info
+        if level is not None and level < least:
+            # Once drained and disconnected, only problems are worth stderr
+            # (not the reactor's "Main loop terminated").
             return
         control = self.control
         if control is None or control.transport is None:
@@ -414,6 +418,7 @@ class Worker:
         closed: Deferred[None] = Deferred()
         control.closed = closed
         self.forward.control = None
+        self.forward.finished = True
         control.transport.loseConnection()
 
         def give_up() -> None:
