@@ -10,6 +10,7 @@ so there the test fails rather than skips when the browser is missing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import Backend as ServerBackend
-from tests.support import GatewayProcess, admin_url, connect, echo, recv_exactly
+from tests.support import GatewayProcess, admin_url, connect, echo, recv_exactly, wait_for
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -164,6 +165,55 @@ def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
             [first.endpoint, second.endpoint, first.endpoint]
         )
         assert re.fullmatch(r"updated .+", page.by_id["updated"])
+        assert page.by_id.get("error", "") == ""
+        for game in sessions:
+            game.close()
+
+
+def test_dashboard_shows_the_workers(tmp_path: Path) -> None:
+    """
+    With --workers 2, the page lists both worker processes (running, with
+    their sessions) and which worker serves each session; without workers
+    the section stays hidden (the test above).
+    """
+    with (
+        ServerBackend(echo) as backend,
+        GatewayProcess(
+            [
+                "--workers",
+                "2",
+                "--backend",
+                backend.endpoint,
+                "--admin",
+                "tcp:0:interface=127.0.0.3",
+                "--health-interval",
+                "0",
+            ],
+            tmp_path,
+        ) as gateway,
+    ):
+        admin = admin_url(gateway)
+
+        def both_running() -> bool:
+            status = json.loads(urllib.request.urlopen(admin + "/status.json", timeout=10).read())
+            return [w["state"] for w in status["workers"]] == ["running", "running"]
+
+        wait_for(both_running, "two running workers")
+        sessions = []
+        for number in range(4):
+            game = connect(gateway.port)
+            game.sendall(b"%d\n" % number)
+            assert recv_exactly(game, 2) == b"%d\n" % number
+            sessions.append(game)
+
+        page = render(admin + "/", tmp_path / "profile")
+
+        workers = page.rows["workers"]
+        assert [(row[0], row[2], row[3]) for row in workers] == [
+            ("1", "running", "2"),
+            ("2", "running", "2"),
+        ]
+        assert sorted(row[-1] for row in page.rows["sessions"]) == ["1", "1", "2", "2"]
         assert page.by_id.get("error", "") == ""
         for game in sessions:
             game.close()

@@ -107,11 +107,29 @@ function renderSessions(sessions, total, now) {
     cell(row, formatAge(Math.max(0, now - session.started)), "number");
     cell(row, session.bytes_in, "number");
     cell(row, session.bytes_out, "number");
+    cell(row, session.worker === undefined ? "" : session.worker, "number");
     return row;
   });
   replaceRows(document.querySelector("#sessions tbody"), rows);
   document.getElementById("sessions-shown").textContent =
     sessions.length < total ? "(the oldest " + sessions.length + " of " + total + ")" : "";
+}
+
+function renderWorkers(workers) {
+  // Only with --workers: one row per worker process.
+  document.getElementById("workers-section").hidden = !workers;
+  if (!workers) return;
+  const rows = workers.map((worker) => {
+    const row = document.createElement("tr");
+    cell(row, worker.worker, "number");
+    cell(row, worker.pid === null ? "-" : worker.pid, "number");
+    cell(row, worker.responding === false && worker.state === "running" ? "not answering" : worker.state);
+    cell(row, worker.sessions === null ? "?" : worker.sessions, "number");
+    cell(row, worker.restarts, "number");
+    cell(row, worker.lost, "number");
+    return row;
+  });
+  replaceRows(document.querySelector("#workers tbody"), rows);
 }
 
 async function refresh() {
@@ -122,6 +140,7 @@ async function refresh() {
     const status = await response.json();
     renderBackends(status.backends);
     renderCounters(status.counters);
+    renderWorkers(status.workers);
     const live = status.counters.active_sessions;
     renderSessions(status.sessions, live.game + live.http, status.now);
     document.getElementById("updated").textContent =
