@@ -139,6 +139,7 @@ class _Direction:
     __slots__ = (
         "_pipe",
         "_pool",
+        "blocked",
         "destination",
         "in_pipe",
         "moved",
@@ -152,6 +153,9 @@ class _Direction:
         self._pipe: _Pipe | None = None
         self.in_pipe = 0
         self.moved = 0
+        self.blocked = False
+        """Whether its destination was full: its source is not read and
+        the destination is watched for room."""
 
     def fill(self) -> int:
         """
@@ -392,14 +396,20 @@ class SpliceRelay:
             return
         self._report(direction, before)
         if empty:
-            self._reactor.removeWriter(destination)
+            if direction.blocked:
+                # Room again: read the source again, stop watching for room.
+                direction.blocked = False
+                self._reactor.removeWriter(destination)
+                if not self._stopping:
+                    self._reactor.addReader(source)
             if self._stopping:
                 self._maybe_finish()
-            else:
-                self._reactor.addReader(source)
-        else:
+        elif not direction.blocked:
             # The destination is full: stop reading the source until it
-            # drains (flow control), and wait for it to take bytes.
+            # drains (flow control), and wait for it to take bytes.  (The
+            # common case, a pipe delivered at once, touches the reactor
+            # not at all.)
+            direction.blocked = True
             self._reactor.removeReader(source)
             self._reactor.addWriter(destination)
 
