@@ -401,7 +401,9 @@ def test_proxy_and_tls_fronts_with_workers(tmp_path: Path, echo_backend: Backend
 def test_sighup_reaches_the_workers(tmp_path: Path, echo_backend: Backend) -> None:
     """
     A reload (SIGHUP) of the config file applies in the workers too: a
-    backend added to the file takes their new sessions.
+    backend added to the file takes their new sessions, and one removed
+    drains where it still has a session: /status.json lists it as draining
+    with that session until it ends, then no more.
     """
     with Backend(_tagged_echo(b"B:")) as other:
         config = tmp_path / "gateway.toml"
@@ -411,6 +413,7 @@ def test_sighup_reaches_the_workers(tmp_path: Path, echo_backend: Backend) -> No
         args = ["--config", str(config), *options(echo_backend)[:2], *options(echo_backend)[4:]]
         with GatewayProcess(args, tmp_path) as gateway:
             running(gateway, 2)
+            held = game_session("127.0.0.1", gateway.port)
             config.write_text(f'[[backend]]\nendpoint = "{other.endpoint}"\n')
             assert gateway.process is not None
             gateway.process.send_signal(signal.SIGHUP)
@@ -426,6 +429,17 @@ def test_sighup_reaches_the_workers(tmp_path: Path, echo_backend: Backend) -> No
 
             for _ in range(4):  # both workers, whichever gets the session
                 wait_for(reaches_other, "a session on the added backend")
+
+            def listed() -> dict[str, Any]:
+                return {b["name"]: b for b in status(gateway)["backends"]}
+
+            wait_for(lambda: echo_backend.endpoint in listed(), "the removed backend listed")
+            removed = listed()[echo_backend.endpoint]
+            assert (removed["state"], removed["active"]) == ("draining", 1)
+            held.sendall(b"still\n")
+            assert recv_exactly(held, 6) == b"still\n"
+            held.close()
+            wait_for(lambda: echo_backend.endpoint not in listed(), "the removed backend gone")
 
 
 def test_large_first_read_and_a_worker_sigterm(tmp_path: Path, echo_backend: Backend) -> None:
