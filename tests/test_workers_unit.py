@@ -287,3 +287,64 @@ def test_a_full_channel_queues_connections_in_order() -> None:
     assert not worker.backlog and not reactor.getWriters()
     for client in clients:
         client.close()
+
+
+def test_a_worker_that_keeps_dying_young_waits_longer_each_time() -> None:
+    """
+    The supervisor: a dead worker's connections are lost (counted, slots
+    freed) and it is started again after 0.2 s, doubling (up to 10 s) while
+    it keeps dying within 10 s of its start, back to 0.2 s after a long
+    life; a start that fails is tried again later.
+    """
+    from twisted.internet.error import ProcessTerminated
+    from twisted.python.failure import Failure
+
+    workers, _ = make_pool(1)
+    clock = workers.clock
+    worker = workers.workers[0]
+    starts: list[float] = []
+    failing = [False]
+
+    def fake_start() -> None:
+        if failing[0]:
+            failing[0] = False
+            raise OSError(24, "Too many open files")
+        starts.append(clock.seconds())
+        worker.state = "running"
+        worker.pid = 4242
+        worker.started_at = clock.seconds()
+
+    worker.start = fake_start  # type: ignore[method-assign]
+    fake_start()
+    handoff, client, released = admitted(workers)
+    worker.live[handoff.number] = handoff
+    handoff.worker = worker
+
+    def die() -> None:
+        worker.processEnded(Failure(ProcessTerminated(signal=9)))
+
+    clock.advance(30)  # a long life first
+    die()
+    assert released == ["released"] and worker.lost == 1 and workers.lost == 1
+    assert worker.state == "restarting"
+    clock.advance(0.19)
+    assert len(starts) == 1
+    clock.advance(0.01)
+    assert len(starts) == 2 and worker.restarts == 1
+    delays: list[float] = []
+    for _ in range(7):  # dying young: 0.4, 0.8, ... capped at 10
+        die()
+        call = worker._restart_call
+        assert call is not None
+        delay = call.getTime() - clock.seconds()
+        delays.append(round(delay, 3))
+        clock.advance(delay)
+        assert len(starts) == 2 + len(delays)
+    assert delays == [0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]
+    failing[0] = True
+    die()
+    clock.advance(10.0)  # the start fails: tried again later
+    assert worker.state == "restarting" and len(starts) == 9
+    clock.advance(10.0)
+    assert len(starts) == 10 and worker.state == "running"
+    client.close()
