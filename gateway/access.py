@@ -32,7 +32,7 @@ import sys
 from typing import IO, Any
 
 from twisted.application.service import Service
-from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublisher
 from typing_extensions import override
 from zope.interface import implementer
 
@@ -43,7 +43,9 @@ __all__ = [
     "HTTP_COMPLETE",
     "AccessLogFile",
     "JsonLinesObserver",
+    "ACCESS_ONLY",
     "access_log",
+    "access_log_only",
     "log_game_session",
     "log_http_request",
 ]
@@ -75,6 +77,22 @@ HTTP_CLIENT_LEFT = "client-left"
 access_log = Logger(namespace=ACCESS_NAMESPACE)
 """The access log's logger (one namespace for both kinds, as documented)."""
 
+ACCESS_ONLY = LogPublisher()
+"""Where access events go instead, with C{--access-log-only}: only the
+access log file listens here (and, in a worker process, the channel to the
+acceptor), so twistd's own log does not format and write a line per session."""
+
+_access_only_log = Logger(namespace=ACCESS_NAMESPACE, observer=ACCESS_ONLY)
+_route = [access_log]
+
+
+def access_log_only(enabled: bool) -> None:
+    """
+    Send the access events only to the access log file (C{True}), or to
+    twistd's log as well (C{False}, the default).
+    """
+    _route[0] = _access_only_log if enabled else access_log
+
 
 def log_game_session(
     *,
@@ -95,7 +113,7 @@ def log_game_session(
     # for old-style events does): formatting the fields through the log
     # system's formatter costs about 20 us more per session, on every
     # session of a churning gateway (docs/performance.md).
-    access_log.info(
+    _route[0].info(
         "{log_text}",
         log_text=f"game session from {peer} to {backend if backend is not None else '-'} "
         f"ended ({reason}): {bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s, "
@@ -125,7 +143,7 @@ def log_http_request(
     """
     Log a finished HTTP request (answered, or left by its client).
     """
-    access_log.info(
+    _route[0].info(
         "{log_text}",
         log_text=f'http request from {peer}: "{method} {path}" {status} ({reason}): '
         f"{bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s",
@@ -193,6 +211,19 @@ class JsonLinesObserver:
         self._stream.flush()
 
 
+def _listen(observer: ILogObserver) -> None:
+    """
+    Have C{observer} see the access events, wherever they are sent.
+    """
+    globalLogPublisher.addObserver(observer)
+    ACCESS_ONLY.addObserver(observer)
+
+
+def _unlisten(observer: ILogObserver) -> None:
+    globalLogPublisher.removeObserver(observer)
+    ACCESS_ONLY.removeObserver(observer)
+
+
 def _open(path: str) -> IO[str]:
     """
     The access log's stream: C{path} opened to append, or standard output for C{-}.
@@ -231,7 +262,7 @@ class AccessLogFile(Service):
                 f"gateway: error: --access-log {self.path}: {error.strerror or error}"
             ) from None
         self._observer = JsonLinesObserver(self._stream)
-        globalLogPublisher.addObserver(self._observer)
+        _listen(self._observer)
 
     @override
     def startService(self) -> None:
@@ -258,10 +289,10 @@ class AccessLogFile(Service):
             )
             return
         old, old_path = self._stream, self.path
-        globalLogPublisher.removeObserver(self._observer)
+        _unlisten(self._observer)
         self._stream, self.path = stream, path
         self._observer = JsonLinesObserver(stream)
-        globalLogPublisher.addObserver(self._observer)
+        _listen(self._observer)
         if old_path != "-":
             try:
                 old.close()
@@ -274,7 +305,7 @@ class AccessLogFile(Service):
     def stopService(self) -> None:
         super().stopService()
         if self._observer is not None:
-            globalLogPublisher.removeObserver(self._observer)
+            _unlisten(self._observer)
             self._observer = None
         stream, self._stream = self._stream, None
         if stream is not None and self.path != "-":

@@ -166,6 +166,8 @@ class GatewayConfig:
         IP addresses and C{localhost}.
     @ivar access_log: a file to append access events to as JSON lines
         (C{-}: standard output), or L{None}.
+    @ivar access_log_only: access events go only to C{access_log}, not to
+        twistd's log too.
     @ivar drain_timeout: seconds game sessions may go on after SIGTERM
         before they are closed (0: close them at once).
     @ivar relay: how game sessions move bytes: C{auto} (splice(2) where
@@ -213,6 +215,7 @@ class GatewayConfig:
     handover: str | None = None
     config_file: str | None = None
     access_log: str | None = None
+    access_log_only: bool = False
     demo: bool = False
 
 
@@ -634,6 +637,12 @@ def build_config(
     access_log = s["access-log"]
     if access_log is not None:
         access_log = check_writable_file(label("access-log"), access_log)
+    access_log_only = bool(s["access-log-only"])
+    if access_log_only and access_log is None:
+        raise ConfigError(
+            f"{label('access-log-only')}: needs {other('access-log', 'access-log-only')} "
+            "(the access events would go nowhere)"
+        )
     balance = check_choice(label("balance"), s["balance"], BALANCE_CHOICES)
     session_key = s["session-key"]
     if session_key is not None:
@@ -680,6 +689,7 @@ def build_config(
         relay=_relay_mode(label("relay"), s["relay"]),
         workers=workers,
         access_log=access_log,
+        access_log_only=access_log_only,
         health_send=check_escaped(label("health-send"), s["health-send"] or ""),
         health_expect=check_escaped(label("health-expect"), s["health-expect"] or ""),
         demo=demo,

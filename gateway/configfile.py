@@ -51,6 +51,7 @@ FILE_SETTINGS: dict[str, str] = {
     "backend": "an array of tables ([[backend]])",
     "http-root": _STRING,
     "http-listing": _BOOL,
+    "access-log-only": _BOOL,
     "demo": _BOOL,
     "sniff-timeout": _NUMBER,
     "connect-timeout": _NUMBER,

@@ -69,6 +69,12 @@ class GatewayOptions(usage.Options):
             f"page as the HTTP root, on {DEMO_LISTEN} unless --listen is given.",
         ],
         [
+            "access-log-only",
+            None,
+            "Write the access events only to --access-log, not to twistd's log as well "
+            "(one line less to format and write per session: faster under connection churn).",
+        ],
+        [
             "http-listing",
             None,
             "List the files of a folder that has no index.html (off: such folders are a 404).",

@@ -45,7 +45,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from gateway.access import AccessLogFile
+from gateway.access import AccessLogFile, access_log_only
 from gateway.admin import AdminState, make_admin_site
 from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory, Responder
 from gateway.balance import make_balancer
@@ -770,6 +770,7 @@ def _apply(service: GatewayService, parts: _Parts, new: GatewayConfig) -> list[s
     if parts.admin_state is not None:
         parts.admin_state.token = new.admin_token
         parts.admin_state.hosts = new.admin_hosts
+    access_log_only(new.access_log_only)
     if parts.access_log is not None:
         # Reopened on every reload: this is also how log rotation works.
         parts.access_log.reopen(new.access_log or parts.access_log.path)
@@ -927,6 +928,7 @@ def make_service(
     )
     top.refusals = refusals
     top.role = role
+    access_log_only(config.access_log_only)
     if config.demo and role != "worker":
         DemoBackends(pool, reactor, DEMO_BACKENDS).setServiceParent(top)
     workers = None

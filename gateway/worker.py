@@ -24,7 +24,7 @@ import pickle
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IProtocol, IReadDescriptor
@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from gateway.access import ACCESS_ONLY
 from gateway.config import GatewayConfig
 from gateway.front import FrontDoor
 from gateway.pool import Backend, BackendState
@@ -65,6 +66,18 @@ class _Forward:
         self.control: _Control | None = None
         self.finished = False
         self._stderr = FileLogObserver(sys.stderr, formatEventAsClassicLogText)
+
+    def access_only(self, event: dict[str, Any]) -> None:
+        """
+        An access event kept out of the main log (--access-log-only): to the
+        acceptor's access log file only, without its text.
+        """
+        control = self.control
+        if control is not None and control.transport is not None:
+            record = {key: value for key, value in event.items() if type(value) in _PLAIN}
+            record["log_level"] = "info"
+            record["text"] = ""
+            control.send({"op": "log", "event": record, "access_only": True})
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level")
@@ -486,6 +499,7 @@ def main(argv: list[str]) -> int:
 
     forward = _Forward()
     globalLogBeginner.beginLoggingTo([forward], redirectStandardIO=False)
+    ACCESS_ONLY.addObserver(cast(ILogObserver, forward.access_only))
     worker = Worker(index, reactor, forward)
     worker.start()
     # Twisted installs its own SIGINT handler when it runs: ignore it again.

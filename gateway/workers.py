@@ -64,6 +64,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
+from gateway.access import ACCESS_ONLY
 from gateway.config import GatewayConfig
 from gateway.connection import CloseHooks, describe_peer
 from gateway.interfaces import IRefusal
@@ -780,7 +781,7 @@ class WorkerProcess(ProcessProtocol):
             event["log_text"] = text if traceback is None else f"{text}\n{traceback}"
             event["log_system"] = f"worker {self.index}"
             event["log_worker"] = self.index
-            globalLogPublisher(event)
+            (ACCESS_ONLY if message.get("access_only") else globalLogPublisher)(event)
         elif op == "draining":
             # It drains on its own (a SIGTERM sent to it): it takes nothing more.
             self.state = "draining"

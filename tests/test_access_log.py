@@ -15,7 +15,13 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactor, Memory
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python.usage import UsageError
 
-from gateway.access import AccessLogFile, JsonLinesObserver, log_game_session, log_http_request
+from gateway.access import (
+    AccessLogFile,
+    JsonLinesObserver,
+    access_log_only,
+    log_game_session,
+    log_http_request,
+)
 from gateway.config import GatewayConfig
 from gateway.options import GatewayOptions
 from gateway.registry import SessionRegistry
@@ -170,6 +176,44 @@ def test_access_log_file_appends_while_running(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     assert len(lines) == 2
     assert json.loads(lines[1])["reason"] == "no-backend"
+
+
+def test_access_log_only_keeps_access_events_out_of_the_main_log(
+    tmp_path: Path, log_events: EventLoggingObserver
+) -> None:
+    """
+    With --access-log-only, access events reach the access log file and no
+    other observer (twistd's log is one of those); without it, both.
+    """
+    path = tmp_path / "access.jsonl"
+    service = AccessLogFile(str(path))
+    event = {
+        "peer": "p",
+        "backend": None,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "duration": 0.0,
+        "reason": "no-backend",
+    }
+    service.startService()
+    try:
+        access_log_only(True)
+        log_game_session(**event)  # type: ignore[arg-type]
+        assert [e for e in log_events if e.get("log_namespace") == "gateway.access"] == []
+        access_log_only(False)
+        log_game_session(**event)  # type: ignore[arg-type]
+        assert len([e for e in log_events if e.get("log_namespace") == "gateway.access"]) == 1
+    finally:
+        access_log_only(False)
+        service.stopService()
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_access_log_only_needs_an_access_log() -> None:
+    with pytest.raises(UsageError, match="--access-log-only: needs --access-log"):
+        GatewayOptions(reactor=MemoryReactor()).parseOptions(
+            ["--backend", "tcp:127.0.0.1:1", "--access-log-only"]
+        )
 
 
 def test_access_log_file_that_cannot_be_opened(tmp_path: Path) -> None:

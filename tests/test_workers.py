@@ -147,6 +147,28 @@ def test_sessions_spread_over_both_workers(tmp_path: Path, echo_backend: Backend
         assert "[worker 2] game session from 127.0.0.1:" in gateway.log()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_access_log_only(tmp_path: Path, echo_backend: Backend, workers: str) -> None:
+    """
+    --access-log-only: the sessions' access events are in the access log
+    file, and twistd's log has no line for them (one process, or workers
+    whose events the acceptor writes).
+    """
+    access = tmp_path / "access.jsonl"
+    args = options(echo_backend, "--access-log", str(access), "--access-log-only")
+    args[1] = workers
+    with GatewayProcess(args, tmp_path) as gateway:
+        if workers == "2":
+            running(gateway, 2)
+        for _ in range(3):
+            game_session("127.0.0.1", gateway.port).close()
+        wait_for(
+            lambda: access.exists() and access.read_text().count('"kind":"game"') == 3,
+            "3 game sessions in the access log",
+        )
+        assert "game session from" not in gateway.log()
+
+
 def test_caps_are_exact_across_workers(tmp_path: Path, echo_backend: Backend) -> None:
     """
     The acceptor applies the total and per-address caps for every worker:
