@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.testing import EventLoggingObserver, MemoryReactor, MemoryReactorClock
@@ -152,6 +153,17 @@ def test_json_lines_has_only_access_events() -> None:
     }
 
 
+NO_BACKEND_SESSION: dict[str, Any] = {
+    "peer": "p",
+    "backend": None,
+    "bytes_in": 0,
+    "bytes_out": 0,
+    "duration": 0.0,
+    "reason": "no-backend",
+}
+"""The fields of a game session that never reached a backend."""
+
+
 def test_access_log_file_appends_while_running(tmp_path: Path) -> None:
     """
     The --access-log service appends events to its file only while it runs,
@@ -160,19 +172,12 @@ def test_access_log_file_appends_while_running(tmp_path: Path) -> None:
     path = tmp_path / "access.jsonl"
     path.write_text('{"earlier": true}\n')
     service = AccessLogFile(str(path))
-    event = {
-        "peer": "p",
-        "backend": None,
-        "bytes_in": 0,
-        "bytes_out": 0,
-        "duration": 0.0,
-        "reason": "no-backend",
-    }
-    log_game_session(**event)  # type: ignore[arg-type]
+    event = NO_BACKEND_SESSION
+    log_game_session(**event)
     service.startService()
-    log_game_session(**event)  # type: ignore[arg-type]
+    log_game_session(**event)
     service.stopService()
-    log_game_session(**event)  # type: ignore[arg-type]
+    log_game_session(**event)
     lines = path.read_text().splitlines()
     assert len(lines) == 2
     assert json.loads(lines[1])["reason"] == "no-backend"
@@ -187,21 +192,14 @@ def test_access_log_only_keeps_access_events_out_of_the_main_log(
     """
     path = tmp_path / "access.jsonl"
     service = AccessLogFile(str(path))
-    event = {
-        "peer": "p",
-        "backend": None,
-        "bytes_in": 0,
-        "bytes_out": 0,
-        "duration": 0.0,
-        "reason": "no-backend",
-    }
+    event = NO_BACKEND_SESSION
     service.startService()
     try:
         access_log_only(True)
-        log_game_session(**event)  # type: ignore[arg-type]
+        log_game_session(**event)
         assert [e for e in log_events if e.get("log_namespace") == "gateway.access"] == []
         access_log_only(False)
-        log_game_session(**event)  # type: ignore[arg-type]
+        log_game_session(**event)
         assert len([e for e in log_events if e.get("log_namespace") == "gateway.access"]) == 1
     finally:
         access_log_only(False)
@@ -276,19 +274,12 @@ def test_full_disk_is_reported_once(log_events: EventLoggingObserver) -> None:
     stream = _FullDisk()
     observer = JsonLinesObserver(stream)
     globalLogPublisher.addObserver(observer)
-    event = {
-        "peer": "p",
-        "backend": None,
-        "bytes_in": 0,
-        "bytes_out": 0,
-        "duration": 0.0,
-        "reason": "no-backend",
-    }
+    event = NO_BACKEND_SESSION
     try:
         for _ in range(3):
-            log_game_session(**event)  # type: ignore[arg-type]
+            log_game_session(**event)
         stream.full = False
-        log_game_session(**event)  # type: ignore[arg-type]
+        log_game_session(**event)
     finally:
         globalLogPublisher.removeObserver(observer)
     texts = [formatEvent(e) for e in log_events if e.get("log_namespace") != "gateway.access"]
