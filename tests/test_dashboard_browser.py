@@ -24,6 +24,7 @@ import pytest
 
 from tests.support import Backend as ServerBackend
 from tests.support import GatewayProcess, admin_url, connect, echo, recv_exactly, wait_for
+from tests.test_workers import options as workers_options
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -178,19 +179,7 @@ def test_dashboard_shows_the_workers(tmp_path: Path) -> None:
     """
     with (
         ServerBackend(echo) as backend,
-        GatewayProcess(
-            [
-                "--workers",
-                "2",
-                "--backend",
-                backend.endpoint,
-                "--admin",
-                "tcp:0:interface=127.0.0.3",
-                "--health-interval",
-                "0",
-            ],
-            tmp_path,
-        ) as gateway,
+        GatewayProcess(workers_options(backend), tmp_path) as gateway,
     ):
         admin = admin_url(gateway)
 
