@@ -35,7 +35,10 @@ comes is skipped in that round, so a slow backend delays no other.  Backends
 added to the pool are probed from the next round on; removed ones are
 forgotten (a probe of theirs still running is aborted).  Nothing is logged for
 a passing probe; a failed one is logged at debug level with its reason, and
-the pool logs every change of state.
+the pool logs every change of state.  A probe that cannot be made for want of
+the gateway's own resources (out of file descriptors, say: see
+L{gateway.relay.LOCAL_ERRNOS}) has no result: it is logged as a warning and
+leaves the backend's record as it was.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from gateway.pool import Backend, BackendState
-from gateway.relay import describe_failure
+from gateway.relay import describe_failure, local_shortage
 
 if TYPE_CHECKING:
     from gateway.pool import Pool
@@ -215,7 +218,9 @@ class Probe(Protocol):
         @param preamble: bytes written first on the connection (the PROXY
             header of a backend that expects one).
         @param report: called once with the probe, its result and, for a
-            failure, the reason (never for a probe stopped by L{abort}).
+            failure, the reason (never for a probe stopped by L{abort}, nor
+            for one that could not be made for want of the gateway's own
+            resources: that says nothing about the backend).
         @param finish: called once with the probe when it is over.
         """
         self.backend = backend
@@ -263,6 +268,20 @@ class Probe(Protocol):
         self._attempt = None
         if failure.check(CancelledError, ConnectingCancelledError):
             reason = f"no connection within {self.timeout:g} s"
+        elif local_shortage(failure):
+            # The gateway is out of descriptors (or buffers, memory, local
+            # ports): no result, so the backend's record is not touched.  At
+            # most one such line per backend and interval.
+            if not self._silent:
+                self._log.warn(
+                    "health check of {backend} not made: the gateway is short of "
+                    "resources: {reason}",
+                    backend=self.backend.name,
+                    reason=describe_failure(failure),
+                )
+            self._silent = True
+            self._end()
+            return
         else:
             reason = describe_failure(failure)
         self._decide(False, reason)

@@ -66,6 +66,9 @@ class Refusal(Enum):
     BAD_REQUEST = "bad-request"
     NO_BACKEND = "no-backend"
     """A game session for which no backend was up (or every attempt failed)."""
+    LOCAL_RESOURCES = "local-resources"
+    """A game session whose backend connection failed for want of the
+    gateway's own resources (file descriptors, buffers, memory, local ports)."""
 
 
 def address_key(host: str) -> str:

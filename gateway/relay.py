@@ -11,7 +11,12 @@ on the backend side) and decides what happens:
      TLS handshake (certificate and hostname checks included).  A refused,
      failed or timed-out attempt is counted on that backend, logged with its
      reason, and the next backend is tried, until every backend was tried
-     once; then the client is closed.  Meanwhile the client's bytes are held
+     once; then the client is refused (C{no-backend}).  An attempt that
+     fails for a reason of the gateway's own (L{LOCAL_ERRNOS}: out of file
+     descriptors, buffers, memory or local ports) says nothing about the
+     backend: it is not counted on it, and the session is refused at once
+     (C{local-resources}), since every other backend would need the same
+     resources.  Meanwhile the client's bytes are held
      in order; past L{HOLD_LIMIT} bytes its reading is paused, so the hold is
      bounded.  The client is still watched, so one that leaves cancels the
      attempt.
@@ -42,12 +47,14 @@ never by touching a timer per chunk.
 
 from __future__ import annotations
 
+import errno
+import os
 from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 from typing import Protocol as Structural
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -75,7 +82,15 @@ if TYPE_CHECKING:
     from gateway.pool import Backend
     from gateway.registry import RefusalLog
 
-__all__ = ["CLOSE_GRACE", "HOLD_LIMIT", "BackendLink", "CloseReason", "GameSession"]
+__all__ = [
+    "CLOSE_GRACE",
+    "HOLD_LIMIT",
+    "LOCAL_ERRNOS",
+    "BackendLink",
+    "CloseReason",
+    "GameSession",
+    "local_shortage",
+]
 
 CLOSE_GRACE = 10.0
 """Seconds a timed-out session gets to flush before it is aborted."""
@@ -95,6 +110,7 @@ class CloseReason(Enum):
     IDLE_TIMEOUT = "idle-timeout"
     FIN_TIMEOUT = "fin-timeout"
     NO_BACKEND = "no-backend"
+    LOCAL_RESOURCES = "local-resources"
     CLIENT_LEFT_EARLY = "client-left-before-connect"
     DRAIN_TIMEOUT = "drain-timeout"
     SHUTDOWN = "shutdown"
@@ -169,6 +185,58 @@ def describe_failure(failure: Failure) -> str:
             return "TLS certificate does not match the host name " + ", ".join(wanted)
         return f"TLS certificate does not match the host name: {value}"
     return failure.getErrorMessage()
+
+
+LOCAL_ERRNOS = frozenset(
+    {
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOBUFS,
+        errno.ENOMEM,
+        errno.EADDRNOTAVAIL,
+        errno.EADDRINUSE,
+    }
+)
+"""Errors of a connection attempt that are the gateway's own shortage (file
+descriptors of the process or the system, socket buffers, memory, local
+ports), whatever the backend's health."""
+
+
+def _local_errno(error: object, depth: int = 0) -> bool:
+    """
+    Whether C{error} (an exception, or a failure or text inside one) carries
+    an errno of L{LOCAL_ERRNOS}.
+    """
+    if isinstance(error, Failure):
+        error = error.value
+    if isinstance(error, OSError):
+        return error.errno in LOCAL_ERRNOS
+    if not isinstance(error, ConnectError) or depth > 3:
+        return False
+    # Twisted puts the errno in osError (ConnectBindError(24, "Too many open
+    # files") when socket() fails; getConnectError(...) when connect() does),
+    # or wraps what it got (a Failure, an exception, or only its text).
+    code = error.osError
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code in LOCAL_ERRNOS
+    for nested in (code, *error.args):
+        if isinstance(nested, (Failure, BaseException)) and _local_errno(nested, depth + 1):
+            return True
+    text = str(error)
+    return any(os.strerror(number) in text for number in LOCAL_ERRNOS)
+
+
+def local_shortage(failure: Failure) -> bool:
+    """
+    Whether a failed connection attempt failed for the gateway's own want of
+    resources (L{LOCAL_ERRNOS}) rather than because of the backend.
+
+    Twisted reports a C{socket()} that fails for want of descriptors as
+    C{ConnectBindError} ("Couldn't bind: 24: Too many open files."), and a
+    C{connect()} that finds no free local port as a C{ConnectError} with
+    C{EADDRNOTAVAIL}.
+    """
+    return _local_errno(failure)
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
@@ -442,9 +510,28 @@ class GameSession:
     def _connect_failed(self, failure: Failure, link: BackendLink) -> None:
         if failure.check(CancelledError, ConnectingCancelledError):
             reason = f"no connection within {self._connect_timeout:g} s"
+        elif local_shortage(failure):
+            self._short_of_resources(link, describe_failure(failure))
+            return
         else:
             reason = describe_failure(failure)
         self._attempt_failed(link, reason)
+
+    def _short_of_resources(self, link: BackendLink, reason: str) -> None:
+        """
+        The attempt on C{link} failed for want of the gateway's own resources:
+        refuse the session, and leave the backend's state and counters alone
+        (the shortage says nothing about it; counting it would take healthy
+        backends down).  Other backends are not tried: they would need the
+        same descriptor, buffer or port.
+        """
+        if not self._stop_attempt(link) or self._client_gone:
+            return
+        self._refuse(
+            Refusal.LOCAL_RESOURCES,
+            CloseReason.LOCAL_RESOURCES,
+            f"the gateway is short of resources; backend {link.backend.name}: {reason}",
+        )
 
     def _stop_attempt(self, link: BackendLink) -> bool:
         """
@@ -628,19 +715,37 @@ class GameSession:
     def _give_up(self) -> None:
         self._chooser.nothing_available()
         tried = ", ".join(b.name for b in self._tried) or "none up"
+        self._refuse(
+            Refusal.NO_BACKEND,
+            CloseReason.NO_BACKEND,
+            f"no backend available; tried: {tried}",
+            tried=tried,
+        )
+
+    def _refuse(
+        self, refusal: Refusal, reason: CloseReason, detail: str, **fields: object
+    ) -> None:
+        """
+        Refuse the session before it reached a backend: a refusal like the
+        others (counted by reason and logged with sampling, so a flood while
+        every backend is down, or while the gateway is out of descriptors,
+        cannot flood the log), and like them not an access event.  The client
+        gets the busy line, if one is set, and is closed.
+
+        @param fields: more fields for the error logged when there is no
+            refusal log (a session used from Python).
+        """
         if self._refusals is not None:
-            # A refusal like the others: counted by reason, and sampled in
-            # the log, so a flood while every backend is down cannot flood it.
-            self._refusals.refused(
-                Refusal.NO_BACKEND, self.peer, f"no backend available; tried: {tried}"
-            )
+            self._refusals.refused(refusal, self.peer, detail)
         else:
             self._log.error(
-                "no backend available for a session from {peer} (tried: {tried}); closing it",
+                "refused {peer}: {reason} ({detail})",
                 peer=self.peer,
-                tried=tried,
+                reason=refusal.value,
+                detail=detail,
+                **fields,
             )
-        self._finish(CloseReason.NO_BACKEND)
+        self._finish(reason, access=False)
         if self._busy_message:
             self.client.write((self._busy_message + "\r\n").encode())
         self.client.loseConnection()
@@ -856,9 +961,12 @@ class GameSession:
             self._abort_call.cancel()
             self._abort_call = None
 
-    def _finish(self, reason: CloseReason) -> None:
+    def _finish(self, reason: CloseReason, *, access: bool = True) -> None:
         """
         Record how the session ended; the first reason wins.
+
+        @param access: whether to write its access event (not for a refused
+            session: the refusal log counts and samples those).
         """
         if self.close_reason is not None:
             return
@@ -866,6 +974,8 @@ class GameSession:
         if self._idle_call is not None:
             self._idle_call.cancel()
             self._idle_call = None
+        if not access:
+            return
         log_game_session(
             peer=self.peer,
             backend=self.backend.name if self.backend is not None else None,
