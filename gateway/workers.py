@@ -94,7 +94,8 @@ READY_WAIT = 30.0
 """Seconds a started worker has to say it is ready before it is killed."""
 
 CONTROL_GRACE = 2.0
-"""Seconds the acceptor reads a dead worker's control channel to its end."""
+"""Seconds the acceptor reads a dead worker's control channel to its end, and
+waits for a worker whose control channel closed to end before stopping it."""
 
 STATUS_WAIT = 2.0
 """Seconds the admin endpoint waits for a worker's status before leaving it out."""
@@ -453,6 +454,7 @@ class WorkerProcess(ProcessProtocol):
         self._ended_reason: Failure | None = None
         self._finish_call: IDelayedCall | None = None
         self._ready_call: IDelayedCall | None = None
+        self._orphan_call: IDelayedCall | None = None
 
     # Lifecycle
 
@@ -510,22 +512,31 @@ class WorkerProcess(ProcessProtocol):
 
     def control_lost(self) -> None:
         """
-        The control channel closed: the process ended (finish), or it lost its
-        acceptor without ending (a bug): then it is told to drain and leave.
+        The control channel closed: the process ended (finish), or is ending
+        (a process that dies closes its channel before the acceptor hears of
+        its end: wait for that), or it lost its acceptor without ending (a
+        bug): then, if it has not ended within L{CONTROL_GRACE} seconds, it
+        is told to drain and leave.
         """
         if self._ended_reason is not None:
             self._finish()
-        elif self.pid is not None and not self.pool.stopping:
-            self.state = "draining"
-            self.log.error(
-                "worker {index} (pid {pid}) lost its control channel; stopping it",
-                index=self.index,
-                pid=self.pid,
-            )
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        elif self.pid is not None and not self.pool.stopping and self._orphan_call is None:
+            self._orphan_call = self.pool.clock.callLater(CONTROL_GRACE, self._orphaned)
+
+    def _orphaned(self) -> None:
+        self._orphan_call = None
+        if self.pid is None or self.pool.stopping or self.control is not None:
+            return
+        self.state = "draining"
+        self.log.error(
+            "worker {index} (pid {pid}) lost its control channel; stopping it",
+            index=self.index,
+            pid=self.pid,
+        )
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
     def _finish(self) -> None:
         reason, self._ended_reason = self._ended_reason, None
@@ -534,6 +545,9 @@ class WorkerProcess(ProcessProtocol):
         if self._finish_call is not None and self._finish_call.active():
             self._finish_call.cancel()
         self._finish_call = None
+        if self._orphan_call is not None and self._orphan_call.active():
+            self._orphan_call.cancel()
+        self._orphan_call = None
         pool = self.pool
         pid = self.pid_gone
         was = self.state

@@ -7,12 +7,15 @@ workers, and passing connections to workers over a real socket pair.
 from __future__ import annotations
 
 import pickle
+import signal
 import socket
+import subprocess
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
 
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.pool import Backend, BackendState, Pool
@@ -348,3 +351,84 @@ def test_a_worker_that_keeps_dying_young_waits_longer_each_time() -> None:
     clock.advance(10.0)
     assert len(starts) == 10 and worker.state == "running"
     client.close()
+
+
+def test_a_killed_worker_is_reported_in_its_real_state(
+    log_events: EventLoggingObserver,
+) -> None:
+    """
+    A running worker killed with SIGKILL closes its control channel before
+    the acceptor hears that the process ended: the log says it was killed
+    while running (not "while draining"), and the acceptor neither calls it
+    a lost control channel nor signals the dead process.
+    """
+    from twisted.internet.error import ProcessTerminated
+    from twisted.logger import LogLevel, formatEvent
+    from twisted.python.failure import Failure
+
+    from gateway.workers import _Control
+
+    workers, _ = make_pool(1)
+    worker = workers.workers[0]
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        worker.pid = victim.pid
+        worker.state = "running"
+        worker.started_at = workers.clock.seconds()
+        control = _Control(worker)
+        control.makeConnection(StringTransport())
+        victim.kill()
+        victim.wait(timeout=10)
+        control.connectionLost(Failure(ConnectionDone()))
+        assert worker.state == "running"
+        worker.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        assert worker.state == "restarting"
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(timeout=10)
+    errors = [formatEvent(e) for e in log_events if e["log_level"] is LogLevel.error]
+    assert errors == [
+        f"worker 1 (pid {victim.pid}) was killed by SIGKILL while running: 0 sessions lost; "
+        "restarting it in 0.4 s"
+    ]
+
+
+def test_a_worker_that_lost_its_control_channel_is_stopped(
+    log_events: EventLoggingObserver,
+) -> None:
+    """
+    A worker whose control channel closes while its process goes on (a bug)
+    is told to drain and leave (SIGTERM) once it has not ended within the
+    grace time; its end is then reported as happening while draining.
+    """
+    from twisted.internet.error import ProcessTerminated
+    from twisted.logger import LogLevel, formatEvent
+    from twisted.python.failure import Failure
+
+    from gateway.workers import CONTROL_GRACE, _Control
+
+    workers, _ = make_pool(1)
+    worker = workers.workers[0]
+    orphan = subprocess.Popen(["sleep", "30"])
+    try:
+        worker.pid = orphan.pid
+        worker.state = "running"
+        control = _Control(worker)
+        control.makeConnection(StringTransport())
+        control.connectionLost(Failure(ConnectionDone()))
+        workers.clock.advance(CONTROL_GRACE - 0.01)
+        assert worker.state == "running" and orphan.poll() is None
+        workers.clock.advance(0.01)
+        assert worker.state == "draining"
+        assert orphan.wait(timeout=10) == -signal.SIGTERM
+        worker.processEnded(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait(timeout=10)
+    errors = [formatEvent(e) for e in log_events if e["log_level"] is LogLevel.error]
+    assert errors[0] == f"worker 1 (pid {orphan.pid}) lost its control channel; stopping it"
+    assert errors[1].startswith(
+        f"worker 1 (pid {orphan.pid}) was killed by SIGTERM while draining"
+    )
