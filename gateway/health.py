@@ -37,8 +37,9 @@ forgotten (a probe of theirs still running is aborted).  Nothing is logged for
 a passing probe; a failed one is logged at debug level with its reason, and
 the pool logs every change of state.  A probe that cannot be made for want of
 the gateway's own resources (out of file descriptors, say: see
-L{gateway.relay.LOCAL_ERRNOS}) has no result: it is logged as a warning and
-leaves the backend's record as it was.
+L{gateway.relay.LOCAL_ERRNOS}) has no result and leaves the backend's record
+as it was; the first such probe of a backend is logged as a warning, and the
+next probe that is made again at info level.
 """
 
 from __future__ import annotations
@@ -199,6 +200,8 @@ class Probe(Protocol):
     @ivar passed: the result once decided (L{None} before).
     @ivar finished: whether the probe is over (its connection gone, aborted,
         or never made); the checker may then start the next one.
+    @ivar short: why the probe could not be made, if it could not for want
+        of the gateway's own resources (then it has no result).
     """
 
     _log = Logger()
@@ -232,6 +235,7 @@ class Probe(Protocol):
         self._finish = finish
         self.passed: bool | None = None
         self.finished = False
+        self.short: str | None = None
         self._silent = False
         self._ready = False
         self._attempt: Deferred[IProtocol] | None = None
@@ -270,15 +274,10 @@ class Probe(Protocol):
             reason = f"no connection within {self.timeout:g} s"
         elif local_shortage(failure):
             # The gateway is out of descriptors (or buffers, memory, local
-            # ports): no result, so the backend's record is not touched.  At
-            # most one such line per backend and interval.
+            # ports): no result, so the backend's record is not touched (the
+            # checker logs it).
             if not self._silent:
-                self._log.warn(
-                    "health check of {backend} not made: the gateway is short of "
-                    "resources: {reason}",
-                    backend=self.backend.name,
-                    reason=describe_failure(failure),
-                )
+                self.short = describe_failure(failure)
             self._silent = True
             self._end()
             return
@@ -483,6 +482,7 @@ class HealthChecker(Service):
         self._fast: dict[Backend, IDelayedCall] = {}
         self._states: dict[Backend, HealthState] = {}
         self._probes: dict[Backend, Probe] = {}
+        self._short: set[Backend] = set()
         self._loop: LoopingCall | None = None
         self.setName("health")
 
@@ -565,6 +565,7 @@ class HealthChecker(Service):
             self._abort(self._probes.pop(gone))
         for gone in [b for b in self._states if b not in present]:
             del self._states[gone]
+        self._short &= present
         for backend in backends:
             if backend not in self._probes:
                 self._start_probe(backend)
@@ -608,8 +609,22 @@ class HealthChecker(Service):
         self._fast[backend] = self._clock.callLater(self.interval / 4, probe_again)
 
     def _finished(self, probe: Probe) -> None:
-        if self._probes.get(probe.backend) is probe:
-            del self._probes[probe.backend]
+        backend = probe.backend
+        if self._probes.get(backend) is probe:
+            del self._probes[backend]
+        # A shortage is logged when it starts and when it is over, not once
+        # per probe (a probe per backend every interval).
+        if probe.short is not None and backend not in self._short:
+            self._short.add(backend)
+            self._log.warn(
+                "health checks of {backend} cannot be made: the gateway is short of "
+                "resources: {reason}; its state stays as it is",
+                backend=backend.name,
+                reason=probe.short,
+            )
+        elif probe.passed is not None and backend in self._short:
+            self._short.discard(backend)
+            self._log.info("health checks of {backend} are made again", backend=backend.name)
 
     def _abort(self, probe: Probe) -> None:
         try:

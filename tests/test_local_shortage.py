@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import resource
+import socket
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet import tcp
@@ -280,8 +283,9 @@ def test_health_probe_short_of_resources_has_no_result(
     """
     A probe whose connection cannot be made for want of the gateway's own
     descriptors neither fails nor passes: however many rounds, the backend
-    stays up with no failed probe counted (a real failure still counts), and
-    each such probe is logged as a warning naming the shortage.
+    stays up with no failed probe counted and no fast re-probe; the shortage
+    is logged once as a warning (not per probe), and once probes are made
+    again that is logged too.  A real failure still counts.
     """
     reactor = MemoryReactorClock()
     backend = Backend(
@@ -292,21 +296,31 @@ def test_health_probe_short_of_resources_has_no_result(
     pool = Pool([backend])
     checker = HealthChecker(pool, reactor, interval=1.0, fall=3, timeout=0.5)
     checker.startService()
-    for _ in range(6):
+
+    def fail_probe(error: Exception) -> None:
         factory = reactor.tcpClients[-1][2]
-        factory.clientConnectionFailed(reactor.connectors[-1], Failure(emfile()))
+        factory.clientConnectionFailed(reactor.connectors[-1], Failure(error))
+
+    for _ in range(6):
+        fail_probe(emfile())
         reactor.advance(1.0)
     assert len(reactor.tcpClients) == 7  # one probe per round, no fast re-probes
     assert backend.state is BackendState.UP and pool.transitions == 0
     health = checker.health(backend)
     assert health is not None and health.failures == 0
-    warnings = [e for e in log_events if e["log_level"] is LogLevel.warn]
-    assert len(warnings) == 6
-    assert "not made: the gateway is short of resources" in formatEvent(warnings[0])
-    # A refused probe is the backend's: counted (and re-probed soon).
-    factory = reactor.tcpClients[-1][2]
-    factory.clientConnectionFailed(reactor.connectors[-1], Failure(ConnectionRefusedError()))
+    lines = [formatEvent(e) for e in log_events if "health checks of" in e.get("log_format", "")]
+    assert lines == [
+        "health checks of b0 cannot be made: the gateway is short of resources: "
+        "Couldn't bind: 24: Too many open files.; its state stays as it is"
+    ]
+    # A refused probe is the backend's: counted; the shortage is over.
+    fail_probe(ConnectionRefusedError())
     assert health.failures == 1
+    reactor.advance(0.25)  # the fast re-probe of a failing backend
+    fail_probe(emfile())
+    lines = [formatEvent(e) for e in log_events if "health checks of" in e.get("log_format", "")]
+    assert lines[1:] == ["health checks of b0 are made again", lines[0]]
+    assert health.failures == 1 and backend.state is BackendState.UP
     checker.stopService()
 
 
@@ -343,3 +357,63 @@ def test_real_emfile_is_reported_as_twisted_does() -> None:
     [failure] = connector.failures
     assert failure.getErrorMessage() == "Couldn't bind: 24: Too many open files."
     assert local_shortage(failure)
+
+
+class Channel:
+    """
+    Stands for a worker's control channel: records what the worker sends.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+
+    def send(self, message: dict[str, object]) -> None:
+        self.sent.append(message)
+
+
+def test_a_worker_without_a_free_descriptor_refuses_the_connection(
+    log_events: EventLoggingObserver,
+) -> None:
+    """
+    A worker with no descriptor free when a connection is handed over: the
+    kernel drops the descriptor (C{MSG_CTRUNC}), so the client's connection
+    closes; the worker still reads which connection it was, tells the
+    acceptor it ended (which frees its slots there) and counts a
+    C{local-resources} refusal, logging no error.
+    """
+    from gateway.worker import Worker, _Handoffs
+
+    acceptor_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    client, served = socket.socketpair()
+    try:
+        header = pickle.dumps({"id": 7, "front": 0, "data": b""})
+        socket.send_fds(acceptor_end, [header], [served.fileno()])
+        served.close()
+        worker_end.setblocking(False)
+        reactor = MemoryReactorClock()
+        worker = Worker(1, reactor, forward=None)  # type: ignore[arg-type]
+        counters = Counters()
+        worker.service = SimpleNamespace(refusals=RefusalLog(reactor, counters))
+        channel = Channel()
+        worker.control = channel  # type: ignore[assignment]
+        reader = _Handoffs(worker, worker_end)
+        worker._handoffs = reader
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.open(os.devnull, os.O_RDONLY)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            reader.doRead()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        reactor.advance(0)
+        assert channel.sent == [{"op": "end", "ids": [7]}]
+        assert counters.refused[Refusal.LOCAL_RESOURCES] == 1
+        client.settimeout(10)
+        assert client.recv(1) == b""
+        assert [e for e in log_events if e["log_level"] >= LogLevel.error] == []
+        [refused] = [e for e in log_events if e.get("log_namespace") == "gateway.refusals"]
+        assert "no descriptor free to receive it" in formatEvent(refused)
+    finally:
+        for sock in (acceptor_end, worker_end, client, served):
+            sock.close()
