@@ -45,8 +45,10 @@ from zope.interface import implementer
 from gateway.access import ACCESS_ONLY
 from gateway.config import GatewayConfig
 from gateway.front import FrontDoor
+from gateway.limits import Refusal
 from gateway.pool import Backend, BackendState
 from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
+from gateway.relay import LOCAL_ERRNOS
 from gateway.workers import HANDOFF_MESSAGE, Adopting, Framed
 
 _log = Logger()
@@ -133,6 +135,25 @@ class _Control(Framed):
     closed: Deferred[None] | None = None
 
 
+def _peer_of(fd: int) -> str:
+    """
+    The client's address of a connected socket descriptor, as logs show it
+    (C{"unknown"} if it cannot be read).
+    """
+    probe = socket.socket(fileno=fd)
+    try:
+        address = probe.getpeername()
+    except OSError:
+        return "unknown"
+    finally:
+        probe.detach()
+    if isinstance(address, tuple) and probe.family == socket.AF_INET6:
+        return f"[{address[0]}]:{address[1]}"
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return "unix"
+
+
 @implementer(IReadDescriptor)
 class _Handoffs:
     """
@@ -161,7 +182,7 @@ class _Handoffs:
                 self.worker.handoffs_ended()
                 return
             try:
-                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                if flags & socket.MSG_TRUNC:
                     raise ValueError(f"a truncated handoff message ({len(data)} bytes)")
                 message = pickle.loads(data)
             except Exception as error:
@@ -175,7 +196,10 @@ class _Handoffs:
                     error=str(error),
                 )
                 continue
-            self.worker.handoff(message, fds)
+            # MSG_CTRUNC: the descriptor found no room here (this worker is
+            # out of descriptors), and the kernel dropped it: the message
+            # still says which connection it was.
+            self.worker.handoff(message, fds, dropped=bool(flags & socket.MSG_CTRUNC))
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
         pass
@@ -327,9 +351,12 @@ class Worker:
 
     # Connections
 
-    def handoff(self, message: dict[str, Any], fds: list[int]) -> None:
+    def handoff(self, message: dict[str, Any], fds: list[int], dropped: bool = False) -> None:
         """
         A connection from the acceptor (or its last message, when draining).
+
+        @param dropped: whether its descriptor was dropped for want of room
+            in this process's descriptor table.
         """
         if message.get("op") == "drain":
             self.handoffs_ended()
@@ -340,23 +367,47 @@ class Worker:
             for fd in fds:
                 os.close(fd)
             self.ended(number)
+            if dropped:
+                self._short_of_resources("unknown", "no descriptor free to receive it")
             return
         fd = fds[0]
         try:
             self._adopt(fd, number, message["front"], message["data"])
+        except OSError as error:
+            self.ended(number)
+            if error.errno in LOCAL_ERRNOS:
+                self._short_of_resources(_peer_of(fd), error.strerror or str(error))
+            else:
+                # The client may be gone already (its socket reset).
+                _log.failure("worker {index}: cannot take a connection", index=self.index)
         except Exception:
-            # The client may be gone already (its socket reset): a lost connection.
             self.ended(number)
             _log.failure("worker {index}: cannot take a connection", index=self.index)
         finally:
             os.close(fd)
 
+    def _short_of_resources(self, peer: str, detail: str) -> None:
+        """
+        A connection this worker could not take for want of its own
+        descriptors (or memory): closed, and counted and logged (sampled) as
+        a C{local-resources} refusal, like a session whose backend connection
+        failed for that reason.
+        """
+        refusals = self.service.refusals if self.service is not None else None
+        detail = f"the gateway is short of resources; worker {self.index}: {detail}"
+        if refusals is not None:
+            refusals.refused(Refusal.LOCAL_RESOURCES, peer, detail)
+        else:
+            _log.error("refused {peer}: local-resources ({detail})", peer=peer, detail=detail)
+
     def _adopt(self, fd: int, number: int, front: int, data: bytes) -> None:
-        family = socket.socket(fileno=os.dup(fd))
+        # The socket's family, without a descriptor of its own (detach: the
+        # descriptor stays open), as this process may have none to spare.
+        probe = socket.socket(fileno=fd)
         try:
-            kind = family.family
+            kind = probe.family
         finally:
-            family.close()
+            probe.detach()
         _, chain = self._fronts[front]
         factory = chain(number)
         transport = self.reactor.adoptStreamConnection(fd, kind, factory)
