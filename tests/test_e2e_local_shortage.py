@@ -119,8 +119,7 @@ def test_out_of_descriptors_keeps_backends_up(tmp_path: Path, workers: list[str]
             before = status(gateway)
             if workers:
                 wait_for(
-                    lambda: sum(w["state"] == "running" for w in status(gateway)["workers"])
-                    == 2,
+                    lambda: sum(w["state"] == "running" for w in status(gateway)["workers"]) == 2,
                     "two running workers",
                 )
             assert [b["state"] for b in before["backends"]] == ["up", "up"]
@@ -150,10 +149,12 @@ def test_out_of_descriptors_keeps_backends_up(tmp_path: Path, workers: list[str]
             assert outcomes.count("busy") == refused["local-resources"]
         assert refused["no-backend"] == 0
         assert counters["unserved"] == 0
-        assert [(b["state"], b["failures"]) for b in document["backends"]] == [(
-            "up",
-            0,
-        )] * 2
+        assert [(b["state"], b["failures"]) for b in document["backends"]] == [
+            (
+                "up",
+                0,
+            )
+        ] * 2
         assert counters["health_transitions"] == 0
         assert counters["backend_failures"] == 0
         assert " is down" not in log

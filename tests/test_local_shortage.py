@@ -270,6 +270,7 @@ def test_a_relayed_session_still_writes_its_access_line(
     session, client = rig.session()
     host, port, factory, _timeout, _bind = rig.reactor.tcpClients[-1]
     protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    assert protocol is not None
     backend = HalfCloseableTransport()
     backend.on_lost = protocol.connectionLost
     protocol.makeConnection(backend)
@@ -350,7 +351,7 @@ def test_real_emfile_is_reported_as_twisted_does() -> None:
     # Descriptors must be below the limit: the next one would be lowest_free.
     resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
     try:
-        tcp.Client("127.0.0.1", 7000, None, connector, reactor)  # type: ignore[no-untyped-call]
+        tcp.Client("127.0.0.1", 7000, None, connector, reactor)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     reactor.advance(0)
