@@ -6,6 +6,7 @@ discovery finds the plugin.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -260,6 +261,70 @@ def test_bad_settings(argv: list[str], message: str) -> None:
     with pytest.raises(UsageError) as raised:
         parse(argv)
     assert message in str(raised.value)
+
+
+DURATIONS = {
+    field.name.replace("_", "-"): field.name
+    for field in dataclasses.fields(GatewayConfig)
+    if field.name.endswith(("_timeout", "_interval"))
+}
+"""Every seconds setting, option name to config field (found from the
+config's fields, so that a new one cannot be missed)."""
+
+
+def test_every_duration_is_known() -> None:
+    """
+    The seconds settings are the seven the README lists (a new one gets
+    its bounds and a line there).
+    """
+    assert sorted(DURATIONS) == [
+        "connect-timeout",
+        "drain-timeout",
+        "fin-timeout",
+        "header-timeout",
+        "health-interval",
+        "idle-timeout",
+        "sniff-timeout",
+    ]
+
+
+@pytest.mark.parametrize("option", sorted(DURATIONS))
+@pytest.mark.parametrize(
+    ("value", "bound"),
+    [
+        ("1e-300", "at least 0.1 seconds"),
+        ("0.099", "at least 0.1 seconds"),
+        ("5e-324", "at least 0.1 seconds"),
+        ("86400.5", "at most 86400 seconds"),
+        ("1e300", "at most 86400 seconds"),
+        ("inf", "expected a finite number"),
+        ("-inf", "expected a finite number"),
+        ("nan", "expected a finite number"),
+    ],
+)
+def test_durations_are_bounded(option: str, value: str, bound: str) -> None:
+    """
+    Every seconds setting refuses a tiny duration (a busy loop: 1e-300 s
+    between health checks took a core and marked the backends down), a
+    huge or infinite one, and NaN, with a message naming the option, the
+    bound and the value.
+    """
+    with pytest.raises(UsageError) as raised:
+        parse(["--demo", f"--{option}", value])
+    assert str(raised.value).startswith(f"--{option}: ")
+    assert bound in str(raised.value)
+    assert repr(value) in str(raised.value)
+
+
+@pytest.mark.parametrize("option", sorted(DURATIONS))
+@pytest.mark.parametrize("value", [0.1, 86400.0])
+def test_duration_bounds_are_accepted(option: str, value: float) -> None:
+    """
+    The bounds themselves, 0.1 s and a day, are valid for every seconds
+    setting.
+    """
+    config = parse(["--demo", f"--{option}", str(value)])
+    assert getattr(config, DURATIONS[option]) == value
 
 
 def test_http_root_must_be_a_directory(tmp_path: Path) -> None:
