@@ -401,6 +401,10 @@ def check_token(option: str, token: str) -> str:
     return token
 
 
+TOKEN_MAX_LINE = 4096
+"""The longest first line read from an admin token file."""
+
+
 def read_token_file(option: str, path: str) -> str:
     """
     Read an admin token from the first line of a file.
@@ -409,10 +413,16 @@ def read_token_file(option: str, path: str) -> str:
     """
     try:
         with open(path, encoding="utf-8") as file:
-            token = file.readline().strip()
+            # Bounded: a file without a line end (/dev/zero) is not read whole.
+            line = file.readline(TOKEN_MAX_LINE + 1)
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else str(error)
         raise ConfigError(f"{option}: cannot read {path!r}: {reason}") from None
+    if len(line) > TOKEN_MAX_LINE:
+        raise ConfigError(
+            f"{option}: {path!r}: the first line is over {TOKEN_MAX_LINE} characters"
+        )
+    token = line.strip()
     return check_token(f"{option} {path}", token)
 
 

@@ -421,3 +421,53 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         parse(["--version"])
     assert raised.value.code == 0
     assert capsys.readouterr().out == f"gateway {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "pattern", ["user=(a{99999999999})", "(" * 5000 + "x" + ")" * 5000], ids=["repeat", "deep"]
+)
+def test_session_key_that_cannot_compile(pattern: str) -> None:
+    """
+    A --session-key whose repetition count overflows, or whose groups nest
+    thousands deep (RecursionError in the compiler), is refused as not a
+    valid regular expression, not a traceback.
+    """
+    with pytest.raises(UsageError, match="^--session-key: not a valid regular expression: "):
+        parse(["--demo", "--balance", "hash", "--session-key", pattern])
+
+
+def in_bounded_child(code: str) -> str:
+    """
+    Run Python C{code} in a child process held to 512 MiB of memory and 60
+    seconds (for code that, were the bound it checks missing, would read an
+    endless file until the machine ran out of memory); its standard output.
+    """
+    script = (
+        "import resource\nresource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))\n" + code
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_endless_token_file_is_refused(tmp_path: Path) -> None:
+    """
+    An --admin-token-file whose first line never ends (/dev/zero) is refused
+    after reading a bounded part of it; one whose first line is a token is
+    read.
+    """
+    printed = in_bounded_child(
+        "from gateway.config import ConfigError, read_token_file\n"
+        "try:\n"
+        "    read_token_file('--admin-token-file', '/dev/zero')\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+    )
+    assert printed == "--admin-token-file: '/dev/zero': the first line is over 4096 characters\n"
+    token = tmp_path / "token"
+    token.write_text("a-token-of-sixteen-or-more\nsecond line\n")
+    assert parse(["--demo", "--admin-token-file", str(token)]).admin_token == (
+        "a-token-of-sixteen-or-more"
+    )
