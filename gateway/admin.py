@@ -30,6 +30,7 @@ import hmac
 import ipaddress
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ from gateway.connection import describe_peer
 from gateway.limits import Refusal
 from gateway.pool import Backend, BackendState, Pool
 from gateway.registry import Counters, LiveSession, SessionRegistry
+from gateway.sampling import Sampler
 
 if TYPE_CHECKING:
     from gateway.workers import WorkerPool
@@ -566,9 +568,13 @@ class _BackendActions(Resource):
     def __init__(self, state: AdminState) -> None:
         super().__init__()
         self._state = state
-        self._window_start = float("-inf")
-        self._logged = 0
-        self._unlogged = 0
+        # Without a clock (a worker's state, which serves no actions) every
+        # refusal is logged: there is no timer to end a window with.
+        self._sampler: Sampler[str] | None = None
+        if state.clock is not None:
+            self._sampler = Sampler(
+                state.clock, self._summarise, window=REFUSAL_WINDOW, burst=REFUSALS_LOGGED
+            )
 
     @override
     def render(self, request: IRequest) -> bytes:
@@ -622,29 +628,24 @@ class _BackendActions(Resource):
     def _log_refusal(self, action: str, name: str, peer: str, reason: str) -> None:
         """
         Log a refused action: the first L{REFUSALS_LOGGED} in a window of
-        L{REFUSAL_WINDOW} seconds one by one, then one line for the rest (a
-        token being guessed must not flood the log).
+        L{REFUSAL_WINDOW} seconds one by one, then, when the window ends,
+        one line for the rest (a token being guessed must not flood the log).
         """
-        now = self._state.clock.seconds() if self._state.clock is not None else 0.0
-        if now - self._window_start >= REFUSAL_WINDOW:
-            if self._unlogged:
-                self._log.warn(
-                    "{count} more admin actions refused in the last {window:g} s "
-                    "without logging each",
-                    count=self._unlogged,
-                    window=REFUSAL_WINDOW,
-                )
-            self._window_start, self._logged, self._unlogged = now, 0, 0
-        if self._logged >= REFUSALS_LOGGED:
-            self._unlogged += 1
+        if self._sampler is not None and not self._sampler.admit("refused"):
             return
-        self._logged += 1
         self._log.warn(
             "admin action {action} on {backend} refused for {peer}: {reason}",
             action=action,
             backend=name,
             peer=peer,
             reason=reason,
+        )
+
+    def _summarise(self, suppressed: Counter[str]) -> None:
+        self._log.warn(
+            "{count} more admin actions refused in the last {window:g} s without logging each",
+            count=suppressed.total(),
+            window=REFUSAL_WINDOW,
         )
 
     def _refusal(self, request: IRequest) -> tuple[int, str] | None:

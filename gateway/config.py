@@ -47,6 +47,8 @@ __all__ = [
     "check_directory",
     "check_escaped",
     "check_seconds",
+    "MIN_SECONDS",
+    "MAX_SECONDS",
     "check_session_key",
     "check_server_endpoint",
 ]
@@ -227,21 +229,41 @@ WORKER_FRONTS = ("tcp", "tcp6", "unix", "tls", "systemd")
 sockets (TLS is done by the worker; C{ssl:} wraps sockets another way)."""
 
 
+MIN_SECONDS = 0.1
+"""The shortest duration a seconds setting takes (0 aside, where it means
+"off"): below it a timeout or an interval is a busy loop, not a setting."""
+
+MAX_SECONDS = 86400.0
+"""The longest duration a seconds setting takes (a day): longer is no sane
+timeout, and huge values (C{1e300}) only hide a mistake."""
+
+
 def check_seconds(option: str, text: str, *, allow_zero: bool) -> float:
     """
-    Parse a duration in seconds.
+    Parse a duration in seconds: L{MIN_SECONDS} to L{MAX_SECONDS}, or 0
+    where that is allowed (it turns the timeout or the checks off).
 
     @param option: the setting's name, for the error message.
     @param text: what the user wrote.
     @param allow_zero: whether 0 (meaning "off") is allowed.
     @return: the duration.
-    @raise ConfigError: not a finite number, negative, or 0 where not allowed.
+    @raise ConfigError: not a finite number, negative, 0 where not allowed,
+        or out of bounds; the message names the option and the bound.
     """
     value = _finite(option, text, "a number of seconds")
     if value < 0:
         raise ConfigError(f"{option}: must not be negative, got {text!r}")
-    if value == 0 and not allow_zero:
-        raise ConfigError(f"{option}: must be more than 0 seconds, got {text!r}")
+    if value == 0:
+        if not allow_zero:
+            raise ConfigError(f"{option}: must be more than 0 seconds, got {text!r}")
+        return value
+    if value < MIN_SECONDS:
+        off = " (or 0: off)" if allow_zero else ""
+        raise ConfigError(f"{option}: must be at least {MIN_SECONDS:g} seconds{off}, got {text!r}")
+    if value > MAX_SECONDS:
+        raise ConfigError(
+            f"{option}: must be at most {MAX_SECONDS:g} seconds (a day), got {text!r}"
+        )
     return value
 
 
@@ -317,8 +339,10 @@ def check_session_key(option: str, pattern: str) -> str:
     """
     try:
         compiled = re.compile(pattern.encode())
-    except (re.error, UnicodeEncodeError) as error:
+    except (re.error, UnicodeEncodeError, OverflowError) as error:
         raise ConfigError(f"{option}: not a valid regular expression: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{option}: not a valid regular expression: nested too deeply") from None
     if compiled.groups < 1:
         raise ConfigError(f"{option}: needs a group, e.g. 'user=(\\w+)', got {pattern!r}")
     return pattern
@@ -377,6 +401,10 @@ def check_token(option: str, token: str) -> str:
     return token
 
 
+TOKEN_MAX_LINE = 4096
+"""The longest first line read from an admin token file."""
+
+
 def read_token_file(option: str, path: str) -> str:
     """
     Read an admin token from the first line of a file.
@@ -385,10 +413,16 @@ def read_token_file(option: str, path: str) -> str:
     """
     try:
         with open(path, encoding="utf-8") as file:
-            token = file.readline().strip()
+            # Bounded: a file without a line end (/dev/zero) is not read whole.
+            line = file.readline(TOKEN_MAX_LINE + 1)
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else str(error)
         raise ConfigError(f"{option}: cannot read {path!r}: {reason}") from None
+    if len(line) > TOKEN_MAX_LINE:
+        raise ConfigError(
+            f"{option}: {path!r}: the first line is over {TOKEN_MAX_LINE} characters"
+        )
+    token = line.strip()
     return check_token(f"{option} {path}", token)
 
 

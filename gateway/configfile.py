@@ -30,13 +30,17 @@ column the parser reports); an unknown key is an error, never ignored.
 from __future__ import annotations
 
 import os
+import reprlib
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import ConfigError, RawBackend
 
-__all__ = ["FILE_SETTINGS", "FileSettings", "read_config_file"]
+__all__ = ["FILE_SETTINGS", "MAX_FILE_SIZE", "FileSettings", "read_config_file"]
+
+MAX_FILE_SIZE = 1024 * 1024
+"""The largest configuration file read (a larger one is refused unread)."""
 
 _PATHS = ("http-root", "access-log", "handover", "admin-token-file")
 """Settings that are paths, relative to the file's folder when not absolute."""
@@ -117,6 +121,17 @@ class FileSettings:
         return f"{self.path}: {key}"
 
 
+def _shown(value: object) -> str:
+    """
+    A value as an error message shows it: its repr, bounded in depth and
+    length, so that a deeply nested or huge value gives a short line (and
+    no RecursionError).
+    """
+    shown = reprlib.Repr()  # keyword arguments only from Python 3.12
+    shown.maxlevel, shown.maxstring, shown.maxother = 3, 60, 60
+    return shown.repr(value)
+
+
 def _scalar(label: str, kind: str, value: object) -> str | bool:
     """
     Check a value's type and turn it into what the command line would give.
@@ -132,7 +147,7 @@ def _scalar(label: str, kind: str, value: object) -> str | bool:
             return str(value)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    raise ConfigError(f"{label}: must be {kind}, got {value!r}")
+    raise ConfigError(f"{label}: must be {kind}, got {_shown(value)}")
 
 
 def _backend(settings: FileSettings, index: int, table: object) -> RawBackend:
@@ -140,7 +155,7 @@ def _backend(settings: FileSettings, index: int, table: object) -> RawBackend:
     if isinstance(table, str):
         return RawBackend(label=label, endpoint=table)
     if not isinstance(table, dict):
-        raise ConfigError(f"{label}: must be a table with an endpoint, got {table!r}")
+        raise ConfigError(f"{label}: must be a table with an endpoint, got {_shown(table)}")
     unknown = sorted(set(table) - set(BACKEND_KEYS))
     if unknown:
         raise ConfigError(
@@ -168,16 +183,39 @@ def read_config_file(path: str) -> FileSettings:
     """
     Read and check a configuration file.
 
-    @raise ConfigError: it cannot be read, is not valid TOML, has an unknown
-        key or a value of the wrong type; the message names the file and key.
+    @raise ConfigError: it cannot be read, is larger than L{MAX_FILE_SIZE},
+        is not valid TOML (not UTF-8, a syntax error, nested too deeply, an
+        integer too long), has an unknown key or a value of the wrong type;
+        the message (one line) names the file, and the key where there is one.
     """
     try:
         with open(path, "rb") as file:
-            document = tomllib.load(file)
+            # One byte more than allowed tells a file that is too large,
+            # without reading all of it (--config /dev/zero).
+            data = file.read(MAX_FILE_SIZE + 1)
     except OSError as error:
-        raise ConfigError(f"--config: cannot read {path!r}: {error.strerror}") from None
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(f"--config: cannot read {path!r}: {reason}") from None
+    if len(data) > MAX_FILE_SIZE:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_SIZE // 1024} KiB, not a config file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"{path}: not valid TOML: not UTF-8 text (byte {data[error.start]:#04x} "
+            f"on line {line})"
+        ) from None
+    try:
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         # tomllib's message ends with "(at line L, column C)".
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables by recursion.
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+    except ValueError as error:
+        # int() in tomllib: an integer of more than 4300 digits.
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
     settings = FileSettings(path=path)
     for key, value in document.items():
@@ -192,11 +230,11 @@ def read_config_file(path: str) -> FileSettings:
         if key == "listen":
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-                raise ConfigError(f"{label}: must be {FILE_SETTINGS[key]}, got {value!r}")
+                raise ConfigError(f"{label}: must be {FILE_SETTINGS[key]}, got {_shown(value)}")
             settings.values[key] = list(items)
         elif key == "backend":
             if not isinstance(value, list):
-                raise ConfigError(f"{label}: must be {FILE_SETTINGS[key]}, got {value!r}")
+                raise ConfigError(f"{label}: must be {FILE_SETTINGS[key]}, got {_shown(value)}")
             settings.backends = [_backend(settings, i, table) for i, table in enumerate(value)]
         else:
             settings.values[key] = _scalar(label, FILE_SETTINGS[key], value)

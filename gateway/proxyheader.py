@@ -9,7 +9,11 @@ the header's version is known and the header is complete, however it is split,
 and then uses Twisted's own parsers.  The header must arrive within a timeout
 and may not be larger than L{MAX_V2_HEADER} bytes (version 1 headers are at
 most 107 bytes by the specification); a slow, oversized or malformed header is
-a counted refusal.
+a counted refusal.  Twisted's version 1 parser takes ports and addresses that
+the specification does not (anything C{int()} reads, an IPv6 address in a
+C{TCP4} line), so each line is first checked field by field (L{check_v1_line}).
+Version 2 carries addresses and ports in binary, sized by their family:
+Twisted's parser refuses a header too short for its family.
 
 Only once the header is parsed is the rest of the chain built, with the
 address from the header: so the per-address limits (L{gateway.admission})
@@ -21,6 +25,7 @@ address.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from typing import Any
 
@@ -50,6 +55,7 @@ __all__ = [
     "MAX_V2_HEADER",
     "PROXY_VERSIONS",
     "V1_MAX",
+    "check_v1_line",
     "ProxyHeaderFactory",
     "ProxyHeaderProtocol",
     "proxy_header",
@@ -66,6 +72,44 @@ _V1_UNKNOWN = V1Parser.PROXYSTR + b" UNKNOWN"
 V1_MAX = 107
 """The longest version 1 header, CRLF included (the specification's bound)."""
 _V2_START = V2Parser.PREFIX
+
+
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_V1_PORT = re.compile(rb"0|[1-9][0-9]{0,4}")
+_V1_HOSTS: dict[bytes, tuple[re.Pattern[bytes], type[_IPAddress]]] = {
+    b"TCP4": (re.compile(rb"[0-9.]{7,15}"), ipaddress.IPv4Address),
+    b"TCP6": (re.compile(rb"[0-9A-Fa-f:]{2,39}"), ipaddress.IPv6Address),
+}
+
+
+def check_v1_line(line: bytes) -> None:
+    """
+    Check a version 1 C{TCP4} or C{TCP6} header line (without its CRLF)
+    field by field, as the specification writes it: C{PROXY}, the family,
+    two addresses of that family and two ports, separated by single spaces
+    and nothing after.  An IPv4 address is four decimal numbers of 0 to 255
+    without leading zeros; an IPv6 address is hexadecimal groups separated
+    by colons with at most one C{::} (no dotted IPv4 tail, no zone); a port
+    is a decimal number of 0 to 65535 without a sign, separator or leading
+    zero.
+
+    @raise InvalidProxyHeader: the line is anything else.
+    """
+    fields = line.split(b" ")
+    if len(fields) != 6 or fields[0] != V1Parser.PROXYSTR or fields[1] not in _V1_HOSTS:
+        raise InvalidProxyHeader()
+    pattern, family = _V1_HOSTS[fields[1]]
+    for host in fields[2:4]:
+        if pattern.fullmatch(host) is None:
+            raise InvalidProxyHeader()
+        try:
+            family(host.decode("ascii"))
+        except ValueError as error:
+            raise InvalidProxyHeader() from error
+    for port in fields[4:6]:
+        if _V1_PORT.fullmatch(port) is None or int(port) > 0xFFFF:
+            raise InvalidProxyHeader()
 
 
 class ProxyHeaderFactory(Factory):
@@ -166,6 +210,11 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
             # form, which Twisted's parser refuses): keep the balancer's address.
             rest = buffer[buffer.index(b"\r\n") + 2 :]
         else:
+            if isinstance(parser, V1Parser):
+                # Twisted's parser takes what int() and any host text take
+                # (ports -1, 99999, +55, 5_5; TCP4 with an IPv6 address);
+                # the line must be the specification's, field by field.
+                check_v1_line(buffer[: buffer.index(b"\r\n")])
             try:
                 info, remaining = parser.feed(buffer)
             except ValueError as error:  # Twisted's v1 parser: int() of a bad port
@@ -174,12 +223,6 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
                 raise InvalidProxyHeader()
             rest = remaining or b""
             source, destination = info.source, info.destination
-            host = getattr(source, "host", None)
-            if host is not None:
-                try:
-                    ipaddress.ip_address(host)
-                except ValueError as error:
-                    raise InvalidProxyHeader() from error
         self.header = buffer[: len(buffer) - len(rest)]
         self._buffer = b""
         self._done = True
@@ -304,8 +347,6 @@ PROXY_VERSIONS = ("off", "v1", "v2")
 The values of C{--proxy-protocol}: send no header to the backends, or a
 version 1 (text) or version 2 (binary) header before any byte of the client's.
 """
-
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _V1_UNKNOWN_LINE = b"PROXY UNKNOWN\r\n"
 _V2_PROXY = 0x21  # version 2, command PROXY

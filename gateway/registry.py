@@ -6,8 +6,8 @@ L{Counters} holds plain integers that the data path adds to and the admin
 endpoint (a later issue) reads; nothing is computed per chunk.  L{RefusalLog}
 counts every refusal by reason and logs it as a structured event with the
 client's address, except that past a few refusals of one reason in a window it
-only tallies them and logs one summary per window, saying how many it did not
-log one by one and from which addresses most of them came.
+only tallies them and logs one summary at the window's end, saying how many
+it did not log one by one and from which addresses most of them came.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Protocol as Structural
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.limits import Refusal
+from gateway.sampling import Sampler
 
 __all__ = ["Counters", "LiveSession", "RefusalLog", "SessionRegistry"]
 
@@ -147,7 +148,7 @@ class RefusalLog:
     Counts refusals and logs them, sampled: the first C{burst} of each reason
     in a window of C{window} seconds are logged one by one; the rest are
     tallied (by address, keeping the C{top} most frequent) and summarised
-    when the window ends.
+    by a timer when the window ends (L{gateway.sampling.Sampler}).
     """
 
     TRACKED_ADDRESSES = 1000
@@ -165,15 +166,27 @@ class RefusalLog:
         # Per instance: a Logger set as a class attribute would take the
         # class's name as its namespace, and the README documents this one.
         self._log = Logger(namespace="gateway.refusals", source=self)
-        self._clock = clock
         self.counters = counters
-        self.window = window
-        self.burst = burst
         self.top = top
-        self._logged: Counter[Refusal] = Counter()
+        self._sampler: Sampler[Refusal] = Sampler(
+            clock, self._summarise, window=window, burst=burst
+        )
         self._suppressed: dict[Refusal, Counter[str]] = {}
         self._others: Counter[Refusal] = Counter()
-        self._flush_call: IDelayedCall | None = None
+
+    @property
+    def window(self) -> float:
+        """
+        Seconds of a sampling window.
+        """
+        return self._sampler.window
+
+    @property
+    def burst(self) -> int:
+        """
+        Refusals of each reason logged one by one per window.
+        """
+        return self._sampler.burst
 
     def refused(self, reason: Refusal, peer: str, detail: str = "") -> None:
         """
@@ -183,10 +196,7 @@ class RefusalLog:
         @param detail: a few words on the case, for the log (optional).
         """
         self.counters.refused[reason] += 1
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(self.window, self._flush)
-        if self._logged[reason] < self.burst:
-            self._logged[reason] += 1
+        if self._sampler.admit(reason):
             self._log.warn(
                 "refused {peer}: {reason}{detail}",
                 peer=peer,
@@ -203,11 +213,17 @@ class RefusalLog:
         else:
             self._others[reason] += 1
 
-    def _flush(self) -> None:
-        self._flush_call = None
-        for reason, tally in self._suppressed.items():
+    def flush(self) -> None:
+        """
+        Log the summary of the current window now, if one is due, and stop
+        its timer (for a gateway that stops before the window ends).
+        """
+        self._sampler.flush()
+
+    def _summarise(self, suppressed: Counter[Refusal]) -> None:
+        for reason, count in suppressed.items():
+            tally = self._suppressed.get(reason, Counter())
             others = self._others[reason]
-            count = sum(tally.values()) + others
             most = ", ".join(f"{peer} ({n})" for peer, n in tally.most_common(self.top))
             self._log.warn(
                 "refused {count} more connections ({reason}) in the last {window:g} s "
@@ -218,6 +234,5 @@ class RefusalLog:
                 most=most + (f", others ({others})" if others else ""),
                 addresses=len(tally),
             )
-        self._logged.clear()
         self._suppressed.clear()
         self._others.clear()

@@ -435,29 +435,42 @@ def test_origins_are_compared_by_host_and_port(origin: str, code: int) -> None:
 
 def test_refused_actions_are_logged_with_sampling(log_events: EventLoggingObserver) -> None:
     """
-    A burst of refused actions (a token being guessed) is logged 5 at a
-    time; the rest of a 10 s window is one summary line when the next
-    window begins.
+    A burst of refused actions (a token being guessed: 46 wrong tokens) is
+    logged 5 at a time, and the rest of the 10 s window is one summary line
+    at the window's end, with no further request (the summary used to wait
+    for the next refusal); a few refusals schedule no timer at all.
     """
     state = make_state(TOKEN)
     clock = state.clock
     assert isinstance(clock, MemoryReactorClock)
     site = make_admin_site(state, MemoryReactorClock())
-    for _ in range(12):
+
+    def guess() -> None:
         channel = site.buildProtocol(PEER)
         assert channel is not None
         channel.makeConnection(StringTransport(peerAddress=PEER))
-        channel.dataReceived(b"POST /backends/a/drain HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    texts = [formatEvent(e) for e in log_events]
-    assert len([t for t in texts if "refused for 127.0.0.1" in t]) == 5
-    clock.advance(11)
-    channel = site.buildProtocol(PEER)
-    assert channel is not None
-    channel.makeConnection(StringTransport(peerAddress=PEER))
-    channel.dataReceived(b"POST /backends/a/drain HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    texts = [formatEvent(e) for e in log_events]
-    assert "7 more admin actions refused in the last 10 s without logging each" in texts
-    assert len([t for t in texts if "refused for 127.0.0.1" in t]) == 6
+        channel.dataReceived(
+            b"POST /backends/a/drain HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer wrong-token-wrong-token\r\n\r\n"
+        )
+
+    def texts() -> list[str]:
+        return [formatEvent(e) for e in log_events]
+
+    for _ in range(5):
+        guess()
+    assert clock.getDelayedCalls() == []
+    clock.advance(10)
+    for _ in range(46):
+        guess()
+    assert len([t for t in texts() if "refused for 127.0.0.1: wrong admin token" in t]) == 10
+    clock.advance(9.9)
+    assert not [t for t in texts() if "more admin actions refused" in t]
+    clock.advance(0.1)
+    assert "41 more admin actions refused in the last 10 s without logging each" in texts()
+    assert clock.getDelayedCalls() == []
+    clock.advance(25)
+    assert len([t for t in texts() if "more admin actions refused" in t]) == 1
 
 
 def test_empty_token_is_refused() -> None:

@@ -6,8 +6,10 @@ L{GatewayConfig} out; every error path with its message; --check-config.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,12 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python.usage import UsageError
 
 from gateway.config import BackendSpec, GatewayConfig
+from gateway.configfile import MAX_FILE_SIZE
 from gateway.health import HealthCheck
 from gateway.options import GatewayOptions
 from gateway.service import health_checks
-from tests.support import TWISTD
+from tests.support import TWISTD, Backend, GatewayProcess, connect, recv_exactly, wait_for
+from tests.test_options import DURATIONS, in_bounded_child
 
 TOKEN = "file-admin-token-0123456789"
 
@@ -360,3 +364,177 @@ def test_command_line_token_replaces_the_files(tmp_path: Path) -> None:
     path = write(tmp_path, f'admin-token = "{TOKEN}"\nbackend = ["tcp:127.0.0.1:9"]\n')
     config = parse(["--config", path, "--admin-token-file", str(token_file)])
     assert config.admin_token == "from-the-file-0123456789"
+
+
+DEEP = "a = " + "[" * 5000 + "]" * 5000 + "\n"
+"""Arrays nested thousands deep: tomllib recurses into them (RecursionError)."""
+
+UNREADABLE_FILES: list[tuple[str, bytes, str]] = [
+    (
+        "not UTF-8",
+        b"backend = ['tcp:h:1']\nbalance = '\xff'\n",
+        "not UTF-8 text (byte 0xff on line 2)",
+    ),
+    ("nested too deeply", DEEP.encode(), "arrays or tables nested too deeply"),
+    ("inline tables nested", ("a = " + "{b = " * 3000 + "1" + "}" * 3000).encode(), "too deeply"),
+    ("an integer too long", b"retries = " + b"1" * 5000 + b"\n", "Exceeds the limit"),
+    ("too large", b"# " + b"x" * MAX_FILE_SIZE + b"\n", "larger than 1024 KiB"),
+]
+"""Files that cannot be read as TOML, each with what the message says."""
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(content, message) for _, content, message in UNREADABLE_FILES],
+    ids=[name for name, _, _ in UNREADABLE_FILES],
+)
+def test_unreadable_files(tmp_path: Path, content: bytes, message: str) -> None:
+    """
+    A file that is not UTF-8, nests arrays or inline tables thousands deep,
+    has an integer too long for Python or is larger than L{MAX_FILE_SIZE}
+    is refused with one line naming the file and what is wrong (these were
+    tracebacks: UnicodeDecodeError, RecursionError, ValueError).
+    """
+    path = tmp_path / "gateway.toml"
+    path.write_bytes(content)
+    with pytest.raises(UsageError) as raised:
+        parse(["--config", str(path)])
+    text = str(raised.value)
+    assert text.startswith(f"{path}: not valid TOML: ") or text.startswith(f"{path}: larger")
+    assert message in text
+    assert "\n" not in text
+    assert len(text) < 300
+
+
+def test_folder_or_endless_file_is_refused(tmp_path: Path) -> None:
+    """
+    A folder given as the file is refused naming --config; an endless file
+    (/dev/zero) is refused after reading at most L{MAX_FILE_SIZE} bytes of
+    it (checked in a child process held to 512 MiB of memory, since reading
+    it all would take every byte the machine has).
+    """
+    with pytest.raises(UsageError, match=r"^--config: cannot read '.*': Is a directory$"):
+        parse(["--config", str(tmp_path)])
+    printed = in_bounded_child(
+        "from gateway.config import ConfigError\n"
+        "from gateway.configfile import read_config_file\n"
+        "try:\n"
+        "    read_config_file('/dev/zero')\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+    )
+    assert printed == "/dev/zero: larger than 1024 KiB, not a config file\n"
+
+
+def test_values_are_shown_short(tmp_path: Path) -> None:
+    """
+    A value of the wrong type is shown cut short in the message, however
+    long or deeply nested it is (tomllib takes arrays nested hundreds deep).
+    """
+    nested = "[" * 400 + "]" * 400
+    path = write(tmp_path, f"backend = ['tcp:h:1']\nretries = {nested}\nlisten = {nested}\n")
+    with pytest.raises(UsageError) as raised:
+        parse(["--config", path])
+    assert str(raised.value).startswith(f"{path}: retries: must be a whole number, got [[[")
+    assert len(str(raised.value)) < 200
+    path = write(tmp_path, "backend = ['tcp:h:1']\nretries = '" + "9" * 10_000 + "'\n")
+    with pytest.raises(UsageError) as raised:
+        parse(["--config", path])
+    assert len(str(raised.value)) < 200
+
+
+@pytest.mark.parametrize("key", sorted(DURATIONS))
+@pytest.mark.parametrize(
+    ("value", "bound"),
+    [
+        ("1e-300", "at least 0.1 seconds"),
+        ("1e300", "at most 86400 seconds"),
+        ("inf", "expected a finite number"),
+        ("nan", "expected a finite number"),
+    ],
+)
+def test_durations_in_the_file_are_bounded(
+    tmp_path: Path, key: str, value: str, bound: str
+) -> None:
+    """
+    Every seconds setting in the file has the command line's bounds, and
+    the message names the file and the key.
+    """
+    path = write(tmp_path, f"backend = ['tcp:h:1']\n{key} = {value}\n")
+    with pytest.raises(UsageError) as raised:
+        parse(["--config", path])
+    assert str(raised.value).startswith(f"{path}: {key}: ")
+    assert bound in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"backend = ['tcp:127.0.0.1:9']\nhealth-interval = 1e-300\n", "at least 0.1 seconds"),
+        (DEEP.encode(), "nested too deeply"),
+        (b"backend = ['tcp:127.0.0.1:9']\nbalance = '\xff'\n", "not UTF-8"),
+    ],
+    ids=["tiny-interval", "deep", "not-utf-8"],
+)
+def test_bad_file_stops_twistd_with_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    """
+    twistd -n gateway with such a file exits with status 2 and one line on
+    standard error naming the file, before binding anything.
+    """
+    path = tmp_path / "gateway.toml"
+    path.write_bytes(content)
+    result = subprocess.run(
+        [
+            *(TWISTD, "-n", "--pidfile=", "gateway", "--config", str(path)),
+            *("--admin", "none", "--listen", "tcp:0:interface=127.0.0.1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"gateway: error: {path}: ")
+    assert message in lines[0]
+    assert "listening on" not in result.stdout
+
+
+def _refusals_past(gateway: GatewayProcess, count: int) -> bool:
+    """
+    Whether the gateway has logged more than C{count} refused reloads.
+    """
+    return gateway.log().count("reload refused") > count
+
+
+def test_sighup_with_a_bad_file_keeps_the_running_configuration(
+    tmp_path: Path, echo_backend: Backend
+) -> None:
+    """
+    A SIGHUP reload of a file that is not UTF-8, nests too deeply or has a
+    tiny interval logs one error line each (no traceback) and changes
+    nothing: the gateway goes on relaying with the configuration it had.
+    """
+    config = tmp_path / "gateway.toml"
+    good = f"sniff-timeout = 0.2\nhealth-interval = 0\nbackend = ['{echo_backend.endpoint}']\n"
+    config.write_text(good)
+    with GatewayProcess(["--config", str(config)], tmp_path) as gateway:
+        assert gateway.process is not None
+        for content, message in [
+            (good.encode() + b"balance = '\xff'\n", "not UTF-8 text (byte 0xff on line 4)"),
+            (DEEP.encode(), "arrays or tables nested too deeply"),
+            (good.encode() + b"connect-timeout = 1e-300\n", "connect-timeout: must be at least"),
+        ]:
+            config.write_bytes(content)
+            before = gateway.log().count("reload refused")
+            gateway.process.send_signal(signal.SIGHUP)
+            wait_for(partial(_refusals_past, gateway, before), "the refusal")
+            assert f"the running configuration stays: {config}: " in gateway.log()
+            assert message in gateway.log()
+            with connect(gateway.port) as client:
+                client.sendall(b"ping\n")
+                assert recv_exactly(client, 5) == b"ping\n"
+        assert "Traceback" not in gateway.log()
+        assert gateway.log().count("reload refused") == 3
+        assert gateway.process.poll() is None

@@ -395,6 +395,7 @@ def test_idle_timeout_closes_quiet_sessions_only(
     ("args", "expected"),
     [
         (["--sniff-timeout", "-1"], "--sniff-timeout: must not be negative"),
+        (["--health-interval", "1e-300"], "--health-interval: must be at least 0.1 seconds"),
         (["--listen", "nosuch:1234"], "--listen: cannot use 'nosuch:1234'"),
         (["--http-root", "/no/such/dir"], "--http-root: '/no/such/dir' does not exist"),
     ],

@@ -239,16 +239,25 @@ def test_proxy_claimed_addresses_are_limited_per_claim(
 def test_bad_proxy_header_is_refused(tmp_path: Path, echo_backend: Backend) -> None:
     """
     On a haproxy: front, a connection without a valid PROXY header is closed
-    and counted as a bad request; the gateway keeps serving.
+    and counted as a bad request, and so is one whose version 1 header has a
+    port out of the specification's range or form, or an address of the
+    other family; nothing reaches the backend, and the gateway keeps serving.
     """
     with GatewayProcess(
         ["--listen", "haproxy:tcp:0:interface=127.0.0.1", "--backend", echo_backend.endpoint],
         tmp_path,
     ) as gateway:
-        bad = client_from("127.0.0.1", gateway.port)
-        bad.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert recv_until_eof(bad) == b""
-        bad.close()
+        for header in (
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"PROXY TCP4 10.1.2.3 127.0.0.1 99999 8080\r\nping\n",
+            b"PROXY TCP4 10.1.2.3 127.0.0.1 +55 5_5\r\nping\n",
+            b"PROXY TCP4 ::1 ::1 4000 8080\r\nping\n",
+            b"PROXY TCP6 10.1.2.3 127.0.0.1 4000 8080\r\nping\n",
+        ):
+            bad = client_from("127.0.0.1", gateway.port)
+            bad.sendall(header)
+            assert recv_until_eof(bad) == b"", header
+            bad.close()
         good = client_from("127.0.0.1", gateway.port)
         good.sendall(proxy_v1("10.1.2.3", 4000) + b"ping\n")
         assert recv_exactly(good, 5) == b"ping\n"

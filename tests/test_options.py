@@ -6,6 +6,7 @@ discovery finds the plugin.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -262,6 +263,70 @@ def test_bad_settings(argv: list[str], message: str) -> None:
     assert message in str(raised.value)
 
 
+DURATIONS = {
+    field.name.replace("_", "-"): field.name
+    for field in dataclasses.fields(GatewayConfig)
+    if field.name.endswith(("_timeout", "_interval"))
+}
+"""Every seconds setting, option name to config field (found from the
+config's fields, so that a new one cannot be missed)."""
+
+
+def test_every_duration_is_known() -> None:
+    """
+    The seconds settings are the seven the README lists (a new one gets
+    its bounds and a line there).
+    """
+    assert sorted(DURATIONS) == [
+        "connect-timeout",
+        "drain-timeout",
+        "fin-timeout",
+        "header-timeout",
+        "health-interval",
+        "idle-timeout",
+        "sniff-timeout",
+    ]
+
+
+@pytest.mark.parametrize("option", sorted(DURATIONS))
+@pytest.mark.parametrize(
+    ("value", "bound"),
+    [
+        ("1e-300", "at least 0.1 seconds"),
+        ("0.099", "at least 0.1 seconds"),
+        ("5e-324", "at least 0.1 seconds"),
+        ("86400.5", "at most 86400 seconds"),
+        ("1e300", "at most 86400 seconds"),
+        ("inf", "expected a finite number"),
+        ("-inf", "expected a finite number"),
+        ("nan", "expected a finite number"),
+    ],
+)
+def test_durations_are_bounded(option: str, value: str, bound: str) -> None:
+    """
+    Every seconds setting refuses a tiny duration (a busy loop: 1e-300 s
+    between health checks took a core and marked the backends down), a
+    huge or infinite one, and NaN, with a message naming the option, the
+    bound and the value.
+    """
+    with pytest.raises(UsageError) as raised:
+        parse(["--demo", f"--{option}", value])
+    assert str(raised.value).startswith(f"--{option}: ")
+    assert bound in str(raised.value)
+    assert repr(value) in str(raised.value)
+
+
+@pytest.mark.parametrize("option", sorted(DURATIONS))
+@pytest.mark.parametrize("value", [0.1, 86400.0])
+def test_duration_bounds_are_accepted(option: str, value: float) -> None:
+    """
+    The bounds themselves, 0.1 s and a day, are valid for every seconds
+    setting.
+    """
+    config = parse(["--demo", f"--{option}", str(value)])
+    assert getattr(config, DURATIONS[option]) == value
+
+
 def test_http_root_must_be_a_directory(tmp_path: Path) -> None:
     """
     --http-root naming a file is refused.
@@ -356,3 +421,53 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         parse(["--version"])
     assert raised.value.code == 0
     assert capsys.readouterr().out == f"gateway {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "pattern", ["user=(a{99999999999})", "(" * 5000 + "x" + ")" * 5000], ids=["repeat", "deep"]
+)
+def test_session_key_that_cannot_compile(pattern: str) -> None:
+    """
+    A --session-key whose repetition count overflows, or whose groups nest
+    thousands deep (RecursionError in the compiler), is refused as not a
+    valid regular expression, not a traceback.
+    """
+    with pytest.raises(UsageError, match="^--session-key: not a valid regular expression: "):
+        parse(["--demo", "--balance", "hash", "--session-key", pattern])
+
+
+def in_bounded_child(code: str) -> str:
+    """
+    Run Python C{code} in a child process held to 512 MiB of memory and 60
+    seconds (for code that, were the bound it checks missing, would read an
+    endless file until the machine ran out of memory); its standard output.
+    """
+    script = (
+        "import resource\nresource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))\n" + code
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_endless_token_file_is_refused(tmp_path: Path) -> None:
+    """
+    An --admin-token-file whose first line never ends (/dev/zero) is refused
+    after reading a bounded part of it; one whose first line is a token is
+    read.
+    """
+    printed = in_bounded_child(
+        "from gateway.config import ConfigError, read_token_file\n"
+        "try:\n"
+        "    read_token_file('--admin-token-file', '/dev/zero')\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+    )
+    assert printed == "--admin-token-file: '/dev/zero': the first line is over 4096 characters\n"
+    token = tmp_path / "token"
+    token.write_text("a-token-of-sixteen-or-more\nsecond line\n")
+    assert parse(["--demo", "--admin-token-file", str(token)]).admin_token == (
+        "a-token-of-sixteen-or-more"
+    )

@@ -191,16 +191,42 @@ def test_default_tracked_addresses_bound() -> None:
     assert RefusalLog.TRACKED_ADDRESSES == 1000
 
 
-def test_nothing_scheduled_without_refusals() -> None:
+def test_nothing_scheduled_while_nothing_is_suppressed() -> None:
     """
-    A refusal log that has refused nothing keeps no timer; its window starts
-    with its first refusal.
+    A refusal log keeps no timer while every refusal has been logged one by
+    one (none refused, or a burst of each reason, in any number of
+    windows); the first tallied refusal schedules the window's end, counted
+    from the window's first refusal, and the summary comes then with no
+    further refusal.
     """
     refusals, _, clock = make_log()
     assert clock.getDelayedCalls() == []
+    for _ in range(3):
+        for reason in (Refusal.RATE, Refusal.TIMEOUT):
+            for _ in range(BURST):
+                refusals.refused(reason, "192.0.2.1:1")
+        assert clock.getDelayedCalls() == []
+        clock.advance(WINDOW)
+    start = clock.seconds()
+    for _ in range(BURST):
+        refusals.refused(Refusal.RATE, "192.0.2.1:1")
+    clock.advance(4)
     refusals.refused(Refusal.RATE, "192.0.2.1:1")
     (call,) = clock.getDelayedCalls()
-    assert call.getTime() == WINDOW
+    assert call.getTime() == start + WINDOW
+
+
+def test_flush_logs_the_summary_now(log_events: EventLoggingObserver) -> None:
+    """
+    L{RefusalLog.flush} (a gateway stopping within a window) logs the
+    window's summary at once and leaves no timer.
+    """
+    refusals, _, clock = make_log()
+    for _ in range(BURST + 2):
+        refusals.refused(Refusal.RATE, "192.0.2.1:1")
+    refusals.flush()
+    assert [e["count"] for e in summaries(log_events)] == [2]
+    assert clock.getDelayedCalls() == []
 
 
 @settings(max_examples=100, deadline=None)
