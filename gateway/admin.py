@@ -47,15 +47,16 @@ from twisted.python.failure import Failure
 from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
 from typing_extensions import override
 
 from gateway.connection import describe_peer
 from gateway.limits import Refusal
 from gateway.pool import Backend, BackendState, Pool
-from gateway.registry import Counters, LiveSession, SessionRegistry
+from gateway.registry import Counters, LiveSession, RefusalLog, SessionRegistry
 from gateway.sampling import Sampler
+from gateway.web import HEADER_TIMEOUT, HTTPSite
 
 if TYPE_CHECKING:
     from gateway.workers import WorkerPool
@@ -144,6 +145,52 @@ def host_allowed(header: bytes | None, names: tuple[str, ...]) -> bool:
     except ValueError:
         return host == "localhost" or host in names
     return True
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_port(netloc: str, default: int | None) -> tuple[str, int | None] | None:
+    """
+    A C{host[:port]} split, the host lower-cased (C{[v6]} kept whole), or
+    L{None} if the port is not a number.
+    """
+    host, port = netloc, ""
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        if end < 0:
+            return None
+        host, rest = netloc[: end + 1], netloc[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                return None
+            port = rest[1:]
+    elif ":" in netloc:
+        host, port = netloc.rsplit(":", 1)
+    if port and not port.isdigit():
+        return None
+    return host.lower(), int(port) if port else default
+
+
+def same_origin(origin: bytes, host: bytes | None) -> bool:
+    """
+    Whether a request's C{Origin} names the host it was sent to (its C{Host}
+    header): scheme and host compared without regard to case, as RFC 6454
+    serialises origins (C{http://LOCALHOST:9090} is C{http://localhost:9090}),
+    the port exactly (a missing one is the scheme's default).
+    """
+    if host is None:
+        return False
+    parts = urlsplit(origin.decode("latin-1").strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or parts.path or parts.query or parts.fragment:
+        return False
+    if "@" in parts.netloc:
+        return False
+    default = _DEFAULT_PORTS[scheme]
+    theirs = _host_port(parts.netloc, default)
+    ours = _host_port(host.decode("latin-1").strip(), default)
+    return theirs is not None and theirs == ours
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:
@@ -653,10 +700,8 @@ class _BackendActions(Resource):
         Why this request may not act, as (HTTP status, reason), or L{None}.
         """
         origin = request.getHeader(b"origin")
-        if origin is not None:
-            host = request.getHeader(b"host") or b""
-            if urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") != host:
-                return 403, "cross-origin request"
+        if origin is not None and not same_origin(origin, request.getHeader(b"host")):
+            return 403, "cross-origin request"
         token = self._state.token
         if token is None:
             return None
@@ -707,20 +752,38 @@ def _dashboard(root: Resource) -> None:
         root.putChild(path, page)
 
 
-class _AdminSite(Site):
+class _AdminSite(HTTPSite):
     """
     The admin site: it answers only requests that name an allowed host (see
     L{host_allowed}); every response says not to be framed, and the
     dashboard may load nothing but this endpoint's own files.  Requests are
     not logged (a dashboard polls every 2 seconds).
+
+    Its connections are the front's hardened channels (L{HTTPSite}): the
+    same request timeout (line, headers and body), size limits, idle
+    keep-alive timeout and response timeouts.
     """
 
-    def __init__(self, root: Resource, state: AdminState, reactor: IReactorTime) -> None:
-        super().__init__(root, reactor=reactor)
+    methods = (b"GET", b"HEAD", b"POST")
+
+    def __init__(
+        self,
+        root: Resource,
+        state: AdminState,
+        reactor: IReactorTime,
+        *,
+        header_timeout: float,
+        refusals: RefusalLog | None,
+    ) -> None:
+        super().__init__(root, reactor=reactor, header_timeout=header_timeout, refusals=refusals)
         self._state = state
 
     @override
     def log(self, request: Any) -> None:
+        pass
+
+    @override
+    def log_request(self, request: Any, reason: str, channel: Any) -> None:
         pass
 
     @override
@@ -744,9 +807,18 @@ def _time_slice(clock: IReactorTime, seconds: float) -> Callable[[], bool]:
     return lambda: clock.seconds() >= deadline
 
 
-def make_admin_site(state: AdminState, reactor: IReactorTime) -> Site:
+def make_admin_site(
+    state: AdminState,
+    reactor: IReactorTime,
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    refusals: RefusalLog | None = None,
+) -> HTTPSite:
     """
     The admin endpoint's site.
+
+    @param header_timeout: seconds a request (line, headers, body) may take.
+    @param refusals: where its timeouts and bad requests are counted.
     """
     root = Resource()
     cooperator = Cooperator(
@@ -757,6 +829,4 @@ def make_admin_site(state: AdminState, reactor: IReactorTime) -> Site:
     root.putChild(b"metrics", _Metrics(state))
     root.putChild(b"backends", _BackendActions(state))
     _dashboard(root)
-    site = _AdminSite(root, state, reactor)
-    site.displayTracebacks = False
-    return site
+    return _AdminSite(root, state, reactor, header_timeout=header_timeout, refusals=refusals)

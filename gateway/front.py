@@ -389,8 +389,8 @@ class FrontDoor(CloseHooks, Protocol):
         channel = self.http
         if channel is None or self.transport is None:
             return
-        if getattr(channel, "_request_lines", 0) or getattr(channel, "_buffer", b""):
-            # A request is arriving: answer it, then close (the header
+        if getattr(channel, "receiving", False) or getattr(channel, "_buffer", b""):
+            # A request is arriving: answer it, then close (the request
             # timeout bounds a client that never finishes it).
             channel.persistent = False
             return

@@ -653,6 +653,7 @@ class _Parts:
     health: HealthChecker | None
     admin_state: AdminState | None
     access_log: AccessLogFile | None
+    admin_site: Any = None
 
 
 def _policies(config: GatewayConfig, old: AddressLimits | None) -> AddressLimits | None:
@@ -749,6 +750,8 @@ def _apply(service: GatewayService, parts: _Parts, new: GatewayConfig) -> list[s
     factory.relay_mode = new.relay
     factory.session_key = re.compile(new.session_key.encode()) if new.session_key else None
     parts.site.header_timeout = new.header_timeout
+    if parts.admin_site is not None:
+        parts.admin_site.header_timeout = new.header_timeout
     if new.http_root != old.http_root or new.http_listing != old.http_listing:
         http_root = new.http_root
         if http_root is None and new.demo:
@@ -992,6 +995,7 @@ def make_service(
         # the fronts itself, before anything else).
         workers.setServiceParent(top)
     state = None
+    admin_site = None
     if config.admin is not None and role != "worker":
         state = AdminState(
             pool,
@@ -1002,10 +1006,13 @@ def make_service(
             hosts=config.admin_hosts,
             workers=workers,
         )
+        admin_site = make_admin_site(
+            state, reactor, header_timeout=config.header_timeout, refusals=refusals
+        )
         admin = FrontListener(
             config.admin,
             serverFromString(reactor, config.admin),
-            make_admin_site(state, reactor),
+            admin_site,
             option="--admin",
         )
         top.admin = admin
@@ -1044,6 +1051,7 @@ def make_service(
         health=health,
         admin_state=state,
         access_log=access_log,
+        admin_site=admin_site,
     )
     top.rebuild = rebuild
     return top

@@ -14,7 +14,11 @@ file size) with the defaults a public server wants:
     links that leave the root;
   - a path segment with a NUL byte or invalid UTF-8 is a 404 (not a 500, and
     no traceback in the log per request);
-  - methods other than GET and HEAD get a 405 with C{Allow: GET, HEAD};
+  - methods other than GET and HEAD get a 405 with C{Allow: GET, HEAD}, and
+    so does C{OPTIONS *} (Twisted answers it 200);
+  - C{Range} requests follow the policy of L{gateway.ranges} (invalid or
+    more than 64 ranges: the whole file; overlapping ones merged), and every
+    response body is read from its file 64 KiB at a time, ranges or not;
   - content types come from a pinned table for the common web types (so they
     do not depend on the host's C{/etc/mime.types}), then the host's table,
     and unknown extensions are C{application/octet-stream}, never HTML.
@@ -26,26 +30,36 @@ connections it classified as HTTP.
 from __future__ import annotations
 
 import os
+from typing import IO, Any, cast
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPullProducer,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, pages, resource
-from twisted.web.http import HTTPChannel
+from twisted.web.http import NO_BODY_CODES, HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 from typing_extensions import override
+from zope.interface import implementer
 
 from gateway.access import HTTP_CLIENT_LEFT, HTTP_COMPLETE, log_http_request
 from gateway.connection import describe_peer
 from gateway.limits import Refusal
+from gateway.ranges import FileParts, Multipart, ResponseConsumer, select_ranges
 from gateway.registry import RefusalLog
 
 __all__ = [
     "HEADER_TIMEOUT",
     "MAX_BODY",
     "HTTP_IDLE_TIMEOUT",
+    "SEND_TIMEOUT",
     "GatewayHTTPChannel",
     "GatewayRequest",
     "HTTPSite",
@@ -60,7 +74,12 @@ MAX_BODY = 64 * 1024
 """The largest request body accepted (static files need none)."""
 
 HEADER_TIMEOUT = 10.0
-"""Default seconds a request's line and headers may take to arrive (slowloris)."""
+"""Default seconds a request (line, headers and body) may take to arrive (slowloris)."""
+
+SEND_TIMEOUT = 60.0
+"""Seconds a response may make no progress (nothing written: a stuck producer,
+a client that does not read) before its connection is aborted; also the
+time a closing connection gets to take its last bytes (nginx's C{send_timeout})."""
 
 _NOT_FOUND = pages.notFound("No Such Resource", "No such file.")
 
@@ -148,6 +167,34 @@ class StaticRoot(File):
         return super().render(request)  # type: ignore[no-any-return]
 
     @override
+    def makeProducer(self, request: IRequest, fileForReading: IO[bytes]) -> FileParts:  # noqa: N803
+        # Instead of Twisted's producers: its multi-range one reads a whole
+        # file at once once part headers pass 64 KiB (a negative read size),
+        # or fails mid-response; and none of them notices a file cut short.
+        size = self.getFileSize()
+        spans = select_ranges(request.getHeader(b"range"), size)
+        consumer = cast(ResponseConsumer, request)
+        if spans is None:
+            self._setContentHeaders(request)
+            request.setResponseCode(http.OK)
+            return FileParts(consumer, fileForReading, [(0, size)] if size else [])
+        if not spans:
+            request.setResponseCode(http.REQUESTED_RANGE_NOT_SATISFIABLE)
+            request.setHeader(b"content-range", b"bytes */%d" % size)
+            request.setHeader(b"content-length", b"0")
+            return FileParts(consumer, fileForReading, [])
+        request.setResponseCode(http.PARTIAL_CONTENT)
+        if len(spans) == 1:
+            start, stop = spans[0]
+            self._setContentHeaders(request, stop - start)
+            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, stop - 1, size))
+            return FileParts(consumer, fileForReading, spans)
+        multipart = Multipart((self.type or "application/octet-stream").encode("ascii"), size)
+        request.setHeader(b"content-type", multipart.content_type)
+        request.setHeader(b"content-length", b"%d" % multipart.length(spans))
+        return FileParts(consumer, fileForReading, spans, multipart)
+
+    @override
     def listNames(self) -> list[str]:
         names = super().listNames()
         folder = self.path
@@ -177,31 +224,146 @@ class StaticRoot(File):
         return self.childNotFound
 
 
+@implementer(IPushProducer)
+class _PullPump:
+    """
+    Drives a pull producer (a file's parts) for an HTTP channel: one
+    C{resumeProducing} per reactor turn while the transport takes data.
+
+    Twisted's own adapter (C{_PullToPush}) runs on the global cooperator and,
+    when the producer raises, only unregisters it: the response then never
+    ends and its connection is never closed.  This one takes the channel's
+    clock, and a producer that raises is reported to C{failed}, once.
+    """
+
+    def __init__(
+        self,
+        producer: IPullProducer,
+        clock: IReactorTime,
+        failed: Any,
+    ) -> None:
+        """
+        @param failed: called with the L{Failure} when the producer raises.
+        """
+        self._producer = producer
+        self._clock = clock
+        self._failed = failed
+        self._call: IDelayedCall | None = None
+        self._paused = False
+        self._stopped = False
+        self._producer_stopped = False
+
+    def startStreaming(self) -> None:  # noqa: N802 - what HTTPChannel calls
+        """
+        Start pulling.
+        """
+        self._schedule()
+
+    def stopStreaming(self) -> None:  # noqa: N802 - what HTTPChannel calls
+        """
+        The producer was unregistered: pull no more.
+        """
+        self._stopped = True
+        self._cancel()
+
+    def _schedule(self) -> None:
+        if self._call is None and not self._paused and not self._stopped:
+            self._call = self._clock.callLater(0, self._pull)
+
+    def _cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _pull(self) -> None:
+        self._call = None
+        try:
+            self._producer.resumeProducing()
+        except Exception:
+            failure = Failure()
+            self.stopProducing()  # close its file now
+            self._failed(failure)
+            return
+        self._schedule()
+
+    def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer
+        """
+        The transport is full: pull no more until resumed.
+        """
+        self._paused = True
+        self._cancel()
+
+    def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer
+        """
+        The transport takes data again: pull.
+        """
+        self._paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:  # noqa: N802 - IPushProducer
+        """
+        The connection is gone: stop, and stop the producer (once).
+        """
+        if self._producer_stopped:
+            return
+        self._producer_stopped = True
+        self.stopStreaming()
+        self._producer.stopProducing()
+
+
+def _tokens(values: list[bytes] | None) -> set[bytes]:
+    """
+    The lower-cased tokens of a comma-separated header (C{Connection}).
+    """
+    return {token.strip().lower() for value in values or [] for token in value.split(b",")} - {b""}
+
+
 class GatewayHTTPChannel(HTTPChannel):
     """
-    Twisted's HTTP/1.x channel, hardened against slow and oversized requests:
+    Twisted's HTTP/1.x channel, hardened against slow and oversized requests
+    and against responses that cannot finish:
 
-      - a request's line and headers must all arrive within the site's
-        C{header_timeout} from its first byte (slowloris), else the client
-        gets C{408 Request Timeout} and the connection is closed;
+      - a request's line, headers and body must all arrive within the
+        site's C{header_timeout} from its first byte (slowloris, slow
+        bodies), else the client gets C{408 Request Timeout} and the
+        connection is closed;
       - a request line longer than the line limit gets C{414 URI Too Long},
         a header line longer than it C{431 Request Header Fields Too Large},
         and the connection is closed (Twisted closes without an answer);
       - a request body over L{MAX_BODY} bytes, or a chunked one, gets
         C{413 Content Too Large} at once (the site serves files, it takes no
-        uploads), so no client can fill the disk or hold a connection with a
-        slow upload;
-      - every such case, and Twisted's own 400 answers, are counted refusals.
+        uploads), so no client can fill the disk;
+      - every such case, and Twisted's own 400 answers, are counted refusals;
+      - a response producer that fails mid-response aborts the connection
+        (its slots are freed at once); a response that makes no progress for
+        the site's C{send_timeout} aborts it too, and so does a closing
+        connection whose client does not take its last bytes in that time;
+      - HTTP/1.0 keep-alive (C{Connection: keep-alive}) is honoured for
+        responses that have a length: they say C{Connection: keep-alive}.
     """
 
     site: HTTPSite
+    _log = Logger()
 
     def __init__(self) -> None:
         super().__init__()
         self._header_call: IDelayedCall | None = None
         self.bytes_out = 0
         self._headers_done = False
+        self._request_received = False
         self._request_lines = 0
+        self._writes = 0
+        self._watch_call: IDelayedCall | None = None
+        self._watch_mark = 0
+        self._watch_since = 0.0
+        self._closing_call: IDelayedCall | None = None
+
+    @property
+    def receiving(self) -> bool:
+        """
+        Whether a request has begun to arrive and is not complete yet.
+        """
+        return self._header_call is not None
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -211,7 +373,7 @@ class GatewayHTTPChannel(HTTPChannel):
         super().dataReceived(data)
 
     def _start_header_timer(self) -> None:
-        if self._header_call is None and not self._headers_done:
+        if self._header_call is None and not self._request_received:
             self._header_call = self.callLater(self.site.header_timeout, self._header_timed_out)
 
     @override
@@ -221,16 +383,34 @@ class GatewayHTTPChannel(HTTPChannel):
 
     @override
     def allHeadersReceived(self) -> None:
+        # The request timer goes on until the body is in too (a body sent
+        # one byte at a time must not hold the connection for ever).
         self._headers_done = True
         self._request_lines = 0
-        self._stop_header_timer()
         if self._body_too_large():
             # A static site takes no request bodies: refuse a large or chunked
-            # one before Twisted spools it to a temporary file (and a slow one
-            # before it ties the connection up).
+            # one before Twisted spools it to a temporary file.
             self._refuse(Refusal.BAD_REQUEST, b"413 Content Too Large", "request body too large")
             return
         super().allHeadersReceived()
+
+    @override
+    def allContentReceived(self) -> None:
+        self._stop_header_timer()
+        self._request_received = True
+        self._headers_done = False
+        self._start_watch()
+        super().allContentReceived()
+
+    @override
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if version == b"HTTP/1.0":
+            # Twisted never keeps an HTTP/1.0 connection; HTTP/1.0 servers
+            # do when asked, if the response has a length (GatewayRequest
+            # decides that when it writes the headers).
+            tokens = _tokens(request.requestHeaders.getRawHeaders(b"connection"))
+            return b"keep-alive" in tokens and b"close" not in tokens
+        return bool(super().checkPersistence(request, version))
 
     def _body_too_large(self) -> bool:
         headers = self.requests[-1].requestHeaders if self.requests else None
@@ -249,20 +429,23 @@ class GatewayHTTPChannel(HTTPChannel):
     @override
     def requestDone(self, request: Request) -> None:
         self.bytes_out += request.sentLength
-        # The next request's headers get their own time limit, from its first
-        # byte; if it was pipelined (already buffered), from now.
-        self._headers_done = False
+        # The next request gets its own time limit, from its first byte; if
+        # it was pipelined (already buffered), from now.
+        self._request_received = False
         super().requestDone(request)
+        if not self._handlingRequest:
+            self._stop_watch()
         if self.persistent and self._buffer and self.transport is not None:
             if not self.transport.disconnecting:  # type: ignore[attr-defined]
                 self._start_header_timer()
 
     def _header_timed_out(self) -> None:
         self._header_call = None
+        part = "body" if self._headers_done else "headers"
         self._refuse(
             Refusal.TIMEOUT,
             b"408 Request Timeout",
-            f"request headers not complete within {self.site.header_timeout:g} s",
+            f"request {part} not complete within {self.site.header_timeout:g} s",
         )
 
     @override
@@ -306,9 +489,96 @@ class GatewayHTTPChannel(HTTPChannel):
             self._header_call.cancel()
         self._header_call = None
 
+    # Responses that cannot finish -------------------------------------------
+
+    @override
+    def write(self, data: bytes) -> None:
+        self._writes += 1
+        super().write(data)
+
+    @override
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        self._writes += 1
+        super().writeSequence(iovec)
+
+    @override
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if streaming:
+            super().registerProducer(producer, streaming)
+            return
+        if self._requestProducer is not None:
+            raise RuntimeError(f"a producer is already registered: {self._requestProducer!r}")
+        pump = _PullPump(producer, self.site.reactor, self._producer_failed)
+        self._requestProducer = pump
+        self._requestProducerStreaming = False
+        pump.startStreaming()
+
+    def _producer_failed(self, failure: Failure) -> None:
+        """
+        The response's producer raised: the response can never be completed,
+        so the connection is aborted (the client sees it cut short, and the
+        connection's slots are freed).
+        """
+        self._log.failure(
+            "response to {peer} failed mid-response; connection aborted",
+            failure,
+            peer=self._peer(),
+        )
+        self._abort()
+
+    def _peer(self) -> str:
+        return describe_peer(self.transport.getPeer()) if self.transport is not None else "-"
+
+    def _abort(self) -> None:
+        self._stop_watch()
+        transport = self.transport
+        if transport is not None:
+            transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _start_watch(self) -> None:
+        if self._watch_call is None:
+            self._watch_mark = self._writes
+            self._watch_since = self.site.reactor.seconds()
+            self._watch_call = self.callLater(self.site.send_timeout / 4, self._watch)
+
+    def _stop_watch(self) -> None:
+        if self._watch_call is not None and self._watch_call.active():
+            self._watch_call.cancel()
+        self._watch_call = None
+
+    def _watch(self) -> None:
+        # Progress by a counter checked every S/4 (no timer reset per write):
+        # a response that wrote nothing for S seconds is stuck, whether its
+        # producer stalled or its client stopped reading.
+        self._watch_call = None
+        now = self.site.reactor.seconds()
+        if self._writes != self._watch_mark:
+            self._watch_mark, self._watch_since = self._writes, now
+        elif now - self._watch_since >= self.site.send_timeout:
+            self._log.info(
+                "response to {peer} made no progress for {timeout:g} s; connection aborted",
+                peer=self._peer(),
+                timeout=self.site.send_timeout,
+            )
+            self._abort()
+            return
+        self._watch_call = self.callLater(self.site.send_timeout / 4, self._watch)
+
+    @override
+    def loseConnection(self) -> None:
+        # A connection being closed waits for its buffered bytes to be
+        # taken; a client that never reads them would hold it for ever.
+        if self._closing_call is None and self.transport is not None:
+            self._closing_call = self.callLater(self.site.send_timeout, self._abort)
+        super().loseConnection()
+
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_header_timer()
+        self._stop_watch()
+        if self._closing_call is not None and self._closing_call.active():
+            self._closing_call.cancel()
+        self._closing_call = None
         super().connectionLost(reason)
 
 
@@ -337,6 +607,36 @@ class GatewayRequest(Request):
         super().requestReceived(command, path, version)
 
     @override
+    def write(self, data: bytes) -> None:
+        channel = self.channel
+        if not self.startedWriting and self.clientproto == b"HTTP/1.0" and channel is not None:
+            # HTTP/1.0 keep-alive (asked for, see checkPersistence): only a
+            # response whose end the client can tell keeps the connection.
+            if channel.persistent and (
+                self.method == b"HEAD"
+                or self.code in NO_BODY_CODES
+                or self.responseHeaders.hasHeader(b"content-length")
+            ):
+                self.responseHeaders.setRawHeaders(b"connection", [b"keep-alive"])
+            else:
+                channel.persistent = False
+        super().write(data)
+
+    def _handleStar(self) -> None:  # noqa: N802 - Twisted's name
+        # Twisted answers OPTIONS * with 200 (and other methods with 405
+        # "Allow: OPTIONS"), though OPTIONS on any resource is a 405: a
+        # server that serves only some methods says which, everywhere.
+        # Other methods cannot name "*" (RFC 9112 3.2.4): a 400.
+        if self.method == b"OPTIONS":
+            self.setResponseCode(http.NOT_ALLOWED)
+            methods = getattr(self.site, "methods", _ALLOWED_METHODS)
+            self.setHeader(b"allow", b", ".join(methods))
+        else:
+            self.setResponseCode(http.BAD_REQUEST)
+        self.setHeader(b"content-length", b"0")
+        self.finish()
+
+    @override
     def connectionLost(self, reason: Failure) -> None:
         channel = self.channel
         super().connectionLost(reason)
@@ -353,13 +653,18 @@ class HTTPSite(Site):
     can switch to HTTP/2 after TLS ALPN) to finish a response for a client that
     half-closed its side.
 
-    @ivar header_timeout: seconds a request's line and headers may take.
+    @ivar header_timeout: seconds a request's line, headers and body may take.
+    @ivar send_timeout: seconds a response may make no progress (see
+        L{SEND_TIMEOUT}).
     @ivar refusals: where timeouts and bad requests are counted, or L{None}.
+    @ivar methods: the methods the site serves (named in C{Allow}).
     """
 
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
     requestFactory = GatewayRequest  # noqa: N815 - twisted.web's name
     displayTracebacks = False
+    methods: tuple[bytes, ...] = _ALLOWED_METHODS
+    reactor: IReactorTime
 
     def __init__(
         self,
@@ -367,10 +672,12 @@ class HTTPSite(Site):
         *,
         reactor: IReactorTime,
         header_timeout: float = HEADER_TIMEOUT,
+        send_timeout: float = SEND_TIMEOUT,
         refusals: RefusalLog | None = None,
     ) -> None:
         super().__init__(resource, timeout=HTTP_IDLE_TIMEOUT, reactor=reactor)
         self.header_timeout = header_timeout
+        self.send_timeout = send_timeout
         self.refusals = refusals
 
     @override
@@ -423,7 +730,7 @@ def make_site(
     @param http_root: the folder to serve, or L{None} to answer 404 to everything.
     @param listing: list folders without an index file.
     @param reactor: the reactor for the channels' timeouts.
-    @param header_timeout: seconds a request's line and headers may take.
+    @param header_timeout: seconds a request's line, headers and body may take.
     @param refusals: where timeouts and bad requests are counted.
     """
     root: resource.IResource

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from gateway.admin import AdminState, make_admin_site, status
 from gateway.pool import Backend, BackendState, Pool
 from gateway.registry import Counters, SessionRegistry
+from gateway.web import HTTP_IDLE_TIMEOUT, GatewayHTTPChannel
 from tests.test_admin import FakeSession
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -524,3 +525,60 @@ def test_streaming_gives_the_reactor_back_between_steps() -> None:
     assert transport.disconnecting
     slices = reactor.scheduled - before
     assert slices >= 5, f"written in {slices} slices"
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "code"),
+    [
+        ("localhost:9090", "http://LOCALHOST:9090", 200),
+        ("127.0.0.1:9090", "HTTP://127.0.0.1:9090", 200),
+        ("LocalHost:9090", "http://localhost:9090", 200),
+        ("localhost", "http://localhost:80", 200),
+        ("[::1]:9090", "http://[::1]:9090", 200),
+        ("localhost:9090", "http://localhost:09091", 403),
+        ("localhost:9090", "http://localhost", 403),
+        ("localhost:9090", "http://user@localhost:9090", 403),
+        ("localhost:9090", "ftp://localhost:9090", 403),
+    ],
+)
+def test_origin_compared_case_insensitively(host: str, origin: str, code: int) -> None:
+    """
+    The Origin check compares scheme and host without regard to case (RFC
+    6454 serialises them lower-case: C{http://LOCALHOST:9090} is the
+    endpoint's own origin, it was refused) and the port exactly, a missing
+    port being the scheme's default.
+    """
+    state = make_state()
+    response = request(state, "POST", "/backends/a/drain", {"Host": host, "Origin": origin})
+    assert response.code == code
+    expected = BackendState.DRAINING if code == 200 else BackendState.UP
+    assert state_of(state, "a") is expected
+
+
+def test_admin_connections_have_the_request_timeout() -> None:
+    """
+    The admin endpoint's connections are the front's hardened channels: a
+    request whose headers are not complete within the request timeout gets
+    C{408} and is closed, and idle keep-alive connections time out after
+    60 s (it was 12 hours).
+    """
+    reactor = MemoryReactorClock()
+    site = make_admin_site(make_state(), reactor, header_timeout=2.0)
+    channel = site.buildProtocol(PEER)
+    assert isinstance(channel, GatewayHTTPChannel)
+    assert channel.timeOut == HTTP_IDLE_TIMEOUT
+    transport = StringTransport(peerAddress=PEER)
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    reactor.advance(2.0)
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+    assert transport.disconnecting
+
+
+def test_admin_options_star_names_its_methods() -> None:
+    """
+    C{OPTIONS *} on the admin endpoint is a 405 naming the methods it serves.
+    """
+    response = request(make_state(), "OPTIONS", "*")
+    assert response.code == 405
+    assert response.headers["allow"] == "GET, HEAD, POST"

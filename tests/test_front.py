@@ -18,13 +18,15 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClie
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from gateway.balance import RendezvousHash
 from gateway.front import HTTP_METHODS, SNIFF_LIMIT, FrontDoor, GatewayFactory, Verdict, classify
 from gateway.pool import Backend, Pool
 from gateway.registry import Counters
-from gateway.web import make_site
+from gateway.web import SEND_TIMEOUT, HTTPSite, make_site
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -359,3 +361,33 @@ def test_cut_first_line_falls_back_to_the_address() -> None:
     assert front.session.key == PEER.host.encode()
     assert counters.key_fallbacks == 1
     assert endpoint.attempts == 1
+
+
+def test_half_closed_http_with_stalled_response_is_closed() -> None:
+    """
+    A client that half-closed after its request whose response never makes
+    progress (a producer that stopped, a client that reads nothing) is not
+    waited for without bound: the connection is closed after the send
+    timeout, and its close hooks (which free its slots) run.
+    """
+
+    class Stalled(Resource):
+        isLeaf = True  # noqa: N815
+
+        def render_GET(self, request: object) -> object:  # noqa: N802
+            return NOT_DONE_YET
+
+    front, transport, reactor, _endpoint = make_front()
+    site = front.factory.site
+    assert isinstance(site, HTTPSite)
+    site.resource = Stalled()
+    freed: list[bool] = []
+    front.add_close_hook(lambda: freed.append(True))
+    front.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    front.readConnectionLost()
+    assert transport.connected
+    reactor.advance(SEND_TIMEOUT * 0.75)
+    assert transport.connected
+    reactor.pump([SEND_TIMEOUT / 4] * 3)
+    assert not transport.connected
+    assert freed == [True]

@@ -224,17 +224,36 @@ def test_complete_request_leaves_no_header_timer() -> None:
     assert client.refused == {}
 
 
-def test_request_with_body_not_cut_by_header_timeout() -> None:
+def test_slow_request_body_gets_408() -> None:
     """
-    The header timeout covers the line and headers only: a body that takes
-    longer to arrive is not cut off by it.
+    The request timeout covers the body as well as the line and headers
+    (C{slowhttptest -B}): a body still incomplete C{header_timeout} seconds
+    after the request's first byte gets C{408} and the connection is closed,
+    a counted C{timeout} refusal whose detail names the body.
     """
     client = connect()
     client.send(b"POST / HTTP/1.1\r\nHost: example\r\nContent-Length: 4\r\n\r\nab")
-    client.clock.advance(HEADER_TIMEOUT * 2)
+    client.clock.advance(HEADER_TIMEOUT - 0.001)
+    client.send(b"c")
     assert client.take() == b""
+    client.clock.advance(0.001)
+    assert status_line(client.take()) == b"HTTP/1.1 408 Request Timeout"
+    assert not client.open
+    assert client.refused == {Refusal.TIMEOUT: 1}
+
+
+def test_request_with_body_in_time_is_answered() -> None:
+    """
+    A body that arrives within the request timeout is answered, and no
+    request timer is left once it is complete.
+    """
+    client = connect()
+    client.send(b"POST / HTTP/1.1\r\nHost: example\r\nContent-Length: 4\r\n\r\nab")
+    client.clock.advance(HEADER_TIMEOUT / 2)
     client.send(b"cd")
     assert status_line(client.take()) == b"HTTP/1.1 404 Not Found"
+    client.clock.advance(HEADER_TIMEOUT)
+    assert client.take() == b""
     assert client.refused == {}
 
 
