@@ -133,14 +133,23 @@ def check_config(*args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-def test_check_config_accepts_full_chain_with_root(tmp_path: Path, pki: Pki) -> None:
+@pytest.mark.parametrize(
+    "front",
+    ["tls:{folder}:port=8443", "haproxy:tls:{folder}:port=8443", "admin"],
+    ids=["tls", "haproxy-tls", "admin-tls"],
+)
+def test_check_config_accepts_full_chain_with_root(tmp_path: Path, pki: Pki, front: str) -> None:
     """
-    C{--check-config} with a front whose folder holds key, certificate,
-    intermediate and root in one file says the configuration is valid
-    (it hung, spinning, before).
+    C{--check-config} with a front (or an admin endpoint) whose folder holds
+    key, certificate, intermediate and root in one file says the
+    configuration is valid (it hung, spinning, before).
     """
     folder = full_chain_folder(tmp_path / "certs", pki)
-    result = check_config("--listen", f"tls:{folder}:port=8443", "--backend", "tcp:127.0.0.1:1")
+    if front == "admin":
+        args = ["--admin", f"tls:{folder}:port=9443:interface=127.0.0.1"]
+    else:
+        args = ["--listen", front.format(folder=folder)]
+    result = check_config(*args, "--backend", "tcp:127.0.0.1:1")
     assert result.returncode == 0, result.stderr
     assert b"the configuration is valid" in result.stdout
 

@@ -18,9 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, MemoryReactor
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.usage import UsageError
 
+from gateway.config import ConfigError
+from gateway.options import GatewayOptions
 from gateway.pemfolder import load_folder
 from gateway.tlsfront import (
     SNICertificates,
@@ -30,8 +33,6 @@ from gateway.tlsfront import (
     printable_name,
 )
 from tests.pki import Pki, make_pki
-
-NOW = datetime.datetime.now(datetime.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +272,27 @@ def test_parse_tls_front_errors(text: str) -> None:
     """
     with pytest.raises(ValueError):
         parse_tls_front(text)
+
+
+def test_reload_options_leave_folders_to_the_fronts(tmp_path: Path, pkis: tuple[Pki, Pki]) -> None:
+    """
+    The options read a tls: front's folder at start (a bad one is a usage
+    error naming the file), but not when SIGHUP builds them again: a folder
+    that went bad then must not refuse the whole reload (the front keeps its
+    certificates and says so, see L{SNICertificates.reload}).
+    """
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "localhost.pem").write_bytes(pkis[0].bundle("key", "leaf", "intermediate", "root"))
+    options = GatewayOptions(reactor=MemoryReactor())
+    options.parseOptions(["--listen", f"tls:{folder}:port=0", "--backend", "tcp:127.0.0.1:1"])
+    (folder / "localhost.pem").write_bytes(pkis[0].bundle("leaf", "intermediate"))
+    assert options.rebuild_now().listen == (f"tls:{folder}:port=0",)
+    with pytest.raises(ConfigError, match=r"localhost\.pem: the certificate for localhost"):
+        options.rebuild(MemoryReactor())
+    with pytest.raises(
+        UsageError, match=r"^--listen: haproxy:tls:.*localhost\.pem: the certificate"
+    ):
+        GatewayOptions(reactor=MemoryReactor()).parseOptions(
+            ["--listen", f"haproxy:tls:{folder}", "--backend", "tcp:127.0.0.1:1"]
+        )
