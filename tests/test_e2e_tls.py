@@ -229,15 +229,28 @@ def test_expired_certificate_is_named_at_start(tmp_path: Path) -> None:
     )
 
 
-def test_full_chain_front_serves_curl_and_game_clients(tmp_path: Path, pki: Pki) -> None:
+@pytest.mark.parametrize(
+    "layout",
+    [("key", "leaf"), ("key", "leaf", "intermediate"), ("key", "leaf", "intermediate", "root")],
+    ids=["leaf", "leaf+intermediate", "leaf+intermediate+root"],
+)
+def test_front_serves_curl_and_game_clients(
+    tmp_path: Path, pki: Pki, layout: tuple[str, ...]
+) -> None:
     """
-    A gateway whose folder holds the root too starts; curl with its default
-    ALPN offer (h2, http/1.1) gets the page over HTTP/1.1 (it got "tlsv1
-    alert internal error" before), verified against the root; a game client
-    that offers an ALPN protocol of its own, and one that offers none, get
-    their sessions.
+    A gateway starts with any valid folder (the server certificate alone,
+    with its intermediate, or with the root too: it hung on that one); curl
+    with its default ALPN offer (h2, http/1.1) gets the page over HTTP/1.1
+    (it got "tlsv1 alert internal error" before), verified against the
+    root; a game client that offers an ALPN protocol of its own, and one
+    that offers none, get their sessions.
     """
-    folder = full_chain_folder(tmp_path / "certs", pki)
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "localhost.pem").write_bytes(pki.bundle(*layout))
+    # Without the intermediate in the folder, the client must have it.
+    trusted = tmp_path / "trusted.pem"
+    trusted.write_bytes(pki.bundle("root", "intermediate"))
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("secure page")
@@ -246,9 +259,9 @@ def test_full_chain_front_serves_curl_and_game_clients(tmp_path: Path, pki: Pki)
         GatewayProcess(tls_args(folder, backend, "--http-root", str(www)), tmp_path) as gateway,
     ):
         port = tls_port(gateway)
-        assert curl(port, pki.root) == "secure page\n200 1.1"
-        context = ssl.create_default_context(cafile=str(pki.root))
+        assert curl(port, trusted) == "secure page\n200 1.1"
         for alpn in (["my-game/1"], None):
+            context = ssl.create_default_context(cafile=str(trusted))
             if alpn is not None:
                 context.set_alpn_protocols(alpn)
             raw = socket.create_connection((TLS_HOST, port), timeout=DEADLINE)
@@ -377,7 +390,10 @@ def test_browser_loads_page_over_https(tmp_path: Path, pki: Pki) -> None:
     any certificate error.
     """
     assert BROWSER is not None, "chromium is required here (GATEWAY_REQUIRE_BROWSER=1)"
-    folder = full_chain_folder(tmp_path / "certs", pki)
+    # No root in the folder, so that only ALPN is at stake (see the tests above).
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "localhost.pem").write_bytes(pki.bundle("key", "leaf", "intermediate"))
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text(
