@@ -53,7 +53,7 @@ MAX_FILES = 10_000
 MAX_FILE_BYTES = 1 << 20
 """Bytes of one C{.pem} file at most (a chain is a few KiB)."""
 
-_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 
 
 _SHA256 = SHA256()
@@ -185,8 +185,7 @@ def _read_file(path: str) -> _Read:
     if len(data) > MAX_FILE_BYTES:
         raise FolderError(f"{path}: larger than {MAX_FILE_BYTES} bytes, not a PEM file")
     read = _Read(path, [], [])
-    for number, match in enumerate(_BLOCK.finditer(data), 1):
-        kind, block = match.group(1), match.group(0)
+    for number, (kind, block) in enumerate(_blocks(path, data), 1):
         if kind == b"CERTIFICATE":
             try:
                 read.certificates.append(x509.load_pem_x509_certificate(block))
@@ -208,6 +207,32 @@ def _read_file(path: str) -> _Read:
     if not read.certificates and not read.keys:
         raise FolderError(f"{path}: no PEM certificate or private key in it")
     return read
+
+
+def _blocks(path: str, data: bytes) -> list[tuple[bytes, bytes]]:
+    """
+    The PEM blocks of a file: (kind, text from its BEGIN to its END line),
+    in one pass over the lines (text between blocks is ignored).
+
+    @raise FolderError: a block has no END line.
+    """
+    blocks: list[tuple[bytes, bytes]] = []
+    kind: bytes | None = None
+    lines: list[bytes] = []
+    for line in data.splitlines(keepends=True):
+        stripped = line.strip()
+        if kind is None:
+            begin = _BEGIN.fullmatch(stripped)
+            if begin is not None:
+                kind, lines = begin.group(1), [line]
+            continue
+        lines.append(line)
+        if stripped == b"-----END " + kind + b"-----":
+            blocks.append((kind, b"".join(lines)))
+            kind = None
+    if kind is not None:
+        raise FolderError(f"{path}: PEM block {len(blocks) + 1} has no END line")
+    return blocks
 
 
 def _pem_files(folder: str) -> list[str]:

@@ -226,8 +226,9 @@ def test_unusable_folders_are_named(
 
 def test_bad_files_are_named(tmp_path: Path, pki: Pki) -> None:
     """
-    A .pem file that holds no PEM data, a damaged certificate or an
-    encrypted key is refused, naming the file; a missing folder too.
+    A .pem file that holds no PEM data, a damaged certificate, a block cut
+    short or an encrypted key is refused, naming the file; a missing folder
+    too.
     """
     folder = _folder(tmp_path, {"good.pem": pki.bundle("key", "leaf")})
     (folder / "empty.pem").write_bytes(b"")
@@ -237,6 +238,9 @@ def test_bad_files_are_named(tmp_path: Path, pki: Pki) -> None:
         b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
     )
     with pytest.raises(FolderError, match=r"empty\.pem: PEM block 1 is not a valid certificate"):
+        load_folder(str(folder), _now())
+    (folder / "empty.pem").write_bytes(pki.leaf.read_bytes()[:-30])
+    with pytest.raises(FolderError, match=r"empty\.pem: PEM block 1 has no END line"):
         load_folder(str(folder), _now())
     (folder / "empty.pem").unlink()
     key = serialization.load_pem_private_key(pki.leaf_key.read_bytes(), None)
