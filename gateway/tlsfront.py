@@ -26,6 +26,7 @@ turns into an "internal error" alert).  Here:
 from __future__ import annotations
 
 import datetime
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,8 +94,6 @@ class TLSFront:
 
 
 def _front(path: str, port: str = "443", backlog: str = "50", interface: str = "::") -> TLSFront:
-    import os
-
     return TLSFront(os.path.abspath(path), int(port), int(backlog), interface)
 
 
