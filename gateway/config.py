@@ -13,6 +13,7 @@ that message is what an operator sees when start-up refuses a bad value.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -22,6 +23,9 @@ from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorCore
+
+from gateway.pemfolder import FolderError, load_folder
+from gateway.tlsfront import is_tls_front, parse_tls_front
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -460,17 +464,28 @@ def _describe(error: Exception) -> str:
     return text or type(error).__name__
 
 
-def check_server_endpoint(option: str, description: str, reactor: IReactorCore) -> str:
+def check_server_endpoint(
+    option: str, description: str, reactor: IReactorCore, *, read_folders: bool = True
+) -> str:
     """
     Check that a server endpoint string parses, without listening on it.
 
     @param reactor: the reactor the endpoint would be built for.  Parsing does
         not touch it; it is what L{serverFromString} needs.
+    @param read_folders: for a C{tls:} front, read and check its PEM folder
+        too (at start; a reload reads it where it is used, and keeps the
+        certificates it has if the folder went bad).
     @return: the description unchanged.
     @raise ConfigError: the string does not parse.
     """
     if not description.strip():
         raise ConfigError(f"{option}: empty endpoint")
+    text = description.removeprefix("haproxy:")
+    if is_tls_front(text):
+        # Not through Twisted's tls: parser, which reads the folder and never
+        # returns for some (see gateway.tlsfront).
+        _check_tls_front(option, description, text, read_folder=read_folders)
+        return description
     try:
         serverFromString(reactor, description)
     except Exception as error:  # noqa: BLE001 - parsers raise anything
@@ -478,6 +493,29 @@ def check_server_endpoint(option: str, description: str, reactor: IReactorCore) 
             f"{option}: cannot use {description!r} as a server endpoint: {_describe(error)}"
         ) from None
     return description
+
+
+def _check_tls_front(option: str, description: str, text: str, *, read_folder: bool) -> None:
+    """
+    Check a C{tls:} front: the string parses, and (if C{read_folder}) its PEM
+    folder can be served now.
+
+    @raise ConfigError: it does not; the message names the file.
+    """
+    try:
+        front = parse_tls_front(text)
+    except ValueError as error:
+        raise ConfigError(
+            f"{option}: cannot use {description!r} as a server endpoint: {_describe(error)}"
+        ) from None
+    if not read_folder:
+        if not os.path.isdir(front.folder):
+            raise ConfigError(f"{option}: {description}: {front.folder}: not a folder")
+        return
+    try:
+        load_folder(front.folder, datetime.datetime.now(datetime.UTC))
+    except FolderError as error:
+        raise ConfigError(f"{option}: {description}: {error}") from None
 
 
 def check_client_endpoint(option: str, description: str, reactor: IReactorCore) -> str:
@@ -575,13 +613,19 @@ def _relay_mode(option: str, text: str) -> str:
 
 
 def build_config(
-    settings: Settings, reactor: IReactorCore, *, config_file: str | None = None
+    settings: Settings,
+    reactor: IReactorCore,
+    *,
+    config_file: str | None = None,
+    read_folders: bool = True,
 ) -> GatewayConfig:
     """
     Check every setting and build the configuration.
 
     @param reactor: endpoint strings are parsed for it (never bound).
     @param config_file: the file the settings came from, if any.
+    @param read_folders: read and check the PEM folders of C{tls:} fronts
+        (at start, not on reload: see L{check_server_endpoint}).
     @raise ConfigError: a setting is invalid; the message names it.
     """
     s, label = settings, settings.label
@@ -593,7 +637,7 @@ def build_config(
     demo = bool(s["demo"])
     listen = list(s["listen"] or [DEMO_LISTEN if demo else DEFAULT_LISTEN])
     for index, description in enumerate(listen):
-        check_server_endpoint(label("listen"), description, reactor)
+        check_server_endpoint(label("listen"), description, reactor, read_folders=read_folders)
         if description in listen[:index]:
             raise ConfigError(f"{label('listen')}: {description!r} is given twice")
     backends: list[BackendSpec] = []
@@ -622,7 +666,7 @@ def build_config(
     if admin == "none":
         admin = None
     else:
-        check_server_endpoint(label("admin"), admin, reactor)
+        check_server_endpoint(label("admin"), admin, reactor, read_folders=read_folders)
         if admin in listen:
             raise ConfigError(
                 f"{label('admin')}: {admin!r} is also a {other('listen', 'admin')} front"

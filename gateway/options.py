@@ -369,26 +369,30 @@ class GatewayOptions(usage.Options):
             print(summary(self.config))
             raise SystemExit(0)
 
-    def _build(self) -> GatewayConfig:
+    def _build(self, *, reloading: bool = False) -> GatewayConfig:
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
         assert reactor is not None
-        return self.rebuild(reactor)
+        return self.rebuild(reactor, reloading=reloading)
 
     def rebuild_now(self) -> GatewayConfig:
         """
-        L{rebuild} against the reactor the options were checked with.
+        L{rebuild} against the reactor the options were checked with, for a
+        reload (the PEM folders of C{tls:} fronts are read where they are
+        used, which keeps what it has if a folder went bad).
         """
-        return self._build()
+        return self._build(reloading=True)
 
-    def rebuild(self, reactor: IReactorCore) -> GatewayConfig:
+    def rebuild(self, reactor: IReactorCore, *, reloading: bool = False) -> GatewayConfig:
         """
         Build the configuration from the command line and the C{--config}
         file as it is now (SIGHUP calls this again to re-read the file).
 
+        @param reloading: for a reload: do not read the PEM folders of
+            C{tls:} fronts here.
         @raise ConfigError: a setting is invalid; the message names it.
         """
         values: dict[str, Any] = {}
@@ -429,7 +433,12 @@ class GatewayOptions(usage.Options):
         defaults: dict[str, Any] = {str(p[0]): p[2] for p in self.optParameters}
         defaults.update({str(f[0]): False for f in self.optFlags})
         settings = Settings(values, labels, backends, defaults)
-        return build_config(settings, reactor, config_file=os.path.abspath(path) if path else None)
+        return build_config(
+            settings,
+            reactor,
+            config_file=os.path.abspath(path) if path else None,
+            read_folders=not reloading,
+        )
 
 
 def summary(config: GatewayConfig) -> str:

@@ -11,12 +11,13 @@ other module imports it.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.address import UNIXAddress
@@ -55,10 +56,12 @@ from gateway.handover import Handover, HandoverError, HandoverServer, take_over
 from gateway.health import HealthCheck, HealthChecker
 from gateway.interfaces import IAddressPolicy
 from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
+from gateway.pemfolder import FolderError
 from gateway.pool import Backend, BackendState, Pool
 from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory, proxy_header
 from gateway.registry import Counters, RefusalLog, SessionRegistry
 from gateway.relay import CloseReason, GameSession
+from gateway.tlsfront import SNICertificates, is_tls_front, tls_front_endpoint
 from gateway.web import make_site
 from gateway.workers import Dispatcher, TLSRefusals, WorkerPool
 
@@ -654,6 +657,9 @@ class _Parts:
     admin_state: AdminState | None
     access_log: AccessLogFile | None
     admin_site: Any = None
+    certificates: list[SNICertificates] = dataclasses.field(default_factory=list)
+    """The connection creators of the C{tls:} fronts (and admin endpoint),
+    whose PEM folders a reload reads again."""
 
 
 def _policies(config: GatewayConfig, old: AddressLimits | None) -> AddressLimits | None:
@@ -774,6 +780,9 @@ def _apply(service: GatewayService, parts: _Parts, new: GatewayConfig) -> list[s
         parts.admin_state.token = new.admin_token
         parts.admin_state.hosts = new.admin_hosts
     access_log_only(new.access_log_only)
+    now = datetime.datetime.fromtimestamp(parts.reactor.seconds(), datetime.UTC)
+    for creator in parts.certificates:
+        changes.append(creator.reload(now, quiet=service.role == "worker"))
     if parts.access_log is not None:
         # Reopened on every reload: this is also how log rotation works.
         parts.access_log.reopen(new.access_log or parts.access_log.path)
@@ -794,6 +803,28 @@ def _apply(service: GatewayService, parts: _Parts, new: GatewayConfig) -> list[s
         changes.append("admin token changed")
     service.config = new
     return changes
+
+
+def _server_endpoint(
+    reactor: Any, description: str, option: str, certificates: list[SNICertificates]
+) -> IStreamServerEndpoint:
+    """
+    The server endpoint of C{description}: a C{tls:} one with the gateway's
+    own PEM folder reading (its connection creator added to
+    C{certificates}), any other through L{serverFromString}.
+
+    @raise StartupError: a C{tls:} folder cannot be served (it was checked
+        with the options, but may have changed since).
+    """
+    if not is_tls_front(description):
+        plain: IStreamServerEndpoint = serverFromString(reactor, description)
+        return plain
+    try:
+        endpoint, creator = tls_front_endpoint(reactor, description, reactor)
+    except (ValueError, FolderError) as error:
+        raise StartupError(f"gateway: error: {option} {description}: {error}") from None
+    certificates.append(creator)
+    return endpoint
 
 
 def _backend(spec: BackendSpec, reactor: Any) -> Backend:
@@ -912,6 +943,7 @@ def make_service(
     )
     limits = _policies(config, None)
     gates: list[AddressGate] = []
+    certificates: list[SNICertificates] = []
 
     def gate_to(inner: Factory) -> AddressGate:
         gate = AddressGate(inner, limits, clock=reactor, refusals=refusals, responder=responder)
@@ -956,7 +988,7 @@ def make_service(
         proxy = description.startswith(HAPROXY_PREFIX)
         if proxy:
             endpoint_text = description[len(HAPROXY_PREFIX) :]
-        endpoint = serverFromString(reactor, endpoint_text)
+        endpoint = _server_endpoint(reactor, endpoint_text, "--listen", certificates)
         creator = None
         if workers is not None:
             gate = gate_to(Dispatcher(workers, index))
@@ -964,7 +996,7 @@ def make_service(
             if creator is not None:
                 # TLS is the worker's business: the acceptor listens on the
                 # plain socket under it, and speaks TLS only to refuse.
-                endpoint = endpoint.endpoint
+                endpoint = cast(Any, endpoint).endpoint
         else:
             assert shared_gate is not None
             gate = shared_gate
@@ -1011,7 +1043,7 @@ def make_service(
         )
         admin = FrontListener(
             config.admin,
-            serverFromString(reactor, config.admin),
+            _server_endpoint(reactor, config.admin, "--admin", certificates),
             admin_site,
             option="--admin",
         )
@@ -1052,6 +1084,7 @@ def make_service(
         admin_state=state,
         access_log=access_log,
         admin_site=admin_site,
+        certificates=certificates,
     )
     top.rebuild = rebuild
     return top

@@ -509,8 +509,9 @@ class _NumberedFactories:
         self.worker = worker
 
     def chain(self, description: str, config: GatewayConfig) -> Any:
-        from twisted.internet.endpoints import serverFromString
         from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from gateway.tlsfront import is_tls_front, tls_front_endpoint
 
         worker = self.worker
         reactor = worker.reactor
@@ -518,8 +519,12 @@ class _NumberedFactories:
         proxy = description.startswith(HAPROXY_PREFIX)
         text = description[len(HAPROXY_PREFIX) :] if proxy else description
         creator = None
-        if text.startswith("tls:"):
-            creator = getattr(serverFromString(reactor, text), "connectionCreator", None)
+        if is_tls_front(text):
+            # The acceptor checked the folder; read here too (a reload reads
+            # it again through the service's parts).
+            creator = tls_front_endpoint(reactor, text, reactor)[1]
+            assert service.parts is not None
+            service.parts.certificates.append(creator)
 
         def build(number: int) -> Factory:
             factory: Factory = _Numbered(worker, number)

@@ -159,7 +159,13 @@ class GatewayProcess:
                 raise AssertionError(f"gateway exited early: {self.stderr()}\n{self.log()}")
             return self.host in listening_ports(pid)
 
-        wait_for(listening, "the gateway to listen")
+        try:
+            wait_for(listening, "the gateway to listen")
+        except BaseException:
+            # __exit__ does not run when __enter__ fails: stop it here, or a
+            # gateway that never listens (say, one that hangs) outlives the test.
+            self.stop()
+            raise
         ports = listening_ports(pid)[self.host]
         # The demo's game servers listen on 127.0.0.1 too: a test of --demo
         # puts its front on another loopback address (host="127.0.0.2").
