@@ -14,7 +14,9 @@ import dataclasses
 import os
 import re
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +53,13 @@ from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory,
 from gateway.balance import make_balancer
 from gateway.config import BackendSpec, ConfigError, GatewayConfig
 from gateway.front import FrontDoor, GatewayFactory
-from gateway.handover import Handover, HandoverError, HandoverServer, take_over
+from gateway.handover import (
+    Handover,
+    HandoverLostError,
+    HandoverRefusedError,
+    HandoverServer,
+    take_over,
+)
 from gateway.health import HealthCheck, HealthChecker
 from gateway.interfaces import IAddressPolicy
 from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
@@ -75,11 +83,29 @@ class StartupError(SystemExit, Exception):
     """
     Start-up cannot go on (a front cannot be bound).
 
-    A SystemExit, so that C{twistd -n} prints its one-line message and exits
-    without a traceback; also an Exception, so that a daemonizing twistd (which
-    catches Exception in the child) reports it to the parent process, which
-    then exits non-zero instead of waiting forever.
+    A SystemExit, so that C{twistd -n} exits without a traceback; also an
+    Exception, so that a daemonizing twistd (which catches Exception in the
+    child) reports it to the parent process, which then exits non-zero
+    instead of waiting forever.  L{GatewayService} writes its one line to
+    standard error and makes the exit status 2 (L{_startup_errors}), like a
+    bad option's.
     """
+
+
+@contextmanager
+def _startup_errors() -> Iterator[None]:
+    """
+    A L{StartupError} leaving this block is written to standard error (one
+    line; twistd's log has it too) and ends the process with status 2.
+    """
+    try:
+        yield
+    except StartupError as error:
+        if error.code != 2:
+            sys.stderr.write(f"{error}\n")
+            sys.stderr.flush()
+            error.code = 2
+        raise
 
 
 class FrontListener(Service):
@@ -295,9 +321,10 @@ class GatewayService(MultiService):
 
     @override
     def privilegedStartService(self) -> None:
-        self._install_hangup()
-        self._take_over()
-        super().privilegedStartService()
+        with _startup_errors():
+            self._install_hangup()
+            self._take_over()
+            super().privilegedStartService()
 
     def _take_over(self) -> None:
         """
@@ -310,8 +337,18 @@ class GatewayService(MultiService):
         self._took_over = True
         try:
             self.handover = take_over(self.config.handover)
-        except HandoverError as error:
+        except HandoverRefusedError as error:
+            # Another process takes (or took) the sockets: bind nothing.
             raise StartupError(f"gateway: error: --handover: {error}") from None
+        except HandoverLostError as error:
+            # Nothing received: bind every front (if the old process still
+            # holds a port, that bind fails with one line, status 2).
+            self._log.warn(
+                "hand-over from {path} failed ({reason}): took nothing over, binding every front",
+                path=self.config.handover,
+                reason=str(error),
+            )
+            return
         if self.handover is None:
             return
         fronts = self.fronts()
@@ -352,26 +389,37 @@ class GatewayService(MultiService):
 
     @override
     def startService(self) -> None:
-        self._install_hangup()
-        self._take_over()
-        handover, self.handover = self.handover, None
-        server = self.handover_server
-        if handover is not None and server is not None:
-            server.hold = True  # PATH is the old process's until it answers
-        super().startService()
+        with _startup_errors():
+            self._install_hangup()
+            self._take_over()
+            handover, self.handover = self.handover, None
+            server = self.handover_server
+            if handover is not None and server is not None:
+                server.hold = True  # PATH is the old process's until it answers
+            super().startService()
         if handover is not None:
             # Everything else runs now; only then does the old process stop.
             adopted = [f.description for f in self.fronts() if f.adopted]
             try:
                 handover.ready(adopted)
-            except HandoverError as error:
-                # Both processes accept now; the old one keeps its sockets.
-                self._log.error("hand-over: {error}", error=str(error))
+            except HandoverLostError as error:
+                # It died or hangs: this process accepts on every front anyway.
+                self._log.warn(
+                    "process {pid} did not confirm the hand-over ({reason}): "
+                    "accepting on every front anyway",
+                    pid=handover.peer_pid,
+                    reason=str(error),
+                )
             else:
                 self._log.info("process {pid} no longer accepts", pid=handover.peer_pid)
-        if server is not None and server.hold:
-            server.hold = False
-            server.listen()
+        try:
+            if server is not None and server.hold:
+                server.hold = False
+                server.listen()
+        finally:
+            if handover is not None:
+                # Only now: the old process answers other takers until PATH is ours.
+                handover.close()
 
     def fronts(self) -> list[FrontListener]:
         """
