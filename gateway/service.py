@@ -14,6 +14,7 @@ import dataclasses
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,6 +155,31 @@ class FrontListener(Service):
         self._endpoint = _adopting(self._endpoint, reactor, fd, family)
         self.adopted = True
 
+    def clear_stale(self) -> None:
+        """
+        A UNIX front left by a gateway that died: remove its socket and lock
+        file when nobody listens at its path and the lock names a process
+        that is gone or a zombie, so that this front can be bound.  (Twisted
+        breaks a lock only once its process is gone, and a killed gateway
+        stays a zombie until its parent reaps it: a new gateway started by
+        a hand-over that the death broke would otherwise lose that race.)
+        """
+        if not isinstance(self._endpoint, UNIXServerEndpoint):
+            return
+        path = self._endpoint._address
+        if not isinstance(path, str) or path.startswith("\0"):
+            return
+        try:
+            holder = int(os.readlink(path + ".lock"))
+        except (OSError, ValueError):
+            holder = 0
+        if (holder and _running(holder)) or _answering(path):
+            return
+        for stale in (path + ".lock", path):
+            if os.path.lexists(stale):
+                os.unlink(stale)
+        self._log.info("removed the stale socket {path} of process {pid}", path=path, pid=holder)
+
     def hand_over(self) -> None:
         """
         Another process accepts on this front's socket now: stop accepting
@@ -213,6 +239,35 @@ class FrontListener(Service):
         if self._cap_state is not None:
             self._cap_state.remove_port(port)
         return port.stopListening()
+
+
+def _running(pid: int) -> bool:
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            state = stat_file.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _answering(path: str) -> bool:
+    """
+    Whether something listens at the UNIX socket C{path} (a missing path
+    or a refused connection count as not; any other error as yes).
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as error:
+        return not isinstance(error, (ConnectionRefusedError, FileNotFoundError))
+    finally:
+        probe.close()
+    return True
 
 
 DRAIN_POLL = 0.1
@@ -348,19 +403,20 @@ class GatewayService(MultiService):
                 path=self.config.handover,
                 reason=str(error),
             )
-            return
-        if self.handover is None:
-            return
         fronts = self.fronts()
         for listener in fronts:
-            taken = self.handover.take(listener.description)
+            taken = None if self.handover is None else self.handover.take(listener.description)
             if taken is None:
+                # Bound here: a gateway that died may have left it behind.
+                listener.clear_stale()
                 continue
             try:
                 listener.adopt(self._clock, *taken)
             except ValueError as error:
                 os.close(taken[0])
                 raise StartupError(f"gateway: error: --handover: {error}") from None
+        if self.handover is None:
+            return
         self._log.info(
             "taking over from process {pid}: {count} listening sockets",
             pid=self.handover.peer_pid,

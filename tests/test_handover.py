@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.usage import UsageError
 
@@ -34,6 +36,7 @@ from gateway.handover import (
     take_over,
 )
 from gateway.options import GatewayOptions
+from gateway.service import FrontListener
 from tests.certs import make_ca
 from tests.support import (
     DEADLINE,
@@ -628,26 +631,34 @@ def test_old_gateway_killed_while_the_new_one_waits(tmp_path: Path) -> None:
     """
     A real old gateway killed (kill -9) while the new one's TAKEOVER waits
     in its backlog: the new one's connection is reset, and it binds the
-    front itself, on the same port, instead of exiting.
+    fronts itself, the TCP one on the same port and the UNIX one at the
+    same path (the dead one's socket file replaced), instead of exiting.
     """
     path = tmp_path / "h.sock"
+    front = tmp_path / "front.sock"
     (tmp_path / "old").mkdir()
     (tmp_path / "new").mkdir()
     with ServerBackend(echo) as backend:
-        with GatewayProcess(_handover_args(backend, path), tmp_path / "old") as old:
+        args = [*_handover_args(backend, path), "--listen", f"unix:{front}"]
+        with GatewayProcess(args, tmp_path / "old") as old:
             port = old.port
             wait_for(lambda: "waiting for a hand-over" in old.log(), "the old one at PATH")
             os.kill(old.pid, signal.SIGSTOP)
-            args = _handover_args(backend, path)
             args[1] = f"tcp:{port}:interface=127.0.0.1"
             new = _start(GatewayProcess(args, tmp_path / "new"))
             try:
                 wait_for(lambda: _waiting_at(path) >= 2, "the new one to knock")
+                # Not reaped at once: a zombie still holds its unix: front's lock.
                 os.kill(old.pid, signal.SIGKILL)
-                wait_for(lambda: port in listening_ports(new.pid).get("127.0.0.1", []), "a bind")
+                wait_for(lambda: "waiting for a hand-over" in new.log(), "the new one to start")
+                assert port in listening_ports(new.pid)["127.0.0.1"]
                 assert _echoes(port)
+                with socket.socket(socket.AF_UNIX) as session:
+                    session.settimeout(DEADLINE)
+                    session.connect(str(front))
+                    session.sendall(b"unix\n")
+                    assert recv_exactly(session, 5) == b"unix\n"
                 assert "(Connection reset by peer): took nothing over" in new.log()
-                wait_for(lambda: "waiting for a hand-over" in new.log(), "PATH served")
                 assert _pid_at(path) == new.pid
             finally:
                 new.stop()
@@ -718,3 +729,47 @@ def _check_race(old: GatewayProcess, takers: list[GatewayProcess], path: Path) -
         assert _echoes(old.port)
     wait_for(lambda: last.log().count("game session from") >= 4, "the sessions' log lines")
     assert [p.log().count("game session from") for p in (old, first, second)].count(0) == 2
+
+
+def test_stale_unix_front_is_cleared_only_when_its_holder_is_gone(tmp_path: Path) -> None:
+    """
+    Before binding a unix: front it did not take over, a gateway removes
+    the socket and lock file a dead (or zombie) process left there; a
+    socket someone listens at, or whose lock names a running process, is
+    left alone.
+    """
+    path = tmp_path / "front.sock"
+
+    def front() -> FrontListener:
+        endpoint = UNIXServerEndpoint(MemoryReactor(), str(path))
+        return FrontListener(f"unix:{path}", endpoint, Factory())
+
+    def leave(pid: int, listening: bool) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        if listening:
+            sock.listen(1)
+        os.symlink(str(pid), f"{path}.lock")
+        return sock
+
+    zombie = subprocess.Popen(["true"])
+    wait_for(
+        lambda: Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[1][0] == "Z", "a zombie"
+    )
+    for holder, listening, removed in [
+        (zombie.pid, False, True),
+        (os.getpid(), False, False),
+        (zombie.pid, True, False),
+    ]:
+        sock = leave(holder, listening)
+        front().clear_stale()
+        assert (not path.exists(), not os.path.lexists(f"{path}.lock")) == (removed, removed)
+        sock.close()
+        for stale in (path, Path(f"{path}.lock")):
+            if os.path.lexists(stale):
+                stale.unlink()
+    zombie.wait(timeout=DEADLINE)
+    sock = leave(zombie.pid, False)  # now gone altogether
+    front().clear_stale()
+    assert not path.exists()
+    sock.close()
