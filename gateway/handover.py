@@ -23,7 +23,9 @@ over its fronts instead of binding them:
      C{HANDED-OVER}; it keeps listening at PATH (refusing any other taker)
      until the new process, which has meanwhile put its own listening
      socket at PATH (bound at a temporary name and renamed over PATH, so
-     PATH always leads to a live gateway), closes the connection.
+     PATH always leads to a live gateway), closes the connection.  If the
+     connection closes while PATH is still the old process's (the new one
+     died after READY), the old one accepts on those sockets again.
 
 The new process never waits longer than L{HANDOVER_TIMEOUT} for an answer.
 If the old process dies or misbehaves before its whole answer of step 1 has
@@ -288,6 +290,7 @@ class _HandoverProtocol(LineOnlyReceiver):
     def __init__(self, server: HandoverServer) -> None:
         self._server = server
         self._given: list[tuple[str, IListeningPort]] = []
+        self.handed: list[tuple[str, IListeningPort]] = []
         self._done = False
         self.peer_pid = 0
         self._peer_uid = -1
@@ -308,9 +311,9 @@ class _HandoverProtocol(LineOnlyReceiver):
                 return
             # Only what the new process took: a front it does not have stays
             # ours, accepting, until this process drains.
-            given = [(d, port) for d, port in self._given if d in adopted]
+            self.handed = [(d, port) for d, port in self._given if d in adopted]
             self._done = True
-            self._server.handed_over(given, self.peer_pid)
+            self._server.handed_over(self.handed, self.peer_pid)
             self.sendLine(b"HANDED-OVER")
         else:
             self.transport.loseConnection()  # type: ignore[union-attr]
@@ -379,17 +382,21 @@ class HandoverServer(Service):
         reactor: Any,
         ports: Callable[[], list[tuple[str, IListeningPort]]],
         stop_accepting: Callable[[list[tuple[str, IListeningPort]]], None],
+        resume_accepting: Callable[[list[tuple[str, IListeningPort]]], None] | None = None,
     ) -> None:
         """
         @param reactor: an C{IReactorSocket} (it adopts PATH's socket).
         @param ports: the listening ports to hand over, with their descriptions.
         @param stop_accepting: called with the ports handed over once the new
             process accepts on them.
+        @param resume_accepting: called with them again if the new process
+            goes away before it has put its socket at PATH.
         """
         self.path = path
         self._reactor = reactor
         self._ports = ports
         self._stop_accepting = stop_accepting
+        self._resume_accepting = resume_accepting
         self._port: IListeningPort | None = None
         self._inode: int | None = None
         self._taker: _HandoverProtocol | None = None
@@ -421,15 +428,27 @@ class HandoverServer(Service):
     def released(self, taker: _HandoverProtocol, completed: bool) -> None:
         """
         C{taker}'s connection is closed: after a completed hand-over the new
-        process listens at PATH now, so stop listening here; before, the
-        sockets are free for another taker (this process still accepts).
+        process listens at PATH now, so stop listening here (if PATH is still
+        ours, it died before: accept again); before, the sockets are free
+        for another taker (this process still accepts).
         """
         if taker is not self._taker:
             return
-        if completed:
+        if completed and not self._owns_path():
             self._close(unlink=False)
             return
         self._taker = None
+        if completed:
+            self.handed_over_to = None
+            if self._resume_accepting is not None:
+                self._resume_accepting(taker.handed)
+            self._log.warn(
+                "process {pid} went away before taking over {path}: accepting again on {fronts}",
+                pid=taker.peer_pid,
+                path=self.path,
+                fronts=", ".join(description for description, _ in taker.handed),
+            )
+            return
         self._log.warn(
             "the hand-over to process {pid} did not complete: still accepting",
             pid=taker.peer_pid,
@@ -484,6 +503,15 @@ class HandoverServer(Service):
             pid=pid,
             fronts=", ".join(description for description, _ in given),
         )
+
+    def _owns_path(self) -> bool:
+        """
+        Whether PATH is still this process's listening socket.
+        """
+        try:
+            return self._port is not None and os.stat(self.path).st_ino == self._inode
+        except OSError:
+            return False
 
     def _close(self, unlink: bool) -> None:
         """

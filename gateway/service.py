@@ -194,6 +194,19 @@ class FrontListener(Service):
             self._cap_state.remove_port(port)
         port.stopReading()  # type: ignore[attr-defined]
 
+    def take_back(self) -> None:
+        """
+        The process this front was handed over to went away before it
+        finished taking over: accept here again.
+        """
+        port = self.port
+        if port is None or not self.handed_over:
+            return
+        self.handed_over = False
+        port.startReading()  # type: ignore[attr-defined]
+        if self._cap_state is not None:
+            self._cap_state.add_port(port)  # paused again if the cap is full
+
     @override
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -1135,7 +1148,14 @@ def make_service(
                 if any(port is front.port for _, port in given):
                     front.hand_over()
 
-        server = HandoverServer(config.handover, reactor, listening, stop_accepting)
+        def resume_accepting(given: list[tuple[str, IListeningPort]]) -> None:
+            for front in fronts:
+                if any(port is front.port for _, port in given):
+                    front.take_back()
+
+        server = HandoverServer(
+            config.handover, reactor, listening, stop_accepting, resume_accepting
+        )
         server.setServiceParent(top)
         top.handover_server = server
     top.parts = _Parts(

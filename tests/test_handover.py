@@ -328,7 +328,7 @@ class _AdoptingReactor:
 
 
 def _old_side(
-    tmp_path: Path,
+    tmp_path: Path, resumed: list[list[tuple[str, Any]]] | None = None
 ) -> tuple[HandoverServer, list[list[tuple[str, Any]]], Callable[[], _HandoverProtocol]]:
     front = _Port(socket.create_server(("127.0.0.1", 0)))
     given: list[list[tuple[str, Any]]] = []
@@ -337,6 +337,7 @@ def _old_side(
         _AdoptingReactor(),
         lambda: [("tcp:1", cast(IListeningPort, front))],
         given.append,
+        None if resumed is None else resumed.append,
     )
     transports: list[_UnixTransport] = []
 
@@ -397,6 +398,36 @@ def test_taker_gone_before_ready_frees_the_sockets(tmp_path: Path) -> None:
     second.dataReceived(b"TAKEOVER\n")
     assert "sockets" in json.loads(_said(second))
     assert given == [] and server.handed_over_to is None
+
+
+def test_taker_gone_after_ready_gives_the_sockets_back(tmp_path: Path) -> None:
+    """
+    A taker whose connection closes after READY but before it has put its
+    own socket at PATH (it died) gets the old process accepting again on
+    what it had handed over, and the next taker gets the sockets; one that
+    has put its socket at PATH leaves the old one stopped, and no longer
+    listening at PATH.
+    """
+    resumed: list[list[tuple[str, Any]]] = []
+    server, given, taker = _old_side(tmp_path, resumed)
+    server.startService()
+    first = taker()
+    first.dataReceived(b"TAKEOVER\n")
+    first.dataReceived(b'READY ["tcp:1"]\n')
+    first.connectionLost(None)
+    assert [[d for d, _ in ports] for ports in resumed] == [["tcp:1"]]
+    assert server.handed_over_to is None
+    second = taker()
+    second.dataReceived(b"TAKEOVER\n")
+    assert "sockets" in json.loads(_said(second))
+    second.dataReceived(b'READY ["tcp:1"]\n')
+    successor = HandoverServer(server.path, _AdoptingReactor(), list, lambda given: None)
+    successor.startService()
+    second.connectionLost(None)
+    assert len(resumed) == 1 and len(given) == 2
+    assert server.handed_over_to == os.getpid()
+    assert server._port is None
+    successor.stopService()
 
 
 def test_path_is_replaced_never_unlinked_under_a_listener(tmp_path: Path) -> None:
@@ -773,3 +804,38 @@ def test_stale_unix_front_is_cleared_only_when_its_holder_is_gone(tmp_path: Path
     front().clear_stale()
     assert not path.exists()
     sock.close()
+
+
+def test_new_process_dying_after_ready_gives_the_fronts_back(tmp_path: Path) -> None:
+    """
+    A new process that takes the sockets, says READY and dies before it
+    serves PATH (a peer written here, speaking the new side) does not leave
+    the front with nobody accepting: the old gateway accepts there again,
+    and a later new gateway takes over from it as usual.
+    """
+    path = tmp_path / "h.sock"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    with ServerBackend(echo) as backend:
+        args = _handover_args(backend, path)
+        with GatewayProcess(args, tmp_path / "old") as old:
+            wait_for(lambda: "waiting for a hand-over" in old.log(), "the old one at PATH")
+            with socket.socket(socket.AF_UNIX) as taker:
+                taker.settimeout(DEADLINE)
+                taker.connect(str(path))
+                taker.sendall(b"TAKEOVER\n")
+                line = b""
+                while not line.endswith(b"\n"):  # one descriptor per byte at first
+                    chunk, fds, _flags, _address = socket.recv_fds(taker, 65536, 8)
+                    assert chunk, line
+                    line += chunk
+                    for fd in fds:
+                        os.close(fd)
+                listed = [entry["description"] for entry in json.loads(line)["sockets"]]
+                taker.sendall(b"READY " + json.dumps(listed).encode() + b"\n")
+                assert recv_exactly(taker, 12) == b"HANDED-OVER\n"
+            wait_for(lambda: "accepting again on" in old.log(), "the old one to take back")
+            assert _echoes(old.port)
+            with GatewayProcess(args, tmp_path / "new") as new:
+                wait_for(lambda: "no longer accepts" in new.log(), "the hand-over")
+                assert old.log().count("handed over to process") == 2
