@@ -205,9 +205,16 @@ def test_old_process_dying_before_accepting(tmp_path: Path) -> None:
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
     server.listen(1)
-    threading.Timer(0.2, server.close).start()
+
+    def die() -> None:
+        wait_for(lambda: _waiting_at(path) >= 2, "the connection in the backlog")
+        server.close()
+
+    thread = threading.Thread(target=die, daemon=True)
+    thread.start()
     with pytest.raises(HandoverLostError, match="reset"):
-        take_over(str(path), timeout=5)
+        take_over(str(path), timeout=DEADLINE)
+    thread.join(timeout=DEADLINE)
 
 
 def test_handover_setting(tmp_path: Path) -> None:
