@@ -8,17 +8,34 @@ A gateway that finds another one answering at PATH when it starts takes
 over its fronts instead of binding them:
 
   1. the new process connects and sends C{TAKEOVER}; the old one checks that
-     the peer runs as the same user (or root), then sends the file
+     the peer runs as the same user (or root) and that no other process is
+     taking its sockets over or has taken them, then sends the file
      descriptors of its listening sockets (C{SCM_RIGHTS}), followed by one
-     JSON line naming them (C{[{"description": ..., "family": ...}]});
+     JSON line naming them (C{{"pid": ..., "sockets": [{"description": ...,
+     "family": ...}]}}); or it refuses with one line C{{"error": REASON}}
+     (a second taker: the sockets are handed over once);
   2. the new process adopts each socket whose description matches one of
      its own C{--listen}/C{--admin} strings (the same socket: one kernel
      accept queue, now read by both), binds the others, and once its reactor
-     runs sends C{READY};
+     runs sends C{READY [descriptions]};
   3. the old process stops accepting on the sockets it handed over (it
-     keeps them open, so nothing waiting in the queue is lost), stops
-     listening at PATH and answers C{HANDED-OVER}; the new one then listens
-     at PATH for the next hand-over.
+     keeps them open, so nothing waiting in the queue is lost) and answers
+     C{HANDED-OVER}; it keeps listening at PATH (refusing any other taker)
+     until the new process, which has meanwhile put its own listening
+     socket at PATH (bound at a temporary name and renamed over PATH, so
+     PATH always leads to a live gateway), closes the connection.  If the
+     connection closes while PATH is still the old process's (the new one
+     died after READY), the old one accepts on those sockets again.
+
+The new process never waits longer than L{HANDOVER_TIMEOUT} for an answer.
+If the old process dies or misbehaves before its whole answer of step 1 has
+arrived (nothing, part of the sockets, a truncated or garbled line, no
+answer in time), nothing is adopted: every received descriptor is closed
+and every front is bound afresh, which works when the old process is gone
+and fails (a one-line error, exit status 2) while it still holds the ports.
+Adopting part of an answer could leave two processes accepting when the old
+one is alive.  If it dies after step 1, the new process accepts on
+everything already and goes on.
 
 The old process keeps its sessions and serves them until an operator sends
 it SIGTERM, which drains it as usual.  Since the listening socket is never
@@ -32,18 +49,27 @@ import json
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from typing_extensions import override
 
-__all__ = ["HANDOVER_TIMEOUT", "Handover", "HandoverServer", "take_over"]
+__all__ = [
+    "HANDOVER_TIMEOUT",
+    "Handover",
+    "HandoverError",
+    "HandoverLostError",
+    "HandoverRefusedError",
+    "HandoverServer",
+    "take_over",
+]
 
 HANDOVER_TIMEOUT = 10.0
 """Seconds the new process waits for each answer of the old one."""
@@ -51,10 +77,29 @@ HANDOVER_TIMEOUT = 10.0
 _MAX_FDS = 64
 """The most sockets one hand-over carries."""
 
+_MAX_ANSWER = 1 << 20
+"""The longest answer line the new process reads."""
+
 
 class HandoverError(Exception):
     """
-    The hand-over failed (the old process answered wrongly or not at all).
+    The hand-over failed.
+    """
+
+
+class HandoverRefusedError(HandoverError):
+    """
+    The running gateway answered and refused (another process takes or has
+    taken its sockets over, or this one runs as another user), or PATH
+    cannot be reached: this process must not start, and binds nothing.
+    """
+
+
+class HandoverLostError(HandoverError):
+    """
+    The old process died or misbehaved before its whole answer arrived (it
+    closed the connection, answered something that is not the protocol, or
+    did not answer in time): nothing was taken over.
     """
 
 
@@ -65,11 +110,13 @@ class Handover:
 
     @ivar sockets: description -> (file descriptor, address family).
     @ivar peer_pid: the old process's ID.
+    @ivar timeout: seconds to wait for the old process's answer to READY.
     """
 
     connection: socket.socket
     sockets: dict[str, tuple[int, int]] = field(default_factory=dict)
     peer_pid: int = 0
+    timeout: float = HANDOVER_TIMEOUT
 
     def take(self, description: str) -> tuple[int, int] | None:
         """
@@ -81,20 +128,26 @@ class Handover:
     def ready(self, adopted: list[str]) -> None:
         """
         Tell the old process that this one accepts now on the sockets whose
-        descriptions are C{adopted}, and wait until it has stopped accepting
-        on them and left PATH.
+        descriptions are C{adopted}, and wait (at most C{timeout} seconds)
+        until it has stopped accepting on them.  The connection stays open:
+        the old process answers other takers until L{close}.
 
-        @raise HandoverError: it did not answer as expected.
+        @raise HandoverLostError: it did not answer as expected.
         """
         try:
+            self.connection.settimeout(self.timeout)
             self.connection.sendall(b"READY " + json.dumps(adopted).encode() + b"\n")
-            answer = _read_line(self.connection)
+            answer = _read_line(self.connection, time.monotonic() + self.timeout, time.monotonic)
         except OSError as error:
-            raise HandoverError(f"the old gateway did not answer: {error}") from None
-        finally:
-            self.connection.close()
+            raise HandoverLostError(f"the old gateway did not answer: {_reason(error)}") from None
         if answer != b"HANDED-OVER":
-            raise HandoverError(f"unexpected answer from the old gateway: {answer!r}")
+            raise HandoverLostError(f"unexpected answer from the old gateway: {answer[:80]!r}")
+
+    def close(self) -> None:
+        """
+        End the conversation (once this process listens at PATH).
+        """
+        self.connection.close()
 
     def close_unused(self) -> list[str]:
         """
@@ -107,30 +160,70 @@ class Handover:
         return unused
 
 
-def _read_line(connection: socket.socket, fds: list[int] | None = None) -> bytes:
+def _reason(error: OSError) -> str:
+    """
+    A short text for a socket error (a timeout's own text is empty).
+    """
+    if isinstance(error, TimeoutError):
+        return "no answer in time"
+    return error.strerror or str(error)
+
+
+def _read_line(
+    connection: socket.socket,
+    deadline: float,
+    now: Callable[[], float],
+    fds: list[int] | None = None,
+) -> bytes:
+    """
+    One line from C{connection}, without its newline, read before
+    C{deadline} (however slowly the peer sends it); the descriptors that
+    come with it are added to C{fds}.
+
+    @raise HandoverLostError: the peer closed first, or the line is too long.
+    @raise OSError: a socket error, or C{TimeoutError} at the deadline.
+    """
     data = b""
     while not data.endswith(b"\n"):
+        left = deadline - now()
+        if left <= 0:
+            raise TimeoutError()
+        connection.settimeout(left)
         if fds is None:
             chunk = connection.recv(4096)
         else:
             chunk, got, _flags, _address = socket.recv_fds(connection, 65536, _MAX_FDS)
             fds.extend(got)
         if not chunk:
-            raise HandoverError("the old gateway closed the connection")
+            raise HandoverLostError(
+                "the old gateway closed the connection"
+                + (f" after {len(fds)} sockets" if fds else "")
+            )
         data += chunk
-        if len(data) > 1 << 20:
-            raise HandoverError("the old gateway's answer is too long")
+        if len(data) > _MAX_ANSWER:
+            raise HandoverLostError("the old gateway's answer is too long")
     return data[:-1]
 
 
-def take_over(path: str, timeout: float = HANDOVER_TIMEOUT) -> Handover | None:
+def take_over(
+    path: str,
+    timeout: float = HANDOVER_TIMEOUT,
+    now: Callable[[], float] = time.monotonic,
+) -> Handover | None:
     """
     Take over the listening sockets of the gateway answering at C{path}.
 
+    Waits at most C{timeout} seconds in all.  Either every socket of the
+    answer is taken, or none (the received descriptors are closed).
+
+    @param now: the clock that bounds the wait.
     @return: the sockets, or L{None} when no gateway answers there (then
         this one starts as the first).
-    @raise HandoverError: one answered, but the hand-over failed.
+    @raise HandoverRefusedError: the running gateway refused, or PATH cannot be
+        reached (permissions).
+    @raise HandoverLostError: it died or misbehaved before its whole answer.
     """
+    deadline = now() + timeout
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.settimeout(timeout)
     try:
@@ -138,38 +231,56 @@ def take_over(path: str, timeout: float = HANDOVER_TIMEOUT) -> Handover | None:
     except (FileNotFoundError, ConnectionRefusedError):
         connection.close()
         return None
+    except TimeoutError:
+        # Its backlog is full and it does not accept: a hung process.
+        connection.close()
+        raise HandoverLostError("the old gateway does not accept connections") from None
     except OSError as error:
         connection.close()
-        raise HandoverError(f"cannot reach the running gateway at {path}: {error}") from None
+        raise HandoverRefusedError(
+            f"cannot reach the running gateway at {path}: {error}"
+        ) from None
     fds: list[int] = []
     try:
         connection.sendall(b"TAKEOVER\n")
-        line = _read_line(connection, fds)
+        line = _read_line(connection, deadline, now, fds)
         document = json.loads(line)
-        if not isinstance(document, dict) or "error" in document:
-            raise HandoverError(f"the running gateway refused: {document.get('error')}")
+        if isinstance(document, dict) and "error" in document:
+            raise HandoverRefusedError(f"the running gateway refused: {document['error']}")
         listed = document["sockets"]
-        if len(listed) != len(fds):
-            raise HandoverError(f"got {len(fds)} sockets for {len(listed)} fronts")
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        for fd in fds:
-            os.close(fd)
-        connection.close()
-        raise HandoverError(f"the hand-over from {path} failed: {error}") from None
+        sockets = {str(entry["description"]): int(entry["family"]) for entry in listed}
+        if len(listed) != len(fds) or len(sockets) != len(fds):
+            raise HandoverLostError(f"got {len(fds)} sockets for {len(listed)} fronts")
+        peer_pid = int(document.get("pid", 0))
     except HandoverError:
-        for fd in fds:
-            os.close(fd)
-        connection.close()
+        _discard(connection, fds)
         raise
-    handover = Handover(connection, peer_pid=int(document.get("pid", 0)))
-    for entry, fd in zip(listed, fds, strict=True):
-        handover.sockets[str(entry["description"])] = (fd, int(entry["family"]))
+    except OSError as error:
+        _discard(connection, fds)
+        raise HandoverLostError(_reason(error)) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        _discard(connection, fds)
+        raise HandoverLostError(f"the old gateway's answer is garbled: {error}") from None
+    handover = Handover(connection, peer_pid=peer_pid, timeout=timeout)
+    for (description, family), fd in zip(sockets.items(), fds, strict=True):
+        handover.sockets[description] = (fd, family)
     return handover
+
+
+def _discard(connection: socket.socket, fds: list[int]) -> None:
+    """
+    Close the connection and every descriptor received on it.
+    """
+    for fd in fds:
+        os.close(fd)
+    connection.close()
 
 
 class _HandoverProtocol(LineOnlyReceiver):
     """
-    The old process's side of one hand-over.
+    The old process's side of one hand-over: C{TAKEOVER} (sockets given,
+    or a refusal), then C{READY} (stop accepting, answer C{HANDED-OVER}),
+    then wait for the new process to close.
     """
 
     delimiter = b"\n"
@@ -179,36 +290,43 @@ class _HandoverProtocol(LineOnlyReceiver):
     def __init__(self, server: HandoverServer) -> None:
         self._server = server
         self._given: list[tuple[str, IListeningPort]] = []
+        self.handed: list[tuple[str, IListeningPort]] = []
+        self._done = False
+        self.peer_pid = 0
+        self._peer_uid = -1
 
     @override
     def connectionMade(self) -> None:
-        self._peer_pid, self._peer_uid = _peer_credentials(self.transport)
+        self.peer_pid, self._peer_uid = _peer_credentials(self.transport)
 
     @override
     def lineReceived(self, line: bytes) -> None:
-        if line == b"TAKEOVER" and not self._given:
+        if line == b"TAKEOVER" and not self._given and not self._done:
             self._take_over()
-        elif line.startswith(b"READY ") and self._given:
+        elif line.startswith(b"READY ") and self._given and not self._done:
             try:
                 adopted = set(json.loads(line[len(b"READY ") :]))
-            except ValueError:
+            except (ValueError, TypeError):
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 return
             # Only what the new process took: a front it does not have stays
             # ours, accepting, until this process drains.
-            given = [(d, port) for d, port in self._given if d in adopted]
-            self._server.handed_over(given, self._peer_pid).addCallback(self._done)
+            self.handed = [(d, port) for d, port in self._given if d in adopted]
+            self._done = True
+            self._server.handed_over(self.handed, self.peer_pid)
+            self.sendLine(b"HANDED-OVER")
         else:
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _take_over(self) -> None:
-        if self._peer_uid not in (os.getuid(), 0):
+        refusal = self._server.reserve(self, self._peer_uid)
+        if refusal is not None:
             self._log.warn(
-                "refused a hand-over to process {pid}: it runs as user {uid}",
-                pid=self._peer_pid,
-                uid=self._peer_uid,
+                "refused a hand-over to process {pid}: {reason}",
+                pid=self.peer_pid,
+                reason=refusal,
             )
-            self.sendLine(json.dumps({"error": "not the same user"}).encode())
+            self.sendLine(json.dumps({"error": refusal}).encode())
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         listed = []
@@ -221,12 +339,12 @@ class _HandoverProtocol(LineOnlyReceiver):
         self._log.info(
             "handing over {count} listening sockets to process {pid}",
             count=len(listed),
-            pid=self._peer_pid,
+            pid=self.peer_pid,
         )
 
-    def _done(self, _: object) -> None:
-        self.sendLine(b"HANDED-OVER")
-        self.transport.loseConnection()  # type: ignore[union-attr]
+    @override
+    def connectionLost(self, reason: object = None) -> None:
+        self._server.released(self, completed=self._done)
 
 
 def _peer_credentials(transport: object) -> tuple[int, int]:
@@ -243,9 +361,17 @@ def _peer_credentials(transport: object) -> tuple[int, int]:
 
 class HandoverServer(Service):
     """
-    Listens at C{--handover PATH} (mode 0600) for a new gateway to take over.
+    Listens at C{--handover PATH} (mode 0600) for a new gateway to take over,
+    and gives its sockets to one taker only.
+
+    PATH is replaced atomically (a socket bound at a temporary name, then
+    renamed over PATH), and this process unlinks PATH only while it is still
+    its own: PATH never disappears while a gateway listens there, and is
+    never taken from the process that put its socket there.
 
     @ivar path: the UNIX socket's path.
+    @ivar handed_over_to: the process the sockets went to, once it is ready.
+    @ivar hold: do not listen at start (this process takes over first).
     """
 
     _log = Logger()
@@ -253,20 +379,27 @@ class HandoverServer(Service):
     def __init__(
         self,
         path: str,
-        reactor: object,
+        reactor: Any,
         ports: Callable[[], list[tuple[str, IListeningPort]]],
         stop_accepting: Callable[[list[tuple[str, IListeningPort]]], None],
+        resume_accepting: Callable[[list[tuple[str, IListeningPort]]], None] | None = None,
     ) -> None:
         """
+        @param reactor: an C{IReactorSocket} (it adopts PATH's socket).
         @param ports: the listening ports to hand over, with their descriptions.
         @param stop_accepting: called with the ports handed over once the new
             process accepts on them.
+        @param resume_accepting: called with them again if the new process
+            goes away before it has put its socket at PATH.
         """
         self.path = path
         self._reactor = reactor
         self._ports = ports
         self._stop_accepting = stop_accepting
+        self._resume_accepting = resume_accepting
         self._port: IListeningPort | None = None
+        self._inode: int | None = None
+        self._taker: _HandoverProtocol | None = None
         self.handed_over_to: int | None = None
         self.hold = False
         self.setName("handover")
@@ -277,6 +410,50 @@ class HandoverServer(Service):
         """
         return self._ports()
 
+    def reserve(self, taker: _HandoverProtocol, uid: int) -> str | None:
+        """
+        Give the sockets to C{taker}, unless they are another's.
+
+        @return: L{None}, or why not (one line for the taker).
+        """
+        if uid not in (os.getuid(), 0):
+            return f"process {taker.peer_pid} runs as user {uid}, not the same user"
+        if self.handed_over_to is not None:
+            return f"already handed over to process {self.handed_over_to}"
+        if self._taker is not None and self._taker is not taker:
+            return f"process {self._taker.peer_pid} is taking over already"
+        self._taker = taker
+        return None
+
+    def released(self, taker: _HandoverProtocol, completed: bool) -> None:
+        """
+        C{taker}'s connection is closed: after a completed hand-over the new
+        process listens at PATH now, so stop listening here (if PATH is still
+        ours, it died before: accept again); before, the sockets are free
+        for another taker (this process still accepts).
+        """
+        if taker is not self._taker:
+            return
+        if completed and not self._owns_path():
+            self._close(unlink=False)
+            return
+        self._taker = None
+        if completed:
+            self.handed_over_to = None
+            if self._resume_accepting is not None:
+                self._resume_accepting(taker.handed)
+            self._log.warn(
+                "process {pid} went away before taking over {path}: accepting again on {fronts}",
+                pid=taker.peer_pid,
+                path=self.path,
+                fronts=", ".join(description for description, _ in taker.handed),
+            )
+            return
+        self._log.warn(
+            "the hand-over to process {pid} did not complete: still accepting",
+            pid=taker.peer_pid,
+        )
+
     @override
     def startService(self) -> None:
         super().startService()
@@ -285,25 +462,38 @@ class HandoverServer(Service):
 
     def listen(self) -> None:
         """
-        Listen at PATH (after a hand-over, once the old process has left it).
+        Listen at PATH (atomically replacing whatever is there: the socket of
+        a process that handed over to this one, or of one that died).
         """
         if self._port is not None:
             return
-        if os.path.exists(self.path):
-            # Left by a process that was handed over from, or that died: a
-            # live one answered take_over() before this process started.
-            os.unlink(self.path)
-        factory = Factory.forProtocol(lambda: _HandoverProtocol(self))
-        factory.noisy = False
-        self._port = self._reactor.listenUNIX(  # type: ignore[attr-defined]
-            self.path, factory, mode=0o600
-        )
+        temporary = f"{self.path}.{os.getpid()}.new"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+            sock.bind(temporary)
+            os.chmod(temporary, 0o600)
+            sock.listen(50)
+            sock.setblocking(False)
+            factory = Factory.forProtocol(lambda: _HandoverProtocol(self))
+            factory.noisy = False
+            # Adopted under its own name (Twisted chmods that name, 0666);
+            # the peer's user is checked on every connection anyway.
+            port = self._reactor.adoptStreamPort(sock.fileno(), socket.AF_UNIX, factory)
+            os.chmod(temporary, 0o600)
+            inode = os.stat(temporary).st_ino
+            os.rename(temporary, self.path)
+        finally:
+            sock.close()
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+        self._port, self._inode = port, inode
         self._log.info("waiting for a hand-over at {path}", path=self.path)
 
-    def handed_over(self, given: list[tuple[str, IListeningPort]], pid: int) -> Deferred[None]:
+    def handed_over(self, given: list[tuple[str, IListeningPort]], pid: int) -> None:
         """
-        The new process accepts: stop accepting on what was given, and stop
-        listening at PATH (so that the new process can listen there).
+        The new process accepts: stop accepting on what was given.
         """
         self._stop_accepting(given)
         self.handed_over_to = pid
@@ -313,27 +503,36 @@ class HandoverServer(Service):
             pid=pid,
             fronts=", ".join(description for description, _ in given),
         )
-        return self._stop_listening()
 
-    def _stop_listening(self) -> Deferred[None]:
+    def _owns_path(self) -> bool:
+        """
+        Whether PATH is still this process's listening socket.
+        """
+        try:
+            return self._port is not None and os.stat(self.path).st_ino == self._inode
+        except OSError:
+            return False
+
+    def _close(self, unlink: bool) -> None:
+        """
+        Stop listening at PATH; remove PATH only when C{unlink} and it is
+        still this process's socket.
+        """
         port, self._port = self._port, None
         if port is None:
-            done: Deferred[None] = Deferred()
-            done.callback(None)
-            return done
-        # Twisted removes the socket file once the port is closed; the new
-        # process binds PATH only after our answer, sent after that.
-        stopped: Deferred[None] = Deferred()
-        result = port.stopListening()
-        if isinstance(result, Deferred):
-            result.addBoth(lambda _: stopped.callback(None))
-        else:
-            stopped.callback(None)
-        return stopped
+            return
+        if unlink and self.handed_over_to is None:
+            try:
+                if os.stat(self.path).st_ino == self._inode:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+        # Not stopListening: Twisted would unlink the name the socket was
+        # bound at, which is gone (renamed to PATH, and maybe replaced since).
+        port.stopReading()  # type: ignore[attr-defined]
+        port.socket.close()  # type: ignore[attr-defined]
 
     @override
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> None:
         super().stopService()
-        if self._port is None:
-            return None
-        return self._stop_listening()
+        self._close(unlink=True)

@@ -15,7 +15,10 @@ import datetime
 import os
 import re
 import signal
-from collections.abc import Callable
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -52,7 +55,13 @@ from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory,
 from gateway.balance import make_balancer
 from gateway.config import BackendSpec, ConfigError, GatewayConfig
 from gateway.front import FrontDoor, GatewayFactory
-from gateway.handover import Handover, HandoverError, HandoverServer, take_over
+from gateway.handover import (
+    Handover,
+    HandoverLostError,
+    HandoverRefusedError,
+    HandoverServer,
+    take_over,
+)
 from gateway.health import HealthCheck, HealthChecker
 from gateway.interfaces import IAddressPolicy
 from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
@@ -78,11 +87,29 @@ class StartupError(SystemExit, Exception):
     """
     Start-up cannot go on (a front cannot be bound).
 
-    A SystemExit, so that C{twistd -n} prints its one-line message and exits
-    without a traceback; also an Exception, so that a daemonizing twistd (which
-    catches Exception in the child) reports it to the parent process, which
-    then exits non-zero instead of waiting forever.
+    A SystemExit, so that C{twistd -n} exits without a traceback; also an
+    Exception, so that a daemonizing twistd (which catches Exception in the
+    child) reports it to the parent process, which then exits non-zero
+    instead of waiting forever.  L{GatewayService} writes its one line to
+    standard error and makes the exit status 2 (L{_startup_errors}), like a
+    bad option's.
     """
+
+
+@contextmanager
+def _startup_errors() -> Iterator[None]:
+    """
+    A L{StartupError} leaving this block is written to standard error (one
+    line; twistd's log has it too) and ends the process with status 2.
+    """
+    try:
+        yield
+    except StartupError as error:
+        if error.code != 2:
+            sys.stderr.write(f"{error}\n")
+            sys.stderr.flush()
+            error.code = 2
+        raise
 
 
 class FrontListener(Service):
@@ -131,6 +158,31 @@ class FrontListener(Service):
         self._endpoint = _adopting(self._endpoint, reactor, fd, family)
         self.adopted = True
 
+    def clear_stale(self) -> None:
+        """
+        A UNIX front left by a gateway that died: remove its socket and lock
+        file when nobody listens at its path and the lock names a process
+        that is gone or a zombie, so that this front can be bound.  (Twisted
+        breaks a lock only once its process is gone, and a killed gateway
+        stays a zombie until its parent reaps it: a new gateway started by
+        a hand-over that the death broke would otherwise lose that race.)
+        """
+        if not isinstance(self._endpoint, UNIXServerEndpoint):
+            return
+        path = self._endpoint._address
+        if not isinstance(path, str) or path.startswith("\0"):
+            return
+        try:
+            holder = int(os.readlink(path + ".lock"))
+        except (OSError, ValueError):
+            holder = 0
+        if (holder and _running(holder)) or _answering(path):
+            return
+        for stale in (path + ".lock", path):
+            if os.path.lexists(stale):
+                os.unlink(stale)
+        self._log.info("removed the stale socket {path} of process {pid}", path=path, pid=holder)
+
     def hand_over(self) -> None:
         """
         Another process accepts on this front's socket now: stop accepting
@@ -144,6 +196,19 @@ class FrontListener(Service):
         if self._cap_state is not None:
             self._cap_state.remove_port(port)
         port.stopReading()  # type: ignore[attr-defined]
+
+    def take_back(self) -> None:
+        """
+        The process this front was handed over to went away before it
+        finished taking over: accept here again.
+        """
+        port = self.port
+        if port is None or not self.handed_over:
+            return
+        self.handed_over = False
+        port.startReading()  # type: ignore[attr-defined]
+        if self._cap_state is not None:
+            self._cap_state.add_port(port)  # paused again if the cap is full
 
     @override
     def privilegedStartService(self) -> None:
@@ -190,6 +255,35 @@ class FrontListener(Service):
         if self._cap_state is not None:
             self._cap_state.remove_port(port)
         return port.stopListening()
+
+
+def _running(pid: int) -> bool:
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            state = stat_file.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _answering(path: str) -> bool:
+    """
+    Whether something listens at the UNIX socket C{path} (a missing path
+    or a refused connection count as not; any other error as yes).
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as error:
+        return not isinstance(error, (ConnectionRefusedError, FileNotFoundError))
+    finally:
+        probe.close()
+    return True
 
 
 DRAIN_POLL = 0.1
@@ -298,9 +392,10 @@ class GatewayService(MultiService):
 
     @override
     def privilegedStartService(self) -> None:
-        self._install_hangup()
-        self._take_over()
-        super().privilegedStartService()
+        with _startup_errors():
+            self._install_hangup()
+            self._take_over()
+            super().privilegedStartService()
 
     def _take_over(self) -> None:
         """
@@ -313,20 +408,31 @@ class GatewayService(MultiService):
         self._took_over = True
         try:
             self.handover = take_over(self.config.handover)
-        except HandoverError as error:
+        except HandoverRefusedError as error:
+            # Another process takes (or took) the sockets: bind nothing.
             raise StartupError(f"gateway: error: --handover: {error}") from None
-        if self.handover is None:
-            return
+        except HandoverLostError as error:
+            # Nothing received: bind every front (if the old process still
+            # holds a port, that bind fails with one line, status 2).
+            self._log.warn(
+                "hand-over from {path} failed ({reason}): took nothing over, binding every front",
+                path=self.config.handover,
+                reason=str(error),
+            )
         fronts = self.fronts()
         for listener in fronts:
-            taken = self.handover.take(listener.description)
+            taken = None if self.handover is None else self.handover.take(listener.description)
             if taken is None:
+                # Bound here: a gateway that died may have left it behind.
+                listener.clear_stale()
                 continue
             try:
                 listener.adopt(self._clock, *taken)
             except ValueError as error:
                 os.close(taken[0])
                 raise StartupError(f"gateway: error: --handover: {error}") from None
+        if self.handover is None:
+            return
         self._log.info(
             "taking over from process {pid}: {count} listening sockets",
             pid=self.handover.peer_pid,
@@ -355,26 +461,37 @@ class GatewayService(MultiService):
 
     @override
     def startService(self) -> None:
-        self._install_hangup()
-        self._take_over()
-        handover, self.handover = self.handover, None
-        server = self.handover_server
-        if handover is not None and server is not None:
-            server.hold = True  # PATH is the old process's until it answers
-        super().startService()
+        with _startup_errors():
+            self._install_hangup()
+            self._take_over()
+            handover, self.handover = self.handover, None
+            server = self.handover_server
+            if handover is not None and server is not None:
+                server.hold = True  # PATH is the old process's until it answers
+            super().startService()
         if handover is not None:
             # Everything else runs now; only then does the old process stop.
             adopted = [f.description for f in self.fronts() if f.adopted]
             try:
                 handover.ready(adopted)
-            except HandoverError as error:
-                # Both processes accept now; the old one keeps its sockets.
-                self._log.error("hand-over: {error}", error=str(error))
+            except HandoverLostError as error:
+                # It died or hangs: this process accepts on every front anyway.
+                self._log.warn(
+                    "process {pid} did not confirm the hand-over ({reason}): "
+                    "accepting on every front anyway",
+                    pid=handover.peer_pid,
+                    reason=str(error),
+                )
             else:
                 self._log.info("process {pid} no longer accepts", pid=handover.peer_pid)
-        if server is not None and server.hold:
-            server.hold = False
-            server.listen()
+        try:
+            if server is not None and server.hold:
+                server.hold = False
+                server.listen()
+        finally:
+            if handover is not None:
+                # Only now: the old process answers other takers until PATH is ours.
+                handover.close()
 
     def fronts(self) -> list[FrontListener]:
         """
@@ -1070,7 +1187,14 @@ def make_service(
                 if any(port is front.port for _, port in given):
                     front.hand_over()
 
-        server = HandoverServer(config.handover, reactor, listening, stop_accepting)
+        def resume_accepting(given: list[tuple[str, IListeningPort]]) -> None:
+            for front in fronts:
+                if any(port is front.port for _, port in given):
+                    front.take_back()
+
+        server = HandoverServer(
+            config.handover, reactor, listening, stop_accepting, resume_accepting
+        )
         server.setServiceParent(top)
         top.handover_server = server
     top.parts = _Parts(
