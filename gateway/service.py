@@ -589,8 +589,18 @@ class GatewayService(MultiService):
             self._start_drain()
         finished: Deferred[None] = Deferred()
         self._drained.addCallback(lambda _: MultiService.stopService(self))
+        self._drained.addBoth(self._flush_refusals)
         self._drained.addBoth(finished.callback)
         return finished
+
+    def _flush_refusals(self, result: object) -> object:
+        """
+        Log the refusal summary that the current window still owes, so that
+        refusals in the last seconds before a stop are not lost from the log.
+        """
+        if self.refusals is not None:
+            self.refusals.flush()
+        return result
 
     def _start_drain(self) -> None:
         for listener in self.listeners:

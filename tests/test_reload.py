@@ -12,7 +12,7 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import formatEvent
 
 from gateway.config import BackendSpec, ConfigError, GatewayConfig
-from gateway.limits import AddressCap, AddressRate
+from gateway.limits import AddressCap, AddressRate, Refusal
 from gateway.pool import BackendState
 from gateway.service import GatewayService, make_service
 
@@ -252,3 +252,21 @@ def test_demo_backends_survive_a_reload() -> None:
     finally:
         service.stopService()
         reactor.advance(10)
+
+
+def test_stopping_logs_the_refusal_summary_still_due(log_events: EventLoggingObserver) -> None:
+    """
+    A gateway that stops before its refusal window ends still logs the
+    summary of the refusals it did not log one by one (they are not lost
+    from the log with the process).
+    """
+    service, _, reactor = gateway()
+    refusals = service.refusals
+    assert refusals is not None
+    for number in range(refusals.burst + 4):
+        refusals.refused(Refusal.ADDRESS_CAP, f"192.0.2.{number}:4000")
+    assert not any("without logging each" in line for line in lines(log_events))
+    service.stopService()
+    reactor.advance(1)
+    summaries = [line for line in lines(log_events) if "without logging each" in line]
+    assert summaries == [summaries[0]] and "refused 4 more connections" in summaries[0]
