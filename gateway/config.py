@@ -24,8 +24,8 @@ from typing import Any
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorCore
 
-from gateway.pemfolder import FolderError, load_folder
-from gateway.tlsfront import is_tls_front, parse_tls_front
+from gateway.front.pemfolder import FolderError, load_folder
+from gateway.front.tls import is_tls_front, parse_tls_front
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -72,7 +72,7 @@ OVERFLOW_CHOICES = ("reject", "queue")
 """What happens at the total connection cap."""
 
 BALANCE_CHOICES = ("roundrobin", "leastconn", "hash")
-"""The balancing policies (L{gateway.balance})."""
+"""The balancing policies (L{gateway.pool.balance})."""
 
 PROXY_CHOICES = ("off", "v1", "v2")
 
@@ -152,7 +152,7 @@ class GatewayConfig:
     @ivar max_per_ip: concurrent connections from one client address (0: no cap).
     @ivar rate_per_ip: new connections per second from one address (0: no limit).
     @ivar rate_burst: the token bucket's size; L{None} for the default
-        (L{gateway.limits.default_burst}).
+        (L{gateway.front.limits.default_burst}).
     @ivar overflow: at the total cap, C{"reject"} or C{"queue"}.
     @ivar busy_message: the line sent to a refused game client, if any.
     @ivar balance: the balancing policy (C{roundrobin}, C{leastconn}, C{hash}).
@@ -182,7 +182,7 @@ class GatewayConfig:
     @ivar workers: worker processes (1: the gateway is one process).  With
         more, this process is the acceptor: it listens, applies the limits
         and hands each admitted connection to the least-loaded worker (see
-        L{gateway.workers}).
+        L{gateway.process.workers}).
     @ivar handover: the UNIX socket path for handing the listening sockets
         over to a new gateway process (and taking them over at start).
     @ivar config_file: the TOML file the settings were read from, if any
@@ -483,7 +483,7 @@ def check_server_endpoint(
     text = description.removeprefix("haproxy:")
     if is_tls_front(text):
         # Not through Twisted's tls: parser, which reads the folder and never
-        # returns for some (see gateway.tlsfront).
+        # returns for some (see gateway.front.tls).
         _check_tls_front(option, description, text, read_folder=read_folders)
         return description
     try:
@@ -605,7 +605,7 @@ def _backend_spec(raw: RawBackend, reactor: IReactorCore) -> BackendSpec:
 def _relay_mode(option: str, text: str) -> str:
     mode = check_choice(option, text, RELAY_CHOICES)
     if mode == "splice":
-        from gateway.splice import splice_available
+        from gateway.session.splice import splice_available
 
         if not splice_available():
             raise ConfigError(f"{option}: splice(2) is not available here (Linux only); use auto")

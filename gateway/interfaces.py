@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from gateway.pool import Backend
+    from gateway.pool.backends import Backend
 
 __all__ = ["IAddressPolicy", "IBackendChooser", "IBalancer", "IRefusal"]
 
@@ -70,10 +70,10 @@ class IBalancer(Interface):
 class IAddressPolicy(Interface):
     """
     A limit on the connections from one client address (by its key, see
-    L{gateway.limits.address_key}).  Time is passed in, never read.
+    L{gateway.front.limits.address_key}).  Time is passed in, never read.
     """
 
-    reason = Attribute("The L{gateway.limits.Refusal} counted when this policy refuses.")
+    reason = Attribute("The L{gateway.front.limits.Refusal} counted when this policy refuses.")
 
     def allows(key: str, now: float) -> bool:
         """

@@ -16,17 +16,17 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactor, Memory
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python.usage import UsageError
 
-from gateway.access import (
+from gateway.config import GatewayConfig
+from gateway.ops.access import (
     AccessLogFile,
     JsonLinesObserver,
     access_log_only,
     log_game_session,
     log_http_request,
 )
-from gateway.config import GatewayConfig
+from gateway.ops.registry import SessionRegistry
 from gateway.options import GatewayOptions
-from gateway.registry import SessionRegistry
-from gateway.service import StartupError, make_service
+from gateway.process.service import StartupError, make_service
 
 TOKEN = "abcdefghijklmnop-0123"
 
@@ -105,7 +105,7 @@ def test_json_lines_has_only_access_events() -> None:
     observer = JsonLinesObserver(stream)
     globalLogPublisher.addObserver(observer)
     try:
-        Logger(namespace="gateway.relay").info("not an access event")
+        Logger(namespace="gateway.session.relay").info("not an access event")
         log_game_session(
             peer="192.0.2.1:5000",
             backend="b0",

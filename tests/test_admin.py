@@ -17,10 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.admin import AdminState, render_metrics, status
-from gateway.limits import Refusal
-from gateway.pool import Backend, BackendState, Pool
-from gateway.registry import Counters, SessionRegistry
+from gateway.front.limits import Refusal
+from gateway.ops.admin import AdminState, render_metrics, status
+from gateway.ops.registry import Counters, SessionRegistry
+from gateway.pool.backends import Backend, BackendState, Pool
 from tests.support import Backend as ServerBackend
 from tests.support import (
     GatewayProcess,

@@ -21,10 +21,10 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, S
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
-from gateway.admin import AdminState, make_admin_site, status
-from gateway.pool import Backend, BackendState, Pool
-from gateway.registry import Counters, SessionRegistry
-from gateway.web import HTTP_IDLE_TIMEOUT, GatewayHTTPChannel
+from gateway.http.site import HTTP_IDLE_TIMEOUT, GatewayHTTPChannel
+from gateway.ops.admin import AdminState, make_admin_site, status
+from gateway.ops.registry import Counters, SessionRegistry
+from gateway.pool.backends import Backend, BackendState, Pool
 from tests.test_admin import FakeSession
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)

@@ -1,5 +1,5 @@
 """
-Unit tests of L{gateway.admission}: the total cap in both overflow modes
+Unit tests of L{gateway.front.admission}: the total cap in both overflow modes
 (L{CapFactory}, L{CapState}, L{Held}), the per-address gate (L{AddressGate})
 and the answer a refused client gets (L{Refuser}, L{Responder}).
 
@@ -31,11 +31,11 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from gateway.admission import AddressGate, CapFactory, CapState, Held, Refuser, Responder
 from gateway.connection import CloseHooks
-from gateway.front import HTTP_METHODS
-from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
-from gateway.registry import Counters, RefusalLog
+from gateway.front.admission import AddressGate, CapFactory, CapState, Held, Refuser, Responder
+from gateway.front.door import HTTP_METHODS
+from gateway.front.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
+from gateway.ops.registry import Counters, RefusalLog
 
 PEER = IPv4Address("TCP", "192.0.2.1", 40000)
 
@@ -1140,7 +1140,7 @@ def test_answered_refusal_aborted_if_never_closed() -> None:
     """
     from twisted.internet.testing import StringTransport
 
-    from gateway.admission import ANSWER_GRACE
+    from gateway.front.admission import ANSWER_GRACE
 
     responder, clock = make_refuser()
     refuser = Refuser(responder, Refusal.TOTAL_CAP)

@@ -1,7 +1,7 @@
 """
-Tests for L{gateway.balance}: the balancing policies on their own.
+Tests for L{gateway.pool.balance}: the balancing policies on their own.
 
-Each policy is given candidates directly, the way L{gateway.pool.Pool.choose}
+Each policy is given candidates directly, the way L{gateway.pool.backends.Pool.choose}
 gives them (up, not excluded, in configured order).  Every test is synchronous
 and reproducible: the "random" session keys come from a seeded generator, and
 the backends' endpoints are never connected.
@@ -25,16 +25,16 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
-from gateway import balance
-from gateway.balance import (
+from gateway.interfaces import IBalancer
+from gateway.pool import balance
+from gateway.pool.backends import Backend
+from gateway.pool.balance import (
     BALANCERS,
     LeastConnections,
     RendezvousHash,
     RoundRobin,
     make_balancer,
 )
-from gateway.interfaces import IBalancer
-from gateway.pool import Backend
 
 _REACTOR = MemoryReactorClock()
 """Only for building endpoints; nothing is ever connected through it."""

@@ -19,9 +19,9 @@ from twisted.python.usage import UsageError
 
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.configfile import MAX_FILE_SIZE
-from gateway.health import HealthCheck
 from gateway.options import GatewayOptions
-from gateway.service import health_checks
+from gateway.pool.health import HealthCheck
+from gateway.process.service import health_checks
 from tests.support import TWISTD, Backend, GatewayProcess, connect, recv_exactly, wait_for
 from tests.test_options import DURATIONS, in_bounded_child
 

@@ -123,7 +123,7 @@ TRICKLE_SOURCE = "127.0.0.22"
 """The probes' source addresses: neither in L{SOURCES} nor the after-flood clients' C{127.0.0.10}.
 
 Each probe opens one connection, well within C{--max-per-ip} and the rate
-limit's burst (L{gateway.limits.default_burst}: 100 at C{--rate-per-ip 50});
+limit's burst (L{gateway.front.limits.default_burst}: 100 at C{--rate-per-ip 50});
 only the total cap (400, above the flooders' 384 attempts in flight) could
 refuse one, and a refusal fails the probe with what it got.
 """
@@ -151,7 +151,7 @@ PROBE_TIMEOUT = 15.0
 """Seconds any probe operation may take (bounds every probe thread)."""
 
 REFUSAL_WINDOW = 10.0
-"""The refusal log's window (L{gateway.registry.RefusalLog}): a summary per window."""
+"""The refusal log's window (L{gateway.ops.registry.RefusalLog}): a summary per window."""
 
 REFUSAL_BURST = 5
 """Refusals per reason and window that the refusal log writes one by one."""

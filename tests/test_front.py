@@ -22,11 +22,18 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from gateway.balance import RendezvousHash
-from gateway.front import HTTP_METHODS, SNIFF_LIMIT, FrontDoor, GatewayFactory, Verdict, classify
-from gateway.pool import Backend, Pool
-from gateway.registry import Counters
-from gateway.web import SEND_TIMEOUT, HTTPSite, make_site
+from gateway.front.door import (
+    HTTP_METHODS,
+    SNIFF_LIMIT,
+    FrontDoor,
+    GatewayFactory,
+    Verdict,
+    classify,
+)
+from gateway.http.site import SEND_TIMEOUT, HTTPSite, make_site
+from gateway.ops.registry import Counters
+from gateway.pool.backends import Backend, Pool
+from gateway.pool.balance import RendezvousHash
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 

@@ -27,7 +27,8 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.usage import UsageError
 
-from gateway.handover import (
+from gateway.options import GatewayOptions
+from gateway.process.handover import (
     HandoverError,
     HandoverLostError,
     HandoverRefusedError,
@@ -35,8 +36,7 @@ from gateway.handover import (
     _HandoverProtocol,
     take_over,
 )
-from gateway.options import GatewayOptions
-from gateway.service import FrontListener
+from gateway.process.service import FrontListener
 from tests.certs import make_ca
 from tests.support import (
     DEADLINE,

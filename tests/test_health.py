@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.health}: active health checks and the rise/fall decision.
+Tests for L{gateway.pool.health}: active health checks and the rise/fall decision.
 
 L{HealthState} is tested as a plain object, by example and with hypothesis
 against a model written differently (runs of results since the last change).
@@ -36,14 +36,14 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from gateway.health import (
+from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.health import (
     DEFAULT_TIMEOUT,
     HealthCheck,
     HealthChecker,
     HealthState,
     Probe,
 )
-from gateway.pool import Backend, BackendState, Pool
 
 INTERVAL = 10.0
 """Seconds between rounds in these tests."""

@@ -1,5 +1,5 @@
 """
-Unit tests of L{gateway.web.GatewayHTTPChannel}: the request header timeout
+Unit tests of L{gateway.http.site.GatewayHTTPChannel}: the request header timeout
 (slowloris), the answers to oversized request lines and headers, and the
 refusals they count.
 
@@ -31,9 +31,9 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from gateway.limits import Refusal
-from gateway.registry import Counters, RefusalLog
-from gateway.web import GatewayHTTPChannel, HTTPSite, make_site
+from gateway.front.limits import Refusal
+from gateway.http.site import GatewayHTTPChannel, HTTPSite, make_site
+from gateway.ops.registry import Counters, RefusalLog
 
 PEER = IPv4Address("TCP", "198.51.100.7", 52000)
 HEADER_TIMEOUT = 5.0

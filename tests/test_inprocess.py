@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from gateway.config import GatewayConfig
-from gateway.pool import BackendState
-from gateway.service import GatewayService, make_service
+from gateway.pool.backends import BackendState
+from gateway.process.service import GatewayService, make_service
 
 reactor: IReactorTCP = _reactor
 

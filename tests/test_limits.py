@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.limits}: the connection-limit policies and the address key.
+Tests for L{gateway.front.limits}: the connection-limit policies and the address key.
 
 Every test is synchronous and reads no real clock.  Time is the C{now} the
 policies are given: a plain float, or the C{seconds()} of a
@@ -22,8 +22,7 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gateway.interfaces import IAddressPolicy
-from gateway.limits import (
+from gateway.front.limits import (
     RATE_TABLE_SIZE,
     AddressCap,
     AddressLimits,
@@ -33,6 +32,7 @@ from gateway.limits import (
     address_key,
     default_burst,
 )
+from gateway.interfaces import IAddressPolicy
 
 CLOCK_SLACK = 1e-6
 """

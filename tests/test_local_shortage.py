@@ -1,6 +1,6 @@
 """
 The gateway's own shortage (out of file descriptors, buffers, memory, local
-ports) is not the backend's fault: L{gateway.relay.local_shortage} tells such
+ports) is not the backend's fault: L{gateway.session.relay.local_shortage} tells such
 connection failures apart, a session that meets one is refused with the
 reason C{local-resources} and leaves the backend alone, and a health probe
 that meets one has no result.  Also: a refused game session (C{no-backend},
@@ -35,11 +35,11 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 
-from gateway.health import HealthChecker
-from gateway.limits import Refusal
-from gateway.pool import Backend, BackendState, Pool
-from gateway.registry import Counters, RefusalLog
-from gateway.relay import LOCAL_ERRNOS, CloseReason, GameSession, local_shortage
+from gateway.front.limits import Refusal
+from gateway.ops.registry import Counters, RefusalLog
+from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.health import HealthChecker
+from gateway.session.relay import LOCAL_ERRNOS, CloseReason, GameSession, local_shortage
 from tests.test_relay import HalfCloseableTransport
 
 PEER = "192.0.2.7:40000"
@@ -382,7 +382,7 @@ def test_a_worker_without_a_free_descriptor_refuses_the_connection(
     acceptor it ended (which frees its slots there) and counts a
     C{local-resources} refusal, logging no error.
     """
-    from gateway.worker import Worker, _Handoffs
+    from gateway.process.worker import Worker, _Handoffs
 
     acceptor_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     client, served = socket.socketpair()

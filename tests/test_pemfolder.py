@@ -1,5 +1,5 @@
 """
-Reading a C{tls:} front's PEM folder (L{gateway.pemfolder.load_folder}):
+Reading a C{tls:} front's PEM folder (L{gateway.front.pemfolder.load_folder}):
 every layout operators use is served with the right chain, and every folder
 that cannot be served is refused with one line naming the file.
 
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.pemfolder import FolderError, load_folder
+from gateway.front.pemfolder import FolderError, load_folder
 from tests.pki import Pki, make_pki
 
 NOW = datetime.datetime.now(datetime.UTC)

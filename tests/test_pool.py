@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.pool}: the backends and the round-robin choice among them.
+Tests for L{gateway.pool.backends}: the backends and the round-robin choice among them.
 
 Every test is synchronous.  The backends' endpoints are TCP endpoints on a
 L{MemoryReactorClock} that no test ever connects: the pool only hands
@@ -18,15 +18,15 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent
 from zope.interface.verify import verifyObject
 
-from gateway.balance import (
+from gateway.interfaces import IBackendChooser, IBalancer
+from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.balance import (
     BALANCERS,
     LeastConnections,
     RendezvousHash,
     RoundRobin,
     make_balancer,
 )
-from gateway.interfaces import IBackendChooser, IBalancer
-from gateway.pool import Backend, BackendState, Pool
 
 _REACTOR = MemoryReactorClock()
 """Only for building endpoints; nothing is ever connected through it."""
@@ -384,7 +384,7 @@ def state_changes(log_events: EventLoggingObserver) -> list[str]:
     return [
         formatEvent(event)
         for event in log_events
-        if event.get("log_namespace") == "gateway.pool.Pool"
+        if event.get("log_namespace") == "gateway.pool.backends.Pool"
         and event.get("log_format", "").startswith("backend {backend} is {state}")
     ]
 
@@ -410,7 +410,7 @@ def test_set_state_logs_and_counts_each_change(log_events: EventLoggingObserver)
     levels = {
         event["log_level"]
         for event in log_events
-        if event.get("log_namespace") == "gateway.pool.Pool"
+        if event.get("log_namespace") == "gateway.pool.backends.Pool"
     }
     assert levels == {LogLevel.info}
 

@@ -1,5 +1,5 @@
 """
-Unit tests of L{gateway.proxyheader}: the PROXY protocol reader in front of a
+Unit tests of L{gateway.front.proxyheader}: the PROXY protocol reader in front of a
 C{haproxy:} listener.
 
 The headers are built by hand (version 1 as text, version 2 with L{struct}),
@@ -32,10 +32,10 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from gateway.admission import AddressGate, Refuser, Responder
-from gateway.limits import AddressCap, AddressLimits, Refusal
-from gateway.proxyheader import MAX_V2_HEADER, ProxyHeaderFactory, ProxyHeaderProtocol
-from gateway.registry import Counters, RefusalLog
+from gateway.front.admission import AddressGate, Refuser, Responder
+from gateway.front.limits import AddressCap, AddressLimits, Refusal
+from gateway.front.proxyheader import MAX_V2_HEADER, ProxyHeaderFactory, ProxyHeaderProtocol
+from gateway.ops.registry import Counters, RefusalLog
 
 BALANCER = IPv4Address("TCP", "10.0.0.2", 50000)
 """The address the connection really comes from: the upstream balancer."""

@@ -1,5 +1,5 @@
 """
-Unit tests of L{gateway.proxyheader.proxy_header}: the PROXY header the
+Unit tests of L{gateway.front.proxyheader.proxy_header}: the PROXY header the
 gateway writes to a backend (C{--proxy-protocol v1|v2}).
 
 Every header is read back by Twisted's own parsers (an independent reader),
@@ -26,13 +26,13 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from typing_extensions import override
 
-from gateway.proxyheader import (
+from gateway.front.proxyheader import (
     PROXY_VERSIONS,
     V1_MAX,
     ProxyHeaderFactory,
     proxy_header,
 )
-from gateway.registry import Counters, RefusalLog
+from gateway.ops.registry import Counters, RefusalLog
 
 PAYLOAD = b"payload"
 """The client's first bytes, written right after the header."""

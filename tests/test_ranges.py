@@ -1,5 +1,5 @@
 """
-Unit tests of L{gateway.ranges}: the range policy (L{select_ranges}, pure,
+Unit tests of L{gateway.http.ranges}: the range policy (L{select_ranges}, pure,
 also property-tested) and L{FileParts}, the producer that sends a file's
 parts, driven step by step against a recording request and file.
 """
@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.ranges import CHUNK, MAX_RANGES, FileChangedError, FileParts, Multipart, select_ranges
+from gateway.http.ranges import (
+    CHUNK,
+    MAX_RANGES,
+    FileChangedError,
+    FileParts,
+    Multipart,
+    select_ranges,
+)
 
 SIZE = 10_000
 

@@ -1,5 +1,5 @@
 """
-Unit tests of L{gateway.registry.RefusalLog}: every refusal counted, the first
+Unit tests of L{gateway.ops.registry.RefusalLog}: every refusal counted, the first
 few of each reason in a window logged one by one, the rest tallied and
 summarised once per window, with bounded memory per window.
 
@@ -19,8 +19,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 
-from gateway.limits import Refusal
-from gateway.registry import Counters, RefusalLog
+from gateway.front.limits import Refusal
+from gateway.ops.registry import Counters, RefusalLog
 
 WINDOW = 10.0
 BURST = 3

@@ -21,10 +21,10 @@ from twisted.internet.testing import (
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from gateway.front import FrontDoor, GatewayFactory
-from gateway.pool import Backend, Pool
-from gateway.registry import SessionRegistry
-from gateway.web import make_site
+from gateway.front.door import FrontDoor, GatewayFactory
+from gateway.http.site import make_site
+from gateway.ops.registry import SessionRegistry
+from gateway.pool.backends import Backend, Pool
 
 PEER = IPv4Address("TCP", "192.0.2.9", 40000)
 

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.relay}: a game session relaying one client to one backend.
+Tests for L{gateway.session.relay}: a game session relaying one client to one backend.
 
 Every test is synchronous and uses no real reactor or socket.  The backends
 are real L{TCP4ClientEndpoint}s on a L{MemoryReactorClock}, which records each
@@ -54,8 +54,8 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
-from gateway.pool import Backend, BackendState, Pool
-from gateway.relay import (
+from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.session.relay import (
     CLOSE_GRACE,
     HOLD_LIMIT,
     BackendLink,

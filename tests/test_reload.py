@@ -12,9 +12,9 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import formatEvent
 
 from gateway.config import BackendSpec, ConfigError, GatewayConfig
-from gateway.limits import AddressCap, AddressRate, Refusal
-from gateway.pool import BackendState
-from gateway.service import GatewayService, make_service
+from gateway.front.limits import AddressCap, AddressRate, Refusal
+from gateway.pool.backends import BackendState
+from gateway.process.service import GatewayService, make_service
 
 A = BackendSpec(name="a", endpoint="tcp:127.0.0.1:7001")
 B = BackendSpec(name="b", endpoint="tcp:127.0.0.1:7002")

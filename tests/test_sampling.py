@@ -1,5 +1,5 @@
 """
-Unit tests of L{gateway.sampling.Sampler}: the first events of each key in a
+Unit tests of L{gateway.ops.sampling.Sampler}: the first events of each key in a
 window pass, the rest are counted, and their summary is due at the window's
 end, by a timer on the clock given, without waiting for another event; no
 timer runs while nothing is suppressed.
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from gateway.sampling import Sampler
+from gateway.ops.sampling import Sampler
 
 WINDOW = 10.0
 BURST = 3

@@ -20,9 +20,9 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
 
 from gateway.config import BackendSpec, GatewayConfig
-from gateway.relay import GameSession
-from gateway.service import make_service
-from gateway.splice import POOL, splice_available, spliceable
+from gateway.process.service import make_service
+from gateway.session.relay import GameSession
+from gateway.session.splice import POOL, splice_available, spliceable
 from tests.support import Backend, echo, pattern, recv_until_eof
 
 reactor: Any = _reactor

@@ -1,5 +1,5 @@
 """
-The TLS of a C{tls:} front (L{gateway.tlsfront}): its endpoint string, the
+The TLS of a C{tls:} front (L{gateway.front.tls}): its endpoint string, the
 certificate chosen by server name, ALPN, the sampled log of unknown names,
 and reading the folder again.
 
@@ -23,15 +23,15 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.usage import UsageError
 
 from gateway.config import ConfigError
-from gateway.options import GatewayOptions
-from gateway.pemfolder import load_folder
-from gateway.tlsfront import (
+from gateway.front.pemfolder import load_folder
+from gateway.front.tls import (
     SNICertificates,
     TLSFront,
     UnknownNames,
     parse_tls_front,
     printable_name,
 )
+from gateway.options import GatewayOptions
 from tests.pki import Pki, make_pki
 
 

@@ -1,5 +1,5 @@
 """
-Unit tests of the acceptor's side of C{--workers} (L{gateway.workers}): the
+Unit tests of the acceptor's side of C{--workers} (L{gateway.process.workers}): the
 control channel's framing, the worker configuration, backend states from
 workers, and passing connections to workers over a real socket pair.
 """
@@ -18,8 +18,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
 
 from gateway.config import BackendSpec, GatewayConfig
-from gateway.pool import Backend, BackendState, Pool
-from gateway.workers import Dispatcher, Framed, Handoff, WorkerPool, worker_config
+from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.process.workers import Dispatcher, Framed, Handoff, WorkerPool, worker_config
 
 
 class Collect(Framed):
@@ -366,7 +366,7 @@ def test_a_killed_worker_is_reported_in_its_real_state(
     from twisted.logger import LogLevel, formatEvent
     from twisted.python.failure import Failure
 
-    from gateway.workers import _Control
+    from gateway.process.workers import _Control
 
     workers, _ = make_pool(1)
     worker = workers.workers[0]
@@ -406,7 +406,7 @@ def test_a_worker_that_lost_its_control_channel_is_stopped(
     from twisted.logger import LogLevel, formatEvent
     from twisted.python.failure import Failure
 
-    from gateway.workers import CONTROL_GRACE, _Control
+    from gateway.process.workers import CONTROL_GRACE, _Control
 
     workers, _ = make_pool(1)
     worker = workers.workers[0]

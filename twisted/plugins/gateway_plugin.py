@@ -19,6 +19,6 @@ gateway = ServiceMaker(
 
 uvloop = Reactor(
     "uvloop",
-    "gateway.uvloopreactor",
+    "gateway.process.uvloopreactor",
     "Twisted's asyncio reactor on uvloop's event loop (pip install 'gateway[uvloop]').",
 )

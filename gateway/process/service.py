@@ -49,30 +49,30 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from gateway.access import AccessLogFile, access_log_only
-from gateway.admin import AdminState, make_admin_site
-from gateway.admission import AddressGate, CapFactory, CapState, RefusalFactory, Responder
-from gateway.balance import make_balancer
 from gateway.config import BackendSpec, ConfigError, GatewayConfig
-from gateway.front import FrontDoor, GatewayFactory
-from gateway.handover import (
+from gateway.front.admission import AddressGate, CapFactory, CapState, RefusalFactory, Responder
+from gateway.front.door import FrontDoor, GatewayFactory
+from gateway.front.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
+from gateway.front.pemfolder import FolderError
+from gateway.front.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory, proxy_header
+from gateway.front.tls import SNICertificates, is_tls_front, tls_front_endpoint
+from gateway.http.site import make_site
+from gateway.interfaces import IAddressPolicy
+from gateway.ops.access import AccessLogFile, access_log_only
+from gateway.ops.admin import AdminState, make_admin_site
+from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
+from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.balance import make_balancer
+from gateway.pool.health import HealthCheck, HealthChecker
+from gateway.process.handover import (
     Handover,
     HandoverLostError,
     HandoverRefusedError,
     HandoverServer,
     take_over,
 )
-from gateway.health import HealthCheck, HealthChecker
-from gateway.interfaces import IAddressPolicy
-from gateway.limits import AddressCap, AddressLimits, AddressRate, Refusal, TotalCap
-from gateway.pemfolder import FolderError
-from gateway.pool import Backend, BackendState, Pool
-from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory, proxy_header
-from gateway.registry import Counters, RefusalLog, SessionRegistry
-from gateway.relay import CloseReason, GameSession
-from gateway.tlsfront import SNICertificates, is_tls_front, tls_front_endpoint
-from gateway.web import make_site
-from gateway.workers import Dispatcher, TLSRefusals, WorkerPool
+from gateway.process.workers import Dispatcher, TLSRefusals, WorkerPool
+from gateway.session.relay import CloseReason, GameSession
 
 __all__ = ["DemoBackends", "FrontListener", "GatewayService", "StartupError", "make_service"]
 
@@ -1009,7 +1009,7 @@ def make_service(
     @param rebuild: reads the configuration again (for SIGHUP).
     @param role: C{single} (one process does everything), C{acceptor} (it
         listens, admits, and hands connections to worker processes: see
-        L{gateway.workers}) or C{worker} (it serves what an acceptor hands
+        L{gateway.process.workers}) or C{worker} (it serves what an acceptor hands
         it: no fronts, admin endpoint, health checks nor access log file of
         its own).  By default, C{acceptor} if C{config.workers} is more than
         1, else C{single}.
@@ -1130,7 +1130,7 @@ def make_service(
         inner: Factory = gate if creator is None else TLSRefusals(gate, creator)
         refusal: Factory = RefusalFactory(responder, Refusal.TOTAL_CAP, refusals)
         if proxy:
-            # Our own PROXY header reader (see gateway.proxyheader) instead
+            # Our own PROXY header reader (see gateway.front.proxyheader) instead
             # of Twisted's haproxy: endpoint wrapper; refusals at the total
             # cap read the header too, to answer and log the real client.
             inner = ProxyHeaderFactory(

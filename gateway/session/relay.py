@@ -72,15 +72,15 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
-from gateway.access import log_game_session
+from gateway.front.limits import Refusal
+from gateway.front.proxyheader import proxy_header
 from gateway.interfaces import IBackendChooser
-from gateway.limits import Refusal
-from gateway.proxyheader import proxy_header
-from gateway.splice import SpliceRelay, splice_available, spliceable
+from gateway.ops.access import log_game_session
+from gateway.session.splice import SpliceRelay, splice_available, spliceable
 
 if TYPE_CHECKING:
-    from gateway.pool import Backend
-    from gateway.registry import RefusalLog
+    from gateway.ops.registry import RefusalLog
+    from gateway.pool.backends import Backend
 
 __all__ = [
     "CLOSE_GRACE",

@@ -1,6 +1,6 @@
 """
-A worker process of C{--workers N}: C{python -m gateway.worker INDEX}, started
-by the acceptor (L{gateway.workers}) with its control channel on descriptor 3
+A worker process of C{--workers N}: C{python -m gateway.process.worker INDEX}, started
+by the acceptor (L{gateway.process.workers}) with its control channel on descriptor 3
 and its handoff channel on descriptor 4.
 
 It builds the same gateway as a single process, without fronts, limits, health
@@ -42,14 +42,14 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from gateway.access import ACCESS_ONLY
 from gateway.config import GatewayConfig
-from gateway.front import FrontDoor
-from gateway.limits import Refusal
-from gateway.pool import Backend, BackendState
-from gateway.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
-from gateway.relay import LOCAL_ERRNOS
-from gateway.workers import HANDOFF_MESSAGE, Adopting, Framed
+from gateway.front.door import FrontDoor
+from gateway.front.limits import Refusal
+from gateway.front.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
+from gateway.ops.access import ACCESS_ONLY
+from gateway.pool.backends import Backend, BackendState
+from gateway.process.workers import HANDOFF_MESSAGE, Adopting, Framed
+from gateway.session.relay import LOCAL_ERRNOS
 
 _log = Logger()
 
@@ -275,7 +275,7 @@ class Worker:
                 self.service._stop_now("the acceptor stops at once")
 
     def _configure(self, config: GatewayConfig) -> None:
-        from gateway.service import _apply, make_service
+        from gateway.process.service import _apply, make_service
 
         if self.service is not None:
             self._applying = True
@@ -293,7 +293,7 @@ class Worker:
         assert self._handoffs is not None
         self.reactor.addReader(self._handoffs)
         self._send({"op": "ready", "pid": os.getpid()})
-        from gateway.uvloopreactor import reactor_name
+        from gateway.process.uvloopreactor import reactor_name
 
         _log.info(
             "worker {index} (pid {pid}) ready, reactor {reactor}",
@@ -324,7 +324,7 @@ class Worker:
             )
 
     def _status(self, number: int, limit: int | None) -> None:
-        from gateway.admin import AdminState, session_json, status
+        from gateway.ops.admin import AdminState, session_json, status
 
         service = self.service
         reply: dict[str, Any] = {"op": "status", "n": number}
@@ -511,7 +511,7 @@ class _NumberedFactories:
     def chain(self, description: str, config: GatewayConfig) -> Any:
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        from gateway.tlsfront import is_tls_front, tls_front_endpoint
+        from gateway.front.tls import is_tls_front, tls_front_endpoint
 
         worker = self.worker
         reactor = worker.reactor

@@ -9,7 +9,7 @@ of that chain is a L{Handoff} instead of a front door: it stops reading the
 admitted socket and passes it, with the bytes the acceptor has read from it
 (a PROXY header), to the least-loaded worker, then closes its own copy.
 
-Each worker (L{gateway.worker}, a process of its own) is a full reactor:
+Each worker (L{gateway.process.worker}, a process of its own) is a full reactor:
 sniffing, HTTP, relaying, splicing.  Two socket pairs join it to the acceptor:
 
   - the I{handoff channel} (C{SOCK_SEQPACKET}): one message per connection,
@@ -64,11 +64,12 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
-from gateway.access import ACCESS_ONLY
+import gateway
 from gateway.config import GatewayConfig
 from gateway.connection import CloseHooks, describe_peer
 from gateway.interfaces import IRefusal
-from gateway.pool import Backend, BackendState, Pool
+from gateway.ops.access import ACCESS_ONLY
+from gateway.pool.backends import Backend, BackendState, Pool
 
 __all__ = [
     "MAX_MESSAGE",
@@ -479,7 +480,13 @@ class WorkerProcess(ProcessProtocol):
             reactor.spawnProcess(
                 self,
                 sys.executable,
-                [sys.executable, "-m", "gateway.worker", str(self.index), *pool.reactor_args()],
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway.process.worker",
+                    str(self.index),
+                    *pool.reactor_args(),
+                ],
                 env=pool.environment(),
                 childFDs={0: 0, 1: 1, 2: 2, 3: control_there.fileno(), 4: handoff_there.fileno()},
             )
@@ -946,7 +953,9 @@ class WorkerPool(Service):
         The workers' environment: this one, with this package importable.
         """
         env = dict(os.environ)
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # The folder that holds the gateway package (not a folder inside it,
+        # whose subpackages such as gateway/http would shadow the standard library).
+        here = os.path.dirname(os.path.dirname(os.path.abspath(gateway.__file__)))
         env["PYTHONPATH"] = os.pathsep.join(
             [here, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
         )
@@ -957,7 +966,7 @@ class WorkerPool(Service):
         The worker's command-line arguments that make it run the acceptor's
         kind of reactor (C{twistd -r uvloop}: the workers too).
         """
-        from gateway.uvloopreactor import reactor_name
+        from gateway.process.uvloopreactor import reactor_name
 
         name = reactor_name(self.clock)
         return [name] if name is not None else []

@@ -37,7 +37,7 @@ forgotten (a probe of theirs still running is aborted).  Nothing is logged for
 a passing probe; a failed one is logged at debug level with its reason, and
 the pool logs every change of state.  A probe that cannot be made for want of
 the gateway's own resources (out of file descriptors, say: see
-L{gateway.relay.LOCAL_ERRNOS}) has no result and leaves the backend's record
+L{gateway.session.relay.LOCAL_ERRNOS}) has no result and leaves the backend's record
 as it was; the first such probe of a backend is logged as a warning, and the
 next probe that is made again at info level.
 """
@@ -67,11 +67,11 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from gateway.pool import Backend, BackendState
-from gateway.relay import describe_failure, local_shortage
+from gateway.pool.backends import Backend, BackendState
+from gateway.session.relay import describe_failure, local_shortage
 
 if TYPE_CHECKING:
-    from gateway.pool import Pool
+    from gateway.pool.backends import Pool
 
 __all__ = ["DEFAULT_TIMEOUT", "HealthCheck", "HealthChecker", "HealthState", "Probe"]
 
@@ -191,7 +191,7 @@ class Probe(Protocol):
 
     It provides L{IHandshakeListener} only: Twisted's client endpoints copy
     just the last of a protocol's interfaces onto their wrapper (see
-    C{_restore_half_close} in L{gateway.relay}), and a probe has no use for
+    C{_restore_half_close} in L{gateway.session.relay}), and a probe has no use for
     half-closes anyway (a backend's end of stream ends the probe).
 
     @ivar backend: the backend probed.
@@ -301,7 +301,7 @@ class Probe(Protocol):
         if getattr(self.transport, "disconnecting", False):
             # Twisted before 25 reports the handshake done even when the host
             # name check failed and aborted the connection; connectionLost
-            # follows with the reason (see BackendLink in gateway.relay).
+            # follows with the reason (see BackendLink in gateway.session.relay).
             return
         self._connection_ready()
 

@@ -16,7 +16,7 @@ file size) with the defaults a public server wants:
     no traceback in the log per request);
   - methods other than GET and HEAD get a 405 with C{Allow: GET, HEAD}, and
     so does C{OPTIONS *} (Twisted answers it 200);
-  - C{Range} requests follow the policy of L{gateway.ranges} (invalid or
+  - C{Range} requests follow the policy of L{gateway.http.ranges} (invalid or
     more than 64 ranges: the whole file; overlapping ones merged), and every
     response body is read from its file 64 KiB at a time, ranges or not;
   - content types come from a pinned table for the common web types (so they
@@ -49,11 +49,11 @@ from twisted.web.static import File
 from typing_extensions import override
 from zope.interface import implementer
 
-from gateway.access import HTTP_CLIENT_LEFT, HTTP_COMPLETE, log_http_request
 from gateway.connection import describe_peer
-from gateway.limits import Refusal
-from gateway.ranges import FileParts, Multipart, ResponseConsumer, select_ranges
-from gateway.registry import RefusalLog
+from gateway.front.limits import Refusal
+from gateway.http.ranges import FileParts, Multipart, ResponseConsumer, select_ranges
+from gateway.ops.access import HTTP_CLIENT_LEFT, HTTP_COMPLETE, log_http_request
+from gateway.ops.registry import RefusalLog
 
 __all__ = [
     "HEADER_TIMEOUT",

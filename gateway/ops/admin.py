@@ -13,7 +13,7 @@ their tools.  Never served on the public front.
     twice, and nothing costs anything between scrapes).  Labels are bounded:
     backend names, refusal reasons and session kinds, never client addresses.
   - C{GET /}: a dashboard (static HTML, CSS and JavaScript shipped in
-    C{gateway/dashboard}) that renders C{status.json} every 2 seconds.
+    C{gateway/ops/dashboard}) that renders C{status.json} every 2 seconds.
   - C{POST /backends/NAME/drain} and C{POST /backends/NAME/enable}: an
     operator's actions on a backend.  With an admin token, each needs
     C{Authorization: Bearer TOKEN} (compared in constant time); a missing or
@@ -52,14 +52,14 @@ from twisted.web.static import Data
 from typing_extensions import override
 
 from gateway.connection import describe_peer
-from gateway.limits import Refusal
-from gateway.pool import Backend, BackendState, Pool
-from gateway.registry import Counters, LiveSession, RefusalLog, SessionRegistry
-from gateway.sampling import Sampler
-from gateway.web import HEADER_TIMEOUT, HTTPSite
+from gateway.front.limits import Refusal
+from gateway.http.site import HEADER_TIMEOUT, HTTPSite
+from gateway.ops.registry import Counters, LiveSession, RefusalLog, SessionRegistry
+from gateway.ops.sampling import Sampler
+from gateway.pool.backends import Backend, BackendState, Pool
 
 if TYPE_CHECKING:
-    from gateway.workers import WorkerPool
+    from gateway.process.workers import WorkerPool
 
 __all__ = [
     "ACTIONS",

@@ -17,7 +17,7 @@ the issuer is in the folder, so a root certificate (its own issuer) makes it
 loop forever; that is why the gateway reads the folder itself.
 
 Pure file reading and checking: no reactor, no OpenSSL contexts (see
-L{gateway.tlsfront} for those).
+L{gateway.front.tls} for those).
 """
 
 from __future__ import annotations

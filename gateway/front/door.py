@@ -6,7 +6,7 @@ with L{classify}:
 
   - the bytes begin with an HTTP request line (a known method, then a space):
     the connection is handed to a C{twisted.web} channel;
-  - the bytes cannot begin one: it is a game session (L{gateway.relay});
+  - the bytes cannot begin one: it is a game session (L{gateway.session.relay});
   - the bytes so far could still begin one (C{"GE"}): wait for more.
 
 A client that sends nothing (or only the start of a method) for the sniff
@@ -41,12 +41,12 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from gateway.connection import CloseHooks, describe_peer
+from gateway.front.limits import address_key
 from gateway.interfaces import IBackendChooser
-from gateway.limits import address_key
-from gateway.relay import GameSession
+from gateway.session.relay import GameSession
 
 if TYPE_CHECKING:
-    from gateway.registry import Counters, LiveSession, RefusalLog, SessionRegistry
+    from gateway.ops.registry import Counters, LiveSession, RefusalLog, SessionRegistry
 
 __all__ = [
     "HTTP_METHODS",
@@ -123,7 +123,7 @@ class GatewayFactory(ServerFactory):
     @ivar pending: connections not classified yet (sniffing, or waiting for
         the session key's line): the drain waits for them too.
     @ivar relay_mode: how game sessions move bytes: C{copy}, C{auto} or
-        C{splice} (see L{gateway.splice}).
+        C{splice} (see L{gateway.session.splice}).
     """
 
     noisy = False

@@ -16,7 +16,7 @@ Version 2 carries addresses and ports in binary, sized by their family:
 Twisted's parser refuses a header too short for its family.
 
 Only once the header is parsed is the rest of the chain built, with the
-address from the header: so the per-address limits (L{gateway.admission})
+address from the header: so the per-address limits (L{gateway.front.admission})
 count the real client, and C{getPeer()} reports it everywhere.  A C{LOCAL}
 header (a balancer's health check) or C{UNKNOWN} leaves the balancer's own
 address.
@@ -46,9 +46,9 @@ from typing_extensions import override
 from zope.interface import alsoProvides, implementer, providedBy
 
 from gateway.connection import CloseHooks, describe_peer
+from gateway.front.limits import Refusal
 from gateway.interfaces import IRefusal
-from gateway.limits import Refusal
-from gateway.registry import RefusalLog
+from gateway.ops.registry import RefusalLog
 
 __all__ = [
     "HAPROXY_PREFIX",

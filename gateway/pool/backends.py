@@ -4,9 +4,9 @@ The pool of game backends and the choice of a backend for a new session.
 A L{Backend} is data: a name, its endpoint string, the endpoint built from it,
 a weight, a state from a closed vocabulary and plain integer counters that the
 relay updates and the admin endpoint reads.  The L{Pool} holds the backends in
-configured order, asks its balancing policy (L{gateway.balance}) to choose among
+configured order, asks its balancing policy (L{gateway.pool.balance}) to choose among
 those that are up, and is the one place where a backend's state changes: by an
-operator (drain, enable), by the health checker (L{gateway.health}), or by
+operator (drain, enable), by the health checker (L{gateway.pool.health}), or by
 passive detection (C{fall} consecutive failed connection attempts mark a
 backend down at once; only a passing health check brings it back).
 """
@@ -21,8 +21,8 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.balance import RoundRobin
 from gateway.interfaces import IBackendChooser, IBalancer
+from gateway.pool.balance import RoundRobin
 
 __all__ = ["Backend", "BackendState", "Pool"]
 

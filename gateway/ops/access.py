@@ -1,6 +1,6 @@
 """
 The access log: one structured event per finished game session and per
-finished HTTP request, in the C{gateway.access} namespace of
+finished HTTP request, in the C{gateway.ops.access} namespace of
 C{twisted.logger}, so that twistd's own logging (C{--logfile}, C{twist}'s
 stdout) receives it like every other event.
 
@@ -14,7 +14,7 @@ The events (see the README's table):
     be lost, or a timeout): C{kind="game"}, C{peer}, C{backend} (L{None} if
     it never reached one), C{bytes_in} (client to backend), C{bytes_out}
     (backend to client), C{duration} (seconds), C{reason} (a
-    L{gateway.relay.CloseReason} value);
+    L{gateway.session.relay.CloseReason} value);
   - an HTTP request, once its response was written or its client left:
     C{kind="http"}, C{peer}, C{backend=None}, C{method}, C{path}, C{status},
     C{bytes_in} (the request body), C{bytes_out} (the response body),
@@ -253,7 +253,7 @@ class AccessLogFile(Service):
         super().privilegedStartService()
         if self._stream is not None:
             return
-        from gateway.service import StartupError
+        from gateway.process.service import StartupError
 
         try:
             self._stream = _open(self.path)

@@ -4,7 +4,7 @@ in a window are logged one by one, the rest only counted, and a summary of
 what was not logged is due when the window ends.
 
 L{Sampler} decides, and keeps the window's timer; what is logged (and what a
-summary says) belongs to its user (L{gateway.registry.RefusalLog}, the admin
+summary says) belongs to its user (L{gateway.ops.registry.RefusalLog}, the admin
 endpoint's refused actions).  The summary is logged by a timer at the end of
 the window, on the clock it is given, not when some later event happens to
 arrive: an operator who watches the log after a burst of refusals sees the

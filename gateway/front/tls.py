@@ -12,7 +12,7 @@ turns into an "internal error" alert).  Here:
  - L{parse_tls_front} reads the string with the arguments of Twisted's
    (C{tls:PATH[:port=443][:backlog=50][:interface=::]}, escapes included);
  - L{SNICertificates} is the connection creator: the folder is read by
-   L{gateway.pemfolder.load_folder} at start and on L{SNICertificates.reload}
+   L{gateway.front.pemfolder.load_folder} at start and on L{SNICertificates.reload}
    (SIGHUP), never during a handshake; each certificate has one OpenSSL
    context; a handshake starts on the default one (the folder's first
    certificate) and switches by server name (exact, then C{*.} wildcard).
@@ -44,7 +44,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.pemfolder import CertificateFolder, FolderError, ServerCertificate, load_folder
+from gateway.front.pemfolder import CertificateFolder, FolderError, ServerCertificate, load_folder
 
 __all__ = [
     "ALPN_PROTOCOLS",

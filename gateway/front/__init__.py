@@ -1,0 +1,3 @@
+"""
+The public front: sniffing, admission, connection limits, PROXY headers and TLS.
+"""

@@ -1,0 +1,3 @@
+"""
+HTTP on the front: the static site, its hardened channel, Range requests.
+"""

@@ -1,0 +1,3 @@
+"""
+The backends: the pool and its states, the balancing policies, health checks.
+"""

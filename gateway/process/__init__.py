@@ -1,0 +1,3 @@
+"""
+The process: the service tree and its lifecycle (drain, reload), hand-over, worker processes.
+"""
