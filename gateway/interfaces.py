@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from gateway.pool.backends import Backend
+    from gateway.pool.backend import Backend
 
 __all__ = ["IAddressPolicy", "IBackendChooser", "IBalancer", "IRefusal"]
 

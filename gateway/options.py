@@ -479,7 +479,7 @@ def makeService(options: dict[str, Any]) -> IService:  # noqa: N802 - the plugin
 
     @param options: a parsed L{GatewayOptions}.
     """
-    from gateway.process.service import make_service
+    from gateway.process.assemble import make_service
 
     assert isinstance(options, GatewayOptions)
     return make_service(options.config, rebuild=options.rebuild_now)

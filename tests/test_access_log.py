@@ -26,7 +26,8 @@ from gateway.ops.access import (
 )
 from gateway.ops.registry import SessionRegistry
 from gateway.options import GatewayOptions
-from gateway.process.service import StartupError, make_service
+from gateway.process.assemble import make_service
+from gateway.process.errors import StartupError
 
 TOKEN = "abcdefghijklmnop-0123"
 

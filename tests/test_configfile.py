@@ -21,7 +21,7 @@ from gateway.config import BackendSpec, GatewayConfig
 from gateway.configfile import MAX_FILE_SIZE
 from gateway.options import GatewayOptions
 from gateway.pool.health import HealthCheck
-from gateway.process.service import health_checks
+from gateway.process.parts import health_checks
 from tests.support import TWISTD, Backend, GatewayProcess, connect, recv_exactly, wait_for
 from tests.test_options import DURATIONS, in_bounded_child
 

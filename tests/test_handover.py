@@ -36,7 +36,7 @@ from gateway.process.handover import (
     _HandoverProtocol,
     take_over,
 )
-from gateway.process.service import FrontListener
+from gateway.process.listener import FrontListener
 from tests.certs import make_ca
 from tests.support import (
     DEADLINE,

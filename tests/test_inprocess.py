@@ -21,7 +21,8 @@ from typing_extensions import override
 
 from gateway.config import GatewayConfig
 from gateway.pool.backends import BackendState
-from gateway.process.service import GatewayService, make_service
+from gateway.process.assemble import make_service
+from gateway.process.service import GatewayService
 
 reactor: IReactorTCP = _reactor
 

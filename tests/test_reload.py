@@ -14,7 +14,8 @@ from twisted.logger import formatEvent
 from gateway.config import BackendSpec, ConfigError, GatewayConfig
 from gateway.front.limits import AddressCap, AddressRate, Refusal
 from gateway.pool.backends import BackendState
-from gateway.process.service import GatewayService, make_service
+from gateway.process.assemble import make_service
+from gateway.process.service import GatewayService
 
 A = BackendSpec(name="a", endpoint="tcp:127.0.0.1:7001")
 B = BackendSpec(name="b", endpoint="tcp:127.0.0.1:7002")
@@ -129,7 +130,7 @@ def test_limits_and_timeouts_apply_to_what_comes_next() -> None:
     cap keeps its live counts (its connections release into it).
     """
     service, source, _ = gateway()
-    parts = service.parts
+    parts = service.reloader.parts
     assert parts is not None and parts.gates[0].limits is not None
     [cap] = parts.gates[0].limits.policies
     assert isinstance(cap, AddressCap)
@@ -216,7 +217,7 @@ def test_http_root_change_serves_the_new_folder(tmp_path: Path) -> None:
     service, source, _ = gateway(dataclasses.replace(BASE, http_root=str(first)))
     source.next = dataclasses.replace(BASE, http_root=str(second))
     service.reload()
-    parts = service.parts
+    parts = service.reloader.parts
     assert parts is not None
     assert parts.site.resource.path == str(second)
 

@@ -20,7 +20,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
 
 from gateway.config import BackendSpec, GatewayConfig
-from gateway.process.service import make_service
+from gateway.process.assemble import make_service
 from gateway.session.relay import GameSession
 from gateway.session.splice import POOL, splice_available, spliceable
 from tests.support import Backend, echo, pattern, recv_until_eof

@@ -36,6 +36,8 @@ from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublishe
 from typing_extensions import override
 from zope.interface import implementer
 
+from gateway.process.errors import StartupError
+
 __all__ = [
     "ACCESS_FIELDS",
     "ACCESS_NAMESPACE",
@@ -253,8 +255,6 @@ class AccessLogFile(Service):
         super().privilegedStartService()
         if self._stream is not None:
             return
-        from gateway.process.service import StartupError
-
         try:
             self._stream = _open(self.path)
         except OSError as error:

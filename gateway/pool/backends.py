@@ -14,60 +14,15 @@ backend down at once; only a passing health check brings it back).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
-from enum import Enum
 
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.interfaces import IBackendChooser, IBalancer
+from gateway.pool.backend import Backend, BackendState
 from gateway.pool.balance import RoundRobin
 
 __all__ = ["Backend", "BackendState", "Pool"]
-
-
-class BackendState(Enum):
-    """
-    Whether a backend takes new sessions (the values are what operators see).
-    """
-
-    UP = "up"
-    DOWN = "down"
-    DRAINING = "draining"
-
-
-@dataclass(eq=False, slots=True)
-class Backend:
-    """
-    One game backend and its counters.
-
-    @ivar name: the operator's name for it (by default its endpoint string).
-    @ivar description: the endpoint string it was configured with.
-    @ivar endpoint: the client endpoint sessions connect to.
-    @ivar weight: its share of new sessions relative to the others (>= 1).
-    @ivar state: whether it takes new sessions.
-    @ivar active: sessions connected to it now.
-    @ivar total: sessions ever connected to it.
-    @ivar failures: connection attempts to it that failed or timed out.
-    @ivar consecutive_failures: failed attempts since its last success.
-    @ivar reason: why it is in its state (a health check's or an operator's
-        words), for logs and the admin endpoint.
-    @ivar proxy_protocol: the PROXY header sessions send it (C{off}, C{v1},
-        C{v2}), or L{None} for the gateway's C{--proxy-protocol}.
-    """
-
-    name: str
-    description: str
-    endpoint: IStreamClientEndpoint
-    weight: int = 1
-    state: BackendState = BackendState.UP
-    active: int = 0
-    total: int = 0
-    failures: int = 0
-    consecutive_failures: int = 0
-    reason: str = field(default="")
-    proxy_protocol: str | None = None
 
 
 @implementer(IBackendChooser)

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from gateway.interfaces import IBalancer
 
 if TYPE_CHECKING:
-    from gateway.pool.backends import Backend
+    from gateway.pool.backend import Backend
 
 __all__ = ["BALANCERS", "LeastConnections", "RendezvousHash", "RoundRobin", "make_balancer"]
 

@@ -43,9 +43,9 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from gateway.config import GatewayConfig
+from gateway.front.chain import connection_chain, split_front
 from gateway.front.door import FrontDoor
 from gateway.front.limits import Refusal
-from gateway.front.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
 from gateway.ops.access import ACCESS_ONLY
 from gateway.pool.backends import Backend, BackendState
 from gateway.process.workers import HANDOFF_MESSAGE, Adopting, Framed
@@ -272,15 +272,15 @@ class Worker:
             self._status(message["n"], message["limit"])
         elif op == "stop":
             if self.service is not None:
-                self.service._stop_now("the acceptor stops at once")
+                self.service.stop_now("the acceptor stops at once")
 
     def _configure(self, config: GatewayConfig) -> None:
-        from gateway.process.service import _apply, make_service
+        from gateway.process.assemble import make_service
 
         if self.service is not None:
             self._applying = True
             try:
-                _apply(self.service, self.service.parts, config)
+                self.service.reloader.apply(config)
             finally:
                 self._applying = False
             return
@@ -509,35 +509,28 @@ class _NumberedFactories:
         self.worker = worker
 
     def chain(self, description: str, config: GatewayConfig) -> Any:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
         from gateway.front.tls import is_tls_front, tls_front_endpoint
 
         worker = self.worker
         reactor = worker.reactor
         service = worker.service
-        proxy = description.startswith(HAPROXY_PREFIX)
-        text = description[len(HAPROXY_PREFIX) :] if proxy else description
+        proxy, text = split_front(description)
         creator = None
         if is_tls_front(text):
-            # The acceptor checked the folder; read here too (a reload reads
-            # it again through the service's parts).
+            # The acceptor checked the folder; read here too (and again at
+            # every reload).
             creator = tls_front_endpoint(reactor, text, reactor)[1]
-            assert service.parts is not None
-            service.parts.certificates.append(creator)
+            service.reloader.watch_certificates(creator)
 
         def build(number: int) -> Factory:
-            factory: Factory = _Numbered(worker, number)
-            if proxy:
-                factory = ProxyHeaderFactory(
-                    factory,
-                    clock=reactor,
-                    timeout=config.header_timeout,
-                    refusals=service.refusals,
-                )
-            if creator is not None:
-                factory = TLSMemoryBIOFactory(creator, False, factory)  # type: ignore[assignment]
-            return factory
+            return connection_chain(
+                _Numbered(worker, number),
+                proxy=proxy,
+                tls=creator,
+                clock=reactor,
+                header_timeout=config.header_timeout,
+                refusals=service.refusals,
+            )
 
         return build
 

@@ -1,0 +1,59 @@
+"""
+One game backend as the pool knows it: L{Backend} (plain data: its name, its
+endpoint, its weight, its state and counters) and L{BackendState}, the closed
+vocabulary of its states.  A module below the pool, the balancing policies
+and the interfaces, so that each can name a backend without importing the
+others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+__all__ = ["Backend", "BackendState"]
+
+
+class BackendState(Enum):
+    """
+    Whether a backend takes new sessions (the values are what operators see).
+    """
+
+    UP = "up"
+    DOWN = "down"
+    DRAINING = "draining"
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    """
+    One game backend and its counters.
+
+    @ivar name: the operator's name for it (by default its endpoint string).
+    @ivar description: the endpoint string it was configured with.
+    @ivar endpoint: the client endpoint sessions connect to.
+    @ivar weight: its share of new sessions relative to the others (>= 1).
+    @ivar state: whether it takes new sessions.
+    @ivar active: sessions connected to it now.
+    @ivar total: sessions ever connected to it.
+    @ivar failures: connection attempts to it that failed or timed out.
+    @ivar consecutive_failures: failed attempts since its last success.
+    @ivar reason: why it is in its state (a health check's or an operator's
+        words), for logs and the admin endpoint.
+    @ivar proxy_protocol: the PROXY header sessions send it (C{off}, C{v1},
+        C{v2}), or L{None} for the gateway's C{--proxy-protocol}.
+    """
+
+    name: str
+    description: str
+    endpoint: IStreamClientEndpoint
+    weight: int = 1
+    state: BackendState = BackendState.UP
+    active: int = 0
+    total: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    reason: str = field(default="")
+    proxy_protocol: str | None = None

@@ -1,0 +1,352 @@
+"""
+The service tree: a validated L{GatewayConfig} in, one L{GatewayService} out.
+
+L{make_service} only assembles: it builds endpoints from their strings, the
+pool, the HTTP site, the front door's factory and each front's chain, the
+admin endpoint and the optional services, and hands them to the service's
+constructor.  Nothing is bound until twistd starts the tree.  The reactor is
+fetched here, lazily, and passed down; no other module imports it.
+
+A process has one of three roles: C{single} (one process does everything),
+C{acceptor} (it listens, admits, and hands connections to worker processes:
+see L{gateway.process.workers}) or C{worker} (it serves what an acceptor
+hands it: no fronts, admin endpoint, health checks, hand-over nor access log
+file of its own).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from gateway.config import GatewayConfig
+from gateway.demo.backends import DEMO_BACKENDS, DemoBackends
+from gateway.front.admission import AddressGate, CapFactory, CapState, RefusalFactory, Responder
+from gateway.front.chain import connection_chain, split_front
+from gateway.front.door import GatewayFactory
+from gateway.front.limits import AddressLimits, Refusal, TotalCap
+from gateway.front.tls import SNICertificates
+from gateway.http.site import make_site
+from gateway.ops.access import AccessLogFile, access_log_only
+from gateway.ops.admin import AdminState, make_admin_site
+from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
+from gateway.pool.backends import Pool
+from gateway.pool.balance import make_balancer
+from gateway.pool.health import HealthChecker
+from gateway.process.handover import HandoverServer
+from gateway.process.listener import FrontListener, server_endpoint
+from gateway.process.parts import (
+    PASSIVE_FALL,
+    Parts,
+    address_policies,
+    backend_of,
+    default_check,
+    health_checks,
+    http_root_of,
+    probe_preamble,
+)
+from gateway.process.reload import Reloader
+from gateway.process.service import GatewayService
+from gateway.process.workers import Dispatcher, TLSRefusals, WorkerPool
+
+__all__ = ["make_service"]
+
+_log = Logger()
+
+
+def make_service(
+    config: GatewayConfig,
+    reactor: Any = None,
+    rebuild: Callable[[], GatewayConfig] | None = None,
+    *,
+    role: str | None = None,
+) -> GatewayService:
+    """
+    Assemble the gateway for C{config}.
+
+    @param reactor: the reactor to run on; the global one when L{None}
+        (then the service also handles SIGHUP and a second SIGTERM).
+    @param rebuild: reads the configuration again (for SIGHUP).
+    @param role: C{single}, C{acceptor} or C{worker} (see the module's
+        docstring).  By default, C{acceptor} if C{config.workers} is more
+        than 1, else C{single}.
+    """
+    if role is None:
+        role = "acceptor" if config.workers > 1 else "single"
+    handle_signals = reactor is None
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    parts, counters, registry, refusals = _core(config, reactor)
+    served = role != "worker"
+    reloader = Reloader(config, parts, rebuild, quiet_certificates=not served)
+    children: list[IService] = []
+    if config.demo and served:
+        children.append(DemoBackends(parts.pool, reactor, DEMO_BACKENDS))
+    workers = None
+    if role == "acceptor":
+        workers = WorkerPool(config.workers, reactor, parts.pool, lambda: reloader.config)
+    if config.health_interval and served:
+        # After the demo backends, so that its first round sees them.
+        parts.health = _health_checker(config, parts)
+        children.append(parts.health)
+    listeners = _fronts(config, parts, refusals, workers) if served else []
+    children.extend(listeners)
+    if workers is not None:
+        # After the fronts: stopped first, before they are (a drain stops
+        # the fronts itself, before anything else).
+        children.append(workers)
+    admin = None
+    if config.admin is not None and served:
+        admin = _admin(config, parts, registry, counters, refusals, workers)
+        children.append(admin)
+    if config.access_log is not None and served:
+        parts.access_log = AccessLogFile(config.access_log)
+        children.append(parts.access_log)
+    access_log_only(config.access_log_only)
+    handover_server = None
+    if config.handover is not None and served:
+        handover_server = _handover_server(
+            config.handover, reactor, [*listeners, *([admin] if admin else [])]
+        )
+        children.append(handover_server)
+    service = GatewayService(
+        reloader,
+        counters=counters,
+        registry=registry,
+        refusals=refusals,
+        clock=reactor,
+        handle_signals=handle_signals,
+        listeners=listeners,
+        admin=admin,
+        workers=workers,
+        handover_server=handover_server,
+        role=role,
+    )
+    for child in children:
+        child.setServiceParent(service)
+    return service
+
+
+def _core(
+    config: GatewayConfig, reactor: Any
+) -> tuple[Parts, Counters, SessionRegistry, RefusalLog]:
+    """
+    What every role has: the pool, the counters and the children list, the
+    refusal log, the HTTP site, the front door's factory and the admission
+    state (its gates are added per front).
+    """
+    pool = Pool(
+        (backend_of(spec, reactor) for spec in config.backends),
+        make_balancer(config.balance),
+        # Passive detection only with health checks: they bring a backend back.
+        fall=PASSIVE_FALL if config.health_interval else 0,
+    )
+    counters = Counters()
+    registry = SessionRegistry()
+    refusals = RefusalLog(reactor, counters)
+    site = make_site(
+        http_root_of(config),
+        listing=config.http_listing,
+        reactor=reactor,
+        header_timeout=config.header_timeout,
+        refusals=refusals,
+    )
+    factory = GatewayFactory(
+        site=site,
+        chooser=pool,
+        clock=reactor,
+        sniff_timeout=config.sniff_timeout,
+        connect_timeout=config.connect_timeout,
+        idle_timeout=config.idle_timeout,
+        fin_timeout=config.fin_timeout,
+        session_key=re.compile(config.session_key.encode()) if config.session_key else None,
+        retries=config.retries,
+        counters=counters,
+        proxy_version=config.proxy_protocol,
+        registry=registry,
+        refusals=refusals,
+        busy_message=config.busy_message,
+        relay_mode=config.relay,
+    )
+    responder = Responder(
+        reactor, busy_message=config.busy_message, wait=min(config.sniff_timeout, 2.0)
+    )
+    cap_state = CapState(
+        TotalCap(config.max_connections),
+        queue_mode=config.overflow == "queue",
+        refusals=refusals,
+        responder=responder,
+    )
+    parts = Parts(
+        reactor=reactor,
+        pool=pool,
+        factory=factory,
+        site=site,
+        cap_state=cap_state,
+        gates=[],
+        responder=responder,
+    )
+    return parts, counters, registry, refusals
+
+
+def _health_checker(config: GatewayConfig, parts: Parts) -> HealthChecker:
+    """
+    The active health checks of every backend.
+    """
+    return HealthChecker(
+        parts.pool,
+        parts.reactor,
+        interval=config.health_interval,
+        fall=PASSIVE_FALL,
+        checks=health_checks(config),
+        default_check=default_check(config),
+        preamble=probe_preamble(config.proxy_protocol),
+    )
+
+
+def _fronts(
+    config: GatewayConfig, parts: Parts, refusals: RefusalLog, workers: WorkerPool | None
+) -> list[FrontListener]:
+    """
+    One listener per C{--listen} front, each with its chain: total cap, then
+    (PROXY header reader, address gate, front door) in a single process; in
+    an acceptor, an address gate per front whose end hands the connection to
+    a worker, and TLS spoken only to refuse (the worker speaks it).
+    """
+    reactor = parts.reactor
+    limits = address_policies(config, None)
+    shared = None if workers is not None else _gate(parts, parts.factory, limits, refusals)
+    listeners = []
+    for index, description in enumerate(config.listen):
+        proxy, text = split_front(description)
+        endpoint = server_endpoint(reactor, text, "--listen", parts.certificates)
+        creator: SNICertificates | None = None
+        if workers is not None:
+            gate = _gate(parts, Dispatcher(workers, index), limits, refusals)
+            creator = getattr(endpoint, "connectionCreator", None)
+            if creator is not None:
+                # TLS is the worker's business: the acceptor listens on the
+                # plain socket under it, and speaks TLS only to refuse.
+                endpoint = cast(Any, endpoint).endpoint
+            admitted: Factory = gate if creator is None else TLSRefusals(gate, creator)
+        else:
+            assert shared is not None
+            admitted = shared
+        inner = connection_chain(
+            admitted,
+            proxy=proxy,
+            tls=None,
+            clock=reactor,
+            header_timeout=config.header_timeout,
+            refusals=refusals,
+        )
+        refusal = connection_chain(
+            RefusalFactory(parts.responder, Refusal.TOTAL_CAP, refusals),
+            proxy=proxy,
+            tls=creator,
+            clock=reactor,
+            header_timeout=config.header_timeout,
+            refusals=refusals,
+        )
+        cap = CapFactory(parts.cap_state, inner, refusal)
+        listeners.append(FrontListener(description, endpoint, cap, parts.cap_state))
+    return listeners
+
+
+def _gate(
+    parts: Parts, inner: Factory, limits: AddressLimits | None, refusals: RefusalLog
+) -> AddressGate:
+    """
+    An address gate in front of C{inner}, listed in C{parts} so that a
+    reload gives it new limits.
+    """
+    gate = AddressGate(
+        inner, limits, clock=parts.reactor, refusals=refusals, responder=parts.responder
+    )
+    parts.gates.append(gate)
+    return gate
+
+
+def _admin(
+    config: GatewayConfig,
+    parts: Parts,
+    registry: SessionRegistry,
+    counters: Counters,
+    refusals: RefusalLog,
+    workers: WorkerPool | None,
+) -> FrontListener:
+    """
+    The admin endpoint's listener (never a public front).
+    """
+    assert config.admin is not None
+    reactor = parts.reactor
+    parts.admin_state = AdminState(
+        parts.pool,
+        registry,
+        counters,
+        clock=reactor,
+        token=config.admin_token,
+        hosts=config.admin_hosts,
+        workers=workers,
+    )
+    parts.admin_site = make_admin_site(
+        parts.admin_state, reactor, header_timeout=config.header_timeout, refusals=refusals
+    )
+    if config.admin_token is None and not _local_only(config.admin):
+        _log.warn(
+            "the admin endpoint {admin} is not on loopback and has no --admin-token: "
+            "whoever reaches it can drain backends",
+            admin=config.admin,
+        )
+    return FrontListener(
+        config.admin,
+        server_endpoint(reactor, config.admin, "--admin", parts.certificates),
+        parts.admin_site,
+        option="--admin",
+    )
+
+
+def _handover_server(path: str, reactor: Any, fronts: list[FrontListener]) -> HandoverServer:
+    """
+    The hand-over socket at C{path}: gives C{fronts}' listening sockets to
+    the process that replaces this one.
+    """
+
+    def listening() -> list[tuple[str, IListeningPort]]:
+        return [(f.description, f.port) for f in fronts if f.port and not f.handed_over]
+
+    def given(ports: list[tuple[str, IListeningPort]]) -> list[FrontListener]:
+        return [f for f in fronts if any(port is f.port for _, port in ports)]
+
+    def stop_accepting(ports: list[tuple[str, IListeningPort]]) -> None:
+        for front in given(ports):
+            front.hand_over()
+
+    def resume_accepting(ports: list[tuple[str, IListeningPort]]) -> None:
+        for front in given(ports):
+            front.take_back()
+
+    return HandoverServer(path, reactor, listening, stop_accepting, resume_accepting)
+
+
+def _local_only(description: str) -> bool:
+    """
+    Whether an endpoint string listens only where local processes reach it
+    (a loopback interface or a UNIX socket).
+    """
+    if description.startswith("unix:"):
+        return True
+    # Colons inside a value are escaped: interface=\:\:1.
+    match = re.search(r"(?:^|:)interface=((?:\\.|[^:\\])*)", description)
+    if match is None:
+        return False
+    interface = match.group(1).replace("\\", "")
+    return interface.startswith("127.") or interface in ("::1", "localhost")

@@ -1,0 +1,257 @@
+"""
+One listening front: L{FrontListener} binds (or adopts, in a hand-over) its
+endpoint while the service runs, and owns its listening port; and
+L{server_endpoint}, the server endpoint of a front's string (C{tls:} with the
+gateway's own PEM-folder reading, anything else through Twisted's parser).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+    wrapServerTLS,
+)
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from gateway.front.admission import CapState
+from gateway.front.pemfolder import FolderError
+from gateway.front.tls import SNICertificates, is_tls_front, tls_front_endpoint
+from gateway.process.errors import StartupError
+
+__all__ = ["FrontListener", "server_endpoint"]
+
+
+class FrontListener(Service):
+    """
+    One public front: listens on its endpoint while the service runs.
+
+    It binds in C{privilegedStartService} (before twistd drops privileges, so
+    ports below 1024 work) and a port that cannot be bound stops start-up with
+    one line naming the option, instead of a traceback or a gateway that runs
+    on without its port.
+
+    @ivar description: the endpoint string, as configured.
+    @ivar port: the listening port once bound, else L{None}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        cap_state: CapState | None = None,
+        option: str = "--listen",
+    ) -> None:
+        """
+        @param cap_state: the total cap, which pauses and resumes this front's
+            accepting in queue mode.
+        @param option: the option the endpoint came from, for error messages.
+        """
+        self.option = option
+        self.description = description
+        self._endpoint = endpoint
+        self._factory = factory
+        self._cap_state = cap_state
+        self.port: IListeningPort | None = None
+        self.handed_over = False
+        self.adopted = False
+        self.setName(f"{option.lstrip('-')} {description}")
+
+    def adopt(self, reactor: Any, fd: int, family: int) -> None:
+        """
+        Listen on an already listening socket (taken over from the gateway
+        this one replaces) instead of binding a new one.
+        """
+        self._endpoint = _adopting(self._endpoint, reactor, fd, family)
+        self.adopted = True
+
+    def clear_stale(self) -> None:
+        """
+        A UNIX front left by a gateway that died: remove its socket and lock
+        file when nobody listens at its path and the lock names a process
+        that is gone or a zombie, so that this front can be bound.  (Twisted
+        breaks a lock only once its process is gone, and a killed gateway
+        stays a zombie until its parent reaps it: a new gateway started by
+        a hand-over that the death broke would otherwise lose that race.)
+        """
+        if not isinstance(self._endpoint, UNIXServerEndpoint):
+            return
+        path = self._endpoint._address
+        if not isinstance(path, str) or path.startswith("\0"):
+            return
+        try:
+            holder = int(os.readlink(path + ".lock"))
+        except (OSError, ValueError):
+            holder = 0
+        if (holder and _running(holder)) or _answering(path):
+            return
+        for stale in (path + ".lock", path):
+            if os.path.lexists(stale):
+                os.unlink(stale)
+        self._log.info("removed the stale socket {path} of process {pid}", path=path, pid=holder)
+
+    def hand_over(self) -> None:
+        """
+        Another process accepts on this front's socket now: stop accepting
+        here, but keep the socket open (closing it is the new process's
+        business; nothing in its queue may be lost).
+        """
+        port = self.port
+        if port is None or self.handed_over:
+            return
+        self.handed_over = True
+        if self._cap_state is not None:
+            self._cap_state.remove_port(port)
+        port.stopReading()  # type: ignore[attr-defined]
+
+    def take_back(self) -> None:
+        """
+        The process this front was handed over to went away before it
+        finished taking over: accept here again.
+        """
+        port = self.port
+        if port is None or not self.handed_over:
+            return
+        self.handed_over = False
+        port.startReading()  # type: ignore[attr-defined]
+        if self._cap_state is not None:
+            self._cap_state.add_port(port)  # paused again if the cap is full
+
+    @override
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is not None:
+            return
+        outcome: list[IListeningPort | Failure] = []
+        listening: Deferred[IListeningPort] = self._endpoint.listen(self._factory)
+        listening.addBoth(outcome.append)
+        if not outcome:
+            # An endpoint that binds later (none of Twisted's do): keep going.
+            listening.addCallback(self._bound)
+            return
+        result = outcome[0]
+        if isinstance(result, Failure):
+            raise StartupError(
+                f"gateway: error: {self.option} {self.description}: {result.getErrorMessage()}"
+            )
+        self._bound(result)
+
+    def _bound(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        if self._cap_state is not None:
+            self._cap_state.add_port(port)
+        self._log.info("listening on {front}", front=self.description)
+        return port
+
+    @override
+    def startService(self) -> None:
+        self.privilegedStartService()
+        super().startService()
+
+    @override
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        if self.handed_over:
+            # Only close our descriptor: stopListening would shut the shared
+            # socket down (TCP) or remove its path (UNIX) under the new process.
+            port.socket.close()  # type: ignore[attr-defined]
+            return None
+        if self._cap_state is not None:
+            self._cap_state.remove_port(port)
+        return port.stopListening()
+
+
+def _running(pid: int) -> bool:
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            state = stat_file.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _answering(path: str) -> bool:
+    """
+    Whether something listens at the UNIX socket C{path} (a missing path
+    or a refused connection count as not; any other error as yes).
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as error:
+        return not isinstance(error, (ConnectionRefusedError, FileNotFoundError))
+    finally:
+        probe.close()
+    return True
+
+
+def _adopting(endpoint: IStreamServerEndpoint, reactor: Any, fd: int, family: int) -> Any:
+    """
+    C{endpoint}, listening on the socket C{fd} instead of binding: the
+    socket itself for TCP and UNIX endpoints; for Twisted's C{tls:} endpoint
+    (TLS over a TCP endpoint, with public C{endpoint} and
+    C{connectionCreator} attributes) the same TLS over the socket.
+
+    @raise ValueError: another kind of endpoint (C{ssl:}, a plugin's), whose
+        protocol on top of the socket cannot be rebuilt here.
+    """
+    adopted = AdoptedStreamServerEndpoint(reactor, fd, family)
+    if isinstance(
+        endpoint,
+        (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint, AdoptedStreamServerEndpoint),
+    ):
+        return adopted
+    creator = getattr(endpoint, "connectionCreator", None)
+    if creator is not None and isinstance(
+        getattr(endpoint, "endpoint", None), (TCP4ServerEndpoint, TCP6ServerEndpoint)
+    ):
+        return wrapServerTLS(creator, adopted, getattr(endpoint, "clock", None))
+    raise ValueError(
+        f"cannot take over a front of type {type(endpoint).__name__}: "
+        "only tcp:, tcp6:, unix:, tls: and haproxy: fronts (use tls: instead of ssl:)"
+    )
+
+
+def server_endpoint(
+    reactor: Any, description: str, option: str, certificates: list[SNICertificates]
+) -> IStreamServerEndpoint:
+    """
+    The server endpoint of C{description}: a C{tls:} one with the gateway's
+    own PEM folder reading (its connection creator added to
+    C{certificates}), any other through L{serverFromString}.
+
+    @raise StartupError: a C{tls:} folder cannot be served (it was checked
+        with the options, but may have changed since).
+    """
+    if not is_tls_front(description):
+        plain: IStreamServerEndpoint = serverFromString(reactor, description)
+        return plain
+    try:
+        endpoint, creator = tls_front_endpoint(reactor, description, reactor)
+    except (ValueError, FolderError) as error:
+        raise StartupError(f"gateway: error: {option} {description}: {error}") from None
+    certificates.append(creator)
+    return endpoint

@@ -1,0 +1,160 @@
+"""
+The parts of a running gateway that a configuration sets, and how each is
+made from a L{GatewayConfig}: used alike when the gateway is assembled
+(L{gateway.process.assemble}) and when a reload changes it
+(L{gateway.process.reload}), so that a setting is read in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.address import UNIXAddress
+from twisted.internet.endpoints import clientFromString
+
+from gateway.config import BackendSpec, GatewayConfig
+from gateway.front.admission import AddressGate, CapState, Responder
+from gateway.front.door import GatewayFactory
+from gateway.front.limits import AddressCap, AddressLimits, AddressRate
+from gateway.front.proxyheader import proxy_header
+from gateway.front.tls import SNICertificates
+from gateway.interfaces import IAddressPolicy
+from gateway.ops.access import AccessLogFile
+from gateway.ops.admin import AdminState
+from gateway.pool.backends import Backend, Pool
+from gateway.pool.health import HealthCheck, HealthChecker
+
+__all__ = [
+    "PASSIVE_FALL",
+    "Parts",
+    "address_policies",
+    "backend_of",
+    "default_check",
+    "health_checks",
+    "http_root_of",
+    "probe_preamble",
+]
+
+PASSIVE_FALL = 3
+"""Failed connection attempts in a row that mark a backend down at once."""
+
+
+@dataclass
+class Parts:
+    """
+    What a reload reconfigures, as assembled for one process.
+
+    @ivar reactor: the reactor the parts run on (backend endpoints are
+        built on it).
+    @ivar gates: every address gate of the process's fronts (one shared
+        gate, or one per front in an acceptor); they share one
+        L{AddressLimits}.
+    @ivar site: the HTTP site of the fronts.
+    @ivar admin_site: the admin endpoint's site, if it has one.
+    @ivar certificates: the connection creators of the C{tls:} fronts (and
+        admin endpoint), whose PEM folders a reload reads again.
+    """
+
+    reactor: Any
+    pool: Pool
+    factory: GatewayFactory
+    site: Any
+    cap_state: CapState
+    gates: list[AddressGate]
+    responder: Responder
+    health: HealthChecker | None = None
+    admin_state: AdminState | None = None
+    access_log: AccessLogFile | None = None
+    admin_site: Any = None
+    certificates: list[SNICertificates] = field(default_factory=list)
+
+
+def backend_of(spec: BackendSpec, reactor: Any) -> Backend:
+    """
+    A pool backend for a configured one.
+    """
+    return Backend(
+        name=spec.name,
+        description=spec.endpoint,
+        endpoint=clientFromString(reactor, spec.endpoint),
+        weight=spec.weight,
+        proxy_protocol=spec.proxy_protocol,
+    )
+
+
+def http_root_of(config: GatewayConfig) -> str | None:
+    """
+    The folder the HTTP side serves: C{--http-root}, or the demo's page
+    under C{--demo}, or none.
+    """
+    if config.http_root is None and config.demo:
+        from gateway.demo import SITE_DIR
+
+        return SITE_DIR
+    return config.http_root
+
+
+def address_policies(config: GatewayConfig, old: AddressLimits | None) -> AddressLimits | None:
+    """
+    The per-address policies of C{config}, keeping the live counts of an
+    existing per-address cap (its connections release into it).
+    """
+    cap = rate = None
+    for policy in old.policies if old is not None else ():
+        if isinstance(policy, AddressCap):
+            cap = policy
+        elif isinstance(policy, AddressRate):
+            rate = policy
+    policies: list[IAddressPolicy] = []
+    if config.max_per_ip:
+        if cap is None:
+            cap = AddressCap(config.max_per_ip)
+        cap.limit = config.max_per_ip
+        policies.append(cap)
+    if config.rate_per_ip:
+        burst = config.rate_burst
+        if (
+            rate is None
+            or rate.rate != config.rate_per_ip
+            or (burst is not None and rate.burst != burst)
+        ):
+            # A new table: every address starts with a full bucket.
+            rate = AddressRate(config.rate_per_ip, burst)
+        policies.append(rate)
+    return AddressLimits(policies) if policies else None
+
+
+def probe_preamble(version: str) -> bytes:
+    """
+    What a health probe writes first for a backend that expects a PROXY
+    header: one without addresses (LOCAL in v2, UNKNOWN in v1).
+    """
+    if version == "off":
+        return b""
+    nobody = UNIXAddress(None)
+    return proxy_header(version, nobody, nobody)
+
+
+def default_check(config: GatewayConfig) -> HealthCheck:
+    """
+    The health check of the backends that have none of their own.
+    """
+    return HealthCheck(send=config.health_send, expect=config.health_expect)
+
+
+def health_checks(config: GatewayConfig) -> dict[str, HealthCheck]:
+    """
+    The health checks of the backends that have their own (a send/expect
+    check or a PROXY setting of their own in the config file), by name.
+    """
+    checks = {}
+    for spec in config.backends:
+        if spec.health_send is None and spec.health_expect is None and not spec.proxy_protocol:
+            continue
+        checks[spec.name] = HealthCheck(
+            send=config.health_send if spec.health_send is None else spec.health_send,
+            expect=config.health_expect if spec.health_expect is None else spec.health_expect,
+            preamble=None if spec.proxy_protocol is None else probe_preamble(spec.proxy_protocol),
+        )
+    return checks

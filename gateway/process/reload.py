@@ -1,0 +1,304 @@
+"""
+Reloading the configuration (SIGHUP in a single process or the acceptor; a
+configuration message in a worker): L{Reloader} reads it again and applies
+what changed to the running parts, and L{Departures} takes the backends the
+new configuration removed out of the pool once their last session ended.
+
+What a reload changes applies to what comes next: backends added enter the
+pool, removed ones drain (their sessions go on) and leave once they have
+none; limits, timeouts, balancing, health checks, the admin token, TLS
+folders and the access log take their new values.  Open sessions are
+untouched.  Settings that need new listening sockets are kept as they were,
+and that is said in the log line that lists the changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from gateway.config import ConfigError, GatewayConfig
+from gateway.demo.backends import DEMO_BACKENDS
+from gateway.front.tls import SNICertificates
+from gateway.http.site import make_site
+from gateway.ops.access import access_log_only
+from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.balance import make_balancer
+from gateway.process.parts import (
+    PASSIVE_FALL,
+    Parts,
+    address_policies,
+    backend_of,
+    default_check,
+    health_checks,
+    http_root_of,
+    probe_preamble,
+)
+
+__all__ = ["RESTART_ONLY", "Departures", "Reloader"]
+
+RESTART_ONLY = ("listen", "admin", "demo", "handover", "workers")
+"""Settings a reload cannot change: they need new listening sockets."""
+
+
+class Departures:
+    """
+    Backends removed from the configuration, draining until their last
+    session ends; then they leave the pool (checked every second).
+    """
+
+    _log = Logger()
+
+    def __init__(self, pool: Pool, clock: IReactorTime | None) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._leaving: dict[str, Backend] = {}
+        self._call: IDelayedCall | None = None
+
+    def leave_when_empty(self, backend: Backend) -> None:
+        """
+        Take C{backend} out of the pool once its last session ended.
+        """
+        self._leaving[backend.name] = backend
+        if self._call is None:
+            self._check()
+
+    def leaving(self, name: str) -> bool:
+        """
+        Whether the backend C{name} is draining to leave the pool.
+        """
+        return name in self._leaving
+
+    def come_back(self, name: str) -> Backend | None:
+        """
+        A backend being removed that the configuration names again.
+        """
+        return self._leaving.pop(name, None)
+
+    def _check(self) -> None:
+        self._call = None
+        for name, backend in list(self._leaving.items()):
+            if backend.state is not BackendState.DRAINING:
+                del self._leaving[name]  # enabled again by an operator
+            elif backend.active == 0:
+                del self._leaving[name]
+                if backend in self._pool.backends:
+                    self._pool.remove(backend)
+                self._log.info(
+                    "backend {backend} left the pool (removed from the configuration, "
+                    "no sessions left)",
+                    backend=name,
+                )
+        if self._leaving and self._clock is not None:
+            self._call = self._clock.callLater(1.0, self._check)
+
+
+class Reloader:
+    """
+    The running configuration of one process, and how a new one is applied.
+
+    @ivar config: the configuration in force.
+    @ivar parts: what a reload reconfigures.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        parts: Parts,
+        rebuild: Callable[[], GatewayConfig] | None = None,
+        *,
+        quiet_certificates: bool = False,
+    ) -> None:
+        """
+        @param rebuild: reads the configuration again (the command line
+            over the config file); L{None}: nothing to reload from.
+        @param quiet_certificates: do not log a TLS folder that went bad
+            (a worker: its acceptor logs it).
+        """
+        self.config = config
+        self.parts = parts
+        self._rebuild = rebuild
+        self._quiet_certificates = quiet_certificates
+        self.departures = Departures(parts.pool, parts.reactor)
+
+    def watch_certificates(self, creator: SNICertificates) -> None:
+        """
+        Read C{creator}'s PEM folder again at every reload.
+        """
+        self.parts.certificates.append(creator)
+
+    def reload(self) -> bool:
+        """
+        Read the configuration again and apply what changed (one log line
+        lists it); an invalid configuration changes nothing and is logged.
+
+        @return: whether the new configuration was applied.
+        """
+        if self._rebuild is None:
+            self._log.warn("reload: nothing to reload from")
+            return False
+        source = self.config.config_file or "the command line"
+        try:
+            new = self._rebuild()
+        except ConfigError as error:
+            self._log.error(
+                "reload refused, the running configuration stays: {error}", error=str(error)
+            )
+            return False
+        except Exception:
+            self._log.failure("reload refused, the running configuration stays")
+            return False
+        changes = self.apply(new)
+        self._log.info(
+            "reloaded {source}: {changes}",
+            source=source,
+            changes="; ".join(changes) if changes else "nothing changed",
+        )
+        return True
+
+    def apply(self, new: GatewayConfig) -> list[str]:
+        """
+        Apply C{new} to the running parts.
+
+        @return: what changed, in words.
+        """
+        old = self.config
+        changes: list[str] = []
+        new = self._keep_restart_only(old, new, changes)
+        self._apply_backends(old, new, changes)
+        self._apply_admission(new)
+        self._apply_front(old, new)
+        self._apply_health(new)
+        new = self._apply_ops(old, new, changes)
+        changes.extend(_differences(old, new))
+        self.config = new
+        return changes
+
+    def _keep_restart_only(
+        self, old: GatewayConfig, new: GatewayConfig, changes: list[str]
+    ) -> GatewayConfig:
+        for name in RESTART_ONLY:
+            if getattr(old, name) != getattr(new, name):
+                changes.append(f"{name} changed, which needs a restart: kept as it was")
+                new = dataclasses.replace(new, **{name: getattr(old, name)})
+        if bool(new.health_interval) != bool(old.health_interval):
+            changes.append("health-interval turned on or off, which needs a restart: kept")
+            new = dataclasses.replace(new, health_interval=old.health_interval)
+        return new
+
+    def _apply_backends(self, old: GatewayConfig, new: GatewayConfig, changes: list[str]) -> None:
+        pool, departures, reactor = self.parts.pool, self.departures, self.parts.reactor
+        wanted = {spec.name for spec in new.backends}
+        for spec in new.backends:
+            backend = pool.get(spec.name)
+            if backend is None:
+                pool.add(backend_of(spec, reactor))
+                changes.append(f"backend {spec.name} added")
+                continue
+            if departures.come_back(spec.name) is not None:
+                pool.set_state(backend, BackendState.UP, "back in the configuration")
+                changes.append(f"backend {spec.name} back")
+            if backend.description != spec.endpoint:
+                fresh = backend_of(spec, reactor)
+                backend.description, backend.endpoint = fresh.description, fresh.endpoint
+                changes.append(f"backend {spec.name} now at {spec.endpoint}")
+            if backend.weight != spec.weight:
+                changes.append(f"backend {spec.name} weight {backend.weight} -> {spec.weight}")
+                backend.weight = spec.weight
+            backend.proxy_protocol = spec.proxy_protocol
+        keep = set(DEMO_BACKENDS) if old.demo else set()
+        for backend in pool.backends:
+            if backend.name in wanted or backend.name in keep or departures.leaving(backend.name):
+                continue
+            pool.set_state(backend, BackendState.DRAINING, "removed from the configuration")
+            departures.leave_when_empty(backend)
+            changes.append(f"backend {backend.name} removed: draining")
+        if new.balance != old.balance:
+            pool.balancer = make_balancer(new.balance)
+        # Passive detection only with health checks: they bring a backend back.
+        pool.fall = PASSIVE_FALL if new.health_interval else 0
+
+    def _apply_admission(self, new: GatewayConfig) -> None:
+        parts = self.parts
+        parts.cap_state.reconfigure(new.max_connections, new.overflow == "queue")
+        if parts.gates:
+            limits = address_policies(new, parts.gates[0].limits)
+            for gate in parts.gates:
+                gate.limits = limits
+        parts.responder.busy_message = new.busy_message
+
+    def _apply_front(self, old: GatewayConfig, new: GatewayConfig) -> None:
+        parts = self.parts
+        factory = parts.factory
+        factory.sniff_timeout = new.sniff_timeout
+        factory.connect_timeout = new.connect_timeout
+        factory.idle_timeout = new.idle_timeout
+        factory.fin_timeout = new.fin_timeout
+        factory.retries = new.retries
+        factory.proxy_version = new.proxy_protocol
+        factory.busy_message = new.busy_message
+        factory.relay_mode = new.relay
+        factory.session_key = re.compile(new.session_key.encode()) if new.session_key else None
+        parts.site.header_timeout = new.header_timeout
+        if parts.admin_site is not None:
+            parts.admin_site.header_timeout = new.header_timeout
+        if new.http_root != old.http_root or new.http_listing != old.http_listing:
+            parts.site.resource = make_site(
+                http_root_of(new), listing=new.http_listing, reactor=parts.reactor
+            ).resource
+
+    def _apply_health(self, new: GatewayConfig) -> None:
+        if self.parts.health is not None:
+            self.parts.health.reconfigure(
+                interval=new.health_interval,
+                checks=health_checks(new),
+                default_check=default_check(new),
+                preamble=probe_preamble(new.proxy_protocol),
+            )
+
+    def _apply_ops(
+        self, old: GatewayConfig, new: GatewayConfig, changes: list[str]
+    ) -> GatewayConfig:
+        parts = self.parts
+        if parts.admin_state is not None:
+            parts.admin_state.token = new.admin_token
+            parts.admin_state.hosts = new.admin_hosts
+        access_log_only(new.access_log_only)
+        now = datetime.datetime.fromtimestamp(parts.reactor.seconds(), datetime.UTC)
+        for creator in parts.certificates:
+            changes.append(creator.reload(now, quiet=self._quiet_certificates))
+        if parts.access_log is not None:
+            # Reopened on every reload: this is also how log rotation works.
+            parts.access_log.reopen(new.access_log or parts.access_log.path)
+            if new.access_log is None:
+                changes.append("access-log removed, which needs a restart: kept")
+                new = dataclasses.replace(new, access_log=old.access_log)
+        elif new.access_log is not None:
+            changes.append("access-log added, which needs a restart: not written yet")
+            new = dataclasses.replace(new, access_log=None)
+        return new
+
+
+def _differences(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """
+    The settings that differ, in words (backends and restart-only settings
+    are said by the steps that handle them; a token's value is never shown).
+    """
+    changes = []
+    skip = {"backends", "config_file", "admin_token", *RESTART_ONLY}
+    for field in dataclasses.fields(GatewayConfig):
+        if field.name in skip:
+            continue
+        before, after = getattr(old, field.name), getattr(new, field.name)
+        if before != after:
+            changes.append(f"{field.name.replace('_', '-')} {before!r} -> {after!r}")
+    if old.admin_token != new.admin_token:
+        changes.append("admin token changed")
+    return changes
