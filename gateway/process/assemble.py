@@ -53,6 +53,7 @@ from gateway.process.parts import (
 )
 from gateway.process.reload import Reloader
 from gateway.process.service import GatewayService
+from gateway.process.takeover import TakeOver
 from gateway.process.workers import Dispatcher, TLSRefusals, WorkerPool
 
 __all__ = ["make_service"]
@@ -111,12 +112,12 @@ def make_service(
         parts.access_log = AccessLogFile(config.access_log)
         children.append(parts.access_log)
     access_log_only(config.access_log_only)
-    handover_server = None
+    takeover = None
     if config.handover is not None and served:
-        handover_server = _handover_server(
-            config.handover, reactor, [*listeners, *([admin] if admin else [])]
-        )
-        children.append(handover_server)
+        fronts = [*listeners, *([admin] if admin else [])]
+        server = _handover_server(config.handover, reactor, fronts)
+        children.append(server)
+        takeover = TakeOver(config.handover, fronts, server, reactor)
     service = GatewayService(
         reloader,
         counters=counters,
@@ -127,7 +128,7 @@ def make_service(
         listeners=listeners,
         admin=admin,
         workers=workers,
-        handover_server=handover_server,
+        takeover=takeover,
         role=role,
     )
     for child in children:

@@ -9,7 +9,6 @@ L{FrontListener}s (L{gateway.process.listener}).
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Sequence
 
@@ -24,16 +23,10 @@ from gateway.front.admission import CapState
 from gateway.front.door import FrontDoor, GatewayFactory
 from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
 from gateway.pool.backends import Pool
-from gateway.process.errors import StartupError, startup_errors
-from gateway.process.handover import (
-    Handover,
-    HandoverLostError,
-    HandoverRefusedError,
-    HandoverServer,
-    take_over,
-)
+from gateway.process.errors import startup_errors
 from gateway.process.listener import FrontListener
 from gateway.process.reload import Reloader
+from gateway.process.takeover import TakeOver
 from gateway.process.workers import WorkerPool
 from gateway.session.relay import CloseReason, GameSession
 
@@ -80,7 +73,7 @@ class GatewayService(MultiService):
         listeners: Sequence[FrontListener] = (),
         admin: FrontListener | None = None,
         workers: WorkerPool | None = None,
-        handover_server: HandoverServer | None = None,
+        takeover: TakeOver | None = None,
         role: str = "single",
     ) -> None:
         """
@@ -97,7 +90,8 @@ class GatewayService(MultiService):
             services are added to this one by the caller).
         @param admin: the admin endpoint's listener, unless turned off.
         @param workers: the worker processes of an acceptor.
-        @param handover_server: the hand-over socket (C{--handover}).
+        @param takeover: with C{--handover}, taking the listening sockets
+            over from the gateway this one replaces, as it starts.
         @param role: C{single}, C{acceptor} or C{worker}.
         """
         super().__init__()
@@ -108,12 +102,10 @@ class GatewayService(MultiService):
         self.listeners = list(listeners)
         self.admin = admin
         self.workers = workers
-        self.handover_server = handover_server
+        self._takeover = takeover
         self.role = role
-        self.handover: Handover | None = None
         self._clock = clock
         self._handle_signals = handle_signals
-        self._took_over = False
         self._hangup_installed = False
         self._drained: Deferred[None] | None = None
         self._drain_call: IDelayedCall | None = None
@@ -152,55 +144,9 @@ class GatewayService(MultiService):
     def privilegedStartService(self) -> None:
         with startup_errors():
             self._install_hangup()
-            self._take_over()
+            if self._takeover is not None:
+                self._takeover.take()
             super().privilegedStartService()
-
-    def _take_over(self) -> None:
-        """
-        With --handover, take over the listening sockets of the gateway
-        running there (once; twist never calls privilegedStartService, so
-        startService calls this too).
-        """
-        if self.config.handover is None or self._took_over or self.role == "worker":
-            return
-        self._took_over = True
-        try:
-            self.handover = take_over(self.config.handover)
-        except HandoverRefusedError as error:
-            # Another process takes (or took) the sockets: bind nothing.
-            raise StartupError(f"gateway: error: --handover: {error}") from None
-        except HandoverLostError as error:
-            # Nothing received: bind every front (if the old process still
-            # holds a port, that bind fails with one line, status 2).
-            self._log.warn(
-                "hand-over from {path} failed ({reason}): took nothing over, binding every front",
-                path=self.config.handover,
-                reason=str(error),
-            )
-        fronts = self.fronts()
-        for listener in fronts:
-            taken = None if self.handover is None else self.handover.take(listener.description)
-            if taken is None:
-                # Bound here: a gateway that died may have left it behind.
-                listener.clear_stale()
-                continue
-            try:
-                listener.adopt(self._clock, *taken)
-            except ValueError as error:
-                os.close(taken[0])
-                raise StartupError(f"gateway: error: --handover: {error}") from None
-        if self.handover is None:
-            return
-        self._log.info(
-            "taking over from process {pid}: {count} listening sockets",
-            pid=self.handover.peer_pid,
-            count=sum(listener.adopted for listener in fronts),
-        )
-        for description in self.handover.close_unused():
-            self._log.info(
-                "the old process listens on {front}, which this one does not: it keeps it",
-                front=description,
-            )
 
     def _install_hangup(self) -> None:
         """
@@ -221,35 +167,12 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         with startup_errors():
             self._install_hangup()
-            self._take_over()
-            handover, self.handover = self.handover, None
-            server = self.handover_server
-            if handover is not None and server is not None:
-                server.hold = True  # PATH is the old process's until it answers
+            if self._takeover is not None:
+                self._takeover.take()
+                self._takeover.hold_path()
             super().startService()
-        if handover is not None:
-            # Everything else runs now; only then does the old process stop.
-            adopted = [f.description for f in self.fronts() if f.adopted]
-            try:
-                handover.ready(adopted)
-            except HandoverLostError as error:
-                # It died or hangs: this process accepts on every front anyway.
-                self._log.warn(
-                    "process {pid} did not confirm the hand-over ({reason}): "
-                    "accepting on every front anyway",
-                    pid=handover.peer_pid,
-                    reason=str(error),
-                )
-            else:
-                self._log.info("process {pid} no longer accepts", pid=handover.peer_pid)
-        try:
-            if server is not None and server.hold:
-                server.hold = False
-                server.listen()
-        finally:
-            if handover is not None:
-                # Only now: the old process answers other takers until PATH is ours.
-                handover.close()
+        if self._takeover is not None:
+            self._takeover.finish()
 
     def fronts(self) -> list[FrontListener]:
         """
