@@ -2,7 +2,7 @@
 The TOML configuration file (C{--config FILE}): read with the standard
 library's C{tomllib}, checked for unknown keys and value types, and turned
 into the same raw settings the command line gives, so that both go through
-the same checks (L{gateway.config.build_config}) and give the same messages.
+the same checks (L{gateway.settings.build_config}) and give the same messages.
 
 Keys are the long option names (C{max-connections = 100}); backends are an
 array of tables::
@@ -35,7 +35,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.config import ConfigError, RawBackend
+from gateway.checks import ConfigError
+from gateway.settings import RawBackend
 
 __all__ = ["FILE_SETTINGS", "MAX_FILE_SIZE", "FileSettings", "read_config_file"]
 

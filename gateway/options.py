@@ -19,15 +19,8 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 from typing_extensions import override
 
-from gateway.config import (
-    DEFAULT_ADMIN,
-    DEMO_LISTEN,
-    ConfigError,
-    GatewayConfig,
-    RawBackend,
-    Settings,
-    build_config,
-)
+from gateway.config import DEFAULT_ADMIN, DEMO_LISTEN, ConfigError, GatewayConfig
+from gateway.settings import RawBackend, Settings, build_config
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
@@ -389,7 +382,8 @@ class GatewayOptions(usage.Options):
     def rebuild(self, reactor: IReactorCore, *, reloading: bool = False) -> GatewayConfig:
         """
         Build the configuration from the command line and the C{--config}
-        file as it is now (SIGHUP calls this again to re-read the file).
+        file as it is now (on SIGHUP, L{rebuild_now} calls this again to
+        re-read the file).
 
         @param reloading: for a reload: do not read the PEM folders of
             C{tls:} fronts here.

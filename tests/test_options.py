@@ -459,7 +459,7 @@ def test_endless_token_file_is_refused(tmp_path: Path) -> None:
     read.
     """
     printed = in_bounded_child(
-        "from gateway.config import ConfigError, read_token_file\n"
+        "from gateway.checks import ConfigError, read_token_file\n"
         "try:\n"
         "    read_token_file('--admin-token-file', '/dev/zero')\n"
         "except ConfigError as error:\n"

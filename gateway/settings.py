@@ -1,0 +1,470 @@
+"""
+Raw settings in, a validated L{GatewayConfig} out: L{build_config}.
+
+The command line (L{gateway.options}) and the TOML file (L{gateway.configfile})
+give their settings as text, as they were written, each with the label its
+messages use (C{--max-connections}, or C{gateway.toml: max-connections}), and
+the command line's winning over the file's: a L{Settings}, with its backends
+as L{RawBackend}s.  L{build_config} checks them one area at a time (fronts,
+backends, rate limit, admin endpoint, processes, access log, balancing, HTTP
+root, timeouts, caps, pool, drain, relay, health bytes), always in that order,
+so that of several bad settings the same one is reported first; each check
+raises L{ConfigError} naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorCore
+
+from gateway.checks import (
+    ConfigError,
+    check_choice,
+    check_client_endpoint,
+    check_count,
+    check_directory,
+    check_escaped,
+    check_line,
+    check_rate,
+    check_seconds,
+    check_server_endpoint,
+    check_session_key,
+    check_token,
+    check_writable_file,
+    read_token_file,
+)
+from gateway.config import (
+    BALANCE_CHOICES,
+    DEFAULT_LISTEN,
+    DEMO_LISTEN,
+    OVERFLOW_CHOICES,
+    PROXY_CHOICES,
+    RELAY_CHOICES,
+    BackendSpec,
+    GatewayConfig,
+)
+
+__all__ = [
+    "MAX_WEIGHT",
+    "MAX_WORKERS",
+    "WORKER_FRONTS",
+    "RawBackend",
+    "Settings",
+    "build_config",
+]
+
+MAX_WEIGHT = 1000
+"""The largest backend weight (a weight is a share, not a count)."""
+
+MAX_WORKERS = 64
+"""The most worker processes C{--workers} allows."""
+
+WORKER_FRONTS = ("tcp", "tcp6", "unix", "tls", "systemd")
+"""Front types whose connections can be handed to a worker process: plain
+sockets (TLS is done by the worker; C{ssl:} wraps sockets another way)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawBackend:
+    """
+    A backend as written (on the command line or in a file), not yet checked.
+
+    @ivar label: how error messages name it, e.g. C{--backend} or
+        C{gateway.toml: backend 'eu-1'}.
+    """
+
+    label: str
+    endpoint: str
+    name: str | None = None
+    weight: str | None = None
+    health_send: str | None = None
+    health_expect: str | None = None
+    proxy_protocol: str | None = None
+
+
+class Settings:
+    """
+    Raw settings from their sources, the command line winning over a file:
+    what L{build_config} checks.
+
+    @ivar values: option name (C{max-connections}) to value: text as the
+        command line gives it, a bool for flags, a list of strings for
+        C{listen}.
+    @ivar labels: how error messages name each setting that was given
+        (C{--max-connections}, or C{gateway.toml: max-connections}).
+    @ivar backends: the backends, in order.
+    @ivar defaults: the value of each setting that was not given.
+    """
+
+    def __init__(
+        self,
+        values: dict[str, Any],
+        labels: dict[str, str],
+        backends: list[RawBackend],
+        defaults: dict[str, Any],
+    ) -> None:
+        self.values = values
+        self.labels = labels
+        self.backends = backends
+        self.defaults = defaults
+
+    def __getitem__(self, name: str) -> Any:
+        """
+        The value of the setting C{name}: as given, else its default
+        (L{None} for a setting with neither).
+        """
+        return self.values[name] if name in self.values else self.defaults.get(name)
+
+    def label(self, name: str) -> str:
+        """
+        How error messages name the setting C{name}.
+        """
+        return self.labels.get(name, f"--{name}")
+
+    def other(self, name: str, by: str) -> str:
+        """
+        How a message about the setting C{by} names another setting, C{name}:
+        as an option (C{--name}) if C{by} is named as one, else as a file's
+        key (C{name}).
+        """
+        return f"--{name}" if self.label(by).startswith("--") else name
+
+
+def build_config(
+    settings: Settings,
+    reactor: IReactorCore,
+    *,
+    config_file: str | None = None,
+    read_folders: bool = True,
+) -> GatewayConfig:
+    """
+    Check every setting and build the configuration.
+
+    @param reactor: endpoint strings are parsed for it (never bound).
+    @param config_file: the file the settings came from, if any.
+    @param read_folders: read and check the PEM folders of C{tls:} fronts
+        (at start, not on reload: see L{check_server_endpoint}).
+    @raise ConfigError: a setting is invalid; the message names it.
+    """
+    s, label = settings, settings.label
+    demo = bool(s["demo"])
+    listen = _fronts(s, reactor, demo=demo, read_folders=read_folders)
+    backends = _backends(s, reactor, demo=demo)
+    rate_per_ip, rate_burst, busy_message = _rate_limit(s)
+    admin, admin_token, admin_hosts = _admin(s, reactor, listen, read_folders=read_folders)
+    handover, workers = _processes(s, listen)
+    access_log, access_log_only = _access_log(s)
+    balance, session_key = _balance(s)
+    http_root = s["http-root"]
+    if http_root is not None:
+        http_root = check_directory(label("http-root"), http_root)
+    http_listing = bool(s["http-listing"])
+    sniff, connect, idle, fin, header = _timeouts(s)
+    max_connections, max_per_ip, overflow = _caps(s)
+    proxy_protocol, health_interval, retries = _pool(s)
+    drain_timeout = check_seconds(label("drain-timeout"), s["drain-timeout"], allow_zero=True)
+    relay = _relay_mode(label("relay"), s["relay"])
+    health_send = check_escaped(label("health-send"), s["health-send"] or "")
+    health_expect = check_escaped(label("health-expect"), s["health-expect"] or "")
+    return GatewayConfig(
+        listen=listen,
+        backends=backends,
+        http_root=http_root,
+        http_listing=http_listing,
+        sniff_timeout=sniff,
+        connect_timeout=connect,
+        idle_timeout=idle,
+        fin_timeout=fin,
+        header_timeout=header,
+        max_connections=max_connections,
+        max_per_ip=max_per_ip,
+        rate_per_ip=rate_per_ip,
+        rate_burst=rate_burst,
+        overflow=overflow,
+        busy_message=busy_message,
+        balance=balance,
+        session_key=session_key,
+        proxy_protocol=proxy_protocol,
+        health_interval=health_interval,
+        retries=retries,
+        admin=admin,
+        admin_token=admin_token,
+        admin_hosts=admin_hosts,
+        drain_timeout=drain_timeout,
+        handover=handover,
+        relay=relay,
+        workers=workers,
+        access_log=access_log,
+        access_log_only=access_log_only,
+        health_send=health_send,
+        health_expect=health_expect,
+        demo=demo,
+        config_file=config_file,
+    )
+
+
+def _fronts(
+    s: Settings, reactor: IReactorCore, *, demo: bool, read_folders: bool
+) -> tuple[str, ...]:
+    """
+    The public fronts: each a server endpoint string that parses, none twice
+    (by default L{DEFAULT_LISTEN}, or L{DEMO_LISTEN} with C{demo}).
+    """
+    listen = list(s["listen"] or [DEMO_LISTEN if demo else DEFAULT_LISTEN])
+    for index, description in enumerate(listen):
+        check_server_endpoint(s.label("listen"), description, reactor, read_folders=read_folders)
+        if description in listen[:index]:
+            raise ConfigError(f"{s.label('listen')}: {description!r} is given twice")
+    return tuple(listen)
+
+
+def _backends(s: Settings, reactor: IReactorCore, *, demo: bool) -> tuple[BackendSpec, ...]:
+    """
+    The game backends, in order: at least one unless C{demo}; no name twice,
+    nor an endpoint twice unless the later one has a name of its own.
+    """
+    backends: list[BackendSpec] = []
+    for raw in s.backends:
+        spec = _backend_spec(raw, reactor)
+        if any(b.endpoint == spec.endpoint for b in backends) and raw.name is None:
+            raise ConfigError(f"{raw.label}: {spec.endpoint!r} is given twice")
+        if any(b.name == spec.name for b in backends):
+            raise ConfigError(f"{raw.label}: the name {spec.name!r} is given twice")
+        backends.append(spec)
+    if not backends and not demo:
+        raise ConfigError(
+            f"{s.label('backend')}: at least one game backend is needed "
+            "(or --demo for the built-in demo game)"
+        )
+    return tuple(backends)
+
+
+def _backend_spec(raw: RawBackend, reactor: IReactorCore) -> BackendSpec:
+    """
+    Check one backend as written: its endpoint, weight (1 to L{MAX_WEIGHT}),
+    name (by default its endpoint string) and its own health bytes and PROXY
+    version, if it has them.
+    """
+    check_client_endpoint(raw.label, raw.endpoint, reactor)
+    weight = 1
+    if raw.weight is not None:
+        weight = check_count(f"{raw.label}: weight", raw.weight)
+        if not 1 <= weight <= MAX_WEIGHT:
+            raise ConfigError(f"{raw.label}: weight must be 1 to {MAX_WEIGHT}, got {weight}")
+    name = raw.endpoint if raw.name is None else check_line(f"{raw.label}: name", raw.name)
+    if not name:
+        raise ConfigError(f"{raw.label}: name must not be empty")
+    return BackendSpec(
+        name=name,
+        endpoint=raw.endpoint,
+        weight=weight,
+        health_send=None
+        if raw.health_send is None
+        else check_escaped(f"{raw.label}: health-send", raw.health_send),
+        health_expect=None
+        if raw.health_expect is None
+        else check_escaped(f"{raw.label}: health-expect", raw.health_expect),
+        proxy_protocol=None
+        if raw.proxy_protocol is None
+        else check_choice(f"{raw.label}: proxy-protocol", raw.proxy_protocol, PROXY_CHOICES),
+    )
+
+
+def _rate_limit(s: Settings) -> tuple[float, float | None, str | None]:
+    """
+    The per-address rate, its burst (only with a rate) and the busy message.
+
+    @return: C{rate_per_ip}, C{rate_burst}, C{busy_message}.
+    """
+    rate = check_rate(s.label("rate-per-ip"), s["rate-per-ip"])
+    burst = None
+    if s["rate-burst"] is not None:
+        if not rate:
+            raise ConfigError(
+                f"{s.label('rate-burst')}: needs {s.other('rate-per-ip', 'rate-burst')}"
+            )
+        burst = check_rate(s.label("rate-burst"), s["rate-burst"], minimum=1)
+    busy = s["busy-message"]
+    if busy is not None:
+        busy = check_line(s.label("busy-message"), busy)
+    return rate, burst, busy
+
+
+def _admin(
+    s: Settings, reactor: IReactorCore, listen: tuple[str, ...], *, read_folders: bool
+) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """
+    The admin endpoint (C{none}: none; never one of the public fronts), its
+    token and the host names it answers for.
+
+    @return: C{admin}, C{admin_token}, C{admin_hosts}.
+    """
+    admin = s["admin"]
+    if admin == "none":
+        admin = None
+    else:
+        check_server_endpoint(s.label("admin"), admin, reactor, read_folders=read_folders)
+        if admin in listen:
+            raise ConfigError(
+                f"{s.label('admin')}: {admin!r} is also a {s.other('listen', 'admin')} front"
+            )
+    token = _admin_token(s, admin)
+    hosts = s["admin-host"]
+    admin_hosts: tuple[str, ...] = ()
+    if hosts is not None:
+        admin_hosts = tuple(part.strip().lower() for part in hosts.split(",") if part.strip())
+        for name in admin_hosts:
+            if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name):
+                raise ConfigError(f"{s.label('admin-host')}: not a host name: {name!r}")
+    return admin, token, admin_hosts
+
+
+def _admin_token(s: Settings, admin: str | None) -> str | None:
+    """
+    The admin token, given as it is or in a file (not both), and only with
+    an admin endpoint.
+    """
+    token = None
+    if s["admin-token"] is not None and s["admin-token-file"] is not None:
+        raise ConfigError(
+            f"{s.label('admin-token')}: give it or "
+            f"{s.other('admin-token-file', 'admin-token')}, not both"
+        )
+    if s["admin-token"] is not None:
+        token = check_token(s.label("admin-token"), s["admin-token"])
+    elif s["admin-token-file"] is not None:
+        token = read_token_file(s.label("admin-token-file"), s["admin-token-file"])
+    if token is not None and admin is None:
+        raise ConfigError(
+            f"{s.label('admin-token')}: needs an {s.other('admin', 'admin-token')} endpoint "
+            "(it is 'none')"
+        )
+    return token
+
+
+def _processes(s: Settings, listen: tuple[str, ...]) -> tuple[str | None, int]:
+    """
+    The hand-over socket (an absolute path in a folder that exists, and
+    nothing but a socket there) and the worker processes (1 to
+    L{MAX_WORKERS}; with more than 1, every front one of L{WORKER_FRONTS}).
+
+    @return: C{handover}, C{workers}.
+    """
+    handover = s["handover"]
+    if handover is not None:
+        handover = os.path.abspath(handover)
+        if not os.path.isdir(os.path.dirname(handover)):
+            raise ConfigError(f"{s.label('handover')}: the folder of {handover!r} does not exist")
+        if os.path.exists(handover) and not stat.S_ISSOCK(os.stat(handover).st_mode):
+            raise ConfigError(f"{s.label('handover')}: {handover!r} exists and is not a socket")
+    workers = check_count(s.label("workers"), s["workers"])
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"{s.label('workers')}: must be 1 to {MAX_WORKERS}, got {workers}")
+    if workers > 1:
+        for description in listen:
+            kind = description.removeprefix("haproxy:").split(":", 1)[0]
+            if kind not in WORKER_FRONTS or description.startswith("haproxy:tls:"):
+                raise ConfigError(
+                    f"{s.label('listen')}: {description!r}: with {s.other('workers', 'listen')} "
+                    "a front must be tcp:, tcp6:, unix:, tls:, systemd: or haproxy: over a "
+                    "plain one (use tls: instead of ssl:)"
+                )
+    return handover, workers
+
+
+def _access_log(s: Settings) -> tuple[str | None, bool]:
+    """
+    The access log file (C{-}: standard output), and whether the access
+    events go only there (which needs the file).
+
+    @return: C{access_log}, C{access_log_only}.
+    """
+    access_log = s["access-log"]
+    if access_log is not None:
+        access_log = check_writable_file(s.label("access-log"), access_log)
+    access_log_only = bool(s["access-log-only"])
+    if access_log_only and access_log is None:
+        raise ConfigError(
+            f"{s.label('access-log-only')}: needs {s.other('access-log', 'access-log-only')} "
+            "(the access events would go nowhere)"
+        )
+    return access_log, access_log_only
+
+
+def _balance(s: Settings) -> tuple[str, str | None]:
+    """
+    The balancing policy, and the session key (only with C{hash}).
+
+    @return: C{balance}, C{session_key}.
+    """
+    balance = check_choice(s.label("balance"), s["balance"], BALANCE_CHOICES)
+    session_key = s["session-key"]
+    if session_key is not None:
+        session_key = check_session_key(s.label("session-key"), session_key)
+        if balance != "hash":
+            raise ConfigError(
+                f"{s.label('session-key')}: needs {s.other('balance', 'session-key')} hash"
+            )
+    return balance, session_key
+
+
+def _timeouts(s: Settings) -> tuple[float, float, float, float, float]:
+    """
+    The timeouts of a front connection and its session, in seconds (the idle
+    and fin timeouts may be 0: off).
+
+    @return: the sniff, connect, idle, fin and header timeouts.
+    """
+    return (
+        check_seconds(s.label("sniff-timeout"), s["sniff-timeout"], allow_zero=False),
+        check_seconds(s.label("connect-timeout"), s["connect-timeout"], allow_zero=False),
+        check_seconds(s.label("idle-timeout"), s["idle-timeout"], allow_zero=True),
+        check_seconds(s.label("fin-timeout"), s["fin-timeout"], allow_zero=True),
+        check_seconds(s.label("header-timeout"), s["header-timeout"], allow_zero=False),
+    )
+
+
+def _caps(s: Settings) -> tuple[int, int, str]:
+    """
+    The connection caps (0: no cap) and what happens at the total one.
+
+    @return: C{max_connections}, C{max_per_ip}, C{overflow}.
+    """
+    return (
+        check_count(s.label("max-connections"), s["max-connections"]),
+        check_count(s.label("max-per-ip"), s["max-per-ip"]),
+        check_choice(s.label("overflow"), s["overflow"], OVERFLOW_CHOICES),
+    )
+
+
+def _pool(s: Settings) -> tuple[str, float, int]:
+    """
+    The pool's defaults for every backend: the PROXY version sent, the
+    seconds between health checks (0: none) and the retries of a session.
+
+    @return: C{proxy_protocol}, C{health_interval}, C{retries}.
+    """
+    return (
+        check_choice(s.label("proxy-protocol"), s["proxy-protocol"], PROXY_CHOICES),
+        check_seconds(s.label("health-interval"), s["health-interval"], allow_zero=True),
+        check_count(s.label("retries"), s["retries"]),
+    )
+
+
+def _relay_mode(option: str, text: str) -> str:
+    """
+    How game sessions move bytes: one of L{RELAY_CHOICES}, and C{splice}
+    only where splice(2) exists.
+    """
+    mode = check_choice(option, text, RELAY_CHOICES)
+    if mode == "splice":
+        from gateway.session.splice import splice_available
+
+        if not splice_available():
+            raise ConfigError(f"{option}: splice(2) is not available here (Linux only); use auto")
+    return mode
