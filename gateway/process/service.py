@@ -59,8 +59,9 @@ from gateway.front.tls import SNICertificates, is_tls_front, tls_front_endpoint
 from gateway.http.site import make_site
 from gateway.interfaces import IAddressPolicy
 from gateway.ops.access import AccessLogFile, access_log_only
-from gateway.ops.admin import AdminState, make_admin_site
+from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
+from gateway.ops.status import AdminState
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.balance import make_balancer
 from gateway.pool.health import HealthCheck, HealthChecker
