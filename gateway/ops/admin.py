@@ -168,6 +168,11 @@ class _Status(Resource):
     stall the sessions themselves (measured with 10,000 live sessions: see
     the README).  The list is the sessions live when the
     request arrived; each one's byte counts are read when its step runs.
+    The steps stop when the client leaves.
+
+    With worker processes, the document is gathered from them first
+    (L{gather_status}) and written in one piece, unless the client left
+    meanwhile (L{_WorkersReply}).
     """
 
     isLeaf = True  # noqa: N815 - twisted.web's name

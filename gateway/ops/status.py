@@ -68,6 +68,11 @@ class AdminState:
     """
     Everything the admin endpoint reads, and the token its actions need.
 
+    It lives here, beside the document it feeds, because a worker process,
+    which serves no admin endpoint, builds one to answer its acceptor's
+    status requests; C{token} and C{hosts} are read by
+    L{gateway.ops.admin} only.
+
     @ivar clock: for the C{now} of the status document.
     @ivar token: the admin token, or L{None} when actions need none.
     @ivar hosts: host names (besides IP addresses and C{localhost}) that
