@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.front.limits import Refusal
-from gateway.ops.admin import AdminState, render_metrics, status
+from gateway.ops.metrics import render_metrics
 from gateway.ops.registry import Counters, SessionRegistry
+from gateway.ops.status import AdminState, status
 from gateway.pool.backends import Backend, BackendState, Pool
 from tests.support import Backend as ServerBackend
 from tests.support import (

@@ -12,18 +12,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
-from gateway.http.site import HTTP_IDLE_TIMEOUT, GatewayHTTPChannel
-from gateway.ops.admin import AdminState, make_admin_site, status
+from gateway.http.channel import HTTP_IDLE_TIMEOUT, GatewayHTTPChannel
+from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, SessionRegistry
+from gateway.ops.status import AdminState, status
 from gateway.pool.backends import Backend, BackendState, Pool
 from tests.test_admin import FakeSession
 
@@ -582,3 +585,58 @@ def test_admin_options_star_names_its_methods() -> None:
     response = request(make_state(), "OPTIONS", "*")
     assert response.code == 405
     assert response.headers["allow"] == "GET, HEAD, POST"
+
+
+class _SilentWorkers:
+    """
+    A stand-in for the worker processes whose status replies come when the
+    test says (no worker at all: an empty list).
+    """
+
+    lost = 0
+
+    def __init__(self) -> None:
+        self.asked: list[Deferred[list[dict[str, Any] | None]]] = []
+
+    def status(self, limit: int | None) -> Deferred[list[dict[str, Any] | None]]:
+        """
+        A reply the test fires.
+        """
+        self.asked.append(Deferred())
+        return self.asked[-1]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """
+        No worker processes.
+        """
+        return []
+
+
+@pytest.mark.parametrize("path", ["/status.json", "/metrics"])
+def test_gathered_status_not_written_for_a_client_that_left(
+    path: str, log_events: EventLoggingObserver
+) -> None:
+    """
+    With worker processes, a C{status.json} or C{metrics} whose client left
+    before the workers answered is not written (and nothing fails); one
+    whose client stayed gets its answer.
+    """
+    state = make_state()
+    workers = _SilentWorkers()
+    state.workers = workers
+    site = make_admin_site(state, MemoryReactorClock())
+    transports = []
+    for _ in range(2):
+        channel = site.buildProtocol(PEER)
+        assert channel is not None
+        transport = StringTransport(peerAddress=PEER)
+        channel.makeConnection(transport)
+        channel.dataReceived(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        transports.append((channel, transport))
+    gone, gone_transport = transports[0]
+    gone.connectionLost(Failure(ConnectionDone()))
+    for reply in workers.asked:
+        reply.callback([])
+    assert gone_transport.value() == b""
+    assert transports[1][1].value().startswith(b"HTTP/1.1 200 ")
+    assert [event for event in log_events if event.get("log_failure")] == []

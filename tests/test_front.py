@@ -30,7 +30,8 @@ from gateway.front.door import (
     Verdict,
     classify,
 )
-from gateway.http.site import SEND_TIMEOUT, HTTPSite, make_site
+from gateway.http.channel import SEND_TIMEOUT
+from gateway.http.site import HTTPSite, make_site
 from gateway.ops.registry import Counters
 from gateway.pool.backends import Backend, Pool
 from gateway.pool.balance import RendezvousHash

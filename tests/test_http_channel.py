@@ -1,5 +1,5 @@
 """
-Unit tests of L{gateway.http.site.GatewayHTTPChannel}: the request header timeout
+Unit tests of L{gateway.http.channel.GatewayHTTPChannel}: the request header timeout
 (slowloris), the answers to oversized request lines and headers, and the
 refusals they count.
 
@@ -32,7 +32,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.front.limits import Refusal
-from gateway.http.site import GatewayHTTPChannel, HTTPSite, make_site
+from gateway.http.channel import GatewayHTTPChannel
+from gateway.http.site import HTTPSite, make_site
 from gateway.ops.registry import Counters, RefusalLog
 
 PEER = IPv4Address("TCP", "198.51.100.7", 52000)

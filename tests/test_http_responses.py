@@ -1,5 +1,5 @@
 """
-Unit tests of how L{gateway.http.site}'s channel sends responses: static files
+Unit tests of how L{gateway.http.channel}'s channel sends responses: static files
 through L{gateway.http.ranges} (driven by the channel's own pump on the site's
 clock), responses that fail or stall (the connection is aborted, never
 left waiting), HTTP/1.0 keep-alive, and C{OPTIONS *}.
@@ -21,8 +21,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from gateway.http.channel import GatewayHTTPChannel
 from gateway.http.ranges import CHUNK
-from gateway.http.site import GatewayHTTPChannel, HTTPSite, make_site
+from gateway.http.site import HTTPSite, make_site
 from gateway.ops.registry import Counters, RefusalLog
 from tests.test_http_channel import PEER, Client, status_line
 

@@ -2,16 +2,13 @@
 The admin endpoint (C{--admin}): what the gateway is doing, for operators and
 their tools.  Never served on the public front.
 
-  - C{GET /status.json}: the backends (name, endpoint, state, active, total,
-    failures), the live sessions (the "children list": id, kind, peer,
-    backend, started, bytes_in, bytes_out) and the counters.
-    C{?limit=N} lists at most the N oldest sessions (the counters still
-    count them all), for a page that polls it.
-  - C{GET /metrics}: the same counters in Prometheus's text format, names
-    prefixed C{gateway_}, rendered by C{prometheus_client} from a collector
-    that reads the gateway's own integers at scrape time (nothing is counted
-    twice, and nothing costs anything between scrapes).  Labels are bounded:
-    backend names, refusal reasons and session kinds, never client addresses.
+  - C{GET /status.json}: the status document of L{gateway.ops.status} (the
+    backends, the live sessions and the counters).  C{?limit=N} lists at
+    most the N oldest sessions (the counters still count them all), for a
+    page that polls it.  A long session list is written in steps by a
+    cooperator, so that the sessions keep flowing meanwhile.
+  - C{GET /metrics}: the same counters in Prometheus's text format (see
+    L{gateway.ops.metrics}).
   - C{GET /}: a dashboard (static HTML, CSS and JavaScript shipped in
     C{gateway/ops/dashboard}) that renders C{status.json} every 2 seconds.
   - C{POST /backends/NAME/drain} and C{POST /backends/NAME/enable}: an
@@ -20,6 +17,11 @@ their tools.  Never served on the public front.
     wrong one is a 401 and a log event.  A request from a browser page of
     another origin (its C{Origin} header names another host) is a 403, so a
     web page cannot drain backends through an operator's browser.
+
+Only requests that name an allowed host (an IP address, C{localhost} or a
+name given to C{--admin-host}) are answered (DNS rebinding); every response
+says not to be framed.  L{make_admin_site} builds the site, an L{HTTPSite}
+with the front's request limits.
 
 Everything is read when asked; the data path only adds to plain integers.
 """
@@ -32,13 +34,9 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from json.encoder import encode_basestring_ascii as _quote
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator, TaskDone, TaskFailed
@@ -52,26 +50,20 @@ from twisted.web.static import Data
 from typing_extensions import override
 
 from gateway.connection import describe_peer
-from gateway.front.limits import Refusal
-from gateway.http.site import HEADER_TIMEOUT, HTTPSite
-from gateway.ops.registry import Counters, LiveSession, RefusalLog, SessionRegistry
+from gateway.http.channel import HEADER_TIMEOUT
+from gateway.http.site import HTTPSite
+from gateway.ops.metrics import metrics_text, render_metrics
+from gateway.ops.registry import LiveSession, RefusalLog
 from gateway.ops.sampling import Sampler
-from gateway.pool.backends import Backend, BackendState, Pool
-
-if TYPE_CHECKING:
-    from gateway.process.workers import WorkerPool
+from gateway.ops.status import AdminState, backend_status, gather_status, session_json, status
+from gateway.pool.backends import BackendState
 
 __all__ = [
     "ACTIONS",
-    "AdminState",
-    "backend_status",
+    "host_allowed",
     "make_admin_site",
-    "render_metrics",
-    "status",
+    "same_origin",
 ]
-
-SESSION_KINDS = ("game", "http")
-"""The kinds of live sessions (a closed vocabulary)."""
 
 ACTIONS = ("drain", "enable")
 """What an operator can do to a backend: C{POST /backends/NAME/ACTION}."""
@@ -84,45 +76,6 @@ _DASHBOARD_FILES = {
     b"dashboard.js": ("dashboard.js", b"text/javascript; charset=utf-8"),
     b"dashboard.css": ("dashboard.css", b"text/css; charset=utf-8"),
 }
-
-
-class AdminState:
-    """
-    Everything the admin endpoint reads, and the token its actions need.
-
-    @ivar clock: for the C{now} of the status document.
-    @ivar token: the admin token, or L{None} when actions need none.
-    @ivar hosts: host names (besides IP addresses and C{localhost}) that
-        requests may name in their C{Host} header.
-    @ivar started: when the gateway started, in the clock's seconds.
-    """
-
-    def __init__(
-        self,
-        pool: Pool,
-        registry: SessionRegistry,
-        counters: Counters,
-        *,
-        clock: IReactorTime | None = None,
-        token: str | None = None,
-        hosts: tuple[str, ...] = (),
-        workers: WorkerPool | None = None,
-    ) -> None:
-        """
-        @param workers: with C{--workers}, the worker processes, whose
-            sessions and counters the documents gather.
-        @raise ValueError: the token is empty (it would let anyone in).
-        """
-        if token is not None and not token.strip():
-            raise ValueError("the admin token must not be empty")
-        self.pool = pool
-        self.registry = registry
-        self.counters = counters
-        self.clock = clock
-        self.token = token
-        self.hosts = tuple(name.lower() for name in hosts)
-        self.workers = workers
-        self.started = clock.seconds() if clock is not None else 0.0
 
 
 def host_allowed(header: bytes | None, names: tuple[str, ...]) -> bool:
@@ -193,261 +146,6 @@ def same_origin(origin: bytes, host: bytes | None) -> bool:
     return theirs is not None and theirs == ours
 
 
-def backend_status(backend: Backend) -> dict[str, Any]:
-    """
-    One backend as C{/status.json} shows it.
-    """
-    return {
-        "name": backend.name,
-        "endpoint": backend.description,
-        "state": backend.state.value,
-        "active": backend.active,
-        "total": backend.total,
-        "failures": backend.failures,
-        "weight": backend.weight,
-        "reason": backend.reason,
-    }
-
-
-def session_entry(number: int, session: LiveSession) -> dict[str, Any]:
-    """
-    One live session as C{/status.json} lists it (byte counts read now).
-    """
-    return {
-        "id": number,
-        "kind": session.kind,
-        "peer": session.peer,
-        "backend": session.backend_name,
-        "started": session.started,
-        "bytes_in": session.bytes_in,
-        "bytes_out": session.bytes_out,
-    }
-
-
-def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
-    """
-    The gateway's status as the JSON document of C{/status.json}.
-
-    @param limit: list at most this many sessions (the oldest); L{None}: all.
-    """
-    pool, registry, counters = state.pool, state.registry, state.counters
-    sessions: list[dict[str, Any]] = []
-    live_in = live_out = 0
-    ids, live = registry.snapshot()
-    for number, session in zip(ids, live, strict=True):
-        bytes_in, bytes_out = session.bytes_in, session.bytes_out
-        live_in += bytes_in
-        live_out += bytes_out
-        if limit is not None and len(sessions) >= limit:
-            continue  # still summed into the byte totals
-        sessions.append(session_entry(number, session))
-    active = registry.active()
-    return {
-        "started": state.started,
-        "now": state.clock.seconds() if state.clock is not None else 0.0,
-        "backends": [backend_status(backend) for backend in pool.backends],
-        "sessions": sessions,
-        "counters": {
-            "accepted": counters.accepted,
-            "queued": counters.queued,
-            "refused": {reason.value: counters.refused[reason] for reason in Refusal},
-            "sessions": {kind: registry.started[kind] for kind in SESSION_KINDS},
-            "active_sessions": {kind: active[kind] for kind in SESSION_KINDS},
-            "bytes_in": registry.ended_bytes_in + live_in,
-            "bytes_out": registry.ended_bytes_out + live_out,
-            "backend_failures": sum(backend.failures for backend in pool.backends),
-            "unserved": pool.unserved,
-            "key_fallbacks": counters.key_fallbacks,
-            "health_transitions": pool.transitions,
-        },
-    }
-
-
-class _GatewayCollector(Collector):
-    """
-    Turns the status into Prometheus metric families at scrape time.
-    """
-
-    def __init__(self, document: dict[str, Any]) -> None:
-        self._document = document
-
-    def collect(self) -> Iterator[Metric]:
-        document = self._document
-        counters = document["counters"]
-        accepted = CounterMetricFamily(
-            "gateway_connections_accepted", "Front connections admitted past the limits."
-        )
-        accepted.add_metric([], counters["accepted"])
-        yield accepted
-        refused = CounterMetricFamily(
-            "gateway_connections_refused", "Refused connections, by reason.", labels=["reason"]
-        )
-        for reason, count in counters["refused"].items():
-            refused.add_metric([reason], count)
-        yield refused
-        queued = CounterMetricFamily(
-            "gateway_connections_queued", "Connections that waited for a slot (queue mode)."
-        )
-        queued.add_metric([], counters["queued"])
-        yield queued
-        started = CounterMetricFamily(
-            "gateway_sessions", "Sessions started, by kind.", labels=["kind"]
-        )
-        live = GaugeMetricFamily(
-            "gateway_sessions_active", "Live sessions, by kind.", labels=["kind"]
-        )
-        for kind in SESSION_KINDS:
-            started.add_metric([kind], counters["sessions"][kind])
-            live.add_metric([kind], counters["active_sessions"][kind])
-        yield started
-        yield live
-        moved = CounterMetricFamily(
-            "gateway_bytes", "Bytes relayed or served, by direction.", labels=["direction"]
-        )
-        moved.add_metric(["in"], counters["bytes_in"])
-        moved.add_metric(["out"], counters["bytes_out"])
-        yield moved
-        unserved = CounterMetricFamily(
-            "gateway_sessions_unserved", "Game sessions closed for want of a backend."
-        )
-        unserved.add_metric([], counters["unserved"])
-        yield unserved
-        transitions = CounterMetricFamily(
-            "gateway_backend_transitions", "Backend state changes (health, passive, operator)."
-        )
-        transitions.add_metric([], counters["health_transitions"])
-        yield transitions
-        up = GaugeMetricFamily(
-            "gateway_backend_up", "1 if the backend takes new sessions.", labels=["backend"]
-        )
-        active = GaugeMetricFamily(
-            "gateway_backend_active_sessions", "Sessions on the backend now.", labels=["backend"]
-        )
-        total = CounterMetricFamily(
-            "gateway_backend_sessions", "Sessions the backend took.", labels=["backend"]
-        )
-        failures = CounterMetricFamily(
-            "gateway_backend_connect_failures",
-            "Failed connection attempts to the backend.",
-            labels=["backend"],
-        )
-        for backend in document["backends"]:
-            name = [backend["name"]]
-            up.add_metric(name, 1 if backend["state"] == BackendState.UP.value else 0)
-            active.add_metric(name, backend["active"])
-            total.add_metric(name, backend["total"])
-            failures.add_metric(name, backend["failures"])
-        yield up
-        yield active
-        yield total
-        yield failures
-        if "workers" in document:
-            running = GaugeMetricFamily("gateway_workers_running", "Worker processes running now.")
-            running.add_metric([], sum(1 for w in document["workers"] if w["state"] == "running"))
-            yield running
-            restarts = CounterMetricFamily(
-                "gateway_worker_restarts", "Worker processes started again after dying."
-            )
-            restarts.add_metric([], sum(w["restarts"] for w in document["workers"]))
-            yield restarts
-            lost = CounterMetricFamily(
-                "gateway_sessions_lost", "Connections lost with a worker process that died."
-            )
-            lost.add_metric([], counters["lost"])
-            yield lost
-
-
-def metrics_text(document: dict[str, Any]) -> bytes:
-    """
-    The Prometheus text exposition of a status document's counters.
-    """
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_GatewayCollector(document))
-    return generate_latest(registry)
-
-
-def render_metrics(state: AdminState) -> bytes:
-    """
-    The Prometheus text exposition of the gateway's counters (one process).
-    """
-    # The counters only: listing the sessions would cost for nothing.
-    return metrics_text(status(state, limit=0))
-
-
-def gather_status(
-    state: AdminState, limit: int | None
-) -> Deferred[tuple[dict[str, Any], list[str]]]:
-    """
-    With worker processes: the status document of the whole gateway (without
-    its C{sessions}) and the sessions' JSON texts, oldest first.
-
-    The acceptor's own counters (admission) are added to each worker's
-    (sessions, bytes, backends' counts); the backends' states are the
-    acceptor's (it runs the health checks).  A worker that does not answer
-    in time is listed with C{"responding": false} and its sessions are left out.
-    """
-    workers = state.workers
-    assert workers is not None
-
-    def merge(replies: list[dict[str, Any] | None]) -> tuple[dict[str, Any], list[str]]:
-        document = status(state, limit=0)
-        del document["sessions"]
-        counters = document["counters"]
-        counts: dict[str, list[int]] = {}
-        endpoints: dict[str, str] = {}
-        found: list[tuple[int, str]] = []
-        described = workers.describe()
-        for entry, reply in zip(described, replies, strict=True):
-            entry["responding"] = reply is not None
-            if reply is None:
-                entry["sessions"] = None
-                continue
-            entry["sessions"] = reply["live"]
-            theirs = reply["counters"]
-            for reason, count in theirs["refused"].items():
-                counters["refused"][reason] += count
-            for name in ("sessions", "active_sessions"):
-                for kind, count in theirs[name].items():
-                    counters[name][kind] += count
-            for name in ("bytes_in", "bytes_out", "backend_failures", "unserved", "key_fallbacks"):
-                counters[name] += theirs[name]
-            for name, (active, total, failures, endpoint) in reply["backends"].items():
-                sums = counts.setdefault(name, [0, 0, 0])
-                sums[0] += active
-                sums[1] += total
-                sums[2] += failures
-                endpoints[name] = endpoint
-            found.extend(reply["sessions"])
-        counters["lost"] = workers.lost
-        listed = set()
-        for backend in document["backends"]:
-            listed.add(backend["name"])
-            sums = counts.get(backend["name"], [0, 0, 0])
-            backend["active"], backend["total"], backend["failures"] = sums
-        for name, sums in counts.items():
-            if name not in listed and sums[0]:
-                # Removed here, still draining in a worker.
-                document["backends"].append(
-                    {
-                        "name": name,
-                        "endpoint": endpoints[name],
-                        "state": BackendState.DRAINING.value,
-                        "active": sums[0],
-                        "total": sums[1],
-                        "failures": sums[2],
-                        "weight": 0,
-                        "reason": "removed from the configuration",
-                    }
-                )
-        document["workers"] = described
-        found.sort()
-        if limit is not None:
-            found = found[:limit]
-        return document, [text for _, text in found]
-
-    return workers.status(limit).addCallback(merge)
-
-
 def _json(request: IRequest, code: int, document: dict[str, Any]) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
@@ -470,6 +168,11 @@ class _Status(Resource):
     stall the sessions themselves (measured with 10,000 live sessions: see
     the README).  The list is the sessions live when the
     request arrived; each one's byte counts are read when its step runs.
+    The steps stop when the client leaves.
+
+    With worker processes, the document is gathered from them first
+    (L{gather_status}) and written in one piece, unless the client left
+    meanwhile (L{_WorkersReply}).
     """
 
     isLeaf = True  # noqa: N815 - twisted.web's name
@@ -490,20 +193,7 @@ class _Status(Resource):
             except ValueError:
                 return _json(request, 400, {"error": "limit must be a whole number >= 0"})
         if self._state.workers is not None:
-            gathered = gather_status(self._state, limit)
-
-            def write(result: tuple[dict[str, Any], list[str]]) -> None:
-                if getattr(request, "_disconnected", False):
-                    return
-                document, sessions = result
-                head = json.dumps(document, separators=(",", ":"))[:-1]
-                request.setHeader(b"content-type", b"application/json")
-                request.setHeader(b"cache-control", b"no-store")
-                request.write(f'{head},"sessions":[{",".join(sessions)}]}}\n'.encode())
-                request.finish()
-
-            gathered.addCallback(write)
-            gathered.addErrback(_failed, request)
+            _WorkersReply(request).answer(gather_status(self._state, limit), _gathered_json)
             return NOT_DONE_YET
         if (
             limit is not None
@@ -545,25 +235,23 @@ class _Status(Resource):
         request.finish()
 
 
-def session_json(number: int, session: LiveSession, worker: int | None = None) -> str:
+def _gathered_json(result: tuple[dict[str, Any], list[str]], request: IRequest) -> bytes:
     """
-    L{session_entry} as JSON text, built from strings only: strings are not
-    tracked by the garbage collector, dictionaries are, and allocating 10,000
-    of them would trigger collections that pause the reactor.
-
-    @param worker: the worker process serving it, with C{--workers}.
+    The body of C{/status.json} from the workers' gathered status: the
+    document with the sessions' JSON texts as its C{sessions}.
     """
-    backend = session.backend_name
-    return (
-        f'{{"id":{number},"kind":{_quote(session.kind)},"peer":{_quote(session.peer)},'
-        f'"backend":{"null" if backend is None else _quote(backend)},'
-        f'"started":{float(session.started)!r},'
-        f'"bytes_in":{int(session.bytes_in)},"bytes_out":{int(session.bytes_out)}'
-        + ("}" if worker is None else f',"worker":{worker}}}')
-    )
+    document, sessions = result
+    head = json.dumps(document, separators=(",", ":"))[:-1]
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return f'{head},"sessions":[{",".join(sessions)}]}}\n'.encode()
 
 
 class _Metrics(Resource):
+    """
+    C{GET /metrics}: the counters for Prometheus (L{gateway.ops.metrics}).
+    """
+
     isLeaf = True  # noqa: N815 - twisted.web's name
 
     def __init__(self, state: AdminState) -> None:
@@ -574,32 +262,71 @@ class _Metrics(Resource):
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
         if self._state.workers is None:
             return render_metrics(self._state)
-        gathered = gather_status(self._state, 0)
-
-        def write(result: tuple[dict[str, Any], list[str]]) -> None:
-            if getattr(request, "_disconnected", False):
-                return
-            request.write(metrics_text(result[0]))
-            request.finish()
-
-        gathered.addCallback(write)
-        gathered.addErrback(_failed, request)
+        _WorkersReply(request).answer(
+            gather_status(self._state, 0), lambda result, _: metrics_text(result[0])
+        )
         return NOT_DONE_YET
 
 
-def _failed(failure: Failure, request: IRequest) -> None:
+class _WorkersReply:
     """
-    Gathering the workers' status failed (a bug): answer 500, log it.
+    A response that waits for the worker processes' status (C{--workers}).
+
+    It is written when the status comes, unless the client left meanwhile:
+    C{notifyFinish}'s Deferred fails when the connection is lost before the
+    response is finished, and that sets L{left}.  Gathering that fails (a
+    bug) is logged and answered 500.
+
+    @ivar left: whether the client went away before the response was written.
     """
-    _admin_log.failure("gathering the workers' status failed", failure)
-    if getattr(request, "_disconnected", False):
-        return
-    request.setResponseCode(500)
-    request.write(b'{"error":"internal error"}\n')
-    request.finish()
 
+    _log = Logger()
 
-_admin_log = Logger()
+    def __init__(self, request: IRequest) -> None:
+        """
+        @param request: the request to answer; its connection is watched
+            from now on.
+        """
+        self._request = request
+        self.left = False
+        finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
+        finished.addErrback(self._client_left)
+
+    def _client_left(self, reason: Failure) -> None:
+        self.left = True
+
+    def answer(
+        self,
+        gathered: Deferred[tuple[dict[str, Any], list[str]]],
+        body: Callable[[tuple[dict[str, Any], list[str]], IRequest], bytes],
+    ) -> None:
+        """
+        Write and finish the response once C{gathered} fires.
+
+        @param gathered: the status of the whole gateway (L{gather_status}).
+        @param body: makes the response's body (and sets its headers) from
+            the gathered status and the request.
+        """
+
+        def write(result: tuple[dict[str, Any], list[str]]) -> None:
+            if self.left:
+                return
+            self._request.write(body(result, self._request))
+            self._request.finish()
+
+        gathered.addCallback(write)
+        gathered.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        """
+        Gathering the workers' status failed (a bug): answer 500, log it.
+        """
+        self._log.failure("gathering the workers' status failed", failure)
+        if self.left:
+            return
+        self._request.setResponseCode(500)
+        self._request.write(b'{"error":"internal error"}\n')
+        self._request.finish()
 
 
 class _BackendActions(Resource):

@@ -34,8 +34,9 @@ from gateway.front.limits import AddressLimits, Refusal, TotalCap
 from gateway.front.tls import SNICertificates
 from gateway.http.site import make_site
 from gateway.ops.access import AccessLogFile, access_log_only
-from gateway.ops.admin import AdminState, make_admin_site
+from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
+from gateway.ops.status import AdminState
 from gateway.pool.backends import Pool
 from gateway.pool.balance import make_balancer
 from gateway.pool.health import HealthChecker

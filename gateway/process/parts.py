@@ -21,7 +21,7 @@ from gateway.front.proxyheader import proxy_header
 from gateway.front.tls import SNICertificates
 from gateway.interfaces import IAddressPolicy
 from gateway.ops.access import AccessLogFile
-from gateway.ops.admin import AdminState
+from gateway.ops.status import AdminState
 from gateway.pool.backends import Backend, Pool
 from gateway.pool.health import HealthCheck, HealthChecker
 

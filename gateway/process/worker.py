@@ -324,7 +324,7 @@ class Worker:
             )
 
     def _status(self, number: int, limit: int | None) -> None:
-        from gateway.ops.admin import AdminState, session_json, status
+        from gateway.ops.status import AdminState, session_json, status
 
         service = self.service
         reply: dict[str, Any] = {"op": "status", "n": number}

@@ -1,0 +1,270 @@
+"""
+The status document of C{/status.json}: the backends (name, endpoint, state,
+active, total, failures, weight, reason), the live sessions (the "children
+list": id, kind, peer, backend, started, bytes_in, bytes_out) and the
+counters, all read when asked (the data path only adds to plain integers).
+
+L{status} builds it for one process; L{session_json} writes one session as
+JSON text without building a dictionary (for long lists); with C{--workers},
+L{gather_status} asks every worker process for its part and merges the
+replies into the acceptor's document.  A worker process answers its
+acceptor with L{status} too, so both sides count the same way.
+L{gateway.ops.metrics} renders the same document's counters for Prometheus.
+"""
+
+from __future__ import annotations
+
+from json.encoder import encode_basestring_ascii as _quote
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from gateway.front.limits import Refusal
+from gateway.ops.registry import Counters, LiveSession, SessionRegistry
+from gateway.pool.backends import Backend, BackendState, Pool
+
+__all__ = [
+    "SESSION_KINDS",
+    "AdminState",
+    "WorkerProcesses",
+    "backend_status",
+    "gather_status",
+    "session_entry",
+    "session_json",
+    "status",
+]
+
+SESSION_KINDS = ("game", "http")
+"""The kinds of live sessions (a closed vocabulary)."""
+
+
+class WorkerProcesses(Protocol):
+    """
+    What the status document needs from the worker processes
+    (L{gateway.process.workers.WorkerPool}).  A structural type, so that
+    this module does not import the process side, which imports the admin
+    endpoint.
+    """
+
+    @property
+    def lost(self) -> int:
+        """
+        Connections lost with worker processes that died.
+        """
+
+    def status(self, limit: int | None) -> Deferred[list[dict[str, Any] | None]]:
+        """
+        Every running worker's status reply (L{None} for one that did not answer).
+        """
+
+    def describe(self) -> list[dict[str, Any]]:
+        """
+        The workers as C{/status.json} lists them.
+        """
+
+
+class AdminState:
+    """
+    Everything the admin endpoint reads, and the token its actions need.
+
+    It lives here, beside the document it feeds, because a worker process,
+    which serves no admin endpoint, builds one to answer its acceptor's
+    status requests; C{token} and C{hosts} are read by
+    L{gateway.ops.admin} only.
+
+    @ivar clock: for the C{now} of the status document.
+    @ivar token: the admin token, or L{None} when actions need none.
+    @ivar hosts: host names (besides IP addresses and C{localhost}) that
+        requests may name in their C{Host} header.
+    @ivar started: when the gateway started, in the clock's seconds.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        registry: SessionRegistry,
+        counters: Counters,
+        *,
+        clock: IReactorTime | None = None,
+        token: str | None = None,
+        hosts: tuple[str, ...] = (),
+        workers: WorkerProcesses | None = None,
+    ) -> None:
+        """
+        @param workers: with C{--workers}, the worker processes, whose
+            sessions and counters the documents gather.
+        @raise ValueError: the token is empty (it would let anyone in).
+        """
+        if token is not None and not token.strip():
+            raise ValueError("the admin token must not be empty")
+        self.pool = pool
+        self.registry = registry
+        self.counters = counters
+        self.clock = clock
+        self.token = token
+        self.hosts = tuple(name.lower() for name in hosts)
+        self.workers = workers
+        self.started = clock.seconds() if clock is not None else 0.0
+
+
+def backend_status(backend: Backend) -> dict[str, Any]:
+    """
+    One backend as C{/status.json} shows it.
+    """
+    return {
+        "name": backend.name,
+        "endpoint": backend.description,
+        "state": backend.state.value,
+        "active": backend.active,
+        "total": backend.total,
+        "failures": backend.failures,
+        "weight": backend.weight,
+        "reason": backend.reason,
+    }
+
+
+def session_entry(number: int, session: LiveSession) -> dict[str, Any]:
+    """
+    One live session as C{/status.json} lists it (byte counts read now).
+    """
+    return {
+        "id": number,
+        "kind": session.kind,
+        "peer": session.peer,
+        "backend": session.backend_name,
+        "started": session.started,
+        "bytes_in": session.bytes_in,
+        "bytes_out": session.bytes_out,
+    }
+
+
+def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
+    """
+    The gateway's status as the JSON document of C{/status.json}.
+
+    @param limit: list at most this many sessions (the oldest); L{None}: all.
+    """
+    pool, registry, counters = state.pool, state.registry, state.counters
+    sessions: list[dict[str, Any]] = []
+    live_in = live_out = 0
+    ids, live = registry.snapshot()
+    for number, session in zip(ids, live, strict=True):
+        bytes_in, bytes_out = session.bytes_in, session.bytes_out
+        live_in += bytes_in
+        live_out += bytes_out
+        if limit is not None and len(sessions) >= limit:
+            continue  # still summed into the byte totals
+        sessions.append(session_entry(number, session))
+    active = registry.active()
+    return {
+        "started": state.started,
+        "now": state.clock.seconds() if state.clock is not None else 0.0,
+        "backends": [backend_status(backend) for backend in pool.backends],
+        "sessions": sessions,
+        "counters": {
+            "accepted": counters.accepted,
+            "queued": counters.queued,
+            "refused": {reason.value: counters.refused[reason] for reason in Refusal},
+            "sessions": {kind: registry.started[kind] for kind in SESSION_KINDS},
+            "active_sessions": {kind: active[kind] for kind in SESSION_KINDS},
+            "bytes_in": registry.ended_bytes_in + live_in,
+            "bytes_out": registry.ended_bytes_out + live_out,
+            "backend_failures": sum(backend.failures for backend in pool.backends),
+            "unserved": pool.unserved,
+            "key_fallbacks": counters.key_fallbacks,
+            "health_transitions": pool.transitions,
+        },
+    }
+
+
+def session_json(number: int, session: LiveSession, worker: int | None = None) -> str:
+    """
+    L{session_entry} as JSON text, built from strings only: strings are not
+    tracked by the garbage collector, dictionaries are, and allocating 10,000
+    of them would trigger collections that pause the reactor.
+
+    @param worker: the worker process serving it, with C{--workers}.
+    """
+    backend = session.backend_name
+    return (
+        f'{{"id":{number},"kind":{_quote(session.kind)},"peer":{_quote(session.peer)},'
+        f'"backend":{"null" if backend is None else _quote(backend)},'
+        f'"started":{float(session.started)!r},'
+        f'"bytes_in":{int(session.bytes_in)},"bytes_out":{int(session.bytes_out)}'
+        + ("}" if worker is None else f',"worker":{worker}}}')
+    )
+
+
+def gather_status(
+    state: AdminState, limit: int | None
+) -> Deferred[tuple[dict[str, Any], list[str]]]:
+    """
+    With worker processes: the status document of the whole gateway (without
+    its C{sessions}) and the sessions' JSON texts, oldest first.
+
+    The acceptor's own counters (admission) are added to each worker's
+    (sessions, bytes, backends' counts); the backends' states are the
+    acceptor's (it runs the health checks).  A worker that does not answer
+    in time is listed with C{"responding": false} and its sessions are left out.
+    """
+    workers = state.workers
+    assert workers is not None
+
+    def merge(replies: list[dict[str, Any] | None]) -> tuple[dict[str, Any], list[str]]:
+        document = status(state, limit=0)
+        del document["sessions"]
+        counters = document["counters"]
+        counts: dict[str, list[int]] = {}
+        endpoints: dict[str, str] = {}
+        found: list[tuple[int, str]] = []
+        described = workers.describe()
+        for entry, reply in zip(described, replies, strict=True):
+            entry["responding"] = reply is not None
+            if reply is None:
+                entry["sessions"] = None
+                continue
+            entry["sessions"] = reply["live"]
+            theirs = reply["counters"]
+            for reason, count in theirs["refused"].items():
+                counters["refused"][reason] += count
+            for name in ("sessions", "active_sessions"):
+                for kind, count in theirs[name].items():
+                    counters[name][kind] += count
+            for name in ("bytes_in", "bytes_out", "backend_failures", "unserved", "key_fallbacks"):
+                counters[name] += theirs[name]
+            for name, (active, total, failures, endpoint) in reply["backends"].items():
+                sums = counts.setdefault(name, [0, 0, 0])
+                sums[0] += active
+                sums[1] += total
+                sums[2] += failures
+                endpoints[name] = endpoint
+            found.extend(reply["sessions"])
+        counters["lost"] = workers.lost
+        listed = set()
+        for backend in document["backends"]:
+            listed.add(backend["name"])
+            sums = counts.get(backend["name"], [0, 0, 0])
+            backend["active"], backend["total"], backend["failures"] = sums
+        for name, sums in counts.items():
+            if name not in listed and sums[0]:
+                # Removed here, still draining in a worker.
+                document["backends"].append(
+                    {
+                        "name": name,
+                        "endpoint": endpoints[name],
+                        "state": BackendState.DRAINING.value,
+                        "active": sums[0],
+                        "total": sums[1],
+                        "failures": sums[2],
+                        "weight": 0,
+                        "reason": "removed from the configuration",
+                    }
+                )
+        document["workers"] = described
+        found.sort()
+        if limit is not None:
+            found = found[:limit]
+        return document, [text for _, text in found]
+
+    return workers.status(limit).addCallback(merge)
