@@ -59,7 +59,8 @@ from gateway.ops.sampling import Sampler
 from gateway.pool.backends import Backend, BackendState, Pool
 
 if TYPE_CHECKING:
-    from gateway.process.workers import WorkerPool
+    from gateway.process.wire import StatusReply
+    from gateway.process.workerpool import WorkerPool
 
 __all__ = [
     "ACTIONS",
@@ -389,7 +390,7 @@ def gather_status(
     workers = state.workers
     assert workers is not None
 
-    def merge(replies: list[dict[str, Any] | None]) -> tuple[dict[str, Any], list[str]]:
+    def merge(replies: list[StatusReply | None]) -> tuple[dict[str, Any], list[str]]:
         document = status(state, limit=0)
         del document["sessions"]
         counters = document["counters"]
@@ -402,8 +403,8 @@ def gather_status(
             if reply is None:
                 entry["sessions"] = None
                 continue
-            entry["sessions"] = reply["live"]
-            theirs = reply["counters"]
+            entry["sessions"] = reply.live
+            theirs = reply.counters
             for reason, count in theirs["refused"].items():
                 counters["refused"][reason] += count
             for name in ("sessions", "active_sessions"):
@@ -411,13 +412,13 @@ def gather_status(
                     counters[name][kind] += count
             for name in ("bytes_in", "bytes_out", "backend_failures", "unserved", "key_fallbacks"):
                 counters[name] += theirs[name]
-            for name, (active, total, failures, endpoint) in reply["backends"].items():
+            for name, (active, total, failures, endpoint) in reply.backends.items():
                 sums = counts.setdefault(name, [0, 0, 0])
                 sums[0] += active
                 sums[1] += total
                 sums[2] += failures
                 endpoints[name] = endpoint
-            found.extend(reply["sessions"])
+            found.extend(reply.sessions)
         counters["lost"] = workers.lost
         listed = set()
         for backend in document["backends"]:

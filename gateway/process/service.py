@@ -64,6 +64,7 @@ from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.balance import make_balancer
 from gateway.pool.health import HealthCheck, HealthChecker
+from gateway.process.dispatch import Dispatcher, TLSRefusals
 from gateway.process.handover import (
     Handover,
     HandoverLostError,
@@ -71,7 +72,7 @@ from gateway.process.handover import (
     HandoverServer,
     take_over,
 )
-from gateway.process.workers import Dispatcher, TLSRefusals, WorkerPool
+from gateway.process.workerpool import WorkerPool
 from gateway.session.relay import CloseReason, GameSession
 
 __all__ = ["DemoBackends", "FrontListener", "GatewayService", "StartupError", "make_service"]
@@ -1009,7 +1010,7 @@ def make_service(
     @param rebuild: reads the configuration again (for SIGHUP).
     @param role: C{single} (one process does everything), C{acceptor} (it
         listens, admits, and hands connections to worker processes: see
-        L{gateway.process.workers}) or C{worker} (it serves what an acceptor hands
+        L{gateway.process.dispatch}) or C{worker} (it serves what an acceptor hands
         it: no fronts, admin endpoint, health checks nor access log file of
         its own).  By default, C{acceptor} if C{config.workers} is more than
         1, else C{single}.

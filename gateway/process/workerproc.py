@@ -1,7 +1,8 @@
 """
-A worker process of C{--workers N}: C{python -m gateway.process.worker INDEX}, started
-by the acceptor (L{gateway.process.workers}) with its control channel on descriptor 3
-and its handoff channel on descriptor 4.
+A worker process of C{--workers N}: C{python -m gateway.process.workerproc INDEX},
+started by the acceptor (L{gateway.process.supervisor}) with its control channel on
+descriptor 3 and its handoff channel on descriptor 4 (their messages:
+L{gateway.process.wire}).
 
 It builds the same gateway as a single process, without fronts, limits, health
 checks or admin endpoint (the acceptor has those), and serves the connections
@@ -20,10 +21,10 @@ and drains too if the acceptor goes away.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
@@ -48,7 +49,25 @@ from gateway.front.limits import Refusal
 from gateway.front.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
 from gateway.ops.access import ACCESS_ONLY
 from gateway.pool.backends import Backend, BackendState
-from gateway.process.workers import HANDOFF_MESSAGE, Adopting, Framed
+from gateway.process.wire import (
+    HANDOFF_MESSAGE,
+    Adopting,
+    BackendCounts,
+    BackendStateChange,
+    Configure,
+    Drain,
+    Draining,
+    Ended,
+    Framed,
+    LogEvent,
+    Message,
+    Op,
+    Passed,
+    Ready,
+    StatusReply,
+    StatusRequest,
+    decode,
+)
 from gateway.session.relay import LOCAL_ERRNOS
 
 _log = Logger()
@@ -76,10 +95,8 @@ class _Forward:
         """
         control = self.control
         if control is not None and control.transport is not None:
-            record = {key: value for key, value in event.items() if type(value) in _PLAIN}
-            record["log_level"] = "info"
-            record["text"] = ""
-            control.send({"op": "log", "event": record, "access_only": True})
+            fields = {key: value for key, value in event.items() if type(value) in _PLAIN}
+            control.send(LogEvent(level="info", text="", fields=fields, access_only=True))
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level")
@@ -95,13 +112,15 @@ class _Forward:
         # The text as this process would write it (Twisted's JSON form of an
         # event loses format specifications), and the plain fields, which
         # the access log reads.
-        record = {key: value for key, value in event.items() if type(value) in _PLAIN}
-        record["log_level"] = level.name if level is not None else "info"
-        record["text"] = formatEvent(event)
         failure = event.get("log_failure")
-        if failure is not None:
-            record["traceback"] = failure.getTraceback()
-        control.send({"op": "log", "event": record})
+        control.send(
+            LogEvent(
+                level=level.name if level is not None else "info",
+                text=formatEvent(event),
+                traceback=failure.getTraceback() if failure is not None else None,
+                fields={key: value for key, value in event.items() if type(value) in _PLAIN},
+            )
+        )
 
 
 _PLAIN = (str, int, float, bool, type(None))
@@ -122,7 +141,7 @@ class _Control(Framed):
         self.worker.forward.control = self
 
     @override
-    def message_received(self, message: dict[str, Any]) -> None:
+    def message_received(self, message: Message) -> None:
         self.worker.received(message)
 
     @override
@@ -184,7 +203,9 @@ class _Handoffs:
             try:
                 if flags & socket.MSG_TRUNC:
                     raise ValueError(f"a truncated handoff message ({len(data)} bytes)")
-                message = pickle.loads(data)
+                message = decode(data)
+                if not isinstance(message, Passed | Drain):
+                    raise ValueError(f"a {message.op.value} message on the handoff channel")
             except Exception as error:
                 # Never on a working acceptor; if it happens, this
                 # connection is lost, not the channel.
@@ -262,17 +283,26 @@ class Worker:
 
     # Control messages
 
-    def received(self, message: dict[str, Any]) -> None:
-        op = message.get("op")
-        if op == "config":
-            self._configure(message["config"])
-        elif op == "state":
-            self._set_state(message["backend"], message["state"], message["reason"])
-        elif op == "status":
-            self._status(message["n"], message["limit"])
-        elif op == "stop":
-            if self.service is not None:
-                self.service._stop_now("the acceptor stops at once")
+    def received(self, message: Message) -> None:
+        """
+        A message from the acceptor.
+        """
+        on_message = _ON_MESSAGE.get(message.op)
+        if on_message is not None:
+            on_message(self, message)
+
+    def _on_configure(self, message: Configure) -> None:
+        self._configure(message.config)
+
+    def _on_state(self, message: BackendStateChange) -> None:
+        self._set_state(message.backend, message.state, message.reason)
+
+    def _on_status(self, message: StatusRequest) -> None:
+        self._status(message.number, message.limit)
+
+    def _on_stop(self, message: Message) -> None:
+        if self.service is not None:
+            self.service._stop_now("the acceptor stops at once")
 
     def _configure(self, config: GatewayConfig) -> None:
         from gateway.process.service import _apply, make_service
@@ -292,7 +322,7 @@ class Worker:
         self.service.startService()
         assert self._handoffs is not None
         self.reactor.addReader(self._handoffs)
-        self._send({"op": "ready", "pid": os.getpid()})
+        self._send(Ready(os.getpid()))
         from gateway.process.uvloopreactor import reactor_name
 
         _log.info(
@@ -302,67 +332,66 @@ class Worker:
             reactor=reactor_name(self.reactor) or type(self.reactor).__name__,
         )
 
-    def _set_state(self, name: str, state: str, reason: str) -> None:
+    def _set_state(self, name: str, state: BackendState, reason: str) -> None:
         backend = self.service.pool.get(name) if self.service is not None else None
         if backend is None:
             return
         self._applying = True
         try:
-            self.service.pool.set_state(backend, BackendState(state), reason, log=False)
+            self.service.pool.set_state(backend, state, reason, log=False)
         finally:
             self._applying = False
 
     def _state_changed(self, backend: Backend) -> None:
         if not self._applying:
-            self._send(
-                {
-                    "op": "state",
-                    "backend": backend.name,
-                    "state": backend.state.value,
-                    "reason": backend.reason,
-                }
-            )
+            self._send(BackendStateChange(backend.name, backend.state, backend.reason))
 
     def _status(self, number: int, limit: int | None) -> None:
         from gateway.ops.admin import AdminState, session_json, status
 
         service = self.service
-        reply: dict[str, Any] = {"op": "status", "n": number}
-        if service is not None:
-            state = AdminState(service.pool, service.registry, service.counters)
-            document = status(state, limit=0)
-            ids, sessions = service.registry.snapshot()
-            if limit is not None:
-                ids, sessions = ids[:limit], sessions[:limit]
-            reply["counters"] = document["counters"]
-            reply["backends"] = {
-                b.name: [b.active, b.total, b.failures, b.description]
-                for b in service.pool.backends
-            }
-            reply["sessions"] = [
-                (n, session_json(n, s, self.index)) for n, s in zip(ids, sessions, strict=True)
-            ]
-            reply["live"] = len(service.registry)
-        self._send(reply)
+        if service is None:
+            # Never asked: the acceptor asks only a worker that said it is
+            # ready, which it says once configured.
+            return
+        state = AdminState(service.pool, service.registry, service.counters)
+        document = status(state, limit=0)
+        ids, sessions = service.registry.snapshot()
+        if limit is not None:
+            ids, sessions = ids[:limit], sessions[:limit]
+        self._send(
+            StatusReply(
+                number=number,
+                live=len(service.registry),
+                counters=document["counters"],
+                backends={
+                    b.name: BackendCounts(b.active, b.total, b.failures, b.description)
+                    for b in service.pool.backends
+                },
+                sessions=tuple(
+                    (n, session_json(n, s, self.index)) for n, s in zip(ids, sessions, strict=True)
+                ),
+            )
+        )
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: Message) -> None:
         if self.control is not None:
             self.control.send(message)
 
     # Connections
 
-    def handoff(self, message: dict[str, Any], fds: list[int], dropped: bool = False) -> None:
+    def handoff(self, message: Passed | Drain, fds: list[int], dropped: bool = False) -> None:
         """
         A connection from the acceptor (or its last message, when draining).
 
         @param dropped: whether its descriptor was dropped for want of room
             in this process's descriptor table.
         """
-        if message.get("op") == "drain":
+        if isinstance(message, Drain):
             self.handoffs_ended()
             self._stop_reactor()
             return
-        number = message["id"]
+        number = message.number
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -372,7 +401,7 @@ class Worker:
             return
         fd = fds[0]
         try:
-            self._adopt(fd, number, message["front"], message["data"])
+            self._adopt(fd, number, message.front, message.data)
         except OSError as error:
             self.ended(number)
             if error.errno in LOCAL_ERRNOS:
@@ -432,7 +461,7 @@ class Worker:
     def _flush_ended(self) -> None:
         ended, self._ended = self._ended, []
         if ended:
-            self._send({"op": "end", "ids": ended})
+            self._send(Ended(tuple(ended)))
 
     # Stopping
 
@@ -464,7 +493,7 @@ class Worker:
     def _drain(self) -> Deferred[None] | None:
         if self.service is None or self._stopping is not None:
             return self._stopping
-        self._send({"op": "draining"})
+        self._send(Draining())
         self._stopping = self.service.stopService()
         self._stopping.addCallback(lambda _: self._close_control())
         return self._stopping
@@ -540,6 +569,15 @@ class _NumberedFactories:
             return factory
 
         return build
+
+
+_ON_MESSAGE: dict[Op, Callable[[Worker, Any], None]] = {
+    Op.CONFIGURE: Worker._on_configure,
+    Op.BACKEND_STATE: Worker._on_state,
+    Op.STATUS_REQUEST: Worker._on_status,
+    Op.STOP: Worker._on_stop,
+}
+"""What a worker does with each message from the acceptor."""
 
 
 def main(argv: list[str]) -> int:
