@@ -1,9 +1,10 @@
 """
 Unit tests of the acceptor's side of C{--workers} (L{gateway.process.dispatch},
-L{gateway.process.supervisor}, L{gateway.process.handoffs}, L{gateway.process.workerpool},
-L{gateway.process.wire}): the
-control channel's framing, the worker configuration, backend states from
-workers, and passing connections to workers over a real socket pair.
+L{gateway.process.supervisor}, L{gateway.process.control},
+L{gateway.process.handoffs}, L{gateway.process.workerpool},
+L{gateway.process.wire}): the control channel's framing, the worker
+configuration, backend states from workers, and passing connections to
+workers over a real socket pair.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, S
 
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.process.control import ControlChannel
 from gateway.process.dispatch import Dispatcher, Handoff, worker_config
 from gateway.process.supervisor import WorkerProcess
 from gateway.process.wire import Ended, Framed, LogEvent, Message, Passed, Ready, decode
@@ -235,7 +237,7 @@ def test_connections_go_to_the_least_loaded_worker_with_their_bytes() -> None:
         clients.append((client, handoff, released))
     assert [len(numbers) for numbers in got.values()] == [2, 2]
     worker = workers.workers[0]
-    worker.received(Ended((got[1][0], 999)))
+    ControlChannel(worker).message_received(Ended((got[1][0], 999)))
     ended = [released for _, h, released in clients if h.number == got[1][0]]
     assert ended == [["released"]]
     assert [len(w.live) for w in workers.workers] == [1, 2]
@@ -386,8 +388,6 @@ def test_a_killed_worker_is_reported_in_its_real_state(
     from twisted.logger import LogLevel, formatEvent
     from twisted.python.failure import Failure
 
-    from gateway.process.supervisor import _Control
-
     workers, _ = make_pool(1)
     worker = workers.workers[0]
     victim = subprocess.Popen(["sleep", "30"])
@@ -395,7 +395,7 @@ def test_a_killed_worker_is_reported_in_its_real_state(
         worker.pid = victim.pid
         worker.state = WorkerState.RUNNING
         worker.started_at = workers.clock.seconds()
-        control = _Control(worker)
+        control = ControlChannel(worker)
         control.makeConnection(StringTransport())
         victim.kill()
         victim.wait(timeout=10)
@@ -426,7 +426,7 @@ def test_a_worker_that_lost_its_control_channel_is_stopped(
     from twisted.logger import LogLevel, formatEvent
     from twisted.python.failure import Failure
 
-    from gateway.process.supervisor import CONTROL_GRACE, _Control
+    from gateway.process.supervisor import CONTROL_GRACE
 
     workers, _ = make_pool(1)
     worker = workers.workers[0]
@@ -434,7 +434,7 @@ def test_a_worker_that_lost_its_control_channel_is_stopped(
     try:
         worker.pid = orphan.pid
         worker.state = WorkerState.RUNNING
-        control = _Control(worker)
+        control = ControlChannel(worker)
         control.makeConnection(StringTransport())
         control.connectionLost(Failure(ConnectionDone()))
         workers.clock.advance(CONTROL_GRACE - 0.01)

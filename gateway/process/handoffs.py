@@ -64,7 +64,7 @@ class Receiver(Structural):
         A connection it will not get goes to another worker.
         """
 
-    def draining(self) -> bool:
+    def gateway_stopping(self) -> bool:
         """
         Whether the gateway drains (then the channel ends with L{Drain}).
         """
@@ -231,7 +231,7 @@ class HandoffChannel:
             if outcome is _Outcome.GONE:
                 self.receiver.pass_elsewhere(handoff)
         self._stop_waiting()
-        if self.receiver.draining() and not self._drain_sent:
+        if self.receiver.gateway_stopping() and not self._drain_sent:
             self.send_drain()
 
     def send_drain(self) -> None:

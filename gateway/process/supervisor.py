@@ -3,13 +3,18 @@ Every core in use (C{--workers N}): the acceptor's supervision of one worker
 process.
 
 A L{WorkerProcess} starts its worker (C{python -m gateway.process.workerproc
-INDEX}, L{gateway.process.workerproc}) with its two channels (see
-L{gateway.process.wire}), passes it connections over the handoff channel,
-answers its control messages, and restarts it when it dies, after a delay
-that L{RestartPolicy} decides; the connections it held are counted as lost
-and their slots freed, and connections not sent to it yet go to another
-worker (through the pool, L{gateway.process.workerpool}).  The other workers'
-sessions are never touched.  Its life is a L{WorkerState}.
+INDEX}, L{gateway.process.workerproc}) with two socket pairs as its
+descriptors 3 and 4: the control channel (its acceptor's end is a
+L{gateway.process.control.ControlChannel}) and the handoff channel (a
+L{gateway.process.handoffs.HandoffChannel}); the messages are those of
+L{gateway.process.wire}.  It sends the worker its configuration and the
+backends' states, asks it for its status, holds the connections it was
+passed until it reports their end, and restarts it when it dies, after a
+delay that a L{RestartPolicy} decides; the connections it held are counted
+as lost and their slots freed, and connections not sent to it yet go to
+another worker (through the pool, L{gateway.process.workerpool}).  The
+other workers' sessions are never touched.  Its life is a L{WorkerState},
+changed in L{WorkerProcess.enter} only.
 """
 
 from __future__ import annotations
@@ -18,22 +23,21 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from typing import Any
 from typing import Protocol as Structural
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ProcessTerminated
+from twisted.internet.error import ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
 import gateway
 from gateway.config import GatewayConfig
-from gateway.ops.access import ACCESS_ONLY
 from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.process.control import ControlChannel
 from gateway.process.dispatch import Handoff
 from gateway.process.handoffs import HandoffChannel
 from gateway.process.wire import (
@@ -41,12 +45,7 @@ from gateway.process.wire import (
     Adopting,
     BackendStateChange,
     Configure,
-    Ended,
-    Framed,
-    LogEvent,
     Message,
-    Op,
-    Ready,
     StatusReply,
     StatusRequest,
     Stop,
@@ -118,36 +117,6 @@ class WorkerHost(Structural):
         """
 
 
-class _Control(Framed):
-    """
-    The acceptor's end of a worker's control channel.
-    """
-
-    def __init__(self, worker: WorkerProcess) -> None:
-        super().__init__()
-        self.worker = worker
-
-    @override
-    def connectionMade(self) -> None:
-        self.worker.control = self
-        self.worker.send_config()
-
-    @override
-    def message_received(self, message: Message) -> None:
-        self.worker.received(message)
-
-    @override
-    def too_long(self, length: int) -> None:
-        self.worker.control_too_long(length)
-        super().too_long(length)
-
-    @override
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        if self.worker.control is self:
-            self.worker.control = None
-            self.worker.control_lost()
-
-
 def _command(index: int, reactor: Any) -> list[str]:
     """
     The command line of worker C{index}: the worker process's module, and
@@ -192,21 +161,6 @@ def _how_it_ended(reason: Failure) -> str:
     return "exited with status 0"
 
 
-def _reemit(message: LogEvent, index: int) -> None:
-    """
-    Write a worker's log event with the acceptor's (to the access log only,
-    for an access event kept out of the main log).
-    """
-    event = dict(message.fields)
-    text = message.text
-    event["log_level"] = LogLevel.levelWithName(message.level)
-    event["log_format"] = "{log_text}"
-    event["log_text"] = text if message.traceback is None else f"{text}\n{message.traceback}"
-    event["log_system"] = f"worker {index}"
-    event["log_worker"] = index
-    (ACCESS_ONLY if message.access_only else globalLogPublisher)(event)
-
-
 class WorkerProcess(ProcessProtocol):
     """
     One worker: its process, its two channels and the connections it holds.
@@ -232,7 +186,7 @@ class WorkerProcess(ProcessProtocol):
         self.live: dict[int, Handoff] = {}
         self.restarts = 0
         self.lost = 0
-        self.control: _Control | None = None
+        self.control: ControlChannel | None = None
         self.channel = HandoffChannel(self, pool.clock)
         self.started_at = 0.0
         self.policy = RestartPolicy()
@@ -290,7 +244,7 @@ class WorkerProcess(ProcessProtocol):
             handoff_there.close()
         control_here.setblocking(False)
         reactor.adoptStreamConnection(
-            control_here.fileno(), socket.AF_UNIX, Adopting(_Control(self))
+            control_here.fileno(), socket.AF_UNIX, Adopting(ControlChannel(self))
         )
         control_here.close()  # adopted as a copy
 
@@ -323,7 +277,14 @@ class WorkerProcess(ProcessProtocol):
             length=length,
         )
 
-    def control_lost(self) -> None:
+    def control_made(self, channel: ControlChannel) -> None:
+        """
+        The control channel is up: send the configuration.
+        """
+        self.control = channel
+        self.send_config()
+
+    def control_lost(self, channel: ControlChannel) -> None:
         """
         The control channel closed: the process ended (finish), or is ending
         (a process that dies closes its channel before the acceptor hears of
@@ -331,6 +292,9 @@ class WorkerProcess(ProcessProtocol):
         bug): then, if it has not ended within L{CONTROL_GRACE} seconds, it
         is told to drain and leave.
         """
+        if self.control is not channel:
+            return
+        self.control = None
         if self._ended_reason is not None:
             self._finish()
         elif self.pid is not None and not self.pool.stopping and self._orphan_call is None:
@@ -481,28 +445,25 @@ class WorkerProcess(ProcessProtocol):
         """
         self._send_control(BackendStateChange(backend.name, backend.state, backend.reason))
 
-    def received(self, message: Message) -> None:
+    def ended(self, numbers: tuple[int, ...]) -> None:
         """
-        A message from the worker.
+        Connections ended in the worker: free their slots.
         """
-        on_message = _ON_MESSAGE.get(message.op)
-        if on_message is not None:
-            on_message(self, message)
-
-    def _on_ended(self, message: Ended) -> None:
-        for number in message.numbers:
+        for number in numbers:
             handoff = self.live.pop(number, None)
             if handoff is not None:
                 handoff.end()
 
-    def _on_log(self, message: LogEvent) -> None:
-        _reemit(message, self.index)
-
-    def _on_draining(self, message: Message) -> None:
-        # It drains on its own (a SIGTERM sent to it): it takes nothing more.
+    def drains_on_its_own(self) -> None:
+        """
+        It drains on its own (a SIGTERM sent to it): it takes nothing more.
+        """
         self.enter(WorkerState.DRAINING)
 
-    def _on_ready(self, message: Ready) -> None:
+    def ready(self) -> None:
+        """
+        It is configured and takes connections.
+        """
         if self._ready_call is not None and self._ready_call.active():
             self._ready_call.cancel()
         self._ready_call = None
@@ -510,11 +471,17 @@ class WorkerProcess(ProcessProtocol):
         self.policy.ready(restarted=self.restarts > 0)
         self.pool.worker_ready(self)
 
-    def _on_state(self, message: BackendStateChange) -> None:
-        self.pool.worker_state(message.backend, message.state, message.reason)
+    def backend_changed(self, name: str, state: BackendState, reason: str) -> None:
+        """
+        It changed a backend's state: the pool decides.
+        """
+        self.pool.worker_state(name, state, reason)
 
-    def _on_status(self, message: StatusReply) -> None:
-        self._status_reply(message.number, message)
+    def status_received(self, reply: StatusReply) -> None:
+        """
+        It answered a status request.
+        """
+        self._status_reply(reply.number, reply)
 
     def status(self, limit: int | None) -> Deferred[StatusReply | None]:
         """
@@ -570,7 +537,7 @@ class WorkerProcess(ProcessProtocol):
         handoff.worker = None
         self.pool.dispatch(handoff)
 
-    def draining(self) -> bool:
+    def gateway_stopping(self) -> bool:
         """
         Whether the gateway drains.
         """
@@ -607,14 +574,3 @@ class WorkerProcess(ProcessProtocol):
             "restarts": self.restarts,
             "lost": self.lost,
         }
-
-
-_ON_MESSAGE: dict[Op, Callable[[WorkerProcess, Any], None]] = {
-    Op.ENDED: WorkerProcess._on_ended,
-    Op.LOG_EVENT: WorkerProcess._on_log,
-    Op.DRAINING: WorkerProcess._on_draining,
-    Op.READY: WorkerProcess._on_ready,
-    Op.BACKEND_STATE: WorkerProcess._on_state,
-    Op.STATUS_REPLY: WorkerProcess._on_status,
-}
-"""What the acceptor does with each message a worker sends."""

@@ -35,9 +35,9 @@ KILL_GRACE = 5.0
 
 class WorkerPool(Service):
     """
-    The acceptor's workers: starts them, passes them connections (the
-    least-loaded running one gets the next), restarts those that die and
-    tells them what changes.
+    The acceptor's workers: starts them (each L{WorkerProcess} restarts its
+    own when it dies), passes them connections (the least-loaded running one
+    gets the next) and tells them what changes.
 
     @ivar clock: the reactor (time, processes, descriptors).
     @ivar backends: the acceptor's pool, whose states the workers follow.
@@ -66,7 +66,6 @@ class WorkerPool(Service):
         self.stopping = False
         self._number = 0
         self._waiting: deque[Handoff] = deque()
-        self._applying = False
         backends.observers.append(self._state_changed)
 
     def next_number(self) -> int:
