@@ -31,12 +31,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IProtocol, IReadDescriptor
 from twisted.internet.protocol import Factory
 from twisted.logger import (
-    FileLogObserver,
     ILogObserver,
     Logger,
-    LogLevel,
-    formatEvent,
-    formatEventAsClassicLogText,
     globalLogBeginner,
 )
 from twisted.python.failure import Failure
@@ -59,7 +55,6 @@ from gateway.process.wire import (
     Draining,
     Ended,
     Framed,
-    LogEvent,
     Message,
     Op,
     Passed,
@@ -68,62 +63,13 @@ from gateway.process.wire import (
     StatusRequest,
     decode,
 )
+from gateway.process.workerlog import LogForwarder
 from gateway.session.relay import LOCAL_ERRNOS
 
 _log = Logger()
 
 CONTROL_FD = 3
 HANDOFF_FD = 4
-
-
-@implementer(ILogObserver)
-class _Forward:
-    """
-    Sends log events (info and above) to the acceptor; before the channel
-    is up, or after it is gone, writes them to standard error.
-    """
-
-    def __init__(self) -> None:
-        self.control: _Control | None = None
-        self.finished = False
-        self._stderr = FileLogObserver(sys.stderr, formatEventAsClassicLogText)
-
-    def access_only(self, event: dict[str, Any]) -> None:
-        """
-        An access event kept out of the main log (--access-log-only): to the
-        acceptor's access log file only, without its text.
-        """
-        control = self.control
-        if control is not None and control.transport is not None:
-            fields = {key: value for key, value in event.items() if type(value) in _PLAIN}
-            control.send(LogEvent(level="info", text="", fields=fields, access_only=True))
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        level = event.get("log_level")
-        least = LogLevel.warn if self.finished else LogLevel.info
-        if level is not None and level < least:
-            # Once drained and disconnected, only problems are worth stderr
-            # (not the reactor's "Main loop terminated").
-            return
-        control = self.control
-        if control is None or control.transport is None:
-            self._stderr(event)
-            return
-        # The text as this process would write it (Twisted's JSON form of an
-        # event loses format specifications), and the plain fields, which
-        # the access log reads.
-        failure = event.get("log_failure")
-        control.send(
-            LogEvent(
-                level=level.name if level is not None else "info",
-                text=formatEvent(event),
-                traceback=failure.getTraceback() if failure is not None else None,
-                fields={key: value for key, value in event.items() if type(value) in _PLAIN},
-            )
-        )
-
-
-_PLAIN = (str, int, float, bool, type(None))
 
 
 class _Control(Framed):
@@ -257,7 +203,7 @@ class Worker:
     the connections it serves.
     """
 
-    def __init__(self, index: int, reactor: Any, forward: _Forward) -> None:
+    def __init__(self, index: int, reactor: Any, forward: LogForwarder) -> None:
         self.index = index
         self.reactor = reactor
         self.forward = forward
@@ -270,6 +216,10 @@ class Worker:
         self._stopping: Deferred[None] | None = None
 
     def start(self) -> None:
+        """
+        Adopt the control channel (descriptor 3) and the handoff channel
+        (descriptor 4, read once configured); drain before the reactor stops.
+        """
         control = socket.socket(fileno=CONTROL_FD)
         control.setblocking(False)
         self.reactor.adoptStreamConnection(
@@ -472,12 +422,20 @@ class Worker:
         return self._handoffs is reader
 
     def handoffs_ended(self) -> None:
+        """
+        The handoff channel ended (the drain marker, or the acceptor's end
+        closed): stop reading it.
+        """
         if self._handoffs is not None:
             self.reactor.removeReader(self._handoffs)
             self._handoffs.sock.close()
             self._handoffs = None
 
     def acceptor_gone(self) -> None:
+        """
+        The control channel closed: the acceptor is gone (or done): drain
+        and exit.
+        """
         self.control = None
         self.forward.control = None
         self._stop_reactor()
@@ -581,6 +539,12 @@ _ON_MESSAGE: dict[Op, Callable[[Worker, Any], None]] = {
 
 
 def main(argv: list[str]) -> int:
+    """
+    Run worker C{argv[1]} (on the reactor named by C{argv[2]}, if given)
+    until it has drained.
+
+    @return: the exit status.
+    """
     index = int(argv[1]) if len(argv) > 1 else 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -591,7 +555,7 @@ def main(argv: list[str]) -> int:
         installReactor(argv[2])
     from twisted.internet import reactor
 
-    forward = _Forward()
+    forward = LogForwarder()
     globalLogBeginner.beginLoggingTo([forward], redirectStandardIO=False)
     ACCESS_ONLY.addObserver(cast(ILogObserver, forward.access_only))
     worker = Worker(index, reactor, forward)
