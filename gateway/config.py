@@ -131,7 +131,7 @@ class GatewayConfig:
     @ivar workers: worker processes (1: the gateway is one process).  With
         more, this process is the acceptor: it listens, applies the limits
         and hands each admitted connection to the least-loaded worker (see
-        L{gateway.process.workers}).
+        L{gateway.process.dispatch}).
     @ivar handover: the UNIX socket path for handing the listening sockets
         over to a new gateway process (and taking them over at start).
     @ivar config_file: the TOML file the settings were read from, if any

@@ -28,6 +28,7 @@ from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, SessionRegistry
 from gateway.ops.status import AdminState, status
 from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.process.wire import StatusReply
 from tests.test_admin import FakeSession
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -596,9 +597,9 @@ class _SilentWorkers:
     lost = 0
 
     def __init__(self) -> None:
-        self.asked: list[Deferred[list[dict[str, Any] | None]]] = []
+        self.asked: list[Deferred[list[StatusReply | None]]] = []
 
-    def status(self, limit: int | None) -> Deferred[list[dict[str, Any] | None]]:
+    def status(self, limit: int | None) -> Deferred[list[StatusReply | None]]:
         """
         A reply the test fires.
         """

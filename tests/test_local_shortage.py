@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import resource
 import socket
 from types import SimpleNamespace
@@ -366,9 +365,9 @@ class Channel:
     """
 
     def __init__(self) -> None:
-        self.sent: list[dict[str, object]] = []
+        self.sent: list[object] = []
 
-    def send(self, message: dict[str, object]) -> None:
+    def send(self, message: object) -> None:
         self.sent.append(message)
 
 
@@ -382,12 +381,13 @@ def test_a_worker_without_a_free_descriptor_refuses_the_connection(
     acceptor it ended (which frees its slots there) and counts a
     C{local-resources} refusal, logging no error.
     """
-    from gateway.process.worker import Worker, _Handoffs
+    from gateway.process.wire import Ended, Passed, encode
+    from gateway.process.workerproc import Worker, _Handoffs
 
     acceptor_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     client, served = socket.socketpair()
     try:
-        header = pickle.dumps({"id": 7, "front": 0, "data": b""})
+        header = encode(Passed(number=7, front=0, data=b""))
         socket.send_fds(acceptor_end, [header], [served.fileno()])
         served.close()
         worker_end.setblocking(False)
@@ -408,7 +408,7 @@ def test_a_worker_without_a_free_descriptor_refuses_the_connection(
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         reactor.advance(0)
-        assert channel.sent == [{"op": "end", "ids": [7]}]
+        assert channel.sent == [Ended((7,))]
         assert counters.refused[Refusal.LOCAL_RESOURCES] == 1
         client.settimeout(10)
         assert client.recv(1) == b""

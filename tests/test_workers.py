@@ -1,6 +1,6 @@
 """
 C{--workers N}: an acceptor process admits connections and hands them to
-worker processes (see L{gateway.process.workers}).  End-to-end tests on a real
+worker processes (see L{gateway.process.workerpool}).  End-to-end tests on a real
 C{twistd -n gateway} with real worker processes, and the option's checks.
 """
 

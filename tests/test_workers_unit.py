@@ -1,12 +1,14 @@
 """
-Unit tests of the acceptor's side of C{--workers} (L{gateway.process.workers}): the
-control channel's framing, the worker configuration, backend states from
-workers, and passing connections to workers over a real socket pair.
+Unit tests of the acceptor's side of C{--workers} (L{gateway.process.dispatch},
+L{gateway.process.supervisor}, L{gateway.process.control},
+L{gateway.process.handoffs}, L{gateway.process.workerpool},
+L{gateway.process.wire}): the control channel's framing, the worker
+configuration, backend states from workers, and passing connections to
+workers over a real socket pair.
 """
 
 from __future__ import annotations
 
-import pickle
 import signal
 import socket
 import subprocess
@@ -19,19 +21,24 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, S
 
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.pool.backends import Backend, BackendState, Pool
-from gateway.process.workers import Dispatcher, Framed, Handoff, WorkerPool, worker_config
+from gateway.process.control import ControlChannel
+from gateway.process.dispatch import Dispatcher, Handoff, worker_config
+from gateway.process.supervisor import WorkerProcess
+from gateway.process.wire import Ended, Framed, LogEvent, Message, Passed, Ready, decode
+from gateway.process.workerpool import WorkerPool
+from gateway.process.workerstate import WorkerState
 
 
 class Collect(Framed):
     def __init__(self) -> None:
         super().__init__()
-        self.messages: list[dict[str, Any]] = []
+        self.messages: list[Message] = []
 
-    def message_received(self, message: dict[str, Any]) -> None:
+    def message_received(self, message: Message) -> None:
         self.messages.append(message)
 
 
-def frames(messages: list[dict[str, Any]]) -> bytes:
+def frames(messages: list[Message]) -> bytes:
     sender = Collect()
     transport = StringTransport()
     sender.makeConnection(transport)
@@ -41,17 +48,26 @@ def frames(messages: list[dict[str, Any]]) -> bytes:
 
 
 messages_strategy = st.lists(
-    st.dictionaries(
-        st.text(max_size=5),
-        st.one_of(st.integers(), st.binary(max_size=300), st.text(max_size=20), st.none()),
-        max_size=4,
+    st.one_of(
+        st.builds(
+            LogEvent,
+            level=st.text(max_size=5),
+            text=st.text(max_size=20),
+            fields=st.dictionaries(
+                st.text(max_size=5),
+                st.one_of(st.integers(), st.binary(max_size=300), st.text(max_size=20), st.none()),
+                max_size=4,
+            ),
+        ),
+        st.builds(Ended, numbers=st.lists(st.integers(), max_size=4).map(tuple)),
+        st.builds(Ready, pid=st.integers()),
     ),
     max_size=6,
 )
 
 
 @given(messages_strategy, st.lists(st.integers(min_value=0, max_value=5000), max_size=12))
-def test_framing_survives_any_split(messages: list[dict[str, Any]], cuts: list[int]) -> None:
+def test_framing_survives_any_split(messages: list[Message], cuts: list[int]) -> None:
     """
     Messages come out whole and in order however the stream is cut.
     """
@@ -109,6 +125,10 @@ def state_of(backend: Backend) -> BackendState:
     return backend.state
 
 
+def life_of(worker: WorkerProcess) -> WorkerState:
+    return worker.state
+
+
 def test_a_worker_only_marks_an_up_backend_down() -> None:
     """
     A worker's report is about failed connections: it marks an up backend
@@ -118,15 +138,15 @@ def test_a_worker_only_marks_an_up_backend_down() -> None:
     workers, backends = make_pool()
     backend = backends.get("a")
     assert backend is not None
-    workers.worker_state("a", "down", "3 connection attempts failed in a row")
+    workers.worker_state("a", BackendState.DOWN, "3 connection attempts failed in a row")
     assert state_of(backend) is BackendState.DOWN
     assert backend.reason == "in a worker: 3 connection attempts failed in a row"
-    workers.worker_state("a", "up", "?")
+    workers.worker_state("a", BackendState.UP, "?")
     assert state_of(backend) is BackendState.DOWN
     backends.set_state(backend, BackendState.DRAINING, "operator")
-    workers.worker_state("a", "down", "stale")
+    workers.worker_state("a", BackendState.DOWN, "stale")
     assert state_of(backend) is BackendState.DRAINING
-    workers.worker_state("nobody", "down", "unknown backend")
+    workers.worker_state("nobody", BackendState.DOWN, "unknown backend")
 
 
 class FakeRaw:
@@ -177,14 +197,16 @@ def running_worker(workers: WorkerPool, index: int) -> socket.socket:
     worker = workers.workers[index - 1]
     here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     here.setblocking(False)
-    worker.handoff = here
-    worker.state = "running"
+    worker.channel.open(here)
+    worker.state = WorkerState.RUNNING
     return there
 
 
-def receive(end: socket.socket) -> tuple[dict[str, Any], list[int]]:
+def receive(end: socket.socket) -> tuple[Passed, list[int]]:
     data, fds, _flags, _address = socket.recv_fds(end, 1 << 18, 4)
-    return pickle.loads(data), fds
+    message = decode(data)
+    assert isinstance(message, Passed)
+    return message, fds
 
 
 def test_connections_go_to_the_least_loaded_worker_with_their_bytes() -> None:
@@ -206,7 +228,7 @@ def test_connections_go_to_the_least_loaded_worker_with_their_bytes() -> None:
         assert released == []
         assert handoff.worker is not None
         message, fds = receive(ends[handoff.worker.index])
-        assert message == {"id": handoff.number, "front": 0, "data": b"first bytes %d" % number}
+        assert message == Passed(number=handoff.number, front=0, data=b"first bytes %d" % number)
         passed = socket.socket(fileno=fds[0])
         client.sendall(b"hello")
         assert passed.recv(5) == b"hello"
@@ -215,7 +237,7 @@ def test_connections_go_to_the_least_loaded_worker_with_their_bytes() -> None:
         clients.append((client, handoff, released))
     assert [len(numbers) for numbers in got.values()] == [2, 2]
     worker = workers.workers[0]
-    worker.received({"op": "end", "ids": [got[1][0], 999]})
+    ControlChannel(worker).message_received(Ended((got[1][0], 999)))
     ended = [released for _, h, released in clients if h.number == got[1][0]]
     assert ended == [["released"]]
     assert [len(w.live) for w in workers.workers] == [1, 2]
@@ -236,7 +258,7 @@ def test_connections_wait_for_a_running_worker_and_close_in_a_drain() -> None:
     end = running_worker(workers, 1)
     workers.worker_ready(workers.workers[0])
     message, fds = receive(end)
-    assert message["id"] == handoff.number
+    assert message.number == handoff.number
     for fd in fds:
         socket.socket(fileno=fd).close()
     workers.stopping = True
@@ -256,12 +278,12 @@ def test_a_full_channel_queues_connections_in_order() -> None:
     workers, _ = make_pool(1)
     end = running_worker(workers, 1)
     worker = workers.workers[0]
-    assert worker.handoff is not None
-    worker.handoff.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    assert worker.channel.sock is not None
+    worker.channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     reactor = workers.clock
     sent = []
     clients = []
-    while not worker.backlog:
+    while not worker.channel.backlog:
         handoff, client, _ = admitted(workers)
         handoff.received.append(b"x" * 2000)
         workers.dispatch(handoff)
@@ -273,21 +295,21 @@ def test_a_full_channel_queues_connections_in_order() -> None:
         workers.dispatch(handoff)
         sent.append(handoff.number)
         clients.append(client)
-    assert len(worker.backlog) == 4
+    assert len(worker.channel.backlog) == 4
     assert reactor.getWriters()
     got: list[int] = []
     while len(got) < len(sent):
         try:
             message, fds = receive(end)
         except BlockingIOError:
-            worker.flush()
+            worker.channel.flush()
             continue
-        got.append(message["id"])
+        got.append(message.number)
         for fd in fds:
             socket.socket(fileno=fd).close()
         end.setblocking(False)
     assert got == sent
-    assert not worker.backlog and not reactor.getWriters()
+    assert not worker.channel.backlog and not reactor.getWriters()
     for client in clients:
         client.close()
 
@@ -313,7 +335,7 @@ def test_a_worker_that_keeps_dying_young_waits_longer_each_time() -> None:
             failing[0] = False
             raise OSError(24, "Too many open files")
         starts.append(clock.seconds())
-        worker.state = "running"
+        worker.state = WorkerState.RUNNING
         worker.pid = 4242
         worker.started_at = clock.seconds()
 
@@ -329,7 +351,7 @@ def test_a_worker_that_keeps_dying_young_waits_longer_each_time() -> None:
     clock.advance(30)  # a long life first
     die()
     assert released == ["released"] and worker.lost == 1 and workers.lost == 1
-    assert worker.state == "restarting"
+    assert life_of(worker) is WorkerState.RESTARTING
     clock.advance(0.19)
     assert len(starts) == 1
     clock.advance(0.01)
@@ -347,9 +369,9 @@ def test_a_worker_that_keeps_dying_young_waits_longer_each_time() -> None:
     failing[0] = True
     die()
     clock.advance(10.0)  # the start fails: tried again later
-    assert worker.state == "restarting" and len(starts) == 9
+    assert life_of(worker) is WorkerState.RESTARTING and len(starts) == 9
     clock.advance(10.0)
-    assert len(starts) == 10 and worker.state == "running"
+    assert len(starts) == 10 and life_of(worker) is WorkerState.RUNNING
     client.close()
 
 
@@ -366,23 +388,21 @@ def test_a_killed_worker_is_reported_in_its_real_state(
     from twisted.logger import LogLevel, formatEvent
     from twisted.python.failure import Failure
 
-    from gateway.process.workers import _Control
-
     workers, _ = make_pool(1)
     worker = workers.workers[0]
     victim = subprocess.Popen(["sleep", "30"])
     try:
         worker.pid = victim.pid
-        worker.state = "running"
+        worker.state = WorkerState.RUNNING
         worker.started_at = workers.clock.seconds()
-        control = _Control(worker)
+        control = ControlChannel(worker)
         control.makeConnection(StringTransport())
         victim.kill()
         victim.wait(timeout=10)
         control.connectionLost(Failure(ConnectionDone()))
-        assert worker.state == "running"
+        assert life_of(worker) is WorkerState.RUNNING
         worker.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
-        assert worker.state == "restarting"
+        assert life_of(worker) is WorkerState.RESTARTING
     finally:
         if victim.poll() is None:
             victim.kill()
@@ -406,21 +426,21 @@ def test_a_worker_that_lost_its_control_channel_is_stopped(
     from twisted.logger import LogLevel, formatEvent
     from twisted.python.failure import Failure
 
-    from gateway.process.workers import CONTROL_GRACE, _Control
+    from gateway.process.supervisor import CONTROL_GRACE
 
     workers, _ = make_pool(1)
     worker = workers.workers[0]
     orphan = subprocess.Popen(["sleep", "30"])
     try:
         worker.pid = orphan.pid
-        worker.state = "running"
-        control = _Control(worker)
+        worker.state = WorkerState.RUNNING
+        control = ControlChannel(worker)
         control.makeConnection(StringTransport())
         control.connectionLost(Failure(ConnectionDone()))
         workers.clock.advance(CONTROL_GRACE - 0.01)
-        assert worker.state == "running" and orphan.poll() is None
+        assert life_of(worker) is WorkerState.RUNNING and orphan.poll() is None
         workers.clock.advance(0.01)
-        assert worker.state == "draining"
+        assert life_of(worker) is WorkerState.DRAINING
         assert orphan.wait(timeout=10) == -signal.SIGTERM
         worker.processEnded(Failure(ProcessTerminated(signal=signal.SIGTERM)))
     finally:

@@ -8,7 +8,7 @@ where this process speaks it.  The admission factories (total cap, address
 gate) and the end of the chain (the front door, or the hand-off to a worker)
 differ by role and are given by the caller: see L{gateway.process.assemble}
 (one process, or the acceptor of C{--workers}) and
-L{gateway.process.worker} (a worker adopting an admitted connection).
+L{gateway.process.workerproc} (a worker adopting an admitted connection).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from gateway.front.limits import Refusal
 from gateway.ops.registry import Counters, LiveSession, SessionRegistry
 from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.process.wire import StatusReply
 
 __all__ = [
     "SESSION_KINDS",
@@ -42,7 +43,7 @@ SESSION_KINDS = ("game", "http")
 class WorkerProcesses(Protocol):
     """
     What the status document needs from the worker processes
-    (L{gateway.process.workers.WorkerPool}).  A structural type, so that
+    (L{gateway.process.workerpool.WorkerPool}).  A structural type, so that
     this module does not import the process side, which imports the admin
     endpoint.
     """
@@ -53,7 +54,7 @@ class WorkerProcesses(Protocol):
         Connections lost with worker processes that died.
         """
 
-    def status(self, limit: int | None) -> Deferred[list[dict[str, Any] | None]]:
+    def status(self, limit: int | None) -> Deferred[list[StatusReply | None]]:
         """
         Every running worker's status reply (L{None} for one that did not answer).
         """
@@ -211,7 +212,7 @@ def gather_status(
     workers = state.workers
     assert workers is not None
 
-    def merge(replies: list[dict[str, Any] | None]) -> tuple[dict[str, Any], list[str]]:
+    def merge(replies: list[StatusReply | None]) -> tuple[dict[str, Any], list[str]]:
         document = status(state, limit=0)
         del document["sessions"]
         counters = document["counters"]
@@ -224,8 +225,8 @@ def gather_status(
             if reply is None:
                 entry["sessions"] = None
                 continue
-            entry["sessions"] = reply["live"]
-            theirs = reply["counters"]
+            entry["sessions"] = reply.live
+            theirs = reply.counters
             for reason, count in theirs["refused"].items():
                 counters["refused"][reason] += count
             for name in ("sessions", "active_sessions"):
@@ -233,13 +234,13 @@ def gather_status(
                     counters[name][kind] += count
             for name in ("bytes_in", "bytes_out", "backend_failures", "unserved", "key_fallbacks"):
                 counters[name] += theirs[name]
-            for name, (active, total, failures, endpoint) in reply["backends"].items():
+            for name, (active, total, failures, endpoint) in reply.backends.items():
                 sums = counts.setdefault(name, [0, 0, 0])
                 sums[0] += active
                 sums[1] += total
                 sums[2] += failures
                 endpoints[name] = endpoint
-            found.extend(reply["sessions"])
+            found.extend(reply.sessions)
         counters["lost"] = workers.lost
         listed = set()
         for backend in document["backends"]:

@@ -9,7 +9,7 @@ fetched here, lazily, and passed down; no other module imports it.
 
 A process has one of three roles: C{single} (one process does everything),
 C{acceptor} (it listens, admits, and hands connections to worker processes:
-see L{gateway.process.workers}) or C{worker} (it serves what an acceptor
+see L{gateway.process.workerpool}) or C{worker} (it serves what an acceptor
 hands it: no fronts, admin endpoint, health checks, hand-over nor access log
 file of its own).
 """
@@ -40,6 +40,7 @@ from gateway.ops.status import AdminState
 from gateway.pool.backends import Pool
 from gateway.pool.balance import make_balancer
 from gateway.pool.health import HealthChecker
+from gateway.process.dispatch import Dispatcher, TLSRefusals
 from gateway.process.handover import HandoverServer
 from gateway.process.listener import FrontListener, server_endpoint
 from gateway.process.parts import (
@@ -55,7 +56,7 @@ from gateway.process.parts import (
 from gateway.process.reload import Reloader
 from gateway.process.service import GatewayService
 from gateway.process.takeover import TakeOver
-from gateway.process.workers import Dispatcher, TLSRefusals, WorkerPool
+from gateway.process.workerpool import WorkerPool
 
 __all__ = ["make_service"]
 

@@ -27,7 +27,7 @@ from gateway.process.errors import startup_errors
 from gateway.process.listener import FrontListener
 from gateway.process.reload import Reloader
 from gateway.process.takeover import TakeOver
-from gateway.process.workers import WorkerPool
+from gateway.process.workerpool import WorkerPool
 from gateway.session.relay import CloseReason, GameSession
 
 __all__ = ["GatewayService"]

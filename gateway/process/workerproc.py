@@ -1,7 +1,8 @@
 """
-A worker process of C{--workers N}: C{python -m gateway.process.worker INDEX}, started
-by the acceptor (L{gateway.process.workers}) with its control channel on descriptor 3
-and its handoff channel on descriptor 4.
+A worker process of C{--workers N}: C{python -m gateway.process.workerproc INDEX},
+started by the acceptor (L{gateway.process.supervisor}) with its control channel on
+descriptor 3 and its handoff channel on descriptor 4 (their messages:
+L{gateway.process.wire}).
 
 It builds the same gateway as a single process, without fronts, limits, health
 checks or admin endpoint (the acceptor has those), and serves the connections
@@ -20,22 +21,18 @@ and drains too if the acceptor goes away.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IProtocol, IReadDescriptor
 from twisted.internet.protocol import Factory
 from twisted.logger import (
-    FileLogObserver,
     ILogObserver,
     Logger,
-    LogLevel,
-    formatEvent,
-    formatEventAsClassicLogText,
     globalLogBeginner,
 )
 from twisted.python.failure import Failure
@@ -48,63 +45,31 @@ from gateway.front.door import FrontDoor
 from gateway.front.limits import Refusal
 from gateway.ops.access import ACCESS_ONLY
 from gateway.pool.backends import Backend, BackendState
-from gateway.process.workers import HANDOFF_MESSAGE, Adopting, Framed
+from gateway.process.wire import (
+    HANDOFF_MESSAGE,
+    Adopting,
+    BackendCounts,
+    BackendStateChange,
+    Configure,
+    Drain,
+    Draining,
+    Ended,
+    Framed,
+    Message,
+    Op,
+    Passed,
+    Ready,
+    StatusReply,
+    StatusRequest,
+    decode,
+)
+from gateway.process.workerlog import LogForwarder
 from gateway.session.relay import LOCAL_ERRNOS
 
 _log = Logger()
 
 CONTROL_FD = 3
 HANDOFF_FD = 4
-
-
-@implementer(ILogObserver)
-class _Forward:
-    """
-    Sends log events (info and above) to the acceptor; before the channel
-    is up, or after it is gone, writes them to standard error.
-    """
-
-    def __init__(self) -> None:
-        self.control: _Control | None = None
-        self.finished = False
-        self._stderr = FileLogObserver(sys.stderr, formatEventAsClassicLogText)
-
-    def access_only(self, event: dict[str, Any]) -> None:
-        """
-        An access event kept out of the main log (--access-log-only): to the
-        acceptor's access log file only, without its text.
-        """
-        control = self.control
-        if control is not None and control.transport is not None:
-            record = {key: value for key, value in event.items() if type(value) in _PLAIN}
-            record["log_level"] = "info"
-            record["text"] = ""
-            control.send({"op": "log", "event": record, "access_only": True})
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        level = event.get("log_level")
-        least = LogLevel.warn if self.finished else LogLevel.info
-        if level is not None and level < least:
-            # Once drained and disconnected, only problems are worth stderr
-            # (not the reactor's "Main loop terminated").
-            return
-        control = self.control
-        if control is None or control.transport is None:
-            self._stderr(event)
-            return
-        # The text as this process would write it (Twisted's JSON form of an
-        # event loses format specifications), and the plain fields, which
-        # the access log reads.
-        record = {key: value for key, value in event.items() if type(value) in _PLAIN}
-        record["log_level"] = level.name if level is not None else "info"
-        record["text"] = formatEvent(event)
-        failure = event.get("log_failure")
-        if failure is not None:
-            record["traceback"] = failure.getTraceback()
-        control.send({"op": "log", "event": record})
-
-
-_PLAIN = (str, int, float, bool, type(None))
 
 
 class _Control(Framed):
@@ -122,7 +87,7 @@ class _Control(Framed):
         self.worker.forward.control = self
 
     @override
-    def message_received(self, message: dict[str, Any]) -> None:
+    def message_received(self, message: Message) -> None:
         self.worker.received(message)
 
     @override
@@ -184,7 +149,9 @@ class _Handoffs:
             try:
                 if flags & socket.MSG_TRUNC:
                     raise ValueError(f"a truncated handoff message ({len(data)} bytes)")
-                message = pickle.loads(data)
+                message = decode(data)
+                if not isinstance(message, Passed | Drain):
+                    raise ValueError(f"a {message.op.value} message on the handoff channel")
             except Exception as error:
                 # Never on a working acceptor; if it happens, this
                 # connection is lost, not the channel.
@@ -236,7 +203,7 @@ class Worker:
     the connections it serves.
     """
 
-    def __init__(self, index: int, reactor: Any, forward: _Forward) -> None:
+    def __init__(self, index: int, reactor: Any, forward: LogForwarder) -> None:
         self.index = index
         self.reactor = reactor
         self.forward = forward
@@ -249,6 +216,10 @@ class Worker:
         self._stopping: Deferred[None] | None = None
 
     def start(self) -> None:
+        """
+        Adopt the control channel (descriptor 3) and the handoff channel
+        (descriptor 4, read once configured); drain before the reactor stops.
+        """
         control = socket.socket(fileno=CONTROL_FD)
         control.setblocking(False)
         self.reactor.adoptStreamConnection(
@@ -262,17 +233,26 @@ class Worker:
 
     # Control messages
 
-    def received(self, message: dict[str, Any]) -> None:
-        op = message.get("op")
-        if op == "config":
-            self._configure(message["config"])
-        elif op == "state":
-            self._set_state(message["backend"], message["state"], message["reason"])
-        elif op == "status":
-            self._status(message["n"], message["limit"])
-        elif op == "stop":
-            if self.service is not None:
-                self.service.stop_now("the acceptor stops at once")
+    def received(self, message: Message) -> None:
+        """
+        A message from the acceptor.
+        """
+        on_message = _ON_MESSAGE.get(message.op)
+        if on_message is not None:
+            on_message(self, message)
+
+    def _on_configure(self, message: Configure) -> None:
+        self._configure(message.config)
+
+    def _on_state(self, message: BackendStateChange) -> None:
+        self._set_state(message.backend, message.state, message.reason)
+
+    def _on_status(self, message: StatusRequest) -> None:
+        self._status(message.number, message.limit)
+
+    def _on_stop(self, message: Message) -> None:
+        if self.service is not None:
+            self.service.stop_now("the acceptor stops at once")
 
     def _configure(self, config: GatewayConfig) -> None:
         from gateway.process.assemble import make_service
@@ -292,7 +272,7 @@ class Worker:
         self.service.startService()
         assert self._handoffs is not None
         self.reactor.addReader(self._handoffs)
-        self._send({"op": "ready", "pid": os.getpid()})
+        self._send(Ready(os.getpid()))
         from gateway.process.uvloopreactor import reactor_name
 
         _log.info(
@@ -302,67 +282,66 @@ class Worker:
             reactor=reactor_name(self.reactor) or type(self.reactor).__name__,
         )
 
-    def _set_state(self, name: str, state: str, reason: str) -> None:
+    def _set_state(self, name: str, state: BackendState, reason: str) -> None:
         backend = self.service.pool.get(name) if self.service is not None else None
         if backend is None:
             return
         self._applying = True
         try:
-            self.service.pool.set_state(backend, BackendState(state), reason, log=False)
+            self.service.pool.set_state(backend, state, reason, log=False)
         finally:
             self._applying = False
 
     def _state_changed(self, backend: Backend) -> None:
         if not self._applying:
-            self._send(
-                {
-                    "op": "state",
-                    "backend": backend.name,
-                    "state": backend.state.value,
-                    "reason": backend.reason,
-                }
-            )
+            self._send(BackendStateChange(backend.name, backend.state, backend.reason))
 
     def _status(self, number: int, limit: int | None) -> None:
         from gateway.ops.status import AdminState, session_json, status
 
         service = self.service
-        reply: dict[str, Any] = {"op": "status", "n": number}
-        if service is not None:
-            state = AdminState(service.pool, service.registry, service.counters)
-            document = status(state, limit=0)
-            ids, sessions = service.registry.snapshot()
-            if limit is not None:
-                ids, sessions = ids[:limit], sessions[:limit]
-            reply["counters"] = document["counters"]
-            reply["backends"] = {
-                b.name: [b.active, b.total, b.failures, b.description]
-                for b in service.pool.backends
-            }
-            reply["sessions"] = [
-                (n, session_json(n, s, self.index)) for n, s in zip(ids, sessions, strict=True)
-            ]
-            reply["live"] = len(service.registry)
-        self._send(reply)
+        if service is None:
+            # Never asked: the acceptor asks only a worker that said it is
+            # ready, which it says once configured.
+            return
+        state = AdminState(service.pool, service.registry, service.counters)
+        document = status(state, limit=0)
+        ids, sessions = service.registry.snapshot()
+        if limit is not None:
+            ids, sessions = ids[:limit], sessions[:limit]
+        self._send(
+            StatusReply(
+                number=number,
+                live=len(service.registry),
+                counters=document["counters"],
+                backends={
+                    b.name: BackendCounts(b.active, b.total, b.failures, b.description)
+                    for b in service.pool.backends
+                },
+                sessions=tuple(
+                    (n, session_json(n, s, self.index)) for n, s in zip(ids, sessions, strict=True)
+                ),
+            )
+        )
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: Message) -> None:
         if self.control is not None:
             self.control.send(message)
 
     # Connections
 
-    def handoff(self, message: dict[str, Any], fds: list[int], dropped: bool = False) -> None:
+    def handoff(self, message: Passed | Drain, fds: list[int], dropped: bool = False) -> None:
         """
         A connection from the acceptor (or its last message, when draining).
 
         @param dropped: whether its descriptor was dropped for want of room
             in this process's descriptor table.
         """
-        if message.get("op") == "drain":
+        if isinstance(message, Drain):
             self.handoffs_ended()
             self._stop_reactor()
             return
-        number = message["id"]
+        number = message.number
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -372,7 +351,7 @@ class Worker:
             return
         fd = fds[0]
         try:
-            self._adopt(fd, number, message["front"], message["data"])
+            self._adopt(fd, number, message.front, message.data)
         except OSError as error:
             self.ended(number)
             if error.errno in LOCAL_ERRNOS:
@@ -432,7 +411,7 @@ class Worker:
     def _flush_ended(self) -> None:
         ended, self._ended = self._ended, []
         if ended:
-            self._send({"op": "end", "ids": ended})
+            self._send(Ended(tuple(ended)))
 
     # Stopping
 
@@ -443,12 +422,20 @@ class Worker:
         return self._handoffs is reader
 
     def handoffs_ended(self) -> None:
+        """
+        The handoff channel ended (the drain marker, or the acceptor's end
+        closed): stop reading it.
+        """
         if self._handoffs is not None:
             self.reactor.removeReader(self._handoffs)
             self._handoffs.sock.close()
             self._handoffs = None
 
     def acceptor_gone(self) -> None:
+        """
+        The control channel closed: the acceptor is gone (or done): drain
+        and exit.
+        """
         self.control = None
         self.forward.control = None
         self._stop_reactor()
@@ -464,7 +451,7 @@ class Worker:
     def _drain(self) -> Deferred[None] | None:
         if self.service is None or self._stopping is not None:
             return self._stopping
-        self._send({"op": "draining"})
+        self._send(Draining())
         self._stopping = self.service.stopService()
         self._stopping.addCallback(lambda _: self._close_control())
         return self._stopping
@@ -535,7 +522,22 @@ class _NumberedFactories:
         return build
 
 
+_ON_MESSAGE: dict[Op, Callable[[Worker, Any], None]] = {
+    Op.CONFIGURE: Worker._on_configure,
+    Op.BACKEND_STATE: Worker._on_state,
+    Op.STATUS_REQUEST: Worker._on_status,
+    Op.STOP: Worker._on_stop,
+}
+"""What a worker does with each message from the acceptor."""
+
+
 def main(argv: list[str]) -> int:
+    """
+    Run worker C{argv[1]} (on the reactor named by C{argv[2]}, if given)
+    until it has drained.
+
+    @return: the exit status.
+    """
     index = int(argv[1]) if len(argv) > 1 else 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -546,7 +548,7 @@ def main(argv: list[str]) -> int:
         installReactor(argv[2])
     from twisted.internet import reactor
 
-    forward = _Forward()
+    forward = LogForwarder()
     globalLogBeginner.beginLoggingTo([forward], redirectStandardIO=False)
     ACCESS_ONLY.addObserver(cast(ILogObserver, forward.access_only))
     worker = Worker(index, reactor, forward)
