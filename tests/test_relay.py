@@ -55,14 +55,14 @@ from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
 from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.session.backendlink import BackendLink, describe_failure
 from gateway.session.relay import (
     CLOSE_GRACE,
     HOLD_LIMIT,
-    BackendLink,
     CloseReason,
     GameSession,
-    describe_failure,
 )
+from gateway.session.settings import SessionSettings
 
 CONNECT_TIMEOUT = 5.0
 """Seconds per backend attempt in these tests."""
@@ -293,11 +293,14 @@ class Gateway:
             self.client,
             self.pool,
             self.reactor,
-            connect_timeout=CONNECT_TIMEOUT,
-            idle_timeout=idle_timeout,
-            fin_timeout=fin_timeout,
+            SessionSettings(
+                sniff_timeout=2.0,
+                connect_timeout=CONNECT_TIMEOUT,
+                idle_timeout=idle_timeout,
+                fin_timeout=fin_timeout,
+                retries=retries,
+            ),
             peer=PEER,
-            retries=retries,
         )
         self.client.on_lost = lambda reason: self.session.client_lost()
 

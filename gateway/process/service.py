@@ -73,6 +73,7 @@ from gateway.process.handover import (
 )
 from gateway.process.workers import Dispatcher, TLSRefusals, WorkerPool
 from gateway.session.relay import CloseReason, GameSession
+from gateway.session.settings import SessionSettings
 
 __all__ = ["DemoBackends", "FrontListener", "GatewayService", "StartupError", "make_service"]
 
@@ -872,16 +873,7 @@ def _apply(service: GatewayService, parts: _Parts, new: GatewayConfig) -> list[s
         gate.limits = limits
     parts.responder.busy_message = new.busy_message
     # The front door, HTTP and the relay.
-    factory = parts.factory
-    factory.sniff_timeout = new.sniff_timeout
-    factory.connect_timeout = new.connect_timeout
-    factory.idle_timeout = new.idle_timeout
-    factory.fin_timeout = new.fin_timeout
-    factory.retries = new.retries
-    factory.proxy_version = new.proxy_protocol
-    factory.busy_message = new.busy_message
-    factory.relay_mode = new.relay
-    factory.session_key = re.compile(new.session_key.encode()) if new.session_key else None
+    parts.factory.reconfigure(SessionSettings.from_config(new))
     parts.site.header_timeout = new.header_timeout
     if parts.admin_site is not None:
         parts.admin_site.header_timeout = new.header_timeout
@@ -1046,18 +1038,10 @@ def make_service(
         site=site,
         chooser=pool,
         clock=reactor,
-        sniff_timeout=config.sniff_timeout,
-        connect_timeout=config.connect_timeout,
-        idle_timeout=config.idle_timeout,
-        fin_timeout=config.fin_timeout,
-        session_key=re.compile(config.session_key.encode()) if config.session_key else None,
-        retries=config.retries,
+        settings=SessionSettings.from_config(config),
         counters=counters,
-        proxy_version=config.proxy_protocol,
         registry=registry,
         refusals=refusals,
-        busy_message=config.busy_message,
-        relay_mode=config.relay,
     )
     responder = Responder(
         reactor, busy_message=config.busy_message, wait=min(config.sniff_timeout, 2.0)

@@ -49,7 +49,7 @@ from gateway.front.proxyheader import HAPROXY_PREFIX, ProxyHeaderFactory
 from gateway.ops.access import ACCESS_ONLY
 from gateway.pool.backends import Backend, BackendState
 from gateway.process.workers import HANDOFF_MESSAGE, Adopting, Framed
-from gateway.session.relay import LOCAL_ERRNOS
+from gateway.session.backendlink import LOCAL_ERRNOS
 
 _log = Logger()
 
