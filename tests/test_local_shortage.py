@@ -40,7 +40,8 @@ from gateway.ops.registry import Counters, RefusalLog
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.health import HealthChecker
 from gateway.session.backendlink import LOCAL_ERRNOS, local_shortage
-from gateway.session.relay import CloseReason, GameSession
+from gateway.session.lifecycle import CloseReason
+from gateway.session.relay import GameSession
 from gateway.session.settings import SessionSettings
 from tests.test_relay import HalfCloseableTransport
 

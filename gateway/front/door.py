@@ -15,8 +15,17 @@ work.  The decision never depends on how the client split its bytes: the
 sniffer buffers until L{classify} can decide (at most L{SNIFF_LIMIT} bytes), and
 the buffered bytes are replayed to the chosen side unchanged.
 
+When the pool's balancer uses a key and a session-key pattern is set, a game
+client that has sent bytes but no whole first line yet is given up to the
+sniff timeout and L{KEY_LINE_LIMIT} bytes to complete it; the key is the
+pattern's first group in that line, else the client's address (the fallback
+is counted).
+
 After the decision the front door stays the transport's protocol and forwards
-each event to the chosen side (one method call per chunk).
+each event to the chosen side (one method call per chunk).  Its settings are
+the factory's L{gateway.session.settings.SessionSettings}: a front door reads
+them when it needs them, a game session keeps those it started with, and a
+reload replaces them in one step.
 """
 
 from __future__ import annotations

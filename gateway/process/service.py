@@ -72,7 +72,8 @@ from gateway.process.handover import (
     take_over,
 )
 from gateway.process.workers import Dispatcher, TLSRefusals, WorkerPool
-from gateway.session.relay import CloseReason, GameSession
+from gateway.session.lifecycle import CloseReason
+from gateway.session.relay import GameSession
 from gateway.session.settings import SessionSettings
 
 __all__ = ["DemoBackends", "FrontListener", "GatewayService", "StartupError", "make_service"]

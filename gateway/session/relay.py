@@ -5,54 +5,42 @@ A L{GameSession} is created by the front door once it has decided that a
 connection is a game client.  It is a plain object that takes events from the
 two protocols around it (the front door on the client side, a
 L{gateway.session.backendlink.BackendLink} on the backend side) and decides
-what happens.  Its L{Phase} moves one way, through L{GameSession._enter}:
+what happens, in phases (L{gateway.session.lifecycle.Phase}) it changes in one
+place, L{GameSession._enter}:
 
   1. B{Connecting.}  A L{gateway.session.dialer.Dialer} tries backends in
-     turn, each attempt with the connect timeout (TLS handshake included),
-     until one is ready; if none is, the client is refused (C{no-backend}, or
-     C{local-resources} when the gateway itself is short of descriptors,
-     buffers, memory or ports) and gets the busy line if one is set.
-     Meanwhile the client's bytes are held in order; past L{HOLD_LIMIT} bytes
-     its reading is paused, so the hold is bounded.  The client is still
-     watched, so one that leaves cancels the attempt.
+     turn; if none can take the session, the client is refused (C{no-backend}
+     or C{local-resources}) and gets the busy line if one is set.  Meanwhile
+     the client's bytes are held in order; past L{HOLD_LIMIT} bytes its
+     reading is paused, so the hold is bounded.  A client that leaves cancels
+     the attempt.
   2. B{Relaying} (or B{splicing}).  A PROXY header, if one is due, and the
      held bytes are written to the backend first, in order, then each
      transport is registered as the other's streaming producer (as in
-     C{twisted.protocols.portforward}): when one side's write buffer passes
-     its high-water mark, the transport filling it stops reading.  So a slow
-     reader on either side slows the other side down, and the gateway holds at
-     most about one write buffer plus one read per direction (see
-     docs/architecture.md for the measured figure).  With the C{auto} or
-     C{splice} relay mode and two plain sockets, the kernel moves the bytes
-     instead (L{gateway.session.splice}), until an end of stream or an error
-     hands the sockets back to the transports.
-  3. B{Closing.}  An end of stream from one side (a half-close, or the read
-     side of a full close) is passed on as a half-close of the other side
-     (C{shutdown(SHUT_WR)}), after what was in flight is flushed; so a client
-     that half-closes still gets the whole reply.  When both directions have
-     ended, or when either connection is lost, the other is closed after
-     flushing.  The side whose end of stream came first is the close reason.
-     A session where one direction has ended is closed when no byte has moved
-     for the fin timeout, and, with an idle timeout, one where no byte moved
-     either way for that long (L{gateway.session.quiet.QuietWatch}).  A clean
-     close that has not completed after L{CLOSE_GRACE} more seconds (a peer
-     that never reads) is aborted.
+     C{twisted.protocols.portforward}): a slow reader on either side slows the
+     other side down, and the gateway holds at most about one write buffer
+     plus one read per direction (docs/architecture.md has the figure).  With
+     the C{auto} or C{splice} relay mode and two plain sockets, the kernel
+     moves the bytes instead (L{gateway.session.splice}), until an end of
+     stream or an error hands the sockets back to the transports.
+  3. B{Closing.}  An end of stream from one side is passed on as a half-close
+     of the other side (C{shutdown(SHUT_WR)}) after what was in flight is
+     flushed, so a client that half-closes still gets the whole reply.  When
+     both directions have ended, or when either connection is lost, the other
+     is closed after flushing; the side whose end of stream came first is the
+     close reason.  The idle and fin timeouts close a quiet session
+     (L{gateway.session.quiet.QuietWatch}, which compares byte counters on a
+     timer: the per-chunk work is a C{write} and an addition per direction).
+     A clean close not completed L{CLOSE_GRACE} seconds later is aborted.
   4. B{Closed}: both connections are gone.
-
-The per-chunk work is a C{write} and an integer addition per direction; the
-idle and fin timeouts are checked by a timer that compares the byte counters,
-never by touching a timer per chunk.
 """
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
-from typing import Protocol as Structural
 
 from twisted.internet.interfaces import (
     IDelayedCall,
-    IHalfCloseableDescriptor,
     IReactorTime,
     ITransport,
 )
@@ -64,8 +52,10 @@ from gateway.front.proxyheader import proxy_header
 from gateway.interfaces import IBackendChooser
 from gateway.ops.access import log_game_session
 from gateway.session.dialer import Dialer
+from gateway.session.lifecycle import CloseReason, Phase, can_move
 from gateway.session.quiet import QuietWatch
 from gateway.session.splice import SpliceRelay, splice_available, spliceable
+from gateway.session.stream import Stream, half_close, send_now
 
 if TYPE_CHECKING:
     from gateway.ops.registry import RefusalLog
@@ -73,91 +63,13 @@ if TYPE_CHECKING:
     from gateway.session.backendlink import BackendLink
     from gateway.session.settings import SessionSettings
 
-__all__ = [
-    "CLOSE_GRACE",
-    "HOLD_LIMIT",
-    "CloseReason",
-    "GameSession",
-    "Phase",
-]
+__all__ = ["CLOSE_GRACE", "HOLD_LIMIT", "GameSession"]
 
 CLOSE_GRACE = 10.0
 """Seconds a timed-out session gets to flush before it is aborted."""
 
 HOLD_LIMIT = 64 * 1024
 """Client bytes held while connecting before the client's reading is paused."""
-
-
-class CloseReason(Enum):
-    """
-    Why a game session ended: the C{reason} of its access event
-    (L{gateway.ops.access.log_game_session}), and the argument of
-    L{GameSession.close} (C{DRAIN_TIMEOUT}, C{SHUTDOWN}).
-
-    C{NO_BACKEND} and C{LOCAL_RESOURCES} end a session refused before it
-    reached a backend: such a session writes no access event, and is counted
-    and logged as a refusal instead (L{Refusal.NO_BACKEND},
-    L{Refusal.LOCAL_RESOURCES}).
-    """
-
-    CLIENT_CLOSED = "client-closed"
-    BACKEND_CLOSED = "backend-closed"
-    IDLE_TIMEOUT = "idle-timeout"
-    FIN_TIMEOUT = "fin-timeout"
-    NO_BACKEND = "no-backend"
-    LOCAL_RESOURCES = "local-resources"
-    CLIENT_LEFT_EARLY = "client-left-before-connect"
-    DRAIN_TIMEOUT = "drain-timeout"
-    SHUTDOWN = "shutdown"
-
-
-class Phase(Enum):
-    """
-    Where a game session is in its life (see the module's docstring).
-    """
-
-    CONNECTING = "connecting"
-    RELAYING = "relaying"
-    SPLICING = "splicing"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-_NEXT: dict[Phase, frozenset[Phase]] = {
-    Phase.CONNECTING: frozenset({Phase.RELAYING, Phase.SPLICING, Phase.CLOSING, Phase.CLOSED}),
-    Phase.SPLICING: frozenset({Phase.RELAYING, Phase.CLOSING, Phase.CLOSED}),
-    Phase.RELAYING: frozenset({Phase.CLOSING, Phase.CLOSED}),
-    Phase.CLOSING: frozenset({Phase.CLOSED}),
-    Phase.CLOSED: frozenset(),
-}
-"""The phases each phase may move on to."""
-
-
-class Stream(Structural):
-    """
-    What the relay uses of a connected transport: ITransport, IConsumer and
-    IPushProducer at once, which Twisted's stream transports all are, though
-    no single interface of theirs says so.
-    """
-
-    def write(self, data: bytes) -> None: ...
-    def loseConnection(self) -> None: ...
-    def abortConnection(self) -> None: ...
-    def pauseProducing(self) -> None: ...
-    def resumeProducing(self) -> None: ...
-    def registerProducer(self, producer: object, streaming: bool) -> None: ...
-    def unregisterProducer(self) -> None: ...
-
-
-def _half_close(transport: Stream) -> None:
-    """
-    Shut down the sending side of C{transport} once its buffer is flushed, or
-    close it if it cannot half-close (TLS transports cannot).
-    """
-    if IHalfCloseableDescriptor.providedBy(transport):
-        transport.loseWriteConnection()  # type: ignore[attr-defined]
-    else:
-        transport.loseConnection()
 
 
 class GameSession:
@@ -311,7 +223,7 @@ class GameSession:
         current = self._phase
         if phase is current:
             return
-        if phase not in _NEXT[current]:
+        if not can_move(current, phase):
             self._log.error(
                 "session from {peer}: impossible change of phase from {old} to {new}",
                 peer=self.peer,
@@ -416,7 +328,7 @@ class GameSession:
         self._client_feeds_server = self._server_feeds_client = True
         if self._client_eof:
             self._stop_client_feeding_server()
-            _half_close(server)
+            half_close(server)
         elif self._client_paused:
             self._client_paused = False
             self.client.resumeProducing()
@@ -443,16 +355,9 @@ class GameSession:
         ):
             return False
         first = header + b"".join(held)
-        sock = server.socket  # type: ignore[union-attr]
-        sent = 0
-        try:
-            while sent < len(first):
-                sent += sock.send(first[sent:])
-        except BlockingIOError:
-            pass
-        except OSError:
-            if not sent:
-                return False  # the copy path writes it all, and sees the error
+        sent = send_now(server.socket, first)  # type: ignore[union-attr]
+        if sent is None:
+            return False  # the copy path writes it all, and sees the error
         self.bytes_in += len(first) - len(header)
         if sent < len(first):
             # Rare: a fresh socket that does not take a few KiB, or a backend
@@ -562,7 +467,7 @@ class GameSession:
         if self._backend_eof:
             self._close_both()
         else:
-            _half_close(server)
+            half_close(server)
             self._quiet.restart()
 
     def client_lost(self) -> None:
@@ -606,7 +511,7 @@ class GameSession:
         if self._client_eof:
             self._close_both()
         else:
-            _half_close(self.client)
+            half_close(self.client)
             self._quiet.restart()
 
     def _backend_lost(self) -> None:
