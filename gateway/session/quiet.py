@@ -11,11 +11,35 @@ check that first sees it, and a close is at most a quarter of the limit late.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol as Structural
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["QuietWatch"]
+__all__ = ["QuietOwner", "QuietWatch"]
+
+
+class QuietOwner(Structural):
+    """
+    What a L{QuietWatch} asks and tells its session.
+    """
+
+    def traffic(self) -> int:
+        """
+        The bytes moved so far, both ways together.
+        """
+        ...
+
+    def one_direction_ended(self) -> bool:
+        """
+        Whether a direction has ended now.
+        """
+        ...
+
+    def went_quiet(self, limit: float, fin: bool) -> None:
+        """
+        No byte moved for C{limit} seconds (the fin timeout if C{fin}, else
+        the idle timeout); the watch has stopped.
+        """
 
 
 class QuietWatch:
@@ -23,47 +47,38 @@ class QuietWatch:
     Watches one session's byte counters and calls back when it went quiet.
     """
 
-    # Slots: one watch per live session (see GameSession).
+    # Slots: one watch per live session (see GameSession); and its session
+    # is held once, not as three bound methods.
     __slots__ = (
         "_call",
         "_clock",
         "_fin_timeout",
         "_idle_timeout",
-        "_on_quiet",
-        "_one_ended",
+        "_owner",
         "_seen",
         "_since",
         "_stopped",
-        "_traffic",
     )
 
     def __init__(
         self,
+        owner: QuietOwner,
         clock: IReactorTime,
         *,
         idle_timeout: float,
         fin_timeout: float,
-        traffic: Callable[[], int],
-        one_ended: Callable[[], bool],
-        on_quiet: Callable[[float, bool], None],
     ) -> None:
         """
+        @param owner: the session watched, told once when it went quiet.
         @param clock: for the checks.
         @param idle_timeout: seconds without traffic before closing; 0 for never.
         @param fin_timeout: seconds without traffic before closing once one
             direction has ended; 0 for never.
-        @param traffic: the bytes moved so far, both ways together.
-        @param one_ended: whether a direction has ended now.
-        @param on_quiet: called once, with the limit and whether it was the
-            fin timeout, when the session went quiet for that long; the watch
-            is then stopped.
         """
+        self._owner = owner
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._fin_timeout = fin_timeout
-        self._traffic = traffic
-        self._one_ended = one_ended
-        self._on_quiet = on_quiet
         self._call: IDelayedCall | None = None
         self._seen = 0
         self._since = 0.0
@@ -76,7 +91,7 @@ class QuietWatch:
         has ended, whichever is shorter (0: no limit).
         """
         limit, fin = self._idle_timeout, False
-        if self._fin_timeout and self._one_ended():
+        if self._fin_timeout and self._owner.one_direction_ended():
             if not limit or self._fin_timeout < limit:
                 limit, fin = self._fin_timeout, True
         return limit, fin
@@ -87,7 +102,7 @@ class QuietWatch:
         fin timeout gives the other side its full time from this moment, as
         HAProxy's does), and (re)start the checks at the current limit's pace.
         """
-        self._seen = self._traffic()
+        self._seen = self._owner.traffic()
         self._since = self._clock.seconds()
         self._schedule()
 
@@ -112,7 +127,7 @@ class QuietWatch:
         self._call = None
         limit, fin = self._limit()
         now = self._clock.seconds()
-        seen = self._traffic()
+        seen = self._owner.traffic()
         if seen != self._seen:
             # Traffic since the last check: it was quiet at most since now.
             self._seen = seen
@@ -124,6 +139,6 @@ class QuietWatch:
             # check, so the gap between checks is the close's only lateness.
             delay = min(self._since + limit - now, limit / 4)
             if delay <= 0:
-                self._on_quiet(limit, fin)
+                self._owner.went_quiet(limit, fin)
                 return
         self._call = self._clock.callLater(delay, self._check)

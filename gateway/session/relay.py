@@ -162,14 +162,9 @@ class GameSession:
         self.peer = peer
         self.key = key
         self._refusals = refusals
-        self._dialer = Dialer(self, chooser, clock, settings, key=key, peer=peer)
+        self._dialer: Dialer | None = Dialer(self, chooser, clock, settings, key=key, peer=peer)
         self._quiet = QuietWatch(
-            clock,
-            idle_timeout=settings.idle_timeout,
-            fin_timeout=settings.fin_timeout,
-            traffic=self._traffic,
-            one_ended=self._one_direction_ended,
-            on_quiet=self._went_quiet,
+            self, clock, idle_timeout=settings.idle_timeout, fin_timeout=settings.fin_timeout
         )
         self._phase = Phase.CONNECTING
         self._splice: SpliceRelay | None = None
@@ -232,10 +227,16 @@ class GameSession:
             )
         self._phase = phase
 
-    def _traffic(self) -> int:
+    def traffic(self) -> int:
+        """
+        The bytes relayed so far, both ways together.
+        """
         return self.bytes_in + self.bytes_out
 
-    def _one_direction_ended(self) -> bool:
+    def one_direction_ended(self) -> bool:
+        """
+        Whether the client or the backend has ended its sending side.
+        """
         return self._client_eof or self._backend_eof
 
     def start(self, first_bytes: bytes) -> None:
@@ -246,6 +247,7 @@ class GameSession:
         """
         if first_bytes:
             self._hold(first_bytes)
+        assert self._dialer is not None
         self._dialer.connect_next()
 
     def _hold(self, data: bytes) -> None:
@@ -261,8 +263,12 @@ class GameSession:
         """
         A backend connection is usable: connected, and for TLS, verified.
         """
-        if not self._dialer.take(link):
+        dialer = self._dialer
+        if dialer is None or not dialer.take(link):
             return
+        # The attempts are over (a link lost from now on is a stale one's):
+        # a live session does not keep its dialer.
+        self._dialer = None
         link.ready = True
         backend = link.backend
         self.backend = backend
@@ -295,7 +301,7 @@ class GameSession:
         """
         if link.ready:
             self._backend_lost()
-        else:
+        elif self._dialer is not None:
             self._dialer.link_failed(link, reason)
 
     def no_backend(self, detail: str, tried: str) -> None:
@@ -480,7 +486,8 @@ class GameSession:
         if self._phase is Phase.CONNECTING:
             self._finish(CloseReason.CLIENT_LEFT_EARLY)
             self._enter(Phase.CLOSED)
-            self._dialer.abandon()
+            if self._dialer is not None:
+                self._dialer.abandon()
             return
         self._finish(self._ended_by or CloseReason.CLIENT_CLOSED)
         server = self._server
@@ -577,7 +584,7 @@ class GameSession:
         if not self._backend_gone and self._server is not None:
             self._server.abortConnection()
 
-    def _went_quiet(self, limit: float, fin: bool) -> None:
+    def went_quiet(self, limit: float, fin: bool) -> None:
         """
         No byte moved for C{limit} seconds: close the session (the idle
         timeout, or the fin timeout if C{fin}).
