@@ -1,20 +1,28 @@
 """
-What every protocol of the gateway shares: how a peer is named in logs, and
-close hooks (callables run once when a connection is lost).
+What every protocol of the gateway shares: how a peer is named in logs, close
+hooks (callables run once when a connection is lost), the one-shot factory
+that hands a protocol built beforehand to an outgoing connection, and the
+moment an outgoing connection becomes usable (made for a plain transport, its
+TLS handshake done for a TLS one).
 
 A module of its own, below the others, so that the front door, the relay,
-the admission layer and the PROXY reader can all use it without importing
-each other.
+the health checks, the admission layer and the PROXY reader can all use it
+without importing each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, INegotiated
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from typing_extensions import override
 
-__all__ = ["CloseHooks", "describe_peer"]
+__all__ = ["CloseHooks", "OneShotFactory", "ReadinessMixin", "describe_peer"]
+
+_P = TypeVar("_P", bound=Protocol)
 
 
 def describe_peer(address: IAddress) -> str:
@@ -62,3 +70,70 @@ class CloseHooks:
                 hook()
             except Exception:
                 self._hooks_log.failure("a close hook failed")
+
+
+class OneShotFactory(Factory[_P], Generic[_P]):
+    """
+    A factory whose C{buildProtocol} returns the protocol it was given: hands
+    one protocol, built beforehand, to one connection attempt (an endpoint's
+    C{connect}), quietly (Twisted's own factories log two lines per attempt,
+    too many for a session or a health probe each).
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: _P) -> None:
+        """
+        @param protocol: the protocol every C{buildProtocol} returns.
+        """
+        self._protocol = protocol
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> _P:
+        return self._protocol
+
+
+class ReadinessMixin(Protocol):
+    """
+    Mixin for the protocol of an outgoing connection that may be TLS: calls
+    L{transport_ready} once the transport is usable, that is at
+    C{connectionMade} for a plain transport, and at C{handshakeCompleted} (the
+    certificate and host name verified) for a TLS one.
+
+    A subclass that wants the handshake's news declares L{IHandshakeListener}
+    itself (Twisted's client endpoints copy only some of a protocol's
+    interfaces onto their wrapper, so each class says which it needs).
+    """
+
+    @override
+    def connectionMade(self) -> None:
+        tls = INegotiated.providedBy(self.transport)
+        self.transport_connected(tls)
+        if not tls:
+            self.transport_ready()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake succeeded (the certificate and host name verified).
+        """
+        if getattr(self.transport, "disconnecting", False):
+            # Twisted before 25 reports the handshake done even when the host
+            # name check failed and aborted the connection: connectionLost
+            # follows with the reason, and that is a failed attempt.
+            return
+        self.transport_ready()
+
+    def transport_connected(self, tls: bool) -> None:
+        """
+        The connection is made (for TLS, the handshake is still to come).
+        Nothing by default.
+
+        @param tls: whether the transport is TLS (then L{transport_ready}
+            waits for the handshake).
+        """
+
+    def transport_ready(self) -> None:
+        """
+        The transport is usable.  Subclasses say what follows.
+        """
+        raise NotImplementedError

@@ -35,6 +35,7 @@ from gateway.http.site import HTTPSite, make_site
 from gateway.ops.registry import Counters
 from gateway.pool.backends import Backend, Pool
 from gateway.pool.balance import RendezvousHash
+from gateway.session.settings import SessionSettings
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -81,10 +82,9 @@ def make_front(
         site=make_site(None, listing=False, reactor=reactor),
         chooser=pool,
         clock=reactor,
-        sniff_timeout=sniff_timeout,
-        connect_timeout=5,
-        idle_timeout=0,
-        fin_timeout=60,
+        settings=SessionSettings(
+            sniff_timeout=sniff_timeout, connect_timeout=5, idle_timeout=0, fin_timeout=60
+        ),
     )
     front = factory.buildProtocol(PEER)
     transport = StringTransportWithDisconnection(peerAddress=PEER)
@@ -325,11 +325,13 @@ def make_keyed_front(
         site=make_site(None, listing=False, reactor=reactor),
         chooser=pool,
         clock=reactor,
-        sniff_timeout=sniff_timeout,
-        connect_timeout=5,
-        idle_timeout=0,
-        fin_timeout=60,
-        session_key=re.compile(rb"^LOGIN (\w+)"),
+        settings=SessionSettings(
+            sniff_timeout=sniff_timeout,
+            connect_timeout=5,
+            idle_timeout=0,
+            fin_timeout=60,
+            session_key=re.compile(rb"^LOGIN (\w+)"),
+        ),
         counters=counters,
     )
     front = factory.buildProtocol(PEER)

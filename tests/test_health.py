@@ -42,8 +42,8 @@ from gateway.pool.health import (
     HealthCheck,
     HealthChecker,
     HealthState,
-    Probe,
 )
+from gateway.pool.probe import Probe
 
 INTERVAL = 10.0
 """Seconds between rounds in these tests."""

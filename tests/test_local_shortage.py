@@ -1,6 +1,6 @@
 """
 The gateway's own shortage (out of file descriptors, buffers, memory, local
-ports) is not the backend's fault: L{gateway.session.relay.local_shortage} tells such
+ports) is not the backend's fault: L{gateway.session.backendlink.local_shortage} tells such
 connection failures apart, a session that meets one is refused with the
 reason C{local-resources} and leaves the backend alone, and a health probe
 that meets one has no result.  Also: a refused game session (C{no-backend},
@@ -38,7 +38,10 @@ from gateway.front.limits import Refusal
 from gateway.ops.registry import Counters, RefusalLog
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.health import HealthChecker
-from gateway.session.relay import LOCAL_ERRNOS, CloseReason, GameSession, local_shortage
+from gateway.session.backendlink import LOCAL_ERRNOS, local_shortage
+from gateway.session.lifecycle import CloseReason
+from gateway.session.relay import GameSession
+from gateway.session.settings import SessionSettings
 from tests.test_relay import HalfCloseableTransport
 
 PEER = "192.0.2.7:40000"
@@ -143,12 +146,15 @@ class Rig:
             client,
             self.pool,
             self.reactor,
-            connect_timeout=5.0,
-            idle_timeout=0.0,
-            fin_timeout=0.0,
+            SessionSettings(
+                sniff_timeout=2.0,
+                connect_timeout=5.0,
+                idle_timeout=0.0,
+                fin_timeout=0.0,
+                busy_message=BUSY,
+            ),
             peer=PEER,
             refusals=self.refusals,
-            busy_message=BUSY,
         )
         client.on_lost = lambda reason: session.client_lost()
         session.start(b"hello\n")

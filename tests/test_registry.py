@@ -25,6 +25,7 @@ from gateway.front.door import FrontDoor, GatewayFactory
 from gateway.http.site import make_site
 from gateway.ops.registry import SessionRegistry
 from gateway.pool.backends import Backend, Pool
+from gateway.session.settings import SessionSettings
 
 PEER = IPv4Address("TCP", "192.0.2.9", 40000)
 
@@ -94,10 +95,9 @@ def _session(
         site=make_site(None, listing=False, reactor=reactor),
         chooser=pool,
         clock=reactor,
-        sniff_timeout=1.0,
-        connect_timeout=5.0,
-        idle_timeout=10.0,
-        fin_timeout=10.0,
+        settings=SessionSettings(
+            sniff_timeout=1.0, connect_timeout=5.0, idle_timeout=10.0, fin_timeout=10.0
+        ),
         registry=registry,
     )
     front = factory.buildProtocol(PEER)

@@ -55,14 +55,10 @@ from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
 from gateway.pool.backends import Backend, BackendState, Pool
-from gateway.session.relay import (
-    CLOSE_GRACE,
-    HOLD_LIMIT,
-    BackendLink,
-    CloseReason,
-    GameSession,
-    describe_failure,
-)
+from gateway.session.backendlink import BackendLink, describe_failure
+from gateway.session.lifecycle import CloseReason, Phase
+from gateway.session.relay import CLOSE_GRACE, HOLD_LIMIT, GameSession
+from gateway.session.settings import SessionSettings
 
 CONNECT_TIMEOUT = 5.0
 """Seconds per backend attempt in these tests."""
@@ -293,11 +289,14 @@ class Gateway:
             self.client,
             self.pool,
             self.reactor,
-            connect_timeout=CONNECT_TIMEOUT,
-            idle_timeout=idle_timeout,
-            fin_timeout=fin_timeout,
+            SessionSettings(
+                sniff_timeout=2.0,
+                connect_timeout=CONNECT_TIMEOUT,
+                idle_timeout=idle_timeout,
+                fin_timeout=fin_timeout,
+                retries=retries,
+            ),
             peer=PEER,
-            retries=retries,
         )
         self.client.on_lost = lambda reason: self.session.client_lost()
 
@@ -1962,3 +1961,85 @@ def test_backend_link_on_tls_ready_at_handshake() -> None:
     assert session.calls == []
     link.handshakeCompleted()
     assert session.calls == [("ready", link)]
+
+
+# Phases
+
+
+def errors_logged(log_events: EventLoggingObserver) -> list[str]:
+    """
+    The error lines logged, formatted.
+    """
+    return [
+        formatEvent(e)
+        for e in log_events
+        if e.get("log_level") in (LogLevel.error, LogLevel.critical)
+    ]
+
+
+def phase(gateway: Gateway) -> Phase:
+    """
+    The phase of C{gateway}'s session now (a call, so that mypy does not keep
+    what an earlier assertion narrowed it to).
+    """
+    return gateway.session.phase
+
+
+def test_phases_of_a_relayed_session(log_events: EventLoggingObserver) -> None:
+    """
+    A session is connecting until its backend is ready, relaying after, closing
+    once both directions have ended and until both connections are gone, and
+    then closed; no impossible change of phase is logged.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"hello")
+    assert phase(gateway) is Phase.CONNECTING
+    backend, protocol = gateway.accept()
+    assert phase(gateway) is Phase.RELAYING
+    gateway.session.client_eof()
+    assert phase(gateway) is Phase.RELAYING
+    link_of(protocol).readConnectionLost()
+    assert phase(gateway) is Phase.CLOSING
+    gateway.client.connection_lost()
+    assert phase(gateway) is Phase.CLOSING
+    backend.connection_lost()
+    assert phase(gateway) is Phase.CLOSED
+    assert errors_logged(log_events) == []
+
+
+def test_phases_of_a_refused_session(log_events: EventLoggingObserver) -> None:
+    """
+    A session no backend takes is closing from its refusal until the client
+    connection is gone, then closed.
+    """
+    gateway = Gateway(backends=1, retries=0)
+    gateway.session.start(b"hello")
+    gateway.refuse()
+    assert phase(gateway) is Phase.CLOSING
+    gateway.client.connection_lost()
+    assert phase(gateway) is Phase.CLOSED
+    assert [e for e in errors_logged(log_events) if "phase" in e] == []
+
+
+def test_client_left_while_connecting_is_closed() -> None:
+    """
+    A client that leaves while its session connects closes the session at
+    once: there is no backend connection to wait for.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    gateway.client.connection_lost()
+    assert phase(gateway) is Phase.CLOSED
+
+
+def test_impossible_phase_change_logged(log_events: EventLoggingObserver) -> None:
+    """
+    A change of phase the phases do not allow (a relaying session connecting
+    again) is logged as an error naming both phases.
+    """
+    gateway = Gateway()
+    gateway.connected()
+    gateway.session._enter(Phase.CONNECTING)
+    assert errors_logged(log_events) == [
+        f"session from {PEER}: impossible change of phase from relaying to connecting"
+    ]

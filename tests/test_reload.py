@@ -157,7 +157,8 @@ def test_limits_and_timeouts_apply_to_what_comes_next() -> None:
     assert not cap.allows("192.0.2.1", 0.0)
     assert isinstance(rate, AddressRate) and rate.rate == 2.0
     assert (parts.cap_state.cap.limit, parts.cap_state.queue_mode) == (50, True)
-    assert (parts.factory.sniff_timeout, parts.factory.idle_timeout) == (0.5, 60.0)
+    settings = parts.factory.settings
+    assert (settings.sniff_timeout, settings.idle_timeout) == (0.5, 60.0)
     assert parts.site.header_timeout == 3.0
     assert parts.responder.busy_message == "later"
     assert type(service.pool.balancer).__name__ == "LeastConnections"

@@ -15,13 +15,21 @@ work.  The decision never depends on how the client split its bytes: the
 sniffer buffers until L{classify} can decide (at most L{SNIFF_LIMIT} bytes), and
 the buffered bytes are replayed to the chosen side unchanged.
 
+When the pool's balancer uses a key and a session-key pattern is set, a game
+client that has sent bytes but no whole first line yet is given up to the
+sniff timeout and L{KEY_LINE_LIMIT} bytes to complete it; the key is the
+pattern's first group in that line, else the client's address (the fallback
+is counted).
+
 After the decision the front door stays the transport's protocol and forwards
-each event to the chosen side (one method call per chunk).
+each event to the chosen side (one method call per chunk).  Its settings are
+the factory's L{gateway.session.settings.SessionSettings}: a front door reads
+them when it needs them, a game session keeps those it started with, and a
+reload replaces them in one step.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -47,6 +55,7 @@ from gateway.session.relay import GameSession
 
 if TYPE_CHECKING:
     from gateway.ops.registry import Counters, LiveSession, RefusalLog, SessionRegistry
+    from gateway.session.settings import SessionSettings
 
 __all__ = [
     "HTTP_METHODS",
@@ -103,27 +112,21 @@ class GatewayFactory(ServerFactory):
     """
     Builds a L{FrontDoor} for each accepted connection.
 
+    Its settings change in one step, through L{reconfigure}: a connection
+    reads them when it needs them, so one classified or started after a
+    reload uses the new ones, and a game session keeps the settings it was
+    started with.
+
     @ivar site: the public HTTP site.
     @ivar chooser: picks backends for game sessions.
     @ivar clock: for the sniff, connect and idle timeouts.
-    @ivar sniff_timeout: seconds a silent client waits before being a game session.
-    @ivar connect_timeout: seconds per backend attempt.
-    @ivar idle_timeout: seconds without traffic before a game session is closed (0: never).
-    @ivar fin_timeout: seconds without traffic before a game session with one
-        direction ended is closed (0: never).
-    @ivar session_key: with a balancer that uses keys, the pattern whose
-        first group in the client's first line is the session's key.
-    @ivar retries: other backends tried after a failed connection attempt.
+    @ivar settings: the front door's and the game sessions' settings.
     @ivar counters: where key fallbacks are counted, if anywhere.
-    @ivar proxy_version: the PROXY header sent to backends (C{"off"}: none).
     @ivar registry: where live sessions are listed, if anywhere.
     @ivar refusals: where game sessions that no backend could take are
         counted and logged (sampled), if anywhere.
-    @ivar busy_message: the line sent to such a client before closing it.
     @ivar pending: connections not classified yet (sniffing, or waiting for
         the session key's line): the drain waits for them too.
-    @ivar relay_mode: how game sessions move bytes: C{copy}, C{auto} or
-        C{splice} (see L{gateway.session.splice}).
     """
 
     noisy = False
@@ -134,35 +137,33 @@ class GatewayFactory(ServerFactory):
         site: Site,
         chooser: IBackendChooser,
         clock: IReactorTime,
-        sniff_timeout: float,
-        connect_timeout: float,
-        idle_timeout: float,
-        fin_timeout: float,
-        session_key: re.Pattern[bytes] | None = None,
-        retries: int = 2,
+        settings: SessionSettings,
         counters: Counters | None = None,
-        proxy_version: str = "off",
         registry: SessionRegistry | None = None,
         refusals: RefusalLog | None = None,
-        busy_message: str | None = None,
-        relay_mode: str = "copy",
     ) -> None:
         self.site = site
         self.pending: set[FrontDoor] = set()
-        self.relay_mode = relay_mode
         self.refusals = refusals
-        self.busy_message = busy_message
         self.registry = registry
-        self.proxy_version = proxy_version
-        self.session_key = session_key
-        self.retries = retries
         self.counters = counters
         self.chooser = chooser
         self.clock = clock
-        self.sniff_timeout = sniff_timeout
-        self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
-        self.fin_timeout = fin_timeout
+        self._settings = settings
+
+    @property
+    def settings(self) -> SessionSettings:
+        """
+        The settings connections use from now on.
+        """
+        return self._settings
+
+    def reconfigure(self, settings: SessionSettings) -> None:
+        """
+        Use C{settings} from now on (a reload): for connections not yet
+        classified, and game sessions not yet started.
+        """
+        self._settings = settings
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> FrontDoor:
@@ -198,7 +199,7 @@ class FrontDoor(CloseHooks, Protocol):
     def connectionMade(self) -> None:
         self.factory.pending.add(self)
         self._sniff_call = self.factory.clock.callLater(
-            self.factory.sniff_timeout, self._sniff_timed_out
+            self.factory.settings.sniff_timeout, self._sniff_timed_out
         )
 
     @override
@@ -277,8 +278,9 @@ class FrontDoor(CloseHooks, Protocol):
     def _start_game(self, *, client_eof: bool = False) -> None:
         sniffed = self._stop_sniffing()
         factory = self.factory
+        settings = factory.settings
         if (
-            factory.session_key is not None
+            settings.session_key is not None
             and factory.chooser.needs_key
             and sniffed
             and not client_eof
@@ -290,7 +292,7 @@ class FrontDoor(CloseHooks, Protocol):
             # speaks first) is not kept waiting: it has no first line.
             self._key_wait = sniffed
             self._forward = self._key_data
-            self._key_call = factory.clock.callLater(factory.sniff_timeout, self._key_done)
+            self._key_call = factory.clock.callLater(settings.sniff_timeout, self._key_done)
             return
         self._launch(sniffed, client_eof)
 
@@ -312,7 +314,7 @@ class FrontDoor(CloseHooks, Protocol):
         first line, else the client's address (by its limits key, so an IPv6
         client keeps its affinity across the addresses of its /64).
         """
-        pattern = self.factory.session_key
+        pattern = self.factory.settings.session_key
         if pattern is not None:
             line, newline, _rest = first.partition(b"\n")
             # Only a whole first line: a cut one (timeout, 4 KiB) could give
@@ -334,16 +336,10 @@ class FrontDoor(CloseHooks, Protocol):
             self.transport,
             factory.chooser,
             factory.clock,
-            connect_timeout=factory.connect_timeout,
-            idle_timeout=factory.idle_timeout,
-            fin_timeout=factory.fin_timeout,
+            factory.settings,
             peer=describe_peer(self.transport.getPeer()),
             key=self._session_key(first) if factory.chooser.needs_key else None,
-            retries=factory.retries,
-            proxy_version=factory.proxy_version,
             refusals=factory.refusals,
-            busy_message=factory.busy_message,
-            relay=factory.relay_mode,
         )
         self.session = session
         self._register(session)

@@ -2,24 +2,10 @@
 Active health checks of the game backends.
 
 A L{HealthChecker} is a service that probes every backend in the pool when it
-starts and then every C{interval} seconds.  A probe (L{Probe}) is one short
-connection made the way a game session makes one, through
-C{backend.endpoint.connect}:
-
-  1. B{Connect.}  A plain TCP connection is ready when it is made; a C{tls:}
-     backend's connection is ready once its TLS handshake is done (its
-     certificate and host name verified).
-  2. B{Send and expect}, when the backend's L{HealthCheck} says so: write
-     C{send}, then wait until C{expect} appears somewhere in what the backend
-     sends (split across reads or not).  Only the last C{len(expect) - 1}
-     bytes are kept between reads, so a chatty backend cannot make the probe
-     buffer without bound.
-  3. B{Close}: the probe's connection is closed cleanly (a FIN, or a TLS
-     close_notify), and aborted if that has not finished by the deadline.
-
-Everything must be done within the probe's timeout, which runs from the start
-of the connection attempt: an attempt still connecting is cancelled, an open
-connection is aborted, and the probe has failed.
+starts and then every C{interval} seconds.  A probe (L{gateway.pool.probe.Probe})
+is one short connection made the way a game session makes one: connected (TLS
+handshake included), then, if the backend's L{HealthCheck} says so, a request
+sent and an expected answer awaited, all within the probe's timeout.
 
 Each result goes to the backend's L{HealthState}, a plain object that decides
 when the backend's state changes: down after C{fall} failed probes in a row
@@ -37,76 +23,35 @@ forgotten (a probe of theirs still running is aborted).  Nothing is logged for
 a passing probe; a failed one is logged at debug level with its reason, and
 the pool logs every change of state.  A probe that cannot be made for want of
 the gateway's own resources (out of file descriptors, say: see
-L{gateway.session.relay.LOCAL_ERRNOS}) has no result and leaves the backend's record
-as it was; the first such probe of a backend is logged as a warning, and the
-next probe that is made again at info level.
+L{gateway.session.backendlink.LOCAL_ERRNOS}) has no result and leaves the
+backend's record as it was; the first such probe of a backend is logged as a
+warning, and the next probe that is made again at info level.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
-from typing import Protocol as Structural
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.error import ConnectingCancelledError, ConnectionDone
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IHandshakeListener,
-    INegotiated,
-    IProtocol,
-    IReactorTime,
-)
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
-from zope.interface import implementer
 
 from gateway.pool.backends import Backend, BackendState
-from gateway.session.relay import describe_failure, local_shortage
+from gateway.pool.probe import HealthCheck, Probe
 
 if TYPE_CHECKING:
     from gateway.pool.backends import Pool
 
-__all__ = ["DEFAULT_TIMEOUT", "HealthCheck", "HealthChecker", "HealthState", "Probe"]
+# HealthCheck is defined with the probe that carries it out, and exported
+# here too: the checker's settings are made of them.
+__all__ = ["DEFAULT_TIMEOUT", "HealthCheck", "HealthChecker", "HealthState"]
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds a probe may take at most by default (less when the interval is shorter)."""
-
-_SHOWN = 32
-"""Bytes of an unexpected answer quoted in a failed probe's reason."""
-
-
-@dataclass(frozen=True, slots=True)
-class HealthCheck:
-    """
-    What a probe of one backend does once connected.
-
-    @ivar send: bytes written once the connection is ready (none if empty).
-    @ivar expect: bytes that must then appear in what the backend sends; when
-        empty, connecting (TLS handshake included) is the whole check.
-    @ivar timeout: seconds for the whole probe, connect included; L{None} for
-        the checker's timeout.
-    @ivar preamble: bytes written first (a PROXY header for a backend that
-        expects one); L{None} for the checker's preamble.
-    """
-
-    send: bytes = b""
-    expect: bytes = b""
-    timeout: float | None = None
-    preamble: bytes | None = None
-
-    def __post_init__(self) -> None:
-        """
-        @raise ValueError: the timeout is not a positive number of seconds.
-        """
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"health check timeout must be positive, not {self.timeout!r}")
 
 
 class HealthState:
@@ -169,259 +114,8 @@ class HealthState:
         return change
 
 
-class _Connection(Structural):
-    """
-    What a probe uses of its connected transport (TCP and TLS transports both
-    have these, though ITransport lacks C{abortConnection}).
-    """
-
-    def write(self, data: bytes) -> None: ...
-    def loseConnection(self) -> None: ...
-    def abortConnection(self) -> None: ...
-
-
 def _times(count: int) -> str:
     return f"{count} time" if count == 1 else f"{count} times"
-
-
-@implementer(IHandshakeListener)
-class Probe(Protocol):
-    """
-    One health check of one backend, from the connection attempt to the close.
-
-    It provides L{IHandshakeListener} only: Twisted's client endpoints copy
-    just the last of a protocol's interfaces onto their wrapper (see
-    C{_restore_half_close} in L{gateway.session.relay}), and a probe has no use for
-    half-closes anyway (a backend's end of stream ends the probe).
-
-    @ivar backend: the backend probed.
-    @ivar check: what to do once connected.
-    @ivar timeout: seconds for the whole probe.
-    @ivar passed: the result once decided (L{None} before).
-    @ivar finished: whether the probe is over (its connection gone, aborted,
-        or never made); the checker may then start the next one.
-    @ivar short: why the probe could not be made, if it could not for want
-        of the gateway's own resources (then it has no result).
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self,
-        backend: Backend,
-        check: HealthCheck,
-        timeout: float,
-        clock: IReactorTime,
-        report: Callable[[Probe, bool, str], None],
-        finish: Callable[[Probe], None],
-        preamble: bytes = b"",
-    ) -> None:
-        """
-        @param clock: for the timeout.
-        @param preamble: bytes written first on the connection (the PROXY
-            header of a backend that expects one).
-        @param report: called once with the probe, its result and, for a
-            failure, the reason (never for a probe stopped by L{abort}, nor
-            for one that could not be made for want of the gateway's own
-            resources: that says nothing about the backend).
-        @param finish: called once with the probe when it is over.
-        """
-        self.backend = backend
-        self.check = check
-        self.preamble = preamble
-        self.timeout = timeout
-        self._clock = clock
-        self._report = report
-        self._finish = finish
-        self.passed: bool | None = None
-        self.finished = False
-        self.short: str | None = None
-        self._silent = False
-        self._ready = False
-        self._attempt: Deferred[IProtocol] | None = None
-        self._deadline: IDelayedCall | None = None
-        self._tail = b""
-        self._received = 0
-        self._head = b""
-
-    def start(self) -> None:
-        """
-        Begin the connection attempt.
-        """
-        self._deadline = self._clock.callLater(self.timeout, self._timed_out)
-        # maybeDeferred: an endpoint that raises is a failed probe too.
-        attempt: Deferred[IProtocol] = maybeDeferred(
-            self.backend.endpoint.connect, _ProbeFactory(self)
-        )
-        if self.transport is None and not self.finished:
-            # Still connecting (the endpoint did not answer synchronously).
-            self._attempt = attempt
-        attempt.addErrback(self._connect_failed)
-
-    def abort(self) -> None:
-        """
-        Stop the probe without a result (the checker is stopping, or the
-        backend left the pool).
-        """
-        self._silent = True
-        self._close(abort=True)
-
-    # Steps
-
-    def _connect_failed(self, failure: Failure) -> None:
-        self._attempt = None
-        if failure.check(CancelledError, ConnectingCancelledError):
-            reason = f"no connection within {self.timeout:g} s"
-        elif local_shortage(failure):
-            # The gateway is out of descriptors (or buffers, memory, local
-            # ports): no result, so the backend's record is not touched (the
-            # checker logs it).
-            if not self._silent:
-                self.short = describe_failure(failure)
-            self._silent = True
-            self._end()
-            return
-        else:
-            reason = describe_failure(failure)
-        self._decide(False, reason)
-        self._end()
-
-    @override
-    def connectionMade(self) -> None:
-        self._attempt = None
-        if INegotiated.providedBy(self.transport):
-            # TLS: ready once handshakeCompleted is called.
-            return
-        self._connection_ready()
-
-    def handshakeCompleted(self) -> None:
-        """
-        The TLS handshake succeeded (certificate and host name verified).
-        """
-        if getattr(self.transport, "disconnecting", False):
-            # Twisted before 25 reports the handshake done even when the host
-            # name check failed and aborted the connection; connectionLost
-            # follows with the reason (see BackendLink in gateway.session.relay).
-            return
-        self._connection_ready()
-
-    def _connection_ready(self) -> None:
-        if self.passed is not None or self.finished:
-            return
-        self._ready = True
-        if self.preamble:
-            self._connection().write(self.preamble)
-        if self.check.send:
-            self._connection().write(self.check.send)
-        if not self.check.expect:
-            self._decide(True, "")
-            self._close()
-
-    @override
-    def dataReceived(self, data: bytes) -> None:
-        expect = self.check.expect
-        if not self._ready or self.passed is not None or not expect:
-            return
-        if len(self._head) < _SHOWN:
-            self._head += data[: _SHOWN - len(self._head)]
-        self._received += len(data)
-        window = self._tail + data
-        if expect in window:
-            self._decide(True, "")
-            self._close()
-            return
-        # Keep just enough to find the expected bytes split across reads.
-        keep = len(expect) - 1
-        self._tail = window[len(window) - keep :] if keep else b""
-
-    @override
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        if self.passed is None:
-            if self._ready:
-                text = f"connection closed before {self.check.expect!r} arrived"
-                text += self._answer()
-            else:
-                text = describe_failure(reason)
-            self._decide(False, text)
-        self._end()
-
-    def _timed_out(self) -> None:
-        self._deadline = None
-        if self.passed is None:
-            if self.transport is None:
-                reason = f"no connection within {self.timeout:g} s"
-            elif not self._ready:
-                reason = f"TLS handshake not done within {self.timeout:g} s"
-            else:
-                reason = f"{self.check.expect!r} not received within {self.timeout:g} s"
-                reason += self._answer()
-            self._decide(False, reason)
-        # Decided but still closing: the peer has had its time.
-        self._close(abort=True)
-
-    def _answer(self) -> str:
-        if not self._received:
-            return " (nothing received)"
-        return f" (received {self._received} bytes: {self._head!r})"
-
-    # Ending
-
-    def _connection(self) -> _Connection:
-        return cast(_Connection, self.transport)
-
-    def _decide(self, passed: bool, reason: str) -> None:
-        """
-        Record the result, once, and report it unless the probe was aborted.
-        """
-        if self.passed is not None or self._silent:
-            return
-        self.passed = passed
-        self._report(self, passed, reason)
-
-    def _close(self, abort: bool = False) -> None:
-        """
-        Close the probe's connection (cleanly, or by aborting it, which also
-        ends the probe), or cancel its connection attempt.
-        """
-        if self.finished:
-            return
-        if self.transport is not None:
-            if not abort:
-                # The probe ends when connectionLost arrives, or at the deadline.
-                self._connection().loseConnection()
-                return
-            self._connection().abortConnection()
-        elif self._attempt is not None:
-            attempt, self._attempt = self._attempt, None
-            # Fails the attempt at once (its errback is _connect_failed).
-            attempt.cancel()
-        self._end()
-
-    def _end(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
-        self._finish(self)
-
-
-class _ProbeFactory(Factory):
-    """
-    Hands one L{Probe} to an endpoint's connection attempt, quietly (a probe
-    every few seconds per backend must not log two lines each).
-    """
-
-    noisy = False
-
-    def __init__(self, probe: Probe) -> None:
-        self._probe = probe
-
-    @override
-    def buildProtocol(self, addr: IAddress | None) -> Probe:
-        return self._probe
 
 
 class HealthChecker(Service):

@@ -57,6 +57,7 @@ from gateway.process.reload import Reloader
 from gateway.process.service import GatewayService
 from gateway.process.takeover import TakeOver
 from gateway.process.workerpool import WorkerPool
+from gateway.session.settings import SessionSettings
 
 __all__ = ["make_service"]
 
@@ -166,18 +167,10 @@ def _core(
         site=site,
         chooser=pool,
         clock=reactor,
-        sniff_timeout=config.sniff_timeout,
-        connect_timeout=config.connect_timeout,
-        idle_timeout=config.idle_timeout,
-        fin_timeout=config.fin_timeout,
-        session_key=re.compile(config.session_key.encode()) if config.session_key else None,
-        retries=config.retries,
+        settings=SessionSettings.from_config(config),
         counters=counters,
-        proxy_version=config.proxy_protocol,
         registry=registry,
         refusals=refusals,
-        busy_message=config.busy_message,
-        relay_mode=config.relay,
     )
     responder = Responder(
         reactor, busy_message=config.busy_message, wait=min(config.sniff_timeout, 2.0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import re
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -39,6 +38,7 @@ from gateway.process.parts import (
     http_root_of,
     probe_preamble,
 )
+from gateway.session.settings import SessionSettings
 
 __all__ = ["RESTART_ONLY", "Departures", "Reloader"]
 
@@ -236,16 +236,7 @@ class Reloader:
 
     def _apply_front(self, old: GatewayConfig, new: GatewayConfig) -> None:
         parts = self.parts
-        factory = parts.factory
-        factory.sniff_timeout = new.sniff_timeout
-        factory.connect_timeout = new.connect_timeout
-        factory.idle_timeout = new.idle_timeout
-        factory.fin_timeout = new.fin_timeout
-        factory.retries = new.retries
-        factory.proxy_version = new.proxy_protocol
-        factory.busy_message = new.busy_message
-        factory.relay_mode = new.relay
-        factory.session_key = re.compile(new.session_key.encode()) if new.session_key else None
+        parts.factory.reconfigure(SessionSettings.from_config(new))
         parts.site.header_timeout = new.header_timeout
         if parts.admin_site is not None:
             parts.admin_site.header_timeout = new.header_timeout

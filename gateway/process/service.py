@@ -28,7 +28,8 @@ from gateway.process.listener import FrontListener
 from gateway.process.reload import Reloader
 from gateway.process.takeover import TakeOver
 from gateway.process.workerpool import WorkerPool
-from gateway.session.relay import CloseReason, GameSession
+from gateway.session.lifecycle import CloseReason
+from gateway.session.relay import GameSession
 
 __all__ = ["GatewayService"]
 

@@ -36,13 +36,13 @@ from typing_extensions import override
 
 import gateway
 from gateway.config import GatewayConfig
+from gateway.connection import OneShotFactory
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.process.control import ControlChannel
 from gateway.process.dispatch import Handoff
 from gateway.process.handoffs import HandoffChannel
 from gateway.process.wire import (
     HANDOFF_BUFFER,
-    Adopting,
     BackendStateChange,
     Configure,
     Message,
@@ -244,7 +244,7 @@ class WorkerProcess(ProcessProtocol):
             handoff_there.close()
         control_here.setblocking(False)
         reactor.adoptStreamConnection(
-            control_here.fileno(), socket.AF_UNIX, Adopting(ControlChannel(self))
+            control_here.fileno(), socket.AF_UNIX, OneShotFactory(ControlChannel(self))
         )
         control_here.close()  # adopted as a copy
 

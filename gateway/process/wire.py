@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, NamedTuple
 
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from typing_extensions import override
 
 from gateway.config import GatewayConfig
@@ -42,7 +41,6 @@ __all__ = [
     "HANDOFF_BUFFER",
     "HANDOFF_MESSAGE",
     "MAX_MESSAGE",
-    "Adopting",
     "BackendCounts",
     "BackendStateChange",
     "Configure",
@@ -348,19 +346,3 @@ class Framed(Protocol):
         """
         assert self.transport is not None
         self.transport.loseConnection()
-
-
-class Adopting(Factory):
-    """
-    The factory for one adopted socket (a control channel's end): it builds
-    the protocol it was given.
-    """
-
-    noisy = False
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    @override
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return self._protocol

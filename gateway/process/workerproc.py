@@ -40,6 +40,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from gateway.config import GatewayConfig
+from gateway.connection import OneShotFactory
 from gateway.front.chain import connection_chain, split_front
 from gateway.front.door import FrontDoor
 from gateway.front.limits import Refusal
@@ -47,7 +48,6 @@ from gateway.ops.access import ACCESS_ONLY
 from gateway.pool.backends import Backend, BackendState
 from gateway.process.wire import (
     HANDOFF_MESSAGE,
-    Adopting,
     BackendCounts,
     BackendStateChange,
     Configure,
@@ -64,7 +64,7 @@ from gateway.process.wire import (
     decode,
 )
 from gateway.process.workerlog import LogForwarder
-from gateway.session.relay import LOCAL_ERRNOS
+from gateway.session.backendlink import LOCAL_ERRNOS
 
 _log = Logger()
 
@@ -223,7 +223,7 @@ class Worker:
         control = socket.socket(fileno=CONTROL_FD)
         control.setblocking(False)
         self.reactor.adoptStreamConnection(
-            control.fileno(), socket.AF_UNIX, Adopting(_Control(self))
+            control.fileno(), socket.AF_UNIX, OneShotFactory(_Control(self))
         )
         control.close()
         sock = socket.socket(fileno=HANDOFF_FD)

@@ -1,0 +1,247 @@
+"""
+Finding a backend for a game session: the connection attempts, in turn.
+
+A L{Dialer} asks the pool for a backend and connects with a timeout that
+covers the TCP connection and, for a C{tls:} backend, the TLS handshake
+(certificate and hostname checks included).  A refused, failed or timed-out
+attempt is counted on that backend, logged with its reason, and the next
+backend is tried, until every backend allowed by the retries was tried once;
+then the session is told there is no backend.  An attempt that fails for a
+reason of the gateway's own (L{gateway.session.backendlink.LOCAL_ERRNOS}: out
+of file descriptors, buffers, memory or local ports) says nothing about the
+backend: it is not counted on it, and the session is told at once, since every
+other backend would need the same resources.
+
+The attempts' protocol is a L{BackendLink} whose events go to the session
+(L{DialerOwner}); the session hands the attempt-related ones back here
+(L{Dialer.take}, L{Dialer.link_failed}).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from typing import Protocol as Structural
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.connection import OneShotFactory
+from gateway.interfaces import IBackendChooser
+from gateway.session.backendlink import BackendLink, LinkOwner, describe_failure, local_shortage
+
+if TYPE_CHECKING:
+    from gateway.pool.backends import Backend
+    from gateway.session.settings import SessionSettings
+
+__all__ = ["Dialer", "DialerOwner"]
+
+
+class DialerOwner(LinkOwner, Structural):
+    """
+    What a L{Dialer} asks and tells its session.
+    """
+
+    @property
+    def client_gone(self) -> bool:
+        """
+        Whether the client has left (then attempts are abandoned).
+        """
+        ...
+
+    def no_backend(self, detail: str, tried: str) -> None:
+        """
+        Every backend allowed was tried, or none is up: refuse the client.
+
+        @param detail: what happened, for the refusal log.
+        @param tried: the names of the backends tried (C{"none up"} if none).
+        """
+
+    def short_of_resources(self, detail: str) -> None:
+        """
+        An attempt failed for want of the gateway's own resources: refuse the
+        client.
+        """
+
+
+class Dialer:
+    """
+    The connection attempts of one session, one at a time.
+
+    @ivar tried: the backends tried so far, in order.
+    """
+
+    # Slots: one dialer per live session (see GameSession).
+    __slots__ = (
+        "_attempt",
+        "_attempt_timer",
+        "_chooser",
+        "_clock",
+        "_connect_timeout",
+        "_key",
+        "_owner",
+        "_peer",
+        "_pending",
+        "_retries",
+        "tried",
+    )
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        owner: DialerOwner,
+        chooser: IBackendChooser,
+        clock: IReactorTime,
+        settings: SessionSettings,
+        *,
+        key: bytes | None,
+        peer: str,
+    ) -> None:
+        """
+        @param owner: the session, which hears of every event.
+        @param chooser: picks backends (the pool).
+        @param clock: for the attempts' timeouts.
+        @param settings: the connect timeout and retries.
+        @param key: the session's affinity key, for a balancer that uses one.
+        @param peer: the client's address, for logs.
+        """
+        self._owner = owner
+        self._chooser = chooser
+        self._clock = clock
+        self._connect_timeout = settings.connect_timeout
+        self._retries = settings.retries
+        self._key = key
+        self._peer = peer
+        self.tried: list[Backend] = []
+        self._pending: BackendLink | None = None
+        self._attempt: Deferred[IProtocol] | None = None
+        self._attempt_timer: IDelayedCall | None = None
+
+    def connect_next(self) -> None:
+        """
+        Try the next backend the pool chooses, or give up.
+        """
+        backend = None
+        if len(self.tried) <= self._retries:
+            backend = self._chooser.choose(self.tried, self._key)
+        if backend is None:
+            self._give_up()
+            return
+        self.tried.append(backend)
+        link = BackendLink(self._owner, backend)
+        self._pending = link
+        self._attempt_timer = self._clock.callLater(
+            self._connect_timeout, self._attempt_timed_out, link
+        )
+        attempt = backend.endpoint.connect(OneShotFactory(link))
+        if self._pending is link:
+            # Still pending: the endpoint did not answer synchronously.
+            self._attempt = attempt
+        attempt.addErrback(self._connect_failed, link)
+
+    def abandon(self) -> None:
+        """
+        Stop the pending attempt, if any (the client left): an open
+        connection is aborted, one still connecting is cancelled.
+        """
+        link = self._pending
+        if link is None:
+            return
+        if link.transport is not None:
+            link.transport.abortConnection()  # type: ignore[attr-defined]
+        elif self._attempt is not None:
+            self._attempt.cancel()
+
+    def take(self, link: BackendLink) -> bool:
+        """
+        C{link} is usable: end its attempt, and count it as a success.
+
+        @return: whether the session is to use it (it is the pending attempt,
+            and the client is still there; if the client left, the link's
+            connection is closed).
+        """
+        if not self._stop_attempt(link):
+            return False
+        if self._owner.client_gone:
+            link.transport.loseConnection()  # type: ignore[union-attr]
+            return False
+        self._chooser.attempt_succeeded(link.backend)
+        return True
+
+    def link_failed(self, link: BackendLink, reason: Failure) -> None:
+        """
+        C{link}'s connection was lost before it was usable (a failed attempt,
+        e.g. a TLS verification error, or a handshake timeout).
+        """
+        self._attempt_failed(link, link.failure_reason or describe_failure(reason))
+
+    def _give_up(self) -> None:
+        self._chooser.nothing_available()
+        tried = ", ".join(b.name for b in self.tried) or "none up"
+        self._owner.no_backend(f"no backend available; tried: {tried}", tried)
+
+    def _attempt_timed_out(self, link: BackendLink) -> None:
+        self._attempt_timer = None
+        if link.transport is None:
+            # Still connecting at the TCP level: cancelling fails the attempt.
+            if self._attempt is not None:
+                self._attempt.cancel()
+        else:
+            link.failure_reason = f"TLS handshake not done within {self._connect_timeout:g} s"
+            link.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _connect_failed(self, failure: Failure, link: BackendLink) -> None:
+        if failure.check(CancelledError, ConnectingCancelledError):
+            reason = f"no connection within {self._connect_timeout:g} s"
+        elif local_shortage(failure):
+            self._short_of_resources(link, describe_failure(failure))
+            return
+        else:
+            reason = describe_failure(failure)
+        self._attempt_failed(link, reason)
+
+    def _short_of_resources(self, link: BackendLink, reason: str) -> None:
+        """
+        The attempt on C{link} failed for want of the gateway's own resources:
+        refuse the session, and leave the backend's state and counters alone
+        (the shortage says nothing about it; counting it would take healthy
+        backends down).  Other backends are not tried: they would need the
+        same descriptor, buffer or port.
+        """
+        if not self._stop_attempt(link) or self._owner.client_gone:
+            return
+        self._owner.short_of_resources(
+            f"the gateway is short of resources; backend {link.backend.name}: {reason}"
+        )
+
+    def _stop_attempt(self, link: BackendLink) -> bool:
+        """
+        Forget the pending attempt on C{link}.
+
+        @return: whether C{link} was the pending attempt.
+        """
+        if self._pending is not link:
+            return False
+        self._pending = None
+        self._attempt = None
+        if self._attempt_timer is not None:
+            if self._attempt_timer.active():
+                self._attempt_timer.cancel()
+            self._attempt_timer = None
+        return True
+
+    def _attempt_failed(self, link: BackendLink, reason: str) -> None:
+        if not self._stop_attempt(link) or self._owner.client_gone:
+            # A stale attempt, or one we gave up ourselves because the client left.
+            return
+        self._chooser.attempt_failed(link.backend)
+        self._log.warn(
+            "backend {backend} failed for a session from {peer}: {reason}",
+            backend=link.backend.name,
+            peer=self._peer,
+            reason=reason,
+        )
+        self.connect_next()

@@ -1,0 +1,69 @@
+"""
+A game session's life: the phases it goes through, the moves between them,
+and why it ended.
+
+The phases move one way: C{CONNECTING}, then C{RELAYING} or C{SPLICING} (a
+spliced session goes back to relaying when the kernel hands the sockets
+back), then C{CLOSING} while a connection is still being closed, and
+C{CLOSED} once both are gone; a session may skip ahead (a client that leaves
+while its session connects ends it at once).  L{can_move} says which moves
+there are; L{gateway.session.relay.GameSession} makes every move through it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["CloseReason", "Phase", "can_move"]
+
+
+class CloseReason(Enum):
+    """
+    Why a game session ended: the C{reason} of its access event
+    (L{gateway.ops.access.log_game_session}), and the argument of
+    L{GameSession.close} (C{DRAIN_TIMEOUT}, C{SHUTDOWN}).
+
+    C{NO_BACKEND} and C{LOCAL_RESOURCES} end a session refused before it
+    reached a backend: such a session writes no access event, and is counted
+    and logged as a refusal instead (L{Refusal.NO_BACKEND},
+    L{Refusal.LOCAL_RESOURCES}).
+    """
+
+    CLIENT_CLOSED = "client-closed"
+    BACKEND_CLOSED = "backend-closed"
+    IDLE_TIMEOUT = "idle-timeout"
+    FIN_TIMEOUT = "fin-timeout"
+    NO_BACKEND = "no-backend"
+    LOCAL_RESOURCES = "local-resources"
+    CLIENT_LEFT_EARLY = "client-left-before-connect"
+    DRAIN_TIMEOUT = "drain-timeout"
+    SHUTDOWN = "shutdown"
+
+
+class Phase(Enum):
+    """
+    Where a game session is in its life (see the module's docstring).
+    """
+
+    CONNECTING = "connecting"
+    RELAYING = "relaying"
+    SPLICING = "splicing"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_NEXT: dict[Phase, frozenset[Phase]] = {
+    Phase.CONNECTING: frozenset({Phase.RELAYING, Phase.SPLICING, Phase.CLOSING, Phase.CLOSED}),
+    Phase.SPLICING: frozenset({Phase.RELAYING, Phase.CLOSING, Phase.CLOSED}),
+    Phase.RELAYING: frozenset({Phase.CLOSING, Phase.CLOSED}),
+    Phase.CLOSING: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
+"""The phases each phase may move on to."""
+
+
+def can_move(current: Phase, new: Phase) -> bool:
+    """
+    Whether a session in phase C{current} may move on to phase C{new}.
+    """
+    return new in _NEXT[current]
