@@ -1,7 +1,9 @@
 """
 The package's shape (issue 12): no import circle between the gateway's
 modules, counting imports made inside functions and under C{TYPE_CHECKING}
-as well, since a lazy import back into a module is a circle all the same.
+as well, since a lazy import back into a module is a circle all the same;
+and modules and functions small enough to read (about 600 lines a module,
+80 a function outside the demo game, 400 for the service's root).
 """
 
 from __future__ import annotations
@@ -10,6 +12,15 @@ import ast
 from pathlib import Path
 
 import gateway
+
+MODULE_LINES = 650
+"""About 600 lines: the most a module of the package may have."""
+
+FUNCTION_LINES = 80
+"""The most a function or method may have, outside the demo game."""
+
+SERVICE_LINES = 400
+"""The most the service's root (gateway/process/service.py) may have."""
 
 PACKAGE = Path(gateway.__file__).parent
 
@@ -106,3 +117,30 @@ def test_no_import_circle() -> None:
     graph = import_graph()
     assert "gateway.process.service" in graph  # the walk saw the package
     assert circles(graph) == []
+
+
+def test_modules_are_small() -> None:
+    """
+    No module is over L{MODULE_LINES} lines, and the service's root is
+    under L{SERVICE_LINES}.
+    """
+    sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
+    assert {name: size for name, size in sizes.items() if size > MODULE_LINES} == {}
+    assert sizes["gateway.process.service"] <= SERVICE_LINES
+
+
+def test_functions_are_short() -> None:
+    """
+    No function or method is over L{FUNCTION_LINES} lines, outside the
+    demo game (whose lobby is one readable state machine).
+    """
+    long = []
+    for name, path in _modules().items():
+        if name.startswith("gateway.demo"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno is not None
+                if node.end_lineno - node.lineno + 1 > FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}")
+    assert long == []

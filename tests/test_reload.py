@@ -272,3 +272,16 @@ def test_stopping_logs_the_refusal_summary_still_due(log_events: EventLoggingObs
     reactor.advance(1)
     summaries = [line for line in lines(log_events) if "without logging each" in line]
     assert summaries == [summaries[0]] and "refused 4 more connections" in summaries[0]
+
+
+def test_admin_host_names_are_normalised_on_reload() -> None:
+    """
+    Admin host names given by a reload are compared without case, as at
+    start (the reload goes through the admin state's own method).
+    """
+    config = dataclasses.replace(BASE, admin="tcp:0:interface=127.0.0.1")
+    service, source, _ = gateway(config)
+    source.next = dataclasses.replace(config, admin_hosts=("Games.Example.COM",))
+    assert service.reload()
+    state = service.reloader.parts.admin_state
+    assert state is not None and state.hosts == ("games.example.com",)

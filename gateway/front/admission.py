@@ -169,6 +169,12 @@ class Responder:
         self.max_lingering = max_lingering
         self.lingering = 0
 
+    def reconfigure(self, busy_message: str | None) -> None:
+        """
+        A new busy line for the refusals that come next (a reload).
+        """
+        self.busy_message = busy_message
+
     def http_response(self, reason: Refusal) -> bytes:
         """
         The complete HTTP response for a refused HTTP client.
@@ -546,6 +552,13 @@ class AddressGate(Factory):
         self._clock = clock
         self._refusals = refusals
         self._responder = responder
+
+    def reconfigure(self, limits: AddressLimits | None) -> None:
+        """
+        New per-address limits for the connections that come next (a
+        reload; the limits keep the live counts they are given).
+        """
+        self.limits = limits
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> IProtocol | None:  # type: ignore[override]

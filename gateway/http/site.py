@@ -135,6 +135,19 @@ class HTTPSite(Site):
         self.send_timeout = send_timeout
         self.refusals = refusals
 
+    def reconfigure(
+        self, *, header_timeout: float, root: resource.IResource | None = None
+    ) -> None:
+        """
+        New settings for the requests that come next (a reload).
+
+        @param root: a new resource to serve (a changed folder), or L{None}
+            to keep the current one.
+        """
+        self.header_timeout = header_timeout
+        if root is not None:
+            self.resource = root
+
     @override
     def log(self, request: http.Request) -> None:
         """

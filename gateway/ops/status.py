@@ -14,6 +14,7 @@ L{gateway.ops.metrics} renders the same document's counters for Prometheus.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Protocol
 
@@ -107,6 +108,18 @@ class AdminState:
         self.hosts = tuple(name.lower() for name in hosts)
         self.workers = workers
         self.started = clock.seconds() if clock is not None else 0.0
+
+    def reconfigure(self, token: str | None, hosts: Sequence[str]) -> None:
+        """
+        A new admin token and host names for the requests that come next (a
+        reload), checked and normalised as at start.
+
+        @raise ValueError: the token is empty.
+        """
+        if token is not None and not token.strip():
+            raise ValueError("the admin token must not be empty")
+        self.token = token
+        self.hosts = tuple(name.lower() for name in hosts)
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:

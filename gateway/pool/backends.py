@@ -57,6 +57,19 @@ class Pool:
         for backend in backends:
             self.add(backend)
 
+    def reconfigure(self, *, balancer: IBalancer | None = None, fall: int) -> None:
+        """
+        New settings for the choices and failures that come next (a reload).
+
+        @param balancer: a new balancing policy, or L{None} to keep this one
+            (and what it has learnt).
+        @param fall: failed attempts in a row that mark a backend down (0:
+            passive detection off).
+        """
+        if balancer is not None:
+            self.balancer = balancer
+        self.fall = fall
+
     @property
     def needs_key(self) -> bool:
         """

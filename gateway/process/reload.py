@@ -220,10 +220,11 @@ class Reloader:
             pool.set_state(backend, BackendState.DRAINING, "removed from the configuration")
             departures.leave_when_empty(backend)
             changes.append(f"backend {backend.name} removed: draining")
-        if new.balance != old.balance:
-            pool.balancer = make_balancer(new.balance)
-        # Passive detection only with health checks: they bring a backend back.
-        pool.fall = PASSIVE_FALL if new.health_interval else 0
+        pool.reconfigure(
+            balancer=make_balancer(new.balance) if new.balance != old.balance else None,
+            # Passive detection only with health checks: they bring a backend back.
+            fall=PASSIVE_FALL if new.health_interval else 0,
+        )
 
     def _apply_admission(self, new: GatewayConfig) -> None:
         parts = self.parts
@@ -231,19 +232,20 @@ class Reloader:
         if parts.gates:
             limits = address_policies(new, parts.gates[0].limits)
             for gate in parts.gates:
-                gate.limits = limits
-        parts.responder.busy_message = new.busy_message
+                gate.reconfigure(limits)
+        parts.responder.reconfigure(new.busy_message)
 
     def _apply_front(self, old: GatewayConfig, new: GatewayConfig) -> None:
         parts = self.parts
         parts.factory.reconfigure(SessionSettings.from_config(new))
-        parts.site.header_timeout = new.header_timeout
-        if parts.admin_site is not None:
-            parts.admin_site.header_timeout = new.header_timeout
+        root = None
         if new.http_root != old.http_root or new.http_listing != old.http_listing:
-            parts.site.resource = make_site(
+            root = make_site(
                 http_root_of(new), listing=new.http_listing, reactor=parts.reactor
             ).resource
+        parts.site.reconfigure(header_timeout=new.header_timeout, root=root)
+        if parts.admin_site is not None:
+            parts.admin_site.reconfigure(header_timeout=new.header_timeout)
 
     def _apply_health(self, new: GatewayConfig) -> None:
         if self.parts.health is not None:
@@ -259,8 +261,7 @@ class Reloader:
     ) -> GatewayConfig:
         parts = self.parts
         if parts.admin_state is not None:
-            parts.admin_state.token = new.admin_token
-            parts.admin_state.hosts = new.admin_hosts
+            parts.admin_state.reconfigure(new.admin_token, new.admin_hosts)
         access_log_only(new.access_log_only)
         now = datetime.datetime.fromtimestamp(parts.reactor.seconds(), datetime.UTC)
         for creator in parts.certificates:
