@@ -747,7 +747,7 @@ def _check_race(old: GatewayProcess, takers: list[GatewayProcess], path: Path) -
     wait_for(lambda: all(_settled(taker) for taker in takers), "both takers to settle")
     from_old = [t for t in takers if f"taking over from process {old.pid}:" in t.log()]
     assert len(from_old) == 1, [t.log() for t in takers]
-    assert old.log().count("handed over to process") == 1
+    assert old.log().count("] handed over to process") == 1
     first = from_old[0]
     second = takers[1 - takers.index(first)]
     assert second.process is not None
@@ -845,4 +845,43 @@ def test_new_process_dying_after_ready_gives_the_fronts_back(tmp_path: Path) -> 
             assert _echoes(old.port)
             with GatewayProcess(args, tmp_path / "new") as new:
                 wait_for(lambda: "no longer accepts" in new.log(), "the hand-over")
-                assert old.log().count("handed over to process") == 2
+                assert old.log().count("] handed over to process") == 2
+
+
+@pytest.mark.parametrize("patient", [True, False])
+def test_fresh_bind_waits_for_a_dying_process_to_release_its_port(patient: bool) -> None:
+    """
+    After a broken hand-over a front binds fresh; if the old process (dying)
+    still holds the address, the bind is tried again for a bounded time and
+    succeeds once the address is free.  Without that patience the same
+    bind stops start-up with one line.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from gateway.process.errors import StartupError
+
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    release = threading.Timer(0.3, holder.close)
+    release.start()
+    endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+    front = FrontListener(f"tcp:{port}:interface=127.0.0.1", endpoint, Factory())
+    if patient:
+        front.wait_for_release(5.0)
+    try:
+        if patient:
+            front.privilegedStartService()
+            assert front.port is not None
+            assert front.port.getHost().port == port  # type: ignore[attr-defined]
+        else:
+            with pytest.raises(StartupError, match="Address already in use"):
+                front.privilegedStartService()
+    finally:
+        release.join()
+        holder.close()
+        if front.port is not None:
+            front.port.stopListening()

@@ -7,8 +7,10 @@ gateway's own PEM-folder reading, anything else through Twisted's parser).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import time
 from typing import Any
 
 from twisted.application.service import Service
@@ -31,7 +33,10 @@ from gateway.front.pemfolder import FolderError
 from gateway.front.tls import SNICertificates, is_tls_front, tls_front_endpoint
 from gateway.process.errors import StartupError
 
-__all__ = ["FrontListener", "server_endpoint"]
+__all__ = ["BIND_RETRY", "FrontListener", "server_endpoint"]
+
+BIND_RETRY = 0.05
+"""Seconds between attempts to bind an address a dying process still holds."""
 
 
 class FrontListener(Service):
@@ -70,6 +75,7 @@ class FrontListener(Service):
         self.port: IListeningPort | None = None
         self.handed_over = False
         self.adopted = False
+        self._patience = 0.0
         self.setName(f"{option.lstrip('-')} {description}")
 
     def adopt(self, reactor: Any, fd: int, family: int) -> None:
@@ -137,19 +143,37 @@ class FrontListener(Service):
         super().privilegedStartService()
         if self.port is not None:
             return
-        outcome: list[IListeningPort | Failure] = []
-        listening: Deferred[IListeningPort] = self._endpoint.listen(self._factory)
-        listening.addBoth(outcome.append)
-        if not outcome:
-            # An endpoint that binds later (none of Twisted's do): keep going.
-            listening.addCallback(self._bound)
-            return
-        result = outcome[0]
-        if isinstance(result, Failure):
-            raise StartupError(
-                f"gateway: error: {self.option} {self.description}: {result.getErrorMessage()}"
-            )
-        self._bound(result)
+        deadline = time.monotonic() + self._patience
+        while True:
+            outcome: list[IListeningPort | Failure] = []
+            listening: Deferred[IListeningPort] = self._endpoint.listen(self._factory)
+            listening.addBoth(outcome.append)
+            if not outcome:
+                # An endpoint that binds later (none of Twisted's do): keep going.
+                listening.addCallback(self._bound)
+                return
+            result = outcome[0]
+            if not isinstance(result, Failure):
+                self._bound(result)
+                return
+            if not (_in_use(result) and time.monotonic() < deadline):
+                raise StartupError(
+                    f"gateway: error: {self.option} {self.description}: {result.getErrorMessage()}"
+                )
+            # Start-up, before the reactor runs: a short blocking wait is all
+            # there is, and it is bounded by the patience.  A unix: front's
+            # socket and lock are cleared once their holder is gone.
+            time.sleep(BIND_RETRY)
+            self.clear_stale()
+
+    def wait_for_release(self, seconds: float) -> None:
+        """
+        If the address is in use when this front binds, try again for up to
+        C{seconds}: a gateway whose hand-over broke because it died may still
+        be closing its sockets (a killed process closes them one by one, and
+        its hand-over connection may be reset before its port is free).
+        """
+        self._patience = seconds
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.port = port
@@ -177,6 +201,18 @@ class FrontListener(Service):
         if self._cap_state is not None:
             self._cap_state.remove_port(port)
         return port.stopListening()
+
+
+def _in_use(failure: Failure) -> bool:
+    """
+    Whether a failed listen failed because the address is in use (a TCP
+    port, or a UNIX path whose lock another process holds).
+    """
+    error = getattr(failure.value, "socketError", None)
+    if isinstance(error, OSError):
+        return error.errno == errno.EADDRINUSE
+    # A unix: front whose lock file another process holds.
+    return error == "Cannot acquire lock"
 
 
 def _running(pid: int) -> bool:

@@ -24,7 +24,11 @@ from gateway.process.handover import (
 )
 from gateway.process.listener import FrontListener
 
-__all__ = ["TakeOver"]
+__all__ = ["RELEASE_WAIT", "TakeOver"]
+
+RELEASE_WAIT = 2.0
+"""Seconds a front binding fresh after a broken hand-over waits for the old
+process, which may be dying, to release its address."""
 
 
 class TakeOver:
@@ -84,8 +88,11 @@ class TakeOver:
         for listener in self._fronts:
             taken = None if handover is None else handover.take(listener.description)
             if taken is None:
-                # Bound here: a gateway that died may have left it behind.
+                # Bound here: a gateway that died may have left it behind,
+                # or still be closing it.
                 listener.clear_stale()
+                if handover is None:
+                    listener.wait_for_release(RELEASE_WAIT)
                 continue
             try:
                 listener.adopt(self._reactor, *taken)
