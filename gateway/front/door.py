@@ -195,6 +195,13 @@ class FrontDoor(CloseHooks, Protocol):
         self.started = 0.0
         self._http_in = 0
 
+    def number_as(self, number: int) -> None:
+        """
+        List this connection in the registry under C{number} (the number an
+        acceptor gave it), not one of the registry's own.
+        """
+        self.assigned_id = number
+
     @override
     def connectionMade(self) -> None:
         self.factory.pending.add(self)

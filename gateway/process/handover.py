@@ -401,7 +401,7 @@ class HandoverServer(Service):
         self._inode: int | None = None
         self._taker: _HandoverProtocol | None = None
         self.handed_over_to: int | None = None
-        self.hold = False
+        self._hold = False
         self.setName("handover")
 
     def ports(self) -> list[tuple[str, IListeningPort]]:
@@ -454,10 +454,26 @@ class HandoverServer(Service):
             pid=taker.peer_pid,
         )
 
+    def hold_path(self) -> None:
+        """
+        Do not listen at PATH when started: it is still the old process's
+        until it has answered this one's hand-over (L{release_path}).
+        """
+        self._hold = True
+
+    def release_path(self) -> None:
+        """
+        The old process has answered (or is gone): listen at PATH now, if
+        that was held back.
+        """
+        if self._hold:
+            self._hold = False
+            self.listen()
+
     @override
     def startService(self) -> None:
         super().startService()
-        if not self.hold:
+        if not self._hold:
             self.listen()
 
     def listen(self) -> None:

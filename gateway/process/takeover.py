@@ -118,7 +118,7 @@ class TakeOver:
         it has answered.
         """
         if self._handover is not None and self._server is not None:
-            self._server.hold = True
+            self._server.hold_path()
 
     def finish(self) -> None:
         """
@@ -141,9 +141,8 @@ class TakeOver:
             else:
                 self._log.info("process {pid} no longer accepts", pid=handover.peer_pid)
         try:
-            if server is not None and server.hold:
-                server.hold = False
-                server.listen()
+            if server is not None:
+                server.release_path()
         finally:
             if handover is not None:
                 # Only now: the old process answers other takers until PATH is ours.

@@ -191,7 +191,7 @@ class _Numbered(Factory):
     def buildProtocol(self, addr: IAddress | None) -> IProtocol:  # type: ignore[override]
         front = self.worker.service.factory.buildProtocol(addr)
         assert isinstance(front, FrontDoor)
-        front.assigned_id = self.number
+        front.number_as(self.number)
         number, worker = self.number, self.worker
         front.add_close_hook(lambda: worker.ended(number))
         return front
