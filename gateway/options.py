@@ -5,7 +5,8 @@ L{GatewayOptions} is the parser (tested as data: an argv in, a whole config
 out).  L{Options} is what the twistd plugin uses: the same parser, but a bad
 setting ends the process with one line on standard error, instead of twistd's
 habit of printing the whole usage text first.  L{makeService} is the plugin's
-entry point; it imports the service module only when the gateway really starts.
+entry point; it imports the assembly (L{gateway.process.assemble}) only when the gateway
+really starts.
 """
 
 from __future__ import annotations

@@ -143,10 +143,15 @@ def test_out_of_descriptors_keeps_backends_up(tmp_path: Path, workers: list[str]
         counters = document["counters"]
         refused = counters["refused"]
         assert outcomes.count("session") > 0
-        assert outcomes.count("busy") > 0
         assert refused["local-resources"] > 0
         if not workers:
-            assert outcomes.count("busy") == refused["local-resources"]
+            assert outcomes.count("busy") == refused["local-resources"] > 0
+        else:
+            # A worker short of descriptors may be short when it adopts the
+            # connection (then it cannot even write the busy line: closed)
+            # or when it connects to the backend (busy): which one comes
+            # first depends on timing; either way the client is refused.
+            assert outcomes.count("busy") + outcomes.count("closed") > 0
         assert refused["no-backend"] == 0
         assert counters["unserved"] == 0
         assert [(b["state"], b["failures"]) for b in document["backends"]] == [

@@ -45,8 +45,9 @@ class WorkerProcesses(Protocol):
     """
     What the status document needs from the worker processes
     (L{gateway.process.workerpool.WorkerPool}).  A structural type, so that
-    this module does not import the process side, which imports the admin
-    endpoint.
+    this module imports only the wire format of the process side
+    (L{gateway.process.wire}), not the worker pool, which the service
+    assembling the admin endpoint imports.
     """
 
     @property

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from twisted.application.service import IService
@@ -32,7 +33,7 @@ from gateway.front.chain import connection_chain, split_front
 from gateway.front.door import GatewayFactory
 from gateway.front.limits import AddressLimits, Refusal, TotalCap
 from gateway.front.tls import SNICertificates
-from gateway.http.site import make_site
+from gateway.http.site import HTTPSite, make_site
 from gateway.ops.access import AccessLogFile, access_log_only
 from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
@@ -88,32 +89,33 @@ def make_service(
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    parts, counters, registry, refusals = _core(config, reactor)
+    core = _core(config, reactor)
     served = role != "worker"
-    reloader = Reloader(config, parts, rebuild, quiet_certificates=not served)
     children: list[IService] = []
     if config.demo and served:
-        children.append(DemoBackends(parts.pool, reactor, DEMO_BACKENDS))
+        children.append(DemoBackends(core.pool, reactor, DEMO_BACKENDS))
     workers = None
     if role == "acceptor":
-        workers = WorkerPool(config.workers, reactor, parts.pool, lambda: reloader.config)
+        workers = WorkerPool(config.workers, reactor, core.pool, lambda: reloader.config)
+    health = None
     if config.health_interval and served:
         # After the demo backends, so that its first round sees them.
-        parts.health = _health_checker(config, parts)
-        children.append(parts.health)
-    listeners = _fronts(config, parts, refusals, workers) if served else []
+        health = _health_checker(config, core)
+        children.append(health)
+    listeners = _fronts(config, core, workers) if served else []
     children.extend(listeners)
     if workers is not None:
         # After the fronts: stopped first, before they are (a drain stops
         # the fronts itself, before anything else).
         children.append(workers)
-    admin = None
+    admin = state = admin_site = None
     if config.admin is not None and served:
-        admin = _admin(config, parts, registry, counters, refusals, workers)
+        admin, state, admin_site = _admin(config, core, workers)
         children.append(admin)
+    access_log = None
     if config.access_log is not None and served:
-        parts.access_log = AccessLogFile(config.access_log)
-        children.append(parts.access_log)
+        access_log = AccessLogFile(config.access_log)
+        children.append(access_log)
     access_log_only(config.access_log_only)
     takeover = None
     if config.handover is not None and served:
@@ -121,11 +123,15 @@ def make_service(
         server = _handover_server(config.handover, reactor, fronts)
         children.append(server)
         takeover = TakeOver(config.handover, fronts, server, reactor)
+    parts = core.parts(
+        health=health, admin_state=state, admin_site=admin_site, access_log=access_log
+    )
+    reloader = Reloader(config, parts, rebuild, quiet_certificates=not served)
     service = GatewayService(
         reloader,
-        counters=counters,
-        registry=registry,
-        refusals=refusals,
+        counters=core.counters,
+        registry=core.registry,
+        refusals=core.refusals,
         clock=reactor,
         handle_signals=handle_signals,
         listeners=listeners,
@@ -139,13 +145,57 @@ def make_service(
     return service
 
 
-def _core(
-    config: GatewayConfig, reactor: Any
-) -> tuple[Parts, Counters, SessionRegistry, RefusalLog]:
+@dataclass(frozen=True, slots=True)
+class _Core:
     """
-    What every role has: the pool, the counters and the children list, the
-    refusal log, the HTTP site, the front door's factory and the admission
-    state (its gates are added per front).
+    What every role has, built first: the pool, the counters and the
+    children list, the refusal log, the HTTP site, the front door's factory,
+    the total cap and the refusals' answers; and the lists that the fronts
+    fill (their address gates, their TLS certificates).
+    """
+
+    reactor: Any
+    pool: Pool
+    factory: GatewayFactory
+    site: HTTPSite
+    cap_state: CapState
+    responder: Responder
+    counters: Counters
+    registry: SessionRegistry
+    refusals: RefusalLog
+    gates: list[AddressGate] = field(default_factory=list)
+    certificates: list[SNICertificates] = field(default_factory=list)
+
+    def parts(
+        self,
+        *,
+        health: HealthChecker | None,
+        admin_state: AdminState | None,
+        admin_site: HTTPSite | None,
+        access_log: AccessLogFile | None,
+    ) -> Parts:
+        """
+        What a reload reconfigures: these parts and the optional ones given.
+        """
+        return Parts(
+            reactor=self.reactor,
+            pool=self.pool,
+            factory=self.factory,
+            site=self.site,
+            cap_state=self.cap_state,
+            gates=self.gates,
+            responder=self.responder,
+            health=health,
+            admin_state=admin_state,
+            access_log=access_log,
+            admin_site=admin_site,
+            certificates=self.certificates,
+        )
+
+
+def _core(config: GatewayConfig, reactor: Any) -> _Core:
+    """
+    The parts every role has (see L{_Core}).
     """
     pool = Pool(
         (backend_of(spec, reactor) for spec in config.backends),
@@ -181,25 +231,16 @@ def _core(
         refusals=refusals,
         responder=responder,
     )
-    parts = Parts(
-        reactor=reactor,
-        pool=pool,
-        factory=factory,
-        site=site,
-        cap_state=cap_state,
-        gates=[],
-        responder=responder,
-    )
-    return parts, counters, registry, refusals
+    return _Core(reactor, pool, factory, site, cap_state, responder, counters, registry, refusals)
 
 
-def _health_checker(config: GatewayConfig, parts: Parts) -> HealthChecker:
+def _health_checker(config: GatewayConfig, core: _Core) -> HealthChecker:
     """
     The active health checks of every backend.
     """
     return HealthChecker(
-        parts.pool,
-        parts.reactor,
+        core.pool,
+        core.reactor,
         interval=config.health_interval,
         fall=PASSIVE_FALL,
         checks=health_checks(config),
@@ -208,25 +249,23 @@ def _health_checker(config: GatewayConfig, parts: Parts) -> HealthChecker:
     )
 
 
-def _fronts(
-    config: GatewayConfig, parts: Parts, refusals: RefusalLog, workers: WorkerPool | None
-) -> list[FrontListener]:
+def _fronts(config: GatewayConfig, core: _Core, workers: WorkerPool | None) -> list[FrontListener]:
     """
     One listener per C{--listen} front, each with its chain: total cap, then
     (PROXY header reader, address gate, front door) in a single process; in
     an acceptor, an address gate per front whose end hands the connection to
     a worker, and TLS spoken only to refuse (the worker speaks it).
     """
-    reactor = parts.reactor
+    reactor, refusals = core.reactor, core.refusals
     limits = address_policies(config, None)
-    shared = None if workers is not None else _gate(parts, parts.factory, limits, refusals)
+    shared = None if workers is not None else _gate(core, core.factory, limits)
     listeners = []
     for index, description in enumerate(config.listen):
         proxy, text = split_front(description)
-        endpoint = server_endpoint(reactor, text, "--listen", parts.certificates)
+        endpoint = server_endpoint(reactor, text, "--listen", core.certificates)
         creator: SNICertificates | None = None
         if workers is not None:
-            gate = _gate(parts, Dispatcher(workers, index), limits, refusals)
+            gate = _gate(core, Dispatcher(workers, index), limits)
             creator = getattr(endpoint, "connectionCreator", None)
             if creator is not None:
                 # TLS is the worker's business: the acceptor listens on the
@@ -245,56 +284,50 @@ def _fronts(
             refusals=refusals,
         )
         refusal = connection_chain(
-            RefusalFactory(parts.responder, Refusal.TOTAL_CAP, refusals),
+            RefusalFactory(core.responder, Refusal.TOTAL_CAP, refusals),
             proxy=proxy,
             tls=creator,
             clock=reactor,
             header_timeout=config.header_timeout,
             refusals=refusals,
         )
-        cap = CapFactory(parts.cap_state, inner, refusal)
-        listeners.append(FrontListener(description, endpoint, cap, parts.cap_state))
+        cap = CapFactory(core.cap_state, inner, refusal)
+        listeners.append(FrontListener(description, endpoint, cap, core.cap_state))
     return listeners
 
 
-def _gate(
-    parts: Parts, inner: Factory, limits: AddressLimits | None, refusals: RefusalLog
-) -> AddressGate:
+def _gate(core: _Core, inner: Factory, limits: AddressLimits | None) -> AddressGate:
     """
-    An address gate in front of C{inner}, listed in C{parts} so that a
+    An address gate in front of C{inner}, listed in C{core.gates} so that a
     reload gives it new limits.
     """
     gate = AddressGate(
-        inner, limits, clock=parts.reactor, refusals=refusals, responder=parts.responder
+        inner, limits, clock=core.reactor, refusals=core.refusals, responder=core.responder
     )
-    parts.gates.append(gate)
+    core.gates.append(gate)
     return gate
 
 
 def _admin(
-    config: GatewayConfig,
-    parts: Parts,
-    registry: SessionRegistry,
-    counters: Counters,
-    refusals: RefusalLog,
-    workers: WorkerPool | None,
-) -> FrontListener:
+    config: GatewayConfig, core: _Core, workers: WorkerPool | None
+) -> tuple[FrontListener, AdminState, HTTPSite]:
     """
-    The admin endpoint's listener (never a public front).
+    The admin endpoint (never a public front): its listener, the state its
+    documents read and its site.
     """
     assert config.admin is not None
-    reactor = parts.reactor
-    parts.admin_state = AdminState(
-        parts.pool,
-        registry,
-        counters,
+    reactor = core.reactor
+    state = AdminState(
+        core.pool,
+        core.registry,
+        core.counters,
         clock=reactor,
         token=config.admin_token,
         hosts=config.admin_hosts,
         workers=workers,
     )
-    parts.admin_site = make_admin_site(
-        parts.admin_state, reactor, header_timeout=config.header_timeout, refusals=refusals
+    site = make_admin_site(
+        state, reactor, header_timeout=config.header_timeout, refusals=core.refusals
     )
     if config.admin_token is None and not _local_only(config.admin):
         _log.warn(
@@ -302,12 +335,13 @@ def _admin(
             "whoever reaches it can drain backends",
             admin=config.admin,
         )
-    return FrontListener(
+    listener = FrontListener(
         config.admin,
-        server_endpoint(reactor, config.admin, "--admin", parts.certificates),
-        parts.admin_site,
+        server_endpoint(reactor, config.admin, "--admin", core.certificates),
+        site,
         option="--admin",
     )
+    return listener, state, site
 
 
 def _handover_server(path: str, reactor: Any, fronts: list[FrontListener]) -> HandoverServer:

@@ -64,7 +64,7 @@ class Holder(Structural):
 class Workers(Structural):
     """
     What a L{Handoff} needs of the workers' pool (a
-    L{gateway.process.supervisor.WorkerPool}).
+    L{gateway.process.workerpool.WorkerPool}).
     """
 
     @property
@@ -168,6 +168,13 @@ class Handoff(CloseHooks, Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.worker is None:
             self.received.append(data)
+
+    def assign(self, worker: Holder | None) -> None:
+        """
+        Whose this connection is now: the worker it is sent to, or L{None}
+        while it waits for another.
+        """
+        self.worker = worker
 
     def data(self) -> bytes:
         """

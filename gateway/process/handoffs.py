@@ -152,14 +152,14 @@ class HandoffChannel:
         """
         waiting, self.backlog = list(self.backlog), deque()
         for handoff in waiting:
-            handoff.worker = None
+            handoff.assign(None)
         return waiting
 
     def send(self, handoff: Handoff) -> None:
         """
         Pass a connection to the worker (or queue it, if the channel is full).
         """
-        handoff.worker = self.receiver
+        handoff.assign(self.receiver)
         if self.backlog:
             self.backlog.append(handoff)
             return

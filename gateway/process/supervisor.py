@@ -89,7 +89,10 @@ class WorkerHost(Structural):
         Whether a drain has begun.
         """
 
-    lost: int
+    def count_lost(self, count: int) -> None:
+        """
+        C{count} connections were lost with a worker that died.
+        """
 
     def next_number(self) -> int:
         """
@@ -353,7 +356,7 @@ class WorkerProcess(ProcessProtocol):
                 exited.callback(None)
             return
         self.lost += len(live)
-        pool.lost += len(live)
+        pool.count_lost(len(live))
         for handoff in live.values():
             handoff.end()
         delay = self.policy.after_death(self.started_at, pool.clock.seconds())
@@ -534,7 +537,7 @@ class WorkerProcess(ProcessProtocol):
         """
         A connection it will not get goes to another worker.
         """
-        handoff.worker = None
+        handoff.assign(None)
         self.pool.dispatch(handoff)
 
     def gateway_stopping(self) -> bool:

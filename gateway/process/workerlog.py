@@ -43,6 +43,21 @@ class LogForwarder:
         self.finished = False
         self._stderr = FileLogObserver(sys.stderr, formatEventAsClassicLogText)
 
+    def attach(self, control: Framed) -> None:
+        """
+        The control channel is up: send events to the acceptor through it.
+        """
+        self.control = control
+
+    def detach(self, *, finished: bool = False) -> None:
+        """
+        The control channel is closing or gone: write to standard error
+        instead (after a drain, C{finished}: only problems).
+        """
+        self.control = None
+        if finished:
+            self.finished = True
+
     def access_only(self, event: dict[str, Any]) -> None:
         """
         An access event kept out of the main log (--access-log-only): to the

@@ -68,6 +68,12 @@ class WorkerPool(Service):
         self._waiting: deque[Handoff] = deque()
         backends.observers.append(self._state_changed)
 
+    def count_lost(self, count: int) -> None:
+        """
+        C{count} connections were lost with a worker that died.
+        """
+        self.lost += count
+
     def next_number(self) -> int:
         """
         A number no connection nor request has had.

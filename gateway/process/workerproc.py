@@ -83,8 +83,16 @@ class _Control(Framed):
 
     @override
     def connectionMade(self) -> None:
-        self.worker.control = self
-        self.worker.forward.control = self
+        self.worker.control_made(self)
+
+    def close_then(self, closed: Deferred[None]) -> None:
+        """
+        Close the channel once what it still has to send is sent, and fire
+        C{closed} when it is.
+        """
+        self.closed = closed
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     @override
     def message_received(self, message: Message) -> None:
@@ -431,13 +439,20 @@ class Worker:
             self._handoffs.sock.close()
             self._handoffs = None
 
+    def control_made(self, control: _Control) -> None:
+        """
+        The control channel to the acceptor is up.
+        """
+        self.control = control
+        self.forward.attach(control)
+
     def acceptor_gone(self) -> None:
         """
         The control channel closed: the acceptor is gone (or done): drain
         and exit.
         """
         self.control = None
-        self.forward.control = None
+        self.forward.detach()
         self._stop_reactor()
 
     def _stop_reactor(self) -> None:
@@ -467,10 +482,8 @@ class Worker:
         if control is None or control.transport is None:
             return None
         closed: Deferred[None] = Deferred()
-        control.closed = closed
-        self.forward.control = None
-        self.forward.finished = True
-        control.transport.loseConnection()
+        self.forward.detach(finished=True)
+        control.close_then(closed)
 
         def give_up() -> None:
             if not closed.called:
