@@ -22,7 +22,7 @@ A listener's factory chain is, from the outside in::
 
 Every refusal is counted and logged through the L{RefusalLog}.  A slot is
 released when the connection it was given to is lost, through the close hooks
-that every protocol of ours offers (L{gateway.front.door.CloseHooks}), so no
+that every protocol of ours offers (L{gateway.connection.CloseHooks}), so no
 wrapper sits on the data path of admitted connections.
 """
 
