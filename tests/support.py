@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 __all__ = [
+    "HEADLESS_CHROMIUM",
     "Backend",
     "admin_url",
     "GatewayProcess",
@@ -39,6 +40,19 @@ __all__ = [
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 """The twistd of the venv that runs the tests (so the plugin under test is found)."""
+
+HEADLESS_CHROMIUM = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+"""Chromium's flags for the browser tests: headless, as root, and quiet on a
+machine with no network (no background fetches, updates or sync)."""
 
 DEADLINE = 20.0
 """Seconds any single wait in these helpers may take before the test fails."""

@@ -22,8 +22,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import (
+    HEADLESS_CHROMIUM,
+    GatewayProcess,
+    admin_url,
+    connect,
+    echo,
+    recv_exactly,
+    wait_for,
+)
 from tests.support import Backend as ServerBackend
-from tests.support import GatewayProcess, admin_url, connect, echo, recv_exactly, wait_for
 from tests.test_workers import options as workers_options
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -89,14 +97,7 @@ def render(url: str, profile: Path) -> _Cells:
     result = subprocess.run(
         [
             BROWSER,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *HEADLESS_CHROMIUM,
             f"--user-data-dir={profile}",
             # Virtual time runs the page's timers and waits for its fetches.
             "--virtual-time-budget=3000",

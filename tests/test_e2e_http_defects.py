@@ -211,6 +211,29 @@ def test_two_ranges_keep_memory_bounded(tmp_path: Path, backend: Backend) -> Non
                 sock.close()
 
 
+def _trickle(sock: socket.socket, piece: bytes, what: str) -> bytes:
+    """
+    Send C{piece} every 0.2 s (a slow client) until the gateway answers and
+    closes; what it answered.  Fails if the connection is still held after
+    5 s.
+    """
+    sock.settimeout(0.2)
+    answer = b""
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            sock.send(piece)
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return answer
+        if not chunk:
+            return answer
+        answer += chunk
+    pytest.fail(f"{what} still held the connection after 5 s")
+
+
 def test_slow_body_is_cut_by_request_timeout(tmp_path: Path, backend: Backend) -> None:
     """
     C{slowhttptest -B}: a request body sent a byte at a time no longer holds
@@ -222,22 +245,7 @@ def test_slow_body_is_cut_by_request_timeout(tmp_path: Path, backend: Backend) -
     ) as gateway:
         with connect(gateway.port, timeout=TIMEOUT) as sock:
             sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n")
-            sock.settimeout(0.2)
-            answer = b""
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline:
-                try:
-                    sock.send(b"a")
-                    chunk = sock.recv(4096)
-                except TimeoutError:
-                    continue
-                except (BrokenPipeError, ConnectionResetError):
-                    break
-                if not chunk:
-                    break
-                answer += chunk
-            else:
-                pytest.fail("a slow body still held the connection after 5 s")
+            answer = _trickle(sock, b"a", "a slow body")
         assert answer.startswith(b"HTTP/1.1 408 ")
         wait = time.monotonic() + 5
         while "request body not complete" not in gateway.log() and time.monotonic() < wait:
@@ -265,22 +273,7 @@ def test_admin_endpoint_has_a_request_timeout(tmp_path: Path, backend: Backend) 
         port = int(admin_url(gateway).rsplit(":", 1)[1])
         with connect(port, host="127.0.0.3", timeout=TIMEOUT) as sock:
             sock.sendall(b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.3\r\n")
-            sock.settimeout(0.2)
-            answer = b""
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline:
-                try:
-                    sock.send(b"X-a: b\r\n")
-                    chunk = sock.recv(4096)
-                except TimeoutError:
-                    continue
-                except (BrokenPipeError, ConnectionResetError):
-                    break
-                if not chunk:
-                    break
-                answer += chunk
-            else:
-                pytest.fail("slow admin headers still held the connection after 5 s")
+            answer = _trickle(sock, b"X-a: b\r\n", "slow admin headers")
         assert answer.startswith(b"HTTP/1.1 408 ")
 
 

@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 from tests.pki import Pki, make_pki, spki_hash
 from tests.support import (
     DEADLINE,
+    HEADLESS_CHROMIUM,
     TWISTD,
     GatewayProcess,
     admin_url,
@@ -409,14 +410,7 @@ def test_browser_loads_page_over_https(tmp_path: Path, pki: Pki) -> None:
         result = subprocess.run(
             [
                 BROWSER,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *HEADLESS_CHROMIUM,
                 f"--user-data-dir={tmp_path / 'profile'}",
                 f"--host-resolver-rules=MAP localhost {TLS_HOST}",
                 f"--ignore-certificate-errors-spki-list={spki_hash(pki.leaf)}",
