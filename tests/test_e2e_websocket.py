@@ -10,6 +10,7 @@ import hashlib
 import json
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -23,6 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from tests.pki import make_pki
 from tests.support import (
     DEADLINE,
     Backend,
@@ -290,6 +292,10 @@ def test_a_slow_browser_holds_back_the_backend(tmp_path: Path) -> None:
             time.sleep(2.0)  # the browser reads nothing
             held = sent[0]
             rss_held = rss_kib(gateway.pid)
+            print(
+                f"slow browser: the backend got {held / MIB:.1f} MiB out; "
+                f"gateway RSS {rss_before} KiB before, {rss_held} KiB while held"
+            )
             assert held < 64 * MIB, (
                 f"the backend sent {held / MIB:.0f} MiB to a browser reading nothing"
             )
@@ -451,3 +457,58 @@ def test_through_workers(tmp_path: Path) -> None:
                     data = pattern(100_000, seed=n)
                     ws.send(data)
                     assert receive_bytes(ws, len(data)) == data
+
+
+def test_wss_on_a_tls_front(tmp_path: Path) -> None:
+    """
+    On a C{tls:} front the bridge is C{wss://}: a client that verifies the
+    certificate relays byte-exact.
+    """
+    pki = make_pki(tmp_path / "pki")
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "localhost.pem").write_bytes(pki.bundle("key", "leaf", "intermediate", "root"))
+    with Backend(echo) as backend:
+        args = [
+            "--listen",
+            f"tls:{folder}:port=0:interface=127.0.0.1",
+            *base_args(backend),
+        ]
+        with GatewayProcess(args, tmp_path) as gateway:
+            context = ssl.create_default_context(cafile=str(pki.root))
+            url = f"wss://localhost:{gateway.port}/play"
+            with connect(url, ssl=context, open_timeout=DEADLINE, max_size=None) as ws:
+                data = pattern(3 * MIB, seed=9)
+                for offset in range(0, len(data), MIB):
+                    ws.send(data[offset : offset + MIB])
+                    assert receive_bytes(ws, MIB) == data[offset : offset + MIB]
+
+
+def test_haproxy_front_gives_the_backend_the_address_from_the_header(tmp_path: Path) -> None:
+    """
+    Behind an L4 balancer (a C{haproxy:} front), the PROXY header the
+    backend gets carries the address the balancer's header gave, not the
+    balancer's own.
+    """
+    received: list[bytes] = []
+
+    def record(sock: socket.socket, backend: Backend) -> None:
+        head = recv_exactly(sock, 16)
+        received.append(head + recv_exactly(sock, struct.unpack("!H", head[14:16])[0]))
+        echo(sock, backend)
+
+    with Backend(record) as backend:
+        args = [
+            "--listen",
+            "haproxy:tcp:0:interface=127.0.0.1",
+            *base_args(backend, extra=("--proxy-protocol", "v2")),
+        ]
+        with GatewayProcess(args, tmp_path) as gateway:
+            raw = socket.create_connection(("127.0.0.1", gateway.port), DEADLINE)
+            raw.sendall(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n")
+            with connect(ws_url(gateway), sock=raw, open_timeout=DEADLINE) as ws:
+                ws.send(b"from far away")
+                assert receive_bytes(ws, 13) == b"from far away"
+    [header] = received
+    source, _dest, source_port, _dest_port = struct.unpack("!4s4sHH", header[16:28])
+    assert (socket.inet_ntoa(source), source_port) == ("198.51.100.7", 40000)
