@@ -512,3 +512,41 @@ def test_haproxy_front_gives_the_backend_the_address_from_the_header(tmp_path: P
     [header] = received
     source, _dest, source_port, _dest_port = struct.unpack("!4s4sHH", header[16:28])
     assert (socket.inet_ntoa(source), source_port) == ("198.51.100.7", 40000)
+
+
+def test_sighup_changes_the_bridge(tmp_path: Path) -> None:
+    """
+    SIGHUP applies a changed C{websocket} list and limits from the file: the
+    new path is bridged, the old one is not any more, and a session open
+    across the reload goes on.
+    """
+    with Backend(echo) as backend:
+        config = tmp_path / "gateway.toml"
+
+        def write(paths: str, max_message: int) -> None:
+            config.write_text(
+                f"websocket = {paths}\nwebsocket-max-message = {max_message}\n"
+                f'health-interval = 0\n[[backend]]\nendpoint = "{backend.endpoint}"\n'
+            )
+
+        write('["/old"]', MIB)
+        with GatewayProcess(["--config", str(config)], tmp_path) as gateway:
+            with open_ws(gateway, "/old") as kept:
+                write('["/new"]', 1000)
+                assert gateway.process is not None
+                gateway.process.send_signal(signal.SIGHUP)
+                wait_for(lambda: "reloaded" in gateway.log(), "the reload")
+                with open_ws(gateway, "/new") as ws:
+                    ws.send(b"x" * 1000)
+                    assert receive_bytes(ws, 1000) == b"x" * 1000
+                    ws.send(b"x" * 1001)
+                    with pytest.raises(ConnectionClosed) as closed:
+                        while True:
+                            ws.recv(timeout=DEADLINE)
+                    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+                with pytest.raises(InvalidStatus) as gone:
+                    open_ws(gateway, "/old")
+                assert gone.value.response.status_code == 404
+                # The session from before the reload keeps its settings.
+                kept.send(b"y" * 5000)
+                assert receive_bytes(kept, 5000) == b"y" * 5000
