@@ -550,3 +550,52 @@ def test_sighup_changes_the_bridge(tmp_path: Path) -> None:
                 # The session from before the reload keeps its settings.
                 kept.send(b"y" * 5000)
                 assert receive_bytes(kept, 5000) == b"y" * 5000
+
+
+def test_a_slow_backend_holds_back_the_browser(tmp_path: Path) -> None:
+    """
+    A browser that sends as fast as it can to a backend that reads nothing
+    is held back: what it got to send stays bounded and the gateway's
+    memory does not grow; everything arrives once the backend reads.
+    """
+    total = 100 * MIB
+    start_reading = threading.Event()
+    digest = hashlib.sha256()
+    read = [0]
+
+    def slow_sink(sock: socket.socket, backend: Backend) -> None:
+        sock.settimeout(60)
+        start_reading.wait(60)
+        while read[0] < total and (data := sock.recv(1 << 20)):
+            digest.update(data)
+            read[0] += len(data)
+        sock.sendall(b"done")
+
+    block = pattern(MIB, seed=21)
+    with Backend(slow_sink) as backend, GatewayProcess(base_args(backend), tmp_path) as gateway:
+        rss_before = rss_kib(gateway.pid)
+        with open_ws(gateway) as ws:
+            sent = [0]
+
+            def send() -> None:
+                while sent[0] < total:
+                    ws.send(block)
+                    sent[0] += len(block)
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            time.sleep(2.0)  # the backend reads nothing
+            held, rss_held = sent[0], rss_kib(gateway.pid)
+            print(
+                f"slow backend: the browser got {held / MIB:.1f} MiB out; "
+                f"gateway RSS {rss_before} KiB before, {rss_held} KiB while held"
+            )
+            assert held < 64 * MIB, (
+                f"the browser sent {held / MIB:.0f} MiB to a backend reading nothing"
+            )
+            assert rss_held - rss_before < 64 * 1024, (rss_before, rss_held)
+            start_reading.set()
+            sender.join(60)
+            assert receive_bytes(ws, 4) == b"done"
+    assert read[0] == total
+    assert digest.digest() == hashlib.sha256(block * (total // MIB)).digest()
