@@ -45,7 +45,8 @@ class GatewayOptions(usage.Options):
         "space) is served from --http-root; anything else, or a client that stays "
         "silent for --sniff-timeout seconds, is a game session relayed byte for byte "
         "to a backend of the pool (chosen by --balance, trying another when one "
-        "fails). Operators watch and steer it on the --admin endpoint. "
+        "fails); a WebSocket upgrade on a --websocket path is a game session too, for "
+        "browsers. Operators watch and steer it on the --admin endpoint. "
         "Try it: twistd -n gateway --demo"
     )
 
