@@ -599,3 +599,37 @@ def test_a_slow_backend_holds_back_the_browser(tmp_path: Path) -> None:
             assert receive_bytes(ws, 4) == b"done"
     assert read[0] == total
     assert digest.digest() == hashlib.sha256(block * (total // MIB)).digest()
+
+
+UPGRADE = (
+    b"GET /play HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def test_clients_that_leave_during_the_upgrade_leave_nothing_behind(tmp_path: Path) -> None:
+    """
+    Clients that send the upgrade and leave at once (closed, or reset) leave
+    no session, no backend connection and no pending connection behind.
+    """
+    with Backend(echo) as backend, GatewayProcess(base_args(backend), tmp_path) as gateway:
+        for number in range(60):
+            raw = socket.create_connection(("127.0.0.1", gateway.port), DEADLINE)
+            raw.sendall(UPGRADE)
+            if number % 2:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raw.close()
+
+        def settled() -> bool:
+            document = status(gateway)
+            return (
+                document["sessions"] == []
+                and sum(document["counters"]["active_sessions"].values()) == 0
+                and all(b["active"] == 0 for b in document["backends"])
+            )
+
+        wait_for(settled, "every connection to be gone")
+        with open_ws(gateway) as ws:
+            ws.send(b"still serving")
+            assert receive_bytes(ws, 13) == b"still serving"
+        assert "Traceback" not in gateway.log()

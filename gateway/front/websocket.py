@@ -229,6 +229,7 @@ class Upgrade:
         self._first = b""
         self._key_call: IDelayedCall | None = None
         self._waiting_key = False
+        self._lost = False
 
     def begin(self, response: bytes, key: bytes | None) -> None:
         """
@@ -245,8 +246,8 @@ class Upgrade:
 
     def _take_over(self, key: bytes | None) -> None:
         door = self.door
-        if door.transport is None or door.websocket is not self:
-            return  # gone meanwhile
+        if self._lost or door.transport is None:
+            return  # gone before the channel let go
         leftover = door.leave_http(self._request)
         door.kind = "websocket"
         door.forward_to(self.reader.dataReceived)
@@ -332,6 +333,7 @@ class Upgrade:
         """
         The browser's connection is gone.
         """
+        self._lost = True
         self._waiting_key = False
         self.stop_timer()
         self.door.factory.pending.discard(self.door)
