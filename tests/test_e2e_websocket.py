@@ -633,3 +633,47 @@ def test_clients_that_leave_during_the_upgrade_leave_nothing_behind(tmp_path: Pa
             ws.send(b"still serving")
             assert receive_bytes(ws, 13) == b"still serving"
         assert "Traceback" not in gateway.log()
+
+
+def test_hand_over_keeps_the_browsers_session(tmp_path: Path) -> None:
+    """
+    A new gateway started with the same C{--handover} takes the front over:
+    a browser's session on the old one goes on while the old one drains,
+    and new browsers reach the new one.
+    """
+    path = tmp_path / "h.sock"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Backend(echo) as backend:
+        args = [
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--handover",
+            str(path),
+            *base_args(backend),
+        ]
+        args.remove("--admin")
+        args.remove("tcp:0:interface=127.0.0.3")
+        with GatewayProcess(args, tmp_path / "old") as old:
+            wait_for(lambda: "waiting for a hand-over" in old.log(), "the old one at PATH")
+            with open_ws(old) as kept:
+                kept.send(b"before")
+                assert receive_bytes(kept, 6) == b"before"
+                with GatewayProcess(args, tmp_path / "new") as new:
+                    wait_for(lambda: "no longer accepts" in new.log(), "the hand-over")
+                    assert old.process is not None
+                    old.process.send_signal(signal.SIGTERM)
+                    with open_ws(new) as fresh:
+                        fresh.send(b"new one")
+                        assert receive_bytes(fresh, 7) == b"new one"
+                    kept.send(b"after")
+                    assert receive_bytes(kept, 5) == b"after"
+                    kept.close()
+                    assert old.process.wait(DEADLINE) == 0
+                    wait_for(
+                        lambda: "websocket session from" in new.log(), "the new one's session"
+                    )
+            assert old.log().count("websocket session from") == 1
