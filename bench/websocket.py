@@ -477,7 +477,7 @@ def report(results: Results, columns: list[str], args: argparse.Namespace) -> st
             cells.append(f"{gateway / websockify:.2f}×" if gateway and websockify else "–")
         lines.append("| " + " | ".join(cells) + " |")
     for column, reasons in results.errors.items():
-        lines.append(f"\n{column}: {len(reasons)} failed cell(s), first: {reasons[0]}")
+        lines.append(f"\n{column}: {len(reasons)} failure(s), first: {reasons[0]}")
     return "\n".join(lines)
 
 
@@ -550,8 +550,16 @@ def main() -> None:
         assert backend.stdout is not None and backend.stdin is not None
         stack.callback(backend.stdin.close)  # the backend exits when its stdin closes
         backend_port = int(backend.stdout.readline())
-        proxies = {c: _start(c, backend_port, stack, Path(tmp)) for c in columns}
+        proxies: dict[str, tuple[int, int]] = {}
+        failed: dict[str, list[str]] = {}
+        for column in columns:
+            try:
+                proxies[column] = _start(column, backend_port, stack, Path(tmp))
+            except Exception as error:  # noqa: BLE001 - the table says so
+                failed[column] = [f"did not start: {str(error)[-300:]}"]
+                print(f"{column} {failed[column][0]}", file=sys.stderr)
         results = run(proxies, args)
+        results.errors.update(failed)
     print(_machine(args.rounds, time.monotonic() - began))
     print()
     print(report(results, columns, args))
