@@ -79,8 +79,12 @@ SOURCE_CHUNK = 256 * 1024
 PATH = "/play"
 """The WebSocket path of both bridges (websockify accepts any path)."""
 
-COLUMNS = ("websockify", "gateway")
-"""The columns, websockify first; the ratios are gateway / websockify."""
+COLUMNS = ("websockify", "gateway", "gateway-uvloop")
+"""The columns, websockify first; the ratios are gateway / websockify.
+C{gateway-uvloop} (C{twistd -r uvloop}) runs only when C{--columns} names it."""
+
+WORKLOADS = ("latency", "up", "down")
+"""Round trips to the echo, browser to sink, source to browser."""
 
 
 # ----------------------------------------------------------------- the backend
@@ -396,10 +400,17 @@ def _measure(
 def _workloads(
     port: int, args: argparse.Namespace
 ) -> Iterator[tuple[str, Callable[[], Awaitable[dict[str, float]]]]]:
+    """
+    The workloads C{--only} names, in their order, each ready to run.
+    """
     total = args.megabytes * 10**6
-    yield "latency", lambda: latency(port, args.count, args.warmup)
-    yield "up", lambda: upload(port, total)
-    yield "down", lambda: download(port, total)
+    jobs: dict[str, Callable[[], Awaitable[dict[str, float]]]] = {
+        "latency": lambda: latency(port, args.count, args.warmup),
+        "up": lambda: upload(port, total),
+        "down": lambda: download(port, total),
+    }
+    for name in args.only:
+        yield name, jobs[name]
 
 
 def run(proxies: dict[str, tuple[int, int]], args: argparse.Namespace) -> Results:
@@ -466,10 +477,12 @@ def report(results: Results, columns: list[str], args: argparse.Namespace) -> st
     """
     The markdown table: one column per bridge, and gateway / websockify.
     """
-    both = all(c in columns for c in COLUMNS)
+    both = all(c in columns for c in COLUMNS[:2])
     head = ["workload", *columns] + (["gateway / websockify"] if both else [])
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for label, workload, pick, form in _rows(args):
+        if workload not in args.only:
+            continue
         medians = {c: results.median(c, workload, pick) for c in columns}
         cells = [label] + [format(m, form) if m is not None else "error" for m in medians.values()]
         if both:
@@ -502,6 +515,8 @@ def _start(column: str, backend: int, stack: ExitStack, tmp: Path) -> tuple[int,
         websockify = stack.enter_context(WebsockifyProcess(backend, tmp / "websockify.log"))
         return websockify.port, websockify.pid
     extra = os.environ.get("GATEWAY_ARGS", "").split()
+    logs = tmp / column  # GatewayProcess names its log gateway.log: one folder per column
+    logs.mkdir()
     gateway = stack.enter_context(
         GatewayProcess(
             [
@@ -513,7 +528,8 @@ def _start(column: str, backend: int, stack: ExitStack, tmp: Path) -> tuple[int,
                 "0",
                 *extra,
             ],
-            tmp,
+            logs,
+            reactor="uvloop" if column == "gateway-uvloop" else None,
         )
     )
     return gateway.port, gateway.pid
@@ -526,7 +542,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200, help="untimed round trips first")
     parser.add_argument("--megabytes", type=int, default=200, help="each way (10^6 bytes)")
     parser.add_argument("--deadline", type=float, default=30.0, help="seconds per cell")
-    parser.add_argument("--columns", default=",".join(COLUMNS))
+    parser.add_argument("--columns", default="websockify,gateway", help=", ".join(COLUMNS))
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="latency,up,down")
     parser.add_argument("--json", type=Path, help="write every sample here too")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -536,6 +553,9 @@ def main() -> None:
     columns = [c for c in args.columns.split(",") if c]
     if unknown := set(columns) - set(COLUMNS):
         parser.error(f"unknown columns {sorted(unknown)}: choose from {COLUMNS}")
+    args.only = [w for w in args.only.split(",") if w]
+    if unknown := set(args.only) - set(WORKLOADS):
+        parser.error(f"unknown workloads {sorted(unknown)}: choose from {WORKLOADS}")
     began = time.monotonic()
     # The folder outlives the stack: the proxies log there until they stop.
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
