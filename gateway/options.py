@@ -478,7 +478,8 @@ def summary(config: GatewayConfig) -> str:
         f"gateway: {source}: the configuration is valid: "
         f"fronts {', '.join(config.listen)}; "
         f"backends {backends or '(demo)'}; "
-        f"admin {config.admin or 'none'}"
+        + (f"websocket {', '.join(config.websocket)}; " if config.websocket else "")
+        + f"admin {config.admin or 'none'}"
     )
 
 
