@@ -230,6 +230,32 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
+def children(pid: int) -> set[int]:
+    """
+    The processes whose parent is C{pid} (zombies included).
+    """
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None and int(fields[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def settle(pid: int, baseline: set[int], timeout: float = 5.0) -> None:
+    """
+    Wait (at most C{timeout} seconds) until C{pid} has reaped every child
+    that is not in C{baseline}: websockify's per-connection process has then
+    ended and its CPU is in its parent's cutime + cstime, not in a process
+    that could be reaped between two reads of L{tree_cpu_seconds} (and lost),
+    or still be exiting when the next workload starts (and be counted there).
+    """
+    deadline = time.monotonic() + timeout
+    while children(pid) - baseline and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def tree_cpu_seconds(root: int) -> float:
     """
     CPU seconds used by C{root} and its descendants so far: utime + stime of
@@ -383,18 +409,24 @@ class Results:
 
 
 def _measure(
-    pid: int, workload: Callable[[], Awaitable[dict[str, float]]], deadline: float
+    pid: int,
+    baseline: set[int],
+    workload: Callable[[], Awaitable[dict[str, float]]],
+    deadline: float,
 ) -> Sample:
     """
-    Run one workload against a proxy, with its CPU and the client's around it.
+    Run one workload against a proxy, with its CPU and the client's around
+    it; the proxy's connection processes (websockify's) have ended before
+    each reading of its CPU.
+
+    @param baseline: the proxy's long-lived child processes.
     """
+    settle(pid, baseline)
     proxy_before, client_before = tree_cpu_seconds(pid), time.process_time()
     values = asyncio.run(asyncio.wait_for(workload(), deadline))
-    return Sample(
-        values,
-        tree_cpu_seconds(pid) - proxy_before,
-        time.process_time() - client_before,
-    )
+    client = time.process_time() - client_before
+    settle(pid, baseline)
+    return Sample(values, tree_cpu_seconds(pid) - proxy_before, client)
 
 
 def _workloads(
@@ -422,13 +454,15 @@ def run(proxies: dict[str, tuple[int, int]], args: argparse.Namespace) -> Result
     """
     results = Results()
     names = list(proxies)
+    # Children a proxy has before any connection (a gateway's workers) stay.
+    baselines = {name: children(pid) for name, (port, pid) in proxies.items()}
     for round_ in range(args.rounds):
         order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
             port, pid = proxies[name]
             for workload, job in _workloads(port, args):
                 try:
-                    sample = _measure(pid, job, args.deadline)
+                    sample = _measure(pid, baselines[name], job, args.deadline)
                 except Exception as error:  # noqa: BLE001 - the cell shows it
                     reason = f"{workload}: {type(error).__name__}: {error}"[:200]
                     results.errors.setdefault(name, []).append(reason)
