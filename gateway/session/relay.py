@@ -55,7 +55,7 @@ from gateway.session.dialer import Dialer
 from gateway.session.lifecycle import CloseReason, Phase, can_move
 from gateway.session.quiet import QuietWatch
 from gateway.session.splice import SpliceRelay, splice_available, spliceable
-from gateway.session.stream import Stream, half_close, send_now
+from gateway.session.stream import Stream, half_close, send_now, write_now
 
 if TYPE_CHECKING:
     from gateway.ops.registry import RefusalLog
@@ -461,7 +461,7 @@ class GameSession:
         if server is None:
             self._hold(data)
             return
-        server.write(data)
+        write_now(server, data)
         self.bytes_in += len(data)
 
     def client_eof(self) -> None:
@@ -509,7 +509,7 @@ class GameSession:
         """
         Bytes from the backend.
         """
-        self.client.write(data)
+        write_now(self.client, data)
         self.bytes_out += len(data)
 
     def backend_eof(self) -> None:

@@ -6,11 +6,13 @@ direction of it is ended, and how first bytes go straight to its socket.
 from __future__ import annotations
 
 import socket
+from typing import Any
 from typing import Protocol as Structural
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 
-__all__ = ["Stream", "half_close", "send_now"]
+__all__ = ["Stream", "half_close", "send_now", "write_now"]
 
 
 class Stream(Structural):
@@ -58,3 +60,48 @@ def send_now(sock: socket.socket, data: bytes) -> int | None:
         if not sent:
             return None
     return sent
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}: on a plain TCP or UNIX socket with nothing
+    waiting in its buffer, send what the socket takes at once, and buffer
+    only the rest.
+
+    Twisted's C{write} always buffers and sends on the reactor's next turn,
+    registering the socket for writing and unregistering it after: two
+    C{epoll_ctl} calls and a turn per chunk, which a session of small
+    messages (a game's) pays on every one.  Sending at once when nothing is
+    buffered keeps the order of the bytes; an error (a reset) is left for
+    the transport's own write to meet.
+    """
+    if (
+        type(transport) in _PLAIN
+        and not transport._tempDataBuffer
+        and transport.offset == len(transport.dataBuffer)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+        and not getattr(transport, "TLS", False)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+_PLAIN: tuple[type, ...] = (tcp.Server, tcp.Client)
+"""Transports whose socket L{write_now} may write to (C{unix.Server} and
+C{unix.Client} are added below when the platform has them)."""
+
+try:
+    from twisted.internet import unix
+except ImportError:  # pragma: no cover - no UNIX sockets on this platform
+    pass
+else:
+    _PLAIN = (*_PLAIN, unix.Server, unix.Client)

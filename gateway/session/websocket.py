@@ -39,6 +39,7 @@ from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, T
 from wsproto.utilities import LocalProtocolError
 
 from gateway.session.lifecycle import CloseReason
+from gateway.session.stream import write_now
 
 if TYPE_CHECKING:
     from gateway.session.relay import GameSession
@@ -127,9 +128,9 @@ class MessageStream:
         if self._decoder is not None:
             text = self._decoder.decode(data)
             if text:
-                self.transport.write(self._ws.send(TextMessage(data=text)))
+                write_now(self.transport, self._ws.send(TextMessage(data=text)))
             return
-        self.transport.write(self._ws.send(BytesMessage(data=data)))
+        write_now(self.transport, self._ws.send(BytesMessage(data=data)))
 
     def writeSequence(self, data: list[bytes]) -> None:  # noqa: N802 - ITransport
         self.write(b"".join(data))
