@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, Request
@@ -24,7 +24,7 @@ from gateway.http.site import make_site
 from gateway.pool.backends import Backend, Pool
 from gateway.session.settings import SessionSettings
 from tests.test_relay import FakeTransport, HalfCloseableTransport
-from tests.test_websocket_unit import PEER, masked
+from tests.test_websocket_unit import PEER, access_reasons, closes, masked
 
 # The upgrade, through a real front door
 
@@ -104,6 +104,23 @@ def test_frames_in_the_request_packet_are_relayed_in_order() -> None:
     door.dataReceived(masked(0x2, b"four"))
     backend = accept_backend(reactor)
     assert backend.value() == b"one two three four"
+
+
+def test_garbage_right_after_the_request_closes_with_1002(
+    log_events: EventLoggingObserver,
+) -> None:
+    """
+    Bytes that are no WebSocket frame, in the same packet as the upgrade
+    request: the C{101}, then a close frame with 1002, the connection
+    closed, and C{protocol-error} in the access log.
+    """
+    door, transport, reactor, backend = make_door()
+    browser = upgrade(door, reactor, b"\xff\xff\xff\xff garbage")
+    assert [code for code, _ in closes(list(browser.events()))] == [1002]
+    assert transport.disconnecting
+    transport.connection_lost()
+    assert access_reasons(log_events) == ["protocol-error"]
+    assert (backend.failures, backend.consecutive_failures) == (0, 0)
 
 
 # Origin

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -466,6 +467,29 @@ def test_unmasked_frame_closes_with_1002(log_events: EventLoggingObserver) -> No
     assert [code for code, _ in closes(bridge.browser.read())] == [1002]
     assert backend.value() == b""
     assert bridge.transport.disconnecting and backend.disconnecting
+    assert access_reasons(log_events) == ["protocol-error"]
+
+
+@pytest.mark.parametrize("backends", [1, 2])
+def test_protocol_error_while_connecting_blames_no_backend(
+    backends: int, log_events: EventLoggingObserver
+) -> None:
+    """
+    A browser that breaks the protocol before its backend answered is closed
+    with 1002 at once; the attempt is given up, and it is not a failure of
+    the backend (a few broken browsers must not take a backend down), no
+    other backend is tried, and the session is not refused for want of a
+    backend.
+    """
+    bridge = Bridge(backends=backends, busy="busy")
+    bridge.reader.dataReceived(b"\x82\x03abc")
+    assert [code for code, _ in closes(bridge.browser.read())] == [1002]
+    assert bridge.transport.disconnecting
+    assert bridge.reactor.connectors[0].stoppedConnecting
+    assert len(bridge.reactor.tcpClients) == 1
+    assert [(b.failures, b.consecutive_failures) for b in bridge.backends] == [(0, 0)] * backends
+    texts = [formatEvent(e) for e in log_events]
+    assert not [t for t in texts if "refused" in t or "failed for a session" in t]
     assert access_reasons(log_events) == ["protocol-error"]
 
 
