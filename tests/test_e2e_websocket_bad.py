@@ -207,6 +207,12 @@ class Refused:
 REFUSED = {
     "missing-key": Refused(upgrade_request(key=None), 400, None, True),
     "key-not-16-bytes": Refused(upgrade_request(key=b"c2hvcnQga2V5"), 400, None, True),
+    "key-twice": Refused(
+        upgrade_request().replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Key: " + KEY + b"\r\n\r\n"),
+        400,
+        None,
+        True,
+    ),
     "key-not-base64": Refused(upgrade_request(key=b"!!not*base64!!!!!!!!!=="), 400, None, True),
     "wrong-version": Refused(
         upgrade_request(ws_version=b"8"), 426, ("sec-websocket-version", "13"), True
