@@ -45,7 +45,8 @@ class GatewayOptions(usage.Options):
         "space) is served from --http-root; anything else, or a client that stays "
         "silent for --sniff-timeout seconds, is a game session relayed byte for byte "
         "to a backend of the pool (chosen by --balance, trying another when one "
-        "fails). Operators watch and steer it on the --admin endpoint. "
+        "fails); a WebSocket upgrade on a --websocket path is a game session too, for "
+        "browsers. Operators watch and steer it on the --admin endpoint. "
         "Try it: twistd -n gateway --demo"
     )
 
@@ -478,7 +479,8 @@ def summary(config: GatewayConfig) -> str:
         f"gateway: {source}: the configuration is valid: "
         f"fronts {', '.join(config.listen)}; "
         f"backends {backends or '(demo)'}; "
-        f"admin {config.admin or 'none'}"
+        + (f"websocket {', '.join(config.websocket)}; " if config.websocket else "")
+        + f"admin {config.admin or 'none'}"
     )
 
 

@@ -21,6 +21,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect as websocket_connect
 
 from tests.support import (
     HEADLESS_CHROMIUM,
@@ -115,9 +116,10 @@ def render(url: str, profile: Path) -> _Cells:
 
 def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
     """
-    With two backends (one drained) and three live game sessions, the page a
-    browser renders shows both backend names with their states, the game
-    session count, and one row per session with its backend.
+    With two backends (one drained), three live game sessions and a
+    browser's WebSocket session, the page a browser renders shows both
+    backend names with their states, the session counts by kind, and one row
+    per session with its kind and backend.
     """
     with (
         ServerBackend(echo) as first,
@@ -134,6 +136,8 @@ def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
                 "0.2",
                 "--health-interval",
                 "0",
+                "--websocket",
+                "/play",
             ],
             tmp_path,
         ) as gateway,
@@ -148,10 +152,14 @@ def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
         name = urllib.parse.quote(second.endpoint, safe="")
         drain = urllib.request.Request(f"{admin}/backends/{name}/drain", method="POST")
         assert urllib.request.urlopen(drain, timeout=10).status == 200
+        browser = websocket_connect(f"ws://127.0.0.1:{gateway.port}/play", open_timeout=10)
+        browser.send(b"from a browser")
+        assert browser.recv(timeout=10) == b"from a browser"
 
         page = render(admin + "/", tmp_path / "profile")
 
         assert page.by_id["count-game"] == "3"
+        assert page.by_id["count-websocket"] == "1"
         assert page.by_id["count-http"] == "0"
         backends = {row[0]: row for row in page.rows["backends"]}
         assert set(backends) == {first.endpoint, second.endpoint}
@@ -161,15 +169,16 @@ def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
         assert backends[second.endpoint][-1] == "enable"
         assert backends[first.endpoint][-1] == "drain"
         rows = page.rows["sessions"]
-        assert len(rows) == 3
-        assert {row[1] for row in rows} == {"game"}
+        assert len(rows) == 4
+        assert sorted(row[1] for row in rows) == ["game", "game", "game", "websocket"]
         assert sorted(row[3] for row in rows) == sorted(
-            [first.endpoint, second.endpoint, first.endpoint]
+            [first.endpoint, second.endpoint, first.endpoint, first.endpoint]
         )
         assert re.fullmatch(r"updated .+", page.by_id["updated"])
         assert page.by_id.get("error", "") == ""
         for game in sessions:
             game.close()
+        browser.close()
 
 
 def test_dashboard_shows_the_workers(tmp_path: Path) -> None:

@@ -82,6 +82,7 @@ function renderBackends(backends) {
 function renderCounters(counters) {
   const refused = Object.values(counters.refused).reduce((a, b) => a + b, 0);
   document.getElementById("count-game").textContent = counters.active_sessions.game;
+  document.getElementById("count-websocket").textContent = counters.active_sessions.websocket;
   document.getElementById("count-http").textContent = counters.active_sessions.http;
   document.getElementById("count-accepted").textContent = counters.accepted;
   document.getElementById("count-refused").textContent = refused;
@@ -142,7 +143,7 @@ async function refresh() {
     renderCounters(status.counters);
     renderWorkers(status.workers);
     const live = status.counters.active_sessions;
-    renderSessions(status.sessions, live.game + live.http, status.now);
+    renderSessions(status.sessions, live.game + live.websocket + live.http, status.now);
     document.getElementById("updated").textContent =
       "updated " + new Date(status.now * 1000).toLocaleTimeString();
     error.hidden = true;
