@@ -19,7 +19,7 @@ from wsproto.events import AcceptConnection, Request
 from wsproto.handshake import H11Handshake
 
 from gateway.front.door import FrontDoor, GatewayFactory
-from gateway.front.websocket import origin_allowed
+from gateway.front.websocket import answer_upgrade, origin_allowed
 from gateway.http.site import make_site
 from gateway.pool.backends import Backend, Pool
 from gateway.session.settings import SessionSettings
@@ -49,6 +49,7 @@ def make_door() -> tuple[FrontDoor, FakeTransport, MemoryReactorClock, Backend]:
         settings=SessionSettings(
             sniff_timeout=2, connect_timeout=5, idle_timeout=0, fin_timeout=0
         ),
+        upgrade=answer_upgrade,
     )
     door = factory.buildProtocol(PEER)
     transport = FakeTransport()
