@@ -660,6 +660,30 @@ def test_client_lost_while_connecting_after_failover() -> None:
     assert gateway.counters() == [(0, 0, 1), (0, 0, 0), (0, 0, 0)]
 
 
+@pytest.mark.parametrize("reason", [CloseReason.SHUTDOWN, CloseReason.DRAIN_TIMEOUT])
+def test_closed_while_connecting(reason: CloseReason, log_events: EventLoggingObserver) -> None:
+    """
+    A session the gateway closes while its backend connects (shutdown, the
+    drain's end, a WebSocket protocol error) gives the attempt up: the
+    connector stops, no other backend is tried, no failure is counted or
+    logged against the backend, the client is not refused for want of a
+    backend, and the session ends with the reason given.
+    """
+    gateway = Gateway()
+    gateway.session.start(b"x")
+    gateway.session.close(reason)
+    assert gateway.stopped_connecting()
+    assert gateway.client.disconnecting
+    assert written(gateway.client) == b""
+    gateway.client.connection_lost()
+    gateway.reactor.advance(CONNECT_TIMEOUT * 2)
+    assert gateway.attempted_ports() == [7000]
+    assert gateway.counters() == [(0, 0, 0)] * 3
+    assert gateway.session.close_reason is reason
+    assert warnings_logged(log_events) == []
+    assert [e for e in log_events if e["log_level"] is LogLevel.error] == []
+
+
 def test_client_eof_while_connecting() -> None:
     """
     A client that sends its bytes and half-closes before the backend connects

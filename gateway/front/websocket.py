@@ -138,7 +138,12 @@ def _handshake(request: Request) -> H11Handshake | tuple[int, str, tuple[Any, ..
         status = hint.status_code if isinstance(hint, RejectConnection) else 400
         extra = tuple(hint.headers) if isinstance(hint, RejectConnection) else ()
         return status, f"bad WebSocket handshake: {error}", extra
-    key = request.getHeader(b"sec-websocket-key") or b""
+    keys = request.requestHeaders.getRawHeaders(b"sec-websocket-key") or []
+    if len(keys) > 1:
+        # RFC 6455 11.3.1: it must not appear more than once (wsproto would
+        # answer the last one).
+        return 400, "bad WebSocket handshake: Sec-WebSocket-Key given more than once", ()
+    key = keys[0] if keys else b""
     try:
         if len(base64.b64decode(key, validate=True)) != 16:
             raise ValueError(key)

@@ -144,16 +144,21 @@ class Dialer:
 
     def abandon(self) -> None:
         """
-        Stop the pending attempt, if any (the client left): an open
-        connection is aborted, one still connecting is cancelled.
+        Stop the pending attempt, if any (the client left, or the session
+        was closed before a backend took it: a shutdown, a WebSocket
+        protocol error): an open connection is aborted, one still connecting
+        is cancelled.  The attempt is forgotten first, so the failure this
+        causes is the session's, not the backend's: it is neither counted
+        nor logged, and no other backend is tried.
         """
-        link = self._pending
+        link, attempt = self._pending, self._attempt
         if link is None:
             return
+        self._stop_attempt(link)
         if link.transport is not None:
             link.transport.abortConnection()  # type: ignore[attr-defined]
-        elif self._attempt is not None:
-            self._attempt.cancel()
+        elif attempt is not None:
+            attempt.cancel()
 
     def take(self, link: BackendLink) -> bool:
         """
