@@ -29,13 +29,14 @@ websockify gives it.
 from __future__ import annotations
 
 import codecs
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.events import CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from gateway.session.lifecycle import CloseReason
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from gateway.session.relay import GameSession
 
 __all__ = [
+    "data_frame",
     "CLOSE_GOING_AWAY",
     "CLOSE_NORMAL",
     "CLOSE_TOO_BIG",
@@ -66,6 +68,24 @@ CLOSE_TRY_LATER = 1013
 """The close code for a session no backend could take (RFC 6455's registry: Try Again Later)."""
 
 _OPEN_STATES = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
+
+_TEXT, _BINARY = 0x81, 0x82
+"""The first byte of a whole (FIN) text or binary frame."""
+
+
+def data_frame(first: int, payload: bytes) -> bytes:
+    """
+    One unmasked frame holding a whole message, as a server sends it
+    (RFC 6455 5.2): what wsproto's C{send} makes of a whole message, without
+    its per-message machinery (measured: 5.4 us a message against 0.2; the
+    browser's frames are still parsed by wsproto, and closes go through it).
+    """
+    size = len(payload)
+    if size < 126:
+        return bytes((first, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", first, 126, size) + payload
+    return struct.pack("!BBQ", first, 127, size) + payload
 
 
 class MessageStream:
@@ -128,9 +148,9 @@ class MessageStream:
         if self._decoder is not None:
             text = self._decoder.decode(data)
             if text:
-                write_now(self.transport, self._ws.send(TextMessage(data=text)))
+                write_now(self.transport, data_frame(_TEXT, text.encode("utf-8")))
             return
-        write_now(self.transport, self._ws.send(BytesMessage(data=data)))
+        write_now(self.transport, data_frame(_BINARY, data))
 
     def writeSequence(self, data: list[bytes]) -> None:  # noqa: N802 - ITransport
         self.write(b"".join(data))
