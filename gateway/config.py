@@ -23,9 +23,11 @@ __all__ = [
     "DEFAULT_ADMIN",
     "DEFAULT_LISTEN",
     "DEMO_LISTEN",
+    "DEMO_WEBSOCKET",
     "OVERFLOW_CHOICES",
     "PROXY_CHOICES",
     "RELAY_CHOICES",
+    "WEBSOCKET_MAX_MESSAGE",
     "BackendSpec",
     "ConfigError",
     "GatewayConfig",
@@ -52,6 +54,13 @@ PROXY_CHOICES = ("off", "v1", "v2")
 
 RELAY_CHOICES = ("auto", "splice", "copy")
 """How game sessions move bytes."""
+
+
+WEBSOCKET_MAX_MESSAGE = 1024 * 1024
+"""The default largest WebSocket message (C{--websocket-max-message}), in bytes."""
+
+DEMO_WEBSOCKET = "/play"
+"""The path of the demo's WebSocket bridge (C{--demo} without C{--websocket})."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +146,12 @@ class GatewayConfig:
     @ivar config_file: the TOML file the settings were read from, if any
         (SIGHUP reads it again).
     @ivar demo: also run the built-in demo game backends and page.
+    @ivar websocket: request paths where a WebSocket upgrade becomes a game
+        session (the WebSocket bridge); none: no bridge.
+    @ivar websocket_origins: the C{Origin}s an upgrade may come from besides
+        the request's own host (C{*}: any).
+    @ivar websocket_max_message: the largest WebSocket message, in bytes.
+    @ivar websocket_ping: seconds between pings to a browser (0: none).
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -172,3 +187,7 @@ class GatewayConfig:
     access_log: str | None = None
     access_log_only: bool = False
     demo: bool = False
+    websocket: tuple[str, ...] = ()
+    websocket_origins: tuple[str, ...] = ()
+    websocket_max_message: int = WEBSOCKET_MAX_MESSAGE
+    websocket_ping: float = 20.0

@@ -85,8 +85,15 @@ FILE_SETTINGS: dict[str, str] = {
     "handover": _STRING,
     "relay": _STRING,
     "workers": _INTEGER,
+    "websocket": "a list of paths",
+    "websocket-origin": "a list of origins",
+    "websocket-max-message": _INTEGER,
+    "websocket-ping": _NUMBER,
 }
 """Every top-level key a file may have, and the type of its value."""
+
+_LISTS = ("listen", "websocket", "websocket-origin")
+"""Settings that are lists of strings (one string is a list of one)."""
 
 BACKEND_KEYS: dict[str, str] = {
     "name": _STRING,
@@ -228,7 +235,7 @@ def read_config_file(path: str) -> FileSettings:
                 hint = " (did you mean [[backend]]?)"
             raise ConfigError(f"{path}: unknown setting {key!r}{hint}")
         label = settings.label(key)
-        if key == "listen":
+        if key in _LISTS:
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 raise ConfigError(f"{label}: must be {FILE_SETTINGS[key]}, got {_shown(value)}")

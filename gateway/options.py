@@ -287,6 +287,21 @@ class GatewayOptions(usage.Options):
             "or a close the other side has not answered) once no byte has moved for "
             "this many seconds (0: never).",
         ],
+        [
+            "websocket-max-message",
+            None,
+            str(_DEFAULTS.websocket_max_message),
+            "The largest WebSocket message a browser may send, in bytes; a larger one "
+            "closes its session with code 1009.",
+        ],
+        [
+            "websocket-ping",
+            None,
+            f"{_DEFAULTS.websocket_ping:g}",
+            "Seconds between the pings sent to each browser, which keep proxies on the "
+            "way from dropping a quiet player; a browser that has not answered one when "
+            "the next is due is closed (0: no pings).",
+        ],
     ]
 
     def __init__(self, reactor: IReactorCore | None = None) -> None:
@@ -299,6 +314,8 @@ class GatewayOptions(usage.Options):
         self._reactor = reactor
         self._listen: list[str] = []
         self._backends: list[str] = []
+        self._websocket: list[str] = []
+        self._origins: list[str] = []
         self._given: set[str] = set()
         self.config = _DEFAULTS
 
@@ -326,6 +343,14 @@ class GatewayOptions(usage.Options):
     def opt_backend(self, description: str) -> None:
         """A game backend (repeatable; at least one unless --demo): any Twisted client endpoint string, e.g. tcp:10.0.0.5:7000, tls:game.example:7000, unix:/run/game.sock."""  # noqa: E501
         self._backends.append(description)
+
+    def opt_websocket(self, path: str) -> None:
+        """A request path (repeatable, e.g. /play) where a WebSocket upgrade, on any front (ws:// or wss://), becomes a game session: each message's bytes go to the game pool as a TCP stream, the backend's bytes come back as binary messages (text ones if the browser asks for the 'text' subprotocol)."""  # noqa: E501
+        self._websocket.append(path)
+
+    def opt_websocket_origin(self, origin: str) -> None:
+        """An Origin (repeatable, e.g. https://game.example) a WebSocket upgrade may come from besides the request's own host; '*' allows any. Other origins get 403 (a page on another site cannot open sessions as its visitors)."""  # noqa: E501
+        self._origins.append(origin)
 
     def opt_version(self) -> None:
         """Print the gateway's version and exit."""
@@ -425,6 +450,10 @@ class GatewayOptions(usage.Options):
         if self._backends:
             backends = [RawBackend(label="--backend", endpoint=d) for d in self._backends]
             labels["backend"] = "--backend"
+        for option, paths in (("websocket", self._websocket), ("websocket-origin", self._origins)):
+            if paths:
+                values[option] = list(paths)
+                labels[option] = f"--{option}"
         defaults: dict[str, Any] = {str(p[0]): p[2] for p in self.optParameters}
         defaults.update({str(f[0]): False for f in self.optFlags})
         settings = Settings(values, labels, backends, defaults)

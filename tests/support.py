@@ -303,6 +303,18 @@ _keep_bound: list[socket.socket] = []
 Handler = Callable[[socket.socket, "Backend"], None]
 
 
+class _BacklogServer(socketserver.ThreadingTCPServer):
+    """
+    A threaded TCP server with a real server's listen backlog.  The standard
+    library's default (5) is a backend that cannot keep up: when the gateway
+    connects hundreds of sessions at once, the kernel drops the handshakes
+    that overflow it, and those sessions wait seconds for the kernel's
+    retransmissions before the backend sees their bytes.
+    """
+
+    request_queue_size = 1024
+
+
 class Backend:
     """
     A threaded TCP server on an ephemeral loopback port; each connection runs
@@ -333,7 +345,7 @@ class Backend:
                 except OSError:
                     pass
 
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Handler)
+        self._server = _BacklogServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -54,6 +54,9 @@ from gateway.interfaces import IBackendChooser
 from gateway.session.relay import GameSession
 
 if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+    from gateway.front.websocket import Upgrade
     from gateway.ops.registry import Counters, LiveSession, RefusalLog, SessionRegistry
     from gateway.session.settings import SessionSettings
 
@@ -186,6 +189,7 @@ class FrontDoor(CloseHooks, Protocol):
         self._forward: Callable[[bytes], None] | None = None
         self.http: HTTPChannel | None = None
         self.session: GameSession | None = None
+        self.websocket: Upgrade | None = None
         self._key_wait = b""
         self._key_call: IDelayedCall | None = None
         self.registry_id: int | None = None
@@ -245,12 +249,50 @@ class FrontDoor(CloseHooks, Protocol):
         self._register(self)
         self._forward = self._http_data
         channel.makeConnection(self.transport)
+        channel.websocket_upgrade = self._websocket_upgrade  # type: ignore[attr-defined]
         self._http_data(sniffed)
+
+    def _websocket_upgrade(self, request: Request) -> bytes | int:
+        """
+        A request on a C{--websocket} path (L{gateway.front.websocket}).
+        """
+        from gateway.front.websocket import answer_upgrade
+
+        return answer_upgrade(self, request)
+
+    def forward_to(self, forward: Callable[[bytes], None]) -> None:
+        """
+        From now on, give the connection's bytes to C{forward}.
+        """
+        self._forward = forward
+
+    def leave_http(self, request: Request) -> bytes:
+        """
+        The connection is no longer HTTP (a WebSocket upgrade took it, after
+        C{request}): the channel stops, and its registry entry goes.
+
+        @return: the bytes the channel had read past the request.
+        """
+        channel, self.http = self.http, None
+        leftover = b""
+        if channel is not None:
+            leftover = channel.let_go(request)  # type: ignore[attr-defined]
+        registry = self.factory.registry
+        if self.registry_id is not None and registry is not None:
+            registry.remove(self.registry_id)
+            self.registry_id = None
+        return leftover
 
     def _http_data(self, data: bytes) -> None:
         self._http_in += len(data)
         assert self.http is not None
         self.http.dataReceived(data)
+
+    def register(self, session: LiveSession) -> None:
+        """
+        List C{session} in the registry as this connection's entry.
+        """
+        self._register(session)
 
     def _register(self, session: LiveSession) -> None:
         self.factory.pending.discard(self)
@@ -361,6 +403,8 @@ class FrontDoor(CloseHooks, Protocol):
         """
         if self.session is not None:
             self.session.client_eof()
+        elif self.websocket is not None:
+            self.transport.loseConnection()  # type: ignore[union-attr]
         elif self._key_call is not None:
             self._key_done(client_eof=True)
         elif self.http is not None:
@@ -414,6 +458,8 @@ class FrontDoor(CloseHooks, Protocol):
         self._forward = None
         if self.http is not None:
             self.http.connectionLost(reason)
+        if self.websocket is not None:
+            self.websocket.connection_lost()
         if self.session is not None:
             self.session.client_lost()
         if self.registry_id is not None and self.factory.registry is not None:

@@ -69,6 +69,11 @@ class Refusal(Enum):
     LOCAL_RESOURCES = "local-resources"
     """A game session whose backend connection failed for want of the
     gateway's own resources (file descriptors, buffers, memory, local ports)."""
+    WEBSOCKET_HANDSHAKE = "websocket-handshake"
+    """A WebSocket upgrade whose handshake is broken (400, or 426 for
+    another version of the protocol)."""
+    WEBSOCKET_ORIGIN = "websocket-origin"
+    """A WebSocket upgrade from an origin that may not open sessions (403)."""
 
 
 def address_key(host: str) -> str:

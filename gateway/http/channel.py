@@ -206,6 +206,9 @@ class GatewayHTTPChannel(HTTPChannel):
 
     site: ChannelSite
     _log = Logger()
+    websocket_upgrade: Any = None
+    """What answers a request on a C{--websocket} path: set by the front door
+    (the admin endpoint's channels have none)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -433,6 +436,32 @@ class GatewayHTTPChannel(HTTPChannel):
         if self._closing_call is None and self.transport is not None:
             self._closing_call = self.callLater(self.site.send_timeout, self._abort)
         super().loseConnection()
+
+    def let_go(self, request: Request) -> bytes:
+        """
+        Stop serving this connection: its last request (C{request}) made it
+        something else (a WebSocket).  The timers stop, the request is
+        forgotten (it never gets a response, and is not logged as one), and
+        nothing here reads or writes the connection again.
+
+        @return: the bytes read past the request, in order.
+        """
+        self._stop_header_timer()
+        self._stop_watch()
+        self.setTimeout(None)
+        self._savedTimeOut = None
+        if request in self.requests:
+            self.requests.remove(request)
+        leftover = self._buffer + b"".join(self._dataBuffer)
+        self._buffer = b""
+        self._dataBuffer = []
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        if self.transport is not None:
+            # The channel produces for its transport (HTTPChannel's
+            # connectionMade registers it): the session's producers come next.
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        self.transport = None
+        return leftover
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:

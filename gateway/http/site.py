@@ -12,6 +12,8 @@ files it serves are a L{StaticRoot} (L{gateway.http.static}).
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import http, pages, resource
@@ -100,6 +102,25 @@ class GatewayRequest(Request):
             site.log_request(self, HTTP_CLIENT_LEFT, channel)
 
 
+class _WebSocketPath(resource.Resource):
+    """
+    A C{--websocket} path: the connection's front door answers the upgrade
+    (L{gateway.front.websocket}); a connection without one (the admin
+    endpoint's) has no bridge.
+    """
+
+    isLeaf = True  # noqa: N815 - twisted.web's name
+
+    @override
+    def render(self, request: Request) -> bytes | int:
+        upgrade = getattr(request.channel, "websocket_upgrade", None)
+        if upgrade is None:
+            request.setResponseCode(http.NOT_FOUND)
+            return b""
+        result: bytes | int = upgrade(request)
+        return result
+
+
 class HTTPSite(Site):
     """
     A C{Site} that builds L{GatewayHTTPChannel}s (plain HTTP/1.x).
@@ -113,6 +134,7 @@ class HTTPSite(Site):
         L{SEND_TIMEOUT}).
     @ivar refusals: where timeouts and bad requests are counted, or L{None}.
     @ivar methods: the methods the site serves (named in C{Allow}).
+    @ivar websocket_paths: the request paths of the WebSocket bridge.
     """
 
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
@@ -129,24 +151,46 @@ class HTTPSite(Site):
         header_timeout: float = HEADER_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
         refusals: RefusalLog | None = None,
+        websocket_paths: frozenset[bytes] = frozenset(),
     ) -> None:
         super().__init__(resource, timeout=HTTP_IDLE_TIMEOUT, reactor=reactor)
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
         self.refusals = refusals
+        self.websocket_paths = websocket_paths
+        self._websocket = _WebSocketPath()
 
     def reconfigure(
-        self, *, header_timeout: float, root: resource.IResource | None = None
+        self,
+        *,
+        header_timeout: float,
+        root: resource.IResource | None = None,
+        websocket_paths: frozenset[bytes] | None = None,
     ) -> None:
         """
         New settings for the requests that come next (a reload).
 
         @param root: a new resource to serve (a changed folder), or L{None}
             to keep the current one.
+        @param websocket_paths: the bridge's new paths, or L{None} to keep them.
         """
         self.header_timeout = header_timeout
         if root is not None:
             self.resource = root
+        if websocket_paths is not None:
+            self.websocket_paths = websocket_paths
+
+    @override
+    def getResourceFor(self, request: Any) -> Any:  # noqa: N802 - Site's name
+        """
+        The bridge for a C{--websocket} path (matched exactly, before any
+        file of the same name), else what the root resource finds.
+        """
+        if request.path in self.websocket_paths:
+            request.site = self
+            request.sitepath = list(request.prepath or [])
+            return self._websocket
+        return super().getResourceFor(request)
 
     @override
     def log(self, request: http.Request) -> None:
@@ -191,6 +235,7 @@ def make_site(
     reactor: IReactorTime,
     header_timeout: float = HEADER_TIMEOUT,
     refusals: RefusalLog | None = None,
+    websocket_paths: frozenset[bytes] = frozenset(),
 ) -> HTTPSite:
     """
     Build the public HTTP site.
@@ -200,6 +245,7 @@ def make_site(
     @param reactor: the reactor for the channels' timeouts.
     @param header_timeout: seconds a request's line, headers and body may take.
     @param refusals: where timeouts and bad requests are counted.
+    @param websocket_paths: the request paths of the WebSocket bridge.
     """
     root: resource.IResource
     if http_root is None:
@@ -208,4 +254,10 @@ def make_site(
         )
     else:
         root = StaticRoot(http_root, listing=listing)
-    return HTTPSite(root, reactor=reactor, header_timeout=header_timeout, refusals=refusals)
+    return HTTPSite(
+        root,
+        reactor=reactor,
+        header_timeout=header_timeout,
+        refusals=refusals,
+        websocket_paths=websocket_paths,
+    )

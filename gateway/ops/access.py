@@ -105,11 +105,13 @@ def log_game_session(
     duration: float,
     reason: str,
     relay: str = "copy",
+    kind: str = "game",
 ) -> None:
     """
     Log the end of a game session.
 
     @param relay: C{splice} if its bytes moved with splice(2), else C{copy}.
+    @param kind: C{game} (a TCP client), or C{websocket} (a browser's).
     """
     # The text is made here, once, with an f-string (as Twisted's own bridge
     # for old-style events does): formatting the fields through the log
@@ -117,10 +119,10 @@ def log_game_session(
     # session of a churning gateway (docs/performance.md).
     _route[0].info(
         "{log_text}",
-        log_text=f"game session from {peer} to {backend if backend is not None else '-'} "
+        log_text=f"{kind} session from {peer} to {backend if backend is not None else '-'} "
         f"ended ({reason}): {bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s, "
         f"{relay}",
-        kind="game",
+        kind=kind,
         peer=peer,
         backend=backend,
         bytes_in=bytes_in,

@@ -37,7 +37,7 @@ __all__ = [
     "status",
 ]
 
-SESSION_KINDS = ("game", "http")
+SESSION_KINDS = ("game", "websocket", "http")
 """The kinds of live sessions (a closed vocabulary)."""
 
 

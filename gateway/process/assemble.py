@@ -53,6 +53,7 @@ from gateway.process.parts import (
     health_checks,
     http_root_of,
     probe_preamble,
+    websocket_paths_of,
 )
 from gateway.process.reload import Reloader
 from gateway.process.service import GatewayService
@@ -212,6 +213,7 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         reactor=reactor,
         header_timeout=config.header_timeout,
         refusals=refusals,
+        websocket_paths=websocket_paths_of(config),
     )
     factory = GatewayFactory(
         site=site,

@@ -33,6 +33,7 @@ __all__ = [
     "default_check",
     "health_checks",
     "http_root_of",
+    "websocket_paths_of",
     "probe_preamble",
 ]
 
@@ -81,6 +82,13 @@ def backend_of(spec: BackendSpec, reactor: Any) -> Backend:
         weight=spec.weight,
         proxy_protocol=spec.proxy_protocol,
     )
+
+
+def websocket_paths_of(config: GatewayConfig) -> frozenset[bytes]:
+    """
+    The request paths of the WebSocket bridge, as the HTTP site matches them.
+    """
+    return frozenset(path.encode() for path in config.websocket)
 
 
 def http_root_of(config: GatewayConfig) -> str | None:

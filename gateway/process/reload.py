@@ -37,6 +37,7 @@ from gateway.process.parts import (
     health_checks,
     http_root_of,
     probe_preamble,
+    websocket_paths_of,
 )
 from gateway.session.settings import SessionSettings
 
@@ -243,7 +244,11 @@ class Reloader:
             root = make_site(
                 http_root_of(new), listing=new.http_listing, reactor=parts.reactor
             ).resource
-        parts.site.reconfigure(header_timeout=new.header_timeout, root=root)
+        parts.site.reconfigure(
+            header_timeout=new.header_timeout,
+            root=root,
+            websocket_paths=websocket_paths_of(new),
+        )
         if parts.admin_site is not None:
             parts.admin_site.reconfigure(header_timeout=new.header_timeout)
 

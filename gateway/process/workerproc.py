@@ -20,6 +20,7 @@ and drains too if the acceptor goes away.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -355,7 +356,12 @@ class Worker:
                 os.close(fd)
             self.ended(number)
             if dropped:
-                self._short_of_resources("unknown", "no descriptor free to receive it")
+                # The kernel's word for it is the same as for any other
+                # descriptor shortage (EMFILE), so that one phrase finds them all.
+                self._short_of_resources(
+                    "unknown",
+                    f"{os.strerror(errno.EMFILE)}: no descriptor free to receive the connection",
+                )
             return
         fd = fds[0]
         try:

@@ -38,6 +38,12 @@ class CloseReason(Enum):
     CLIENT_LEFT_EARLY = "client-left-before-connect"
     DRAIN_TIMEOUT = "drain-timeout"
     SHUTDOWN = "shutdown"
+    MESSAGE_TOO_BIG = "message-too-big"
+    """A WebSocket message over C{--websocket-max-message} (close code 1009)."""
+    PROTOCOL_ERROR = "protocol-error"
+    """A browser's frames broke RFC 6455 (the close frame says how)."""
+    PING_TIMEOUT = "ping-timeout"
+    """A browser that did not answer a ping before the next was due."""
 
 
 class Phase(Enum):

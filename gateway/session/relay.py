@@ -89,7 +89,8 @@ class GameSession:
     @ivar bytes_in: bytes from the client written towards the backend.
     @ivar bytes_out: bytes from the backend written towards the client.
     @ivar close_reason: why the session ended, once it has.
-    @ivar kind: C{"game"} (for the registry of live sessions).
+    @ivar kind: C{"game"}, or C{"websocket"} (for the registry of live
+        sessions, the access log and the metrics).
     @ivar spliced: whether some of its bytes moved with splice(2).
     @ivar started: when it started, in the clock's seconds.
     """
@@ -140,6 +141,7 @@ class GameSession:
         peer: str,
         key: bytes | None = None,
         refusals: RefusalLog | None = None,
+        kind: str = "game",
     ) -> None:
         """
         @param client: the client's transport (also an IPushProducer and IConsumer).
@@ -155,6 +157,8 @@ class GameSession:
         @param refusals: where a session no backend could take is counted and
             logged (sampled, like every refusal); without it, it is logged
             as an error every time.
+        @param kind: C{"game"}, or C{"websocket"} for a browser's session
+            (its client is a L{gateway.session.websocket.MessageStream}).
         """
         self.client = cast(Stream, client)
         self._clock = clock
@@ -172,7 +176,7 @@ class GameSession:
         self.backend: Backend | None = None
         self.bytes_in = 0
         self.bytes_out = 0
-        self.kind = "game"
+        self.kind = kind
         self.started = clock.seconds()
         self.close_reason: CloseReason | None = None
         self._held: list[bytes] = []
@@ -442,6 +446,10 @@ class GameSession:
             )
         self._finish(reason, access=False)
         busy_message = self._settings.busy_message
+        refuse = getattr(self.client, "refuse", None)
+        if refuse is not None:
+            refuse(busy_message)  # a WebSocket: the line is the close frame's reason
+            return
         if busy_message:
             self.client.write((busy_message + "\r\n").encode())
         self.client.loseConnection()
@@ -609,6 +617,8 @@ class GameSession:
         if self._client_gone:
             return
         self._finish(reason)
+        if self._phase is Phase.CONNECTING and self._dialer is not None:
+            self._dialer.abandon()
         self._close_both()
         if self._abort_call is None:
             self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort_both)
@@ -639,4 +649,5 @@ class GameSession:
             duration=self._clock.seconds() - self.started,
             reason=reason.value,
             relay="splice" if self.spliced else "copy",
+            kind=self.kind,
         )

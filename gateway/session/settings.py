@@ -46,6 +46,10 @@ class SessionSettings:
     @ivar session_key: with a balancer that uses keys, the pattern whose first
         group in the client's first line is the session's key; L{None} for the
         client's address.
+    @ivar websocket_origins: the C{Origin}s a WebSocket upgrade may come from
+        besides the request's own host (C{*}: any).
+    @ivar websocket_max_message: the largest WebSocket message, in bytes.
+    @ivar websocket_ping: seconds between pings to a browser (0: none).
     """
 
     sniff_timeout: float
@@ -57,6 +61,9 @@ class SessionSettings:
     busy_message: str | None = None
     relay_mode: str = "copy"
     session_key: re.Pattern[bytes] | None = None
+    websocket_origins: tuple[str, ...] = ()
+    websocket_max_message: int = 1024 * 1024
+    websocket_ping: float = 20.0
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> SessionSettings:
@@ -76,4 +83,7 @@ class SessionSettings:
             busy_message=config.busy_message,
             relay_mode=config.relay,
             session_key=re.compile(config.session_key.encode()) if config.session_key else None,
+            websocket_origins=config.websocket_origins,
+            websocket_max_message=config.websocket_max_message,
+            websocket_ping=config.websocket_ping,
         )
