@@ -91,7 +91,8 @@ def wait_for_line(browser: Browser, pattern: str) -> re.Match[str]:
     try:
         wait_for(shown, f"the page to show a line matching {pattern!r}")
     except AssertionError as error:
-        raise AssertionError(f"{error}; the page shows {page_lines(browser)}") from None
+        status = browser.evaluate(_STATUS)
+        raise AssertionError(f"{error}; the page ({status}) shows {page_lines(browser)}") from None
     return found[0]
 
 
