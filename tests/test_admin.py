@@ -122,8 +122,8 @@ def test_status_document() -> None:
     counters = document["counters"]
     assert counters["accepted"] == 7
     assert counters["refused"]["rate"] == 3 and counters["refused"]["total-cap"] == 0
-    assert counters["sessions"] == {"game": 1, "http": 2}
-    assert counters["active_sessions"] == {"game": 1, "http": 1}
+    assert counters["sessions"] == {"game": 1, "websocket": 0, "http": 2}
+    assert counters["active_sessions"] == {"game": 1, "websocket": 0, "http": 1}
     assert (counters["bytes_in"], counters["bytes_out"]) == (41, 62)
     assert counters["backend_failures"] == 2
     assert counters["health_transitions"] == 1

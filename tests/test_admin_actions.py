@@ -290,7 +290,7 @@ def test_status_limit_lists_the_oldest_sessions() -> None:
     assert [s["id"] for s in sessions] == [1, 2]
     counters = document["counters"]
     assert isinstance(counters, dict)
-    assert counters["active_sessions"] == {"game": 3, "http": 0}
+    assert counters["active_sessions"] == {"game": 3, "websocket": 0, "http": 0}
     assert counters["bytes_in"] == 30
     assert document["now"] == 1000.0
     assert len(request(state, "GET", "/status.json").json()["sessions"]) == 3  # type: ignore[arg-type]

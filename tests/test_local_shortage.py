@@ -420,9 +420,8 @@ def test_a_worker_without_a_free_descriptor_refuses_the_connection(
         assert client.recv(1) == b""
         assert [e for e in log_events if e["log_level"] >= LogLevel.error] == []
         [refused] = [e for e in log_events if e.get("log_namespace") == "gateway.refusals"]
-        assert (
-            "Too many open files: no descriptor free to receive the connection"
-            in formatEvent(refused)
+        assert "Too many open files: no descriptor free to receive the connection" in formatEvent(
+            refused
         )
     finally:
         for sock in (acceptor_end, worker_end, client, served):

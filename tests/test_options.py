@@ -164,7 +164,9 @@ def test_demo_defaults() -> None:
     """
     --demo needs no backend and listens on loopback port 8080 by default.
     """
-    assert parse(["--demo"]) == GatewayConfig(listen=("tcp:8080:interface=127.0.0.1",), demo=True)
+    assert parse(["--demo"]) == GatewayConfig(
+        listen=("tcp:8080:interface=127.0.0.1",), demo=True, websocket=("/play",)
+    )
     assert parse(["--demo", "--admin", "none"]).admin is None
 
 

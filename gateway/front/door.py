@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING
+from typing import Protocol as Structural
 
 from twisted.internet.interfaces import (
     IAddress,
@@ -56,7 +57,6 @@ from gateway.session.relay import GameSession
 if TYPE_CHECKING:
     from twisted.web.server import Request
 
-    from gateway.front.websocket import Upgrade
     from gateway.ops.registry import Counters, LiveSession, RefusalLog, SessionRegistry
     from gateway.session.settings import SessionSettings
 
@@ -81,6 +81,18 @@ SNIFF_LIMIT = max(len(start) for start in _STARTS)
 
 KEY_LINE_LIMIT = 4096
 """The most bytes waited for to find the session key in the first line."""
+
+
+class WebSocketEnd(Structural):
+    """
+    What the front door knows of a connection a WebSocket upgrade took
+    (L{gateway.front.websocket.Upgrade}).
+    """
+
+    def connection_lost(self) -> None:
+        """
+        The connection is gone.
+        """
 
 
 class Verdict(Enum):
@@ -130,6 +142,8 @@ class GatewayFactory(ServerFactory):
         counted and logged (sampled), if anywhere.
     @ivar pending: connections not classified yet (sniffing, or waiting for
         the session key's line): the drain waits for them too.
+    @ivar upgrade: answers a request on a C{--websocket} path, given the
+        front door and the request (L{gateway.front.websocket.answer_upgrade}).
     """
 
     noisy = False
@@ -144,8 +158,10 @@ class GatewayFactory(ServerFactory):
         counters: Counters | None = None,
         registry: SessionRegistry | None = None,
         refusals: RefusalLog | None = None,
+        upgrade: Callable[[FrontDoor, Request], bytes | int] | None = None,
     ) -> None:
         self.site = site
+        self.upgrade = upgrade
         self.pending: set[FrontDoor] = set()
         self.refusals = refusals
         self.registry = registry
@@ -189,7 +205,7 @@ class FrontDoor(CloseHooks, Protocol):
         self._forward: Callable[[bytes], None] | None = None
         self.http: HTTPChannel | None = None
         self.session: GameSession | None = None
-        self.websocket: Upgrade | None = None
+        self.websocket: WebSocketEnd | None = None
         self._key_wait = b""
         self._key_call: IDelayedCall | None = None
         self.registry_id: int | None = None
@@ -254,11 +270,15 @@ class FrontDoor(CloseHooks, Protocol):
 
     def _websocket_upgrade(self, request: Request) -> bytes | int:
         """
-        A request on a C{--websocket} path (L{gateway.front.websocket}).
+        A request on a C{--websocket} path: the factory's C{upgrade} answers
+        it (L{gateway.front.websocket.answer_upgrade}), or, without one, a 404.
         """
-        from gateway.front.websocket import answer_upgrade
-
-        return answer_upgrade(self, request)
+        upgrade = self.factory.upgrade
+        if upgrade is None:
+            request.setResponseCode(404)
+            return b""
+        answer: bytes | int = upgrade(self, request)
+        return answer
 
     def forward_to(self, forward: Callable[[bytes], None]) -> None:
         """

@@ -33,6 +33,7 @@ from gateway.front.chain import connection_chain, split_front
 from gateway.front.door import GatewayFactory
 from gateway.front.limits import AddressLimits, Refusal, TotalCap
 from gateway.front.tls import SNICertificates
+from gateway.front.websocket import answer_upgrade
 from gateway.http.site import HTTPSite, make_site
 from gateway.ops.access import AccessLogFile, access_log_only
 from gateway.ops.admin import make_admin_site
@@ -216,6 +217,7 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         websocket_paths=websocket_paths_of(config),
     )
     factory = GatewayFactory(
+        upgrade=answer_upgrade,
         site=site,
         chooser=pool,
         clock=reactor,

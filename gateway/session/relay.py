@@ -89,8 +89,7 @@ class GameSession:
     @ivar bytes_in: bytes from the client written towards the backend.
     @ivar bytes_out: bytes from the backend written towards the client.
     @ivar close_reason: why the session ended, once it has.
-    @ivar kind: C{"game"}, or C{"websocket"} (for the registry of live
-        sessions, the access log and the metrics).
+    @ivar kind: C{"game"} or C{"websocket"} (registry, access log, metrics).
     @ivar spliced: whether some of its bytes moved with splice(2).
     @ivar started: when it started, in the clock's seconds.
     """
@@ -157,8 +156,7 @@ class GameSession:
         @param refusals: where a session no backend could take is counted and
             logged (sampled, like every refusal); without it, it is logged
             as an error every time.
-        @param kind: C{"game"}, or C{"websocket"} for a browser's session
-            (its client is a L{gateway.session.websocket.MessageStream}).
+        @param kind: C{"game"}, or C{"websocket"} (a MessageStream client).
         """
         self.client = cast(Stream, client)
         self._clock = clock
@@ -446,10 +444,9 @@ class GameSession:
             )
         self._finish(reason, access=False)
         busy_message = self._settings.busy_message
-        refuse = getattr(self.client, "refuse", None)
+        refuse = getattr(self.client, "refuse", None)  # a WebSocket's: a close frame
         if refuse is not None:
-            refuse(busy_message)  # a WebSocket: the line is the close frame's reason
-            return
+            return refuse(busy_message)  # type: ignore[no-any-return]
         if busy_message:
             self.client.write((busy_message + "\r\n").encode())
         self.client.loseConnection()
