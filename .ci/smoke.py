@@ -28,6 +28,10 @@ def main() -> None:
     ):
         page = urllib.request.urlopen(f"http://127.0.0.2:{gateway.port}/", timeout=10).read()
         assert b"Hi-Lo" in page, page[:200]
+        # The page's in-browser client, a package data file like the page.
+        script = urllib.request.urlopen(f"http://127.0.0.2:{gateway.port}/play.js", timeout=10)
+        assert script.headers.get_content_type() == "text/javascript", script.headers
+        assert b"new WebSocket(" in script.read()
         game = socket.create_connection(("127.0.0.2", gateway.port), timeout=10)
         banner = recv_exactly(game, len(b"Welcome to Hi-Lo"))
         assert banner == b"Welcome to Hi-Lo", banner
