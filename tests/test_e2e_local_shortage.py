@@ -149,22 +149,29 @@ def test_out_of_descriptors_keeps_backends_up(tmp_path: Path, workers: list[str]
             document = status(gateway)
             # A worker's log lines reach the acceptor's log over its control
             # channel, a moment after the status reply.
-            wait_for(lambda: "Too many open files" in gateway.log(), "the shortage in the log")
+            wait_for(
+                lambda: "Too many open files" in gateway.log() or "EMFILE" in gateway.log(),
+                "the shortage in the log",
+            )
             log = gateway.log()
         counters = document["counters"]
         refused = counters["refused"]
         assert outcomes.count("session") > 0
-        assert refused["local-resources"] > 0
         # Every client hears something: its backend's banner, the busy line,
         # or the end.
         assert "unanswered" not in outcomes
+        # The shortage strikes where timing puts it: when connecting to the
+        # backend (a local-resources refusal: the busy line), when a worker
+        # adopts a handed-over connection (a local-resources refusal: closed,
+        # it cannot even write the busy line), or, in a single process, at
+        # accept, where Twisted closes what it has no descriptor to keep
+        # (closed, logged as its EMFILE recovery).  Either way clients are
+        # refused, and never blamed on the backends.
+        assert refused["local-resources"] + outcomes.count("closed") > 0
         if not workers:
-            assert outcomes.count("busy") == refused["local-resources"] > 0
+            assert outcomes.count("busy") == refused["local-resources"]
         else:
-            # A worker short of descriptors may be short when it adopts the
-            # connection (then it cannot even write the busy line: closed)
-            # or when it connects to the backend (busy): which one comes
-            # first depends on timing; either way the client is refused.
+            assert refused["local-resources"] > 0
             assert outcomes.count("busy") + outcomes.count("closed") > 0
         assert refused["no-backend"] == 0
         assert counters["unserved"] == 0
@@ -177,8 +184,9 @@ def test_out_of_descriptors_keeps_backends_up(tmp_path: Path, workers: list[str]
         assert counters["health_transitions"] == 0
         assert counters["backend_failures"] == 0
         assert " is down" not in log
-        assert ": local-resources (the gateway is short of resources" in log
-        assert "Too many open files" in log
+        if refused["local-resources"]:
+            assert ": local-resources (the gateway is short of resources" in log
+        assert "Too many open files" in log or "EMFILE recovery" in log
         # A worker that cannot take a handed-over connection refuses it too
         # (counted, sampled), without a traceback per connection.
         assert "Traceback" not in log
