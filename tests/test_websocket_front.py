@@ -208,3 +208,18 @@ def test_other_origins_are_refused(scheme: str, host: str, port: str, other: str
     assert not origin_allowed(own, own, ())
     assert not origin_allowed("null", own, ())
     assert not origin_allowed(f"http://{own}.evil.example", own, ())
+
+
+def test_a_connection_lost_before_the_channel_lets_go_starts_no_session() -> None:
+    """
+    A browser gone between the C{101} and the turn on which the HTTP channel
+    lets go of the connection starts no session and dials no backend.
+    """
+    door, _transport, reactor, _backend = make_door()
+    handshake = H11Handshake(ConnectionType.CLIENT)
+    door.dataReceived(handshake.send(Request(host="gw.test", target="/play")))
+    door.connectionLost()
+    reactor.advance(0)
+    assert door.session is None
+    assert reactor.tcpClients == []
+    assert door not in door.factory.pending
