@@ -410,6 +410,12 @@ def test_sessions_listed_as_websocket_and_drained_on_sigterm(tmp_path: Path) -> 
             document = status(gateway)
             assert [s["kind"] for s in document["sessions"]] == ["websocket"]
             assert document["counters"]["active_sessions"]["websocket"] == 1
+            with urllib.request.urlopen(
+                admin_url(gateway) + "/metrics", timeout=DEADLINE
+            ) as reply:
+                metrics = reply.read().decode()
+            assert 'gateway_sessions_active{kind="websocket"} 1.0' in metrics
+            assert 'gateway_sessions_total{kind="websocket"} 1.0' in metrics
             assert gateway.process is not None
             gateway.process.send_signal(signal.SIGTERM)
             wait_for(lambda: "draining" in gateway.log(), "the drain")
