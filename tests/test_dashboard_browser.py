@@ -10,6 +10,7 @@ so there the test fails rather than skips when the browser is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -141,6 +142,7 @@ def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
             ],
             tmp_path,
         ) as gateway,
+        contextlib.ExitStack() as stack,
     ):
         admin = admin_url(gateway)
         sessions = []
@@ -152,7 +154,9 @@ def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
         name = urllib.parse.quote(second.endpoint, safe="")
         drain = urllib.request.Request(f"{admin}/backends/{name}/drain", method="POST")
         assert urllib.request.urlopen(drain, timeout=10).status == 200
-        browser = websocket_connect(f"ws://127.0.0.1:{gateway.port}/play", open_timeout=10)
+        browser = stack.enter_context(
+            websocket_connect(f"ws://127.0.0.1:{gateway.port}/play", open_timeout=10)
+        )
         browser.send(b"from a browser")
         assert browser.recv(timeout=10) == b"from a browser"
 
@@ -178,7 +182,6 @@ def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
         assert page.by_id.get("error", "") == ""
         for game in sessions:
             game.close()
-        browser.close()
 
 
 def test_dashboard_shows_the_workers(tmp_path: Path) -> None:
