@@ -253,6 +253,22 @@ def written(transport: StringTransport) -> bytes:
     return data
 
 
+def memory_backends(reactor: MemoryReactorClock, count: int) -> list[Backend]:
+    """
+    C{count} backends C{b0}, C{b1}, ... with real TCP endpoints (ports 7000
+    and up) on a memory reactor: their connection attempts are recorded in
+    C{reactor.tcpClients}, never made.
+    """
+    return [
+        Backend(
+            name=f"b{i}",
+            description=f"tcp:127.0.0.1:{7000 + i}",
+            endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", 7000 + i),
+        )
+        for i in range(count)
+    ]
+
+
 class Gateway:
     """
     One game session under test: its client transport, its pool of backends
@@ -275,14 +291,7 @@ class Gateway:
         retries: int = 2,
     ) -> None:
         self.reactor = MemoryReactorClock()
-        self.backends = [
-            Backend(
-                name=f"b{i}",
-                description=f"tcp:127.0.0.1:{7000 + i}",
-                endpoint=TCP4ClientEndpoint(self.reactor, "127.0.0.1", 7000 + i),
-            )
-            for i in range(backends)
-        ]
+        self.backends = memory_backends(self.reactor, backends)
         self.pool = Pool(self.backends)
         self.client = client if client is not None else HalfCloseableTransport()
         self.session = GameSession(

@@ -11,7 +11,6 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from wsproto import ConnectionType
 from wsproto.connection import Connection
@@ -23,7 +22,7 @@ from gateway.front.websocket import answer_upgrade, origin_allowed
 from gateway.http.site import make_site
 from gateway.pool.backends import Backend, Pool
 from gateway.session.settings import SessionSettings
-from tests.test_relay import FakeTransport, HalfCloseableTransport
+from tests.test_relay import FakeTransport, HalfCloseableTransport, memory_backends
 from tests.test_websocket_unit import PEER, access_reasons, closes, masked
 
 # The upgrade, through a real front door
@@ -35,11 +34,7 @@ def make_door() -> tuple[FrontDoor, FakeTransport, MemoryReactorClock, Backend]:
     transport, with one backend (a real endpoint on a memory reactor).
     """
     reactor = MemoryReactorClock()
-    backend = Backend(
-        name="b0",
-        description="tcp:127.0.0.1:7000",
-        endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", 7000),
-    )
+    [backend] = memory_backends(reactor, 1)
     factory = GatewayFactory(
         site=make_site(
             None, listing=False, reactor=reactor, websocket_paths=frozenset({b"/play"})

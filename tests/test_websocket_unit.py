@@ -21,7 +21,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import formatEvent
@@ -41,7 +40,7 @@ from wsproto.events import (
 )
 from wsproto.handshake import H11Handshake
 
-from gateway.pool.backends import Backend, Pool
+from gateway.pool.backends import Pool
 from gateway.session.lifecycle import CloseReason
 from gateway.session.relay import GameSession
 from gateway.session.settings import SessionSettings
@@ -53,7 +52,7 @@ from gateway.session.websocket import (
     MessageReader,
     MessageStream,
 )
-from tests.test_relay import FakeTransport, HalfCloseableTransport
+from tests.test_relay import FakeTransport, HalfCloseableTransport, memory_backends
 
 PEER = IPv4Address("TCP", "192.0.2.7", 40000)
 """The browser's address."""
@@ -178,14 +177,7 @@ class Bridge:
         backends: int = 1,
     ) -> None:
         self.reactor = MemoryReactorClock()
-        self.backends = [
-            Backend(
-                name=f"b{i}",
-                description=f"tcp:127.0.0.1:{7000 + i}",
-                endpoint=TCP4ClientEndpoint(self.reactor, "127.0.0.1", 7000 + i),
-            )
-            for i in range(backends)
-        ]
+        self.backends = memory_backends(self.reactor, backends)
         gateway_ws, browser_ws = open_pair("text" if text else None)
         self.transport = FakeTransport()
         self.browser = Browser(browser_ws, self.transport)
