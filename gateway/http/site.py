@@ -316,6 +316,10 @@ class HTTPSite(Site):
             if part:
                 request.prepath.append(part)
                 prefix -= 1
+        # Empty segments are dropped as the route's match dropped them (a
+        # last one stays: it asks for a folder's index).
+        rest = request.postpath
+        request.postpath = [part for part in rest[:-1] if part] + rest[-1:]
         return resource.getChildForRequest(target.resource, request)
 
     def _over_rate(self, request: Any, rate: AddressRate) -> resource.IResource | None:
