@@ -340,4 +340,12 @@ def _differences(old: GatewayConfig, new: GatewayConfig) -> list[str]:
             changes.append(f"{field.name.replace('_', '-')} {before!r} -> {after!r}")
     if old.admin_token != new.admin_token:
         changes.append("admin token changed")
+    before = {route.name: route for route in old.routes}
+    after = {route.name: route for route in new.routes}
+    for name in after:
+        if name not in before:
+            changes.append(f"route {name} added")
+        elif before[name] != after[name]:
+            changes.append(f"route {name} changed")
+    changes.extend(f"route {name} removed" for name in before if name not in after)
     return changes
