@@ -499,3 +499,20 @@ async def test_client_leaving_mid_body_closes_the_backend_connection(world: Worl
     after = await world.request(port, get(b"/"))
     assert after.json()["app"] == "app-1"
     assert app.connections == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconfigure_takes_the_next_requests(world: World) -> None:
+    """
+    A reload's new pool and settings apply to the requests that come next:
+    they go to the new pool's backends, with the new prefix rule.
+    """
+    old = await world.app("old")
+    new = await world.app("new")
+    port, proxy = await world.gateway([old], mount=b"v1")
+    first = await world.request(port, get(b"/v1/a"))
+    assert (first.json()["app"], first.json()["uri"]) == ("old", "/v1/a")
+    pool = Pool([Backend("new", new.endpoint, clientFromString(clock, new.endpoint))])
+    proxy.reconfigure(pool, strip_prefix="/v1", timeout=5.0, connect_timeout=1.0, retries=0)
+    second = await world.request(port, get(b"/v1/a"))
+    assert (second.json()["app"], second.json()["uri"]) == ("new", "/a")
