@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -159,6 +159,13 @@ class HTTPProxy(Resource):
             retries,
         )
 
+    @property
+    def clock(self) -> IReactorTime:
+        """
+        The clock of the route's timeouts.
+        """
+        return self._connections.reactor
+
     def host_of(self, backend: Backend) -> bytes:
         """
         The synthetic host name requests to C{backend} are addressed to.
@@ -192,12 +199,21 @@ class _Unclosed:
         self._content = content
 
     def read(self, size: int = -1) -> bytes:
+        """
+        Read up to C{size} bytes.
+        """
         return self._content.read(size)
 
     def seek(self, offset: int, whence: int = 0) -> int:
+        """
+        Move to C{offset}.
+        """
         return self._content.seek(offset, whence)
 
     def tell(self) -> int:
+        """
+        The position.
+        """
         return self._content.tell()
 
     def close(self) -> None:
@@ -266,8 +282,9 @@ class _Forwarding:
         self._deadline: IDelayedCall | None = None
         self._producer: IPushProducer | None = None
         self._done = False
-        self._content: IO[bytes] | None = request.content
-        self._has_body = _body_length(self._content) > 0
+        content: IO[bytes] | None = request.content
+        # A request without a body sends none (not an empty one).
+        self._body = content if _body_length(content) > 0 else None
         self._headers = Headers()
         self._target = b""
 
@@ -290,8 +307,7 @@ class _Forwarding:
             trusted=bool(getattr(request.channel, "trusted_forwarded", False)),
         )
         self._target = backend_path(request.uri, self._settings.strip_prefix)
-        clock = self._proxy._connections.reactor
-        self._deadline = clock.callLater(self._settings.timeout, self._timed_out)
+        self._deadline = self._proxy.clock.callLater(self._settings.timeout, self._timed_out)
         self._attempt()
 
     def _attempt(self) -> None:
@@ -306,10 +322,7 @@ class _Forwarding:
         backend.active += 1
         self._request.gateway_backend = backend.name  # type: ignore[attr-defined]
         uri = b"http://" + self._proxy.host_of(backend) + self._target
-        content = self._content
-        body = (
-            self._proxy.body_producer(content) if content is not None and self._has_body else None
-        )
+        body = self._proxy.body_producer(self._body) if self._body is not None else None
         try:
             pending = self._agent.request(self._method, uri, self._headers, body)
         except Exception:
