@@ -40,6 +40,7 @@ from gateway.config import (
     PoolSpec,
     RouteSpec,
 )
+from gateway.http.routes import segments
 
 __all__ = [
     "MAX_ROUTE_BODY",
@@ -224,6 +225,8 @@ def host_pattern(label: str, text: str) -> str:
 
 
 def _route_path(label: str, text: str) -> str:
+    if segments(text.encode()) is None:
+        raise ConfigError(f"{label}: a path with . or .. segments, got {text!r}")
     if (
         not text.startswith("/")
         or any(char in text for char in "?# ")

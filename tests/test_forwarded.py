@@ -22,7 +22,11 @@ from gateway.http.forwarded import (
 _NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).filter(
     lambda name: not name.startswith("-")
 )
-_SEGMENT = st.text(alphabet="abcxyz019._~-", min_size=1, max_size=6)
+_SEGMENT = st.text(alphabet="abcxyz019._~-", min_size=1, max_size=6).filter(
+    lambda part: part not in (".", "..")
+)
+"""A path segment (not a dot segment: routes have none, and requests with
+one have no route)."""
 
 
 def _forward(headers: Headers, *, trusted: bool = False) -> Headers:
@@ -160,6 +164,8 @@ def test_backend_path_examples() -> None:
     assert backend_path(b"/v1/users", b"/") == b"/v1/users"
     assert backend_path(b"http://api.example/v1/a?b", b"/v1") == b"/a?b"
     assert backend_path(b"http://api.example", None) == b"/"
+    assert backend_path(b"//v1//users/", b"/v1") == b"/users/"
+    assert backend_path(b"/%761/users", b"/v1") == b"/users"
 
 
 @given(

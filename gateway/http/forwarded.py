@@ -38,6 +38,8 @@ from collections.abc import Iterable
 
 from twisted.web.http_headers import Headers
 
+from gateway.http.routes import segments
+
 __all__ = [
     "HOP_BY_HOP",
     "VIA_PSEUDONYM",
@@ -223,9 +225,13 @@ def backend_path(uri: bytes, prefix: bytes | None) -> bytes:
     if not uri.startswith(b"/"):
         uri = b"/" + uri
     if prefix:
-        prefix = prefix.rstrip(b"/")
-        if prefix and uri.startswith(prefix) and uri[len(prefix) : len(prefix) + 1] in b"/?":
-            uri = uri[len(prefix) :]
-            if not uri.startswith(b"/"):
-                uri = b"/" + uri
+        # By segment, as the route matched: /v1 is taken off /v1/x and
+        # //v1/x, and empty segments go (as the route table drops them).
+        wanted = segments(prefix) or ()
+        target, mark, query = uri.partition(b"?")
+        raw = [part for part in target.split(b"/") if part]
+        if segments(b"/" + b"/".join(raw[: len(wanted)])) == wanted:
+            under = raw[len(wanted) :]
+            slash = b"/" if under and target.endswith(b"/") else b""
+            uri = b"/" + b"/".join(under) + slash + mark + query
     return uri
