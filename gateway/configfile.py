@@ -18,9 +18,15 @@ array of tables::
     health-send = "PING\\r\\n"          # this backend's health check
     health-expect = "PONG"
     proxy-protocol = "v2"              # this backend's PROXY header
+    pool = "api"                       # default "game"
+
+Named pools are tables (C{[pool.api]}, keys in
+L{gateway.poolconfig.POOL_KEYS}; C{[pool.game]} may give the game pool's
+top-level settings instead) and HTTP routes an array of tables
+(C{[[route]]}, keys in L{gateway.poolconfig.ROUTE_KEYS}).
 
 Relative paths in the file (C{http-root}, C{access-log}, C{handover},
-C{admin-token-file}) are relative to the file's folder, not to the folder the
+C{admin-token-file}, a route's C{root}) are relative to the file's folder, not to the folder the
 gateway was started in.
 
 Errors name the file and the key (and, for a TOML syntax error, the line and
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.checks import ConfigError
+from gateway.poolconfig import GAME_POOL_KEYS, POOL_KEYS, ROUTE_KEYS, RawPool, RawRoute
 from gateway.settings import RawBackend
 
 __all__ = ["FILE_SETTINGS", "MAX_FILE_SIZE", "FileSettings", "read_config_file"]
@@ -89,6 +96,8 @@ FILE_SETTINGS: dict[str, str] = {
     "websocket-origin": "a list of origins",
     "websocket-max-message": _INTEGER,
     "websocket-ping": _NUMBER,
+    "pool": "tables ([pool.NAME])",
+    "route": "an array of tables ([[route]])",
 }
 """Every top-level key a file may have, and the type of its value."""
 
@@ -102,8 +111,29 @@ BACKEND_KEYS: dict[str, str] = {
     "health-send": _STRING,
     "health-expect": _STRING,
     "proxy-protocol": _STRING,
+    "pool": _STRING,
 }
 """The keys of a C{[[backend]]} table."""
+
+_POOL_TYPES: dict[str, str] = {key: FILE_SETTINGS.get(key, _STRING) for key in POOL_KEYS}
+_POOL_TYPES["health-path"] = _STRING
+_POOL_TYPES["health-status"] = _INTEGER
+
+_ROUTE_TYPES: dict[str, str] = {
+    "name": _STRING,
+    "host": _STRING,
+    "path": _STRING,
+    "root": _STRING,
+    "pool": _STRING,
+    "bridge": _STRING,
+    "listing": _BOOL,
+    "strip-prefix": _BOOL,
+    "max-body": _INTEGER,
+    "timeout": _NUMBER,
+    "rate-per-ip": _NUMBER,
+    "rate-burst": _NUMBER,
+}
+assert tuple(_ROUTE_TYPES) == ROUTE_KEYS
 
 
 @dataclass
@@ -121,12 +151,16 @@ class FileSettings:
     path: str
     values: dict[str, Any] = field(default_factory=dict)
     backends: list[RawBackend] | None = None
+    pools: list[RawPool] = field(default_factory=list)
+    routes: list[RawRoute] = field(default_factory=list)
+    given_as: dict[str, str] = field(default_factory=dict)
 
     def label(self, key: str) -> str:
         """
-        How error messages name C{key} of this file.
+        How error messages name C{key} of this file (a top-level setting
+        given in C{[pool.game]}: as that table's key).
         """
-        return f"{self.path}: {key}"
+        return f"{self.path}: {self.given_as.get(key, key)}"
 
 
 def _shown(value: object) -> str:
@@ -184,7 +218,67 @@ def _backend(settings: FileSettings, index: int, table: object) -> RawBackend:
         health_send=str(checked["health-send"]) if "health-send" in checked else None,
         health_expect=str(checked["health-expect"]) if "health-expect" in checked else None,
         proxy_protocol=str(checked["proxy-protocol"]) if "proxy-protocol" in checked else None,
+        pool=str(checked.get("pool", "game")),
     )
+
+
+def _table(label: str, value: object, keys: dict[str, str], what: str) -> dict[str, str | bool]:
+    """
+    A table's values, checked for known keys and types.
+    """
+    if not isinstance(value, dict):
+        raise ConfigError(f"{label}: must be a table, got {_shown(value)}")
+    unknown = sorted(set(value) - set(keys))
+    if unknown:
+        raise ConfigError(f"{label}: unknown key {unknown[0]!r} ({what} has: {', '.join(keys)})")
+    return {key: _scalar(f"{label}.{key}", keys[key], item) for key, item in value.items()}
+
+
+def _pools(settings: FileSettings, value: object) -> None:
+    """
+    The C{[pool.NAME]} tables: C{[pool.game]}'s keys become top-level
+    settings (not both), every other table a L{RawPool}.
+    """
+    label = settings.label("pool")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{label}: must be {FILE_SETTINGS['pool']}, got {_shown(value)}")
+    for name, table in value.items():
+        if name == "game":
+            game_types = {key: _POOL_TYPES[key] for key in GAME_POOL_KEYS}
+            for key, item in _table(f"{label}.game", table, game_types, "[pool.game]").items():
+                if key in settings.values:
+                    raise ConfigError(
+                        f"{label}.game.{key}: also given as the top-level {key}; give it once"
+                    )
+                settings.values[key] = item
+                settings.given_as[key] = f"pool.game.{key}"
+            continue
+        checked = _table(f"{label}.{name}", table, _POOL_TYPES, "a pool")
+        settings.pools.append(
+            RawPool(
+                label=f"{label}.{name}", name=name, values={k: str(v) for k, v in checked.items()}
+            )
+        )
+
+
+def _routes(settings: FileSettings, value: object) -> None:
+    """
+    The C{[[route]]} tables, as L{RawRoute}s (a relative C{root} made
+    relative to the file's folder).
+    """
+    label = settings.label("route")
+    if not isinstance(value, list):
+        raise ConfigError(f"{label}: must be {FILE_SETTINGS['route']}, got {_shown(value)}")
+    folder = os.path.dirname(os.path.abspath(settings.path))
+    for index, table in enumerate(value):
+        checked = _table(f"{label}[{index}]", table, _ROUTE_TYPES, "a route")
+        root = checked.get("root")
+        if isinstance(root, str) and root and not os.path.isabs(root):
+            checked["root"] = os.path.join(folder, root)
+        shown = f"{label}[{index}]"
+        if isinstance(checked.get("name"), str):
+            shown = f"{settings.path}: route {checked['name']!r}"
+        settings.routes.append(RawRoute(label=shown, values=dict(checked)))
 
 
 def read_config_file(path: str) -> FileSettings:
@@ -226,6 +320,7 @@ def read_config_file(path: str) -> FileSettings:
         # int() in tomllib: an integer of more than 4300 digits.
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
     settings = FileSettings(path=path)
+    pools: object = None
     for key, value in document.items():
         if key not in FILE_SETTINGS:
             hint = ""
@@ -244,8 +339,14 @@ def read_config_file(path: str) -> FileSettings:
             if not isinstance(value, list):
                 raise ConfigError(f"{label}: must be {FILE_SETTINGS[key]}, got {_shown(value)}")
             settings.backends = [_backend(settings, i, table) for i, table in enumerate(value)]
+        elif key == "pool":
+            pools = value  # after the top-level settings, which [pool.game] must not repeat
+        elif key == "route":
+            _routes(settings, value)
         else:
             settings.values[key] = _scalar(label, FILE_SETTINGS[key], value)
+    if pools is not None:
+        _pools(settings, pools)
     folder = os.path.dirname(os.path.abspath(path))
     for key in _PATHS:
         value = settings.values.get(key)
