@@ -80,6 +80,7 @@ def test_status_document() -> None:
     assert document["backends"] == [
         {
             "name": "a",
+            "pool": "game",
             "endpoint": "tcp:10.0.0.1:7000",
             "state": "up",
             "active": 1,
@@ -90,6 +91,7 @@ def test_status_document() -> None:
         },
         {
             "name": "b",
+            "pool": "game",
             "endpoint": "tcp:10.0.0.2:7000",
             "state": "down",
             "active": 0,

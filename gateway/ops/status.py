@@ -129,6 +129,7 @@ def backend_status(backend: Backend) -> dict[str, Any]:
     """
     return {
         "name": backend.name,
+        "pool": getattr(backend, "pool", "game"),
         "endpoint": backend.description,
         "state": backend.state.value,
         "active": backend.active,
