@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.checks import ConfigError
+from gateway.pool.backend import GAME_POOL
 
 __all__ = [
     "BALANCE_CHOICES",
@@ -67,9 +68,6 @@ WEBSOCKET_MAX_MESSAGE = 1024 * 1024
 DEMO_WEBSOCKET = "/play"
 """The path of the demo's WebSocket bridge (C{--demo} without C{--websocket})."""
 
-GAME_POOL = "game"
-"""The pool of raw TCP game sessions (and of C{--websocket} bridges): the
-command line's backends, and the file's without a C{pool} key."""
 
 DEFAULT_MAX_BODY = 1024 * 1024
 """The largest request body a proxied route takes by default (C{max-body})."""

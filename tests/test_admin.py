@@ -22,6 +22,7 @@ from gateway.ops.metrics import render_metrics
 from gateway.ops.registry import Counters, SessionRegistry
 from gateway.ops.status import AdminState, status
 from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.pools import Pools
 from tests.support import Backend as ServerBackend
 from tests.support import (
     GatewayProcess,
@@ -68,7 +69,7 @@ def make_state() -> AdminState:
     counters = Counters()
     counters.accepted = 7
     counters.refused[Refusal.RATE] = 3
-    return AdminState(pool, registry, counters)
+    return AdminState(Pools(pool), registry, counters)
 
 
 def test_status_document() -> None:

@@ -19,7 +19,6 @@ import subprocess
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -34,8 +33,8 @@ from websockets.sync.client import connect as websocket_connect
 from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, SessionRegistry
 from gateway.ops.status import AdminState
-from gateway.pool.backends import Backend as PoolBackend
-from gateway.pool.backends import BackendState, Pool
+from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.pools import Pools
 from tests.support import (
     HEADLESS_CHROMIUM,
     GatewayProcess,
@@ -260,44 +259,32 @@ def test_dashboard_shows_the_workers(tmp_path: Path) -> None:
             game.close()
 
 
-@dataclass(eq=False)
-class PooledBackend(PoolBackend):
-    """
-    A backend in a named pool, shown under its C{pool} in C{status.json}.
-    """
-
-    pool: str = "game"
-
-
 @pytest_twisted.async_yield_fixture
 async def two_pools_admin() -> AsyncIterator[str]:
     """
     An admin endpoint on loopback (in this process) whose C{status.json}
-    lists the backends of two pools, interleaved: C{game-1} (up), C{api-1}
-    (up), C{game-2} (down), C{api-2} (draining), C{api-3} (up).
+    lists the backends of two pools: C{game-1} (up) and C{game-2} (down) in
+    the game pool, C{api-1} (up), C{api-2} (draining) and C{api-3} (up) in
+    pool C{api}.
 
     @return: its URL.
     """
     clock: IReactorTime = reactor
-    members = [
-        ("game-1", "game"),
-        ("api-1", "api"),
-        ("game-2", "game"),
-        ("api-2", "api"),
-        ("api-3", "api"),
-    ]
-    pool = Pool(
-        PooledBackend(
+
+    def backend(name: str, port: int, pool: str) -> Backend:
+        return Backend(
             name=name,
-            description=f"tcp:127.0.0.1:{7000 + number}",
-            endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", 7000 + number),
-            pool=pool_name,
+            description=f"tcp:127.0.0.1:{port}",
+            endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+            pool=pool,
         )
-        for number, (name, pool_name) in enumerate(members)
-    )
-    pool.set_state(pool.backends[2], BackendState.DOWN, "health check failed 3 times: HTTP 503")
-    pool.set_state(pool.backends[3], BackendState.DRAINING, "operator")
-    state = AdminState(pool, SessionRegistry(), Counters(), clock=clock)
+
+    pools = Pools(Pool([backend("game-1", 7000, "game"), backend("game-2", 7002, "game")]))
+    api = [backend("api-1", 7001, "api"), backend("api-2", 7003, "api")]
+    pools.add_pool(Pool([*api, backend("api-3", 7004, "api")], name="api"))
+    pools.set_state(pools.backends[1], BackendState.DOWN, "health check failed 3 times: HTTP 503")
+    pools.set_state(api[1], BackendState.DRAINING, "operator")
+    state = AdminState(pools, SessionRegistry(), Counters(), clock=clock)
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     port: IListeningPort = await endpoint.listen(make_admin_site(state, clock))
     try:
@@ -311,20 +298,16 @@ async def two_pools_admin() -> AsyncIterator[str]:
 @pytest_twisted.ensureDeferred
 async def test_dashboard_groups_backends_by_pool(two_pools_admin: str, tmp_path: Path) -> None:
     """
-    The backends table has a heading per pool, in the order the pools' first
-    backends come in status.json, with the pool's name and how many of its
-    backends are up, and that pool's backends under it in status.json's
-    order.
+    The backends table has a heading per pool, in status.json's order, with
+    the pool's name and how many of its backends are up, and that pool's
+    backends under it in status.json's order.
     """
     status = json.loads(
         await deferToThread(
             lambda: urllib.request.urlopen(two_pools_admin + "/status.json", timeout=10).read()
         )
     )
-    assert [(b["name"], b["pool"]) for b in status["backends"]][:2] == [
-        ("game-1", "game"),
-        ("api-1", "api"),
-    ]
+    assert [b["pool"] for b in status["backends"]] == ["game"] * 2 + ["api"] * 3
 
     # The browser runs in a thread: this reactor serves its requests meanwhile.
     page = await deferToThread(render, two_pools_admin + "/", tmp_path / "profile")

@@ -39,9 +39,8 @@ from gateway.ops.access import AccessLogFile, access_log_only
 from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
 from gateway.ops.status import AdminState
-from gateway.pool.backends import Pool
-from gateway.pool.balance import make_balancer
-from gateway.pool.health import HealthChecker
+from gateway.pool.pools import Pools
+from gateway.pool.watch import PoolHealth
 from gateway.process.dispatch import Dispatcher, TLSRefusals
 from gateway.process.handover import HandoverServer
 from gateway.process.listener import FrontListener, server_endpoint
@@ -49,11 +48,9 @@ from gateway.process.parts import (
     PASSIVE_FALL,
     Parts,
     address_policies,
-    backend_of,
-    default_check,
-    health_checks,
     http_root_of,
-    probe_preamble,
+    pool_health,
+    pool_of,
     websocket_paths_of,
 )
 from gateway.process.reload import Reloader
@@ -95,14 +92,15 @@ def make_service(
     served = role != "worker"
     children: list[IService] = []
     if config.demo and served:
-        children.append(DemoBackends(core.pool, reactor, DEMO_BACKENDS))
+        children.append(DemoBackends(core.pools.game, reactor, DEMO_BACKENDS))
     workers = None
     if role == "acceptor":
-        workers = WorkerPool(config.workers, reactor, core.pool, lambda: reloader.config)
+        workers = WorkerPool(config.workers, reactor, core.pools, lambda: reloader.config)
     health = None
-    if config.health_interval and served:
+    if served:
         # After the demo backends, so that its first round sees them.
-        health = _health_checker(config, core)
+        health = PoolHealth(core.pools, reactor, fall=PASSIVE_FALL)
+        health.configure(pool_health(config))
         children.append(health)
     listeners = _fronts(config, core, workers) if served else []
     children.extend(listeners)
@@ -157,7 +155,7 @@ class _Core:
     """
 
     reactor: Any
-    pool: Pool
+    pools: Pools
     factory: GatewayFactory
     site: HTTPSite
     cap_state: CapState
@@ -171,7 +169,7 @@ class _Core:
     def parts(
         self,
         *,
-        health: HealthChecker | None,
+        health: PoolHealth | None,
         admin_state: AdminState | None,
         admin_site: HTTPSite | None,
         access_log: AccessLogFile | None,
@@ -181,7 +179,7 @@ class _Core:
         """
         return Parts(
             reactor=self.reactor,
-            pool=self.pool,
+            pools=self.pools,
             factory=self.factory,
             site=self.site,
             cap_state=self.cap_state,
@@ -199,12 +197,9 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
     """
     The parts every role has (see L{_Core}).
     """
-    pool = Pool(
-        (backend_of(spec, reactor) for spec in config.backends),
-        make_balancer(config.balance),
-        # Passive detection only with health checks: they bring a backend back.
-        fall=PASSIVE_FALL if config.health_interval else 0,
-    )
+    pools = Pools(pool_of(config.game_pool, config, reactor))
+    for spec in config.pools:
+        pools.add_pool(pool_of(spec, config, reactor))
     counters = Counters()
     registry = SessionRegistry()
     refusals = RefusalLog(reactor, counters)
@@ -219,7 +214,7 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
     factory = GatewayFactory(
         upgrade=answer_upgrade,
         site=site,
-        chooser=pool,
+        chooser=pools.game,
         clock=reactor,
         settings=SessionSettings.from_config(config),
         counters=counters,
@@ -235,22 +230,7 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         refusals=refusals,
         responder=responder,
     )
-    return _Core(reactor, pool, factory, site, cap_state, responder, counters, registry, refusals)
-
-
-def _health_checker(config: GatewayConfig, core: _Core) -> HealthChecker:
-    """
-    The active health checks of every backend.
-    """
-    return HealthChecker(
-        core.pool,
-        core.reactor,
-        interval=config.health_interval,
-        fall=PASSIVE_FALL,
-        checks=health_checks(config),
-        default_check=default_check(config),
-        preamble=probe_preamble(config.proxy_protocol),
-    )
+    return _Core(reactor, pools, factory, site, cap_state, responder, counters, registry, refusals)
 
 
 def _fronts(config: GatewayConfig, core: _Core, workers: WorkerPool | None) -> list[FrontListener]:
@@ -322,7 +302,7 @@ def _admin(
     assert config.admin is not None
     reactor = core.reactor
     state = AdminState(
-        core.pool,
+        core.pools,
         core.registry,
         core.counters,
         clock=reactor,

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.address import UNIXAddress
 from twisted.internet.endpoints import clientFromString
 
-from gateway.config import BackendSpec, GatewayConfig
+from gateway.config import BackendSpec, GatewayConfig, PoolSpec
 from gateway.front.admission import AddressGate, CapState, Responder
 from gateway.front.door import GatewayFactory
 from gateway.front.limits import AddressCap, AddressLimits, AddressRate
@@ -23,7 +23,10 @@ from gateway.interfaces import IAddressPolicy
 from gateway.ops.access import AccessLogFile
 from gateway.ops.status import AdminState
 from gateway.pool.backends import Backend, Pool
-from gateway.pool.health import HealthCheck, HealthChecker
+from gateway.pool.balance import make_balancer
+from gateway.pool.health import HealthCheck
+from gateway.pool.pools import Pools
+from gateway.pool.watch import PoolHealth
 
 __all__ = [
     "PASSIVE_FALL",
@@ -32,6 +35,8 @@ __all__ = [
     "backend_of",
     "default_check",
     "health_checks",
+    "pool_health",
+    "pool_of",
     "http_root_of",
     "websocket_paths_of",
     "probe_preamble",
@@ -58,17 +63,37 @@ class Parts:
     """
 
     reactor: Any
-    pool: Pool
+    pools: Pools
     factory: GatewayFactory
     site: Any
     cap_state: CapState
     gates: list[AddressGate]
     responder: Responder
-    health: HealthChecker | None = None
+    health: PoolHealth | None = None
     admin_state: AdminState | None = None
     access_log: AccessLogFile | None = None
     admin_site: Any = None
     certificates: list[SNICertificates] = field(default_factory=list)
+
+    @property
+    def pool(self) -> Pool:
+        """
+        The game pool.
+        """
+        return self.pools.game
+
+
+def pool_of(spec: PoolSpec, config: GatewayConfig, reactor: Any) -> Pool:
+    """
+    A pool for a configured one, with its backends.
+    """
+    return Pool(
+        (backend_of(b, reactor) for b in config.backends if b.pool == spec.name),
+        make_balancer(spec.balance),
+        # Passive detection only with health checks: they bring a backend back.
+        fall=PASSIVE_FALL if spec.health_interval else 0,
+        name=spec.name,
+    )
 
 
 def backend_of(spec: BackendSpec, reactor: Any) -> Backend:
@@ -81,6 +106,7 @@ def backend_of(spec: BackendSpec, reactor: Any) -> Backend:
         endpoint=clientFromString(reactor, spec.endpoint),
         weight=spec.weight,
         proxy_protocol=spec.proxy_protocol,
+        pool=spec.pool,
     )
 
 
@@ -144,25 +170,47 @@ def probe_preamble(version: str) -> bytes:
     return proxy_header(version, nobody, nobody)
 
 
-def default_check(config: GatewayConfig) -> HealthCheck:
+def default_check(spec: PoolSpec) -> HealthCheck:
     """
-    The health check of the backends that have none of their own.
+    The health check of a pool's backends that have none of their own.
     """
-    return HealthCheck(send=config.health_send, expect=config.health_expect)
+    return HealthCheck(
+        send=spec.health_send,
+        expect=spec.health_expect,
+        preamble=probe_preamble(spec.proxy_protocol),
+    )
 
 
-def health_checks(config: GatewayConfig) -> dict[str, HealthCheck]:
+def health_checks(config: GatewayConfig, spec: PoolSpec) -> dict[str, HealthCheck]:
     """
-    The health checks of the backends that have their own (a send/expect
-    check or a PROXY setting of their own in the config file), by name.
+    The health checks of the pool's backends that have their own (a
+    send/expect check or a PROXY setting of their own in the config file),
+    by name.
     """
     checks = {}
-    for spec in config.backends:
-        if spec.health_send is None and spec.health_expect is None and not spec.proxy_protocol:
+    for backend in config.backends:
+        if backend.pool != spec.name or (
+            backend.health_send is None
+            and backend.health_expect is None
+            and not backend.proxy_protocol
+        ):
             continue
-        checks[spec.name] = HealthCheck(
-            send=config.health_send if spec.health_send is None else spec.health_send,
-            expect=config.health_expect if spec.health_expect is None else spec.health_expect,
-            preamble=None if spec.proxy_protocol is None else probe_preamble(spec.proxy_protocol),
+        checks[backend.name] = HealthCheck(
+            send=spec.health_send if backend.health_send is None else backend.health_send,
+            expect=spec.health_expect if backend.health_expect is None else backend.health_expect,
+            preamble=probe_preamble(backend.proxy_protocol or spec.proxy_protocol),
         )
     return checks
+
+
+def pool_health(
+    config: GatewayConfig,
+) -> dict[str, tuple[float, dict[str, HealthCheck], HealthCheck]]:
+    """
+    What every pool's health checks are: by pool name, the interval (0:
+    none), the backends' own checks and the pool's.
+    """
+    return {
+        spec.name: (spec.health_interval, health_checks(config, spec), default_check(spec))
+        for spec in config.pool_specs()
+    }
