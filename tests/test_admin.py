@@ -149,8 +149,8 @@ def test_metrics_parse_with_prometheus_client() -> None:
     }
     assert samples[("gateway_connections_accepted_total", ())] == 7
     assert samples[("gateway_connections_refused_total", (("reason", "rate"),))] == 3
-    assert samples[("gateway_backend_up", (("backend", "a"),))] == 1
-    assert samples[("gateway_backend_up", (("backend", "b"),))] == 0
+    assert samples[("gateway_backend_up", (("backend", "a"), ("pool", "game")))] == 1
+    assert samples[("gateway_backend_up", (("backend", "b"), ("pool", "game")))] == 0
     assert samples[("gateway_sessions_active", (("kind", "game"),))] == 1
     assert samples[("gateway_bytes_total", (("direction", "in"),))] == 41
     assert "192.0.2" not in text

@@ -51,6 +51,8 @@ from gateway.process.parts import (
     http_root_of,
     pool_health,
     pool_of,
+    pool_settings_of,
+    route_targets,
     websocket_paths_of,
 )
 from gateway.process.reload import Reloader
@@ -210,11 +212,14 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         header_timeout=config.header_timeout,
         refusals=refusals,
         websocket_paths=websocket_paths_of(config),
+        routes=route_targets(config, pools, reactor),
     )
     factory = GatewayFactory(
         upgrade=answer_upgrade,
         site=site,
         chooser=pools.game,
+        pools=pools.pool,
+        pool_settings=pool_settings_of(config),
         clock=reactor,
         settings=SessionSettings.from_config(config),
         counters=counters,

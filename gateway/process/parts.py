@@ -7,18 +7,21 @@ made from a L{GatewayConfig}: used alike when the gateway is assembled
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.address import UNIXAddress
 from twisted.internet.endpoints import clientFromString
 
-from gateway.config import BackendSpec, GatewayConfig, PoolSpec
+from gateway.config import BackendSpec, GatewayConfig, PoolSpec, RouteSpec
 from gateway.front.admission import AddressGate, CapState, Responder
 from gateway.front.door import GatewayFactory
 from gateway.front.limits import AddressCap, AddressLimits, AddressRate
 from gateway.front.proxyheader import proxy_header
 from gateway.front.tls import SNICertificates
+from gateway.http.site import RouteTarget, WebSocketBridge
+from gateway.http.static import StaticRoot
 from gateway.interfaces import IAddressPolicy
 from gateway.ops.access import AccessLogFile
 from gateway.ops.status import AdminState
@@ -27,8 +30,11 @@ from gateway.pool.balance import make_balancer
 from gateway.pool.health import HealthCheck
 from gateway.pool.pools import Pools
 from gateway.pool.watch import PoolHealth
+from gateway.session.settings import SessionSettings
 
 __all__ = [
+    "pool_settings_of",
+    "route_targets",
     "PASSIVE_FALL",
     "Parts",
     "address_policies",
@@ -108,6 +114,47 @@ def backend_of(spec: BackendSpec, reactor: Any) -> Backend:
         proxy_protocol=spec.proxy_protocol,
         pool=spec.pool,
     )
+
+
+def pool_settings_of(config: GatewayConfig) -> dict[str, SessionSettings]:
+    """
+    The settings of sessions to each named pool (bridges to it).
+    """
+    base = SessionSettings.from_config(config)
+    return {spec.name: base.for_pool(spec) for spec in config.pools}
+
+
+def route_targets(
+    config: GatewayConfig,
+    pools: Pools,
+    reactor: Any,
+    old: Sequence[tuple[RouteSpec, RouteTarget]] = (),
+) -> list[tuple[RouteSpec, RouteTarget]]:
+    """
+    What serves each of the file's routes (a reload keeps the request rates
+    of routes whose rate did not change).
+    """
+    rates = {spec.name: target.rate for spec, target in old if target.rate is not None}
+    targets = []
+    for spec in config.routes:
+        rate = None
+        if spec.rate_per_ip:
+            rate = rates.get(spec.name)
+            if (
+                rate is None
+                or rate.rate != spec.rate_per_ip
+                or (spec.rate_burst is not None and rate.burst != spec.rate_burst)
+            ):
+                rate = AddressRate(spec.rate_per_ip, spec.rate_burst)
+        target: RouteTarget
+        if spec.root is not None:
+            target = RouteTarget(StaticRoot(spec.root, listing=spec.listing), tree=True, rate=rate)
+        elif spec.bridge is not None:
+            target = RouteTarget(WebSocketBridge(spec.bridge), rate=rate)
+        else:
+            raise NotImplementedError("proxy routes")
+        targets.append((spec, target))
+    return targets
 
 
 def websocket_paths_of(config: GatewayConfig) -> frozenset[bytes]:

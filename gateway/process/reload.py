@@ -36,6 +36,8 @@ from gateway.process.parts import (
     backend_of,
     http_root_of,
     pool_health,
+    pool_settings_of,
+    route_targets,
     websocket_paths_of,
 )
 from gateway.session.settings import SessionSettings
@@ -282,7 +284,7 @@ class Reloader:
 
     def _apply_front(self, old: GatewayConfig, new: GatewayConfig) -> None:
         parts = self.parts
-        parts.factory.reconfigure(SessionSettings.from_config(new))
+        parts.factory.reconfigure(SessionSettings.from_config(new), pool_settings_of(new))
         root = None
         if new.http_root != old.http_root or new.http_listing != old.http_listing:
             root = make_site(
@@ -292,6 +294,7 @@ class Reloader:
             header_timeout=new.header_timeout,
             root=root,
             websocket_paths=websocket_paths_of(new),
+            routes=route_targets(new, parts.pools, parts.reactor, parts.site.routes.routes),
         )
         if parts.admin_site is not None:
             parts.admin_site.reconfigure(header_timeout=new.header_timeout)
@@ -337,4 +340,12 @@ def _differences(old: GatewayConfig, new: GatewayConfig) -> list[str]:
             changes.append(f"{field.name.replace('_', '-')} {before!r} -> {after!r}")
     if old.admin_token != new.admin_token:
         changes.append("admin token changed")
+    before = {route.name: route for route in old.routes}
+    after = {route.name: route for route in new.routes}
+    for name in after:
+        if name not in before:
+            changes.append(f"route {name} added")
+        elif before[name] != after[name]:
+            changes.append(f"route {name} changed")
+    changes.extend(f"route {name} removed" for name in before if name not in after)
     return changes
