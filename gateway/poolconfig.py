@@ -41,6 +41,7 @@ from gateway.config import (
     RouteSpec,
 )
 from gateway.http.routes import segments
+from gateway.pool.httpcheck import valid_path
 
 __all__ = [
     "MAX_ROUTE_BODY",
@@ -141,11 +142,17 @@ def check_pools(
             raise ConfigError(
                 f"{raw.label}: has no backend (give one a [[backend]] with pool = {raw.name!r})"
             )
+    http_pools = {pool.name for pool in pools if pool.health_path is not None}
     for spec in backends:
         if spec.pool != GAME_POOL and spec.pool not in names:
             raise ConfigError(
                 f"{backend_label}: backend {spec.name!r}: pool {spec.pool!r} has no "
                 f"[pool.{spec.pool}] table"
+            )
+        if spec.pool in http_pools and (spec.health_send or spec.health_expect):
+            raise ConfigError(
+                f"{backend_label}: backend {spec.name!r}: health-send/health-expect in pool "
+                f"{spec.pool!r}, whose health checks are HTTP (health-path)"
             )
     return tuple(pools)
 
@@ -170,9 +177,7 @@ def _pool(raw: RawPool) -> PoolSpec:
         if balance != "hash":
             raise ConfigError(f'{label}.session-key: needs balance = "hash"')
     path = values.get("health-path")
-    if path is not None and (
-        not path.startswith("/") or " " in path or check_line(f"{label}.health-path", path) != path
-    ):
+    if path is not None and not valid_path(path.encode("utf-8")):
         raise ConfigError(f"{label}.health-path: not a request path (e.g. /healthz), got {path!r}")
     status = None
     if "health-status" in values:

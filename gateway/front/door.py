@@ -51,6 +51,8 @@ from zope.interface import implementer
 
 from gateway.connection import CloseHooks, describe_peer
 from gateway.front.limits import address_key
+from gateway.front.passthrough import pass_through
+from gateway.front.proxyheader import ProxyHeaderProtocol
 from gateway.interfaces import IBackendChooser
 from gateway.pool.backend import GAME_POOL
 from gateway.session.relay import GameSession
@@ -122,6 +124,19 @@ def classify(prefix: bytes) -> Verdict:
         if start.startswith(head):
             return Verdict.UNDECIDED
     return Verdict.GAME
+
+
+def _behind_proxy(transport: object) -> bool:
+    """
+    Whether a connection came through a C{haproxy:} front (its transport,
+    or the transport under its TLS, reads the PROXY header): then the
+    forwarding fields of its requests came from a trusted hop.
+    """
+    for _ in range(3):
+        if isinstance(transport, ProxyHeaderProtocol):
+            return True
+        transport = getattr(transport, "transport", None)
+    return False
 
 
 class GatewayFactory(ServerFactory):
@@ -297,7 +312,16 @@ class FrontDoor(CloseHooks, Protocol):
         self._forward = self._http_data
         channel.makeConnection(self.transport)
         channel.websocket_upgrade = self._websocket_upgrade  # type: ignore[attr-defined]
+        channel.pass_through = self._pass_through  # type: ignore[attr-defined]
+        channel.trusted_forwarded = _behind_proxy(self.transport)  # type: ignore[attr-defined]
         self._http_data(sniffed)
+
+    def _pass_through(self, request: Request, pool: IBackendChooser, head: bytes) -> bytes | int:
+        """
+        A WebSocket upgrade on a proxied route: the connection becomes a
+        byte stream to a backend of C{pool} (L{gateway.front.passthrough}).
+        """
+        return pass_through(self, request, pool, head)
 
     def _websocket_upgrade(self, request: Request, pool: str = GAME_POOL) -> bytes | int:
         """

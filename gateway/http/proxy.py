@@ -70,7 +70,12 @@ from gateway.http.connections import (
     BackendConnections,
     connection_options,
 )
-from gateway.http.forwarded import backend_path, request_headers, response_headers
+from gateway.http.forwarded import (
+    backend_path,
+    connection_tokens,
+    request_headers,
+    response_headers,
+)
 from gateway.interfaces import IBackendChooser
 from gateway.pool.backend import Backend
 
@@ -182,11 +187,30 @@ class HTTPProxy(Resource):
     @override
     def render(self, request: Request) -> int:
         """
-        Forward C{request}; its response comes later.
+        Forward C{request}; its response comes later.  A WebSocket upgrade
+        is passed through to a backend as a byte stream, where the
+        connection allows it (L{gateway.front.passthrough}).
         """
         request.gateway_route = self.route_name  # type: ignore[attr-defined]
-        _Forwarding(self, request).start()
+        forwarding = _Forwarding(self, request)
+        through = getattr(request.channel, "pass_through", None)
+        if through is not None and is_websocket_upgrade(request):
+            through(request, self.pool, forwarding.upgrade_head())
+            return NOT_DONE_YET
+        forwarding.start()
         return NOT_DONE_YET
+
+
+def is_websocket_upgrade(request: Request) -> bool:
+    """
+    Whether C{request} asks to become a WebSocket (a GET over HTTP/1.1 with
+    C{Connection: upgrade} and C{Upgrade: websocket}).
+    """
+    if request.method != b"GET" or request.clientproto != b"HTTP/1.1":
+        return False
+    upgrade = request.requestHeaders.getRawHeaders(b"upgrade") or []
+    tokens = {token.strip().lower() for value in upgrade for token in value.split(b",")}
+    return b"websocket" in tokens and b"upgrade" in connection_tokens(request.requestHeaders)
 
 
 class _Unclosed:
@@ -292,8 +316,25 @@ class _Forwarding:
         """
         Rewrite the request, then make the first attempt.
         """
+        self._request.notifyFinish().addErrback(self._client_gone)
+        self._rewrite()
+        self._deadline = self._proxy.clock.callLater(self._settings.timeout, self._timed_out)
+        self._attempt()
+
+    def upgrade_head(self) -> bytes:
+        """
+        The request rewritten for a backend, as the bytes of its line and
+        fields, with the upgrade's C{Connection} and C{Upgrade} put back.
+        """
+        self._rewrite()
+        lines = [self._method + b" " + self._target + b" HTTP/1.1"]
+        for name, values in self._headers.getAllRawHeaders():
+            lines.extend(name + b": " + value for value in values)
+        lines += [b"Connection: Upgrade", b"Upgrade: websocket", b"", b""]
+        return b"\r\n".join(lines)
+
+    def _rewrite(self) -> None:
         request = self._request
-        request.notifyFinish().addErrback(self._client_gone)
         client_host = request.requestHeaders.getRawHeaders(b"host", [None])[0]
         local = request.getHost()
         host = client_host or f"{_client_address(local)}:{getattr(local, 'port', 0)}".encode()
@@ -307,8 +348,6 @@ class _Forwarding:
             trusted=bool(getattr(request.channel, "trusted_forwarded", False)),
         )
         self._target = backend_path(request.uri, self._settings.strip_prefix)
-        self._deadline = self._proxy.clock.callLater(self._settings.timeout, self._timed_out)
-        self._attempt()
 
     def _attempt(self) -> None:
         backend = self._pool.choose(exclude=self._tried)

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from typing_extensions import override
 
 from gateway.config import GatewayConfig
 from gateway.demo.backends import DEMO_BACKENDS, DemoBackends
@@ -34,6 +36,7 @@ from gateway.front.door import GatewayFactory
 from gateway.front.limits import AddressLimits, Refusal, TotalCap
 from gateway.front.tls import SNICertificates
 from gateway.front.websocket import answer_upgrade
+from gateway.http.connections import BackendConnections
 from gateway.http.site import HTTPSite, make_site
 from gateway.ops.access import AccessLogFile, access_log_only
 from gateway.ops.admin import make_admin_site
@@ -92,7 +95,8 @@ def make_service(
         reactor = global_reactor
     core = _core(config, reactor)
     served = role != "worker"
-    children: list[IService] = []
+    # First: stopped last, once no request uses the connections.
+    children: list[IService] = [_Closing(core.connections)]
     if config.demo and served:
         children.append(DemoBackends(core.pools.game, reactor, DEMO_BACKENDS))
     workers = None
@@ -165,6 +169,7 @@ class _Core:
     counters: Counters
     registry: SessionRegistry
     refusals: RefusalLog
+    connections: BackendConnections
     gates: list[AddressGate] = field(default_factory=list)
     certificates: list[SNICertificates] = field(default_factory=list)
 
@@ -192,6 +197,7 @@ class _Core:
             access_log=access_log,
             admin_site=admin_site,
             certificates=self.certificates,
+            connections=self.connections,
         )
 
 
@@ -204,6 +210,7 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         pools.add_pool(pool_of(spec, config, reactor))
     counters = Counters()
     registry = SessionRegistry()
+    connections = BackendConnections(reactor)
     refusals = RefusalLog(reactor, counters)
     site = make_site(
         http_root_of(config),
@@ -212,7 +219,7 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         header_timeout=config.header_timeout,
         refusals=refusals,
         websocket_paths=websocket_paths_of(config),
-        routes=route_targets(config, pools, reactor),
+        routes=route_targets(config, pools, connections),
     )
     factory = GatewayFactory(
         upgrade=answer_upgrade,
@@ -235,7 +242,32 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         refusals=refusals,
         responder=responder,
     )
-    return _Core(reactor, pools, factory, site, cap_state, responder, counters, registry, refusals)
+    return _Core(
+        reactor,
+        pools,
+        factory,
+        site,
+        cap_state,
+        responder,
+        counters,
+        registry,
+        refusals,
+        connections,
+    )
+
+
+class _Closing(Service):
+    """
+    Closes the proxied routes' keep-alive connections when the gateway stops.
+    """
+
+    def __init__(self, connections: BackendConnections) -> None:
+        self._connections = connections
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._connections.close()
 
 
 def _fronts(config: GatewayConfig, core: _Core, workers: WorkerPool | None) -> list[FrontListener]:

@@ -7,6 +7,7 @@ made from a L{GatewayConfig}: used alike when the gateway is assembled
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from gateway.front.door import GatewayFactory
 from gateway.front.limits import AddressCap, AddressLimits, AddressRate
 from gateway.front.proxyheader import proxy_header
 from gateway.front.tls import SNICertificates
+from gateway.http.connections import BackendConnections
+from gateway.http.proxy import HTTPProxy
 from gateway.http.site import RouteTarget, WebSocketBridge
 from gateway.http.static import StaticRoot
 from gateway.interfaces import IAddressPolicy
@@ -66,6 +69,7 @@ class Parts:
     @ivar admin_site: the admin endpoint's site, if it has one.
     @ivar certificates: the connection creators of the C{tls:} fronts (and
         admin endpoint), whose PEM folders a reload reads again.
+    @ivar connections: the keep-alive connections of the proxied routes.
     """
 
     reactor: Any
@@ -80,6 +84,7 @@ class Parts:
     access_log: AccessLogFile | None = None
     admin_site: Any = None
     certificates: list[SNICertificates] = field(default_factory=list)
+    connections: BackendConnections | None = None
 
     @property
     def pool(self) -> Pool:
@@ -127,34 +132,68 @@ def pool_settings_of(config: GatewayConfig) -> dict[str, SessionSettings]:
 def route_targets(
     config: GatewayConfig,
     pools: Pools,
-    reactor: Any,
+    connections: BackendConnections,
     old: Sequence[tuple[RouteSpec, RouteTarget]] = (),
 ) -> list[tuple[RouteSpec, RouteTarget]]:
     """
-    What serves each of the file's routes (a reload keeps the request rates
-    of routes whose rate did not change).
+    What serves each of the file's routes.  A reload keeps, by route name,
+    the request rates whose settings did not change and the proxies (given
+    their new settings), so requests in flight finish as they started.
     """
-    rates = {spec.name: target.rate for spec, target in old if target.rate is not None}
+    kept = {spec.name: target for spec, target in old}
+    specs = {spec.name: spec for spec in config.pool_specs()}
     targets = []
     for spec in config.routes:
-        rate = None
-        if spec.rate_per_ip:
-            rate = rates.get(spec.name)
-            if (
-                rate is None
-                or rate.rate != spec.rate_per_ip
-                or (spec.rate_burst is not None and rate.burst != spec.rate_burst)
-            ):
-                rate = AddressRate(spec.rate_per_ip, spec.rate_burst)
+        before = kept.get(spec.name)
+        rate = _route_rate(spec, before.rate if before is not None else None)
         target: RouteTarget
         if spec.root is not None:
             target = RouteTarget(StaticRoot(spec.root, listing=spec.listing), tree=True, rate=rate)
         elif spec.bridge is not None:
             target = RouteTarget(WebSocketBridge(spec.bridge), rate=rate)
         else:
-            raise NotImplementedError("proxy routes")
+            assert spec.pool is not None
+            pool, pool_spec = pools.pool(spec.pool), specs[spec.pool]
+            assert pool is not None  # made from this configuration before the routes
+            strip = spec.path if spec.strip_prefix else None
+            proxy = before.resource if before is not None else None
+            if isinstance(proxy, HTTPProxy):
+                proxy.reconfigure(
+                    pool,
+                    strip_prefix=strip,
+                    timeout=spec.timeout,
+                    connect_timeout=pool_spec.connect_timeout,
+                    retries=pool_spec.retries,
+                )
+            else:
+                proxy = HTTPProxy(
+                    spec.name,
+                    pool,
+                    connections=connections,
+                    strip_prefix=strip,
+                    timeout=spec.timeout,
+                    connect_timeout=pool_spec.connect_timeout,
+                    retries=pool_spec.retries,
+                )
+            target = RouteTarget(proxy, rate=rate, body_limit=spec.max_body)
         targets.append((spec, target))
     return targets
+
+
+def _route_rate(spec: RouteSpec, old: AddressRate | None) -> AddressRate | None:
+    """
+    A route's request rate: the old table if its settings did not change
+    (its addresses keep their buckets), else a new one.
+    """
+    if not spec.rate_per_ip:
+        return None
+    if (
+        old is None
+        or old.rate != spec.rate_per_ip
+        or (spec.rate_burst is not None and old.burst != spec.rate_burst)
+    ):
+        return AddressRate(spec.rate_per_ip, spec.rate_burst)
+    return old
 
 
 def websocket_paths_of(config: GatewayConfig) -> frozenset[bytes]:
@@ -225,6 +264,8 @@ def default_check(spec: PoolSpec) -> HealthCheck:
         send=spec.health_send,
         expect=spec.health_expect,
         preamble=probe_preamble(spec.proxy_protocol),
+        http_path=spec.health_path.encode("ascii") if spec.health_path is not None else None,
+        http_status=spec.health_status,
     )
 
 
@@ -242,7 +283,8 @@ def health_checks(config: GatewayConfig, spec: PoolSpec) -> dict[str, HealthChec
             and not backend.proxy_protocol
         ):
             continue
-        checks[backend.name] = HealthCheck(
+        checks[backend.name] = dataclasses.replace(
+            default_check(spec),
             send=spec.health_send if backend.health_send is None else backend.health_send,
             expect=spec.health_expect if backend.health_expect is None else backend.health_expect,
             preamble=probe_preamble(backend.proxy_protocol or spec.proxy_protocol),

@@ -285,6 +285,8 @@ class Reloader:
     def _apply_front(self, old: GatewayConfig, new: GatewayConfig) -> None:
         parts = self.parts
         parts.factory.reconfigure(SessionSettings.from_config(new), pool_settings_of(new))
+        connections = parts.connections
+        assert connections is not None
         root = None
         if new.http_root != old.http_root or new.http_listing != old.http_listing:
             root = make_site(
@@ -294,7 +296,7 @@ class Reloader:
             header_timeout=new.header_timeout,
             root=root,
             websocket_paths=websocket_paths_of(new),
-            routes=route_targets(new, parts.pools, parts.reactor, parts.site.routes.routes),
+            routes=route_targets(new, parts.pools, connections, parts.site.routes.routes),
         )
         if parts.admin_site is not None:
             parts.admin_site.reconfigure(header_timeout=new.header_timeout)
