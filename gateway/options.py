@@ -90,8 +90,9 @@ class GatewayOptions(usage.Options):
             None,
             "TOML file with the same settings as the options (keys are the option names, "
             "backends are [[backend]] tables with name, endpoint, weight, health-send, "
-            "health-expect, proxy-protocol); the command line wins over it. SIGHUP "
-            "reads it again.",
+            "health-expect, proxy-protocol, pool); it alone has named pools ([pool.NAME]) "
+            "and HTTP routes by host and path to files, HTTP app servers or WebSocket "
+            "bridges ([[route]]). The command line wins over it. SIGHUP reads it again.",
         ],
         [
             "max-connections",
