@@ -388,10 +388,12 @@ class _Forwarding:
             return
         if not failure.check(BackendConnectError):
             backend.total += 1
-        self._pool.attempt_failed(backend)
         if cancelled_for == "timeout":
+            # The route's limit, not a fault of the backend: a slow endpoint
+            # must not take a backend out of service for every other route.
             self._answer(504, b"Gateway Timeout", b"the backend did not answer in time")
             return
+        self._pool.attempt_failed(backend)
         self._log.info(
             "route {route}: {method} to backend {backend} failed: {reason}",
             route=self._proxy.route_name,

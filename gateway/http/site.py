@@ -167,20 +167,25 @@ class _Refused(resource.Resource):
 
     isLeaf = True  # noqa: N815 - twisted.web's name
 
-    def __init__(self, code: int, text: bytes, retry_after: int | None = None) -> None:
+    def __init__(
+        self, code: int, phrase: bytes, text: bytes, retry_after: int | None = None
+    ) -> None:
         super().__init__()
-        self.code, self.text, self.retry_after = code, text, retry_after
+        self.code, self.phrase, self.text, self.retry_after = code, phrase, text, retry_after
 
     @override
     def render(self, request: Request) -> bytes:
-        request.setResponseCode(self.code)
+        # Twisted knows no phrase for 429 (it would say "Unknown Status").
+        request.setResponseCode(self.code, self.phrase)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         if self.retry_after is not None:
             request.setHeader(b"retry-after", str(self.retry_after).encode())
         return self.text
 
 
-_DOT_SEGMENTS = _Refused(http.BAD_REQUEST, b"400 Bad Request: a path with . or .. segments\n")
+_DOT_SEGMENTS = _Refused(
+    http.BAD_REQUEST, b"Bad Request", b"400 Bad Request: a path with . or .. segments\n"
+)
 
 
 class HTTPSite(Site):
@@ -337,7 +342,7 @@ class HTTPSite(Site):
         if self.refusals is not None:
             self.refusals.refused(Refusal.ROUTE_RATE, describe_peer(address))
         wait = max(1, int(1 / rate.rate + 0.999))
-        return _Refused(429, b"429 Too Many Requests\n", retry_after=wait)
+        return _Refused(429, b"Too Many Requests", b"429 Too Many Requests\n", retry_after=wait)
 
     @override
     def log(self, request: http.Request) -> None:
