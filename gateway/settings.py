@@ -225,12 +225,20 @@ def build_config(
         websocket_ping=ping,
         pools=pools,
     )
+    return _with_routes(s, config)
+
+
+def _with_routes(s: Settings, config: GatewayConfig) -> GatewayConfig:
+    """
+    C{config} with the file's routes, checked against its pools, backends
+    and bridge paths.
+    """
     routes = check_routes(
         s.routes,
-        pools,
+        config.pools,
         config.game_pool,
-        backends=backends,
-        websocket=websocket,
+        backends=config.backends,
+        websocket=config.websocket,
         websocket_label=s.other("websocket", "websocket"),
     )
     return dataclasses.replace(config, routes=routes) if routes else config

@@ -120,8 +120,10 @@ def test_routing_by_host_and_path(tmp_path: Path) -> None:
             '[[route]]\nhost = "admin.example.com"\npool = "admin"\n',
         )
         with GatewayProcess(["--http-root", str(site), "--config", str(config)], tmp_path) as gw:
-            answer = seen(gw, "/api/users?page=2")
+            answer = seen(gw, "/api/users?page=2", headers={"X-Forwarded-Prefix": "/evil"})
             assert (answer["app"], answer["path"]) == ("api", "/users?page=2")
+            assert answer["headers"]["x-forwarded-prefix"] == "/api"
+            assert "x-forwarded-prefix" not in seen(gw, "/api/v2/x")["headers"]
             assert seen(gw, "/api")["path"] == "/"
             answer = seen(gw, "/api/v2/scores")
             assert (answer["app"], answer["path"]) == ("v2", "/api/v2/scores")
@@ -131,6 +133,15 @@ def test_routing_by_host_and_path(tmp_path: Path) -> None:
             assert request(gw, "/apix")[0] == 404
             answer = seen(gw, "/api/users", method="POST", body=b"x" * 100)
             assert (answer["method"], answer["body_length"]) == ("POST", 100)
+            # An absolute-form target names the host (its Host field is ignored).
+            with connect(gw.port) as sock:
+                sock.sendall(
+                    b"GET http://admin.example.com/api/v2/s HTTP/1.1\r\nHost: other\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
+                answer = json.loads(recv_until_eof(sock).partition(b"\r\n\r\n")[2])
+            assert (answer["app"], answer["path"]) == ("admin", "/api/v2/s")
+            assert answer["headers"]["host"] == "admin.example.com"
 
 
 def test_forwarding_headers(tmp_path: Path) -> None:

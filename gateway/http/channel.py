@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from gateway.connection import describe_peer
 from gateway.front.limits import Refusal
+from gateway.http.routes import origin_form
 from gateway.ops.registry import RefusalLog
 
 __all__ = [
@@ -275,8 +276,8 @@ class GatewayHTTPChannel(HTTPChannel):
         if limit_of is None or not self.requests:
             return None
         host = self.requests[-1].requestHeaders.getRawHeaders(b"host", [None])[0]
-        path = getattr(self, "_path", b"").split(b"?", 1)[0]
-        limit: int | None = limit_of(host, path)
+        target, host = origin_form(getattr(self, "_path", b""), host)
+        limit: int | None = limit_of(host, target.split(b"?", 1)[0])
         return limit
 
     def body_received(self, size: int) -> bool:

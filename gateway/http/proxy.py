@@ -346,6 +346,7 @@ class _Forwarding:
             client_host=client_host,
             version=request.clientproto,
             trusted=bool(getattr(request.channel, "trusted_forwarded", False)),
+            prefix=self._settings.strip_prefix,
         )
         self._target = backend_path(request.uri, self._settings.strip_prefix)
 

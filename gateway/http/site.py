@@ -32,7 +32,7 @@ from gateway.http.channel import (
     SEND_TIMEOUT,
     GatewayHTTPChannel,
 )
-from gateway.http.routes import RouteTable, request_host, segments
+from gateway.http.routes import RouteTable, origin_form, request_host, segments
 from gateway.http.static import ALLOWED_METHODS, StaticRoot
 from gateway.ops.access import HTTP_CLIENT_LEFT, HTTP_COMPLETE, log_http_request
 from gateway.ops.registry import RefusalLog
@@ -75,7 +75,12 @@ class GatewayRequest(Request):
         # (A request refused earlier, e.g. a 413 or a cut header, is a
         # counted refusal instead.)
         self.dispatched = True
-        super().requestReceived(command, path, version)
+        # An absolute-form target names its host: served as if it were the
+        # path with that Host (what routes, files and backends see).
+        target, host = origin_form(path, None)
+        if host is not None:
+            self.requestHeaders.setRawHeaders(b"host", [host])
+        super().requestReceived(command, target, version)
 
     @override
     def write(self, data: bytes) -> None:
