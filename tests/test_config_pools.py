@@ -109,10 +109,16 @@ def test_check_config_lists_pools_and_routes(tmp_path: Path) -> None:
     route with its action.
     """
     line = summary(parse(["--config", write(tmp_path, GOOD)]))
-    assert "pool api (leastconn): api-1 (tcp:127.0.0.1:8001, weight 1)" in line
-    assert "api: api.example.com /v1 -> HTTP proxy to pool api (prefix stripped)" in line
-    assert f"/assets: * /assets -> files in {tmp_path}" in line
-    assert "/play-eu: * /play-eu -> WebSocket bridge to pool eu" in line
+    assert (
+        "pool api (leastconn, health GET /healthz -> 204 every 5 s, connect-timeout 2 s, "
+        "retries 1): api-1 (tcp:127.0.0.1:8001, weight 1)"
+    ) in line
+    assert (
+        "api: api.example.com /v1 -> HTTP proxy to pool api (prefix stripped, max-body 2048, "
+        "timeout 5 s, rate-per-ip 2)"
+    ) in line
+    assert f"* /assets -> files in {tmp_path} (listing)" in line
+    assert "* /play-eu -> WebSocket bridge to pool eu;" in line
 
 
 def test_pool_game_table_gives_top_level_settings(tmp_path: Path) -> None:
