@@ -41,6 +41,7 @@ from wsproto.utilities import LocalProtocolError
 
 from gateway.session.lifecycle import CloseReason
 from gateway.session.stream import write_now
+from gateway.session.wsframes import at_message_boundary, whole_message
 
 if TYPE_CHECKING:
     from gateway.session.relay import GameSession
@@ -281,6 +282,10 @@ class MessageReader:
         """
         if self.finished:
             return  # after a close frame (or a protocol error), nothing counts
+        if at_message_boundary(self._ws):
+            data = self._whole_messages(data)
+            if not data or self.finished:
+                return
         self._ws.receive_data(data)
         for event in self._ws.events():
             if self.finished:
@@ -293,6 +298,26 @@ class MessageReader:
                 self._awaiting_pong = False
             elif isinstance(event, CloseConnection):
                 self._close_frame(event)
+
+    def _whole_messages(self, data: bytes) -> bytes:
+        """
+        Deliver the whole data messages at the front of C{data} without
+        wsproto (L{gateway.session.wsframes}); the rest, from the first frame
+        the fast path does not take, is for wsproto.
+        """
+        offset = 0
+        while not self.finished and self._ws.state is ConnectionState.OPEN:
+            found = whole_message(data, offset, self._max_message)
+            if found is None:
+                break
+            chunk, offset = found
+            # As _message does for a whole message under the size limit.
+            if self.session is not None:
+                if chunk:
+                    self.session.client_data(chunk)
+            elif self._sink is not None:
+                self._sink(chunk, True)
+        return data[offset:] if offset else data
 
     def _message(self, event: Message[Any]) -> None:
         payload = event.data
