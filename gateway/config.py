@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.checks import ConfigError
+from gateway.pool.backend import GAME_POOL
 
 __all__ = [
     "BALANCE_CHOICES",
@@ -28,9 +29,14 @@ __all__ = [
     "PROXY_CHOICES",
     "RELAY_CHOICES",
     "WEBSOCKET_MAX_MESSAGE",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_ROUTE_TIMEOUT",
+    "GAME_POOL",
     "BackendSpec",
     "ConfigError",
     "GatewayConfig",
+    "PoolSpec",
+    "RouteSpec",
 ]
 
 DEFAULT_LISTEN = "tcp:8080"
@@ -63,6 +69,14 @@ DEMO_WEBSOCKET = "/play"
 """The path of the demo's WebSocket bridge (C{--demo} without C{--websocket})."""
 
 
+DEFAULT_MAX_BODY = 1024 * 1024
+"""The largest request body a proxied route takes by default (C{max-body})."""
+
+DEFAULT_ROUTE_TIMEOUT = 30.0
+"""Seconds a proxied request waits for its response's headers by default
+(C{timeout}; then C{504})."""
+
+
 @dataclass(frozen=True, slots=True)
 class BackendSpec:
     """
@@ -85,6 +99,88 @@ class BackendSpec:
     health_send: bytes | None = None
     health_expect: bytes | None = None
     proxy_protocol: str | None = None
+    pool: str = GAME_POOL
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """
+    One pool of backends as configured: how it balances, checks and reaches
+    its backends.  The game pool's is built from the top-level settings
+    (L{GatewayConfig.game_pool}); every other pool's from its C{[pool.NAME]}
+    table.
+
+    @ivar name: the pool's name (C{game}, or the table's).
+    @ivar health_path: with it, health checks are C{GET} requests for this
+        path (an HTTP pool) instead of C{health_send}/C{health_expect}.
+    @ivar health_status: the status an HTTP health check expects (L{None}:
+        any 2xx or 3xx).
+    @ivar health_host: the C{Host} an HTTP health check sends (L{None}: the
+        backend's address).
+    """
+
+    name: str
+    balance: str = "roundrobin"
+    session_key: str | None = None
+    health_interval: float = 5.0
+    health_send: bytes = b""
+    health_expect: bytes = b""
+    health_path: str | None = None
+    health_status: int | None = None
+    health_host: str | None = None
+    proxy_protocol: str = "off"
+    connect_timeout: float = 5.0
+    retries: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """
+    One HTTP route: requests whose host and path it matches get its action,
+    exactly one of C{root}, C{pool} and C{bridge}.
+
+    @ivar name: how logs name it (by default its host and path).
+    @ivar host: the host it is for: exact, or C{*.example.com} (one or more
+        labels before the suffix); L{None}: every host.
+    @ivar path: the path prefix it matches, segment by segment (C{/api}
+        matches C{/api} and C{/api/x}, not C{/apix}), or exactly that path
+        when C{exact}.
+    @ivar root: serve static files from this folder.
+    @ivar pool: proxy requests (and WebSocket upgrades, as a byte stream)
+        to this pool's backends.
+    @ivar bridge: a WebSocket upgrade becomes a session to this pool (the
+        bridge: messages to a TCP byte stream).
+    @ivar listing: with C{root}, list folders without an index file.
+    @ivar strip_prefix: with C{pool}, the backend sees the path without the
+        route's prefix.
+    @ivar max_body: with C{pool}, the largest request body (else 413).
+    @ivar timeout: with C{pool}, seconds to the response's headers (else 504).
+    @ivar rate_per_ip: new requests per second one address may make on this
+        route (0: no limit; else 429).
+    @ivar rate_burst: that limit's bucket (L{None}: the default).
+    @ivar exact: match the path exactly (C{--websocket PATH}).
+    """
+
+    name: str
+    path: str = "/"
+    host: str | None = None
+    root: str | None = None
+    pool: str | None = None
+    bridge: str | None = None
+    listing: bool = False
+    strip_prefix: bool = False
+    max_body: int = DEFAULT_MAX_BODY
+    timeout: float = DEFAULT_ROUTE_TIMEOUT
+    rate_per_ip: float = 0.0
+    rate_burst: float | None = None
+    exact: bool = False
+
+    @property
+    def action(self) -> str:
+        """
+        C{root}, C{pool} or C{bridge}.
+        """
+        return "root" if self.root is not None else "pool" if self.pool is not None else "bridge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +248,9 @@ class GatewayConfig:
         the request's own host (C{*}: any).
     @ivar websocket_max_message: the largest WebSocket message, in bytes.
     @ivar websocket_ping: seconds between pings to a browser (0: none).
+    @ivar pools: the pools besides the game pool (whose settings are the
+        top-level ones), from the file's C{[pool.NAME]} tables.
+    @ivar routes: the file's C{[[route]]} tables, in the file's order.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -191,3 +290,28 @@ class GatewayConfig:
     websocket_origins: tuple[str, ...] = ()
     websocket_max_message: int = WEBSOCKET_MAX_MESSAGE
     websocket_ping: float = 20.0
+    pools: tuple[PoolSpec, ...] = ()
+    routes: tuple[RouteSpec, ...] = ()
+
+    @property
+    def game_pool(self) -> PoolSpec:
+        """
+        The game pool's settings: the top-level ones.
+        """
+        return PoolSpec(
+            name=GAME_POOL,
+            balance=self.balance,
+            session_key=self.session_key,
+            health_interval=self.health_interval,
+            health_send=self.health_send,
+            health_expect=self.health_expect,
+            proxy_protocol=self.proxy_protocol,
+            connect_timeout=self.connect_timeout,
+            retries=self.retries,
+        )
+
+    def pool_specs(self) -> tuple[PoolSpec, ...]:
+        """
+        Every pool's settings, the game pool's first.
+        """
+        return (self.game_pool, *self.pools)

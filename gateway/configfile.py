@@ -18,9 +18,15 @@ array of tables::
     health-send = "PING\\r\\n"          # this backend's health check
     health-expect = "PONG"
     proxy-protocol = "v2"              # this backend's PROXY header
+    pool = "api"                       # default "game"
+
+Named pools are tables (C{[pool.api]}, keys in
+L{gateway.poolconfig.POOL_KEYS}; C{[pool.game]} may give the game pool's
+top-level settings instead) and HTTP routes an array of tables
+(C{[[route]]}, keys in L{gateway.poolconfig.ROUTE_KEYS}).
 
 Relative paths in the file (C{http-root}, C{access-log}, C{handover},
-C{admin-token-file}) are relative to the file's folder, not to the folder the
+C{admin-token-file}, a route's C{root}) are relative to the file's folder, not to the folder the
 gateway was started in.
 
 Errors name the file and the key (and, for a TOML syntax error, the line and
@@ -29,6 +35,7 @@ column the parser reports); an unknown key is an error, never ignored.
 
 from __future__ import annotations
 
+import difflib
 import os
 import reprlib
 import tomllib
@@ -36,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.checks import ConfigError
+from gateway.poolconfig import GAME_POOL_KEYS, POOL_KEYS, ROUTE_KEYS, RawPool, RawRoute
 from gateway.settings import RawBackend
 
 __all__ = ["FILE_SETTINGS", "MAX_FILE_SIZE", "FileSettings", "read_config_file"]
@@ -89,6 +97,8 @@ FILE_SETTINGS: dict[str, str] = {
     "websocket-origin": "a list of origins",
     "websocket-max-message": _INTEGER,
     "websocket-ping": _NUMBER,
+    "pool": "tables ([pool.NAME])",
+    "route": "an array of tables ([[route]])",
 }
 """Every top-level key a file may have, and the type of its value."""
 
@@ -102,8 +112,29 @@ BACKEND_KEYS: dict[str, str] = {
     "health-send": _STRING,
     "health-expect": _STRING,
     "proxy-protocol": _STRING,
+    "pool": _STRING,
 }
 """The keys of a C{[[backend]]} table."""
+
+_POOL_TYPES: dict[str, str] = {key: FILE_SETTINGS.get(key, _STRING) for key in POOL_KEYS}
+_POOL_TYPES["health-path"] = _STRING
+_POOL_TYPES["health-status"] = _INTEGER
+
+_ROUTE_TYPES: dict[str, str] = {
+    "name": _STRING,
+    "host": _STRING,
+    "path": _STRING,
+    "root": _STRING,
+    "pool": _STRING,
+    "bridge": _STRING,
+    "listing": _BOOL,
+    "strip-prefix": _BOOL,
+    "max-body": _INTEGER,
+    "timeout": _NUMBER,
+    "rate-per-ip": _NUMBER,
+    "rate-burst": _NUMBER,
+}
+assert tuple(_ROUTE_TYPES) == ROUTE_KEYS
 
 
 @dataclass
@@ -121,12 +152,16 @@ class FileSettings:
     path: str
     values: dict[str, Any] = field(default_factory=dict)
     backends: list[RawBackend] | None = None
+    pools: list[RawPool] = field(default_factory=list)
+    routes: list[RawRoute] = field(default_factory=list)
+    given_as: dict[str, str] = field(default_factory=dict)
 
     def label(self, key: str) -> str:
         """
-        How error messages name C{key} of this file.
+        How error messages name C{key} of this file (a top-level setting
+        given in C{[pool.game]}: as that table's key).
         """
-        return f"{self.path}: {key}"
+        return f"{self.path}: {self.given_as.get(key, key)}"
 
 
 def _shown(value: object) -> str:
@@ -166,9 +201,7 @@ def _backend(settings: FileSettings, index: int, table: object) -> RawBackend:
         raise ConfigError(f"{label}: must be a table with an endpoint, got {_shown(table)}")
     unknown = sorted(set(table) - set(BACKEND_KEYS))
     if unknown:
-        raise ConfigError(
-            f"{label}: unknown key {unknown[0]!r} (a backend has: {', '.join(BACKEND_KEYS)})"
-        )
+        raise _unknown_key(label, unknown[0], BACKEND_KEYS, "a backend")
     if "endpoint" not in table:
         raise ConfigError(f'{label}: needs an endpoint, e.g. endpoint = "tcp:10.0.0.5:7000"')
     checked = {
@@ -184,7 +217,82 @@ def _backend(settings: FileSettings, index: int, table: object) -> RawBackend:
         health_send=str(checked["health-send"]) if "health-send" in checked else None,
         health_expect=str(checked["health-expect"]) if "health-expect" in checked else None,
         proxy_protocol=str(checked["proxy-protocol"]) if "proxy-protocol" in checked else None,
+        pool=str(checked.get("pool", "game")),
     )
+
+
+def _unknown_key(label: str, key: str, keys: dict[str, str], what: str) -> ConfigError:
+    """
+    The error of an unknown key in a table: with the key it was likely meant
+    to be, or a reminder that a top-level setting written after a table
+    belongs to that table in TOML.
+    """
+    hint = ""
+    close = difflib.get_close_matches(key.replace("_", "-"), list(keys), n=1, cutoff=0.75)
+    if close:
+        hint = f"; did you mean {close[0]!r}?"
+    elif key in FILE_SETTINGS:
+        hint = f"; {key} is a top-level setting: put it before the file's first [table]"
+    return ConfigError(f"{label}: unknown key {key!r} ({what} has: {', '.join(keys)}){hint}")
+
+
+def _table(label: str, value: object, keys: dict[str, str], what: str) -> dict[str, str | bool]:
+    """
+    A table's values, checked for known keys and types.
+    """
+    if not isinstance(value, dict):
+        raise ConfigError(f"{label}: must be a table, got {_shown(value)}")
+    unknown = sorted(set(value) - set(keys))
+    if unknown:
+        raise _unknown_key(label, unknown[0], keys, what)
+    return {key: _scalar(f"{label}.{key}", keys[key], item) for key, item in value.items()}
+
+
+def _pools(settings: FileSettings, value: object) -> None:
+    """
+    The C{[pool.NAME]} tables: C{[pool.game]}'s keys become top-level
+    settings (not both), every other table a L{RawPool}.
+    """
+    label = settings.label("pool")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{label}: must be {FILE_SETTINGS['pool']}, got {_shown(value)}")
+    for name, table in value.items():
+        if name == "game":
+            game_types = {key: _POOL_TYPES[key] for key in GAME_POOL_KEYS}
+            for key, item in _table(f"{label}.game", table, game_types, "[pool.game]").items():
+                if key in settings.values:
+                    raise ConfigError(
+                        f"{label}.game.{key}: also given as the top-level {key}; give it once"
+                    )
+                settings.values[key] = item
+                settings.given_as[key] = f"pool.game.{key}"
+            continue
+        checked = _table(f"{label}.{name}", table, _POOL_TYPES, "a pool")
+        settings.pools.append(
+            RawPool(
+                label=f"{label}.{name}", name=name, values={k: str(v) for k, v in checked.items()}
+            )
+        )
+
+
+def _routes(settings: FileSettings, value: object) -> None:
+    """
+    The C{[[route]]} tables, as L{RawRoute}s (a relative C{root} made
+    relative to the file's folder).
+    """
+    label = settings.label("route")
+    if not isinstance(value, list):
+        raise ConfigError(f"{label}: must be {FILE_SETTINGS['route']}, got {_shown(value)}")
+    folder = os.path.dirname(os.path.abspath(settings.path))
+    for index, table in enumerate(value):
+        checked = _table(f"{label}[{index}]", table, _ROUTE_TYPES, "a route")
+        root = checked.get("root")
+        if isinstance(root, str) and root and not os.path.isabs(root):
+            checked["root"] = os.path.join(folder, root)
+        shown = f"{label}[{index}]"
+        if isinstance(checked.get("name"), str):
+            shown = f"{settings.path}: route {checked['name']!r}"
+        settings.routes.append(RawRoute(label=shown, values=dict(checked)))
 
 
 def read_config_file(path: str) -> FileSettings:
@@ -226,13 +334,16 @@ def read_config_file(path: str) -> FileSettings:
         # int() in tomllib: an integer of more than 4300 digits.
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
     settings = FileSettings(path=path)
+    pools: object = None
     for key, value in document.items():
         if key not in FILE_SETTINGS:
             hint = ""
             if key.replace("_", "-") in FILE_SETTINGS:
                 hint = f" (did you mean {key.replace('_', '-')!r}?)"
-            elif key == "backends":
-                hint = " (did you mean [[backend]]?)"
+            elif key in ("backends", "routes"):
+                hint = f" (did you mean [[{key[:-1]}]]?)"
+            elif key == "pools":
+                hint = " (did you mean [pool.NAME]?)"
             raise ConfigError(f"{path}: unknown setting {key!r}{hint}")
         label = settings.label(key)
         if key in _LISTS:
@@ -244,8 +355,14 @@ def read_config_file(path: str) -> FileSettings:
             if not isinstance(value, list):
                 raise ConfigError(f"{label}: must be {FILE_SETTINGS[key]}, got {_shown(value)}")
             settings.backends = [_backend(settings, i, table) for i, table in enumerate(value)]
+        elif key == "pool":
+            pools = value  # after the top-level settings, which [pool.game] must not repeat
+        elif key == "route":
+            _routes(settings, value)
         else:
             settings.values[key] = _scalar(label, FILE_SETTINGS[key], value)
+    if pools is not None:
+        _pools(settings, pools)
     folder = os.path.dirname(os.path.abspath(path))
     for key in _PATHS:
         value = settings.values.get(key)

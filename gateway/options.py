@@ -20,7 +20,15 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 from typing_extensions import override
 
-from gateway.config import DEFAULT_ADMIN, DEMO_LISTEN, ConfigError, GatewayConfig
+from gateway.config import (
+    DEFAULT_ADMIN,
+    DEMO_LISTEN,
+    GAME_POOL,
+    ConfigError,
+    GatewayConfig,
+    RouteSpec,
+)
+from gateway.poolconfig import RawPool, RawRoute
 from gateway.settings import RawBackend, Settings, build_config
 
 if TYPE_CHECKING:
@@ -82,8 +90,9 @@ class GatewayOptions(usage.Options):
             None,
             "TOML file with the same settings as the options (keys are the option names, "
             "backends are [[backend]] tables with name, endpoint, weight, health-send, "
-            "health-expect, proxy-protocol); the command line wins over it. SIGHUP "
-            "reads it again.",
+            "health-expect, proxy-protocol, pool); it alone has named pools ([pool.NAME]) "
+            "and HTTP routes by host and path to files, HTTP app servers or WebSocket "
+            "bridges ([[route]]). The command line wins over it. SIGHUP reads it again.",
         ],
         [
             "max-connections",
@@ -419,6 +428,8 @@ class GatewayOptions(usage.Options):
         values: dict[str, Any] = {}
         labels: dict[str, str] = {}
         backends: list[RawBackend] = []
+        pools: list[RawPool] = []
+        routes: list[RawRoute] = []
         path = self["config"]
         if path is not None:
             from gateway.configfile import read_config_file
@@ -427,6 +438,7 @@ class GatewayOptions(usage.Options):
             values.update(file.values)
             labels.update({key: file.label(key) for key in file.values})
             backends = list(file.backends or [])
+            pools, routes = file.pools, file.routes
             if file.backends is not None:
                 labels["backend"] = file.label("backend")
             else:
@@ -449,7 +461,11 @@ class GatewayOptions(usage.Options):
             values["listen"] = list(self._listen)
             labels["listen"] = "--listen"
         if self._backends:
-            backends = [RawBackend(label="--backend", endpoint=d) for d in self._backends]
+            # The command line's backends are the game pool's: they replace
+            # the file's game backends, not its other pools'.
+            backends = [RawBackend(label="--backend", endpoint=d) for d in self._backends] + [
+                raw for raw in backends if raw.pool != GAME_POOL
+            ]
             labels["backend"] = "--backend"
         for option, paths in (("websocket", self._websocket), ("websocket-origin", self._origins)):
             if paths:
@@ -457,7 +473,7 @@ class GatewayOptions(usage.Options):
                 labels[option] = f"--{option}"
         defaults: dict[str, Any] = {str(p[0]): p[2] for p in self.optParameters}
         defaults.update({str(f[0]): False for f in self.optFlags})
-        settings = Settings(values, labels, backends, defaults)
+        settings = Settings(values, labels, backends, defaults, pools=pools, routes=routes)
         return build_config(
             settings,
             reactor,
@@ -468,20 +484,49 @@ class GatewayOptions(usage.Options):
 
 def summary(config: GatewayConfig) -> str:
     """
-    What C{--check-config} prints for a valid configuration.
+    What C{--check-config} prints for a valid configuration: the fronts,
+    the backends (by pool, when there are named pools), the routes it
+    understood and the admin endpoint.
     """
     source = config.config_file or "the command line"
-    backends = ", ".join(
-        f"{b.name} ({b.endpoint}, weight {b.weight})" if b.name != b.endpoint else b.name
-        for b in config.backends
-    )
+
+    def listed(pool: str) -> str:
+        return ", ".join(
+            f"{b.name} ({b.endpoint}, weight {b.weight})" if b.name != b.endpoint else b.name
+            for b in config.backends
+            if b.pool == pool
+        )
+
+    backends = f"backends {listed(GAME_POOL) or '(demo)'}; "
+    for pool in config.pools:
+        backends += f"pool {pool.name} ({pool.balance}): {listed(pool.name)}; "
+    routes = ""
+    if config.routes:
+        routes = "routes " + ", ".join(_route_summary(route) for route in config.routes) + "; "
     return (
         f"gateway: {source}: the configuration is valid: "
         f"fronts {', '.join(config.listen)}; "
-        f"backends {backends or '(demo)'}; "
+        + backends
+        + routes
         + (f"websocket {', '.join(config.websocket)}; " if config.websocket else "")
         + f"admin {config.admin or 'none'}"
     )
+
+
+def _route_summary(route: RouteSpec) -> str:
+    """
+    One route as C{--check-config} lists it: C{NAME: HOST PATH -> ACTION}.
+    """
+    where = f"{route.host or '*'} {route.path}"
+    if route.root is not None:
+        action = f"files in {route.root}"
+    elif route.pool is not None:
+        action = f"HTTP proxy to pool {route.pool}" + (
+            " (prefix stripped)" if route.strip_prefix else ""
+        )
+    else:
+        action = f"WebSocket bridge to pool {route.bridge}"
+    return f"{route.name}: {where} -> {action}"
 
 
 class Options(GatewayOptions):

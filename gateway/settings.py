@@ -14,6 +14,7 @@ raises L{ConfigError} naming the setting.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import stat
@@ -43,12 +44,14 @@ from gateway.config import (
     DEFAULT_LISTEN,
     DEMO_LISTEN,
     DEMO_WEBSOCKET,
+    GAME_POOL,
     OVERFLOW_CHOICES,
     PROXY_CHOICES,
     RELAY_CHOICES,
     BackendSpec,
     GatewayConfig,
 )
+from gateway.poolconfig import RawPool, RawRoute, check_pools, check_routes
 
 __all__ = [
     "MAX_WEIGHT",
@@ -86,6 +89,7 @@ class RawBackend:
     health_send: str | None = None
     health_expect: str | None = None
     proxy_protocol: str | None = None
+    pool: str = GAME_POOL
 
 
 class Settings:
@@ -100,6 +104,8 @@ class Settings:
         (C{--max-connections}, or C{gateway.toml: max-connections}).
     @ivar backends: the backends, in order.
     @ivar defaults: the value of each setting that was not given.
+    @ivar pools: the file's named pools.
+    @ivar routes: the file's routes.
     """
 
     def __init__(
@@ -108,11 +114,16 @@ class Settings:
         labels: dict[str, str],
         backends: list[RawBackend],
         defaults: dict[str, Any],
+        *,
+        pools: list[RawPool] | None = None,
+        routes: list[RawRoute] | None = None,
     ) -> None:
         self.values = values
         self.labels = labels
         self.backends = backends
         self.defaults = defaults
+        self.pools = pools or []
+        self.routes = routes or []
 
     def __getitem__(self, name: str) -> Any:
         """
@@ -155,7 +166,7 @@ def build_config(
     s, label = settings, settings.label
     demo = bool(s["demo"])
     listen = _fronts(s, reactor, demo=demo, read_folders=read_folders)
-    backends = _backends(s, reactor, demo=demo)
+    backends = _backends(s, reactor, demo=demo or bool(s.routes))
     rate_per_ip, rate_burst, busy_message = _rate_limit(s)
     admin, admin_token, admin_hosts = _admin(s, reactor, listen, read_folders=read_folders)
     handover, workers = _processes(s, listen)
@@ -173,7 +184,8 @@ def build_config(
     health_send = check_escaped(label("health-send"), s["health-send"] or "")
     health_expect = check_escaped(label("health-expect"), s["health-expect"] or "")
     websocket, origins, max_message, ping = _websocket(s, demo=demo)
-    return GatewayConfig(
+    pools = check_pools(s.pools, backends, label("backend"))
+    config = GatewayConfig(
         listen=listen,
         backends=backends,
         http_root=http_root,
@@ -211,7 +223,17 @@ def build_config(
         websocket_origins=origins,
         websocket_max_message=max_message,
         websocket_ping=ping,
+        pools=pools,
     )
+    routes = check_routes(
+        s.routes,
+        pools,
+        config.game_pool,
+        backends=backends,
+        websocket=websocket,
+        websocket_label=s.other("websocket", "websocket"),
+    )
+    return dataclasses.replace(config, routes=routes) if routes else config
 
 
 def _fronts(
@@ -237,15 +259,24 @@ def _backends(s: Settings, reactor: IReactorCore, *, demo: bool) -> tuple[Backen
     backends: list[BackendSpec] = []
     for raw in s.backends:
         spec = _backend_spec(raw, reactor)
+        if raw.name is None and any(
+            b.endpoint == spec.endpoint and b.pool != spec.pool for b in backends
+        ):
+            raise ConfigError(
+                f"{raw.label}: {spec.endpoint!r} is also in pool "
+                f"{next(b.pool for b in backends if b.endpoint == spec.endpoint)!r}: give it a "
+                "name of its own (backend names are unique across pools)"
+            )
         if any(b.endpoint == spec.endpoint for b in backends) and raw.name is None:
             raise ConfigError(f"{raw.label}: {spec.endpoint!r} is given twice")
         if any(b.name == spec.name for b in backends):
             raise ConfigError(f"{raw.label}: the name {spec.name!r} is given twice")
         backends.append(spec)
-    if not backends and not demo:
+    if not any(b.pool == GAME_POOL for b in backends) and not demo:
         raise ConfigError(
             f"{s.label('backend')}: at least one game backend is needed "
-            "(or --demo for the built-in demo game)"
+            "(or --demo for the built-in demo game, or [[route]]s in the file for an "
+            "HTTP-only front)"
         )
     return tuple(backends)
 
@@ -278,6 +309,7 @@ def _backend_spec(raw: RawBackend, reactor: IReactorCore) -> BackendSpec:
         proxy_protocol=None
         if raw.proxy_protocol is None
         else check_choice(f"{raw.label}: proxy-protocol", raw.proxy_protocol, PROXY_CHOICES),
+        pool=raw.pool,
     )
 
 

@@ -144,6 +144,7 @@ def test_json_lines_has_only_access_events() -> None:
         "kind": "http",
         "peer": "192.0.2.2:6000",
         "backend": None,
+        "route": None,
         "method": "GET",
         "path": "/a b\\x00",
         "status": 404,

@@ -22,6 +22,7 @@ from gateway.ops.metrics import render_metrics
 from gateway.ops.registry import Counters, SessionRegistry
 from gateway.ops.status import AdminState, status
 from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.pools import Pools
 from tests.support import Backend as ServerBackend
 from tests.support import (
     GatewayProcess,
@@ -68,7 +69,7 @@ def make_state() -> AdminState:
     counters = Counters()
     counters.accepted = 7
     counters.refused[Refusal.RATE] = 3
-    return AdminState(pool, registry, counters)
+    return AdminState(Pools(pool), registry, counters)
 
 
 def test_status_document() -> None:
@@ -80,6 +81,7 @@ def test_status_document() -> None:
     assert document["backends"] == [
         {
             "name": "a",
+            "pool": "game",
             "endpoint": "tcp:10.0.0.1:7000",
             "state": "up",
             "active": 1,
@@ -90,6 +92,7 @@ def test_status_document() -> None:
         },
         {
             "name": "b",
+            "pool": "game",
             "endpoint": "tcp:10.0.0.2:7000",
             "state": "down",
             "active": 0,
@@ -146,8 +149,8 @@ def test_metrics_parse_with_prometheus_client() -> None:
     }
     assert samples[("gateway_connections_accepted_total", ())] == 7
     assert samples[("gateway_connections_refused_total", (("reason", "rate"),))] == 3
-    assert samples[("gateway_backend_up", (("backend", "a"),))] == 1
-    assert samples[("gateway_backend_up", (("backend", "b"),))] == 0
+    assert samples[("gateway_backend_up", (("backend", "a"), ("pool", "game")))] == 1
+    assert samples[("gateway_backend_up", (("backend", "b"), ("pool", "game")))] == 0
     assert samples[("gateway_sessions_active", (("kind", "game"),))] == 1
     assert samples[("gateway_bytes_total", (("direction", "in"),))] == 41
     assert "192.0.2" not in text

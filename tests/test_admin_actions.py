@@ -28,6 +28,7 @@ from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, SessionRegistry
 from gateway.ops.status import AdminState, status
 from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.pools import Pools
 from gateway.process.wire import StatusReply
 from tests.test_admin import FakeSession
 
@@ -70,7 +71,7 @@ def make_state(token: str | None = None) -> AdminState:
         registry.add(FakeSession("game", f"192.0.2.{number}:5000", 100.0, "a", 10, 20))
     clock = MemoryReactorClock()
     clock.advance(1000.0)
-    return AdminState(pool, registry, Counters(), clock=clock, token=token)
+    return AdminState(Pools(pool), registry, Counters(), clock=clock, token=token)
 
 
 def state_of(state: AdminState, name: str) -> BackendState:
@@ -144,7 +145,7 @@ def test_drain_and_enable_without_token() -> None:
     assert entry["state"] == "draining"
     assert entry["reason"] == "drained by an operator from 127.0.0.1"
     assert backend.state is BackendState.DRAINING
-    assert state.pool.choose() is state.pool.get("unix:/run/game.sock")
+    assert state.pool.game.choose() is state.pool.get("unix:/run/game.sock")
     enabled = request(state, "POST", "/backends/a/enable")
     assert enabled.code == 200
     assert state_of(state, "a") is BackendState.UP

@@ -139,7 +139,7 @@ def test_per_backend_health_checks(tmp_path: Path) -> None:
     its own, the others the gateway's; its probes send its PROXY header.
     """
     config = parse(["--config", write(tmp_path, FULL)])
-    checks = health_checks(config)
+    checks = health_checks(config, config.game_pool)
     assert set(checks) == {"eu-1"}
     check = checks["eu-1"]
     assert (check.send, check.expect) == (b"HELLO\n", b"WELCOME")
@@ -274,7 +274,8 @@ def test_file_without_backends(tmp_path: Path) -> None:
         parse(["--config", path])
     assert str(raised.value) == (
         f"--backend (or [[backend]] in {path}): at least one game backend is needed "
-        "(or --demo for the built-in demo game)"
+        "(or --demo for the built-in demo game, or [[route]]s in the file for an "
+        "HTTP-only front)"
     )
 
 

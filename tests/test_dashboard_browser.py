@@ -18,12 +18,23 @@ import shutil
 import subprocess
 import urllib.parse
 import urllib.request
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.threads import deferToThread
 from websockets.sync.client import connect as websocket_connect
 
+from gateway.ops.admin import make_admin_site
+from gateway.ops.registry import Counters, SessionRegistry
+from gateway.ops.status import AdminState
+from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.pools import Pools
 from tests.support import (
     HEADLESS_CHROMIUM,
     GatewayProcess,
@@ -47,15 +58,22 @@ pytestmark = pytest.mark.skipif(
 class _Cells(HTMLParser):
     """
     Collects the text of elements by id, and the rows of table bodies.
+
+    @ivar rows: by table id, the rows that have C{td} cells (their texts).
+    @ivar body_rows: by table id, every row of its bodies, headings (C{th})
+        included, in order.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.by_id: dict[str, str] = {}
         self.rows: dict[str, list[list[str]]] = {}
+        self.body_rows: dict[str, list[list[str]]] = {}
         self._open_id: str | None = None
         self._table: str | None = None
+        self._in_body = False
         self._row: list[str] | None = None
+        self._body_row: list[str] | None = None
         self._cell: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -63,22 +81,36 @@ class _Cells(HTMLParser):
         if tag == "table" and ident:
             self._table = ident
             self.rows[ident] = []
+            self.body_rows[ident] = []
         elif ident:
             self._open_id = ident
             self.by_id[ident] = ""
+        if tag == "tbody":
+            self._in_body = True
         if tag == "tr" and self._table:
             self._row = []
+            self._body_row = [] if self._in_body else None
         if tag == "td" and self._row is not None:
+            self._cell = []
+        if tag == "th" and self._body_row is not None:
             self._cell = []
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "td" and self._cell is not None and self._row is not None:
-            self._row.append("".join(self._cell).strip())
+        if tag in ("td", "th") and self._cell is not None:
+            text = "".join(self._cell).strip()
+            if tag == "td" and self._row is not None:
+                self._row.append(text)
+            if self._body_row is not None:
+                self._body_row.append(text)
             self._cell = None
         elif tag == "tr" and self._row is not None and self._table:
             if self._row:
                 self.rows[self._table].append(self._row)
-            self._row = None
+            if self._body_row:
+                self.body_rows[self._table].append(self._body_row)
+            self._row = self._body_row = None
+        elif tag == "tbody":
+            self._in_body = False
         elif tag == "table":
             self._table = None
         elif tag in ("span", "p"):
@@ -172,6 +204,12 @@ def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
         # The action button offers what can be done next.
         assert backends[second.endpoint][-1] == "enable"
         assert backends[first.endpoint][-1] == "drain"
+        # One pool: its heading, then its backends, as status.json lists them.
+        assert [row[0] for row in page.body_rows["backends"]] == [
+            "pool game 1/2 up",
+            first.endpoint,
+            second.endpoint,
+        ]
         rows = page.rows["sessions"]
         assert len(rows) == 4
         assert sorted(row[1] for row in rows) == ["game", "game", "game", "websocket"]
@@ -219,3 +257,68 @@ def test_dashboard_shows_the_workers(tmp_path: Path) -> None:
         assert page.by_id.get("error", "") == ""
         for game in sessions:
             game.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def two_pools_admin() -> AsyncIterator[str]:
+    """
+    An admin endpoint on loopback (in this process) whose C{status.json}
+    lists the backends of two pools: C{game-1} (up) and C{game-2} (down) in
+    the game pool, C{api-1} (up), C{api-2} (draining) and C{api-3} (up) in
+    pool C{api}.
+
+    @return: its URL.
+    """
+    clock: IReactorTime = reactor
+
+    def backend(name: str, port: int, pool: str) -> Backend:
+        return Backend(
+            name=name,
+            description=f"tcp:127.0.0.1:{port}",
+            endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+            pool=pool,
+        )
+
+    pools = Pools(Pool([backend("game-1", 7000, "game"), backend("game-2", 7002, "game")]))
+    api = [backend("api-1", 7001, "api"), backend("api-2", 7003, "api")]
+    pools.add_pool(Pool([*api, backend("api-3", 7004, "api")], name="api"))
+    pools.set_state(pools.backends[1], BackendState.DOWN, "health check failed 3 times: HTTP 503")
+    pools.set_state(api[1], BackendState.DRAINING, "operator")
+    state = AdminState(pools, SessionRegistry(), Counters(), clock=clock)
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port: IListeningPort = await endpoint.listen(make_admin_site(state, clock))
+    try:
+        yield f"http://127.0.0.1:{port.getHost().port}"  # type: ignore[attr-defined]
+    finally:
+        stopping = port.stopListening()
+        if stopping is not None:
+            await stopping
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_groups_backends_by_pool(two_pools_admin: str, tmp_path: Path) -> None:
+    """
+    The backends table has a heading per pool, in status.json's order, with
+    the pool's name and how many of its backends are up, and that pool's
+    backends under it in status.json's order.
+    """
+    status = json.loads(
+        await deferToThread(
+            lambda: urllib.request.urlopen(two_pools_admin + "/status.json", timeout=10).read()
+        )
+    )
+    assert [b["pool"] for b in status["backends"]] == ["game"] * 2 + ["api"] * 3
+
+    # The browser runs in a thread: this reactor serves its requests meanwhile.
+    page = await deferToThread(render, two_pools_admin + "/", tmp_path / "profile")
+
+    assert [row[:3] for row in page.body_rows["backends"]] == [
+        ["pool game 1/2 up"],
+        ["game-1", "tcp:127.0.0.1:7000", "up"],
+        ["game-2", "tcp:127.0.0.1:7002", "down"],
+        ["pool api 2/3 up"],
+        ["api-1", "tcp:127.0.0.1:7001", "up"],
+        ["api-2", "tcp:127.0.0.1:7003", "draining"],
+        ["api-3", "tcp:127.0.0.1:7004", "up"],
+    ]
+    assert page.by_id.get("error", "") == ""

@@ -21,6 +21,7 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, S
 
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.pools import Pools
 from gateway.process.control import ControlChannel
 from gateway.process.dispatch import Dispatcher, Handoff, worker_config
 from gateway.process.supervisor import WorkerProcess
@@ -102,7 +103,7 @@ def test_worker_config_keeps_the_acceptors_things_to_itself() -> None:
         backends=(BackendSpec(name="real", endpoint="tcp:127.0.0.1:7000"),),
     )
     pool = Pool([Backend(name="demo-a", description="tcp:127.0.0.1:4000", endpoint=None)])  # type: ignore[arg-type]
-    derived = worker_config(config, pool)
+    derived = worker_config(config, Pools(pool))
     assert (derived.handover, derived.access_log, derived.admin, derived.admin_token) == (
         None,
         None,
@@ -118,7 +119,9 @@ def test_worker_config_keeps_the_acceptors_things_to_itself() -> None:
 
 def make_pool(count: int = 2) -> tuple[WorkerPool, Pool]:
     backends = Pool([Backend(name="a", description="tcp:127.0.0.1:1", endpoint=None)])  # type: ignore[arg-type]
-    return WorkerPool(count, MemoryReactorClock(), backends, lambda: GatewayConfig()), backends
+    return WorkerPool(
+        count, MemoryReactorClock(), Pools(backends), lambda: GatewayConfig()
+    ), backends
 
 
 def state_of(backend: Backend) -> BackendState:

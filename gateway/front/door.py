@@ -30,7 +30,7 @@ reload replaces them in one step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import TYPE_CHECKING
 from typing import Protocol as Structural
@@ -51,7 +51,10 @@ from zope.interface import implementer
 
 from gateway.connection import CloseHooks, describe_peer
 from gateway.front.limits import address_key
+from gateway.front.passthrough import pass_through
+from gateway.front.proxyheader import ProxyHeaderProtocol
 from gateway.interfaces import IBackendChooser
+from gateway.pool.backend import GAME_POOL
 from gateway.session.relay import GameSession
 
 if TYPE_CHECKING:
@@ -123,6 +126,19 @@ def classify(prefix: bytes) -> Verdict:
     return Verdict.GAME
 
 
+def _behind_proxy(transport: object) -> bool:
+    """
+    Whether a connection came through a C{haproxy:} front (its transport,
+    or the transport under its TLS, reads the PROXY header): then the
+    forwarding fields of its requests came from a trusted hop.
+    """
+    for _ in range(3):
+        if isinstance(transport, ProxyHeaderProtocol):
+            return True
+        transport = getattr(transport, "transport", None)
+    return False
+
+
 class GatewayFactory(ServerFactory):
     """
     Builds a L{FrontDoor} for each accepted connection.
@@ -158,8 +174,17 @@ class GatewayFactory(ServerFactory):
         counters: Counters | None = None,
         registry: SessionRegistry | None = None,
         refusals: RefusalLog | None = None,
-        upgrade: Callable[[FrontDoor, Request], bytes | int] | None = None,
+        upgrade: Callable[[FrontDoor, Request, str], bytes | int] | None = None,
+        pools: Callable[[str], IBackendChooser | None] | None = None,
+        pool_settings: Mapping[str, SessionSettings] | None = None,
     ) -> None:
+        """
+        @param chooser: the game pool.
+        @param pools: finds a pool by name, for bridges to named pools (by
+            default there is only the game pool, C{chooser}).
+        @param pool_settings: the settings of sessions to each named pool
+            (by default C{settings}).
+        """
         self.site = site
         self.upgrade = upgrade
         self.pending: set[FrontDoor] = set()
@@ -169,6 +194,8 @@ class GatewayFactory(ServerFactory):
         self.chooser = chooser
         self.clock = clock
         self._settings = settings
+        self._pools = pools
+        self._pool_settings = dict(pool_settings or {})
 
     @property
     def settings(self) -> SessionSettings:
@@ -177,12 +204,31 @@ class GatewayFactory(ServerFactory):
         """
         return self._settings
 
-    def reconfigure(self, settings: SessionSettings) -> None:
+    def reconfigure(
+        self,
+        settings: SessionSettings,
+        pool_settings: Mapping[str, SessionSettings] | None = None,
+    ) -> None:
         """
-        Use C{settings} from now on (a reload): for connections not yet
-        classified, and game sessions not yet started.
+        Use C{settings} (and C{pool_settings} for sessions to named pools)
+        from now on (a reload): for connections not yet classified, and
+        game sessions not yet started.
         """
         self._settings = settings
+        if pool_settings is not None:
+            self._pool_settings = dict(pool_settings)
+
+    def target(self, pool: str) -> tuple[IBackendChooser, SessionSettings] | None:
+        """
+        The pool called C{pool} and the settings of a session to it; L{None}
+        if no such pool exists (any more).
+        """
+        if pool == GAME_POOL:
+            return self.chooser, self._settings
+        chooser = self._pools(pool) if self._pools is not None else None
+        if chooser is None:
+            return None
+        return chooser, self._pool_settings.get(pool, self._settings)
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> FrontDoor:
@@ -266,18 +312,28 @@ class FrontDoor(CloseHooks, Protocol):
         self._forward = self._http_data
         channel.makeConnection(self.transport)
         channel.websocket_upgrade = self._websocket_upgrade  # type: ignore[attr-defined]
+        channel.pass_through = self._pass_through  # type: ignore[attr-defined]
+        channel.trusted_forwarded = _behind_proxy(self.transport)  # type: ignore[attr-defined]
         self._http_data(sniffed)
 
-    def _websocket_upgrade(self, request: Request) -> bytes | int:
+    def _pass_through(self, request: Request, pool: IBackendChooser, head: bytes) -> bytes | int:
         """
-        A request on a C{--websocket} path: the factory's C{upgrade} answers
-        it (L{gateway.front.websocket.answer_upgrade}), or, without one, a 404.
+        A WebSocket upgrade on a proxied route: the connection becomes a
+        byte stream to a backend of C{pool} (L{gateway.front.passthrough}).
+        """
+        return pass_through(self, request, pool, head)
+
+    def _websocket_upgrade(self, request: Request, pool: str = GAME_POOL) -> bytes | int:
+        """
+        A request on a bridge's path: the factory's C{upgrade} answers it
+        (L{gateway.front.websocket.answer_upgrade}) with a session to
+        C{pool}, or, without one, a 404.
         """
         upgrade = self.factory.upgrade
         if upgrade is None:
             request.setResponseCode(404)
             return b""
-        answer: bytes | int = upgrade(self, request)
+        answer: bytes | int = upgrade(self, request, pool)
         return answer
 
     def forward_to(self, forward: Callable[[bytes], None]) -> None:

@@ -74,6 +74,8 @@ class Refusal(Enum):
     another version of the protocol)."""
     WEBSOCKET_ORIGIN = "websocket-origin"
     """A WebSocket upgrade from an origin that may not open sessions (403)."""
+    ROUTE_RATE = "route-rate"
+    """An HTTP request over its route's C{rate-per-ip} (429)."""
 
 
 def address_key(host: str) -> str:

@@ -47,9 +47,12 @@ from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, RejectConnection
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
+from zope.interface import implementer
 
 from gateway.connection import describe_peer
 from gateway.front.limits import Refusal, address_key
+from gateway.interfaces import IBackendChooser
+from gateway.pool.backend import GAME_POOL
 from gateway.session.relay import GameSession
 from gateway.session.websocket import MessageReader, MessageStream
 
@@ -152,10 +155,10 @@ def _handshake(request: Request) -> H11Handshake | tuple[int, str, tuple[Any, ..
     return handshake
 
 
-def answer_upgrade(door: FrontDoor, request: Request) -> bytes | int:
+def answer_upgrade(door: FrontDoor, request: Request, pool: str = GAME_POOL) -> bytes | int:
     """
-    Answer a request on a C{--websocket} path: refuse it, or answer C{101}
-    and make the connection a WebSocket session.
+    Answer a request on a bridge's path: refuse it, or answer C{101} and
+    make the connection a WebSocket session to C{pool}.
     """
     if request.method != b"GET":
         return _refuse(door, request, http.NOT_ALLOWED, "use GET", None, ((b"allow", b"GET"),))
@@ -200,10 +203,34 @@ def answer_upgrade(door: FrontDoor, request: Request) -> bytes | int:
     assert connection is not None
     query = parse_qs(urlsplit(request.uri).query)
     key_values = query.get(b"key")
-    Upgrade(door, request, connection, text=chosen == "text").begin(
+    Upgrade(door, request, connection, text=chosen == "text", pool=pool).begin(
         response, key_values[0] if key_values else None
     )
     return NOT_DONE_YET
+
+
+@implementer(IBackendChooser)
+class _NoPool:
+    """
+    A pool with no backends: what a bridge to a pool that is gone chooses from.
+    """
+
+    needs_key = False
+
+    def choose(self, exclude: Any = (), key: bytes | None = None) -> None:
+        return None
+
+    def attempt_failed(self, backend: Any) -> None:
+        pass
+
+    def attempt_succeeded(self, backend: Any) -> None:
+        pass
+
+    def nothing_available(self) -> None:
+        pass
+
+
+_NO_POOL = _NoPool()
 
 
 class Upgrade:
@@ -215,9 +242,16 @@ class Upgrade:
     """
 
     def __init__(
-        self, door: FrontDoor, request: Request, connection: Connection, *, text: bool
+        self,
+        door: FrontDoor,
+        request: Request,
+        connection: Connection,
+        *,
+        text: bool,
+        pool: str = GAME_POOL,
     ) -> None:
         self.door = door
+        self.pool = pool
         self._request = request
         transport = door.transport
         settings = door.factory.settings
@@ -256,9 +290,9 @@ class Upgrade:
         leftover = door.leave_http(self._request)
         door.kind = "websocket"
         door.forward_to(self.reader.dataReceived)
-        chooser = door.factory.chooser
-        settings = door.factory.settings
-        if not chooser.needs_key:
+        target = door.factory.target(self.pool)
+        chooser, settings = target if target is not None else (None, door.factory.settings)
+        if chooser is None or not chooser.needs_key:
             self._launch(None)
         elif key is not None:
             self._launch(key)
@@ -289,7 +323,8 @@ class Upgrade:
         self.stop_timer()
         door = self.door
         door.factory.pending.discard(door)
-        pattern = door.factory.settings.session_key
+        target = door.factory.target(self.pool)
+        pattern = target[1].session_key if target is not None else None
         match = pattern.search(self._first[:KEY_MESSAGE_LIMIT]) if pattern and complete else None
         if match is not None and match.group(1) is not None:
             self._launch(match.group(1))
@@ -308,11 +343,14 @@ class Upgrade:
         door = self.door
         factory = door.factory
         assert door.transport is not None
+        # A pool a reload removed meanwhile: a session with no backend to
+        # choose (refused, 1013, as when none is up).
+        chooser, settings = factory.target(self.pool) or (_NO_POOL, factory.settings)
         session = GameSession(
             self.stream,  # type: ignore[arg-type]
-            factory.chooser,
+            chooser,
             factory.clock,
-            factory.settings,
+            settings,
             peer=describe_peer(door.transport.getPeer()),
             key=key,
             refusals=factory.refusals,

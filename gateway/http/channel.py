@@ -222,6 +222,9 @@ class GatewayHTTPChannel(HTTPChannel):
         self._watch_mark = 0
         self._watch_since = 0.0
         self._closing_call: IDelayedCall | None = None
+        self._refused = False
+        self._body_limit = MAX_BODY
+        self._body_seen = 0
 
     @property
     def receiving(self) -> bool:
@@ -252,15 +255,47 @@ class GatewayHTTPChannel(HTTPChannel):
         # one byte at a time must not hold the connection for ever).
         self._headers_done = True
         self._request_lines = 0
-        if self._body_too_large():
-            # A static site takes no request bodies: refuse a large or chunked
-            # one before Twisted spools it to a temporary file.
+        limit = self._route_body_limit()
+        if self._body_too_large(limit):
+            # Files take no request bodies, a proxied route up to its
+            # max-body: refuse a larger one (or a chunked one for files)
+            # before Twisted spools it to a temporary file.
             self._refuse(Refusal.BAD_REQUEST, b"413 Content Too Large", "request body too large")
             return
+        self._body_limit = MAX_BODY if limit is None else limit
+        self._body_seen = 0
         super().allHeadersReceived()
+
+    def _route_body_limit(self) -> int | None:
+        """
+        The largest body the request's route takes (a proxied route's
+        C{max-body}), or L{None} for files (L{MAX_BODY}, not chunked).
+        """
+        limit_of = getattr(self.site, "body_limit", None)
+        if limit_of is None or not self.requests:
+            return None
+        host = self.requests[-1].requestHeaders.getRawHeaders(b"host", [None])[0]
+        path = getattr(self, "_path", b"").split(b"?", 1)[0]
+        limit: int | None = limit_of(host, path)
+        return limit
+
+    def body_received(self, size: int) -> bool:
+        """
+        C{size} more bytes of the request's body arrived (counted for a
+        chunked body, whose length is not known beforehand).
+
+        @return: whether to keep them (else the request was refused with a
+            413 and the connection is closing).
+        """
+        self._body_seen += size
+        if self._body_seen > self._body_limit and not self._refused:
+            self._refuse(Refusal.BAD_REQUEST, b"413 Content Too Large", "request body too large")
+        return not self._refused
 
     @override
     def allContentReceived(self) -> None:
+        if self._refused:
+            return  # its body went over the limit: answered 413, closing
         self._stop_header_timer()
         self._request_received = True
         self._headers_done = False
@@ -277,15 +312,15 @@ class GatewayHTTPChannel(HTTPChannel):
             return b"keep-alive" in tokens and b"close" not in tokens
         return bool(super().checkPersistence(request, version))
 
-    def _body_too_large(self) -> bool:
+    def _body_too_large(self, limit: int | None) -> bool:
         headers = self.requests[-1].requestHeaders if self.requests else None
         if headers is None:
             return False
-        if headers.getRawHeaders(b"transfer-encoding"):
+        if headers.getRawHeaders(b"transfer-encoding") and limit is None:
             return True
         for value in headers.getRawHeaders(b"content-length") or []:
             try:
-                if int(value) > MAX_BODY:
+                if int(value) > (MAX_BODY if limit is None else limit):
                     return True
             except ValueError:
                 return False  # Twisted answers a malformed length with its 400
@@ -330,6 +365,7 @@ class GatewayHTTPChannel(HTTPChannel):
         super()._respondToBadRequestAndDisconnect()
 
     def _refuse(self, reason: Refusal, status: bytes, detail: str) -> None:
+        self._refused = True
         self._count(reason, detail)
         body = status + b"\n"
         assert self.transport is not None
@@ -417,7 +453,9 @@ class GatewayHTTPChannel(HTTPChannel):
         # producer stalled or its client stopped reading.
         self._watch_call = None
         now = self.site.reactor.seconds()
-        if self._writes != self._watch_mark:
+        if self._writes != self._watch_mark or self._awaiting_backend():
+            # (A proxied request waiting for its backend's answer is bounded
+            # by its route's timeout, which may be longer: a 504 then.)
             self._watch_mark, self._watch_since = self._writes, now
         elif now - self._watch_since >= self.site.send_timeout:
             self._log.info(
@@ -428,6 +466,18 @@ class GatewayHTTPChannel(HTTPChannel):
             self._abort()
             return
         self._watch_call = self.callLater(self.site.send_timeout / 4, self._watch)
+
+    def _awaiting_backend(self) -> bool:
+        """
+        Whether the response under way is a proxied one whose backend has
+        not answered yet.
+        """
+        request = self.requests[0] if self.requests else None
+        return (
+            request is not None
+            and not request.startedWriting
+            and getattr(request, "gateway_backend", None) is not None
+        )
 
     @override
     def loseConnection(self) -> None:

@@ -12,6 +12,8 @@ files it serves are a L{StaticRoot} (L{gateway.http.static}).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -21,13 +23,16 @@ from twisted.web.http import NO_BODY_CODES, HTTPChannel
 from twisted.web.server import Request, Site
 from typing_extensions import override
 
+from gateway.config import GAME_POOL, RouteSpec
 from gateway.connection import describe_peer
+from gateway.front.limits import AddressRate, Refusal, address_key
 from gateway.http.channel import (
     HEADER_TIMEOUT,
     HTTP_IDLE_TIMEOUT,
     SEND_TIMEOUT,
     GatewayHTTPChannel,
 )
+from gateway.http.routes import RouteTable, request_host, segments
 from gateway.http.static import ALLOWED_METHODS, StaticRoot
 from gateway.ops.access import HTTP_CLIENT_LEFT, HTTP_COMPLETE, log_http_request
 from gateway.ops.registry import RefusalLog
@@ -36,6 +41,8 @@ __all__ = [
     "LOGGED_PATH_LIMIT",
     "GatewayRequest",
     "HTTPSite",
+    "RouteTarget",
+    "WebSocketBridge",
     "make_site",
 ]
 
@@ -54,6 +61,13 @@ class GatewayRequest(Request):
         site = getattr(channel, "site", None)
         self.received_at = site.reactor.seconds() if site is not None else 0.0
         self.dispatched = False
+
+    @override
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 - Request's name
+        channel = self.channel
+        received = getattr(channel, "body_received", None)
+        if received is None or received(len(data)):
+            super().handleContentChunk(data)
 
     @override
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -102,14 +116,19 @@ class GatewayRequest(Request):
             site.log_request(self, HTTP_CLIENT_LEFT, channel)
 
 
-class _WebSocketPath(resource.Resource):
+class WebSocketBridge(resource.Resource):
     """
-    A C{--websocket} path: the connection's front door answers the upgrade
-    (L{gateway.front.websocket}); a connection without one (the admin
+    A bridge route (C{--websocket PATH}, or C{bridge = "POOL"}): the
+    connection's front door answers the upgrade (L{gateway.front.websocket})
+    with a session to the route's pool; a connection without one (the admin
     endpoint's) has no bridge.
     """
 
     isLeaf = True  # noqa: N815 - twisted.web's name
+
+    def __init__(self, pool: str = GAME_POOL) -> None:
+        super().__init__()
+        self.pool = pool
 
     @override
     def render(self, request: Request) -> bytes | int:
@@ -117,8 +136,56 @@ class _WebSocketPath(resource.Resource):
         if upgrade is None:
             request.setResponseCode(http.NOT_FOUND)
             return b""
-        result: bytes | int = upgrade(request)
+        result: bytes | int = upgrade(request, self.pool)
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    """
+    What serves a route.
+
+    @ivar resource: the resource (a folder's L{StaticRoot}, a proxy, a
+        bridge).
+    @ivar tree: the resource is a tree the rest of the path walks (a
+        folder: the route's prefix is its root), not a leaf.
+    @ivar rate: the route's own per-address rate, if it has one.
+    @ivar body_limit: the largest request body (0: none, as for files).
+    """
+
+    resource: resource.IResource
+    tree: bool = False
+    rate: AddressRate | None = None
+    body_limit: int = 0
+
+
+class _Refused(resource.Resource):
+    """
+    A request its route refuses: C{429} over the route's rate (with
+    C{Retry-After}), C{400} for a path with dot segments.
+    """
+
+    isLeaf = True  # noqa: N815 - twisted.web's name
+
+    def __init__(
+        self, code: int, phrase: bytes, text: bytes, retry_after: int | None = None
+    ) -> None:
+        super().__init__()
+        self.code, self.phrase, self.text, self.retry_after = code, phrase, text, retry_after
+
+    @override
+    def render(self, request: Request) -> bytes:
+        # Twisted knows no phrase for 429 (it would say "Unknown Status").
+        request.setResponseCode(self.code, self.phrase)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if self.retry_after is not None:
+            request.setHeader(b"retry-after", str(self.retry_after).encode())
+        return self.text
+
+
+_DOT_SEGMENTS = _Refused(
+    http.BAD_REQUEST, b"Bad Request", b"400 Bad Request: a path with . or .. segments\n"
+)
 
 
 class HTTPSite(Site):
@@ -134,7 +201,10 @@ class HTTPSite(Site):
         L{SEND_TIMEOUT}).
     @ivar refusals: where timeouts and bad requests are counted, or L{None}.
     @ivar methods: the methods the site serves (named in C{Allow}).
-    @ivar websocket_paths: the request paths of the WebSocket bridge.
+    @ivar websocket_paths: the request paths of the WebSocket bridge to the
+        game pool (C{--websocket}).
+    @ivar routes: the routes (the file's, and the bridge's paths); a
+        request no route takes gets the root resource.
     """
 
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
@@ -152,13 +222,28 @@ class HTTPSite(Site):
         send_timeout: float = SEND_TIMEOUT,
         refusals: RefusalLog | None = None,
         websocket_paths: frozenset[bytes] = frozenset(),
+        routes: Sequence[tuple[RouteSpec, RouteTarget]] = (),
     ) -> None:
         super().__init__(resource, timeout=HTTP_IDLE_TIMEOUT, reactor=reactor)
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
         self.refusals = refusals
         self.websocket_paths = websocket_paths
-        self._websocket = _WebSocketPath()
+        self._file_routes = tuple(routes)
+        self.routes: RouteTable[RouteTarget] = self._table()
+
+    def _table(self) -> RouteTable[RouteTarget]:
+        bridge = RouteTarget(WebSocketBridge(GAME_POOL))
+        paths = sorted(path.decode() for path in self.websocket_paths)
+        return RouteTable(
+            [
+                *self._file_routes,
+                *(
+                    (RouteSpec(name=p, path=p, bridge=GAME_POOL, exact=True), bridge)
+                    for p in paths
+                ),
+            ]
+        )
 
     def reconfigure(
         self,
@@ -166,6 +251,7 @@ class HTTPSite(Site):
         header_timeout: float,
         root: resource.IResource | None = None,
         websocket_paths: frozenset[bytes] | None = None,
+        routes: Sequence[tuple[RouteSpec, RouteTarget]] | None = None,
     ) -> None:
         """
         New settings for the requests that come next (a reload).
@@ -173,24 +259,90 @@ class HTTPSite(Site):
         @param root: a new resource to serve (a changed folder), or L{None}
             to keep the current one.
         @param websocket_paths: the bridge's new paths, or L{None} to keep them.
+        @param routes: the new routes, or L{None} to keep them.
         """
         self.header_timeout = header_timeout
         if root is not None:
             self.resource = root
         if websocket_paths is not None:
             self.websocket_paths = websocket_paths
+        if routes is not None:
+            self._file_routes = tuple(routes)
+        self.routes = self._table()
+
+    def route_of(self, host: bytes | None, path: bytes) -> tuple[RouteSpec, RouteTarget] | None:
+        """
+        The route of a request for C{path} (without its query) on C{host}
+        (its C{Host} header), if any.
+        """
+        if not self.routes:
+            return None
+        return self.routes.match(request_host(host), path)
+
+    def body_limit(self, host: bytes | None, path: bytes) -> int | None:
+        """
+        The largest request body a request may send: a proxied route's
+        C{max-body}; L{None} for the others (files take no bodies, see
+        L{gateway.http.channel.MAX_BODY}).
+        """
+        found = self.route_of(host, path)
+        if found is not None and found[1].body_limit:
+            return found[1].body_limit
+        return None
 
     @override
     def getResourceFor(self, request: Any) -> Any:  # noqa: N802 - Site's name
         """
-        The bridge for a C{--websocket} path (matched exactly, before any
-        file of the same name), else what the root resource finds.
+        The resource of the request's route (a bridge's path matched
+        exactly, before any file of the same name), else what the root
+        resource finds.
         """
-        if request.path in self.websocket_paths:
-            request.site = self
-            request.sitepath = list(request.prepath or [])
-            return self._websocket
-        return super().getResourceFor(request)
+        found = self.route_of(request.getHeader(b"host"), request.path)
+        if found is None:
+            if self._file_routes and segments(request.path) is None:
+                request.site = self
+                return _DOT_SEGMENTS
+            return super().getResourceFor(request)
+        spec, target = found
+        request.site = self
+        request.sitepath = list(request.prepath or [])
+        request.gateway_route = spec.name
+        if target.rate is not None:
+            refused = self._over_rate(request, target.rate)
+            if refused is not None:
+                return refused
+        if not target.tree:
+            return target.resource
+        # A folder mounted at the route's prefix: the rest of the path walks
+        # it (the prefix's segments, and empty ones among them, are eaten).
+        prefix = len(segments(spec.path.encode()) or ())
+        while prefix and request.postpath:
+            part = request.postpath.pop(0)
+            if part:
+                request.prepath.append(part)
+                prefix -= 1
+        # Empty segments are dropped as the route's match dropped them (a
+        # last one stays: it asks for a folder's index).
+        rest = request.postpath
+        request.postpath = [part for part in rest[:-1] if part] + rest[-1:]
+        return resource.getChildForRequest(target.resource, request)
+
+    def _over_rate(self, request: Any, rate: AddressRate) -> resource.IResource | None:
+        """
+        The 429 of a request over its route's per-address rate (counted),
+        or L{None} (and the request counted against the rate).
+        """
+        address = request.getClientAddress()
+        host = getattr(address, "host", None)
+        key = address_key(host) if isinstance(host, str) else "-"
+        now = self.reactor.seconds()
+        if rate.allows(key, now):
+            rate.acquire(key, now)
+            return None
+        if self.refusals is not None:
+            self.refusals.refused(Refusal.ROUTE_RATE, describe_peer(address))
+        wait = max(1, int(1 / rate.rate + 0.999))
+        return _Refused(429, b"Too Many Requests", b"429 Too Many Requests\n", retry_after=wait)
 
     @override
     def log(self, request: http.Request) -> None:
@@ -225,6 +377,8 @@ class HTTPSite(Site):
             bytes_out=request.sentLength,
             duration=self.reactor.seconds() - started if started is not None else 0.0,
             reason=reason,
+            route=getattr(request, "gateway_route", None),
+            backend=getattr(request, "gateway_backend", None),
         )
 
 
@@ -236,6 +390,7 @@ def make_site(
     header_timeout: float = HEADER_TIMEOUT,
     refusals: RefusalLog | None = None,
     websocket_paths: frozenset[bytes] = frozenset(),
+    routes: Sequence[tuple[RouteSpec, RouteTarget]] = (),
 ) -> HTTPSite:
     """
     Build the public HTTP site.
@@ -246,6 +401,7 @@ def make_site(
     @param header_timeout: seconds a request's line, headers and body may take.
     @param refusals: where timeouts and bad requests are counted.
     @param websocket_paths: the request paths of the WebSocket bridge.
+    @param routes: the file's routes and what serves each.
     """
     root: resource.IResource
     if http_root is None:
@@ -260,4 +416,5 @@ def make_site(
         header_timeout=header_timeout,
         refusals=refusals,
         websocket_paths=websocket_paths,
+        routes=routes,
     )

@@ -59,6 +59,7 @@ ACCESS_FIELDS = (
     "kind",
     "peer",
     "backend",
+    "route",
     "method",
     "path",
     "status",
@@ -143,17 +144,28 @@ def log_http_request(
     bytes_out: int,
     duration: float,
     reason: str,
+    route: str | None = None,
+    backend: str | None = None,
 ) -> None:
     """
     Log a finished HTTP request (answered, or left by its client).
+
+    @param route: the name of the route it took (L{None}: the default one,
+        C{--http-root}).
+    @param backend: the backend a proxied request went to (the last one
+        tried), if any.
     """
+    via = ""
+    if route is not None:
+        via = f" via route {route}" + (f" to {backend}" if backend is not None else "")
     _route[0].info(
         "{log_text}",
-        log_text=f'http request from {peer}: "{method} {path}" {status} ({reason}): '
+        log_text=f'http request from {peer}: "{method} {path}" {status} ({reason}){via}: '
         f"{bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s",
         kind="http",
         peer=peer,
-        backend=None,
+        route=route,
+        backend=backend,
         method=method,
         path=path,
         status=status,

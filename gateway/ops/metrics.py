@@ -88,24 +88,27 @@ def _sessions(counters: dict[str, Any]) -> Iterator[Metric]:
 
 def _backends(backends: list[dict[str, Any]]) -> Iterator[Metric]:
     """
-    The per-backend families, labelled by backend name.
+    The per-backend families, labelled by backend name and pool (a worker's
+    status merged by the acceptor may lack the pool: the game pool's then).
     """
     up = GaugeMetricFamily(
-        "gateway_backend_up", "1 if the backend takes new sessions.", labels=["backend"]
+        "gateway_backend_up", "1 if the backend takes new sessions.", labels=["backend", "pool"]
     )
     active = GaugeMetricFamily(
-        "gateway_backend_active_sessions", "Sessions on the backend now.", labels=["backend"]
+        "gateway_backend_active_sessions",
+        "Sessions on the backend now.",
+        labels=["backend", "pool"],
     )
     total = CounterMetricFamily(
-        "gateway_backend_sessions", "Sessions the backend took.", labels=["backend"]
+        "gateway_backend_sessions", "Sessions the backend took.", labels=["backend", "pool"]
     )
     failures = CounterMetricFamily(
         "gateway_backend_connect_failures",
         "Failed connection attempts to the backend.",
-        labels=["backend"],
+        labels=["backend", "pool"],
     )
     for backend in backends:
-        name = [backend["name"]]
+        name = [backend["name"], backend.get("pool", "game")]
         up.add_metric(name, 1 if backend["state"] == BackendState.UP.value else 0)
         active.add_metric(name, backend["active"])
         total.add_metric(name, backend["total"])

@@ -23,7 +23,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway.front.limits import Refusal
 from gateway.ops.registry import Counters, LiveSession, SessionRegistry
-from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.backends import Backend, BackendState
+from gateway.pool.pools import Pools
 from gateway.process.wire import StatusReply
 
 __all__ = [
@@ -85,7 +86,7 @@ class AdminState:
 
     def __init__(
         self,
-        pool: Pool,
+        pool: Pools,
         registry: SessionRegistry,
         counters: Counters,
         *,
@@ -129,6 +130,7 @@ def backend_status(backend: Backend) -> dict[str, Any]:
     """
     return {
         "name": backend.name,
+        "pool": backend.pool,
         "endpoint": backend.description,
         "state": backend.state.value,
         "active": backend.active,

@@ -13,7 +13,11 @@ from enum import Enum
 
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-__all__ = ["Backend", "BackendState"]
+__all__ = ["GAME_POOL", "Backend", "BackendState"]
+
+GAME_POOL = "game"
+"""The pool of raw TCP game sessions (and of C{--websocket} bridges): the
+command line's backends, and the file's without a C{pool} key."""
 
 
 class BackendState(Enum):
@@ -43,7 +47,8 @@ class Backend:
     @ivar reason: why it is in its state (a health check's or an operator's
         words), for logs and the admin endpoint.
     @ivar proxy_protocol: the PROXY header sessions send it (C{off}, C{v1},
-        C{v2}), or L{None} for the gateway's C{--proxy-protocol}.
+        C{v2}), or L{None} for its pool's C{proxy-protocol}.
+    @ivar pool: the name of the pool it is in.
     """
 
     name: str
@@ -57,3 +62,4 @@ class Backend:
     consecutive_failures: int = 0
     reason: str = field(default="")
     proxy_protocol: str | None = None
+    pool: str = GAME_POOL

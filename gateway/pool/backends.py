@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.interfaces import IBackendChooser, IBalancer
-from gateway.pool.backend import Backend, BackendState
+from gateway.pool.backend import GAME_POOL, Backend, BackendState
 from gateway.pool.balance import RoundRobin
 
 __all__ = ["Backend", "BackendState", "Pool"]
@@ -30,6 +30,7 @@ class Pool:
     """
     The backends, in configured order, and the policy that chooses among them.
 
+    @ivar name: the pool's name (C{game}, or a C{[pool.NAME]} table's).
     @ivar balancer: the balancing policy.
     @ivar fall: consecutive failed attempts that mark a backend down at once
         (0: passive detection off).
@@ -47,7 +48,9 @@ class Pool:
         balancer: IBalancer | None = None,
         *,
         fall: int = 0,
+        name: str = GAME_POOL,
     ) -> None:
+        self.name = name
         self._backends: list[Backend] = []
         self.balancer: IBalancer = balancer if balancer is not None else RoundRobin()
         self.fall = fall
@@ -101,6 +104,7 @@ class Pool:
         """
         if self.get(backend.name) is not None:
             raise ValueError(f"duplicate backend name {backend.name!r}")
+        backend.pool = self.name
         self._backends.append(backend)
 
     def remove(self, backend: Backend) -> None:
@@ -146,8 +150,10 @@ class Pool:
         self.transitions += 1
         if log:
             self._log.info(
-                "backend {backend} is {state} (was {old}): {reason}",
+                "backend {backend} is {state} (was {old}): {reason}{in_pool}",
                 backend=backend.name,
+                pool=self.name,
+                in_pool="" if self.name == GAME_POOL else f" (pool {self.name})",
                 state=state.value,
                 old=old.value,
                 reason=reason,
@@ -170,7 +176,11 @@ class Pool:
             self.set_state(
                 backend,
                 BackendState.DOWN,
-                f"{backend.consecutive_failures} connection attempts failed in a row",
+                # A named pool's attempts may be HTTP requests a backend
+                # accepted and then failed, not only connection attempts.
+                f"{backend.consecutive_failures} "
+                + ("connection attempts" if self.name == GAME_POOL else "attempts")
+                + " failed in a row",
             )
 
     def attempt_succeeded(self, backend: Backend) -> None:

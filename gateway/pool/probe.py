@@ -10,6 +10,12 @@ session makes one, through C{backend.endpoint.connect}.
      sends (split across reads or not).  Only the last C{len(expect) - 1}
      bytes are kept between reads, so a chatty backend cannot make the probe
      buffer without bound.
+  2'. B{Or an HTTP request}, when the check has an C{http_path}: send
+     C{GET path} (see L{gateway.pool.httpcheck} for the request and how its
+     answer is read), and pass if the answer's status is the expected one
+     (any 2xx or 3xx when none is given).  A garbled answer, a connection
+     closed before the status line, or another status fails the probe, with
+     the reason in the log (C{"HTTP 503 (expected 2xx or 3xx)"}).
   3. B{Close}: the probe's connection is closed cleanly (a FIN, or a TLS
      close_notify), and aborted if that has not finished by the deadline.
 
@@ -43,6 +49,15 @@ from zope.interface import implementer
 
 from gateway.connection import OneShotFactory, ReadinessMixin
 from gateway.pool.backends import Backend
+from gateway.pool.httpcheck import (
+    StatusLineError,
+    StatusLineReader,
+    host_header,
+    http_request,
+    passes,
+    valid_host,
+    valid_path,
+)
 from gateway.session.backendlink import describe_failure, local_shortage
 
 __all__ = ["HealthCheck", "Probe"]
@@ -63,19 +78,41 @@ class HealthCheck:
         the checker's timeout.
     @ivar preamble: bytes written first (a PROXY header for a backend that
         expects one); L{None} for the checker's preamble.
+    @ivar http_path: for an HTTP check, the path (and query) of the request
+        sent instead of C{send} (which must then be empty, as C{expect}).
+    @ivar http_status: the status an HTTP check wants; L{None} for any 2xx
+        or 3xx.
+    @ivar http_host: the C{Host} an HTTP check sends; L{None} for the
+        backend's host as its endpoint string says (or its name).
     """
 
     send: bytes = b""
     expect: bytes = b""
     timeout: float | None = None
     preamble: bytes | None = None
+    http_path: bytes | None = None
+    http_status: int | None = None
+    http_host: bytes | None = None
 
     def __post_init__(self) -> None:
         """
-        @raise ValueError: the timeout is not a positive number of seconds.
+        @raise ValueError: the timeout is not a positive number of seconds,
+            or the HTTP settings do not make a check.
         """
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"health check timeout must be positive, not {self.timeout!r}")
+        if self.http_path is None:
+            if self.http_status is not None or self.http_host is not None:
+                raise ValueError("an HTTP health check's status or host needs its path")
+            return
+        if self.send or self.expect:
+            raise ValueError("a health check sends an HTTP request or bytes, not both")
+        if not valid_path(self.http_path):
+            raise ValueError(f"not a path for an HTTP health check: {self.http_path!r}")
+        if self.http_status is not None and not 100 <= self.http_status <= 599:
+            raise ValueError(f"not an HTTP status: {self.http_status!r}")
+        if self.http_host is not None and not valid_host(self.http_host):
+            raise ValueError(f"not a Host for an HTTP health check: {self.http_host!r}")
 
 
 class _Connection(Structural):
@@ -148,6 +185,7 @@ class Probe(ReadinessMixin):
         self._tail = b""
         self._received = 0
         self._head = b""
+        self._reader = StatusLineReader() if check.http_path is not None else None
 
     def start(self) -> None:
         """
@@ -204,18 +242,31 @@ class Probe(ReadinessMixin):
             self._connection().write(self.preamble)
         if self.check.send:
             self._connection().write(self.check.send)
-        if not self.check.expect:
+        if self.check.http_path is not None:
+            self._connection().write(self._request(self.check.http_path))
+        elif not self.check.expect:
             self._decide(True, "")
             self._close()
+
+    def _request(self, path: bytes) -> bytes:
+        host = self.check.http_host
+        if host is None:
+            host = host_header(self.backend.description, self.backend.name)
+        return http_request(path, host)
 
     @override
     def dataReceived(self, data: bytes) -> None:
         expect = self.check.expect
-        if not self._ready or self.passed is not None or not expect:
+        if not self._ready or self.passed is not None:
+            return
+        if self._reader is None and not expect:
             return
         if len(self._head) < _SHOWN:
             self._head += data[: _SHOWN - len(self._head)]
         self._received += len(data)
+        if self._reader is not None:
+            self._read_status(self._reader, data)
+            return
         window = self._tail + data
         if expect in window:
             self._decide(True, "")
@@ -225,11 +276,32 @@ class Probe(ReadinessMixin):
         keep = len(expect) - 1
         self._tail = window[len(window) - keep :] if keep else b""
 
+    def _read_status(self, reader: StatusLineReader, data: bytes) -> None:
+        """
+        Read more of an HTTP check's answer, and decide once its status
+        line is there (or cannot be).
+        """
+        try:
+            status = reader.feed(data)
+        except StatusLineError as error:
+            self._decide(False, str(error) + self._answer())
+            self._close()
+            return
+        if status is None:
+            return
+        wanted = self.check.http_status
+        if passes(status, wanted):
+            self._decide(True, "")
+        else:
+            expected = "2xx or 3xx" if wanted is None else str(wanted)
+            self._decide(False, f"HTTP {status} (expected {expected})")
+        self._close()
+
     @override
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         if self.passed is None:
             if self._ready:
-                text = f"connection closed before {self.check.expect!r} arrived"
+                text = f"connection closed before {self._awaited()} arrived"
                 text += self._answer()
             else:
                 text = describe_failure(reason)
@@ -244,11 +316,16 @@ class Probe(ReadinessMixin):
             elif not self._ready:
                 reason = f"TLS handshake not done within {self.timeout:g} s"
             else:
-                reason = f"{self.check.expect!r} not received within {self.timeout:g} s"
+                reason = f"{self._awaited()} not received within {self.timeout:g} s"
                 reason += self._answer()
             self._decide(False, reason)
         # Decided but still closing: the peer has had its time.
         self._close(abort=True)
+
+    def _awaited(self) -> str:
+        if self._reader is not None:
+            return "an HTTP status line"
+        return repr(self.check.expect)
 
     def _answer(self) -> str:
         if not self._received:

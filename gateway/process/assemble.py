@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from typing_extensions import override
 
 from gateway.config import GatewayConfig
 from gateway.demo.backends import DEMO_BACKENDS, DemoBackends
@@ -34,14 +36,14 @@ from gateway.front.door import GatewayFactory
 from gateway.front.limits import AddressLimits, Refusal, TotalCap
 from gateway.front.tls import SNICertificates
 from gateway.front.websocket import answer_upgrade
+from gateway.http.connections import BackendConnections
 from gateway.http.site import HTTPSite, make_site
 from gateway.ops.access import AccessLogFile, access_log_only
 from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
 from gateway.ops.status import AdminState
-from gateway.pool.backends import Pool
-from gateway.pool.balance import make_balancer
-from gateway.pool.health import HealthChecker
+from gateway.pool.pools import Pools
+from gateway.pool.watch import PoolHealth
 from gateway.process.dispatch import Dispatcher, TLSRefusals
 from gateway.process.handover import HandoverServer
 from gateway.process.listener import FrontListener, server_endpoint
@@ -49,11 +51,11 @@ from gateway.process.parts import (
     PASSIVE_FALL,
     Parts,
     address_policies,
-    backend_of,
-    default_check,
-    health_checks,
     http_root_of,
-    probe_preamble,
+    pool_health,
+    pool_of,
+    pool_settings_of,
+    route_targets,
     websocket_paths_of,
 )
 from gateway.process.reload import Reloader
@@ -93,16 +95,18 @@ def make_service(
         reactor = global_reactor
     core = _core(config, reactor)
     served = role != "worker"
-    children: list[IService] = []
+    # First: stopped last, once no request uses the connections.
+    children: list[IService] = [_Closing(core.connections)]
     if config.demo and served:
-        children.append(DemoBackends(core.pool, reactor, DEMO_BACKENDS))
+        children.append(DemoBackends(core.pools.game, reactor, DEMO_BACKENDS))
     workers = None
     if role == "acceptor":
-        workers = WorkerPool(config.workers, reactor, core.pool, lambda: reloader.config)
+        workers = WorkerPool(config.workers, reactor, core.pools, lambda: reloader.config)
     health = None
-    if config.health_interval and served:
+    if served:
         # After the demo backends, so that its first round sees them.
-        health = _health_checker(config, core)
+        health = PoolHealth(core.pools, reactor, fall=PASSIVE_FALL)
+        health.configure(pool_health(config))
         children.append(health)
     listeners = _fronts(config, core, workers) if served else []
     children.extend(listeners)
@@ -157,7 +161,7 @@ class _Core:
     """
 
     reactor: Any
-    pool: Pool
+    pools: Pools
     factory: GatewayFactory
     site: HTTPSite
     cap_state: CapState
@@ -165,13 +169,14 @@ class _Core:
     counters: Counters
     registry: SessionRegistry
     refusals: RefusalLog
+    connections: BackendConnections
     gates: list[AddressGate] = field(default_factory=list)
     certificates: list[SNICertificates] = field(default_factory=list)
 
     def parts(
         self,
         *,
-        health: HealthChecker | None,
+        health: PoolHealth | None,
         admin_state: AdminState | None,
         admin_site: HTTPSite | None,
         access_log: AccessLogFile | None,
@@ -181,7 +186,7 @@ class _Core:
         """
         return Parts(
             reactor=self.reactor,
-            pool=self.pool,
+            pools=self.pools,
             factory=self.factory,
             site=self.site,
             cap_state=self.cap_state,
@@ -192,6 +197,7 @@ class _Core:
             access_log=access_log,
             admin_site=admin_site,
             certificates=self.certificates,
+            connections=self.connections,
         )
 
 
@@ -199,14 +205,12 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
     """
     The parts every role has (see L{_Core}).
     """
-    pool = Pool(
-        (backend_of(spec, reactor) for spec in config.backends),
-        make_balancer(config.balance),
-        # Passive detection only with health checks: they bring a backend back.
-        fall=PASSIVE_FALL if config.health_interval else 0,
-    )
+    pools = Pools(pool_of(config.game_pool, config, reactor))
+    for spec in config.pools:
+        pools.add_pool(pool_of(spec, config, reactor))
     counters = Counters()
     registry = SessionRegistry()
+    connections = BackendConnections(reactor)
     refusals = RefusalLog(reactor, counters)
     site = make_site(
         http_root_of(config),
@@ -215,11 +219,14 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         header_timeout=config.header_timeout,
         refusals=refusals,
         websocket_paths=websocket_paths_of(config),
+        routes=route_targets(config, pools, connections),
     )
     factory = GatewayFactory(
         upgrade=answer_upgrade,
         site=site,
-        chooser=pool,
+        chooser=pools.game,
+        pools=pools.pool,
+        pool_settings=pool_settings_of(config),
         clock=reactor,
         settings=SessionSettings.from_config(config),
         counters=counters,
@@ -235,22 +242,32 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         refusals=refusals,
         responder=responder,
     )
-    return _Core(reactor, pool, factory, site, cap_state, responder, counters, registry, refusals)
-
-
-def _health_checker(config: GatewayConfig, core: _Core) -> HealthChecker:
-    """
-    The active health checks of every backend.
-    """
-    return HealthChecker(
-        core.pool,
-        core.reactor,
-        interval=config.health_interval,
-        fall=PASSIVE_FALL,
-        checks=health_checks(config),
-        default_check=default_check(config),
-        preamble=probe_preamble(config.proxy_protocol),
+    return _Core(
+        reactor,
+        pools,
+        factory,
+        site,
+        cap_state,
+        responder,
+        counters,
+        registry,
+        refusals,
+        connections,
     )
+
+
+class _Closing(Service):
+    """
+    Closes the proxied routes' keep-alive connections when the gateway stops.
+    """
+
+    def __init__(self, connections: BackendConnections) -> None:
+        self._connections = connections
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._connections.close()
 
 
 def _fronts(config: GatewayConfig, core: _Core, workers: WorkerPool | None) -> list[FrontListener]:
@@ -322,7 +339,7 @@ def _admin(
     assert config.admin is not None
     reactor = core.reactor
     state = AdminState(
-        core.pool,
+        core.pools,
         core.registry,
         core.counters,
         clock=reactor,

@@ -36,7 +36,7 @@ from zope.interface import alsoProvides, implementer
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.connection import CloseHooks, describe_peer
 from gateway.interfaces import IRefusal
-from gateway.pool.backends import Pool
+from gateway.pool.pools import Pools
 
 __all__ = [
     "Dispatcher",
@@ -89,7 +89,7 @@ class Workers(Structural):
         """
 
 
-def worker_config(config: GatewayConfig, pool: Pool) -> GatewayConfig:
+def worker_config(config: GatewayConfig, pools: Pools) -> GatewayConfig:
     """
     The configuration a worker runs: the same, with the acceptor's backends
     (the demo's game servers run in the acceptor, on ports it chose).
@@ -98,7 +98,7 @@ def worker_config(config: GatewayConfig, pool: Pool) -> GatewayConfig:
     http_root = config.http_root
     if config.demo:
         named = {spec.name for spec in backends}
-        for backend in pool.backends:
+        for backend in pools.game.backends:
             if backend.name not in named:
                 backends.append(
                     BackendSpec(name=backend.name, endpoint=backend.description, weight=1)

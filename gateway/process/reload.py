@@ -21,22 +21,23 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config import BackendSpec, ConfigError, GatewayConfig
 from gateway.demo.backends import DEMO_BACKENDS
 from gateway.front.tls import SNICertificates
 from gateway.http.site import make_site
 from gateway.ops.access import access_log_only
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.balance import make_balancer
+from gateway.pool.pools import Pools
 from gateway.process.parts import (
     PASSIVE_FALL,
     Parts,
     address_policies,
     backend_of,
-    default_check,
-    health_checks,
     http_root_of,
-    probe_preamble,
+    pool_health,
+    pool_settings_of,
+    route_targets,
     websocket_paths_of,
 )
 from gateway.session.settings import SessionSettings
@@ -50,14 +51,18 @@ RESTART_ONLY = ("listen", "admin", "demo", "handover", "workers")
 class Departures:
     """
     Backends removed from the configuration, draining until their last
-    session ends; then they leave the pool (checked every second).
+    session ends; then they leave their pool (checked every second), and a
+    pool the configuration removed leaves with its last backend.
+
+    @ivar wanted_pools: the pools the configuration has.
     """
 
     _log = Logger()
 
-    def __init__(self, pool: Pool, clock: IReactorTime | None) -> None:
-        self._pool = pool
+    def __init__(self, pools: Pools, clock: IReactorTime | None) -> None:
+        self._pools = pools
         self._clock = clock
+        self.wanted_pools: set[str] = {pool.name for pool in pools.pools}
         self._leaving: dict[str, Backend] = {}
         self._call: IDelayedCall | None = None
 
@@ -88,13 +93,17 @@ class Departures:
                 del self._leaving[name]  # enabled again by an operator
             elif backend.active == 0:
                 del self._leaving[name]
-                if backend in self._pool.backends:
-                    self._pool.remove(backend)
+                pool = self._pools.owner(backend)
+                if pool is not None:
+                    pool.remove(backend)
                 self._log.info(
                     "backend {backend} left the pool (removed from the configuration, "
                     "no sessions left)",
                     backend=name,
                 )
+                if pool is not None and not pool.backends and pool.name not in self.wanted_pools:
+                    self._pools.remove_pool(pool.name)
+                    self._log.info("pool {pool} removed (its last backend left)", pool=pool.name)
         if self._leaving and self._clock is not None:
             self._call = self._clock.callLater(1.0, self._check)
 
@@ -127,7 +136,7 @@ class Reloader:
         self.parts = parts
         self._rebuild = rebuild
         self._quiet_certificates = quiet_certificates
-        self.departures = Departures(parts.pool, parts.reactor)
+        self.departures = Departures(parts.pools, parts.reactor)
 
     def watch_certificates(self, creator: SNICertificates) -> None:
         """
@@ -176,7 +185,7 @@ class Reloader:
         self._apply_backends(old, new, changes)
         self._apply_admission(new)
         self._apply_front(old, new)
-        self._apply_health(new)
+        self._apply_health(new, changes)
         new = self._apply_ops(old, new, changes)
         changes.extend(_differences(old, new))
         self.config = new
@@ -189,43 +198,80 @@ class Reloader:
             if getattr(old, name) != getattr(new, name):
                 changes.append(f"{name} changed, which needs a restart: kept as it was")
                 new = dataclasses.replace(new, **{name: getattr(old, name)})
-        if bool(new.health_interval) != bool(old.health_interval):
-            changes.append("health-interval turned on or off, which needs a restart: kept")
-            new = dataclasses.replace(new, health_interval=old.health_interval)
         return new
 
+    def _apply_pools(self, old: GatewayConfig, new: GatewayConfig, changes: list[str]) -> None:
+        """
+        Pools added, and every pool's balancing and passive detection.
+        """
+        pools, before = self.parts.pools, {spec.name: spec for spec in old.pool_specs()}
+        for spec in new.pool_specs():
+            pool = pools.pool(spec.name)
+            if pool is None:
+                pool = Pool((), make_balancer(spec.balance), name=spec.name)
+                pools.add_pool(pool)
+                changes.append(f"pool {spec.name} added")
+            previous = before.get(spec.name)
+            if previous is not None and previous != spec and spec.name != "game":
+                changes.append(f"pool {spec.name} settings changed")
+            pool.reconfigure(
+                balancer=None
+                if previous is not None and previous.balance == spec.balance
+                else make_balancer(spec.balance),
+                # Passive detection only with health checks: they bring a backend back.
+                fall=PASSIVE_FALL if spec.health_interval else 0,
+            )
+        self.departures.wanted_pools = {spec.name for spec in new.pool_specs()}
+        for name in before.keys() - self.departures.wanted_pools:
+            changes.append(f"pool {name} removed: its backends drain")
+
     def _apply_backends(self, old: GatewayConfig, new: GatewayConfig, changes: list[str]) -> None:
-        pool, departures, reactor = self.parts.pool, self.departures, self.parts.reactor
+        self._apply_pools(old, new, changes)
+        pools, departures, reactor = self.parts.pools, self.departures, self.parts.reactor
         wanted = {spec.name for spec in new.backends}
         for spec in new.backends:
-            backend = pool.get(spec.name)
+            pool = pools.pool(spec.pool)
+            assert pool is not None  # every backend's pool was just made
+            backend = pools.get(spec.name)
+            if backend is not None and backend.pool != spec.pool:
+                # Moved: out of its old pool now (its sessions go on with it).
+                departures.come_back(spec.name)
+                owner = pools.owner(backend)
+                if owner is not None:
+                    owner.remove(backend)
+                changes.append(
+                    f"backend {spec.name} moved from pool {backend.pool} to {spec.pool}"
+                )
+                backend = None
             if backend is None:
                 pool.add(backend_of(spec, reactor))
                 changes.append(f"backend {spec.name} added")
                 continue
-            if departures.come_back(spec.name) is not None:
-                pool.set_state(backend, BackendState.UP, "back in the configuration")
-                changes.append(f"backend {spec.name} back")
-            if backend.description != spec.endpoint:
-                fresh = backend_of(spec, reactor)
-                backend.description, backend.endpoint = fresh.description, fresh.endpoint
-                changes.append(f"backend {spec.name} now at {spec.endpoint}")
-            if backend.weight != spec.weight:
-                changes.append(f"backend {spec.name} weight {backend.weight} -> {spec.weight}")
-                backend.weight = spec.weight
-            backend.proxy_protocol = spec.proxy_protocol
+            self._apply_backend(backend, spec, changes)
         keep = set(DEMO_BACKENDS) if old.demo else set()
-        for backend in pool.backends:
+        for backend in pools.backends:
             if backend.name in wanted or backend.name in keep or departures.leaving(backend.name):
                 continue
-            pool.set_state(backend, BackendState.DRAINING, "removed from the configuration")
+            pools.set_state(backend, BackendState.DRAINING, "removed from the configuration")
             departures.leave_when_empty(backend)
             changes.append(f"backend {backend.name} removed: draining")
-        pool.reconfigure(
-            balancer=make_balancer(new.balance) if new.balance != old.balance else None,
-            # Passive detection only with health checks: they bring a backend back.
-            fall=PASSIVE_FALL if new.health_interval else 0,
-        )
+
+    def _apply_backend(self, backend: Backend, spec: BackendSpec, changes: list[str]) -> None:
+        """
+        A backend the configuration keeps: back if it was leaving, its new
+        endpoint, weight and PROXY setting.
+        """
+        if self.departures.come_back(spec.name) is not None:
+            self.parts.pools.set_state(backend, BackendState.UP, "back in the configuration")
+            changes.append(f"backend {spec.name} back")
+        if backend.description != spec.endpoint:
+            fresh = backend_of(spec, self.parts.reactor)
+            backend.description, backend.endpoint = fresh.description, fresh.endpoint
+            changes.append(f"backend {spec.name} now at {spec.endpoint}")
+        if backend.weight != spec.weight:
+            changes.append(f"backend {spec.name} weight {backend.weight} -> {spec.weight}")
+            backend.weight = spec.weight
+        backend.proxy_protocol = spec.proxy_protocol
 
     def _apply_admission(self, new: GatewayConfig) -> None:
         parts = self.parts
@@ -238,7 +284,9 @@ class Reloader:
 
     def _apply_front(self, old: GatewayConfig, new: GatewayConfig) -> None:
         parts = self.parts
-        parts.factory.reconfigure(SessionSettings.from_config(new))
+        parts.factory.reconfigure(SessionSettings.from_config(new), pool_settings_of(new))
+        connections = parts.connections
+        assert connections is not None
         root = None
         if new.http_root != old.http_root or new.http_listing != old.http_listing:
             root = make_site(
@@ -248,18 +296,14 @@ class Reloader:
             header_timeout=new.header_timeout,
             root=root,
             websocket_paths=websocket_paths_of(new),
+            routes=route_targets(new, parts.pools, connections, parts.site.routes.routes),
         )
         if parts.admin_site is not None:
             parts.admin_site.reconfigure(header_timeout=new.header_timeout)
 
-    def _apply_health(self, new: GatewayConfig) -> None:
+    def _apply_health(self, new: GatewayConfig, changes: list[str]) -> None:
         if self.parts.health is not None:
-            self.parts.health.reconfigure(
-                interval=new.health_interval,
-                checks=health_checks(new),
-                default_check=default_check(new),
-                preamble=probe_preamble(new.proxy_protocol),
-            )
+            changes.extend(self.parts.health.configure(pool_health(new)))
 
     def _apply_ops(
         self, old: GatewayConfig, new: GatewayConfig, changes: list[str]
@@ -289,7 +333,7 @@ def _differences(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     are said by the steps that handle them; a token's value is never shown).
     """
     changes = []
-    skip = {"backends", "config_file", "admin_token", *RESTART_ONLY}
+    skip = {"backends", "pools", "routes", "config_file", "admin_token", *RESTART_ONLY}
     for field in dataclasses.fields(GatewayConfig):
         if field.name in skip:
             continue
@@ -298,4 +342,12 @@ def _differences(old: GatewayConfig, new: GatewayConfig) -> list[str]:
             changes.append(f"{field.name.replace('_', '-')} {before!r} -> {after!r}")
     if old.admin_token != new.admin_token:
         changes.append("admin token changed")
+    before = {route.name: route for route in old.routes}
+    after = {route.name: route for route in new.routes}
+    for name in after:
+        if name not in before:
+            changes.append(f"route {name} added")
+        elif before[name] != after[name]:
+            changes.append(f"route {name} changed")
+    changes.extend(f"route {name} removed" for name in before if name not in after)
     return changes

@@ -23,6 +23,7 @@ from gateway.front.admission import CapState
 from gateway.front.door import FrontDoor, GatewayFactory
 from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
 from gateway.pool.backends import Pool
+from gateway.pool.pools import Pools
 from gateway.process.errors import startup_errors
 from gateway.process.listener import FrontListener
 from gateway.process.reload import Reloader
@@ -126,6 +127,13 @@ class GatewayService(MultiService):
         The game backends.
         """
         return self.reloader.parts.pool
+
+    @property
+    def pools(self) -> Pools:
+        """
+        Every pool of backends, the game pool first.
+        """
+        return self.reloader.parts.pools
 
     @property
     def factory(self) -> GatewayFactory:

@@ -37,7 +37,8 @@ from typing_extensions import override
 import gateway
 from gateway.config import GatewayConfig
 from gateway.connection import OneShotFactory
-from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.backends import Backend, BackendState
+from gateway.pool.pools import Pools
 from gateway.process.control import ControlChannel
 from gateway.process.dispatch import Handoff
 from gateway.process.handoffs import HandoffChannel
@@ -78,7 +79,7 @@ class WorkerHost(Structural):
         """
 
     @property
-    def backends(self) -> Pool:
+    def backends(self) -> Pools:
         """
         The acceptor's backends, whose states the workers follow.
         """

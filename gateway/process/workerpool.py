@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from gateway.config import GatewayConfig
-from gateway.pool.backends import Backend, BackendState, Pool
+from gateway.pool.backends import Backend, BackendState
+from gateway.pool.pools import Pools
 from gateway.process.dispatch import Handoff, worker_config
 from gateway.process.supervisor import WorkerProcess
 from gateway.process.wire import StatusReply
@@ -52,7 +53,7 @@ class WorkerPool(Service):
         self,
         count: int,
         clock: Any,
-        backends: Pool,
+        backends: Pools,
         config: Callable[[], GatewayConfig],
     ) -> None:
         """

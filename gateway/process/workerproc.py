@@ -274,7 +274,7 @@ class Worker:
                 self._applying = False
             return
         self.service = make_service(config, self.reactor, role="worker")
-        self.service.pool.observers.append(self._state_changed)
+        self.service.pools.observers.append(self._state_changed)
         factory = _NumberedFactories(self)
         for description in config.listen:
             self._fronts.append((description, factory.chain(description, config)))
@@ -292,12 +292,12 @@ class Worker:
         )
 
     def _set_state(self, name: str, state: BackendState, reason: str) -> None:
-        backend = self.service.pool.get(name) if self.service is not None else None
+        backend = self.service.pools.get(name) if self.service is not None else None
         if backend is None:
             return
         self._applying = True
         try:
-            self.service.pool.set_state(backend, state, reason, log=False)
+            self.service.pools.set_state(backend, state, reason, log=False)
         finally:
             self._applying = False
 
@@ -313,7 +313,7 @@ class Worker:
             # Never asked: the acceptor asks only a worker that said it is
             # ready, which it says once configured.
             return
-        state = AdminState(service.pool, service.registry, service.counters)
+        state = AdminState(service.pools, service.registry, service.counters)
         document = status(state, limit=0)
         ids, sessions = service.registry.snapshot()
         if limit is not None:
@@ -325,7 +325,7 @@ class Worker:
                 counters=document["counters"],
                 backends={
                     b.name: BackendCounts(b.active, b.total, b.failures, b.description)
-                    for b in service.pool.backends
+                    for b in service.pools.backends
                 },
                 sessions=tuple(
                     (n, session_json(n, s, self.index)) for n, s in zip(ids, sessions, strict=True)

@@ -13,11 +13,11 @@ the old settings or the new ones, never a mix.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from gateway.config import GatewayConfig, PoolSpec
 
 __all__ = ["SessionSettings"]
 
@@ -86,4 +86,17 @@ class SessionSettings:
             websocket_origins=config.websocket_origins,
             websocket_max_message=config.websocket_max_message,
             websocket_ping=config.websocket_ping,
+        )
+
+    def for_pool(self, pool: PoolSpec) -> SessionSettings:
+        """
+        These settings for sessions to C{pool}: its connect timeout,
+        retries, PROXY version and session key instead of the game pool's.
+        """
+        return replace(
+            self,
+            connect_timeout=pool.connect_timeout,
+            retries=pool.retries,
+            proxy_version=pool.proxy_protocol,
+            session_key=re.compile(pool.session_key.encode()) if pool.session_key else None,
         )

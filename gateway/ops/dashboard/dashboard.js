@@ -56,27 +56,70 @@ async function act(name, action) {
   refresh();
 }
 
+const BACKEND_COLUMNS = 9;
+
+function backendRow(backend) {
+  const row = document.createElement("tr");
+  cell(row, backend.name, "name");
+  cell(row, backend.endpoint);
+  cell(row, backend.state, "state state-" + backend.state);
+  cell(row, backend.weight, "number");
+  cell(row, backend.active, "number active");
+  cell(row, backend.total, "number");
+  cell(row, backend.failures, "number");
+  cell(row, backend.reason);
+  const actions = cell(row, "");
+  const action = backend.state === "draining" ? "enable" : "drain";
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = action;
+  button.addEventListener("click", () => act(backend.name, action));
+  actions.replaceChildren(button);
+  return row;
+}
+
+// The backends by pool, pools in the order their first backend comes
+// (status.json's order); a status without pools has only the game pool's.
+function byPool(backends) {
+  const pools = new Map();
+  for (const backend of backends) {
+    const pool = backend.pool || "game";
+    if (!pools.has(pool)) pools.set(pool, []);
+    pools.get(pool).push(backend);
+  }
+  return pools;
+}
+
+// A heading row: the pool's name, and how many of its backends are up.
+function poolHeading(pool, backends) {
+  const up = backends.filter((backend) => backend.state === "up").length;
+  const row = document.createElement("tr");
+  row.className = "pool";
+  const heading = document.createElement("th");
+  heading.colSpan = BACKEND_COLUMNS;
+  heading.scope = "rowgroup";
+  const name = document.createElement("span");
+  name.className = "pool-name";
+  name.textContent = "pool " + pool;
+  const count = document.createElement("span");
+  count.className = up < backends.length ? "pool-count degraded" : "pool-count";
+  count.textContent = up + "/" + backends.length + " up";
+  heading.append(name, " ", count);
+  row.appendChild(heading);
+  return row;
+}
+
 function renderBackends(backends) {
-  const rows = backends.map((backend) => {
-    const row = document.createElement("tr");
-    cell(row, backend.name, "name");
-    cell(row, backend.endpoint);
-    cell(row, backend.state, "state state-" + backend.state);
-    cell(row, backend.weight, "number");
-    cell(row, backend.active, "number active");
-    cell(row, backend.total, "number");
-    cell(row, backend.failures, "number");
-    cell(row, backend.reason);
-    const actions = cell(row, "");
-    const action = backend.state === "draining" ? "enable" : "drain";
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = action;
-    button.addEventListener("click", () => act(backend.name, action));
-    actions.replaceChildren(button);
-    return row;
+  // One row group per pool: its heading, then its backends.
+  const groups = [...byPool(backends)].map(([pool, members]) => {
+    const body = document.createElement("tbody");
+    body.dataset.pool = pool;
+    body.append(poolHeading(pool, members), ...members.map(backendRow));
+    return body;
   });
-  replaceRows(document.querySelector("#backends tbody"), rows);
+  const table = document.getElementById("backends");
+  for (const body of [...table.tBodies]) body.remove();
+  table.append(...groups);
 }
 
 function renderCounters(counters) {
