@@ -15,7 +15,9 @@ built on):
     the producer registration go to the TCP transport, so a browser that
     reads slowly holds back the backend, and a backend that reads slowly
     holds back the browser (flow control both ways, as for TCP);
-  - L{MessageReader} gets the browser's bytes: it hands the payload of data
+  - L{MessageReader} gets the browser's bytes (whole data messages at the
+    front of a read through the fast path of L{gateway.session.wsframes},
+    everything else through wsproto): it hands the payload of data
     messages to the session as it arrives (a message is never gathered
     whole, so memory stays bounded whatever its size), answers pings, sends
     its own pings to keep the way open and to find browsers that are gone,
