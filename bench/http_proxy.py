@@ -631,6 +631,8 @@ def main() -> None:
     columns = [c for c in args.columns.split(",") if c]
     if unknown := set(columns) - set(COLUMNS):
         parser.error(f"unknown columns {sorted(unknown)}: choose from {COLUMNS}")
+    if "gateway-base" in columns and not os.environ.get("GATEWAY_BASE"):
+        parser.error("the gateway-base column needs GATEWAY_BASE, a checkout's folder")
     args.connections = [int(n) for n in args.connections.split(",") if n]
     if args.profile and "gateway" not in columns:
         parser.error("--profile needs the gateway column")

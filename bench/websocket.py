@@ -34,6 +34,12 @@ here is stopped by its PID.
 
     .venv/bin/python bench/websocket.py [--rounds 3] [--count 10000] [--megabytes 200]
     .venv/bin/python bench/websocket.py --columns websockify --rounds 1
+    GATEWAY_BASE=../main .venv/bin/python bench/websocket.py \
+        --columns websockify,gateway,gateway-base
+
+C{gateway-base} is the gateway of another checkout (C{GATEWAY_BASE}, put
+first on its C{PYTHONPATH}), to measure a change against its base in one
+interleaved run rather than in two runs on a machine whose load moves.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -79,9 +85,10 @@ SOURCE_CHUNK = 256 * 1024
 PATH = "/play"
 """The WebSocket path of both bridges (websockify accepts any path)."""
 
-COLUMNS = ("websockify", "gateway", "gateway-uvloop")
-"""The columns, websockify first; the ratios are gateway / websockify.
-C{gateway-uvloop} (C{twistd -r uvloop}) runs only when C{--columns} names it."""
+COLUMNS = ("websockify", "gateway", "gateway-uvloop", "gateway-base")
+"""The columns, websockify first; the ratios are each gateway's / websockify's.
+C{gateway-uvloop} (C{twistd -r uvloop}) and C{gateway-base} (the checkout at
+C{$GATEWAY_BASE}) run only when C{--columns} names them."""
 
 WORKLOADS = ("latency", "up", "down")
 """Round trips to the echo, browser to sink, source to browser."""
@@ -511,16 +518,17 @@ def report(results: Results, columns: list[str], args: argparse.Namespace) -> st
     """
     The markdown table: one column per bridge, and gateway / websockify.
     """
-    both = all(c in columns for c in COLUMNS[:2])
-    head = ["workload", *columns] + (["gateway / websockify"] if both else [])
+    gateways = [c for c in columns if c != "websockify"] if "websockify" in columns else []
+    head = ["workload", *columns] + [f"{c} / websockify" for c in gateways]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for label, workload, pick, form in _rows(args):
         if workload not in args.only:
             continue
         medians = {c: results.median(c, workload, pick) for c in columns}
         cells = [label] + [format(m, form) if m is not None else "error" for m in medians.values()]
-        if both:
-            gateway, websockify = medians["gateway"], medians["websockify"]
+        websockify = medians.get("websockify")
+        for column in gateways:
+            gateway = medians[column]
             cells.append(f"{gateway / websockify:.2f}×" if gateway and websockify else "–")
         lines.append("| " + " | ".join(cells) + " |")
     for column, reasons in results.errors.items():
@@ -539,6 +547,23 @@ def _machine(rounds: int, seconds: float) -> str:
     )
 
 
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """
+    Set environment variables (for the processes started meanwhile).
+    """
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _start(column: str, backend: int, stack: ExitStack, tmp: Path) -> tuple[int, int]:
     """
     Start one column's proxy in front of the backend.
@@ -551,21 +576,25 @@ def _start(column: str, backend: int, stack: ExitStack, tmp: Path) -> tuple[int,
     extra = os.environ.get("GATEWAY_ARGS", "").split()
     logs = tmp / column  # GatewayProcess names its log gateway.log: one folder per column
     logs.mkdir()
-    gateway = stack.enter_context(
-        GatewayProcess(
-            [
-                "--backend",
-                f"tcp:127.0.0.1:{backend}",
-                "--websocket",
-                PATH,
-                "--health-interval",
-                "0",
-                *extra,
-            ],
-            logs,
-            reactor="uvloop" if column == "gateway-uvloop" else None,
+    # twistd's sys.path starts with its own folder, then PYTHONPATH, then
+    # this venv's site-packages (where the editable install points here).
+    base = os.environ.get("GATEWAY_BASE", "") if column == "gateway-base" else None
+    with _environment(PYTHONPATH=str(Path(base).resolve())) if base is not None else nullcontext():
+        gateway = stack.enter_context(
+            GatewayProcess(
+                [
+                    "--backend",
+                    f"tcp:127.0.0.1:{backend}",
+                    "--websocket",
+                    PATH,
+                    "--health-interval",
+                    "0",
+                    *extra,
+                ],
+                logs,
+                reactor="uvloop" if column == "gateway-uvloop" else None,
+            )
         )
-    )
     return gateway.port, gateway.pid
 
 
@@ -587,6 +616,8 @@ def main() -> None:
     columns = [c for c in args.columns.split(",") if c]
     if unknown := set(columns) - set(COLUMNS):
         parser.error(f"unknown columns {sorted(unknown)}: choose from {COLUMNS}")
+    if "gateway-base" in columns and not os.environ.get("GATEWAY_BASE"):
+        parser.error("the gateway-base column needs GATEWAY_BASE, a checkout's folder")
     args.only = [w for w in args.only.split(",") if w]
     if unknown := set(args.only) - set(WORKLOADS):
         parser.error(f"unknown workloads {sorted(unknown)}: choose from {WORKLOADS}")

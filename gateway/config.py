@@ -115,6 +115,8 @@ class PoolSpec:
         path (an HTTP pool) instead of C{health_send}/C{health_expect}.
     @ivar health_status: the status an HTTP health check expects (L{None}:
         any 2xx or 3xx).
+    @ivar health_host: the C{Host} an HTTP health check sends (L{None}: the
+        backend's address).
     """
 
     name: str
@@ -125,6 +127,7 @@ class PoolSpec:
     health_expect: bytes = b""
     health_path: str | None = None
     health_status: int | None = None
+    health_host: str | None = None
     proxy_protocol: str = "off"
     connect_timeout: float = 5.0
     retries: int = 2

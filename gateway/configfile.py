@@ -35,6 +35,7 @@ column the parser reports); an unknown key is an error, never ignored.
 
 from __future__ import annotations
 
+import difflib
 import os
 import reprlib
 import tomllib
@@ -200,9 +201,7 @@ def _backend(settings: FileSettings, index: int, table: object) -> RawBackend:
         raise ConfigError(f"{label}: must be a table with an endpoint, got {_shown(table)}")
     unknown = sorted(set(table) - set(BACKEND_KEYS))
     if unknown:
-        raise ConfigError(
-            f"{label}: unknown key {unknown[0]!r} (a backend has: {', '.join(BACKEND_KEYS)})"
-        )
+        raise _unknown_key(label, unknown[0], BACKEND_KEYS, "a backend")
     if "endpoint" not in table:
         raise ConfigError(f'{label}: needs an endpoint, e.g. endpoint = "tcp:10.0.0.5:7000"')
     checked = {
@@ -222,6 +221,21 @@ def _backend(settings: FileSettings, index: int, table: object) -> RawBackend:
     )
 
 
+def _unknown_key(label: str, key: str, keys: dict[str, str], what: str) -> ConfigError:
+    """
+    The error of an unknown key in a table: with the key it was likely meant
+    to be, or a reminder that a top-level setting written after a table
+    belongs to that table in TOML.
+    """
+    hint = ""
+    close = difflib.get_close_matches(key.replace("_", "-"), list(keys), n=1, cutoff=0.75)
+    if close:
+        hint = f"; did you mean {close[0]!r}?"
+    elif key in FILE_SETTINGS:
+        hint = f"; {key} is a top-level setting: put it before the file's first [table]"
+    return ConfigError(f"{label}: unknown key {key!r} ({what} has: {', '.join(keys)}){hint}")
+
+
 def _table(label: str, value: object, keys: dict[str, str], what: str) -> dict[str, str | bool]:
     """
     A table's values, checked for known keys and types.
@@ -230,7 +244,7 @@ def _table(label: str, value: object, keys: dict[str, str], what: str) -> dict[s
         raise ConfigError(f"{label}: must be a table, got {_shown(value)}")
     unknown = sorted(set(value) - set(keys))
     if unknown:
-        raise ConfigError(f"{label}: unknown key {unknown[0]!r} ({what} has: {', '.join(keys)})")
+        raise _unknown_key(label, unknown[0], keys, what)
     return {key: _scalar(f"{label}.{key}", keys[key], item) for key, item in value.items()}
 
 
@@ -326,8 +340,10 @@ def read_config_file(path: str) -> FileSettings:
             hint = ""
             if key.replace("_", "-") in FILE_SETTINGS:
                 hint = f" (did you mean {key.replace('_', '-')!r}?)"
-            elif key == "backends":
-                hint = " (did you mean [[backend]]?)"
+            elif key in ("backends", "routes"):
+                hint = f" (did you mean [[{key[:-1]}]]?)"
+            elif key == "pools":
+                hint = " (did you mean [pool.NAME]?)"
             raise ConfigError(f"{path}: unknown setting {key!r}{hint}")
         label = settings.label(key)
         if key in _LISTS:

@@ -26,6 +26,7 @@ from gateway.config import (
     GAME_POOL,
     ConfigError,
     GatewayConfig,
+    PoolSpec,
     RouteSpec,
 )
 from gateway.poolconfig import RawPool, RawRoute
@@ -90,8 +91,9 @@ class GatewayOptions(usage.Options):
             None,
             "TOML file with the same settings as the options (keys are the option names, "
             "backends are [[backend]] tables with name, endpoint, weight, health-send, "
-            "health-expect, proxy-protocol); the command line wins over it. SIGHUP "
-            "reads it again.",
+            "health-expect, proxy-protocol, pool); it alone has named pools ([pool.NAME]) "
+            "and HTTP routes by host and path to files, HTTP app servers or WebSocket "
+            "bridges ([[route]]). The command line wins over it. SIGHUP reads it again.",
         ],
         [
             "max-connections",
@@ -496,9 +498,10 @@ def summary(config: GatewayConfig) -> str:
             if b.pool == pool
         )
 
-    backends = f"backends {listed(GAME_POOL) or '(demo)'}; "
+    game = listed(GAME_POOL) or ("(demo)" if config.demo else "none")
+    backends = f"backends {game}; "
     for pool in config.pools:
-        backends += f"pool {pool.name} ({pool.balance}): {listed(pool.name)}; "
+        backends += f"pool {pool.name} ({_pool_summary(pool)}): {listed(pool.name)}; "
     routes = ""
     if config.routes:
         routes = "routes " + ", ".join(_route_summary(route) for route in config.routes) + "; "
@@ -512,20 +515,43 @@ def summary(config: GatewayConfig) -> str:
     )
 
 
+def _pool_summary(pool: PoolSpec) -> str:
+    """
+    A named pool's settings as C{--check-config} lists them.
+    """
+    if not pool.health_interval:
+        health = "no health checks"
+    elif pool.health_path is not None:
+        expected = pool.health_status or "2xx/3xx"
+        health = f"health GET {pool.health_path} -> {expected} every {pool.health_interval:g} s"
+    else:
+        health = f"health every {pool.health_interval:g} s"
+    return (
+        f"{pool.balance}, {health}, connect-timeout {pool.connect_timeout:g} s, "
+        f"retries {pool.retries}"
+    )
+
+
 def _route_summary(route: RouteSpec) -> str:
     """
-    One route as C{--check-config} lists it: C{NAME: HOST PATH -> ACTION}.
+    One route as C{--check-config} lists it: C{[NAME: ]HOST PATH -> ACTION
+    (OPTIONS)}, its name only when it has one of its own.
     """
     where = f"{route.host or '*'} {route.path}"
+    named = "" if route.name == f"{route.host or ''}{route.path}" else f"{route.name}: "
+    options = []
     if route.root is not None:
         action = f"files in {route.root}"
+        options += ["listing"] if route.listing else []
     elif route.pool is not None:
-        action = f"HTTP proxy to pool {route.pool}" + (
-            " (prefix stripped)" if route.strip_prefix else ""
-        )
+        action = f"HTTP proxy to pool {route.pool}"
+        options += ["prefix stripped"] if route.strip_prefix else []
+        options += [f"max-body {route.max_body}", f"timeout {route.timeout:g} s"]
     else:
         action = f"WebSocket bridge to pool {route.bridge}"
-    return f"{route.name}: {where} -> {action}"
+    if route.rate_per_ip:
+        options.append(f"rate-per-ip {route.rate_per_ip:g}")
+    return f"{named}{where} -> {action}" + (f" ({', '.join(options)})" if options else "")
 
 
 class Options(GatewayOptions):

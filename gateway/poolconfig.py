@@ -41,7 +41,7 @@ from gateway.config import (
     RouteSpec,
 )
 from gateway.http.routes import segments
-from gateway.pool.httpcheck import valid_path
+from gateway.pool.httpcheck import valid_host, valid_path
 
 __all__ = [
     "MAX_ROUTE_BODY",
@@ -62,13 +62,18 @@ POOL_KEYS = (
     "health-expect",
     "health-path",
     "health-status",
+    "health-host",
     "proxy-protocol",
     "connect-timeout",
     "retries",
 )
 """The keys of a C{[pool.NAME]} table."""
 
-GAME_POOL_KEYS = tuple(key for key in POOL_KEYS if key not in ("health-path", "health-status"))
+GAME_POOL_KEYS = tuple(
+    key
+    for key in POOL_KEYS
+    if not key.startswith("health-") or key in ("health-interval", "health-send", "health-expect")
+)
 """The keys of C{[pool.game]}: the top-level settings it may give instead."""
 
 ROUTE_KEYS = (
@@ -181,11 +186,22 @@ def _pool(raw: RawPool) -> PoolSpec:
         raise ConfigError(f"{label}.health-path: not a request path (e.g. /healthz), got {path!r}")
     status = None
     if "health-status" in values:
+        if path is None:
+            raise ConfigError(f"{label}.health-status: needs health-path (an HTTP check)")
         status = check_count(f"{label}.health-status", values["health-status"])
-        if not 100 <= status <= 599 or path is None:
+        if not 100 <= status <= 599:
             raise ConfigError(
-                f"{label}.health-status: an HTTP status (100 to 599) with health-path, "
+                f"{label}.health-status: an HTTP status (100 to 599), "
                 f"got {values['health-status']!r}"
+            )
+    host = values.get("health-host")
+    if host is not None:
+        if path is None:
+            raise ConfigError(f"{label}.health-host: needs health-path (an HTTP check)")
+        if not valid_host(host.encode("utf-8")):
+            raise ConfigError(
+                f"{label}.health-host: not a Host field value (e.g. api.example.com or "
+                f"api.example.com:8080), got {host!r}"
             )
     if path is not None and ("health-send" in values or "health-expect" in values):
         raise ConfigError(f"{label}.health-path: give it or health-send/health-expect, not both")
@@ -207,6 +223,7 @@ def _pool(raw: RawPool) -> PoolSpec:
         health_expect=check_escaped(f"{label}.health-expect", values.get("health-expect", "")),
         health_path=path,
         health_status=status,
+        health_host=host,
         proxy_protocol=check_choice(
             f"{label}.proxy-protocol", values.get("proxy-protocol", "off"), PROXY_CHOICES
         ),
@@ -248,20 +265,39 @@ def check_routes(
     raw_routes: list[RawRoute],
     pools: tuple[PoolSpec, ...],
     game: PoolSpec,
+    *,
+    backends: tuple[BackendSpec, ...] = (),
+    websocket: tuple[str, ...] = (),
+    websocket_label: str = "--websocket",
 ) -> tuple[RouteSpec, ...]:
     """
     Check the routes: exactly one action each, a pool or bridge that names
-    a pool, a folder that exists; no host and path twice.
+    a pool, a folder that exists; no host and path twice, nor a host-less
+    route on a C{--websocket} path (the bridge would hide it); no backend
+    sending PROXY headers behind an HTTP route.
     """
     known = {game.name: game, **{pool.name: pool for pool in pools}}
     routes: list[RouteSpec] = []
     for raw in raw_routes:
         route = _route(raw, known)
+        if route.host is None and route.path in websocket:
+            raise ConfigError(
+                f"{raw.label}: path {route.path} is also a {websocket_label} path, whose bridge "
+                f'would take its requests; give the route bridge = "{GAME_POOL}" instead, '
+                "or another path"
+            )
+        for backend in backends:
+            if route.pool == backend.pool and backend.proxy_protocol not in (None, "off"):
+                raise ConfigError(
+                    f"{raw.label}.pool: backend {backend.name!r} of pool {backend.pool!r} "
+                    "sends a PROXY header, which an HTTP route cannot (its connections are "
+                    "shared by many clients)"
+                )
         for other in routes:
             if (other.host, other.path) == (route.host, route.path):
                 raise ConfigError(
-                    f"{raw.label}: host {route.host or '(any)'} and path {route.path!r} are "
-                    f"also route {other.name!r}'s"
+                    f"{raw.label}: the same host ({route.host or 'any'}) and path "
+                    f"({route.path}) as route {other.name!r}"
                 )
             if other.name == route.name:
                 raise ConfigError(f"{raw.label}: the name {route.name!r} is given twice")

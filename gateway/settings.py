@@ -166,7 +166,7 @@ def build_config(
     s, label = settings, settings.label
     demo = bool(s["demo"])
     listen = _fronts(s, reactor, demo=demo, read_folders=read_folders)
-    backends = _backends(s, reactor, demo=demo)
+    backends = _backends(s, reactor, demo=demo or bool(s.routes))
     rate_per_ip, rate_burst, busy_message = _rate_limit(s)
     admin, admin_token, admin_hosts = _admin(s, reactor, listen, read_folders=read_folders)
     handover, workers = _processes(s, listen)
@@ -225,7 +225,22 @@ def build_config(
         websocket_ping=ping,
         pools=pools,
     )
-    routes = check_routes(s.routes, pools, config.game_pool)
+    return _with_routes(s, config)
+
+
+def _with_routes(s: Settings, config: GatewayConfig) -> GatewayConfig:
+    """
+    C{config} with the file's routes, checked against its pools, backends
+    and bridge paths.
+    """
+    routes = check_routes(
+        s.routes,
+        config.pools,
+        config.game_pool,
+        backends=config.backends,
+        websocket=config.websocket,
+        websocket_label=s.other("websocket", "websocket"),
+    )
     return dataclasses.replace(config, routes=routes) if routes else config
 
 
@@ -268,7 +283,8 @@ def _backends(s: Settings, reactor: IReactorCore, *, demo: bool) -> tuple[Backen
     if not any(b.pool == GAME_POOL for b in backends) and not demo:
         raise ConfigError(
             f"{s.label('backend')}: at least one game backend is needed "
-            "(or --demo for the built-in demo game)"
+            "(or --demo for the built-in demo game, or [[route]]s in the file for an "
+            "HTTP-only front)"
         )
     return tuple(backends)
 

@@ -109,10 +109,16 @@ def test_check_config_lists_pools_and_routes(tmp_path: Path) -> None:
     route with its action.
     """
     line = summary(parse(["--config", write(tmp_path, GOOD)]))
-    assert "pool api (leastconn): api-1 (tcp:127.0.0.1:8001, weight 1)" in line
-    assert "api: api.example.com /v1 -> HTTP proxy to pool api (prefix stripped)" in line
-    assert f"/assets: * /assets -> files in {tmp_path}" in line
-    assert "/play-eu: * /play-eu -> WebSocket bridge to pool eu" in line
+    assert (
+        "pool api (leastconn, health GET /healthz -> 204 every 5 s, connect-timeout 2 s, "
+        "retries 1): api-1 (tcp:127.0.0.1:8001, weight 1)"
+    ) in line
+    assert (
+        "api: api.example.com /v1 -> HTTP proxy to pool api (prefix stripped, max-body 2048, "
+        "timeout 5 s, rate-per-ip 2)"
+    ) in line
+    assert f"* /assets -> files in {tmp_path} (listing)" in line
+    assert "* /play-eu -> WebSocket bridge to pool eu;" in line
 
 
 def test_pool_game_table_gives_top_level_settings(tmp_path: Path) -> None:
@@ -177,7 +183,7 @@ API = '[pool.api]\n[[backend]]\nname = "a1"\npool = "api"\nendpoint = "tcp:127.0
         (
             BACKEND + API + '[[route]]\nname = "x"\npath = "/a"\npool = "api"\n'
             '[[route]]\npath = "/a"\npool = "api"\n',
-            r"route\[1\]: host \(any\) and path '/a' are also route 'x''s",
+            r"route\[1\]: the same host \(any\) and path \(/a\) as route 'x'",
         ),
         (
             BACKEND + '[[route]]\npath = "/a"\nroot = "."\nstrip-prefix = true\n',
@@ -213,7 +219,42 @@ API = '[pool.api]\n[[backend]]\nname = "a1"\npool = "api"\nendpoint = "tcp:127.0
         ),
         (
             BACKEND + API.replace("[pool.api]", "[pool.api]\nhealth-status = 200"),
-            r"pool.api.health-status: an HTTP status \(100 to 599\) with health-path",
+            r"pool.api.health-status: needs health-path \(an HTTP check\)",
+        ),
+        (
+            BACKEND
+            + API.replace("[pool.api]", '[pool.api]\nhealth-path = "/h"\nhealth-status = 99'),
+            r"pool.api.health-status: an HTTP status \(100 to 599\), got '99'",
+        ),
+        (
+            BACKEND
+            + API.replace("[pool.api]", '[pool.api]\nhealth-path = "/h"\nhealth-host = "a b"'),
+            r"pool.api.health-host: not a Host field value",
+        ),
+        (
+            'websocket = ["/play"]\n'
+            + BACKEND
+            + API
+            + '[[route]]\npath = "/play"\npool = "api"\n',
+            r"route\[0\]: path /play is also a websocket path, whose bridge would take its",
+        ),
+        (
+            BACKEND
+            + API.replace('name = "a1"', 'name = "a1"\nproxy-protocol = "v2"')
+            + '[[route]]\npath = "/a"\npool = "api"\n',
+            r"route\[0\].pool: backend 'a1' of pool 'api' sends a PROXY header",
+        ),
+        (
+            BACKEND + API + '[[route]]\npath = "/a"\npool = "api"\nstrip_prefix = true\n',
+            r"unknown key 'strip_prefix' .*; did you mean 'strip-prefix'\?",
+        ),
+        (
+            BACKEND + API + '[[route]]\npath = "/a"\npool = "api"\nwebsocket = ["/x"]\n',
+            r"unknown key 'websocket' .*; websocket is a top-level setting: put it before",
+        ),
+        (
+            BACKEND + '[[routes]]\npath = "/a"\nroot = "."\n',
+            r"unknown setting 'routes' \(did you mean \[\[route\]\]\?\)",
         ),
         (
             BACKEND

@@ -274,7 +274,8 @@ def test_file_without_backends(tmp_path: Path) -> None:
         parse(["--config", path])
     assert str(raised.value) == (
         f"--backend (or [[backend]] in {path}): at least one game backend is needed "
-        "(or --demo for the built-in demo game)"
+        "(or --demo for the built-in demo game, or [[route]]s in the file for an "
+        "HTTP-only front)"
     )
 
 

@@ -14,7 +14,16 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import DEADLINE, Backend, GatewayProcess, admin_url, echo, wait_for
+from tests.support import (
+    DEADLINE,
+    Backend,
+    GatewayProcess,
+    admin_url,
+    connect,
+    echo,
+    recv_until_eof,
+    wait_for,
+)
 from tests.test_e2e_websocket import open_ws, receive_bytes
 
 ADMIN = ["--admin", "tcp:0:interface=127.0.0.3"]
@@ -202,8 +211,13 @@ rate-burst = 3
         assert codes == [200, 200, 200, 429, 429]
         status, headers, _ = get(gateway, "/assets/index.html")
         assert status == 429 and int(headers["retry-after"]) >= 1
+        with connect(gateway.port) as sock:
+            sock.sendall(
+                b"GET /assets/index.html HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            )
+            assert recv_until_eof(sock).startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
         assert [get(gateway, "/index.html")[0] for _ in range(5)] == [200] * 5
-        assert status_of(gateway)["counters"]["refused"]["route-rate"] == 3
+        assert status_of(gateway)["counters"]["refused"]["route-rate"] == 4
 
 
 def test_sighup_adds_a_pool_and_a_route(tmp_path: Path) -> None:

@@ -120,8 +120,10 @@ def test_routing_by_host_and_path(tmp_path: Path) -> None:
             '[[route]]\nhost = "admin.example.com"\npool = "admin"\n',
         )
         with GatewayProcess(["--http-root", str(site), "--config", str(config)], tmp_path) as gw:
-            answer = seen(gw, "/api/users?page=2")
+            answer = seen(gw, "/api/users?page=2", headers={"X-Forwarded-Prefix": "/evil"})
             assert (answer["app"], answer["path"]) == ("api", "/users?page=2")
+            assert answer["headers"]["x-forwarded-prefix"] == "/api"
+            assert "x-forwarded-prefix" not in seen(gw, "/api/v2/x")["headers"]
             assert seen(gw, "/api")["path"] == "/"
             answer = seen(gw, "/api/v2/scores")
             assert (answer["app"], answer["path"]) == ("v2", "/api/v2/scores")
@@ -131,6 +133,15 @@ def test_routing_by_host_and_path(tmp_path: Path) -> None:
             assert request(gw, "/apix")[0] == 404
             answer = seen(gw, "/api/users", method="POST", body=b"x" * 100)
             assert (answer["method"], answer["body_length"]) == ("POST", 100)
+            # An absolute-form target names the host (its Host field is ignored).
+            with connect(gw.port) as sock:
+                sock.sendall(
+                    b"GET http://admin.example.com/api/v2/s HTTP/1.1\r\nHost: other\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
+                answer = json.loads(recv_until_eof(sock).partition(b"\r\n\r\n")[2])
+            assert (answer["app"], answer["path"]) == ("admin", "/api/v2/s")
+            assert answer["headers"]["host"] == "admin.example.com"
 
 
 def test_forwarding_headers(tmp_path: Path) -> None:
@@ -406,3 +417,77 @@ def test_ab_against_a_proxied_route_has_no_failed_request(tmp_path: Path) -> Non
             assert "Failed requests:        0" in result.stdout, result.stdout
             assert "Non-2xx responses" not in result.stdout, result.stdout
             assert "Complete requests:      2000" in result.stdout
+
+
+def test_behind_a_balancer_the_forwarding_fields_are_kept(tmp_path: Path) -> None:
+    """
+    On a haproxy: front the client's address is the PROXY header's, and the
+    balancer's forwarding fields are trusted: our hop is appended to them.
+    """
+    with App("api") as api:
+        config = config_file(tmp_path, pool("api", api), '[[route]]\npool = "api"\n')
+        front = ["--listen", "haproxy:tcp:0:interface=127.0.0.1"]
+        with GatewayProcess(front + ["--config", str(config)], tmp_path) as gw:
+            with connect(gw.port) as sock:
+                sock.sendall(
+                    b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\n"
+                    b"GET /x HTTP/1.1\r\nHost: game.example\r\nX-Forwarded-For: 198.51.100.1\r\n"
+                    b"X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n"
+                )
+                answer = recv_until_eof(sock)
+            headers = json.loads(answer.partition(b"\r\n\r\n")[2])["headers"]
+            assert headers["x-forwarded-for"] == "198.51.100.1, 192.0.2.7"
+            assert headers["x-forwarded-proto"] == "https"
+
+
+def test_routes_in_worker_processes(tmp_path: Path) -> None:
+    """
+    With --workers 2 the workers serve proxied routes (requests spread over
+    both reach the app), and the access log names the route and backend.
+    """
+    log = tmp_path / "access.jsonl"
+    with App("api") as api:
+        config = config_file(
+            tmp_path, pool("api", api), '[[route]]\nname = "api"\npath = "/api"\npool = "api"\n'
+        )
+        args = ["--workers", "2", "--access-log", str(log), "--config", str(config)]
+        with GatewayProcess(args, tmp_path) as gw:
+            for number in range(10):
+                assert seen(gw, f"/api/{number}")["app"] == "api"
+            wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 10, "the log")
+            lines = [json.loads(line) for line in log.read_text().splitlines()]
+            assert {(line["route"], line["backend"], line["status"]) for line in lines} == {
+                ("api", "api-0", 200)
+            }
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        # Both a length and chunked (the classic CL.TE desync).
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        # Two different lengths.
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\n"
+        b"abcGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        # A bad chunk size.
+        b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        # A transfer coding the gateway does not know.
+        b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    ],
+)
+def test_request_smuggling_is_refused(tmp_path: Path, attempt: bytes) -> None:
+    """
+    A request whose body's end is ambiguous is refused (400 and closed);
+    nothing reaches the app, and the gateway goes on serving.
+    """
+    with App("api") as app:
+        config = config_file(tmp_path, pool("api", app), '[[route]]\npool = "api"\n')
+        with GatewayProcess(["--config", str(config)], tmp_path) as gw:
+            with connect(gw.port) as sock:
+                sock.sendall(attempt)
+                answer = recv_until_eof(sock)
+            assert answer.startswith(b"HTTP/1.1 400 "), answer
+            assert app.requests == []
+            assert seen(gw, "/after")["path"] == "/after"
+            assert [target for _, target in app.requests] == ["/after"]

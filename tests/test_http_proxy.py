@@ -96,6 +96,7 @@ class World:
         mount: bytes | None = None,
         strip: bool = False,
         trusted: bool = False,
+        send_timeout: float = 60.0,
     ) -> tuple[int, HTTPProxy]:
         """
         A gateway site for a proxy to a pool of C{backends} (apps, or
@@ -124,7 +125,7 @@ class World:
         if mount is not None:
             root = Resource()
             root.putChild(mount, proxy)
-        site = _Site(root, reactor=clock)
+        site = _Site(root, reactor=clock, send_timeout=send_timeout)
         site.trusted = trusted
         self.site = site
         endpoint = TCP4ServerEndpoint(clock, 0, interface="127.0.0.1")
@@ -364,7 +365,22 @@ async def test_silent_backend_is_504_and_its_request_cancelled(world: World) -> 
     assert client.head.startswith(b"HTTP/1.1 504 Gateway Timeout")
     await wait_until(lambda: len(app.hang_ended) == 1, "the app's request ended")
     backend = proxy.pool.backends[0]  # type: ignore[attr-defined]
-    assert (backend.active, backend.total, backend.failures) == (0, 1, 1)
+    # The route's timeout is not counted against the backend (passive
+    # detection would take it out of service for every route).
+    assert (backend.active, backend.total, backend.failures) == (0, 1, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_route_timeout_longer_than_the_send_timeout(world: World) -> None:
+    """
+    Waiting for a backend's answer is not a stalled response: a route whose
+    timeout is longer than the channel's send timeout gets its 504 at its
+    own timeout, not an aborted connection at the send timeout.
+    """
+    app = await world.app("slow", mode="hang")
+    port, _ = await world.gateway([app], timeout=1.5, send_timeout=0.4)
+    client = await world.request(port, get(b"/"))
+    assert client.head.startswith(b"HTTP/1.1 504 Gateway Timeout")
 
 
 @pytest_twisted.ensureDeferred

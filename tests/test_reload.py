@@ -11,7 +11,7 @@ from pathlib import Path
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import formatEvent
 
-from gateway.config import BackendSpec, ConfigError, GatewayConfig
+from gateway.config import BackendSpec, ConfigError, GatewayConfig, PoolSpec, RouteSpec
 from gateway.front.limits import AddressCap, AddressRate, Refusal
 from gateway.pool.backends import BackendState
 from gateway.process.assemble import make_service
@@ -285,3 +285,49 @@ def test_admin_host_names_are_normalised_on_reload() -> None:
     assert service.reload()
     state = service.reloader.parts.admin_state
     assert state is not None and state.hosts == ("games.example.com",)
+
+
+def test_pools_and_routes_reloaded(log_events: EventLoggingObserver) -> None:
+    """
+    A reload adds a pool (with its health checks) and a route, says which
+    pool settings changed, moves a backend between pools, and a removed
+    pool leaves once its last backend has; the route's proxy is kept (and
+    reconfigured) while the route stays.
+    """
+    api = PoolSpec(name="api", health_interval=0.0)
+    d = BackendSpec(name="d", endpoint="tcp:127.0.0.1:7004", pool="api")
+    route = RouteSpec(name="api", path="/api", pool="api")
+    service, source, reactor = gateway()
+    with_api = dataclasses.replace(BASE, pools=(api,), backends=(A, B, d), routes=(route,))
+    source.next = with_api
+    assert service.reload()
+    assert [p.name for p in service.pools.pools] == ["game", "api"]
+    proxy = service.reloader.parts.site.routes.routes[0][1].resource
+    health = service.reloader.parts.health
+    assert health is not None and "api" not in health.checkers
+    checked = dataclasses.replace(api, health_interval=2.0, health_path="/h", retries=0)
+    source.next = dataclasses.replace(with_api, pools=(checked,), routes=(route,))
+    assert service.reload()
+    assert "api" in health.checkers
+    assert service.reloader.parts.site.routes.routes[0][1].resource is proxy
+    text = "\n".join(lines(log_events))
+    assert "pool api health-interval 0.0 -> 2.0" in text
+    assert "pool api health-path None -> '/h'" in text
+    assert "pool api retries 2 -> 0" in text
+    moved = dataclasses.replace(B, pool="api")
+    source.next = dataclasses.replace(with_api, pools=(checked,), backends=(A, moved, d))
+    assert service.reload()
+    assert [b.name for b in service.pools.pool("api").backends] == ["d", "b"]  # type: ignore[union-attr]
+    d_backend = service.pools.get("d")
+    assert d_backend is not None
+    d_backend.active = 1
+    source.next = BASE
+    assert service.reload()
+    assert "pool api removed: its backends drain" in "\n".join(lines(log_events))
+    assert "api" not in health.checkers
+    reactor.advance(2)
+    assert service.pools.pool("api") is not None  # d still has a session
+    d_backend.active = 0
+    reactor.advance(2)
+    assert service.pools.pool("api") is None
+    assert [b.name for b in service.pools.backends] == ["a", "b"]

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import RouteSpec
-from gateway.http.routes import RouteTable, normalized, request_host, segments
+from gateway.http.routes import RouteTable, normalized, origin_form, request_host, segments
 
 
 def table(*routes: tuple[str | None, str]) -> RouteTable[str]:
@@ -166,3 +166,18 @@ def test_any_path_is_handled(path: bytes) -> None:
     result = routes.match(None, b"/" + path)
     parts = segments(b"/" + path)
     assert (result is None) == (parts is None)
+
+
+def test_origin_form() -> None:
+    """
+    An absolute-form target is its path and query, and names the host
+    (user information dropped); other targets keep their Host.
+    """
+    assert origin_form(b"http://Shop.example:8080/x?y=1", b"other") == (
+        b"/x?y=1",
+        b"Shop.example:8080",
+    )
+    assert origin_form(b"HTTPS://u:p@shop.example?q", None) == (b"/?q", b"shop.example")
+    assert origin_form(b"http://shop.example", b"h") == (b"/", b"shop.example")
+    assert origin_form(b"/x?http://a/b", b"h") == (b"/x?http://a/b", b"h")
+    assert origin_form(b"ftp://a/b", b"h") == (b"ftp://a/b", b"h")

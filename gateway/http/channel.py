@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from gateway.connection import describe_peer
 from gateway.front.limits import Refusal
+from gateway.http.routes import origin_form
 from gateway.ops.registry import RefusalLog
 
 __all__ = [
@@ -275,8 +276,8 @@ class GatewayHTTPChannel(HTTPChannel):
         if limit_of is None or not self.requests:
             return None
         host = self.requests[-1].requestHeaders.getRawHeaders(b"host", [None])[0]
-        path = getattr(self, "_path", b"").split(b"?", 1)[0]
-        limit: int | None = limit_of(host, path)
+        target, host = origin_form(getattr(self, "_path", b""), host)
+        limit: int | None = limit_of(host, target.split(b"?", 1)[0])
         return limit
 
     def body_received(self, size: int) -> bool:
@@ -453,7 +454,9 @@ class GatewayHTTPChannel(HTTPChannel):
         # producer stalled or its client stopped reading.
         self._watch_call = None
         now = self.site.reactor.seconds()
-        if self._writes != self._watch_mark:
+        if self._writes != self._watch_mark or self._awaiting_backend():
+            # (A proxied request waiting for its backend's answer is bounded
+            # by its route's timeout, which may be longer: a 504 then.)
             self._watch_mark, self._watch_since = self._writes, now
         elif now - self._watch_since >= self.site.send_timeout:
             self._log.info(
@@ -464,6 +467,18 @@ class GatewayHTTPChannel(HTTPChannel):
             self._abort()
             return
         self._watch_call = self.callLater(self.site.send_timeout / 4, self._watch)
+
+    def _awaiting_backend(self) -> bool:
+        """
+        Whether the response under way is a proxied one whose backend has
+        not answered yet.
+        """
+        request = self.requests[0] if self.requests else None
+        return (
+            request is not None
+            and not request.startedWriting
+            and getattr(request, "gateway_backend", None) is not None
+        )
 
     @override
     def loseConnection(self) -> None:

@@ -20,7 +20,8 @@ C{Upgrade}.  Besides those the proxy drops, both ways:
 
 The forwarding fields say who the client is: C{X-Forwarded-For} (its
 address), C{X-Forwarded-Proto} (C{http} or C{https}), C{X-Forwarded-Host}
-(its C{Host}) and C{Forwarded} (RFC 7239: C{for}, C{proto}, C{host}).  A
+(its C{Host}) and C{Forwarded} (RFC 7239: C{for}, C{proto}, C{host}); with a
+stripped prefix, C{X-Forwarded-Prefix} (the prefix the application lost).  A
 client can write them too, so what it sent is dropped and replaced, unless
 the connection came through a trusted hop (a C{haproxy:} front): then our
 hop is appended to C{X-Forwarded-For} and C{Forwarded}, and the incoming
@@ -71,7 +72,13 @@ _SET_BY_PROXY = frozenset({b"host", b"content-length", b"expect"})
 """Request fields the proxy writes itself (or drops: C{Expect})."""
 
 _FORWARDING = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-prefix",
+        b"forwarded",
+    }
 )
 
 VIA_PSEUDONYM = b"gateway"
@@ -168,6 +175,7 @@ def request_headers(
     client_host: bytes | None,
     version: bytes,
     trusted: bool,
+    prefix: bytes | None = None,
 ) -> Headers:
     """
     The fields of a request forwarded to a backend.
@@ -181,6 +189,9 @@ def request_headers(
     @param version: the client's HTTP version (C{HTTP/1.1}).
     @param trusted: whether the incoming forwarding fields come from a hop
         we trust (kept and appended to) or from the client (replaced).
+    @param prefix: the route's prefix, when it is stripped: sent as
+        C{X-Forwarded-Prefix}, so the application can build its own links
+        (after a trusted hop's prefix, if it sent one).
     """
     outgoing = _end_to_end(incoming, _SET_BY_PROXY if trusted else _SET_BY_PROXY | _FORWARDING)
     outgoing.setRawHeaders(b"host", [host])
@@ -191,6 +202,9 @@ def request_headers(
         outgoing.setRawHeaders(b"x-forwarded-host", [client_host])
     _append(outgoing, b"forwarded", forwarded_element(client, proto, client_host))
     _append(outgoing, b"via", _via_version(version) + b" " + VIA_PSEUDONYM)
+    if prefix:
+        before = (outgoing.getRawHeaders(b"x-forwarded-prefix") or [b""])[0].rstrip(b"/")
+        outgoing.setRawHeaders(b"x-forwarded-prefix", [before + prefix.rstrip(b"/")])
     return outgoing
 
 

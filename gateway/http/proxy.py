@@ -346,6 +346,7 @@ class _Forwarding:
             client_host=client_host,
             version=request.clientproto,
             trusted=bool(getattr(request.channel, "trusted_forwarded", False)),
+            prefix=self._settings.strip_prefix,
         )
         self._target = backend_path(request.uri, self._settings.strip_prefix)
 
@@ -388,10 +389,12 @@ class _Forwarding:
             return
         if not failure.check(BackendConnectError):
             backend.total += 1
-        self._pool.attempt_failed(backend)
         if cancelled_for == "timeout":
+            # The route's limit, not a fault of the backend: a slow endpoint
+            # must not take a backend out of service for every other route.
             self._answer(504, b"Gateway Timeout", b"the backend did not answer in time")
             return
+        self._pool.attempt_failed(backend)
         self._log.info(
             "route {route}: {method} to backend {backend} failed: {reason}",
             route=self._proxy.route_name,

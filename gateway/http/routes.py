@@ -27,7 +27,7 @@ from urllib.parse import unquote_to_bytes
 
 from gateway.config import RouteSpec
 
-__all__ = ["RouteTable", "normalized", "request_host", "segments"]
+__all__ = ["RouteTable", "normalized", "origin_form", "request_host", "segments"]
 
 _T = TypeVar("_T")
 
@@ -55,6 +55,24 @@ def normalized(path: bytes) -> bytes | None:
     """
     parts = segments(path)
     return None if parts is None else b"/" + b"/".join(parts)
+
+
+def origin_form(target: bytes, host: bytes | None) -> tuple[bytes, bytes | None]:
+    """
+    A request's target and host as routes see them: an absolute-form target
+    (C{http://shop.example/x?y}, RFC 9112 3.2.2) is its path and query, and
+    its authority is the host (the C{Host} field is then ignored, as the RFC
+    says); any other target and its C{Host} are as they came.
+    """
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return target, host
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    authority = authority.rpartition(b"@")[2]  # no user information
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return path, authority or host
 
 
 def request_host(host: bytes | None) -> str | None:

@@ -32,7 +32,7 @@ from gateway.http.channel import (
     SEND_TIMEOUT,
     GatewayHTTPChannel,
 )
-from gateway.http.routes import RouteTable, request_host, segments
+from gateway.http.routes import RouteTable, origin_form, request_host, segments
 from gateway.http.static import ALLOWED_METHODS, StaticRoot
 from gateway.ops.access import HTTP_CLIENT_LEFT, HTTP_COMPLETE, log_http_request
 from gateway.ops.registry import RefusalLog
@@ -75,7 +75,12 @@ class GatewayRequest(Request):
         # (A request refused earlier, e.g. a 413 or a cut header, is a
         # counted refusal instead.)
         self.dispatched = True
-        super().requestReceived(command, path, version)
+        # An absolute-form target names its host: served as if it were the
+        # path with that Host (what routes, files and backends see).
+        target, host = origin_form(path, None)
+        if host is not None:
+            self.requestHeaders.setRawHeaders(b"host", [host])
+        super().requestReceived(command, target, version)
 
     @override
     def write(self, data: bytes) -> None:
@@ -167,20 +172,25 @@ class _Refused(resource.Resource):
 
     isLeaf = True  # noqa: N815 - twisted.web's name
 
-    def __init__(self, code: int, text: bytes, retry_after: int | None = None) -> None:
+    def __init__(
+        self, code: int, phrase: bytes, text: bytes, retry_after: int | None = None
+    ) -> None:
         super().__init__()
-        self.code, self.text, self.retry_after = code, text, retry_after
+        self.code, self.phrase, self.text, self.retry_after = code, phrase, text, retry_after
 
     @override
     def render(self, request: Request) -> bytes:
-        request.setResponseCode(self.code)
+        # Twisted knows no phrase for 429 (it would say "Unknown Status").
+        request.setResponseCode(self.code, self.phrase)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         if self.retry_after is not None:
             request.setHeader(b"retry-after", str(self.retry_after).encode())
         return self.text
 
 
-_DOT_SEGMENTS = _Refused(http.BAD_REQUEST, b"400 Bad Request: a path with . or .. segments\n")
+_DOT_SEGMENTS = _Refused(
+    http.BAD_REQUEST, b"Bad Request", b"400 Bad Request: a path with . or .. segments\n"
+)
 
 
 class HTTPSite(Site):
@@ -337,7 +347,7 @@ class HTTPSite(Site):
         if self.refusals is not None:
             self.refusals.refused(Refusal.ROUTE_RATE, describe_peer(address))
         wait = max(1, int(1 / rate.rate + 0.999))
-        return _Refused(429, b"429 Too Many Requests\n", retry_after=wait)
+        return _Refused(429, b"Too Many Requests", b"429 Too Many Requests\n", retry_after=wait)
 
     @override
     def log(self, request: http.Request) -> None:

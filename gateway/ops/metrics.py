@@ -76,7 +76,7 @@ def _sessions(counters: dict[str, Any]) -> Iterator[Metric]:
     yield moved
     yield _counter(
         "gateway_sessions_unserved",
-        "Game sessions closed for want of a backend.",
+        "Game sessions and proxied HTTP requests no backend could take.",
         counters["unserved"],
     )
     yield _counter(

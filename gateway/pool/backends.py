@@ -176,7 +176,11 @@ class Pool:
             self.set_state(
                 backend,
                 BackendState.DOWN,
-                f"{backend.consecutive_failures} connection attempts failed in a row",
+                # A named pool's attempts may be HTTP requests a backend
+                # accepted and then failed, not only connection attempts.
+                f"{backend.consecutive_failures} "
+                + ("connection attempts" if self.name == GAME_POOL else "attempts")
+                + " failed in a row",
             )
 
     def attempt_succeeded(self, backend: Backend) -> None:

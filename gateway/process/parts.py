@@ -266,6 +266,7 @@ def default_check(spec: PoolSpec) -> HealthCheck:
         preamble=probe_preamble(spec.proxy_protocol),
         http_path=spec.health_path.encode("ascii") if spec.health_path is not None else None,
         http_status=spec.health_status,
+        http_host=spec.health_host.encode("ascii") if spec.health_host is not None else None,
     )
 
 

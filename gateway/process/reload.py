@@ -212,8 +212,13 @@ class Reloader:
                 pools.add_pool(pool)
                 changes.append(f"pool {spec.name} added")
             previous = before.get(spec.name)
-            if previous is not None and previous != spec and spec.name != "game":
-                changes.append(f"pool {spec.name} settings changed")
+            if previous is not None and spec.name != "game":
+                changes.extend(
+                    f"pool {spec.name} {f.name.replace('_', '-')} "
+                    f"{getattr(previous, f.name)!r} -> {getattr(spec, f.name)!r}"
+                    for f in dataclasses.fields(spec)
+                    if getattr(previous, f.name) != getattr(spec, f.name)
+                )
             pool.reconfigure(
                 balancer=None
                 if previous is not None and previous.balance == spec.balance

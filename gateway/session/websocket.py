@@ -15,7 +15,9 @@ built on):
     the producer registration go to the TCP transport, so a browser that
     reads slowly holds back the backend, and a backend that reads slowly
     holds back the browser (flow control both ways, as for TCP);
-  - L{MessageReader} gets the browser's bytes: it hands the payload of data
+  - L{MessageReader} gets the browser's bytes (whole data messages at the
+    front of a read through the fast path of L{gateway.session.wsframes},
+    everything else through wsproto): it hands the payload of data
     messages to the session as it arrives (a message is never gathered
     whole, so memory stays bounded whatever its size), answers pings, sends
     its own pings to keep the way open and to find browsers that are gone,
@@ -41,6 +43,7 @@ from wsproto.utilities import LocalProtocolError
 
 from gateway.session.lifecycle import CloseReason
 from gateway.session.stream import write_now
+from gateway.session.wsframes import at_message_boundary, whole_message
 
 if TYPE_CHECKING:
     from gateway.session.relay import GameSession
@@ -281,6 +284,10 @@ class MessageReader:
         """
         if self.finished:
             return  # after a close frame (or a protocol error), nothing counts
+        if at_message_boundary(self._ws):
+            data = self._whole_messages(data)
+            if not data or self.finished:
+                return
         self._ws.receive_data(data)
         for event in self._ws.events():
             if self.finished:
@@ -293,6 +300,26 @@ class MessageReader:
                 self._awaiting_pong = False
             elif isinstance(event, CloseConnection):
                 self._close_frame(event)
+
+    def _whole_messages(self, data: bytes) -> bytes:
+        """
+        Deliver the whole data messages at the front of C{data} without
+        wsproto (L{gateway.session.wsframes}); the rest, from the first frame
+        the fast path does not take, is for wsproto.
+        """
+        offset = 0
+        while not self.finished and self._ws.state is ConnectionState.OPEN:
+            found = whole_message(data, offset, self._max_message)
+            if found is None:
+                break
+            chunk, offset = found
+            # As _message does for a whole message under the size limit.
+            if self.session is not None:
+                if chunk:
+                    self.session.client_data(chunk)
+            elif self._sink is not None:
+                self._sink(chunk, True)
+        return data[offset:] if offset else data
 
     def _message(self, event: Message[Any]) -> None:
         payload = event.data
