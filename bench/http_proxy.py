@@ -32,7 +32,7 @@ C{--rounds}; the column order rotates each round.  wrk, the proxy and the app
 share the machine's cores.
 
 C{--profile S} then runs wrk at the gateway once more while py-spy samples
-it for C{S} seconds (500 Hz, idle samples included), and prints where its time
+it for C{S} seconds (500 Hz, or C{PY_SPY_RATE}; idle samples included), and prints where its time
 went by area (waiting in epoll, send/recv, twisted.web's server and client,
 the proxy's own modules, logging...: L{bench.profile_areas}) and the hottest
 frames; C{--profile-raw FILE} keeps py-spy's profile.
@@ -86,6 +86,8 @@ BODY = (
 NGINX = os.environ.get("NGINX", "nginx")
 HAPROXY = os.environ.get("HAPROXY", "haproxy")
 WRK = os.environ.get("WRK", "wrk")
+RATE = int(os.environ.get("PY_SPY_RATE", "500"))
+"""py-spy's samples per second (C{PY_SPY_RATE}, default 500)."""
 PY_SPY = os.environ.get("PY_SPY", str(Path(sys.executable).with_name("py-spy")))
 
 
@@ -563,8 +565,12 @@ def profile(port: int, pid: int, seconds: int, raw: Path, connections: int) -> s
 
     @param raw: where py-spy writes the profile (C{--format raw}).
     """
-    spy = [PY_SPY, "record", "-p", str(pid), "-d", f"{seconds:g}", "-r", "500", "--idle"]
-    spy += ["--nonblocking", "--format", "raw", "-o", str(raw)]
+    spy = [PY_SPY, "record", "-p", str(pid), "-d", f"{seconds:g}", "-r", str(RATE), "--idle"]
+    # Blocking (py-spy's default): the gateway is paused for each sample.
+    # That costs it some throughput, but --nonblocking, reading the stack of
+    # a process at 100% of a core, lost more than half the samples here, and
+    # not evenly (the access log went from 15% to 2%).
+    spy += ["--format", "raw", "-o", str(raw)]
     with subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as sampler:
         try:
             time.sleep(0.5)
@@ -579,7 +585,7 @@ def profile(port: int, pid: int, seconds: int, raw: Path, connections: int) -> s
             return f"py-spy failed: {sampler.stderr.read().decode(errors='replace')[-500:]}"
     total, busy, areas, hottest = profile_areas(raw)
     lines = [
-        f"py-spy, {seconds:g} s at 500 Hz (idle included) during wrk -t1 -c{connections}: "
+        f"py-spy, {seconds:g} s at {RATE} Hz (idle included) during wrk -t1 -c{connections}: "
         f"{load.values['rps']:.0f} req/s, gateway CPU {load.proxy_cpu:.2f} s; "
         f"{total} samples, {busy} busy (not in epoll_wait)",
         "",
