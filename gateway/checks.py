@@ -255,10 +255,13 @@ def read_token_file(option: str, path: str) -> str:
     return check_token(f"{option} {path}", token)
 
 
-def check_writable_file(option: str, path: str) -> str:
+def check_writable_file(option: str, path: str, *, check_access: bool = True) -> str:
     """
     Check that a file can be appended to (or created): C{-} stands for
     standard output.
+
+    @param check_access: whether this process's permissions count too (not
+        only that the path could be a file).
 
     @return: the absolute path, or C{-}.
     @raise ConfigError: it is a folder, its folder does not exist, or it
@@ -273,7 +276,7 @@ def check_writable_file(option: str, path: str) -> str:
     if not os.path.isdir(folder):
         raise ConfigError(f"{option}: the folder of {path!r} does not exist")
     target = absolute if os.path.exists(absolute) else folder
-    if not os.access(target, os.W_OK):
+    if check_access and not os.access(target, os.W_OK):
         raise ConfigError(f"{option}: {path!r} is not writable")
     return absolute
 

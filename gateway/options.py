@@ -12,6 +12,7 @@ really starts.
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from gateway.config import (
     PoolSpec,
     RouteSpec,
 )
+from gateway.ownership import TokenFiles, ownership_lines
 from gateway.poolconfig import RawPool, RawRoute
 from gateway.settings import RawBackend, Settings, build_config
 
@@ -328,6 +330,9 @@ class GatewayOptions(usage.Options):
         self._websocket: list[str] = []
         self._origins: list[str] = []
         self._given: set[str] = set()
+        # The admin token files read at start (as root, before twistd -u):
+        # a reload as the dropped user keeps a token it cannot read again.
+        self._tokens = TokenFiles()
         self.config = _DEFAULTS
 
     @override
@@ -397,7 +402,23 @@ class GatewayOptions(usage.Options):
             raise usage.UsageError(str(error)) from None
         if self["check-config"]:
             print(summary(self.config))
+            self._print_ownership()
             raise SystemExit(0)
+
+    def _print_ownership(self) -> None:
+        """
+        With twistd's C{-u}/C{-g} (the parent's C{uid} and C{gid}), what the
+        files a reload reads need (see L{gateway.ownership}).
+        """
+        parent = getattr(self, "parent", None)
+        uid = parent.get("uid") if isinstance(parent, usage.Options) else None
+        if uid is None or uid == os.geteuid():
+            return
+        gid = parent.get("gid") if isinstance(parent, usage.Options) else None
+        if gid is None:
+            gid = pwd.getpwuid(uid).pw_gid
+        for line in ownership_lines(self.config, uid, gid, self._tokens.paths()):
+            print(line)
 
     def _build(self, *, reloading: bool = False) -> GatewayConfig:
         reactor = self._reactor
@@ -480,6 +501,7 @@ class GatewayOptions(usage.Options):
             reactor,
             config_file=os.path.abspath(path) if path else None,
             read_folders=not reloading,
+            tokens=self._tokens,
         )
 
 

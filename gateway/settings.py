@@ -51,6 +51,7 @@ from gateway.config import (
     BackendSpec,
     GatewayConfig,
 )
+from gateway.ownership import TokenFiles
 from gateway.poolconfig import RawPool, RawRoute, check_pools, check_routes
 
 __all__ = [
@@ -153,14 +154,15 @@ def build_config(
     *,
     config_file: str | None = None,
     read_folders: bool = True,
+    tokens: TokenFiles | None = None,
 ) -> GatewayConfig:
     """
     Check every setting and build the configuration.
 
     @param reactor: endpoint strings are parsed for it (never bound).
     @param config_file: the file the settings came from, if any.
-    @param read_folders: read and check the PEM folders of C{tls:} fronts
-        (at start, not on reload: see L{check_server_endpoint}).
+    @param read_folders: at start: read C{tls:} PEM folders, check the access log opens.
+    @param tokens: reads the admin token file (see L{TokenFiles}).
     @raise ConfigError: a setting is invalid; the message names it.
     """
     s, label = settings, settings.label
@@ -168,9 +170,9 @@ def build_config(
     listen = _fronts(s, reactor, demo=demo, read_folders=read_folders)
     backends = _backends(s, reactor, demo=demo or bool(s.routes))
     rate_per_ip, rate_burst, busy_message = _rate_limit(s)
-    admin, admin_token, admin_hosts = _admin(s, reactor, listen, read_folders=read_folders)
+    admin, token, hosts = _admin(s, reactor, listen, read_folders=read_folders, tokens=tokens)
     handover, workers = _processes(s, listen)
-    access_log, access_log_only = _access_log(s)
+    access_log, access_log_only = _access_log(s, reloading=not read_folders)
     balance, session_key = _balance(s)
     http_root = s["http-root"]
     if http_root is not None:
@@ -207,8 +209,8 @@ def build_config(
         health_interval=health_interval,
         retries=retries,
         admin=admin,
-        admin_token=admin_token,
-        admin_hosts=admin_hosts,
+        admin_token=token,
+        admin_hosts=hosts,
         drain_timeout=drain_timeout,
         handover=handover,
         relay=relay,
@@ -342,7 +344,12 @@ def _rate_limit(s: Settings) -> tuple[float, float | None, str | None]:
 
 
 def _admin(
-    s: Settings, reactor: IReactorCore, listen: tuple[str, ...], *, read_folders: bool
+    s: Settings,
+    reactor: IReactorCore,
+    listen: tuple[str, ...],
+    *,
+    read_folders: bool,
+    tokens: TokenFiles | None = None,
 ) -> tuple[str | None, str | None, tuple[str, ...]]:
     """
     The admin endpoint (C{none}: none; never one of the public fronts), its
@@ -359,7 +366,7 @@ def _admin(
             raise ConfigError(
                 f"{s.label('admin')}: {admin!r} is also a {s.other('listen', 'admin')} front"
             )
-    token = _admin_token(s, admin)
+    token = _admin_token(s, admin, tokens)
     hosts = s["admin-host"]
     admin_hosts: tuple[str, ...] = ()
     if hosts is not None:
@@ -370,7 +377,7 @@ def _admin(
     return admin, token, admin_hosts
 
 
-def _admin_token(s: Settings, admin: str | None) -> str | None:
+def _admin_token(s: Settings, admin: str | None, tokens: TokenFiles | None) -> str | None:
     """
     The admin token, given as it is or in a file (not both), and only with
     an admin endpoint.
@@ -384,7 +391,8 @@ def _admin_token(s: Settings, admin: str | None) -> str | None:
     if s["admin-token"] is not None:
         token = check_token(s.label("admin-token"), s["admin-token"])
     elif s["admin-token-file"] is not None:
-        token = read_token_file(s.label("admin-token-file"), s["admin-token-file"])
+        read = read_token_file if tokens is None else tokens.read
+        token = read(s.label("admin-token-file"), s["admin-token-file"])
     if token is not None and admin is None:
         raise ConfigError(
             f"{s.label('admin-token')}: needs an {s.other('admin', 'admin-token')} endpoint "
@@ -423,16 +431,21 @@ def _processes(s: Settings, listen: tuple[str, ...]) -> tuple[str | None, int]:
     return handover, workers
 
 
-def _access_log(s: Settings) -> tuple[str | None, bool]:
+def _access_log(s: Settings, *, reloading: bool = False) -> tuple[str | None, bool]:
     """
     The access log file (C{-}: standard output), and whether the access
-    events go only there (which needs the file).
+    events go only there (which needs the file).  At a reload, a file that
+    cannot be opened is not a reason to refuse the whole configuration: the
+    process may run as a user that cannot (twistd C{-u}), and reopening it
+    keeps the open file and says so (L{gateway.ops.access.AccessLogFile}).
 
     @return: C{access_log}, C{access_log_only}.
     """
     access_log = s["access-log"]
     if access_log is not None:
-        access_log = check_writable_file(s.label("access-log"), access_log)
+        access_log = check_writable_file(
+            s.label("access-log"), access_log, check_access=not reloading
+        )
     access_log_only = bool(s["access-log-only"])
     if access_log_only and access_log is None:
         raise ConfigError(

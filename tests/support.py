@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -136,6 +136,7 @@ class GatewayProcess:
         tmp_path: Path,
         host: str = "127.0.0.1",
         reactor: str | None = None,
+        twistd_args: Sequence[str] = (),
     ) -> None:
         """
         @param args: the gateway's options; C{--listen tcp:0:interface=HOST}
@@ -144,6 +145,7 @@ class GatewayProcess:
         @param tmp_path: where the log goes.
         @param host: the front's address when C{--listen} is added here.
         @param reactor: twistd's C{-r} (C{uvloop}, C{asyncio}), if not the default.
+        @param twistd_args: more of twistd's own options (C{-u}, C{-g}).
         """
         self.host = host
         self.log_path = tmp_path / "gateway.log"
@@ -154,7 +156,7 @@ class GatewayProcess:
             args = ["--admin", "none", *args]
         self.argv = [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path)]
         self.argv += ["-r", reactor] if reactor is not None else []
-        self.argv += ["gateway"]
+        self.argv += [*twistd_args, "gateway"]
         self.argv += args
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0

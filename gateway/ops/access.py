@@ -28,6 +28,7 @@ per chunk.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import IO, Any
 
@@ -36,6 +37,7 @@ from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublishe
 from typing_extensions import override
 from zope.interface import implementer
 
+from gateway.ownership import user_name
 from gateway.process.errors import StartupError
 
 __all__ = [
@@ -247,6 +249,20 @@ def _open(path: str) -> IO[str]:
     return sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
 
 
+def _same_file(stream: IO[str], path: str) -> bool:
+    """
+    Whether C{path} is the file C{stream} writes to (not renamed away by
+    log rotation, nor replaced).
+    """
+    if path == "-":
+        return True
+    try:
+        opened, named = os.fstat(stream.fileno()), os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+
+
 class AccessLogFile(Service):
     """
     C{--access-log}: while running, appends the access events to a file as
@@ -286,20 +302,29 @@ class AccessLogFile(Service):
     def reopen(self, path: str) -> None:
         """
         Close the file and open C{path} (the same one after log rotation, or
-        a new one from a reload).  If it cannot be opened, the old file is
-        kept and that is logged.
+        a new one from a reload); nothing to do while C{path} is still the
+        open file.  If it cannot be opened (after C{twistd -u}, the folder
+        may not be writable by the user the gateway runs as), the open file
+        is kept and one line says what is needed.
         """
         if self._stream is None or self._observer is None:
             self.path = path
             return
+        if path == self.path and _same_file(self._stream, path):
+            return
         try:
             stream = _open(path)
         except OSError as error:
+            folder = os.path.dirname(os.path.abspath(path))
             self._log.error(
-                "cannot open the access log {path}: {error}; still writing to {old}",
+                "cannot open the access log {path} as user {user}: {error}; still writing "
+                "to the file opened before ({old}, renamed if it was rotated): make {folder} "
+                "writable by {user}, or rotate with copytruncate",
                 path=path,
+                user=user_name(),
                 error=error.strerror or str(error),
                 old=self.path,
+                folder=folder,
             )
             return
         old, old_path = self._stream, self.path

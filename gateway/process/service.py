@@ -26,6 +26,7 @@ from gateway.pool.backends import Pool
 from gateway.pool.pools import Pools
 from gateway.process.errors import startup_errors
 from gateway.process.listener import FrontListener
+from gateway.process.notify import ServiceNotifier
 from gateway.process.reload import Reloader
 from gateway.process.takeover import TakeOver
 from gateway.process.workerpool import WorkerPool
@@ -77,6 +78,7 @@ class GatewayService(MultiService):
         workers: WorkerPool | None = None,
         takeover: TakeOver | None = None,
         role: str = "single",
+        notifier: ServiceNotifier | None = None,
     ) -> None:
         """
         @param reloader: the running configuration and the parts it sets
@@ -95,6 +97,10 @@ class GatewayService(MultiService):
         @param takeover: with C{--handover}, taking the listening sockets
             over from the gateway this one replaces, as it starts.
         @param role: C{single}, C{acceptor} or C{worker}.
+        @param notifier: tells systemd when every front listens, and when a
+            reload or a drain begins and ends; by default, with
+            C{handle_signals} and unless C{role} is C{worker}, the one
+            C{$NOTIFY_SOCKET} names.
         """
         super().__init__()
         self.reloader = reloader
@@ -113,6 +119,7 @@ class GatewayService(MultiService):
         self._drain_call: IDelayedCall | None = None
         self._deadline = 0.0
         self._closing = False
+        self._notifier = notifier
 
     @property
     def config(self) -> GatewayConfig:
@@ -151,11 +158,19 @@ class GatewayService(MultiService):
 
     @override
     def privilegedStartService(self) -> None:
+        self._connect_notifier()  # before twistd drops privileges: see ServiceNotifier
         with startup_errors():
             self._install_hangup()
             if self._takeover is not None:
                 self._takeover.take()
             super().privilegedStartService()
+
+    def _connect_notifier(self) -> None:
+        """
+        The notifier C{$NOTIFY_SOCKET} names, unless one was given (or this is a worker).
+        """
+        if self._notifier is None and self._handle_signals and self.role != "worker":
+            self._notifier = ServiceNotifier.from_environment()
 
     def _install_hangup(self) -> None:
         """
@@ -174,6 +189,7 @@ class GatewayService(MultiService):
 
     @override
     def startService(self) -> None:
+        self._connect_notifier()  # twist calls no privilegedStartService
         with startup_errors():
             self._install_hangup()
             if self._takeover is not None:
@@ -182,6 +198,10 @@ class GatewayService(MultiService):
             super().startService()
         if self._takeover is not None:
             self._takeover.finish()
+        if self._notifier is not None:
+            # Every front was bound (or taken over) by now: accepting starts
+            # as the reactor runs, and connections wait in the backlog until then.
+            self._notifier.ready(f"{len(self.listeners)} fronts listening")
 
     def fronts(self) -> list[FrontListener]:
         """
@@ -199,11 +219,15 @@ class GatewayService(MultiService):
         if self.draining:
             self._log.warn("reload ignored: the gateway is draining")
             return False
-        if not self.reloader.reload():
-            return False
-        if self.workers is not None:
+        if self._notifier is not None:
+            self._notifier.reloading()
+        applied = self.reloader.reload()
+        if applied and self.workers is not None:
             self.workers.reconfigure()
-        return True
+        if self._notifier is not None:
+            # READY=1 ends the reload for systemd, applied or refused.
+            self._notifier.ready("reloaded" if applied else "reload refused: see the log")
+        return applied
 
     @property
     def draining(self) -> bool:
@@ -233,6 +257,8 @@ class GatewayService(MultiService):
         return result
 
     def _start_drain(self) -> None:
+        if self._notifier is not None:
+            self._notifier.stopping("draining")
         for listener in self.listeners:
             listener.stopService()
         games, https = self._live()
