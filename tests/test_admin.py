@@ -89,6 +89,8 @@ def test_status_document() -> None:
             "failures": 2,
             "weight": 1,
             "reason": "",
+            "check_failures": 0,
+            "changed": 0.0,
         },
         {
             "name": "b",
@@ -100,6 +102,8 @@ def test_status_document() -> None:
             "failures": 0,
             "weight": 1,
             "reason": "health check failed 3 times: refused",
+            "check_failures": 0,
+            "changed": 0.0,
         },
     ]
     assert document["sessions"] == [
@@ -136,12 +140,12 @@ def test_status_document() -> None:
 def test_metrics_parse_with_prometheus_client() -> None:
     """
     /metrics is valid Prometheus text (parsed by prometheus_client's own
-    parser), every name starts with gateway_, and labels are bounded (no
-    client address appears).
+    parser), every name starts with gateway_ (or process_, prometheus_client's
+    process collector), and labels are bounded (no client address appears).
     """
     text = render_metrics(make_state()).decode()
     families = {family.name: family for family in text_string_to_metric_families(text)}
-    assert all(name.startswith("gateway_") for name in families)
+    assert all(name.startswith(("gateway_", "process_")) for name in families)
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in families.values()

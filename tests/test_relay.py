@@ -528,7 +528,7 @@ def test_each_attempt_gets_its_own_timeout() -> None:
     assert gateway.attempted_ports() == [7000, 7001]
     gateway.reactor.advance(0.5)
     assert gateway.attempted_ports() == [7000, 7001, 7002]
-    assert gateway.counters() == [(0, 0, 1), (0, 0, 1), (0, 0, 0)]
+    assert gateway.counters() == [(0, 0, 1), (0, 0, 1), (1, 0, 0)]  # the pending attempt counts
 
 
 def test_failover_skips_down_backend() -> None:
@@ -930,7 +930,7 @@ def test_tls_link_not_established_at_tcp_connect() -> None:
     assert gateway.client.producer is None
     assert gateway.session.backend is None
     assert gateway.session.bytes_in == 0
-    assert gateway.counters() == [(0, 0, 0)] * 3
+    assert gateway.counters() == [(1, 0, 0), (0, 0, 0), (0, 0, 0)]  # the pending attempt counts
     assert gateway.client.flow == []
     assert [call.getTime() for call in gateway.reactor.getDelayedCalls()] == [CONNECT_TIMEOUT]
 
@@ -973,7 +973,7 @@ def test_handshake_reported_on_an_aborting_tls_transport_is_ignored() -> None:
     handshake_completed(protocol)
     assert written(backend) == b""
     assert gateway.session.backend is None
-    assert gateway.counters() == [(0, 0, 0)] * 3
+    assert gateway.counters() == [(1, 0, 0), (0, 0, 0), (0, 0, 0)]  # the pending attempt counts
 
 
 def test_tls_handshake_timeout_fails_over(log_events: EventLoggingObserver) -> None:
@@ -994,7 +994,7 @@ def test_tls_handshake_timeout_fails_over(log_events: EventLoggingObserver) -> N
     assert backend.aborted
     backend.connection_lost(Failure(ConnectionAborted()))
     assert gateway.attempted_ports() == [7000, 7001]
-    assert gateway.counters() == [(0, 0, 1), (0, 0, 0), (0, 0, 0)]
+    assert gateway.counters() == [(0, 0, 1), (1, 0, 0), (0, 0, 0)]  # the pending attempt counts
     assert warnings_logged(log_events) == [
         f"backend b0 failed for a session from {PEER}: TLS handshake not done within 5 s"
     ]
@@ -1047,7 +1047,7 @@ def test_tls_link_lost_before_ready_fails_over(
     gateway.session.client_data(b"two ")
     backend.connection_lost(Failure(error))
     assert gateway.attempted_ports() == [7000, 7001]
-    assert gateway.counters() == [(0, 0, 1), (0, 0, 0), (0, 0, 0)]
+    assert gateway.counters() == [(0, 0, 1), (1, 0, 0), (0, 0, 0)]  # the pending attempt counts
     [warning] = warnings_logged(log_events)
     assert warning.startswith(f"backend b0 failed for a session from {PEER}: {logged}")
     assert gateway.session.backend is None

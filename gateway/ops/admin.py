@@ -263,7 +263,7 @@ class _Metrics(Resource):
         if self._state.workers is None:
             return render_metrics(self._state)
         _WorkersReply(request).answer(
-            gather_status(self._state, 0), lambda result, _: metrics_text(result[0])
+            gather_status(self._state, 0), lambda result, _: metrics_text(result[0], self._state)
         )
         return NOT_DONE_YET
 

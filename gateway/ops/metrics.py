@@ -5,22 +5,41 @@ C{prometheus_client} from a collector that reads the document at scrape
 time (nothing is counted twice, and nothing costs anything between
 scrapes).  Labels are bounded: backend names, refusal reasons and session
 kinds, never client addresses.
+
+Besides the document's counters: the histograms the data path keeps as
+plain lists (L{gateway.histogram}), the configured limits (so that "how
+close to full" is one division), C{gateway_build_info}, the start time,
+and C{prometheus_client}'s process collector (C{process_*}: RSS, CPU time,
+open descriptors) for the process that serves the endpoint (with
+C{--workers}, the acceptor's: the workers' are not included).
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from typing_extensions import override
 
+import twisted
+from gateway import __version__
+from gateway.config import GatewayConfig
+from gateway.front.limits import default_burst
+from gateway.histogram import CONNECT_TIME_BOUNDS, SESSION_DURATION_BOUNDS
 from gateway.ops.status import SESSION_KINDS, AdminState, status
 from gateway.pool.backends import BackendState
 
-__all__ = ["metrics_text", "render_metrics"]
+__all__ = ["limits_of", "metrics_text", "render_metrics"]
 
 
 def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:
@@ -86,37 +105,164 @@ def _sessions(counters: dict[str, Any]) -> Iterator[Metric]:
     )
 
 
-def _backends(backends: list[dict[str, Any]]) -> Iterator[Metric]:
+def _backends(backends: list[dict[str, Any]], started: float) -> Iterator[Metric]:
     """
     The per-backend families, labelled by backend name and pool (a worker's
     status merged by the acceptor may lack the pool: the game pool's then).
+
+    @param started: when the gateway started (the last change of a backend
+        that has not changed since).
     """
+    labels = ["backend", "pool"]
     up = GaugeMetricFamily(
-        "gateway_backend_up", "1 if the backend takes new sessions.", labels=["backend", "pool"]
+        "gateway_backend_up", "1 if the backend takes new sessions.", labels=labels
+    )
+    state = GaugeMetricFamily(
+        "gateway_backend_state",
+        "1 for the backend's state (up, down, draining), 0 for the others.",
+        labels=[*labels, "state"],
+    )
+    changed = GaugeMetricFamily(
+        "gateway_backend_state_changed_seconds",
+        "When the backend's state last changed (the start time if it has not), since the epoch.",
+        labels=labels,
     )
     active = GaugeMetricFamily(
         "gateway_backend_active_sessions",
-        "Sessions on the backend now.",
-        labels=["backend", "pool"],
+        "Sessions on the backend now (game sessions from the choice of the backend).",
+        labels=labels,
     )
     total = CounterMetricFamily(
-        "gateway_backend_sessions", "Sessions the backend took.", labels=["backend", "pool"]
+        "gateway_backend_sessions", "Sessions the backend took.", labels=labels
     )
     failures = CounterMetricFamily(
         "gateway_backend_connect_failures",
         "Failed connection attempts to the backend.",
-        labels=["backend", "pool"],
+        labels=labels,
+    )
+    checks = CounterMetricFamily(
+        "gateway_backend_check_failures", "Failed health checks of the backend.", labels=labels
     )
     for backend in backends:
         name = [backend["name"], backend.get("pool", "game")]
         up.add_metric(name, 1 if backend["state"] == BackendState.UP.value else 0)
+        for value in BackendState:
+            state.add_metric([*name, value.value], 1 if backend["state"] == value.value else 0)
+        changed.add_metric(name, backend.get("changed") or started)
         active.add_metric(name, backend["active"])
         total.add_metric(name, backend["total"])
         failures.add_metric(name, backend["failures"])
-    yield up
-    yield active
-    yield total
-    yield failures
+        checks.add_metric(name, backend.get("check_failures", 0))
+    yield from (up, state, changed, active, total, failures, checks)
+
+
+def _histogram_buckets(
+    bounds: tuple[float, ...], state: dict[str, Any]
+) -> list[tuple[str, float]]:
+    """
+    A histogram state's counts as Prometheus's cumulative C{le} buckets.
+    """
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*bounds, float("inf")), state["counts"], strict=True):
+        running += count
+        buckets.append((floatToGoString(bound), running))
+    return buckets
+
+
+def _histograms(document: dict[str, Any]) -> Iterator[Metric]:
+    """
+    The histograms: session durations by kind, connect times and bytes by
+    backend.
+    """
+    counters = document["counters"]
+    durations = HistogramMetricFamily(
+        "gateway_session_duration_seconds",
+        "How long sessions lasted (counted when they end), by kind.",
+        labels=["kind"],
+    )
+    for kind, state in sorted(counters.get("durations", {}).items()):
+        durations.add_metric(
+            [kind], _histogram_buckets(SESSION_DURATION_BOUNDS, state), state["sum"]
+        )
+    yield durations
+    pools = {backend["name"]: backend.get("pool", "game") for backend in document["backends"]}
+    connect = HistogramMetricFamily(
+        "gateway_backend_connect_seconds",
+        "Time for a game or WebSocket session's backend connection to become usable.",
+        labels=["backend", "pool"],
+    )
+    for name, state in counters.get("connect_time", {}).items():
+        connect.add_metric(
+            [name, pools.get(name, "game")],
+            _histogram_buckets(CONNECT_TIME_BOUNDS, state),
+            state["sum"],
+        )
+    yield connect
+    moved = CounterMetricFamily(
+        "gateway_backend_bytes",
+        "Bytes of game and WebSocket sessions, by backend and direction (in: from clients).",
+        labels=["backend", "pool", "direction"],
+    )
+    for name, (bytes_in, bytes_out) in counters.get("backend_bytes", {}).items():
+        pool = pools.get(name, "game")
+        moved.add_metric([name, pool, "in"], bytes_in)
+        moved.add_metric([name, pool, "out"], bytes_out)
+    yield moved
+
+
+def limits_of(config: GatewayConfig) -> dict[str, tuple[str, float]]:
+    """
+    The configured limits as C{/metrics} shows them: metric name ->
+    (documentation, value).  0 means no limit, as on the command line.
+    """
+    return {
+        "gateway_limit_max_connections": (
+            "--max-connections: concurrent front connections (0: no cap).",
+            config.max_connections,
+        ),
+        "gateway_limit_max_per_ip": (
+            "--max-per-ip: concurrent connections from one address (0: no cap).",
+            config.max_per_ip,
+        ),
+        "gateway_limit_rate_per_ip": (
+            "--rate-per-ip: new connections per second from one address (0: no limit).",
+            config.rate_per_ip,
+        ),
+        "gateway_limit_rate_burst": (
+            "--rate-burst: the per-address rate limit's bucket (0: no rate limit).",
+            0.0
+            if not config.rate_per_ip
+            else config.rate_burst or default_burst(config.rate_per_ip),
+        ),
+        "gateway_limit_websocket_max_message_bytes": (
+            "--websocket-max-message: the largest WebSocket message.",
+            config.websocket_max_message,
+        ),
+    }
+
+
+def _process(state: AdminState) -> Iterator[Metric]:
+    """
+    The gateway's build, start time and configured limits.
+    """
+    info = GaugeMetricFamily(
+        "gateway_build_info",
+        "Always 1; the gateway's version and those of Python and Twisted.",
+        labels=["version", "python", "twisted"],
+    )
+    info.add_metric([__version__, platform.python_version(), twisted.__version__], 1)
+    yield info
+    start = GaugeMetricFamily(
+        "gateway_start_time_seconds", "When the gateway started, since the epoch."
+    )
+    start.add_metric([], state.started)
+    yield start
+    if state.config is not None:
+        for name, (documentation, value) in limits_of(state.config).items():
+            limit = GaugeMetricFamily(name, documentation)
+            limit.add_metric([], value)
+            yield limit
 
 
 def _workers(workers: list[dict[str, Any]], counters: dict[str, Any]) -> Iterator[Metric]:
@@ -143,8 +289,9 @@ class _GatewayCollector(Collector):
     Turns a status document into Prometheus metric families at scrape time.
     """
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, Any], state: AdminState) -> None:
         self._document = document
+        self._state = state
 
     @override
     def collect(self) -> Iterator[Metric]:
@@ -152,17 +299,22 @@ class _GatewayCollector(Collector):
         counters = document["counters"]
         yield from _admission(counters)
         yield from _sessions(counters)
-        yield from _backends(document["backends"])
+        yield from _backends(document["backends"], document["started"])
+        yield from _histograms(document)
+        yield from _process(self._state)
         if "workers" in document:
             yield from _workers(document["workers"], counters)
 
 
-def metrics_text(document: dict[str, Any]) -> bytes:
+def metrics_text(document: dict[str, Any], state: AdminState) -> bytes:
     """
-    The Prometheus text exposition of a status document's counters.
+    The Prometheus text exposition of a status document's counters, with
+    the configuration, build and process families of C{state}'s process.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_GatewayCollector(document))
+    registry.register(_GatewayCollector(document, state))
+    # Reads /proc/self at scrape time (nothing on other systems).
+    ProcessCollector(registry=registry)
     return generate_latest(registry)
 
 
@@ -171,4 +323,4 @@ def render_metrics(state: AdminState) -> bytes:
     The Prometheus text exposition of the gateway's counters (one process).
     """
     # The counters only: listing the sessions would cost for nothing.
-    return metrics_text(status(state, limit=0))
+    return metrics_text(status(state, limit=0), state)

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.front.limits import Refusal
+from gateway.histogram import SESSION_DURATION_BOUNDS, Histogram
 from gateway.ops.sampling import Sampler
 
 __all__ = ["Counters", "LiveSession", "RefusalLog", "SessionRegistry"]
@@ -85,14 +86,24 @@ class SessionRegistry:
     @ivar started: sessions ever added, by kind.
     @ivar ended_bytes_in: bytes from clients in sessions that ended.
     @ivar ended_bytes_out: bytes to clients in sessions that ended.
+    @ivar ended_by_backend: bytes from and to clients in sessions that
+        ended, by the name of their backend (sessions that had one).
+    @ivar durations: how long the sessions that ended lasted, by kind (with
+        a clock).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime | None = None) -> None:
+        """
+        @param clock: for the sessions' durations (L{None}: not recorded).
+        """
         self._next = 1
+        self._clock = clock
         self._live: dict[int, LiveSession] = {}
         self.started: Counter[str] = Counter()
         self.ended_bytes_in = 0
         self.ended_bytes_out = 0
+        self.ended_by_backend: dict[str, list[int]] = {}
+        self.durations: dict[str, Histogram] = {}
 
     def add(self, session: LiveSession, number: int | None = None) -> int:
         """
@@ -115,9 +126,21 @@ class SessionRegistry:
         The session C{number} ended (again: nothing).
         """
         session = self._live.pop(number, None)
-        if session is not None:
-            self.ended_bytes_in += session.bytes_in
-            self.ended_bytes_out += session.bytes_out
+        if session is None:
+            return
+        bytes_in, bytes_out = session.bytes_in, session.bytes_out
+        self.ended_bytes_in += bytes_in
+        self.ended_bytes_out += bytes_out
+        backend = session.backend_name
+        if backend is not None:
+            moved = self.ended_by_backend.setdefault(backend, [0, 0])
+            moved[0] += bytes_in
+            moved[1] += bytes_out
+        if self._clock is not None:
+            durations = self.durations.get(session.kind)
+            if durations is None:
+                durations = self.durations[session.kind] = Histogram(SESSION_DURATION_BOUNDS)
+            durations.observe(self._clock.seconds() - session.started)
 
     def __len__(self) -> int:
         return len(self._live)

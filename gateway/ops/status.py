@@ -15,17 +15,27 @@ L{gateway.ops.metrics} renders the same document's counters for Prometheus.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from json.encoder import encode_basestring_ascii as _quote
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.front.limits import Refusal
+from gateway.histogram import (
+    CONNECT_TIME_BOUNDS,
+    SESSION_DURATION_BOUNDS,
+    empty_state,
+    merge_state,
+)
 from gateway.ops.registry import Counters, LiveSession, SessionRegistry
 from gateway.pool.backends import Backend, BackendState
 from gateway.pool.pools import Pools
 from gateway.process.wire import StatusReply
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 __all__ = [
     "SESSION_KINDS",
@@ -82,6 +92,8 @@ class AdminState:
     @ivar hosts: host names (besides IP addresses and C{localhost}) that
         requests may name in their C{Host} header.
     @ivar started: when the gateway started, in the clock's seconds.
+    @ivar config: the configuration in force, for the limits C{/metrics}
+        shows (L{None}: none shown).
     """
 
     def __init__(
@@ -94,6 +106,7 @@ class AdminState:
         token: str | None = None,
         hosts: tuple[str, ...] = (),
         workers: WorkerProcesses | None = None,
+        config: GatewayConfig | None = None,
     ) -> None:
         """
         @param workers: with C{--workers}, the worker processes, whose
@@ -109,12 +122,16 @@ class AdminState:
         self.token = token
         self.hosts = tuple(name.lower() for name in hosts)
         self.workers = workers
+        self.config = config
         self.started = clock.seconds() if clock is not None else 0.0
 
-    def reconfigure(self, token: str | None, hosts: Sequence[str]) -> None:
+    def reconfigure(
+        self, token: str | None, hosts: Sequence[str], config: GatewayConfig | None = None
+    ) -> None:
         """
         A new admin token and host names for the requests that come next (a
-        reload), checked and normalised as at start.
+        reload), checked and normalised as at start, and the new
+        configuration (L{None}: keep the one in force).
 
         @raise ValueError: the token is empty.
         """
@@ -122,6 +139,8 @@ class AdminState:
             raise ValueError("the admin token must not be empty")
         self.token = token
         self.hosts = tuple(name.lower() for name in hosts)
+        if config is not None:
+            self.config = config
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:
@@ -138,6 +157,8 @@ def backend_status(backend: Backend) -> dict[str, Any]:
         "failures": backend.failures,
         "weight": backend.weight,
         "reason": backend.reason,
+        "check_failures": backend.check_failures,
+        "changed": backend.changed,
     }
 
 
@@ -165,11 +186,17 @@ def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
     pool, registry, counters = state.pool, state.registry, state.counters
     sessions: list[dict[str, Any]] = []
     live_in = live_out = 0
+    by_backend = {name: list(moved) for name, moved in registry.ended_by_backend.items()}
     ids, live = registry.snapshot()
     for number, session in zip(ids, live, strict=True):
         bytes_in, bytes_out = session.bytes_in, session.bytes_out
         live_in += bytes_in
         live_out += bytes_out
+        name = session.backend_name
+        if name is not None:
+            moved = by_backend.setdefault(name, [0, 0])
+            moved[0] += bytes_in
+            moved[1] += bytes_out
         if limit is not None and len(sessions) >= limit:
             continue  # still summed into the byte totals
         sessions.append(session_entry(number, session))
@@ -191,6 +218,9 @@ def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
             "unserved": pool.unserved,
             "key_fallbacks": counters.key_fallbacks,
             "health_transitions": pool.transitions,
+            "backend_bytes": by_backend,
+            "connect_time": {b.name: b.connect_time.state() for b in pool.backends},
+            "durations": {kind: h.state() for kind, h in registry.durations.items()},
         },
     }
 
@@ -211,6 +241,26 @@ def session_json(number: int, session: LiveSession, worker: int | None = None) -
         f'"bytes_in":{int(session.bytes_in)},"bytes_out":{int(session.bytes_out)}'
         + ("}" if worker is None else f',"worker":{worker}}}')
     )
+
+
+def _merge_histograms(counters: dict[str, Any], theirs: dict[str, Any]) -> None:
+    """
+    Add a worker's per-backend bytes, connect times and session durations
+    to the acceptor's C{counters} (a worker of another version, which has
+    none or other buckets, adds nothing to the histograms).
+    """
+    for name, (bytes_in, bytes_out) in theirs.get("backend_bytes", {}).items():
+        moved = counters["backend_bytes"].setdefault(name, [0, 0])
+        moved[0] += bytes_in
+        moved[1] += bytes_out
+    for family, bounds in (
+        ("connect_time", CONNECT_TIME_BOUNDS),
+        ("durations", SESSION_DURATION_BOUNDS),
+    ):
+        ours = counters[family]
+        for label, state in theirs.get(family, {}).items():
+            with suppress(ValueError):
+                merge_state(ours.setdefault(label, empty_state(bounds)), state)
 
 
 def gather_status(
@@ -250,6 +300,7 @@ def gather_status(
                     counters[name][kind] += count
             for name in ("bytes_in", "bytes_out", "backend_failures", "unserved", "key_fallbacks"):
                 counters[name] += theirs[name]
+            _merge_histograms(counters, theirs)
             for name, (active, total, failures, endpoint) in reply.backends.items():
                 sums = counts.setdefault(name, [0, 0, 0])
                 sums[0] += active
@@ -276,6 +327,8 @@ def gather_status(
                         "failures": sums[2],
                         "weight": 0,
                         "reason": "removed from the configuration",
+                        "check_failures": 0,
+                        "changed": 0.0,
                     }
                 )
         document["workers"] = described

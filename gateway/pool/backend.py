@@ -13,6 +13,8 @@ from enum import Enum
 
 from twisted.internet.interfaces import IStreamClientEndpoint
 
+from gateway.histogram import CONNECT_TIME_BOUNDS, Histogram
+
 __all__ = ["GAME_POOL", "Backend", "BackendState"]
 
 GAME_POOL = "game"
@@ -40,7 +42,9 @@ class Backend:
     @ivar endpoint: the client endpoint sessions connect to.
     @ivar weight: its share of new sessions relative to the others (>= 1).
     @ivar state: whether it takes new sessions.
-    @ivar active: sessions connected to it now.
+    @ivar active: sessions on it now: a game session from the moment the
+        backend is chosen for it (so that a burst of arrivals sees the
+        burst), a proxied HTTP request while in flight.
     @ivar total: sessions ever connected to it.
     @ivar failures: connection attempts to it that failed or timed out.
     @ivar consecutive_failures: failed attempts since its last success.
@@ -49,6 +53,11 @@ class Backend:
     @ivar proxy_protocol: the PROXY header sessions send it (C{off}, C{v1},
         C{v2}), or L{None} for its pool's C{proxy-protocol}.
     @ivar pool: the name of the pool it is in.
+    @ivar check_failures: health checks of it that failed.
+    @ivar changed: when its state last changed, in the clock's seconds (0:
+        not since the gateway started).
+    @ivar connect_time: how long its connections took to become usable
+        (game and WebSocket sessions; with TLS, the handshake included).
     """
 
     name: str
@@ -63,3 +72,6 @@ class Backend:
     reason: str = field(default="")
     proxy_protocol: str | None = None
     pool: str = GAME_POOL
+    check_failures: int = 0
+    changed: float = 0.0
+    connect_time: Histogram = field(default_factory=lambda: Histogram(CONNECT_TIME_BOUNDS))

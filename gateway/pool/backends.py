@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -38,6 +39,8 @@ class Pool:
     @ivar unserved: game sessions closed because no backend could take them.
     @ivar observers: called with a backend whose state just changed (the
         acceptor tells its workers; a worker tells the acceptor).
+    @ivar clock: for the time of a backend's last change of state (L{None}:
+        not recorded).
     """
 
     _log = Logger()
@@ -49,8 +52,10 @@ class Pool:
         *,
         fall: int = 0,
         name: str = GAME_POOL,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.name = name
+        self.clock = clock
         self._backends: list[Backend] = []
         self.balancer: IBalancer = balancer if balancer is not None else RoundRobin()
         self.fall = fall
@@ -148,6 +153,8 @@ class Pool:
             return
         old, backend.state = backend.state, state
         self.transitions += 1
+        if self.clock is not None:
+            backend.changed = self.clock.seconds()
         if log:
             self._log.info(
                 "backend {backend} is {state} (was {old}): {reason}{in_pool}",

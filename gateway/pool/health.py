@@ -337,6 +337,8 @@ class HealthChecker(Service):
             health = self._states.get(backend)
             if health is None or self._pool.get(backend.name) is not backend:
                 return  # removed from the pool (or the checker stopped) meanwhile
+            if not passed:
+                backend.check_failures += 1
             change = health.record(passed, backend.state)
             if not passed and change is None and backend.state is BackendState.UP:
                 # Failing but not down yet: probe again soon (HAProxy's

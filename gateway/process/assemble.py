@@ -209,7 +209,7 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
     for spec in config.pools:
         pools.add_pool(pool_of(spec, config, reactor))
     counters = Counters()
-    registry = SessionRegistry()
+    registry = SessionRegistry(reactor)
     connections = BackendConnections(reactor)
     refusals = RefusalLog(reactor, counters)
     site = make_site(
@@ -346,6 +346,7 @@ def _admin(
         token=config.admin_token,
         hosts=config.admin_hosts,
         workers=workers,
+        config=config,
     )
     site = make_admin_site(
         state, reactor, header_timeout=config.header_timeout, refusals=core.refusals

@@ -104,6 +104,7 @@ def pool_of(spec: PoolSpec, config: GatewayConfig, reactor: Any) -> Pool:
         # Passive detection only with health checks: they bring a backend back.
         fall=PASSIVE_FALL if spec.health_interval else 0,
         name=spec.name,
+        clock=reactor,
     )
 
 

@@ -315,7 +315,7 @@ class Reloader:
     ) -> GatewayConfig:
         parts = self.parts
         if parts.admin_state is not None:
-            parts.admin_state.reconfigure(new.admin_token, new.admin_hosts)
+            parts.admin_state.reconfigure(new.admin_token, new.admin_hosts, new)
         access_log_only(new.access_log_only)
         now = datetime.datetime.fromtimestamp(parts.reactor.seconds(), datetime.UTC)
         for creator in parts.certificates:

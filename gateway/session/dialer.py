@@ -12,6 +12,15 @@ of file descriptors, buffers, memory or local ports) says nothing about the
 backend: it is not counted on it, and the session is told at once, since every
 other backend would need the same resources.
 
+A session counts on its backend (C{Backend.active}) from the moment the
+backend is chosen for it, not from when its connection completes: a burst
+of arrivals must see the sessions chosen before it, or C{--balance
+leastconn} would see equal loads and fall back to rotation.  An attempt that
+ends without a session (failed, timed out, abandoned) uncounts it; the
+session uncounts a taken one when its backend connection ends.  A taken
+attempt's connect time goes to the backend's histogram
+(C{Backend.connect_time}).
+
 The attempts' protocol is a L{BackendLink} whose events go to the session
 (L{DialerOwner}); the session hands the attempt-related ones back here
 (L{Dialer.take}, L{Dialer.link_failed}).
@@ -80,6 +89,7 @@ class Dialer:
         "_chooser",
         "_clock",
         "_connect_timeout",
+        "_dialed_at",
         "_key",
         "_owner",
         "_peer",
@@ -119,6 +129,7 @@ class Dialer:
         self._pending: BackendLink | None = None
         self._attempt: Deferred[IProtocol] | None = None
         self._attempt_timer: IDelayedCall | None = None
+        self._dialed_at = 0.0
 
     def connect_next(self) -> None:
         """
@@ -131,8 +142,10 @@ class Dialer:
             self._give_up()
             return
         self.tried.append(backend)
+        backend.active += 1  # uncounted by _stop_attempt unless taken
         link = BackendLink(self._owner, backend)
         self._pending = link
+        self._dialed_at = self._clock.seconds()
         self._attempt_timer = self._clock.callLater(
             self._connect_timeout, self._attempt_timed_out, link
         )
@@ -162,18 +175,24 @@ class Dialer:
 
     def take(self, link: BackendLink) -> bool:
         """
-        C{link} is usable: end its attempt, and count it as a success.
+        C{link} is usable: end its attempt, and count it as a success (the
+        session stays counted on its backend, and the attempt's time goes to
+        the backend's connect time histogram).
 
         @return: whether the session is to use it (it is the pending attempt,
             and the client is still there; if the client left, the link's
             connection is closed).
         """
-        if not self._stop_attempt(link):
+        if self._pending is not link:
             return False
         if self._owner.client_gone:
+            self._stop_attempt(link)
             link.transport.loseConnection()  # type: ignore[union-attr]
             return False
-        self._chooser.attempt_succeeded(link.backend)
+        self._stop_attempt(link, taken=True)
+        backend = link.backend
+        backend.connect_time.observe(self._clock.seconds() - self._dialed_at)
+        self._chooser.attempt_succeeded(backend)
         return True
 
     def link_failed(self, link: BackendLink, reason: Failure) -> None:
@@ -222,14 +241,17 @@ class Dialer:
             f"the gateway is short of resources; backend {link.backend.name}: {reason}"
         )
 
-    def _stop_attempt(self, link: BackendLink) -> bool:
+    def _stop_attempt(self, link: BackendLink, *, taken: bool = False) -> bool:
         """
-        Forget the pending attempt on C{link}.
+        Forget the pending attempt on C{link}, and unless the session takes
+        it, uncount the session on its backend.
 
         @return: whether C{link} was the pending attempt.
         """
         if self._pending is not link:
             return False
+        if not taken:
+            link.backend.active -= 1
         self._pending = None
         self._attempt = None
         if self._attempt_timer is not None:

@@ -276,8 +276,7 @@ class GameSession:
         self.backend = backend
         server = cast(Stream, link.transport)
         self._server = server
-        backend.active += 1
-        backend.total += 1
+        backend.total += 1  # active: counted from its choice (the dialer)
         held, self._held = self._held, []
         self._held_size = 0
         version = backend.proxy_protocol or self._settings.proxy_version
