@@ -45,6 +45,7 @@ from gateway.config import (
     DEMO_LISTEN,
     DEMO_WEBSOCKET,
     GAME_POOL,
+    LOG_FORMATS,
     OVERFLOW_CHOICES,
     PROXY_CHOICES,
     RELAY_CHOICES,
@@ -215,6 +216,7 @@ def build_config(
         workers=workers,
         access_log=access_log,
         access_log_only=access_log_only,
+        **_logs(s),
         health_send=health_send,
         health_expect=health_expect,
         demo=demo,
@@ -440,6 +442,17 @@ def _access_log(s: Settings) -> tuple[str | None, bool]:
             "(the access events would go nowhere)"
         )
     return access_log, access_log_only
+
+
+def _logs(s: Settings) -> dict[str, Any]:
+    """
+    The log settings: the format of the gateway's own log, and whether the
+    access log has start events.
+    """
+    return {
+        "log_format": check_choice(s.label("log-format"), s["log-format"], LOG_FORMATS),
+        "access_log_starts": bool(s["access-log-starts"]),
+    }
 
 
 def _balance(s: Settings) -> tuple[str, str | None]:
