@@ -28,6 +28,7 @@ __all__ = [
     "OVERFLOW_CHOICES",
     "PROXY_CHOICES",
     "RELAY_CHOICES",
+    "LOG_FORMATS",
     "WEBSOCKET_MAX_MESSAGE",
     "DEFAULT_MAX_BODY",
     "DEFAULT_ROUTE_TIMEOUT",
@@ -60,6 +61,9 @@ PROXY_CHOICES = ("off", "v1", "v2")
 
 RELAY_CHOICES = ("auto", "splice", "copy")
 """How game sessions move bytes."""
+
+LOG_FORMATS = ("text", "json")
+"""How the gateway's own log is written (C{--log-format})."""
 
 
 WEBSOCKET_MAX_MESSAGE = 1024 * 1024
@@ -228,6 +232,10 @@ class GatewayConfig:
         (C{-}: standard output), or L{None}.
     @ivar access_log_only: access events go only to C{access_log}, not to
         twistd's log too.
+    @ivar access_log_starts: also log an access event when a game or
+        WebSocket session reaches its backend (C{event: "start"}).
+    @ivar log_format: the gateway's own log: C{text} (twistd's lines) or
+        C{json} (flat JSON lines, see L{gateway.ops.jsonlog}).
     @ivar drain_timeout: seconds game sessions may go on after SIGTERM
         before they are closed (0: close them at once).
     @ivar relay: how game sessions move bytes: C{auto} (splice(2) where
@@ -285,6 +293,8 @@ class GatewayConfig:
     config_file: str | None = None
     access_log: str | None = None
     access_log_only: bool = False
+    access_log_starts: bool = False
+    log_format: str = "text"
     demo: bool = False
     websocket: tuple[str, ...] = ()
     websocket_origins: tuple[str, ...] = ()

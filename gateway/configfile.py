@@ -97,6 +97,8 @@ FILE_SETTINGS: dict[str, str] = {
     "websocket-origin": "a list of origins",
     "websocket-max-message": _INTEGER,
     "websocket-ping": _NUMBER,
+    "access-log-starts": _BOOL,
+    "log-format": _STRING,
     "pool": "tables ([pool.NAME])",
     "route": "an array of tables ([[route]])",
 }

@@ -81,6 +81,12 @@ class GatewayOptions(usage.Options):
             "(one line less to format and write per session: faster under connection churn).",
         ],
         [
+            "access-log-starts",
+            None,
+            "Also log an access event when a game or WebSocket session reaches its backend "
+            '(event "start"), so that a session lasting hours is visible before it ends.',
+        ],
+        [
             "http-listing",
             None,
             "List the files of a folder that has no index.html (off: such folders are a 404).",
@@ -314,6 +320,14 @@ class GatewayOptions(usage.Options):
             "Seconds between the pings sent to each browser, which keep proxies on the "
             "way from dropping a quiet player; a browser that has not answered one when "
             "the next is due is closed (0: no pings).",
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "The gateway's own log (twistd's --logfile, or standard output): 'text' "
+            "(twistd's lines) or 'json' (one JSON object per line with flat fields: time, "
+            "level, namespace, message and the event's own fields).",
         ],
     ]
 
@@ -600,4 +614,9 @@ def makeService(options: dict[str, Any]) -> IService:  # noqa: N802 - the plugin
     from gateway.process.assemble import make_service
 
     assert isinstance(options, GatewayOptions)
-    return make_service(options.config, rebuild=options.rebuild_now)
+    service = make_service(options.config, rebuild=options.rebuild_now)
+    if options.config.log_format == "json":
+        from gateway.ops.jsonlog import use_json_log
+
+        return use_json_log(service, getattr(options, "parent", None))
+    return service

@@ -45,6 +45,7 @@ from gateway.config import (
     DEMO_LISTEN,
     DEMO_WEBSOCKET,
     GAME_POOL,
+    LOG_FORMATS,
     OVERFLOW_CHOICES,
     PROXY_CHOICES,
     RELAY_CHOICES,
@@ -174,17 +175,13 @@ def build_config(
     handover, workers = _processes(s, listen)
     access_log, access_log_only = _access_log(s, reloading=not read_folders)
     balance, session_key = _balance(s)
-    http_root = s["http-root"]
-    if http_root is not None:
-        http_root = check_directory(label("http-root"), http_root)
-    http_listing = bool(s["http-listing"])
+    http_root, http_listing = _http(s)
     sniff, connect, idle, fin, header = _timeouts(s)
     max_connections, max_per_ip, overflow = _caps(s)
     proxy_protocol, health_interval, retries = _pool(s)
     drain_timeout = check_seconds(label("drain-timeout"), s["drain-timeout"], allow_zero=True)
     relay = _relay_mode(label("relay"), s["relay"])
-    health_send = check_escaped(label("health-send"), s["health-send"] or "")
-    health_expect = check_escaped(label("health-expect"), s["health-expect"] or "")
+    health_send, health_expect = _health_bytes(s)
     websocket, origins, max_message, ping = _websocket(s, demo=demo)
     pools = check_pools(s.pools, backends, label("backend"))
     config = GatewayConfig(
@@ -217,6 +214,7 @@ def build_config(
         workers=workers,
         access_log=access_log,
         access_log_only=access_log_only,
+        **_logs(s),
         health_send=health_send,
         health_expect=health_expect,
         demo=demo,
@@ -228,6 +226,27 @@ def build_config(
         pools=pools,
     )
     return _with_routes(s, config)
+
+
+def _http(s: Settings) -> tuple[str | None, bool]:
+    """
+    The folder of files for HTTP clients (one that exists), and whether
+    folders without an index are listed.
+    """
+    http_root = s["http-root"]
+    if http_root is not None:
+        http_root = check_directory(s.label("http-root"), http_root)
+    return http_root, bool(s["http-listing"])
+
+
+def _health_bytes(s: Settings) -> tuple[bytes, bytes]:
+    """
+    The game pool's health check bytes: what a probe sends and must get.
+    """
+    return (
+        check_escaped(s.label("health-send"), s["health-send"] or ""),
+        check_escaped(s.label("health-expect"), s["health-expect"] or ""),
+    )
 
 
 def _with_routes(s: Settings, config: GatewayConfig) -> GatewayConfig:
@@ -453,6 +472,17 @@ def _access_log(s: Settings, *, reloading: bool = False) -> tuple[str | None, bo
             "(the access events would go nowhere)"
         )
     return access_log, access_log_only
+
+
+def _logs(s: Settings) -> dict[str, Any]:
+    """
+    The log settings: the format of the gateway's own log, and whether the
+    access log has start events.
+    """
+    return {
+        "log_format": check_choice(s.label("log-format"), s["log-format"], LOG_FORMATS),
+        "access_log_starts": bool(s["access-log-starts"]),
+    }
 
 
 def _balance(s: Settings) -> tuple[str, str | None]:

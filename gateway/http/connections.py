@@ -110,6 +110,8 @@ class _OptionsClientFactory(_HTTP11ClientFactory):
     The pool's factory of L{_OptionsClientProtocol}s.
     """
 
+    noisy = False  # one "Starting factory" line per backend connection otherwise
+
     @override
     def buildProtocol(self, addr: IAddress | None) -> HTTP11ClientProtocol:
         return _OptionsClientProtocol(self._quiescentCallback)

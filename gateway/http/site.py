@@ -215,6 +215,9 @@ class HTTPSite(Site):
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
     requestFactory = GatewayRequest  # noqa: N815 - twisted.web's name
     displayTracebacks = False
+    # No "Starting factory <...HTTPSite object at 0x...>" lines: the front
+    # logs that it listens, with its address.
+    noisy = False
     methods: tuple[bytes, ...] = ALLOWED_METHODS
     reactor: IReactorTime
 

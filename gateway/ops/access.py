@@ -19,7 +19,12 @@ The events (see the README's table):
     C{kind="http"}, C{peer}, C{backend=None}, C{method}, C{path}, C{status},
     C{bytes_in} (the request body), C{bytes_out} (the response body),
     C{duration} (from the request line to the last byte written),
-    C{reason} (L{HTTP_COMPLETE} or L{HTTP_CLIENT_LEFT}).
+    C{reason} (L{HTTP_COMPLETE} or L{HTTP_CLIENT_LEFT});
+  - with C{--access-log-starts}, a game or WebSocket session once it has
+    reached its backend: C{event="start"}, C{kind}, C{peer}, C{backend},
+    C{duration} (seconds from the client's arrival to its backend's
+    connection).  The events above have no C{event} field: an event
+    without one is an end.
 
 An event costs one dictionary when a session or request ends, never anything
 per chunk.
@@ -50,6 +55,8 @@ __all__ = [
     "ACCESS_ONLY",
     "access_log",
     "access_log_only",
+    "access_log_starts",
+    "log_session_start",
     "log_game_session",
     "log_http_request",
 ]
@@ -58,6 +65,7 @@ ACCESS_NAMESPACE = "gateway.access"
 """The log namespace of access events."""
 
 ACCESS_FIELDS = (
+    "event",
     "kind",
     "peer",
     "backend",
@@ -89,6 +97,7 @@ acceptor), so twistd's own log does not format and write a line per session."""
 
 _access_only_log = Logger(namespace=ACCESS_NAMESPACE, observer=ACCESS_ONLY)
 _route = [access_log]
+_starts = [False]
 
 
 def access_log_only(enabled: bool) -> None:
@@ -97,6 +106,34 @@ def access_log_only(enabled: bool) -> None:
     twistd's log as well (C{False}, the default).
     """
     _route[0] = _access_only_log if enabled else access_log
+
+
+def access_log_starts(enabled: bool) -> None:
+    """
+    Log a start event for each game and WebSocket session (C{True}), or
+    only their ends (C{False}, the default).
+    """
+    _starts[0] = enabled
+
+
+def log_session_start(*, peer: str, backend: str, kind: str, duration: float) -> None:
+    """
+    A game or WebSocket session has reached its backend: log its start
+    event, if C{--access-log-starts} asks for them.
+
+    @param duration: seconds from the client's arrival to now.
+    """
+    if not _starts[0]:
+        return
+    _route[0].info(
+        "{log_text}",
+        log_text=f"{kind} session from {peer} to {backend} started ({duration:.3f} s to connect)",
+        event="start",
+        kind=kind,
+        peer=peer,
+        backend=backend,
+        duration=duration,
+    )
 
 
 def log_game_session(

@@ -38,7 +38,7 @@ from gateway.front.tls import SNICertificates
 from gateway.front.websocket import answer_upgrade
 from gateway.http.connections import BackendConnections
 from gateway.http.site import HTTPSite, make_site
-from gateway.ops.access import AccessLogFile, access_log_only
+from gateway.ops.access import AccessLogFile, access_log_only, access_log_starts
 from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
 from gateway.ops.status import AdminState
@@ -60,6 +60,7 @@ from gateway.process.parts import (
 )
 from gateway.process.reload import Reloader
 from gateway.process.service import GatewayService
+from gateway.process.summary import StartSummary
 from gateway.process.takeover import TakeOver
 from gateway.process.workerpool import WorkerPool
 from gateway.session.settings import SessionSettings
@@ -118,17 +119,17 @@ def make_service(
     if config.admin is not None and served:
         admin, state, admin_site = _admin(config, core, workers)
         children.append(admin)
-    access_log = None
-    if config.access_log is not None and served:
-        access_log = AccessLogFile(config.access_log)
+    access_log = _access_log(config, served)
+    if access_log is not None:
         children.append(access_log)
-    access_log_only(config.access_log_only)
     takeover = None
     if config.handover is not None and served:
         fronts = [*listeners, *([admin] if admin else [])]
         server = _handover_server(config.handover, reactor, fronts)
         children.append(server)
         takeover = TakeOver(config.handover, fronts, server, reactor)
+    if served:
+        children.append(StartSummary(config, listeners, admin))
     parts = core.parts(
         health=health, admin_state=state, admin_site=admin_site, access_log=access_log
     )
@@ -149,6 +150,18 @@ def make_service(
     for child in children:
         child.setServiceParent(service)
     return service
+
+
+def _access_log(config: GatewayConfig, served: bool) -> AccessLogFile | None:
+    """
+    Route the access events as configured, and make the access log file's
+    service if one is configured (not in a worker: the acceptor writes it).
+    """
+    access_log_only(config.access_log_only)
+    access_log_starts(config.access_log_starts)
+    if config.access_log is None or not served:
+        return None
+    return AccessLogFile(config.access_log)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
@@ -179,8 +180,25 @@ class FrontListener(Service):
         self.port = port
         if self._cap_state is not None:
             self._cap_state.add_port(port)
-        self._log.info("listening on {front}", front=self.description)
+        self._log.info(
+            "listening on {front} ({address})", front=self.description, address=self.address
+        )
         return port
+
+    @property
+    def address(self) -> str | None:
+        """
+        The bound address: C{HOST:PORT} (C{[HOST]:PORT} for IPv6) or a
+        UNIX path; L{None} while not listening.
+        """
+        if self.port is None:
+            return None
+        host = self.port.getHost()
+        if isinstance(host, IPv4Address | IPv6Address):
+            name = host.host if ":" not in host.host else f"[{host.host}]"
+            return f"{name}:{host.port}"
+        path = getattr(host, "name", None)
+        return path.decode(errors="replace") if isinstance(path, bytes) else str(path)
 
     @override
     def startService(self) -> None:

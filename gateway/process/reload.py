@@ -25,7 +25,7 @@ from gateway.config import BackendSpec, ConfigError, GatewayConfig
 from gateway.demo.backends import DEMO_BACKENDS
 from gateway.front.tls import SNICertificates
 from gateway.http.site import make_site
-from gateway.ops.access import access_log_only
+from gateway.ops.access import access_log_only, access_log_starts
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.balance import make_balancer
 from gateway.pool.pools import Pools
@@ -44,7 +44,7 @@ from gateway.session.settings import SessionSettings
 
 __all__ = ["RESTART_ONLY", "Departures", "Reloader"]
 
-RESTART_ONLY = ("listen", "admin", "demo", "handover", "workers")
+RESTART_ONLY = ("listen", "admin", "demo", "handover", "workers", "log_format")
 """Settings a reload cannot change: they need new listening sockets."""
 
 
@@ -317,6 +317,7 @@ class Reloader:
         if parts.admin_state is not None:
             parts.admin_state.reconfigure(new.admin_token, new.admin_hosts, new)
         access_log_only(new.access_log_only)
+        access_log_starts(new.access_log_starts)
         now = datetime.datetime.fromtimestamp(parts.reactor.seconds(), datetime.UTC)
         for creator in parts.certificates:
             changes.append(creator.reload(now, quiet=self._quiet_certificates))

@@ -39,18 +39,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IReactorTime,
-    ITransport,
-)
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.front.limits import Refusal
 from gateway.front.proxyheader import proxy_header
 from gateway.interfaces import IBackendChooser
-from gateway.ops.access import log_game_session
+from gateway.ops.access import log_game_session, log_session_start
 from gateway.session.dialer import Dialer
 from gateway.session.lifecycle import CloseReason, Phase, can_move
 from gateway.session.quiet import QuietWatch
@@ -277,6 +273,8 @@ class GameSession:
         server = cast(Stream, link.transport)
         self._server = server
         backend.total += 1  # active: counted from its choice (the dialer)
+        duration = self._clock.seconds() - self.started
+        log_session_start(peer=self.peer, backend=backend.name, kind=self.kind, duration=duration)
         held, self._held = self._held, []
         self._held_size = 0
         version = backend.proxy_protocol or self._settings.proxy_version
