@@ -227,3 +227,21 @@ def test_caching_settings() -> None:
         _parse(["--cache-immutable", "("])
     with pytest.raises(UsageError, match="--cache-control: must be one line"):
         _parse(["--cache-control", "no-cache\r\nX-Evil: 1"])
+
+
+def test_if_none_match_on_several_lines(gateway: GatewayProcess) -> None:
+    """
+    An If-None-Match list split over several header lines is one list: the
+    tag on the first line matches.
+    """
+    response, _ = get(gateway, "/app.js")
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    try:
+        connection.putrequest("GET", "/app.js")
+        connection.putheader("If-None-Match", response.headers["ETag"])
+        connection.putheader("If-None-Match", '"other"')
+        connection.endheaders()
+        revalidated = connection.getresponse()
+        assert (revalidated.status, revalidated.read()) == (304, b"")
+    finally:
+        connection.close()

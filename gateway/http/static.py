@@ -237,11 +237,13 @@ class StaticRoot(File):
         request.setHeader(b"etag", etag)
         request.setHeader(b"last-modified", http.datetimeToString(last_modified))
         headers = request.requestHeaders
-        outcome = evaluate(
-            {name: headers.getRawHeaders(name, [None])[-1] for name in _CONDITIONS},
-            etag,
-            last_modified,
-        )
+        conditions: dict[bytes, bytes | None] = {}
+        for name in _CONDITIONS:
+            values = headers.getRawHeaders(name)
+            if values:
+                # A list may come on several lines (RFC 9110 section 5.3).
+                conditions[name] = b",".join(values)
+        outcome = evaluate(conditions, etag, last_modified)
         if outcome != MODIFIED:
             file.close()
             request.setResponseCode(outcome)
