@@ -43,6 +43,7 @@ __all__ = [
     "check_rate",
     "check_seconds",
     "check_server_endpoint",
+    "check_pattern",
     "check_session_key",
     "check_token",
     "check_writable_file",
@@ -385,3 +386,18 @@ def check_client_endpoint(option: str, description: str, reactor: IReactorCore) 
     _check_not_empty(option, description)
     _parse_endpoint(option, description, "client", lambda: clientFromString(reactor, description))
     return description
+
+
+def check_pattern(option: str, pattern: str) -> str:
+    """
+    Check that C{pattern} is a regular expression (matched against bytes).
+
+    @raise ConfigError: it does not compile.
+    """
+    try:
+        re.compile(pattern.encode())
+    except (re.error, UnicodeEncodeError, OverflowError) as error:
+        raise ConfigError(f"{option}: not a valid regular expression: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{option}: not a valid regular expression: nested too deeply") from None
+    return pattern

@@ -22,6 +22,7 @@ from gateway.pool.backend import GAME_POOL
 __all__ = [
     "BALANCE_CHOICES",
     "DEFAULT_ADMIN",
+    "DEFAULT_CACHE_CONTROL",
     "DEFAULT_LISTEN",
     "DEMO_LISTEN",
     "DEMO_WEBSOCKET",
@@ -42,6 +43,15 @@ __all__ = [
 
 DEFAULT_LISTEN = "tcp:8080"
 """The public front when no C{--listen} is given (the contract's default)."""
+
+DEFAULT_CACHE_CONTROL = "no-cache"
+"""C{Cache-Control} of static files by default: a browser may keep a copy but
+asks (a conditional request, answered by a C{304} without the body) before
+each use, so a new version of a game's files is seen at the next load.
+Without any header a browser guesses a freshness from C{Last-Modified} (a
+tenth of the file's age: a script unchanged for ten days counts as fresh for
+a day), and after a deploy players run yesterday's client against today's
+server."""
 
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
 """The public front of C{--demo}: loopback only, since the demo is for one machine."""
@@ -259,6 +269,9 @@ class GatewayConfig:
     @ivar pools: the pools besides the game pool (whose settings are the
         top-level ones), from the file's C{[pool.NAME]} tables.
     @ivar routes: the file's C{[[route]]} tables, in the file's order.
+    @ivar cache_control: C{Cache-Control} of static files (L{None}: none).
+    @ivar cache_immutable: a regular expression of request paths of
+        fingerprinted files, which get a year's C{immutable} caching.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -302,6 +315,8 @@ class GatewayConfig:
     websocket_ping: float = 20.0
     pools: tuple[PoolSpec, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
+    cache_control: str | None = DEFAULT_CACHE_CONTROL
+    cache_immutable: str | None = None
 
     @property
     def game_pool(self) -> PoolSpec:

@@ -101,6 +101,8 @@ FILE_SETTINGS: dict[str, str] = {
     "log-format": _STRING,
     "pool": "tables ([pool.NAME])",
     "route": "an array of tables ([[route]])",
+    "cache-control": _STRING,
+    "cache-immutable": _STRING,
 }
 """Every top-level key a file may have, and the type of its value."""
 

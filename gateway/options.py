@@ -279,6 +279,22 @@ class GatewayOptions(usage.Options):
             "(default: none, every HTTP request is a 404; the demo page with --demo).",
         ],
         [
+            "cache-control",
+            None,
+            _DEFAULTS.cache_control,
+            "Cache-Control header of static files ('none': no header). The default, "
+            "no-cache, has browsers revalidate with the ETag (a 304 without the body) "
+            "so a deploy is seen at the next page load.",
+        ],
+        [
+            "cache-immutable",
+            None,
+            None,
+            "Regular expression searched in the request path of a static file: a match "
+            "(a fingerprinted name such as app.3f2a9c1e.js) gets "
+            "'public, max-age=31536000, immutable' (default: none).",
+        ],
+        [
             "sniff-timeout",
             None,
             str(_DEFAULTS.sniff_timeout),

@@ -31,6 +31,7 @@ from gateway.checks import (
     check_directory,
     check_escaped,
     check_line,
+    check_pattern,
     check_rate,
     check_seconds,
     check_server_endpoint,
@@ -225,7 +226,7 @@ def build_config(
         websocket_ping=ping,
         pools=pools,
     )
-    return _with_routes(s, config)
+    return _with_routes(s, _with_caching(s, config))
 
 
 def _http(s: Settings) -> tuple[str | None, bool]:
@@ -500,6 +501,22 @@ def _balance(s: Settings) -> tuple[str, str | None]:
                 f"{s.label('session-key')}: needs {s.other('balance', 'session-key')} hash"
             )
     return balance, session_key
+
+
+def _with_caching(s: Settings, config: GatewayConfig) -> GatewayConfig:
+    """
+    C{config} with the caching headers of static files: C{cache_control}
+    (C{none} or empty: L{None}) and C{cache_immutable}.
+    """
+    control = s["cache-control"]
+    if control is not None:
+        control = check_line(s.label("cache-control"), control)
+        if control.strip() in ("", "none"):
+            control = None
+    immutable = s["cache-immutable"]
+    if immutable:
+        immutable = check_pattern(s.label("cache-immutable"), immutable)
+    return dataclasses.replace(config, cache_control=control, cache_immutable=immutable or None)
 
 
 def _timeouts(s: Settings) -> tuple[float, float, float, float, float]:

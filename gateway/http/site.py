@@ -33,12 +33,13 @@ from gateway.http.channel import (
     GatewayHTTPChannel,
 )
 from gateway.http.routes import RouteTable, origin_form, request_host, segments
-from gateway.http.static import ALLOWED_METHODS, StaticRoot
+from gateway.http.static import ALLOWED_METHODS, CachePolicy, StaticRoot
 from gateway.ops.access import HTTP_CLIENT_LEFT, HTTP_COMPLETE, log_http_request
 from gateway.ops.registry import RefusalLog
 
 __all__ = [
     "LOGGED_PATH_LIMIT",
+    "SERVER",
     "GatewayRequest",
     "HTTPSite",
     "RouteTarget",
@@ -48,6 +49,10 @@ __all__ = [
 
 LOGGED_PATH_LIMIT = 1024
 """Characters of a request's path kept in its access log event."""
+
+SERVER = b"gateway"
+"""The C{Server} header of every response: no version (Twisted's would name
+its own, C{TwistedWeb/26.x}, telling a scanner which advisories apply)."""
 
 
 class GatewayRequest(Request):
@@ -85,6 +90,9 @@ class GatewayRequest(Request):
     @override
     def write(self, data: bytes) -> None:
         channel = self.channel
+        if not self.startedWriting:
+            # Request.process set Twisted's own before any resource ran.
+            self.responseHeaders.setRawHeaders(b"server", [SERVER])
         if not self.startedWriting and self.clientproto == b"HTTP/1.0" and channel is not None:
             # HTTP/1.0 keep-alive (asked for, see checkPersistence): only a
             # response whose end the client can tell keeps the connection.
@@ -399,6 +407,7 @@ def make_site(
     refusals: RefusalLog | None = None,
     websocket_paths: frozenset[bytes] = frozenset(),
     routes: Sequence[tuple[RouteSpec, RouteTarget]] = (),
+    cache: CachePolicy = CachePolicy(),  # noqa: B008 - frozen, shared on purpose
 ) -> HTTPSite:
     """
     Build the public HTTP site.
@@ -410,6 +419,7 @@ def make_site(
     @param refusals: where timeouts and bad requests are counted.
     @param websocket_paths: the request paths of the WebSocket bridge.
     @param routes: the file's routes and what serves each.
+    @param cache: the caching headers of the files.
     """
     root: resource.IResource
     if http_root is None:
@@ -417,7 +427,7 @@ def make_site(
             "No Such Resource", "This gateway serves no HTTP content (no --http-root)."
         )
     else:
-        root = StaticRoot(http_root, listing=listing)
+        root = StaticRoot(http_root, listing=listing, cache=cache)
     return HTTPSite(
         root,
         reactor=reactor,

@@ -51,6 +51,7 @@ from gateway.process.parts import (
     PASSIVE_FALL,
     Parts,
     address_policies,
+    cache_policy_of,
     http_root_of,
     pool_health,
     pool_of,
@@ -233,6 +234,7 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         refusals=refusals,
         websocket_paths=websocket_paths_of(config),
         routes=route_targets(config, pools, connections),
+        cache=cache_policy_of(config),
     )
     factory = GatewayFactory(
         upgrade=answer_upgrade,

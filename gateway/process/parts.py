@@ -24,7 +24,7 @@ from gateway.front.tls import SNICertificates
 from gateway.http.connections import BackendConnections
 from gateway.http.proxy import HTTPProxy
 from gateway.http.site import RouteTarget, WebSocketBridge
-from gateway.http.static import StaticRoot
+from gateway.http.static import CachePolicy, StaticRoot
 from gateway.interfaces import IAddressPolicy
 from gateway.ops.access import AccessLogFile
 from gateway.ops.status import AdminState
@@ -46,6 +46,7 @@ __all__ = [
     "health_checks",
     "pool_health",
     "pool_of",
+    "cache_policy_of",
     "http_root_of",
     "websocket_paths_of",
     "probe_preamble",
@@ -149,7 +150,8 @@ def route_targets(
         rate = _route_rate(spec, before.rate if before is not None else None)
         target: RouteTarget
         if spec.root is not None:
-            target = RouteTarget(StaticRoot(spec.root, listing=spec.listing), tree=True, rate=rate)
+            root = StaticRoot(spec.root, listing=spec.listing, cache=cache_policy_of(config))
+            target = RouteTarget(root, tree=True, rate=rate)
         elif spec.bridge is not None:
             target = RouteTarget(WebSocketBridge(spec.bridge), rate=rate)
         else:
@@ -305,3 +307,11 @@ def pool_health(
         spec.name: (spec.health_interval, health_checks(config, spec), default_check(spec))
         for spec in config.pool_specs()
     }
+
+
+def cache_policy_of(config: GatewayConfig) -> CachePolicy:
+    """
+    The caching headers of static files (C{--cache-control},
+    C{--cache-immutable}).
+    """
+    return CachePolicy.from_settings(config.cache_control, config.cache_immutable)

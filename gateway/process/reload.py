@@ -34,6 +34,7 @@ from gateway.process.parts import (
     Parts,
     address_policies,
     backend_of,
+    cache_policy_of,
     http_root_of,
     pool_health,
     pool_settings_of,
@@ -293,9 +294,16 @@ class Reloader:
         connections = parts.connections
         assert connections is not None
         root = None
-        if new.http_root != old.http_root or new.http_listing != old.http_listing:
+        if (
+            new.http_root != old.http_root
+            or new.http_listing != old.http_listing
+            or cache_policy_of(new) != cache_policy_of(old)
+        ):
             root = make_site(
-                http_root_of(new), listing=new.http_listing, reactor=parts.reactor
+                http_root_of(new),
+                listing=new.http_listing,
+                reactor=parts.reactor,
+                cache=cache_policy_of(new),
             ).resource
         parts.site.reconfigure(
             header_timeout=new.header_timeout,
