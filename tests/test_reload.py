@@ -331,3 +331,18 @@ def test_pools_and_routes_reloaded(log_events: EventLoggingObserver) -> None:
     reactor.advance(2)
     assert service.pools.pool("api") is None
     assert [b.name for b in service.pools.backends] == ["a", "b"]
+
+
+def test_a_backends_own_check_changed_is_said(log_events: EventLoggingObserver) -> None:
+    """
+    A reload that changes only a backend's own health check says so (it
+    used to say "nothing changed" though the change applied).
+    """
+    service, source, _ = gateway()
+    source.next = dataclasses.replace(
+        BASE, backends=(dataclasses.replace(A, health_expect=b"PONG"), B)
+    )
+    assert service.reload()
+    text = "\n".join(lines(log_events))
+    assert "backend a health-expect None -> b'PONG'" in text
+    assert "nothing changed" not in text

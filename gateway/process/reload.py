@@ -235,6 +235,7 @@ class Reloader:
         self._apply_pools(old, new, changes)
         pools, departures, reactor = self.parts.pools, self.departures, self.parts.reactor
         wanted = {spec.name for spec in new.backends}
+        before = {spec.name: spec for spec in old.backends}
         for spec in new.backends:
             pool = pools.pool(spec.pool)
             assert pool is not None  # every backend's pool was just made
@@ -254,6 +255,7 @@ class Reloader:
                 changes.append(f"backend {spec.name} added")
                 continue
             self._apply_backend(backend, spec, changes)
+            self._note_checks(before.get(spec.name), spec, changes)
         keep = set(DEMO_BACKENDS) if old.demo else set()
         for backend in pools.backends:
             if backend.name in wanted or backend.name in keep or departures.leaving(backend.name):
@@ -261,6 +263,21 @@ class Reloader:
             pools.set_state(backend, BackendState.DRAINING, "removed from the configuration")
             departures.leave_when_empty(backend)
             changes.append(f"backend {backend.name} removed: draining")
+
+    @staticmethod
+    def _note_checks(old: BackendSpec | None, spec: BackendSpec, changes: list[str]) -> None:
+        """
+        Say what changed in a kept backend's own health check and PROXY
+        setting (applied by the health checks' and sessions' next use).
+        """
+        if old is None:
+            return
+        for name in ("health_send", "health_expect", "proxy_protocol"):
+            if getattr(old, name) != getattr(spec, name):
+                changes.append(
+                    f"backend {spec.name} {name.replace('_', '-')} "
+                    f"{getattr(old, name)!r} -> {getattr(spec, name)!r}"
+                )
 
     def _apply_backend(self, backend: Backend, spec: BackendSpec, changes: list[str]) -> None:
         """
