@@ -22,6 +22,7 @@ from twisted.python.usage import UsageError
 import gateway
 from gateway.checks import DURATION_UNITS, ConfigError, endpoint_hint, parse_duration
 from gateway.cli import HELP_GROUPS, OTHER_GROUP, did_you_mean, package_version
+from gateway.configfile import FILE_SETTINGS
 from gateway.options import GatewayOptions, Options
 from tests.support import TWISTD
 from tests.test_configfile import parse, write
@@ -503,3 +504,25 @@ def test_version_option_in_process(capsys: pytest.CaptureFixture[str]) -> None:
         GatewayOptions(reactor=MemoryReactor()).parseOptions(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"gateway {package_version()}\n"
+
+
+def test_every_duration_key_of_the_file_takes_a_unit() -> None:
+    """
+    The file's duration keys (those taking a string with a unit) are the
+    command line's durations: each timeout and interval, and the ping.
+    """
+    durations = {name for name, kind in FILE_SETTINGS.items() if "'10m'" in kind}
+    assert durations == {
+        name for name in _long_options() if name.endswith(("-timeout", "-interval"))
+    } | {"websocket-ping"}
+
+
+def test_readme_lists_every_option() -> None:
+    """
+    The README's (or the docs') table of options has one row per option
+    (C{--help} aside) and none for an option that does not exist.
+    """
+    root = Path(__file__).resolve().parent.parent
+    text = "".join(path.read_text() for path in [root / "README.md", *root.glob("docs/**/*.md")])
+    rows = re.findall(r"^\| `--([a-z-]+)", text, re.MULTILINE)
+    assert sorted(set(rows)) == sorted(set(_long_options()) - {"help"})
