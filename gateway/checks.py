@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import _parse, clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorCore
 
 from gateway.front.pemfolder import FolderError, load_folder
@@ -47,6 +47,8 @@ __all__ = [
     "check_session_key",
     "check_token",
     "check_writable_file",
+    "endpoint_hint",
+    "parse_duration",
     "read_token_file",
 ]
 
@@ -68,19 +70,52 @@ MAX_SECONDS = 86400.0
 timeout, and huge values (C{1e300}) only hide a mistake."""
 
 
+DURATION_UNITS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+"""The units a duration may end with, and their length in seconds (no unit: seconds)."""
+
+_DURATION = re.compile(r"(?P<number>.*?)\s*(?P<unit>ms|s|m|h|d)", re.ASCII)
+
+_DURATION_WHAT = "a number of seconds or a duration such as 500ms, 1.5s, 10m or 2h"
+
+
+def parse_duration(option: str, text: str) -> float:
+    """
+    Parse a duration: a number of seconds (C{30}, C{1.5}), or a number and
+    one of L{DURATION_UNITS} (C{500ms}, C{1.5s}, C{10m}, C{2h}, C{1d}).
+
+    @param option: the setting's name, for the error message.
+    @param text: what the user wrote.
+    @return: the duration in seconds, not checked against any bound (it may
+        be negative).
+    @raise ConfigError: neither a finite number nor a number with a unit.
+    """
+    written = _DURATION.fullmatch(text.strip())
+    if written is None:
+        return _finite(option, text, _DURATION_WHAT)
+    # float() would take "nan", "inf" or "1_0"; a unit goes after a plain
+    # decimal number only.
+    if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", written["number"], re.ASCII):
+        raise ConfigError(f"{option}: expected {_DURATION_WHAT}, got {text!r}")
+    value = float(written["number"]) * DURATION_UNITS[written["unit"]]
+    if not math.isfinite(value):
+        raise ConfigError(f"{option}: expected a finite number, got {text!r}")
+    return value
+
+
 def check_seconds(option: str, text: str, *, allow_zero: bool) -> float:
     """
-    Parse a duration in seconds: L{MIN_SECONDS} to L{MAX_SECONDS}, or 0
-    where that is allowed (it turns the timeout or the checks off).
+    Parse a duration (L{parse_duration}: seconds, or with a unit such as
+    C{10m}) and check it: L{MIN_SECONDS} to L{MAX_SECONDS}, or 0 where that
+    is allowed (it turns the timeout or the checks off).
 
     @param option: the setting's name, for the error message.
     @param text: what the user wrote.
     @param allow_zero: whether 0 (meaning "off") is allowed.
-    @return: the duration.
-    @raise ConfigError: not a finite number, negative, 0 where not allowed,
+    @return: the duration in seconds.
+    @raise ConfigError: not a finite duration, negative, 0 where not allowed,
         or out of bounds; the message names the option and the bound.
     """
-    value = _finite(option, text, "a number of seconds")
+    value = parse_duration(option, text)
     if value < 0:
         raise ConfigError(f"{option}: must not be negative, got {text!r}")
     if value == 0:
@@ -315,9 +350,69 @@ def _parse_endpoint(
     try:
         return parse()
     except errors as error:
+        reason = _describe(error)
+        hint = endpoint_hint(description, kind) if reason.startswith("Unknown endpoint") else None
         raise ConfigError(
-            f"{option}: cannot use {description!r} as a {kind} endpoint: {_describe(error)}"
+            f"{option}: cannot use {description!r} as a {kind} endpoint: {reason}"
+            + (f"; did you mean '{hint}'?" if hint else "")
         ) from None
+
+
+_HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[\w.*-]*)):(?P<port>\d{1,5})")
+
+
+def endpoint_hint(description: str, kind: str) -> str | None:
+    """
+    The endpoint string someone who wrote C{description} probably meant:
+    C{8080} or C{HOST:8080} as a server are C{tcp:8080} (on C{HOST}'s
+    interface), C{HOST:7777} as a client is C{tcp:HOST:7777}.  Only a
+    suggestion for a message: such a string is never accepted as it is.
+
+    @param kind: C{"server"} or C{"client"}.
+    @return: the suggestion, or L{None} when there is no likely one.
+    """
+    text = description.strip()
+    written = _HOST_PORT.fullmatch(text if ":" in text else f":{text}")
+    if written is None or not 0 < int(written["port"]) <= 65535:
+        return None
+    port, ipv6 = written["port"], written["ipv6"]
+    # Twisted's endpoint strings escape the colons of an IPv6 address.
+    host = ipv6.replace(":", "\\:") if ipv6 else written["host"]
+    if kind == "client":
+        return f"tcp:{host or 'localhost'}:{port}"
+    family = "tcp6" if ipv6 else "tcp"
+    return f"{family}:{port}" + (f":interface={host}" if host and host != "*" else "")
+
+
+_PORT_FIELDS = {"server": ("tcp", "tcp6", "ssl"), "client": ("tcp", "ssl", "tls")}
+"""The endpoint types with a TCP port, for a server and for a client (the
+port is the first argument of a server's, the second of a client's)."""
+
+
+def _check_port(option: str, description: str, kind: str) -> None:
+    """
+    Refuse a TCP port out of range (C{tcp:70000}), which Twisted's parsers
+    take and only binding or connecting would refuse.  Port 0 is a server's
+    "any free port", never a client's.
+
+    @raise ConfigError: the port is out of range.
+    """
+    args, kwargs = _parse(
+        description.removeprefix("haproxy:") if kind == "server" else description
+    )
+    position = 1 if kind == "server" else 2
+    if not args or args[0] not in _PORT_FIELDS[kind]:
+        return
+    text = kwargs.get("port", args[position] if len(args) > position else None)
+    lowest = 0 if kind == "server" else 1
+    try:
+        port = int(text or "")
+    except ValueError:
+        return  # no port, or one the parser itself refuses
+    if not lowest <= port <= 65535:
+        raise ConfigError(
+            f"{option}: {description!r}: port {port} is out of range ({lowest} to 65535)"
+        )
 
 
 def _check_not_empty(option: str, description: str) -> None:
@@ -353,6 +448,7 @@ def check_server_endpoint(
         _check_tls_front(option, description, text, read_folder=read_folders)
         return description
     _parse_endpoint(option, description, "server", lambda: serverFromString(reactor, description))
+    _check_port(option, description, "server")
     return description
 
 
@@ -366,6 +462,10 @@ def _check_tls_front(option: str, description: str, text: str, *, read_folder: b
     front = _parse_endpoint(
         option, description, "server", lambda: parse_tls_front(text), errors=ValueError
     )
+    if not 0 <= front.port <= 65535:
+        raise ConfigError(
+            f"{option}: {description!r}: port {front.port} is out of range (0 to 65535)"
+        )
     if not read_folder:
         if not os.path.isdir(front.folder):
             raise ConfigError(f"{option}: {description}: {front.folder}: not a folder")
@@ -385,6 +485,7 @@ def check_client_endpoint(option: str, description: str, reactor: IReactorCore) 
     """
     _check_not_empty(option, description)
     _parse_endpoint(option, description, "client", lambda: clientFromString(reactor, description))
+    _check_port(option, description, "client")
     return description
 
 

@@ -58,6 +58,7 @@ _NUMBER = "a number"
 _INTEGER = "a whole number"
 _STRING = "a string"
 _BOOL = "true or false"
+_DURATION = "a number of seconds or a string such as '10m'"
 
 FILE_SETTINGS: dict[str, str] = {
     "listen": "a list of endpoint strings",
@@ -66,12 +67,12 @@ FILE_SETTINGS: dict[str, str] = {
     "http-listing": _BOOL,
     "access-log-only": _BOOL,
     "demo": _BOOL,
-    "sniff-timeout": _NUMBER,
-    "connect-timeout": _NUMBER,
-    "idle-timeout": _NUMBER,
-    "fin-timeout": _NUMBER,
-    "header-timeout": _NUMBER,
-    "drain-timeout": _NUMBER,
+    "sniff-timeout": _DURATION,
+    "connect-timeout": _DURATION,
+    "idle-timeout": _DURATION,
+    "fin-timeout": _DURATION,
+    "header-timeout": _DURATION,
+    "drain-timeout": _DURATION,
     "max-connections": _INTEGER,
     "max-per-ip": _INTEGER,
     "rate-per-ip": _NUMBER,
@@ -81,7 +82,7 @@ FILE_SETTINGS: dict[str, str] = {
     "balance": _STRING,
     "session-key": _STRING,
     "proxy-protocol": _STRING,
-    "health-interval": _NUMBER,
+    "health-interval": _DURATION,
     "health-send": _STRING,
     "health-expect": _STRING,
     "retries": _INTEGER,
@@ -96,7 +97,7 @@ FILE_SETTINGS: dict[str, str] = {
     "websocket": "a list of paths",
     "websocket-origin": "a list of origins",
     "websocket-max-message": _INTEGER,
-    "websocket-ping": _NUMBER,
+    "websocket-ping": _DURATION,
     "access-log-starts": _BOOL,
     "log-format": _STRING,
     "pool": "tables ([pool.NAME])",
@@ -134,7 +135,7 @@ _ROUTE_TYPES: dict[str, str] = {
     "listing": _BOOL,
     "strip-prefix": _BOOL,
     "max-body": _INTEGER,
-    "timeout": _NUMBER,
+    "timeout": _DURATION,
     "rate-per-ip": _NUMBER,
     "rate-burst": _NUMBER,
 }
@@ -192,6 +193,9 @@ def _scalar(label: str, kind: str, value: object) -> str | bool:
     elif kind == _INTEGER:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
+    elif kind == _DURATION and isinstance(value, str):
+        # With a unit ('10m'): check_seconds reads it, as on the command line.
+        return value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(f"{label}: must be {kind}, got {_shown(value)}")

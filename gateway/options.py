@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 from typing_extensions import override
 
+from gateway.cli import did_you_mean, grouped_usage, package_version
 from gateway.config import (
     DEFAULT_ADMIN,
     DEMO_LISTEN,
@@ -371,7 +372,10 @@ class GatewayOptions(usage.Options):
         # they) win over the --config file.
         for name, handler in list(self._dispatch.items()):
             self._dispatch[name] = self._recorder(name, handler)
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            raise usage.UsageError(did_you_mean(str(error), self.longOpt)) from None
 
     def _recorder(self, name: str, handler: Any) -> Any:
         def record(option: str, value: Any = None) -> Any:
@@ -381,6 +385,13 @@ class GatewayOptions(usage.Options):
             return handler(option, value)
 
         return record
+
+    @override
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The options under topic headings (see L{gateway.cli}), not in one list.
+        """
+        return grouped_usage(self, width)
 
     def opt_listen(self, description: str) -> None:
         """A public front (repeatable; default tcp:8080): any Twisted server endpoint string, e.g. tcp:80, tcp:8080:interface=127.0.0.1, unix:/run/gw.sock."""  # noqa: E501
@@ -400,9 +411,7 @@ class GatewayOptions(usage.Options):
 
     def opt_version(self) -> None:
         """Print the gateway's version and exit."""
-        from gateway import __version__
-
-        print(f"gateway {__version__}")
+        print(f"gateway {package_version()}")
         raise SystemExit(0)
 
     @override

@@ -215,7 +215,15 @@ def test_minimal_file_has_the_defaults(tmp_path: Path) -> None:
         ("max-connections = 5.5", "max-connections: must be a whole number, got 5.5"),
         ("max-connections = true", "max-connections: must be a whole number, got True"),
         ("max-connections = -1", "max-connections: must not be negative"),
-        ("sniff-timeout = 'soon'", "sniff-timeout: must be a number, got 'soon'"),
+        (
+            "sniff-timeout = 'soon'",
+            "sniff-timeout: expected a number of seconds or a duration such as 500ms, 1.5s, "
+            "10m or 2h, got 'soon'",
+        ),
+        (
+            "sniff-timeout = true",
+            "sniff-timeout: must be a number of seconds or a string such as '10m', got True",
+        ),
         ("sniff-timeout = 0", "sniff-timeout: must be more than 0 seconds, got '0'"),
         ("sniff-timeout = inf", "sniff-timeout:"),
         ("http-listing = 1", "http-listing: must be true or false, got 1"),
