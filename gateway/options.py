@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 from typing_extensions import override
 
+from gateway.checksummary import summary
 from gateway.cli import did_you_mean, grouped_usage, package_version
 from gateway.config import (
     DEFAULT_ADMIN,
@@ -28,8 +29,6 @@ from gateway.config import (
     GAME_POOL,
     ConfigError,
     GatewayConfig,
-    PoolSpec,
-    RouteSpec,
 )
 from gateway.ownership import TokenFiles, ownership_lines
 from gateway.poolconfig import RawPool, RawRoute
@@ -542,77 +541,6 @@ class GatewayOptions(usage.Options):
             read_folders=not reloading,
             tokens=self._tokens,
         )
-
-
-def summary(config: GatewayConfig) -> str:
-    """
-    What C{--check-config} prints for a valid configuration: the fronts,
-    the backends (by pool, when there are named pools), the routes it
-    understood and the admin endpoint.
-    """
-    source = config.config_file or "the command line"
-
-    def listed(pool: str) -> str:
-        return ", ".join(
-            f"{b.name} ({b.endpoint}, weight {b.weight})" if b.name != b.endpoint else b.name
-            for b in config.backends
-            if b.pool == pool
-        )
-
-    game = listed(GAME_POOL) or ("(demo)" if config.demo else "none")
-    backends = f"backends {game}; "
-    for pool in config.pools:
-        backends += f"pool {pool.name} ({_pool_summary(pool)}): {listed(pool.name)}; "
-    routes = ""
-    if config.routes:
-        routes = "routes " + ", ".join(_route_summary(route) for route in config.routes) + "; "
-    return (
-        f"gateway: {source}: the configuration is valid: "
-        f"fronts {', '.join(config.listen)}; "
-        + backends
-        + routes
-        + (f"websocket {', '.join(config.websocket)}; " if config.websocket else "")
-        + f"admin {config.admin or 'none'}"
-    )
-
-
-def _pool_summary(pool: PoolSpec) -> str:
-    """
-    A named pool's settings as C{--check-config} lists them.
-    """
-    if not pool.health_interval:
-        health = "no health checks"
-    elif pool.health_path is not None:
-        expected = pool.health_status or "2xx/3xx"
-        health = f"health GET {pool.health_path} -> {expected} every {pool.health_interval:g} s"
-    else:
-        health = f"health every {pool.health_interval:g} s"
-    return (
-        f"{pool.balance}, {health}, connect-timeout {pool.connect_timeout:g} s, "
-        f"retries {pool.retries}"
-    )
-
-
-def _route_summary(route: RouteSpec) -> str:
-    """
-    One route as C{--check-config} lists it: C{[NAME: ]HOST PATH -> ACTION
-    (OPTIONS)}, its name only when it has one of its own.
-    """
-    where = f"{route.host or '*'} {route.path}"
-    named = "" if route.name == f"{route.host or ''}{route.path}" else f"{route.name}: "
-    options = []
-    if route.root is not None:
-        action = f"files in {route.root}"
-        options += ["listing"] if route.listing else []
-    elif route.pool is not None:
-        action = f"HTTP proxy to pool {route.pool}"
-        options += ["prefix stripped"] if route.strip_prefix else []
-        options += [f"max-body {route.max_body}", f"timeout {route.timeout:g} s"]
-    else:
-        action = f"WebSocket bridge to pool {route.bridge}"
-    if route.rate_per_ip:
-        options.append(f"rate-per-ip {route.rate_per_ip:g}")
-    return f"{named}{where} -> {action}" + (f" ({', '.join(options)})" if options else "")
 
 
 class Options(GatewayOptions):

@@ -32,7 +32,7 @@ from prometheus_client.utils import floatToGoString
 from typing_extensions import override
 
 import twisted
-from gateway import __version__
+from gateway.cli import package_version
 from gateway.config import GatewayConfig
 from gateway.front.limits import default_burst
 from gateway.histogram import CONNECT_TIME_BOUNDS, SESSION_DURATION_BOUNDS
@@ -251,7 +251,7 @@ def _process(state: AdminState) -> Iterator[Metric]:
         "Always 1; the gateway's version and those of Python and Twisted.",
         labels=["version", "python", "twisted"],
     )
-    info.add_metric([__version__, platform.python_version(), twisted.__version__], 1)
+    info.add_metric([package_version(), platform.python_version(), twisted.__version__], 1)
     yield info
     start = GaugeMetricFamily(
         "gateway_start_time_seconds", "When the gateway started, since the epoch."
