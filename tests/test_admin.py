@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+import gateway
 from gateway.front.limits import Refusal
 from gateway.ops.metrics import render_metrics
 from gateway.ops.registry import Counters, SessionRegistry
@@ -135,6 +136,16 @@ def test_status_document() -> None:
     assert counters["backend_failures"] == 2
     assert counters["health_transitions"] == 1
     json.dumps(document)
+
+
+def test_status_names_the_gateway() -> None:
+    """
+    /status.json says which gateway answers: its version (the package's,
+    which C{gateway_build_info} shows too) and the machine's host name.
+    """
+    document = status(make_state())
+    assert document["version"] == gateway.__version__
+    assert document["host"] == socket.gethostname()
 
 
 def test_metrics_parse_with_prometheus_client() -> None:

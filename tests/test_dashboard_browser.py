@@ -15,10 +15,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -30,11 +31,14 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.threads import deferToThread
 from websockets.sync.client import connect as websocket_connect
 
+from gateway import __version__ as gateway_version
+from gateway.config import DEFAULT_ADMIN
 from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, SessionRegistry
 from gateway.ops.status import AdminState
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.pools import Pools
+from tests.cdp import Browser
 from tests.support import (
     HEADLESS_CHROMIUM,
     GatewayProcess,
@@ -42,6 +46,7 @@ from tests.support import (
     connect,
     echo,
     recv_exactly,
+    recv_until_eof,
     wait_for,
 )
 from tests.support import Backend as ServerBackend
@@ -113,7 +118,7 @@ class _Cells(HTMLParser):
             self._in_body = False
         elif tag == "table":
             self._table = None
-        elif tag in ("span", "p"):
+        elif tag in ("span", "p", "strong"):
             self._open_id = None
 
     def handle_data(self, data: str) -> None:
@@ -218,6 +223,12 @@ def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:
         )
         assert re.fullmatch(r"updated .+", page.by_id["updated"])
         assert page.by_id.get("error", "") == ""
+        # Which gateway, and since when.
+        assert page.by_id["version"] == f"v{gateway_version}"
+        assert page.by_id["host"] == socket.gethostname()
+        assert re.fullmatch(r"\d+ s|\d+ min \d+ s", page.by_id["uptime"])
+        # Nothing refused: one line says so.
+        assert page.rows["refusals"] == [["no refusals"]]
         for game in sessions:
             game.close()
 
@@ -322,3 +333,255 @@ async def test_dashboard_groups_backends_by_pool(two_pools_admin: str, tmp_path:
         ["api-3", "tcp:127.0.0.1:7004", "up"],
     ]
     assert page.by_id.get("error", "") == ""
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    """
+    A headless Chromium driven through the DevTools protocol, closed (and its
+    processes killed) after the test.
+    """
+    assert BROWSER is not None, "chromium is required here (GATEWAY_REQUIRE_BROWSER=1)"
+    with Browser(BROWSER, tmp_path / "profile") as running:
+        yield running
+
+
+def text_of(browser: Browser, ident: str) -> str:
+    """
+    The text of the page's element with id C{ident}.
+    """
+    text: str = browser.evaluate(f"document.getElementById({json.dumps(ident)}).textContent")
+    return text.strip()
+
+
+def peak(browser: Browser, line: str) -> float:
+    """
+    How high a line of the rates chart rises above its baseline, as a
+    fraction of the chart's height (0: flat or not drawn).
+    """
+    points: str = browser.evaluate(
+        f"document.getElementById({json.dumps(line)}).getAttribute('points')"
+    )
+    heights = [float(pair.split(",")[1]) for pair in points.split()]
+    return (100 - min(heights)) / 100 if heights else 0.0
+
+
+def refused(port: int) -> None:
+    """
+    Open a connection that the gateway refuses (it closes it at once).
+    """
+    sock = connect(port)
+    assert recv_until_eof(sock) == b""
+    sock.close()
+
+
+def test_dashboard_charts_session_and_refusal_rates(tmp_path: Path, browser: Browser) -> None:
+    """
+    The page draws the rates of new sessions and of refusals from the
+    counters it polls: flat while nothing happens; after two sessions and
+    three refused connections both lines rise and the current rates show
+    it; once the activity has stopped the current rates fall back to 0,
+    while the chart, a rolling window kept by the page, still shows the rise.
+    """
+    with (
+        ServerBackend(echo) as backend,
+        GatewayProcess(
+            [
+                "--backend",
+                backend.endpoint,
+                "--admin",
+                "tcp:0:interface=127.0.0.3",
+                "--max-per-ip",
+                "2",
+                "--health-interval",
+                "0",
+            ],
+            tmp_path,
+        ) as gateway,
+    ):
+        browser.open(admin_url(gateway) + "/")
+        wait_for(lambda: text_of(browser, "rate-sessions-now") == "0", "a first interval")
+        assert text_of(browser, "rate-refusals-now") == "0"
+        assert peak(browser, "rate-sessions") == peak(browser, "rate-refusals") == 0
+        assert text_of(browser, "rate-scale") == "1/s"
+
+        sessions = []
+        for number in range(2):
+            game = connect(gateway.port)
+            game.sendall(b"%d\n" % number)
+            assert recv_exactly(game, 2) == b"%d\n" % number
+            sessions.append(game)
+        for _ in range(3):
+            refused(gateway.port)
+
+        wait_for(
+            lambda: peak(browser, "rate-sessions") > 0 and peak(browser, "rate-refusals") > 0,
+            "both lines to rise",
+        )
+        wait_for(
+            lambda: (
+                text_of(browser, "rate-sessions-now") == "0"
+                and text_of(browser, "rate-refusals-now") == "0"
+            ),
+            "the current rates to fall back to 0",
+        )
+        assert peak(browser, "rate-sessions") > 0
+        assert peak(browser, "rate-refusals") > 0
+        assert text_of(browser, "error") == ""
+        for game in sessions:
+            game.close()
+
+
+def refuse_health_checks(sock: socket.socket, backend: ServerBackend) -> None:
+    """
+    A backend that answers a health check's line with C{ERR busy}, then closes.
+    """
+    received = b""
+    while not received.endswith(b"\n"):
+        chunk = sock.recv(1024)
+        if not chunk:
+            return
+        received += chunk
+    sock.sendall(b"ERR busy\n")
+    sock.shutdown(socket.SHUT_WR)
+
+
+def test_dashboard_shows_failure_reasons_as_text(tmp_path: Path) -> None:
+    """
+    A backend that fails its health checks is shown down with the reason in
+    readable text: the expected and received bytes quoted as text, not as
+    Python bytes (C{b'PONG'}).
+    """
+    with (
+        ServerBackend(refuse_health_checks) as backend,
+        GatewayProcess(
+            [
+                "--backend",
+                backend.endpoint,
+                "--admin",
+                "tcp:0:interface=127.0.0.3",
+                "--health-interval",
+                "0.2",
+                "--health-send",
+                "PING\\n",
+                "--health-expect",
+                "PONG",
+            ],
+            tmp_path,
+        ) as gateway,
+    ):
+        admin = admin_url(gateway)
+
+        def down() -> bool:
+            status = json.loads(urllib.request.urlopen(admin + "/status.json", timeout=10).read())
+            return bool(status["backends"][0]["state"] == "down")
+
+        wait_for(down, "the backend to be down")
+
+        page = render(admin + "/", tmp_path / "profile")
+
+        [row] = page.rows["backends"]
+        assert row[2] == "down"
+        assert row[7] == (
+            'health check failed 3 times: connection closed before "PONG" arrived'
+            ' (received 9 bytes: "ERR busy\\n")'
+        )
+
+
+def test_dashboard_fits_a_phone(tmp_path: Path, browser: Browser) -> None:
+    """
+    On a phone-sized screen (375 CSS pixels wide), with backends, sessions
+    and refusals listed, nothing is wider than the screen: the page does not
+    scroll sideways and no element reaches past its right edge.
+    """
+    with (
+        ServerBackend(echo) as first,
+        ServerBackend(echo) as second,
+        GatewayProcess(
+            [
+                "--backend",
+                first.endpoint,
+                "--backend",
+                second.endpoint,
+                "--admin",
+                "tcp:0:interface=127.0.0.3",
+                "--max-per-ip",
+                "3",
+                "--health-interval",
+                "0",
+            ],
+            tmp_path,
+        ) as gateway,
+    ):
+        sessions = []
+        for number in range(3):
+            game = connect(gateway.port)
+            game.sendall(b"%d\n" % number)
+            assert recv_exactly(game, 2) == b"%d\n" % number
+            sessions.append(game)
+        refused(gateway.port)
+
+        browser.open(admin_url(gateway) + "/")
+        # A page's metrics, so after it is open (the layout follows at once).
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 375, "height": 740, "deviceScaleFactor": 2, "mobile": True},
+        )
+        rows = "document.querySelectorAll('#sessions tbody tr').length"
+        wait_for(lambda: browser.evaluate(rows) == 3, "the sessions to be listed")
+        # A phone widens its layout viewport to fit a page that is too wide.
+        assert browser.evaluate("window.innerWidth") == 375
+        assert browser.evaluate("document.documentElement.scrollWidth") <= 375
+        too_wide = browser.evaluate(
+            "[...document.body.querySelectorAll('*')]"
+            ".filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5)"
+            ".map((e) => e.tagName + (e.id ? '#' + e.id : ''))"
+        )
+        assert too_wide == []
+        # Still readable there: each cell says which column it is.
+        cells = "[...document.querySelectorAll('#refusals td')].map((c) => c.textContent)"
+        assert browser.evaluate(cells) == ["address-cap", "1"]
+        label = "document.querySelector('#backends tbody tr:nth-child(2) td').dataset.label"
+        assert browser.evaluate(label) == "name"
+        for game in sessions:
+            game.close()
+
+
+def test_startup_log_links_the_dashboard(tmp_path: Path) -> None:
+    """
+    Once the admin endpoint listens, the log gives the dashboard's URL on a
+    line of its own, and a browser opening it gets the dashboard.
+    """
+    with (
+        ServerBackend(echo) as backend,
+        GatewayProcess(
+            ["--backend", backend.endpoint, "--admin", "tcp:0:interface=127.0.0.3"], tmp_path
+        ) as gateway,
+    ):
+        admin = admin_url(gateway)
+        found: list[str] = []
+
+        def logged() -> bool:
+            found[:] = re.findall(r"dashboard: (\S+)", gateway.log())
+            return bool(found)
+
+        wait_for(logged, "the dashboard's URL in the log")
+        assert found == [admin + "/"]
+
+        page = render(found[0], tmp_path / "profile")
+
+        assert page.by_id["host"] == socket.gethostname()
+        assert page.by_id.get("error", "") == ""
+
+
+def test_demo_page_links_the_dashboard(tmp_path: Path, browser: Browser) -> None:
+    """
+    The demo page links to the dashboard at the default admin endpoint
+    (the demo is what a newcomer runs, with the default --admin).
+    """
+    port = re.fullmatch(r"tcp:(\d+):interface=([\d.]+)", DEFAULT_ADMIN)
+    assert port is not None
+    with GatewayProcess(["--demo"], tmp_path, host="127.0.0.2") as gateway:
+        browser.open(f"http://127.0.0.2:{gateway.port}/")
+        href = browser.evaluate("document.getElementById('dashboard-link').href")
+        assert href == f"http://{port[2]}:{port[1]}/"

@@ -807,8 +807,8 @@ def test_wrong_bytes_fail_at_timeout() -> None:
     assert wire.aborted
     assert rig.state() is DOWN
     assert rig.backends[0].reason == (
-        "health check failed 1 time: b'PONG' not received within 2 s"
-        " (received 9 bytes: b'ERR busy\\n')"
+        'health check failed 1 time: "PONG" not received within 2 s'
+        ' (received 9 bytes: "ERR busy\\n")'
     )
 
 
@@ -820,7 +820,7 @@ def test_silence_fails_at_timeout() -> None:
     rig.pool.set_state(rig.backends[0], UP, "test")
     rig.reactor.advance(1.0)
     assert wire.aborted
-    assert rig.backends[0].reason.endswith("b'PONG' not received within 1 s (nothing received)")
+    assert rig.backends[0].reason.endswith('"PONG" not received within 1 s (nothing received)')
 
 
 def test_close_before_expected_fails() -> None:
@@ -833,7 +833,7 @@ def test_close_before_expected_fails() -> None:
     wire.lost()
     assert rig.state() is DOWN
     assert rig.backends[0].reason.endswith(
-        "connection closed before b'PONG' arrived (received 2 bytes: b'PO')"
+        'connection closed before "PONG" arrived (received 2 bytes: "PO")'
     )
     assert rig.checker.in_flight() == ()
 

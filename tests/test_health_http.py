@@ -294,7 +294,7 @@ def test_http_probe_sends_request_and_passes_on_2xx() -> None:
         (
             HealthCheck(http_path=b"/healthz"),
             b"SSH-2.0-OpenSSH\r\n",
-            "no HTTP status line (received 17 bytes: b'SSH-2.0-OpenSSH\\r\\n')",
+            'no HTTP status line (received 17 bytes: "SSH-2.0-OpenSSH\\r\\n")',
         ),
     ],
 )
@@ -331,7 +331,7 @@ def test_http_probe_close_before_status_fails() -> None:
     assert rig.state() is DOWN
     assert rig.backends[0].reason == (
         "health check failed 1 time: connection closed before an HTTP status line arrived"
-        " (received 12 bytes: b'HTTP/1.1 200')"
+        ' (received 12 bytes: "HTTP/1.1 200")'
     )
 
 

@@ -1,8 +1,9 @@
 """
-The status document of C{/status.json}: the backends (name, endpoint, state,
-active, total, failures, weight, reason), the live sessions (the "children
-list": id, kind, peer, backend, started, bytes_in, bytes_out) and the
-counters, all read when asked (the data path only adds to plain integers).
+The status document of C{/status.json}: the gateway's version, host name and
+start time, the backends (name, endpoint, state, active, total, failures,
+weight, reason), the live sessions (the "children list": id, kind, peer,
+backend, started, bytes_in, bytes_out) and the counters, all read when asked
+(the data path only adds to plain integers).
 
 L{status} builds it for one process; L{session_json} writes one session as
 JSON text without building a dictionary (for long lists); with C{--workers},
@@ -14,6 +15,7 @@ L{gateway.ops.metrics} renders the same document's counters for Prometheus.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from contextlib import suppress
 from json.encoder import encode_basestring_ascii as _quote
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from gateway import __version__
 from gateway.front.limits import Refusal
 from gateway.histogram import (
     CONNECT_TIME_BOUNDS,
@@ -202,6 +205,8 @@ def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
         sessions.append(session_entry(number, session))
     active = registry.active()
     return {
+        "version": __version__,
+        "host": socket.gethostname(),
         "started": state.started,
         "now": state.clock.seconds() if state.clock is not None else 0.0,
         "backends": [backend_status(backend) for backend in pool.backends],

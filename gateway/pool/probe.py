@@ -60,10 +60,39 @@ from gateway.pool.httpcheck import (
 )
 from gateway.session.backendlink import describe_failure, local_shortage
 
-__all__ = ["HealthCheck", "Probe"]
+__all__ = ["HealthCheck", "Probe", "quote_bytes"]
 
 _SHOWN = 32
 """Bytes of an unexpected answer quoted in a failed probe's reason."""
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def quote_bytes(data: bytes) -> str:
+    """
+    Bytes of a wire exchange as text for a reason an operator reads (the
+    log, the dashboard): in double quotes, UTF-8 decoded, with C{\\n},
+    C{\\r}, C{\\t} escapes, and C{\\xNN} for another control character or a
+    byte that is not UTF-8, C{\\uNNNN} for a character that does not print.  Not
+    Python's C{repr} of bytes (C{b'PONG\\r\\n'}), which is a programmer's
+    notation.
+
+    @return: for example C{"ERR busy\\n"}.
+    """
+    # surrogateescape turns each byte that is not UTF-8 into one code point
+    # (U+DC80 to U+DCFF), escaped below as that byte.
+    text = data.decode("utf-8", "surrogateescape")
+    shown = (_ESCAPES.get(c) or (c if c.isprintable() else _escape(c)) for c in text)
+    return '"' + "".join(shown) + '"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,12 +354,12 @@ class Probe(ReadinessMixin):
     def _awaited(self) -> str:
         if self._reader is not None:
             return "an HTTP status line"
-        return repr(self.check.expect)
+        return quote_bytes(self.check.expect)
 
     def _answer(self) -> str:
         if not self._received:
             return " (nothing received)"
-        return f" (received {self._received} bytes: {self._head!r})"
+        return f" (received {self._received} bytes: {quote_bytes(self._head)})"
 
     # Ending
 

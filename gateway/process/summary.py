@@ -2,21 +2,24 @@
 The start-up summary: one log line, once every front listens, that says what
 the gateway serves (fronts and their bound addresses, pools and backends,
 routes, limits, the admin endpoint), so an operator reading the log, or a
-shipper's query, finds it in one place.
+shipper's query, finds it in one place; then, on a line of its own, the
+URL of the admin endpoint's dashboard, to open in a browser.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from typing_extensions import override
 
 from gateway.config import GatewayConfig
 from gateway.process.listener import FrontListener
 
-__all__ = ["StartSummary", "describe"]
+__all__ = ["StartSummary", "dashboard_url", "describe"]
 
 LISTED = 8
 """The most backends named per pool; the others are counted."""
@@ -79,6 +82,32 @@ def describe(
     }
 
 
+_ANY = ("0.0.0.0", "::")
+"""Addresses that mean every interface: the URL names the host instead."""
+
+
+def dashboard_url(admin: FrontListener) -> str | None:
+    """
+    The URL of the dashboard on the admin endpoint, once it listens:
+    C{https} for a C{tls:} or C{ssl:} endpoint, the bound address and port
+    (the host's name for an endpoint bound to every interface).
+
+    @return: L{None} while it does not listen, or for a UNIX socket (which a
+        browser cannot open).
+    """
+    port = admin.port
+    if port is None:
+        return None
+    host = port.getHost()
+    if not isinstance(host, IPv4Address | IPv6Address):
+        return None
+    scheme = "https" if admin.description.startswith(("tls:", "ssl:")) else "http"
+    name = socket.gethostname() if host.host in _ANY else host.host
+    if ":" in name:
+        name = f"[{name}]"
+    return f"{scheme}://{name}:{host.port}/"
+
+
 class StartSummary(Service):
     """
     Logs the start-up summary when it starts: after the fronts, which bind
@@ -107,3 +136,6 @@ class StartSummary(Service):
         self._log.info(
             "gateway started: {summary}", **describe(self._config, self._fronts, self._admin)
         )
+        url = None if self._admin is None else dashboard_url(self._admin)
+        if url is not None:
+            self._log.info("dashboard: {dashboard}", dashboard=url)

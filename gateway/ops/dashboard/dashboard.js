@@ -32,6 +32,38 @@ function formatAge(seconds) {
   return (seconds / 3600).toFixed(1) + " h";
 }
 
+// An uptime in its two largest units: "42 s", "5 min 3 s", "2 h 5 min", "3 d 4 h".
+function formatUptime(seconds) {
+  const units = [["d", 86400], ["h", 3600], ["min", 60], ["s", 1]];
+  let left = Math.max(0, Math.floor(seconds));
+  const parts = [];
+  for (const [name, size] of units) {
+    const count = Math.floor(left / size);
+    left -= count * size;
+    if (count || parts.length) parts.push(count + " " + name);
+  }
+  return parts.length ? parts.slice(0, 2).join(" ") : "0 s";
+}
+
+function formatRate(perSecond) {
+  if (Number.isInteger(perSecond)) return String(perSecond);
+  if (perSecond >= 10) return String(Math.round(perSecond));
+  return perSecond.toFixed(perSecond >= 0.1 ? 1 : 2);
+}
+
+// Give each cell of a table's bodies the name of its column (data-label),
+// which the narrow layout shows beside the value instead of the header row.
+function labelCells(table) {
+  const names = [...table.tHead.rows[0].cells].map((th) => th.textContent.trim());
+  for (const body of table.tBodies) {
+    for (const row of body.rows) {
+      [...row.cells]
+        .filter((c) => c.tagName === "TD")
+        .forEach((c, i) => c.dataset.label = names[i] || "");
+    }
+  }
+}
+
 function replaceRows(tbody, rows) {
   tbody.replaceChildren(...rows);
 }
@@ -120,10 +152,11 @@ function renderBackends(backends) {
   const table = document.getElementById("backends");
   for (const body of [...table.tBodies]) body.remove();
   table.append(...groups);
+  labelCells(table);
 }
 
 function renderCounters(counters) {
-  const refused = Object.values(counters.refused).reduce((a, b) => a + b, 0);
+  const refused = totalRefused(counters);
   document.getElementById("count-game").textContent = counters.active_sessions.game;
   document.getElementById("count-websocket").textContent = counters.active_sessions.websocket;
   document.getElementById("count-http").textContent = counters.active_sessions.http;
@@ -132,13 +165,103 @@ function renderCounters(counters) {
   document.getElementById("count-bytes").textContent =
     formatBytes(counters.bytes_in) + " / " + formatBytes(counters.bytes_out);
   document.getElementById("count-unserved").textContent = counters.unserved;
-  const rows = Object.entries(counters.refused).map(([reason, count]) => {
+  renderRefusals(counters.refused);
+}
+
+// The reasons that refused something; when none did, one line says so.
+function renderRefusals(refused) {
+  const table = document.getElementById("refusals");
+  const rows = Object.entries(refused)
+    .filter(([, count]) => count > 0)
+    .map(([reason, count]) => {
+      const row = document.createElement("tr");
+      cell(row, reason);
+      cell(row, count, "number");
+      return row;
+    });
+  table.tHead.hidden = rows.length === 0;
+  if (rows.length === 0) {
     const row = document.createElement("tr");
-    cell(row, reason);
-    cell(row, count, "number");
-    return row;
-  });
-  replaceRows(document.querySelector("#refusals tbody"), rows);
+    cell(row, "no refusals", "none muted").colSpan = 2;
+    rows.push(row);
+  }
+  replaceRows(table.tBodies[0], rows);
+  labelCells(table);
+}
+
+// The rates chart.  status.json has counters only (totals since start), so
+// the page keeps a rolling window of them, one sample per poll, and draws
+// the rate of each interval between two samples as a step of a line.
+const WINDOW_S = 300;
+const CHART_W = 300;
+const CHART_H = 100;
+let samples = [];
+let samplesOf = null;
+
+function totalRefused(counters) {
+  return Object.values(counters.refused).reduce((a, b) => a + b, 0);
+}
+
+function addSample(status) {
+  const counters = status.counters;
+  const sample = {
+    t: status.now,
+    sessions: counters.sessions.game + counters.sessions.websocket,
+    refused: totalRefused(counters),
+  };
+  const last = samples[samples.length - 1];
+  if (last && sample.t === last.t) return; // the same moment, asked twice
+  // Another process (a restart, a hand-over) or counters that went back:
+  // the old samples say nothing about the new counters.
+  if (
+    status.started !== samplesOf ||
+    (last && (sample.t < last.t || sample.sessions < last.sessions || sample.refused < last.refused))
+  ) {
+    samples = [];
+    samplesOf = status.started;
+  }
+  samples.push(sample);
+  // Keep the one sample before the window, where its first interval starts.
+  while (samples.length > 2 && samples[1].t <= sample.t - WINDOW_S) samples.shift();
+}
+
+// 1, 2 or 5 times a power of ten, at least 1 (per second) and above every rate.
+function chartTop(highest) {
+  let top = 1;
+  while (top < highest) {
+    top *= String(top)[0] === "2" ? 2.5 : 2;
+  }
+  return top;
+}
+
+function renderRates() {
+  const now = samples.length ? samples[samples.length - 1].t : 0;
+  const steps = { sessions: [], refused: [] };
+  for (let i = 1; i < samples.length; i += 1) {
+    const before = samples[i - 1];
+    const after = samples[i];
+    for (const name of Object.keys(steps)) {
+      steps[name].push({
+        from: before.t,
+        to: after.t,
+        rate: (after[name] - before[name]) / (after.t - before.t),
+      });
+    }
+  }
+  const top = chartTop(Math.max(0, ...steps.sessions.map((s) => s.rate), ...steps.refused.map((s) => s.rate)));
+  const x = (t) => (CHART_W - ((now - t) / WINDOW_S) * CHART_W).toFixed(1);
+  const y = (rate) => (CHART_H - (rate / top) * CHART_H).toFixed(1);
+  const line = (name) =>
+    steps[name].map((s) => x(s.from) + "," + y(s.rate) + " " + x(s.to) + "," + y(s.rate)).join(" ");
+  document.getElementById("rate-sessions").setAttribute("points", line("sessions"));
+  document.getElementById("rate-refusals").setAttribute("points", line("refused"));
+  document.getElementById("rate-scale").textContent = formatRate(top) + "/s";
+  const current = (name) => {
+    const last = steps[name][steps[name].length - 1];
+    return last ? formatRate(last.rate) : "-";
+  };
+  document.getElementById("rate-sessions-now").textContent = current("sessions");
+  document.getElementById("rate-refusals-now").textContent = current("refused");
 }
 
 function renderSessions(sessions, total, now) {
@@ -155,6 +278,7 @@ function renderSessions(sessions, total, now) {
     return row;
   });
   replaceRows(document.querySelector("#sessions tbody"), rows);
+  labelCells(document.getElementById("sessions"));
   document.getElementById("sessions-shown").textContent =
     sessions.length < total ? "(the oldest " + sessions.length + " of " + total + ")" : "";
 }
@@ -174,6 +298,15 @@ function renderWorkers(workers) {
     return row;
   });
   replaceRows(document.querySelector("#workers tbody"), rows);
+  labelCells(document.getElementById("workers"));
+}
+
+// Which gateway this is, and for how long it has run.
+function renderAbout(status) {
+  document.getElementById("version").textContent = status.version ? "v" + status.version : "";
+  document.getElementById("host").textContent = status.host || "-";
+  document.getElementById("uptime").textContent = formatUptime(status.now - status.started);
+  document.title = "gateway on " + (status.host || "?");
 }
 
 async function refresh() {
@@ -187,6 +320,9 @@ async function refresh() {
     renderWorkers(status.workers);
     const live = status.counters.active_sessions;
     renderSessions(status.sessions, live.game + live.websocket + live.http, status.now);
+    addSample(status);
+    renderRates();
+    renderAbout(status);
     document.getElementById("updated").textContent =
       "updated " + new Date(status.now * 1000).toLocaleTimeString();
     error.hidden = true;
