@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from twisted.python.usage import UsageError
 
+from gateway.checksummary import summary
 from gateway.config import PoolSpec, RouteSpec
-from gateway.options import summary
 from tests.test_configfile import parse, write
 
 GOOD = """

@@ -344,5 +344,5 @@ def test_a_backends_own_check_changed_is_said(log_events: EventLoggingObserver) 
     )
     assert service.reload()
     text = "\n".join(lines(log_events))
-    assert "backend a health-expect None -> b'PONG'" in text
+    assert 'backend a health-expect None -> "PONG"' in text
     assert "nothing changed" not in text

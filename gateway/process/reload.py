@@ -29,6 +29,7 @@ from gateway.ops.access import access_log_only, access_log_starts
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.balance import make_balancer
 from gateway.pool.pools import Pools
+from gateway.pool.probe import quote_bytes
 from gateway.process.parts import (
     PASSIVE_FALL,
     Parts,
@@ -272,11 +273,15 @@ class Reloader:
         """
         if old is None:
             return
+
+        def shown(value: object) -> str:
+            return quote_bytes(value) if isinstance(value, bytes) else repr(value)
+
         for name in ("health_send", "health_expect", "proxy_protocol"):
             if getattr(old, name) != getattr(spec, name):
                 changes.append(
                     f"backend {spec.name} {name.replace('_', '-')} "
-                    f"{getattr(old, name)!r} -> {getattr(spec, name)!r}"
+                    f"{shown(getattr(old, name))} -> {shown(getattr(spec, name))}"
                 )
 
     def _apply_backend(self, backend: Backend, spec: BackendSpec, changes: list[str]) -> None:
