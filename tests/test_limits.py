@@ -829,7 +829,7 @@ def test_default_rate_table_bound_holds() -> None:
     """
     With the default table size (RATE_TABLE_SIZE, 65,536 addresses), 70,000
     distinct /64 networks at one instant leave exactly 65,536 remembered and
-    4,464 evicted: the README's bound, at its real size.
+    4,464 evicted: docs/guide.md's bound, at its real size.
     """
     policy = AddressRate(rate=1)
     for number in range(70_000):

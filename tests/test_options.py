@@ -276,7 +276,7 @@ config's fields, so that a new one cannot be missed)."""
 
 def test_every_duration_is_known() -> None:
     """
-    The seconds settings are the seven the README lists (a new one gets
+    The seconds settings are the seven docs/reference.md lists (a new one gets
     its bounds and a line there).
     """
     assert sorted(DURATIONS) == [

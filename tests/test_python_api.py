@@ -1,5 +1,5 @@
 """
-The limits used from Python, around any Twisted factory (the README's
+The limits used from Python, around any Twisted factory (docs/guide.md's
 example), on the real reactor and loopback.
 """
 

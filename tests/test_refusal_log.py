@@ -292,7 +292,7 @@ def test_counts_exact_and_sampling_per_window(
 
 def test_events_in_documented_namespace(log_events: EventLoggingObserver) -> None:
     """
-    Refusal events carry the namespace the README documents,
+    Refusal events carry the namespace docs/operations.md documents,
     C{gateway.refusals}, so that operators can filter them.
     """
     refusals, _, clock = make_log()
