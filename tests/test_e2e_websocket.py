@@ -209,7 +209,7 @@ def test_origin(tmp_path: Path) -> None:
             with pytest.raises(InvalidStatus) as refused:
                 open_ws(gateway, origin="https://evil.example")
             assert refused.value.response.status_code == 403
-            assert status(gateway)["counters"]["refused"]["websocket-origin"] == 1
+            assert status(gateway)["counters"]["refused"]["origin"] == 1
             assert gateway.process is not None and gateway.process.poll() is None
 
 

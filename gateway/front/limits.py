@@ -72,7 +72,7 @@ class Refusal(Enum):
     WEBSOCKET_HANDSHAKE = "websocket-handshake"
     """A WebSocket upgrade whose handshake is broken (400, or 426 for
     another version of the protocol)."""
-    WEBSOCKET_ORIGIN = "websocket-origin"
+    WEBSOCKET_ORIGIN = "origin"
     """A WebSocket upgrade from an origin that may not open sessions (403)."""
     ROUTE_RATE = "route-rate"
     """An HTTP request over its route's C{rate-per-ip} (429)."""
