@@ -45,7 +45,15 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "Limits",
-        ("max-connections", "overflow", "max-per-ip", "rate-per-ip", "rate-burst", "busy-message"),
+        (
+            "max-connections",
+            "overflow",
+            "max-per-ip",
+            "max-sessions",
+            "rate-per-ip",
+            "rate-burst",
+            "busy-message",
+        ),
     ),
     (
         "Timeouts (a plain number is seconds; or with a unit: 500ms, 1.5s, 10m, 2h)",

@@ -105,6 +105,9 @@ class BackendSpec:
     @ivar health_expect: and must receive these (L{None}: C{--health-expect}).
     @ivar proxy_protocol: the PROXY header sent to this backend (L{None}:
         the gateway's C{--proxy-protocol}).
+    @ivar pool: the pool it belongs to.
+    @ivar max_sessions: the most sessions (and proxied requests) it takes at
+        once (0: no limit).
     """
 
     name: str
@@ -114,6 +117,7 @@ class BackendSpec:
     health_expect: bytes | None = None
     proxy_protocol: str | None = None
     pool: str = GAME_POOL
+    max_sessions: int = 0
 
 
 @dataclass(frozen=True, slots=True)

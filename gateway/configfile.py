@@ -75,6 +75,7 @@ FILE_SETTINGS: dict[str, str] = {
     "drain-timeout": _DURATION,
     "max-connections": _INTEGER,
     "max-per-ip": _INTEGER,
+    "max-sessions": _INTEGER,
     "rate-per-ip": _NUMBER,
     "rate-burst": _NUMBER,
     "overflow": _STRING,
@@ -118,6 +119,7 @@ BACKEND_KEYS: dict[str, str] = {
     "health-expect": _STRING,
     "proxy-protocol": _STRING,
     "pool": _STRING,
+    "max-sessions": _INTEGER,
 }
 """The keys of a C{[[backend]]} table."""
 
@@ -226,6 +228,7 @@ def _backend(settings: FileSettings, index: int, table: object) -> RawBackend:
         health_expect=str(checked["health-expect"]) if "health-expect" in checked else None,
         proxy_protocol=str(checked["proxy-protocol"]) if "proxy-protocol" in checked else None,
         pool=str(checked.get("pool", "game")),
+        max_sessions=str(checked["max-sessions"]) if "max-sessions" in checked else None,
     )
 
 

@@ -124,6 +124,13 @@ class GatewayOptions(usage.Options):
             "Concurrent connections from one client address; IPv6 counts per /64 (0: no cap).",
         ],
         [
+            "max-sessions",
+            None,
+            "0",
+            "Every backend's session limit (a [[backend]] may set its own max-sessions): "
+            "a backend at its limit takes no new session or proxied request (0: no limit).",
+        ],
+        [
             "rate-per-ip",
             None,
             "0",

@@ -44,7 +44,6 @@ from gateway.config import (
     BALANCE_CHOICES,
     DEFAULT_LISTEN,
     DEMO_LISTEN,
-    DEMO_WEBSOCKET,
     GAME_POOL,
     LOG_FORMATS,
     OVERFLOW_CHOICES,
@@ -55,6 +54,7 @@ from gateway.config import (
 )
 from gateway.ownership import TokenFiles
 from gateway.poolconfig import RawPool, RawRoute, check_pools, check_routes
+from gateway.wssettings import websocket_settings
 
 __all__ = [
     "MAX_WEIGHT",
@@ -93,6 +93,7 @@ class RawBackend:
     health_expect: str | None = None
     proxy_protocol: str | None = None
     pool: str = GAME_POOL
+    max_sessions: str | None = None
 
 
 class Settings:
@@ -171,6 +172,7 @@ def build_config(
     demo = bool(s["demo"])
     listen = _fronts(s, reactor, demo=demo, read_folders=read_folders)
     backends = _backends(s, reactor, demo=demo or bool(s.routes))
+    backends = _session_limits(s, backends)
     rate_per_ip, rate_burst, busy_message = _rate_limit(s)
     admin, token, hosts = _admin(s, reactor, listen, read_folders=read_folders, tokens=tokens)
     handover, workers = _processes(s, listen)
@@ -183,7 +185,7 @@ def build_config(
     drain_timeout = check_seconds(label("drain-timeout"), s["drain-timeout"], allow_zero=True)
     relay = _relay_mode(label("relay"), s["relay"])
     health_send, health_expect = _health_bytes(s)
-    websocket, origins, max_message, ping = _websocket(s, demo=demo)
+    websocket, origins, max_message, ping = websocket_settings(s, demo=demo)
     pools = check_pools(s.pools, backends, label("backend"))
     config = GatewayConfig(
         listen=listen,
@@ -341,6 +343,30 @@ def _backend_spec(raw: RawBackend, reactor: IReactorCore) -> BackendSpec:
         else check_choice(f"{raw.label}: proxy-protocol", raw.proxy_protocol, PROXY_CHOICES),
         pool=raw.pool,
     )
+
+
+def _session_limits(s: Settings, backends: tuple[BackendSpec, ...]) -> tuple[BackendSpec, ...]:
+    """
+    Each backend's session limit: its own C{max-sessions}, else
+    C{--max-sessions} (0: none).  Not with worker processes yet: each
+    worker would count only its own sessions.
+    """
+    default = check_count(s.label("max-sessions"), s["max-sessions"])
+    limited = []
+    for spec, raw in zip(backends, s.backends, strict=False):
+        own = raw.max_sessions
+        limit = default if own is None else check_count(f"{raw.label}: max-sessions", own)
+        limited.append(dataclasses.replace(spec, max_sessions=limit))
+    limited.extend(backends[len(limited) :])
+    if (
+        any(spec.max_sessions for spec in limited)
+        and check_count(s.label("workers"), s["workers"]) > 1
+    ):
+        raise ConfigError(
+            f"{s.label('max-sessions')}: not with {s.other('workers', 'max-sessions')} above 1 "
+            "yet (each worker process would count only its own sessions)"
+        )
+    return tuple(limited)
 
 
 def _rate_limit(s: Settings) -> tuple[float, float | None, str | None]:
@@ -574,63 +600,3 @@ def _relay_mode(option: str, text: str) -> str:
         if not splice_available():
             raise ConfigError(f"{option}: splice(2) is not available here (Linux only); use auto")
     return mode
-
-
-MAX_WEBSOCKET_MESSAGE = 64 * 1024 * 1024
-"""The largest C{--websocket-max-message} allowed (a message is relayed as it
-arrives, but a bound this high protects nothing)."""
-
-
-def _websocket(s: Settings, *, demo: bool) -> tuple[tuple[str, ...], tuple[str, ...], int, float]:
-    """
-    The WebSocket bridge: its paths (C{/play} for the demo when none is
-    given), the origins allowed besides the request's own host, the largest
-    message, and the ping interval.
-    """
-    label = s.label
-    paths = list(s["websocket"] or ([DEMO_WEBSOCKET] if demo else []))
-    for index, path in enumerate(paths):
-        if (
-            not path.startswith("/")
-            or any(char in path for char in "?# ")
-            or check_line(label("websocket"), path) != path
-        ):
-            raise ConfigError(
-                f"{label('websocket')}: {path!r} is not a request path "
-                "(it starts with '/', without a query, e.g. /play)"
-            )
-        if path in paths[:index]:
-            raise ConfigError(f"{label('websocket')}: {path!r} is given twice")
-    origins = []
-    for origin in s["websocket-origin"] or []:
-        origins.append(_origin(label("websocket-origin"), origin))
-    text = s["websocket-max-message"]
-    max_message = check_count(label("websocket-max-message"), text)
-    if not 1 <= max_message <= MAX_WEBSOCKET_MESSAGE:
-        raise ConfigError(
-            f"{label('websocket-max-message')}: from 1 to {MAX_WEBSOCKET_MESSAGE} bytes, "
-            f"got {text!r}"
-        )
-    ping = check_seconds(label("websocket-ping"), s["websocket-ping"], allow_zero=True)
-    return tuple(paths), tuple(origins), max_message, ping
-
-
-def _origin(option: str, text: str) -> str:
-    """
-    An origin as browsers send it (C{scheme://host[:port]}, lower case), or C{*}.
-    """
-    if text == "*":
-        return text
-    scheme, sep, rest = text.lower().partition("://")
-    if (
-        not sep
-        or scheme not in ("http", "https")
-        or not rest
-        or any(char in rest for char in "/?# ")
-        or check_line(option, text) != text
-    ):
-        raise ConfigError(
-            f"{option}: {text!r} is not an origin (scheme://host[:port], "
-            "e.g. https://game.example, or '*')"
-        )
-    return f"{scheme}://{rest}"

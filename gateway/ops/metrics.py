@@ -143,6 +143,11 @@ def _backends(backends: list[dict[str, Any]], started: float) -> Iterator[Metric
     checks = CounterMetricFamily(
         "gateway_backend_check_failures", "Failed health checks of the backend.", labels=labels
     )
+    limit = GaugeMetricFamily(
+        "gateway_backend_max_sessions",
+        "The backend's session limit (max-sessions; 0: none).",
+        labels=labels,
+    )
     for backend in backends:
         name = [backend["name"], backend.get("pool", "game")]
         up.add_metric(name, 1 if backend["state"] == BackendState.UP.value else 0)
@@ -153,7 +158,8 @@ def _backends(backends: list[dict[str, Any]], started: float) -> Iterator[Metric
         total.add_metric(name, backend["total"])
         failures.add_metric(name, backend["failures"])
         checks.add_metric(name, backend.get("check_failures", 0))
-    yield from (up, state, changed, active, total, failures, checks)
+        limit.add_metric(name, backend.get("max_sessions", 0))
+    yield from (up, state, changed, active, total, failures, checks, limit)
 
 
 def _histogram_buckets(

@@ -159,6 +159,7 @@ def backend_status(backend: Backend) -> dict[str, Any]:
         "total": backend.total,
         "failures": backend.failures,
         "weight": backend.weight,
+        "max_sessions": backend.max_sessions,
         "reason": backend.reason,
         "check_failures": backend.check_failures,
         "changed": backend.changed,

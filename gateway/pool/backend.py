@@ -53,6 +53,9 @@ class Backend:
     @ivar proxy_protocol: the PROXY header sessions send it (C{off}, C{v1},
         C{v2}), or L{None} for its pool's C{proxy-protocol}.
     @ivar pool: the name of the pool it is in.
+    @ivar max_sessions: the most sessions it takes at once (0: no limit);
+        C{active} counts a session from the moment it is chosen, so a burst
+        of arrivals cannot overshoot it.
     @ivar check_failures: health checks of it that failed.
     @ivar changed: when its state last changed, in the clock's seconds (0:
         not since the gateway started).
@@ -72,6 +75,15 @@ class Backend:
     reason: str = field(default="")
     proxy_protocol: str | None = None
     pool: str = GAME_POOL
+    max_sessions: int = 0
+
+    @property
+    def full(self) -> bool:
+        """
+        Whether it is at its session limit (C{max_sessions}; 0: none).
+        """
+        return bool(self.max_sessions) and self.active >= self.max_sessions
+
     check_failures: int = 0
     changed: float = 0.0
     connect_time: Histogram = field(default_factory=lambda: Histogram(CONNECT_TIME_BOUNDS))

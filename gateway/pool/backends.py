@@ -125,12 +125,13 @@ class Pool:
     ) -> Backend | None:
         """
         The backend for a new session: chosen by the balancing policy among
-        the backends that are up and not excluded.
+        the backends that are up, not at their session limit and not
+        excluded.
         """
         candidates = [
             backend
             for backend in self._backends
-            if backend.state is BackendState.UP and backend not in exclude
+            if backend.state is BackendState.UP and not backend.full and backend not in exclude
         ]
         if not candidates:
             return None

@@ -120,6 +120,7 @@ def backend_of(spec: BackendSpec, reactor: Any) -> Backend:
         weight=spec.weight,
         proxy_protocol=spec.proxy_protocol,
         pool=spec.pool,
+        max_sessions=spec.max_sessions,
     )
 
 

@@ -299,6 +299,11 @@ class Reloader:
         if backend.weight != spec.weight:
             changes.append(f"backend {spec.name} weight {backend.weight} -> {spec.weight}")
             backend.weight = spec.weight
+        if backend.max_sessions != spec.max_sessions:
+            changes.append(
+                f"backend {spec.name} max-sessions {backend.max_sessions} -> {spec.max_sessions}"
+            )
+            backend.max_sessions = spec.max_sessions
         backend.proxy_protocol = spec.proxy_protocol
 
     def _apply_admission(self, new: GatewayConfig) -> None:

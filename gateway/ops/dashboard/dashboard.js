@@ -96,7 +96,9 @@ function backendRow(backend) {
   cell(row, backend.endpoint);
   cell(row, backend.state, "state state-" + backend.state);
   cell(row, backend.weight, "number");
-  cell(row, backend.active, "number active");
+  // With a session limit: "active / max-sessions", so a full backend shows.
+  const limit = backend.max_sessions || 0;
+  cell(row, limit ? backend.active + " / " + limit : backend.active, "number active");
   cell(row, backend.total, "number");
   cell(row, backend.failures, "number");
   cell(row, backend.reason);
