@@ -47,12 +47,11 @@ from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, RejectConnection
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
-from zope.interface import implementer
 
 from gateway.connection import describe_peer
 from gateway.front.limits import Refusal, address_key
-from gateway.interfaces import IBackendChooser
 from gateway.pool.backend import GAME_POOL
+from gateway.pool.backends import Pool
 from gateway.session.relay import GameSession
 from gateway.session.websocket import MessageReader, MessageStream
 
@@ -209,30 +208,6 @@ def answer_upgrade(door: FrontDoor, request: Request, pool: str = GAME_POOL) -> 
     return NOT_DONE_YET
 
 
-@implementer(IBackendChooser)
-class _NoPool:
-    """
-    A pool with no backends: what a bridge to a pool that is gone chooses from.
-    """
-
-    needs_key = False
-
-    def choose(self, exclude: Any = (), key: bytes | None = None) -> None:
-        return None
-
-    def attempt_failed(self, backend: Any) -> None:
-        pass
-
-    def attempt_succeeded(self, backend: Any) -> None:
-        pass
-
-    def nothing_available(self) -> None:
-        pass
-
-
-_NO_POOL = _NoPool()
-
-
 class Upgrade:
     """
     Takes an upgraded connection from its HTTP channel to its game session.
@@ -345,7 +320,7 @@ class Upgrade:
         assert door.transport is not None
         # A pool a reload removed meanwhile: a session with no backend to
         # choose (refused, 1013, as when none is up).
-        chooser, settings = factory.target(self.pool) or (_NO_POOL, factory.settings)
+        chooser, settings = factory.target(self.pool) or (Pool(name=self.pool), factory.settings)
         session = GameSession(
             self.stream,  # type: ignore[arg-type]
             chooser,

@@ -40,7 +40,7 @@ from collections.abc import Iterable
 
 from twisted.web.http_headers import Headers
 
-from gateway.http.routes import segments
+from gateway.http.routes import origin_form, segments
 
 __all__ = [
     "HOP_BY_HOP",
@@ -239,10 +239,7 @@ def backend_path(uri: bytes, prefix: bytes | None) -> bytes:
     @param uri: the client's request target.
     @param prefix: the route's path, to strip, or L{None}.
     """
-    if uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://":
-        rest = uri.split(b"//", 1)[1]
-        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
-        uri = rest[cut:]
+    uri = origin_form(uri, None)[0]
     if not uri.startswith(b"/"):
         uri = b"/" + uri
     if prefix:
