@@ -46,8 +46,9 @@ from twisted.python.failure import Failure
 from gateway.front.limits import Refusal
 from gateway.front.proxyheader import proxy_header
 from gateway.interfaces import IBackendChooser
-from gateway.ops.access import log_game_session, log_session_start
+from gateway.ops.access import log_session_start
 from gateway.session.dialer import Dialer
+from gateway.session.ending import CLOSE_GRACE, SessionEnding
 from gateway.session.lifecycle import CloseReason, Phase, can_move
 from gateway.session.quiet import QuietWatch
 from gateway.session.splice import SpliceRelay, splice_available, spliceable
@@ -61,14 +62,11 @@ if TYPE_CHECKING:
 
 __all__ = ["CLOSE_GRACE", "HOLD_LIMIT", "GameSession"]
 
-CLOSE_GRACE = 10.0
-"""Seconds a timed-out session gets to flush before it is aborted."""
-
 HOLD_LIMIT = 64 * 1024
 """Client bytes held while connecting before the client's reading is paused."""
 
 
-class GameSession:
+class GameSession(SessionEnding):
     """
     One client relayed to one backend.
 
@@ -93,11 +91,9 @@ class GameSession:
     # Slots, not a dict per session: a live session is mostly idle, and
     # thousands of them are what the gateway holds (docs/performance.md).
     __slots__ = (
-        "_abort_call",
         "_backend_eof",
         "_backend_gone",
         "_client_eof",
-        "_client_feeds_server",
         "_client_gone",
         "_client_paused",
         "_clock",
@@ -109,14 +105,12 @@ class GameSession:
         "_quiet",
         "_refusals",
         "_server",
-        "_server_feeds_client",
         "_settings",
         "_splice",
         "backend",
         "bytes_in",
         "bytes_out",
         "client",
-        "close_reason",
         "key",
         "kind",
         "peer",
@@ -415,39 +409,6 @@ class GameSession:
         if self._splice is not None:
             self._splice.finish("the session closes")
 
-    def _refuse(
-        self, refusal: Refusal, reason: CloseReason, detail: str, **fields: object
-    ) -> None:
-        """
-        Refuse the session before it reached a backend: a refusal like the
-        others (counted by reason and logged with sampling, so a flood while
-        every backend is down, or while the gateway is out of descriptors,
-        cannot flood the log), and like them not an access event.  The client
-        gets the busy line, if one is set, and is closed.
-
-        @param fields: more fields for the error logged when there is no
-            refusal log (a session used from Python).
-        """
-        self._enter(Phase.CLOSING)
-        if self._refusals is not None:
-            self._refusals.refused(refusal, self.peer, detail)
-        else:
-            self._log.error(
-                "refused {peer}: {reason} ({detail})",
-                peer=self.peer,
-                reason=refusal.value,
-                detail=detail,
-                **fields,
-            )
-        self._finish(reason, access=False)
-        busy_message = self._settings.busy_message
-        refuse = getattr(self.client, "refuse", None)  # a WebSocket's: a close frame
-        if refuse is not None:
-            return refuse(busy_message)  # type: ignore[no-any-return]
-        if busy_message:
-            self.client.write((busy_message + "\r\n").encode())
-        self.client.loseConnection()
-
     # Events from the client side (the front door)
 
     def client_data(self, data: bytes) -> None:
@@ -540,108 +501,3 @@ class GameSession:
             self.client.loseConnection()
         else:
             self._enter(Phase.CLOSED)
-
-    # Ending
-
-    def _close_both(self) -> None:
-        """
-        Close both connections once their buffers are flushed.
-        """
-        self._stop_splicing()
-        self._enter(Phase.CLOSING)
-        self._stop_server_feeding_client()
-        self._stop_client_feeding_server()
-        if not self._client_gone:
-            self.client.loseConnection()
-        if self._server is not None and not self._backend_gone:
-            self._server.loseConnection()
-
-    def _stop_client_feeding_server(self) -> None:
-        """
-        Undo the pairing in which the client's transport produces for the
-        backend's (once: the pairing is undone on EOF and again on close).
-        """
-        if self._client_feeds_server and self._server is not None:
-            self._client_feeds_server = False
-            self._server.unregisterProducer()
-
-    def _stop_server_feeding_client(self) -> None:
-        """
-        Undo the pairing in which the backend's transport produces for the
-        client's (once).
-        """
-        if self._server_feeds_client:
-            self._server_feeds_client = False
-            self.client.unregisterProducer()
-
-    def _abort_both(self) -> None:
-        """
-        Abort what is still open: a peer that reads nothing cannot hold its
-        connection open forever by never letting the gateway flush.
-        """
-        self._abort_call = None
-        self._stop_splicing()
-        if not self._client_gone:
-            self.client.abortConnection()
-        if not self._backend_gone and self._server is not None:
-            self._server.abortConnection()
-
-    def went_quiet(self, limit: float, fin: bool) -> None:
-        """
-        No byte moved for C{limit} seconds: close the session (the idle
-        timeout, or the fin timeout if C{fin}).
-        """
-        reason = CloseReason.FIN_TIMEOUT if fin else CloseReason.IDLE_TIMEOUT
-        self._log.info(
-            "session from {peer} had no traffic for {timeout:g} s ({reason}); closing it",
-            peer=self.peer,
-            timeout=limit,
-            reason=reason.value,
-        )
-        self._finish(reason)
-        self._close_both()
-        self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort_both)
-
-    def close(self, reason: CloseReason) -> None:
-        """
-        End the session now (the gateway is shutting down): both connections
-        are closed once what is in flight is flushed, and aborted after
-        L{CLOSE_GRACE} seconds if a peer does not read it.
-        """
-        if self._client_gone:
-            return
-        self._finish(reason)
-        if self._phase is Phase.CONNECTING and self._dialer is not None:
-            self._dialer.abandon()
-        self._close_both()
-        if self._abort_call is None:
-            self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort_both)
-
-    def _stop_abort_timer(self) -> None:
-        if self._abort_call is not None and self._client_gone and self._backend_gone:
-            self._abort_call.cancel()
-            self._abort_call = None
-
-    def _finish(self, reason: CloseReason, *, access: bool = True) -> None:
-        """
-        Record how the session ended; the first reason wins.
-
-        @param access: whether to write its access event (not for a refused
-            session: the refusal log counts and samples those).
-        """
-        if self.close_reason is not None:
-            return
-        self.close_reason = reason
-        self._quiet.stop()
-        if not access:
-            return
-        log_game_session(
-            peer=self.peer,
-            backend=self.backend.name if self.backend is not None else None,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            duration=self._clock.seconds() - self.started,
-            reason=reason.value,
-            relay="splice" if self.spliced else "copy",
-            kind=self.kind,
-        )
