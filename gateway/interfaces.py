@@ -25,12 +25,16 @@ class IBackendChooser(Interface):
 
     needs_key = Attribute("Whether choose() uses the session key (then it is worth waiting for).")
 
-    def choose(exclude: Collection[Backend], key: bytes | None = None) -> Backend | None:
+    def choose(
+        exclude: Collection[Backend], key: bytes | None = None, blocked: int = 0
+    ) -> Backend | None:
         """
         The backend for the next connection attempt.
 
         @param exclude: backends this session already tried; never chosen again.
         @param key: the session's affinity key (see L{IBalancer}), if any.
+        @param blocked: slots of each limited backend the session may not
+            take (reserved for waiting-room classes above its own).
         @return: a backend that accepts new sessions, or L{None} when none is left.
         """
 

@@ -76,6 +76,10 @@ class Refusal(Enum):
     """A WebSocket upgrade from an origin that may not open sessions (403)."""
     ROUTE_RATE = "route-rate"
     """An HTTP request over its route's C{rate-per-ip} (429)."""
+    QUEUE_FULL = "queue-full"
+    """A game session no backend could take, with the waiting room full."""
+    QUEUE_TIMEOUT = "queue-timeout"
+    """A game session that waited C{--queue-timeout} seconds in vain."""
 
 
 def address_key(host: str) -> str:

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from gateway.interfaces import IBackendChooser, IBalancer
 from gateway.pool.backend import GAME_POOL, Backend, BackendState
 from gateway.pool.balance import RoundRobin
+from gateway.pool.room import WaitingRoom
 
 __all__ = ["Backend", "BackendState", "Pool"]
 
@@ -41,6 +42,7 @@ class Pool:
         acceptor tells its workers; a worker tells the acceptor).
     @ivar clock: for the time of a backend's last change of state (L{None}:
         not recorded).
+    @ivar room: its waiting room (closed until configured with a size).
     """
 
     _log = Logger()
@@ -62,6 +64,7 @@ class Pool:
         self.transitions = 0
         self.unserved = 0
         self.observers: list[Callable[[Backend], None]] = []
+        self.room = WaitingRoom(self)
         for backend in backends:
             self.add(backend)
 
@@ -121,21 +124,43 @@ class Pool:
         self._backends.remove(backend)
 
     def choose(
-        self, exclude: Collection[Backend] = (), key: bytes | None = None
+        self, exclude: Collection[Backend] = (), key: bytes | None = None, blocked: int = 0
     ) -> Backend | None:
         """
         The backend for a new session: chosen by the balancing policy among
-        the backends that are up, not at their session limit and not
-        excluded.
+        the backends that are up, have room (L{has_room}) and are not
+        excluded.  With the waiting room open and a policy that uses keys, a
+        key's own backend (its choice among those up) or none: the player
+        waits for it rather than land on another backend.
+
+        @param blocked: slots of each backend the session may not take
+            (reserved for queue classes above its own).
         """
+        if self.room.open and self.balancer.needs_key:
+            up = [b for b in self._backends if b.state is BackendState.UP and b not in exclude]
+            if not up:
+                return None
+            own = self.balancer.choose(up, key)
+            return own if self.has_room(own, blocked) else None
         candidates = [
             backend
             for backend in self._backends
-            if backend.state is BackendState.UP and not backend.full and backend not in exclude
+            if backend not in exclude and self.has_room(backend, blocked)
         ]
         if not candidates:
             return None
         return self.balancer.choose(candidates, key)
+
+    @staticmethod
+    def has_room(backend: Backend, blocked: int = 0) -> bool:
+        """
+        Whether C{backend} takes a new session: it is up and below its
+        session limit less C{blocked} reserved slots (no limit: always).
+        """
+        if backend.state is not BackendState.UP:
+            return False
+        limit = backend.max_sessions
+        return not limit or backend.active < limit - blocked
 
     def set_state(
         self, backend: Backend, state: BackendState, reason: str, *, log: bool = True
@@ -168,6 +193,9 @@ class Pool:
             )
         for observer in list(self.observers):
             observer(backend)
+        # A backend back up has free slots; one going down or draining moves
+        # keyed waiters to other backends.
+        self.room.kick()
 
     def attempt_failed(self, backend: Backend) -> None:
         """

@@ -86,6 +86,7 @@ class Dialer:
     __slots__ = (
         "_attempt",
         "_attempt_timer",
+        "_blocked",
         "_chooser",
         "_clock",
         "_connect_timeout",
@@ -109,6 +110,7 @@ class Dialer:
         *,
         key: bytes | None,
         peer: str,
+        blocked: int = 0,
     ) -> None:
         """
         @param owner: the session, which hears of every event.
@@ -117,6 +119,8 @@ class Dialer:
         @param settings: the connect timeout and retries.
         @param key: the session's affinity key, for a balancer that uses one.
         @param peer: the client's address, for logs.
+        @param blocked: slots of each backend the session may not take
+            (reserved for waiting-room classes above its own).
         """
         self._owner = owner
         self._chooser = chooser
@@ -125,6 +129,7 @@ class Dialer:
         self._retries = settings.retries
         self._key = key
         self._peer = peer
+        self._blocked = blocked
         self.tried: list[Backend] = []
         self._pending: BackendLink | None = None
         self._attempt: Deferred[IProtocol] | None = None
@@ -137,10 +142,17 @@ class Dialer:
         """
         backend = None
         if len(self.tried) <= self._retries:
-            backend = self._chooser.choose(self.tried, self._key)
+            backend = self._chooser.choose(self.tried, self._key, self._blocked)
         if backend is None:
             self._give_up()
             return
+        self.dial(backend)
+
+    def dial(self, backend: Backend) -> None:
+        """
+        Try C{backend} (the pool's choice, or the waiting room's), counting
+        the session on it at once.
+        """
         self.tried.append(backend)
         backend.active += 1  # uncounted by _stop_attempt unless taken
         link = BackendLink(self._owner, backend)

@@ -71,6 +71,7 @@ class SessionEnding:
 
         def _enter(self, phase: Phase) -> None: ...
         def _stop_splicing(self) -> None: ...
+        def _leave_room(self) -> None: ...
 
     def _refuse(
         self, refusal: Refusal, reason: CloseReason, detail: str, **fields: object
@@ -97,6 +98,12 @@ class SessionEnding:
                 **fields,
             )
         self._finish(reason, access=False)
+        self._turn_away()
+
+    def _turn_away(self) -> None:
+        """
+        Give the client the busy line, if one is set, and close it.
+        """
         busy_message = self._settings.busy_message
         refuse = getattr(self.client, "refuse", None)  # a WebSocket's: a close frame
         if refuse is not None:
@@ -173,9 +180,15 @@ class SessionEnding:
         if self._client_gone:
             return
         self._finish(reason)
-        if self._phase is Phase.CONNECTING and self._dialer is not None:
-            self._dialer.abandon()
-        self._close_both()
+        if self._phase is Phase.WAITING:
+            # A waiting player hears why it is turned away.
+            self._leave_room()
+            self._enter(Phase.CLOSING)
+            self._turn_away()
+        else:
+            if self._phase is Phase.CONNECTING:
+                self._leave_room()
+            self._close_both()
         if self._abort_call is None:
             self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort_both)
 

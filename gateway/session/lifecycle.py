@@ -2,7 +2,8 @@
 A game session's life: the phases it goes through, the moves between them,
 and why it ended.
 
-The phases move one way: C{CONNECTING}, then C{RELAYING} or C{SPLICING} (a
+The phases move one way: C{CONNECTING} (with C{WAITING} in the waiting
+room between attempts, when no backend has a free slot), then C{RELAYING} or C{SPLICING} (a
 spliced session goes back to relaying when the kernel hands the sockets
 back), then C{CLOSING} while a connection is still being closed, and
 C{CLOSED} once both are gone; a session may skip ahead (a client that leaves
@@ -23,10 +24,10 @@ class CloseReason(Enum):
     (L{gateway.ops.access.log_game_session}), and the argument of
     L{GameSession.close} (C{DRAIN_TIMEOUT}, C{SHUTDOWN}).
 
-    C{NO_BACKEND} and C{LOCAL_RESOURCES} end a session refused before it
-    reached a backend: such a session writes no access event, and is counted
-    and logged as a refusal instead (L{Refusal.NO_BACKEND},
-    L{Refusal.LOCAL_RESOURCES}).
+    C{NO_BACKEND}, C{LOCAL_RESOURCES}, C{QUEUE_FULL} and C{QUEUE_TIMEOUT}
+    end a session refused before it reached a backend: such a session writes
+    no access event, and is counted and logged as a refusal instead (the
+    L{Refusal} of the same name).
     """
 
     CLIENT_CLOSED = "client-closed"
@@ -44,6 +45,10 @@ class CloseReason(Enum):
     """A browser's frames broke RFC 6455 (the close frame says how)."""
     PING_TIMEOUT = "ping-timeout"
     """A browser that did not answer a ping before the next was due."""
+    QUEUE_FULL = "queue-full"
+    """Refused: no backend could take it and the waiting room was full."""
+    QUEUE_TIMEOUT = "queue-timeout"
+    """Refused: it waited C{--queue-timeout} seconds in the waiting room."""
 
 
 class Phase(Enum):
@@ -52,6 +57,7 @@ class Phase(Enum):
     """
 
     CONNECTING = "connecting"
+    WAITING = "waiting"
     RELAYING = "relaying"
     SPLICING = "splicing"
     CLOSING = "closing"
@@ -59,7 +65,10 @@ class Phase(Enum):
 
 
 _NEXT: dict[Phase, frozenset[Phase]] = {
-    Phase.CONNECTING: frozenset({Phase.RELAYING, Phase.SPLICING, Phase.CLOSING, Phase.CLOSED}),
+    Phase.CONNECTING: frozenset(
+        {Phase.WAITING, Phase.RELAYING, Phase.SPLICING, Phase.CLOSING, Phase.CLOSED}
+    ),
+    Phase.WAITING: frozenset({Phase.CONNECTING, Phase.CLOSING, Phase.CLOSED}),
     Phase.SPLICING: frozenset({Phase.RELAYING, Phase.CLOSING, Phase.CLOSED}),
     Phase.RELAYING: frozenset({Phase.CLOSING, Phase.CLOSED}),
     Phase.CLOSING: frozenset({Phase.CLOSED}),

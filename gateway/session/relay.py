@@ -14,6 +14,13 @@ place, L{GameSession._enter}:
      the client's bytes are held in order; past L{HOLD_LIMIT} bytes its
      reading is paused, so the hold is bounded.  A client that leaves cancels
      the attempt.
+     B{Waiting.}  With the pool's waiting room open
+     (L{gateway.pool.room.WaitingRoom}) and every backend that could take
+     the session full, the session waits there instead of being refused
+     (C{queue-full} if the room is full), holding at most L{WAIT_HOLD_LIMIT}
+     bytes before its reading is paused, until the room admits it to a
+     backend (connecting again), its wait times out (C{queue-timeout}) or
+     the client leaves (it leaves the room at once).
   2. B{Relaying} (or B{splicing}).  A PROXY header, if one is due, and the
      held bytes are written to the backend first, in order, then each
      transport is registered as the other's streaming producer (as in
@@ -47,6 +54,7 @@ from gateway.front.limits import Refusal
 from gateway.front.proxyheader import proxy_header
 from gateway.interfaces import IBackendChooser
 from gateway.ops.access import log_session_start
+from gateway.pool.room import DEFAULT, Standing, Ticket, WaitingRoom
 from gateway.session.dialer import Dialer
 from gateway.session.ending import CLOSE_GRACE, SessionEnding
 from gateway.session.lifecycle import CloseReason, Phase, can_move
@@ -60,10 +68,14 @@ if TYPE_CHECKING:
     from gateway.session.backendlink import BackendLink
     from gateway.session.settings import SessionSettings
 
-__all__ = ["CLOSE_GRACE", "HOLD_LIMIT", "GameSession"]
+__all__ = ["CLOSE_GRACE", "HOLD_LIMIT", "WAIT_HOLD_LIMIT", "GameSession"]
 
 HOLD_LIMIT = 64 * 1024
 """Client bytes held while connecting before the client's reading is paused."""
+
+WAIT_HOLD_LIMIT = 8 * 1024
+"""Client bytes held while waiting in the waiting room before its reading is
+paused: a thousand waiting players hold at most 8 MiB."""
 
 
 class GameSession(SessionEnding):
@@ -93,6 +105,7 @@ class GameSession(SessionEnding):
     __slots__ = (
         "_backend_eof",
         "_backend_gone",
+        "_chooser",
         "_client_eof",
         "_client_gone",
         "_client_paused",
@@ -104,9 +117,12 @@ class GameSession(SessionEnding):
         "_phase",
         "_quiet",
         "_refusals",
+        "_room",
         "_server",
         "_settings",
         "_splice",
+        "_standing",
+        "_ticket",
         "backend",
         "bytes_in",
         "bytes_out",
@@ -154,7 +170,11 @@ class GameSession(SessionEnding):
         self.peer = peer
         self.key = key
         self._refusals = refusals
-        self._dialer: Dialer | None = Dialer(self, chooser, clock, settings, key=key, peer=peer)
+        self._chooser = chooser
+        self._room: WaitingRoom | None = getattr(chooser, "room", None)
+        self._standing: Standing = DEFAULT
+        self._ticket: Ticket | None = None
+        self._dialer: Dialer | None = None
         self._quiet = QuietWatch(
             self, clock, idle_timeout=settings.idle_timeout, fin_timeout=settings.fin_timeout
         )
@@ -239,15 +259,113 @@ class GameSession(SessionEnding):
         """
         if first_bytes:
             self._hold(first_bytes)
-        assert self._dialer is not None
-        self._dialer.connect_next()
+        room = self._room
+        if room is not None and room.open:
+            host = getattr(cast(ITransport, self.client).getPeer(), "host", None)
+            self._standing = room.standing(
+                host if isinstance(host, str) else None, first_bytes.partition(b"\n")[0]
+            )
+            # Players already waiting go first (the room admits them if a
+            # slot is free), then this one, if a slot is left.
+            room.kick()
+        self._new_dialer().connect_next()
+
+    def _new_dialer(self) -> Dialer:
+        dialer = Dialer(
+            self,
+            self._chooser,
+            self._clock,
+            self._settings,
+            key=self.key,
+            peer=self.peer,
+            blocked=self._standing.blocked,
+        )
+        self._dialer = dialer
+        return dialer
 
     def _hold(self, data: bytes) -> None:
         self._held.append(data)
         self._held_size += len(data)
-        if self._held_size >= HOLD_LIMIT and not self._client_paused:
+        limit = WAIT_HOLD_LIMIT if self._phase is Phase.WAITING else HOLD_LIMIT
+        if self._held_size >= limit and not self._client_paused:
             self._client_paused = True
             self.client.pauseProducing()
+
+    # Events from the waiting room
+
+    @property
+    def ticket(self) -> Ticket | None:
+        """
+        Its place in the waiting room while it waits.
+        """
+        return self._ticket if self._phase is Phase.WAITING else None
+
+    def admit(self, backend: Backend) -> None:
+        """
+        The waiting room has a slot on C{backend} for this session: connect.
+        """
+        self._enter(Phase.CONNECTING)
+        self._new_dialer().dial(backend)
+
+    def tell(self, text: str) -> None:
+        """
+        Tell the waiting player their place: a line, or a WebSocket text message.
+        """
+        send_text = getattr(self.client, "send_text", None)
+        if send_text is not None:
+            send_text(text)
+        else:
+            self.client.write(text.encode() + b"\r\n")
+
+    def expire(self) -> None:
+        """
+        The wait timed out: refuse the session.
+        """
+        timeout = self._room.settings.timeout if self._room is not None else 0.0
+        self._refuse(
+            Refusal.QUEUE_TIMEOUT,
+            CloseReason.QUEUE_TIMEOUT,
+            f"waited {timeout:g} s in the waiting room",
+        )
+
+    def _wait(self, detail: str) -> bool:
+        """
+        No backend can take the session now: wait in the room if it holds
+        sessions (or refuse it, C{queue-full}, if the room is full).
+
+        @return: whether the session waits or was refused here.
+        """
+        room = self._room
+        if room is None or not room.can_hold():
+            return False
+        ticket = room.enter(self, self._standing, self._ticket)
+        if ticket is None:
+            self._refuse(
+                Refusal.QUEUE_FULL,
+                CloseReason.QUEUE_FULL,
+                f"the waiting room is full ({room.settings.size} waiting); {detail}",
+            )
+            return True
+        self._ticket = ticket
+        self._dialer = None
+        self._enter(Phase.WAITING)
+        if self._held_size >= WAIT_HOLD_LIMIT and not self._client_paused:
+            self._client_paused = True
+            self.client.pauseProducing()
+        return True
+
+    def _leave_room(self) -> None:
+        """
+        Leave the waiting room (the client left, or the gateway stops), and
+        give a pending attempt's slot to the next waiter.
+        """
+        room = self._room
+        if self._phase is Phase.WAITING and self._ticket is not None and room is not None:
+            room.leave(self._ticket)
+        if self._dialer is not None:
+            self._dialer.abandon()
+            if room is not None:
+                room.kick()
 
     # Events from the dialer and the backend link
 
@@ -304,6 +422,8 @@ class GameSession(SessionEnding):
         @param detail: what happened, for the refusal log.
         @param tried: the names of the backends tried.
         """
+        if self._wait(detail):
+            return
         self._refuse(Refusal.NO_BACKEND, CloseReason.NO_BACKEND, detail, tried=tried)
 
     def short_of_resources(self, detail: str) -> None:
@@ -446,11 +566,10 @@ class GameSession(SessionEnding):
         self._client_gone = True
         self._stop_splicing()
         self._stop_abort_timer()
-        if self._phase is Phase.CONNECTING:
+        if self._phase in (Phase.CONNECTING, Phase.WAITING):
             self._finish(CloseReason.CLIENT_LEFT_EARLY)
+            self._leave_room()
             self._enter(Phase.CLOSED)
-            if self._dialer is not None:
-                self._dialer.abandon()
             return
         self._finish(self._ended_by or CloseReason.CLIENT_CLOSED)
         server = self._server
@@ -494,6 +613,8 @@ class GameSession(SessionEnding):
         backend = self.backend
         if backend is not None:
             backend.active -= 1
+            if self._room is not None:
+                self._room.kick()  # a slot freed
         self._finish(self._ended_by or CloseReason.BACKEND_CLOSED)
         if not self._client_gone:
             self._enter(Phase.CLOSING)

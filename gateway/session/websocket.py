@@ -155,6 +155,14 @@ class MessageStream:
             return
         write_now(self.transport, data_frame(_BINARY, data))
 
+    def send_text(self, text: str) -> None:
+        """
+        Send C{text} as one text message, whatever the subprotocol (the
+        waiting room telling a browser its place, before the game's bytes).
+        """
+        if self._ws.state is ConnectionState.OPEN:
+            write_now(self.transport, data_frame(_TEXT, text.encode("utf-8")))
+
     def writeSequence(self, data: list[bytes]) -> None:  # noqa: N802 - ITransport
         self.write(b"".join(data))
 

@@ -1,0 +1,563 @@
+"""
+The waiting room: game sessions that no backend can take now wait here, in
+order, until a slot frees, and are told their place.
+
+One L{WaitingRoom} per pool (L{gateway.pool.backends.Pool.room}); with
+C{--queue-size} 0 (the default) it is closed and a session no backend can
+take is refused as before.  Open, it holds up to C{size} waiters:
+
+  - B{Order.}  Waiters wait by class priority (C{[[queue-class]]}; players
+    of no class have priority 0), then by arrival.  When a slot may have
+    freed (L{WaitingRoom.kick}: a session ended, a connection attempt was
+    abandoned, a backend's state changed, a reload, a new arrival while
+    players wait), the room admits, level by level, the longest-waiting
+    players the pool can take.  With a pool that balances by key (C{hash}),
+    a player waits for their own backend (the one their key hashes to among
+    the backends that are up), and players behind them whose backend has a
+    free slot pass them; otherwise any free backend takes the head.
+  - B{Reserved slots.}  A class may keep C{reserved} slots on every backend
+    for itself and the classes above it: a player may take a slot only while
+    the backend's sessions are below its limit less the slots reserved by
+    the classes of higher priority (L{Standing.blocked}).
+  - B{Ends of a wait.}  Admitted (L{Waiter.admit}, with the backend chosen
+    and counted on it at once, so one kick never overfills a backend), timed
+    out after C{timeout} seconds (L{Waiter.expire}: the busy line and a
+    C{queue-timeout} refusal), or gone (L{WaitingRoom.leave}, at once).
+  - B{Being told.}  With a message template, a waiter is told its place
+    (L{Waiter.tell}) on entering and, while it waits, whenever its position
+    changed, at most once every C{update} seconds.  The position counts the
+    waiters ahead that compete for the same slots (with C{hash}, those
+    waiting for the same backend); the ETA is the position times the
+    smoothed time between admissions (C{?} until two admissions were seen).
+
+The room keeps one timer for the oldest waiter's deadline (every waiter has
+the same timeout, so arrival order is deadline order) and one for the
+updates, whatever the number of waiters: a thousand waiters cost a thousand
+small entries, not a thousand timers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from typing import Protocol as Structural
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from gateway.histogram import Histogram
+from gateway.pool.backend import Backend, BackendState
+
+if TYPE_CHECKING:
+    from gateway.pool.backends import Pool
+
+__all__ = [
+    "QUEUE_WAIT_BOUNDS",
+    "QueueClass",
+    "RoomSettings",
+    "Standing",
+    "Ticket",
+    "Waiter",
+    "WaitingRoom",
+]
+
+QUEUE_WAIT_BOUNDS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+"""Bucket bounds, in seconds, of the waits' histogram."""
+
+SMOOTHING = 0.2
+"""The weight of the newest interval between admissions in the ETA's average."""
+
+
+class QueueClass(Structural):
+    """
+    A C{[[queue-class]]}: which players it takes and their place.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def reserved(self) -> int: ...
+    def matches(self, host: str | None, first_line: bytes) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    """
+    The waiting room's settings (C{--queue-*}, C{[[queue-class]]}).
+
+    @ivar size: players who may wait at once (0: no waiting room).
+    @ivar timeout: the longest wait, in seconds.
+    @ivar update: the least time between two messages to one waiter.
+    @ivar message: the template a waiter is told (C{{position}},
+        C{{length}}, C{{eta}}), or L{None} for a silent wait.
+    @ivar classes: the queue classes, highest priority first.
+    """
+
+    size: int = 0
+    timeout: float = 300.0
+    update: float = 5.0
+    message: str | None = None
+    classes: tuple[QueueClass, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """
+    A player's place among the classes.
+
+    @ivar name: its class's name (C{default}: no class).
+    @ivar priority: higher waits ahead.
+    @ivar blocked: slots on every backend it may not take (reserved for
+        classes of higher priority).
+    """
+
+    name: str
+    priority: int
+    blocked: int
+
+
+DEFAULT = Standing("default", 0, 0)
+"""The standing of every player when there are no classes."""
+
+
+class Waiter(Structural):
+    """
+    What the room asks of a waiting session.
+    """
+
+    @property
+    def key(self) -> bytes | None:
+        """
+        The session's affinity key (for a pool that balances by key).
+        """
+        ...
+
+    def admit(self, backend: Backend) -> None:
+        """
+        A slot on C{backend} is the waiter's: connect to it now, counting
+        the session on it before returning (C{Backend.active}).
+        """
+
+    def tell(self, text: str) -> None:
+        """
+        Send the player a line about their place.
+        """
+
+    def expire(self) -> None:
+        """
+        The wait is over (the queue timeout): refuse the player.
+        """
+
+
+class Ticket:
+    """
+    A waiter's entry in the room (and its place if it comes back after a
+    failed attempt).
+    """
+
+    __slots__ = ("deadline", "entered", "own", "seq", "standing", "told", "told_at", "waiter")
+
+    def __init__(
+        self, waiter: Waiter, standing: Standing, seq: int, entered: float, deadline: float
+    ) -> None:
+        self.waiter = waiter
+        self.standing = standing
+        self.seq = seq
+        self.entered = entered
+        self.deadline = deadline
+        self.own: Backend | None = None
+        self.told = 0
+        self.told_at = -math.inf
+
+
+class WaitingRoom:
+    """
+    The waiting room of one pool (see the module's docstring).
+
+    @ivar settings: its settings.
+    @ivar admitted: waiters admitted so far.
+    @ivar timed_out: waiters refused by the timeout so far.
+    @ivar full: players refused because the room was full so far.
+    @ivar left: waiters that left while waiting so far.
+    @ivar waits: how long admitted and timed-out waiters waited.
+    """
+
+    _log = Logger()
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._clock: IReactorTime | None = None
+        self.settings = RoomSettings()
+        self._standings: tuple[tuple[QueueClass, Standing], ...] = ()
+        self._default = DEFAULT
+        # Every waiter in arrival order (seq), and by priority (highest
+        # first), each level in arrival order.
+        self._all: dict[int, Ticket] = {}
+        self._levels: dict[int, dict[int, Ticket]] = {}
+        self._seq = 0
+        self._deadline_call: IDelayedCall | None = None
+        self._update_call: IDelayedCall | None = None
+        self._kicking = False
+        self._again = False
+        self._up: tuple[Backend, ...] = ()
+        self._interval: float | None = None
+        self._last_admission: float | None = None
+        self.admitted = 0
+        self.timed_out = 0
+        self.full = 0
+        self.left = 0
+        self.waits = Histogram(QUEUE_WAIT_BOUNDS)
+
+    def configure(self, settings: RoomSettings, clock: IReactorTime) -> None:
+        """
+        New settings (start or reload).  Players already waiting keep their
+        place and their deadline; a smaller size turns away only new players.
+        """
+        self.settings = settings
+        self._clock = clock
+        standings = []
+        for qclass in settings.classes:
+            above = sum(c.reserved for c in settings.classes if c.priority > qclass.priority)
+            standings.append((qclass, Standing(qclass.name, qclass.priority, above)))
+        self._standings = tuple(standings)
+        above_default = sum(c.reserved for c in settings.classes if c.priority > 0)
+        self._default = Standing(DEFAULT.name, 0, above_default)
+        if self._update_call is not None and self._update_call.active():
+            self._update_call.cancel()
+        self._update_call = None
+        self._arm_update()
+        self.kick()
+
+    @property
+    def open(self) -> bool:
+        """
+        Whether players may wait (C{--queue-size} above 0).
+        """
+        return self.settings.size > 0
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def standing(self, host: str | None, first_line: bytes) -> Standing:
+        """
+        The standing of a player: its first matching class's (classes in
+        priority order), else the default's.
+
+        @param host: the client's IP address (L{None}: not an IP client).
+        @param first_line: the client's first bytes.
+        """
+        for qclass, standing in self._standings:
+            if qclass.matches(host, first_line):
+                return standing
+        return self._default
+
+    def can_hold(self) -> bool:
+        """
+        Whether a session no backend could take should wait: the room is
+        open and some backend that is up has a session limit, so a slot can
+        free (with none up, or none limited, waiting would be for nothing).
+        """
+        return self.open and any(
+            b.state is BackendState.UP and b.max_sessions for b in self._pool.backends
+        )
+
+    def oldest_wait(self) -> float:
+        """
+        How long the longest waiter has waited, in seconds (0: nobody waits).
+        """
+        if not self._all or self._clock is None:
+            return 0.0
+        first = next(iter(self._all.values()))
+        return max(0.0, self._clock.seconds() - first.entered)
+
+    # Entering and leaving
+
+    def enter(
+        self, waiter: Waiter, standing: Standing, again: Ticket | None = None
+    ) -> Ticket | None:
+        """
+        Let a player wait.
+
+        @param again: its ticket from an earlier wait (an admission whose
+            connection attempts all failed): it goes back to its place, with
+            its deadline.
+        @return: its ticket, or L{None} if the room is full (counted) or
+            closed.
+        """
+        clock = self._clock
+        full = not self.open or len(self._all) >= self.settings.size
+        if clock is None or (again is None and full):
+            if self.open:
+                self.full += 1
+            return None
+        now = clock.seconds()
+        if again is not None:
+            ticket = again
+            ticket.own = None
+            self._insert_in_place(ticket)
+        else:
+            self._seq += 1
+            ticket = Ticket(waiter, standing, self._seq, now, now + self.settings.timeout)
+            self._all[ticket.seq] = ticket
+            self._level(standing.priority)[ticket.seq] = ticket
+        self._arm_deadline()
+        self._arm_update()
+        if again is None and self.settings.message is not None:
+            self._tell(ticket, self._positions().get(ticket.seq, 1), now)
+        return ticket
+
+    def leave(self, ticket: Ticket) -> None:
+        """
+        A waiter left (its client is gone): forget it now.
+        """
+        if self._remove(ticket):
+            self.left += 1
+
+    def _level(self, priority: int) -> dict[int, Ticket]:
+        level = self._levels.get(priority)
+        if level is None:
+            level = {}
+            self._levels[priority] = level
+            self._levels = dict(sorted(self._levels.items(), key=lambda item: -item[0]))
+        return level
+
+    def _insert_in_place(self, ticket: Ticket) -> None:
+        """
+        Put a returning ticket back at its place in arrival order (rare: a
+        sort of one level).
+        """
+        self._all[ticket.seq] = ticket
+        self._all = dict(sorted(self._all.items()))
+        level = self._level(ticket.standing.priority)
+        level[ticket.seq] = ticket
+        self._levels[ticket.standing.priority] = dict(sorted(level.items()))
+
+    def _remove(self, ticket: Ticket) -> bool:
+        if self._all.pop(ticket.seq, None) is None:
+            return False
+        level = self._levels.get(ticket.standing.priority)
+        if level is not None:
+            level.pop(ticket.seq, None)
+            if not level:
+                del self._levels[ticket.standing.priority]
+        if not self._all:
+            self._stop_timers()
+        return True
+
+    # Admitting
+
+    def kick(self) -> None:
+        """
+        A slot may have freed: admit, in order, every waiter the pool can
+        take now.
+        """
+        if not self._all:
+            return
+        if self._kicking:
+            self._again = True
+            return
+        self._kicking = True
+        try:
+            self._again = True
+            while self._again and self._all:
+                self._again = False
+                self._admit_pass()
+        finally:
+            self._kicking = False
+
+    def _admit_pass(self) -> None:
+        pool = self._pool
+        up = tuple(b for b in pool.backends if b.state is BackendState.UP)
+        if not up:
+            return
+        keyed = pool.needs_key
+        if keyed and up != self._up:
+            # The backends that are up changed: every waiter's own backend
+            # may have too.
+            self._up = up
+            for ticket in self._all.values():
+                ticket.own = None
+        for level in list(self._levels.values()):
+            if not level:
+                continue
+            blocked = next(iter(level.values())).standing.blocked
+            free = [b for b in up if pool.has_room(b, blocked)]
+            if not free:
+                continue
+            if keyed:
+                self._admit_own(level, up, free, blocked)
+                continue
+            # Without keys every waiter of a level is alike: admit heads
+            # while the pool has a slot (at most the level's size: a waiter
+            # that comes back at once is not taken twice in one pass).
+            for _ in range(len(level)):
+                if not level:
+                    break
+                backend = pool.choose((), None, blocked)
+                if backend is None:
+                    break
+                self._admit(next(iter(level.values())), backend)
+
+    def _admit_own(
+        self, level: dict[int, Ticket], up: tuple[Backend, ...], free: list[Backend], blocked: int
+    ) -> None:
+        """
+        With keys: each waiter in arrival order takes its own backend if it
+        has a slot; the others wait.
+        """
+        pool = self._pool
+        for ticket in list(level.values()):
+            if ticket.seq not in level:
+                continue  # admitted or gone meanwhile
+            if ticket.own is None:
+                ticket.own = pool.balancer.choose(up, ticket.waiter.key)
+            own = ticket.own
+            if own in free and pool.has_room(own, blocked):
+                self._admit(ticket, own)
+                free = [b for b in free if pool.has_room(b, blocked)]
+                if not free:
+                    return
+
+    def _admit(self, ticket: Ticket, backend: Backend) -> None:
+        assert self._clock is not None
+        self._remove(ticket)
+        now = self._clock.seconds()
+        self.admitted += 1
+        self.waits.observe(now - ticket.entered)
+        last = self._last_admission
+        if last is not None:
+            interval = now - last
+            self._interval = (
+                interval
+                if self._interval is None
+                else SMOOTHING * interval + (1 - SMOOTHING) * self._interval
+            )
+        self._last_admission = now
+        ticket.waiter.admit(backend)
+
+    # Deadlines
+
+    def _arm_deadline(self) -> None:
+        if self._deadline_call is not None or not self._all or self._clock is None:
+            return
+        first = next(iter(self._all.values()))
+        delay = max(0.0, first.deadline - self._clock.seconds())
+        self._deadline_call = self._clock.callLater(delay, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        assert self._clock is not None
+        self._deadline_call = None
+        now = self._clock.seconds()
+        while self._all:
+            first = next(iter(self._all.values()))
+            if first.deadline > now:
+                break
+            self._remove(first)
+            self.timed_out += 1
+            self.waits.observe(now - first.entered)
+            first.waiter.expire()
+        self._arm_deadline()
+
+    # Telling players their place
+
+    def positions(self) -> dict[int, int]:
+        """
+        Each waiter's position (by ticket number): 1 + the waiters ahead of
+        it that compete for the same slots.
+        """
+        return self._positions()
+
+    def tickets(self) -> Iterator[Ticket]:
+        """
+        The waiters' tickets, in the order they are admitted (without keys).
+        """
+        for level in list(self._levels.values()):
+            yield from list(level.values())
+
+    def _positions(self) -> dict[int, int]:
+        keyed = self._pool.needs_key
+        up = tuple(b for b in self._pool.backends if b.state is BackendState.UP)
+        positions: dict[int, int] = {}
+        ahead: dict[Backend | None, int] = {}
+        for ticket in self.tickets():
+            own: Backend | None = None
+            if keyed and up:
+                if ticket.own is None or up != self._up:
+                    ticket.own = self._pool.balancer.choose(up, ticket.waiter.key)
+                own = ticket.own
+            count = ahead.get(own, 0) + 1
+            ahead[own] = count
+            positions[ticket.seq] = count
+        if keyed:
+            self._up = up
+        return positions
+
+    def eta(self, position: int) -> str:
+        """
+        The estimated wait of the waiter at C{position}, in whole seconds
+        (C{?} without a measured rate).
+        """
+        if self._interval is None or self._last_admission is None or self._clock is None:
+            return "?"
+        # A rate that has stopped is no faster than the time since its last
+        # admission says.
+        interval = max(self._interval, self._clock.seconds() - self._last_admission)
+        if self._pool.needs_key:
+            # Each waits for one backend, which frees slots at its share of
+            # the room's rate.
+            interval *= max(1, sum(1 for b in self._pool.backends if b.max_sessions))
+        return str(math.ceil(position * interval))
+
+    def _tell(self, ticket: Ticket, position: int, now: float) -> None:
+        template = self.settings.message
+        if template is None:
+            return
+        ticket.told = position
+        ticket.told_at = now
+        text = template.format(position=position, length=len(self._all), eta=self.eta(position))
+        ticket.waiter.tell(text)
+
+    def _arm_update(self) -> None:
+        if (
+            self._update_call is not None
+            or not self._all
+            or self._clock is None
+            or self.settings.message is None
+        ):
+            return
+        self._update_call = self._clock.callLater(self.settings.update, self._send_updates)
+
+    def _send_updates(self) -> None:
+        assert self._clock is not None
+        self._update_call = None
+        now = self._clock.seconds()
+        # A waiter told less than `update` ago (on entering) waits for the
+        # next round; the small slack absorbs the clock's rounding.
+        recent = now - self.settings.update + 1e-6
+        for seq, position in self._positions().items():
+            ticket = self._all.get(seq)
+            if ticket is not None and position != ticket.told and ticket.told_at <= recent:
+                self._tell(ticket, position, now)
+        self._arm_update()
+
+    def _stop_timers(self) -> None:
+        for call in (self._deadline_call, self._update_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._deadline_call = None
+        self._update_call = None
+
+    def turn_away(self) -> list[Waiter]:
+        """
+        Empty the room (the gateway is stopping): the waiters, in order, for
+        the caller to refuse.
+        """
+        waiters = [ticket.waiter for ticket in self.tickets()]
+        self._all.clear()
+        self._levels.clear()
+        self._stop_timers()
+        return waiters
