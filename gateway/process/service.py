@@ -30,7 +30,7 @@ from gateway.process.notify import ServiceNotifier
 from gateway.process.reload import Reloader
 from gateway.process.takeover import TakeOver
 from gateway.process.workerpool import WorkerPool
-from gateway.session.lifecycle import CloseReason
+from gateway.session.lifecycle import CloseReason, Phase
 from gateway.session.relay import GameSession
 
 __all__ = ["GatewayService"]
@@ -300,6 +300,10 @@ class GatewayService(MultiService):
         games, https = self._live()
         for connection in https:
             connection.drain()
+        for session in games:
+            if session.phase is Phase.WAITING:
+                # No slot is coming: a waiting player hears the busy line now.
+                session.close(CloseReason.SHUTDOWN)
         workers_done = self.workers is None or self.workers.finished
         if not games and not https and not self.factory.pending and workers_done:
             self._log.info("drained: every session has ended")

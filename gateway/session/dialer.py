@@ -62,7 +62,8 @@ class DialerOwner(LinkOwner, Structural):
 
     def no_backend(self, detail: str, tried: str) -> None:
         """
-        Every backend allowed was tried, or none is up: refuse the client.
+        Every backend allowed was tried, or none is up (or has room): the
+        client waits, or is refused (then counted as unserved on the pool).
 
         @param detail: what happened, for the refusal log.
         @param tried: the names of the backends tried (C{"none up"} if none).
@@ -215,7 +216,6 @@ class Dialer:
         self._attempt_failed(link, link.failure_reason or describe_failure(reason))
 
     def _give_up(self) -> None:
-        self._chooser.nothing_available()
         tried = ", ".join(b.name for b in self.tried) or "none up"
         self._owner.no_backend(f"no backend available; tried: {tried}", tried)
 

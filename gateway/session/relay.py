@@ -322,6 +322,7 @@ class GameSession(SessionEnding):
         The wait timed out: refuse the session.
         """
         timeout = self._room.settings.timeout if self._room is not None else 0.0
+        self._chooser.nothing_available()
         self._refuse(
             Refusal.QUEUE_TIMEOUT,
             CloseReason.QUEUE_TIMEOUT,
@@ -340,6 +341,7 @@ class GameSession(SessionEnding):
             return False
         ticket = room.enter(self, self._standing, self._ticket)
         if ticket is None:
+            self._chooser.nothing_available()
             self._refuse(
                 Refusal.QUEUE_FULL,
                 CloseReason.QUEUE_FULL,
@@ -424,6 +426,7 @@ class GameSession(SessionEnding):
         """
         if self._wait(detail):
             return
+        self._chooser.nothing_available()
         self._refuse(Refusal.NO_BACKEND, CloseReason.NO_BACKEND, detail, tried=tried)
 
     def short_of_resources(self, detail: str) -> None:
