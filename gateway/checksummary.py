@@ -1,12 +1,13 @@
 """
 What C{--check-config} prints for a valid configuration: L{summary}, one
 line naming the fronts, the backends (by pool), the routes the file's tables
-became and the admin endpoint, so an operator sees what was understood.
+became, the waiting room and its classes, and the admin endpoint, so an
+operator sees what was understood.
 """
 
 from __future__ import annotations
 
-from gateway.config import GAME_POOL, GatewayConfig, PoolSpec, RouteSpec
+from gateway.config import GAME_POOL, GatewayConfig, PoolSpec, QueueClassSpec, RouteSpec
 
 __all__ = ["summary"]
 
@@ -15,7 +16,7 @@ def summary(config: GatewayConfig) -> str:
     """
     What C{--check-config} prints for a valid configuration: the fronts,
     the backends (by pool, when there are named pools), the routes it
-    understood and the admin endpoint.
+    understood, the waiting room and the admin endpoint.
     """
     source = config.config_file or "the command line"
 
@@ -39,6 +40,7 @@ def summary(config: GatewayConfig) -> str:
         + backends
         + routes
         + (f"websocket {', '.join(config.websocket)}; " if config.websocket else "")
+        + _queue_summary(config)
         + f"admin {config.admin or 'none'}"
     )
 
@@ -80,3 +82,41 @@ def _route_summary(route: RouteSpec) -> str:
     if route.rate_per_ip:
         options.append(f"rate-per-ip {route.rate_per_ip:g}")
     return f"{named}{where} -> {action}" + (f" ({', '.join(options)})" if options else "")
+
+
+def _queue_summary(config: GatewayConfig) -> str:
+    """
+    The waiting room as C{--check-config} lists it (empty without one).
+    """
+    if not config.queue_size:
+        return ""
+    message = (
+        "silent" if config.queue_message is None else f"message {_quoted(config.queue_message)}"
+    )
+    classes = "".join(f", class {_class_summary(spec)}" for spec in config.queue_classes)
+    return (
+        f"waiting room {config.queue_size} per pool (timeout {config.queue_timeout:g} s, "
+        f"update every {config.queue_update:g} s, {message}{classes}); "
+    )
+
+
+def _class_summary(spec: QueueClassSpec) -> str:
+    """
+    One queue class as C{--check-config} lists it.
+    """
+    parts = [f"priority {spec.priority}"]
+    if spec.reserved:
+        parts.append(f"reserved {spec.reserved}")
+    if spec.networks:
+        parts.append("from " + " ".join(str(net) for net in spec.networks))
+    if spec.first_line is not None:
+        parts.append(f"first-line {_quoted(spec.first_line.pattern.decode())}")
+    return f"{spec.name} ({', '.join(parts)})"
+
+
+def _quoted(text: str) -> str:
+    """
+    C{text} in single quotes as written (a pattern's backslashes not
+    doubled), or its repr if it has what a terminal would not show.
+    """
+    return f"'{text}'" if text.isprintable() and "'" not in text else repr(text)

@@ -55,6 +55,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "busy-message",
         ),
     ),
+    ("Waiting room", ("queue-size", "queue-timeout", "queue-update", "queue-message")),
     (
         "Timeouts (a plain number is seconds; or with a unit: 500ms, 1.5s, 10m, 2h)",
         (

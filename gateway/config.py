@@ -14,7 +14,9 @@ modules that handle a configuration and its errors together.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from gateway.checks import ConfigError
 from gateway.pool.backend import GAME_POOL
@@ -38,6 +40,7 @@ __all__ = [
     "ConfigError",
     "GatewayConfig",
     "PoolSpec",
+    "QueueClassSpec",
     "RouteSpec",
 ]
 
@@ -202,6 +205,60 @@ class RouteSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueClassSpec:
+    """
+    A class of waiting players (a C{[[queue-class]]} table): players it
+    matches wait ahead of those of lower priority.
+
+    @ivar name: how logs and the admin endpoint name it.
+    @ivar priority: -1000 to 1000; higher waits ahead (the default class of
+        players no class matches has 0).
+    @ivar reserved: slots kept on every backend with a session limit for
+        this class and the classes of higher priority.
+    @ivar networks: the client addresses it takes (none: any address).
+    @ivar first_line: a pattern searched in the client's first line (L{None}:
+        any line).  With both, a player must match both.
+    """
+
+    name: str
+    priority: int
+    reserved: int = 0
+    networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    first_line: re.Pattern[bytes] | None = None
+
+    def matches(self, host: str | None, first_line: bytes) -> bool:
+        """
+        Whether a player belongs to this class.
+
+        @param host: the client's IP address as text (an IPv4-mapped IPv6
+            address, C{::ffff:1.2.3.4}, matches IPv4 networks too), or
+            L{None} (a UNIX socket: no network matches it).
+        @param first_line: the client's first line (searched, as
+            C{--session-key} is).
+        """
+        if self.networks:
+            addresses = _addresses(host)
+            if not any(address in net for net in self.networks for address in addresses):
+                return False
+        return self.first_line is None or self.first_line.search(first_line) is not None
+
+
+def _addresses(host: str | None) -> tuple[IPv4Address | IPv6Address, ...]:
+    """
+    The addresses C{host} stands for: itself, and the IPv4 address an
+    IPv4-mapped IPv6 address carries; none for what is not an IP address.
+    """
+    if host is None:
+        return ()
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return ()
+    mapped = address.ipv4_mapped if isinstance(address, IPv6Address) else None
+    return (address,) if mapped is None else (address, mapped)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """
     Every setting of one gateway, validated.
@@ -276,6 +333,16 @@ class GatewayConfig:
     @ivar cache_control: C{Cache-Control} of static files (L{None}: none).
     @ivar cache_immutable: a regular expression of request paths of
         fingerprinted files, which get a year's C{immutable} caching.
+    @ivar queue_size: players who may wait at once for a backend of a pool
+        (the waiting room; 0: none, a session no backend takes is refused).
+    @ivar queue_timeout: the longest wait, in seconds (then the busy line).
+    @ivar queue_update: the least time, in seconds, between two messages
+        telling a waiting player their place.
+    @ivar queue_message: the template of that message (fields C{{position}},
+        C{{length}} and C{{eta}}; the gateway appends CRLF), or L{None} for
+        a silent wait.
+    @ivar queue_classes: the waiting room's priority classes, highest
+        priority first (in the file's order among equals).
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -321,6 +388,11 @@ class GatewayConfig:
     routes: tuple[RouteSpec, ...] = ()
     cache_control: str | None = DEFAULT_CACHE_CONTROL
     cache_immutable: str | None = None
+    queue_size: int = 0
+    queue_timeout: float = 300.0
+    queue_update: float = 5.0
+    queue_message: str | None = None
+    queue_classes: tuple[QueueClassSpec, ...] = ()
 
     @property
     def game_pool(self) -> PoolSpec:

@@ -44,6 +44,7 @@ from typing import Any
 
 from gateway.checks import ConfigError
 from gateway.poolconfig import GAME_POOL_KEYS, POOL_KEYS, ROUTE_KEYS, RawPool, RawRoute
+from gateway.queueconfig import QUEUE_CLASS_KEYS, RawQueueClass
 from gateway.settings import RawBackend
 
 __all__ = ["FILE_SETTINGS", "MAX_FILE_SIZE", "FileSettings", "read_config_file"]
@@ -105,6 +106,11 @@ FILE_SETTINGS: dict[str, str] = {
     "route": "an array of tables ([[route]])",
     "cache-control": _STRING,
     "cache-immutable": _STRING,
+    "queue-size": _INTEGER,
+    "queue-timeout": _DURATION,
+    "queue-update": _DURATION,
+    "queue-message": _STRING,
+    "queue-class": "an array of tables ([[queue-class]])",
 }
 """Every top-level key a file may have, and the type of its value."""
 
@@ -161,6 +167,7 @@ class FileSettings:
     backends: list[RawBackend] | None = None
     pools: list[RawPool] = field(default_factory=list)
     routes: list[RawRoute] = field(default_factory=list)
+    queue_classes: list[RawQueueClass] = field(default_factory=list)
     given_as: dict[str, str] = field(default_factory=dict)
 
     def label(self, key: str) -> str:
@@ -306,6 +313,26 @@ def _routes(settings: FileSettings, value: object) -> None:
         settings.routes.append(RawRoute(label=shown, values=dict(checked)))
 
 
+def _queue_classes(settings: FileSettings, value: object) -> None:
+    """
+    The C{[[queue-class]]} tables, as L{RawQueueClass}es: known keys only
+    (their values are checked by L{gateway.queueconfig.check_queue_classes}).
+    """
+    label = settings.label("queue-class")
+    if not isinstance(value, list):
+        raise ConfigError(f"{label}: must be {FILE_SETTINGS['queue-class']}, got {_shown(value)}")
+    for index, table in enumerate(value):
+        shown = f"{label}[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{shown}: must be a table, got {_shown(table)}")
+        if isinstance(table.get("name"), str):
+            shown = f"{settings.path}: queue-class {table['name']!r}"
+        unknown = sorted(set(table) - set(QUEUE_CLASS_KEYS))
+        if unknown:
+            raise _unknown_key(shown, unknown[0], QUEUE_CLASS_KEYS, "a queue class")
+        settings.queue_classes.append(RawQueueClass(label=shown, values=dict(table)))
+
+
 def read_config_file(path: str) -> FileSettings:
     """
     Read and check a configuration file.
@@ -353,6 +380,8 @@ def read_config_file(path: str) -> FileSettings:
                 hint = f" (did you mean {key.replace('_', '-')!r}?)"
             elif key in ("backends", "routes"):
                 hint = f" (did you mean [[{key[:-1]}]]?)"
+            elif key == "queue-classes":
+                hint = " (did you mean [[queue-class]]?)"
             elif key == "pools":
                 hint = " (did you mean [pool.NAME]?)"
             raise ConfigError(f"{path}: unknown setting {key!r}{hint}")
@@ -370,6 +399,8 @@ def read_config_file(path: str) -> FileSettings:
             pools = value  # after the top-level settings, which [pool.game] must not repeat
         elif key == "route":
             _routes(settings, value)
+        elif key == "queue-class":
+            _queue_classes(settings, value)
         else:
             settings.values[key] = _scalar(label, FILE_SETTINGS[key], value)
     if pools is not None:

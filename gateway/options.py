@@ -32,6 +32,7 @@ from gateway.config import (
 )
 from gateway.ownership import TokenFiles, ownership_lines
 from gateway.poolconfig import RawPool, RawRoute
+from gateway.queueconfig import RawQueueClass
 from gateway.settings import RawBackend, Settings, build_config
 
 if TYPE_CHECKING:
@@ -352,6 +353,37 @@ class GatewayOptions(usage.Options):
             "(twistd's lines) or 'json' (one JSON object per line with flat fields: time, "
             "level, namespace, message and the event's own fields).",
         ],
+        [
+            "queue-size",
+            None,
+            str(_DEFAULTS.queue_size),
+            "Players who may wait at once, per pool, for a backend at its --max-sessions "
+            "(the waiting room: a game session no backend can take waits in the gateway, "
+            "first in, first out, its bytes held; 0: no waiting room, it is refused). "
+            "Priority classes are [[queue-class]] tables in the --config file.",
+        ],
+        [
+            "queue-timeout",
+            None,
+            f"{_DEFAULTS.queue_timeout:g}",
+            "The longest wait, in seconds; then the player gets --busy-message and is "
+            "closed (refusal 'queue-timeout').",
+        ],
+        [
+            "queue-update",
+            None,
+            f"{_DEFAULTS.queue_update:g}",
+            "The most often, in seconds, a waiting player is told their place (--queue-message).",
+        ],
+        [
+            "queue-message",
+            None,
+            None,
+            "One line (CRLF appended) told to a waiting player on entering the waiting room "
+            "and when their place changes: a template with {position}, {length} and {eta} "
+            "(seconds, '?' until known); {{ and }} are braces. Default: none, a silent "
+            "wait (safe for any protocol).",
+        ],
     ]
 
     def __init__(self, reactor: IReactorCore | None = None) -> None:
@@ -497,6 +529,7 @@ class GatewayOptions(usage.Options):
         backends: list[RawBackend] = []
         pools: list[RawPool] = []
         routes: list[RawRoute] = []
+        queue_classes: list[RawQueueClass] = []
         path = self["config"]
         if path is not None:
             from gateway.configfile import read_config_file
@@ -506,6 +539,8 @@ class GatewayOptions(usage.Options):
             labels.update({key: file.label(key) for key in file.values})
             backends = list(file.backends or [])
             pools, routes = file.pools, file.routes
+            queue_classes = file.queue_classes
+            labels["queue-class"] = file.label("queue-class")
             if file.backends is not None:
                 labels["backend"] = file.label("backend")
             else:
@@ -540,7 +575,15 @@ class GatewayOptions(usage.Options):
                 labels[option] = f"--{option}"
         defaults: dict[str, Any] = {str(p[0]): p[2] for p in self.optParameters}
         defaults.update({str(f[0]): False for f in self.optFlags})
-        settings = Settings(values, labels, backends, defaults, pools=pools, routes=routes)
+        settings = Settings(
+            values,
+            labels,
+            backends,
+            defaults,
+            pools=pools,
+            routes=routes,
+            queue_classes=queue_classes,
+        )
         return build_config(
             settings,
             reactor,

@@ -54,6 +54,7 @@ from gateway.config import (
 )
 from gateway.ownership import TokenFiles
 from gateway.poolconfig import RawPool, RawRoute, check_pools, check_routes
+from gateway.queueconfig import RawQueueClass, with_queue
 from gateway.wssettings import websocket_settings
 
 __all__ = [
@@ -110,6 +111,7 @@ class Settings:
     @ivar defaults: the value of each setting that was not given.
     @ivar pools: the file's named pools.
     @ivar routes: the file's routes.
+    @ivar queue_classes: the file's C{[[queue-class]]} tables.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class Settings:
         *,
         pools: list[RawPool] | None = None,
         routes: list[RawRoute] | None = None,
+        queue_classes: list[RawQueueClass] | None = None,
     ) -> None:
         self.values = values
         self.labels = labels
@@ -128,6 +131,7 @@ class Settings:
         self.defaults = defaults
         self.pools = pools or []
         self.routes = routes or []
+        self.queue_classes = queue_classes or []
 
     def __getitem__(self, name: str) -> Any:
         """
@@ -228,7 +232,7 @@ def build_config(
         websocket_ping=ping,
         pools=pools,
     )
-    return _with_routes(s, _with_caching(s, config))
+    return with_queue(s, _with_routes(s, _with_caching(s, config)))
 
 
 def _http(s: Settings) -> tuple[str | None, bool]:

@@ -509,12 +509,13 @@ def test_version_option_in_process(capsys: pytest.CaptureFixture[str]) -> None:
 def test_every_duration_key_of_the_file_takes_a_unit() -> None:
     """
     The file's duration keys (those taking a string with a unit) are the
-    command line's durations: each timeout and interval, and the ping.
+    command line's durations: each timeout and interval, the ping and the
+    waiting room's update interval.
     """
     durations = {name for name, kind in FILE_SETTINGS.items() if "'10m'" in kind}
     assert durations == {
         name for name in _long_options() if name.endswith(("-timeout", "-interval"))
-    } | {"websocket-ping"}
+    } | {"websocket-ping", "queue-update"}
 
 
 def test_readme_lists_every_option() -> None:

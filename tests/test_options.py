@@ -276,8 +276,8 @@ config's fields, so that a new one cannot be missed)."""
 
 def test_every_duration_is_known() -> None:
     """
-    The seconds settings are the seven docs/reference.md lists (a new one gets
-    its bounds and a line there).
+    The seconds settings named for a timeout or an interval are the eight
+    docs/reference.md lists (a new one gets its bounds and a line there).
     """
     assert sorted(DURATIONS) == [
         "connect-timeout",
@@ -286,6 +286,7 @@ def test_every_duration_is_known() -> None:
         "header-timeout",
         "health-interval",
         "idle-timeout",
+        "queue-timeout",
         "sniff-timeout",
     ]
 
