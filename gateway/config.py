@@ -85,6 +85,19 @@ WEBSOCKET_MAX_MESSAGE = 1024 * 1024
 DEMO_WEBSOCKET = "/play"
 """The path of the demo's WebSocket bridge (C{--demo} without C{--websocket})."""
 
+DEMO_MAX_SESSIONS = 2
+"""Each demo game server's session limit (C{--demo} without C{--max-sessions}):
+small, so that a newcomer with a few terminals or tabs sees the waiting room."""
+
+DEMO_QUEUE_SIZE = 50
+"""The demo's waiting room (C{--demo} without C{--queue-size})."""
+
+DEMO_QUEUE_MESSAGE = (
+    "The game is full: you are number {position} in the queue of {length} "
+    "(about {eta} s). Stay connected to keep your place."
+)
+"""What a waiting demo player is told (C{--demo} without C{--queue-message})."""
+
 
 DEFAULT_MAX_BODY = 1024 * 1024
 """The largest request body a proxied route takes by default (C{max-body})."""
@@ -341,6 +354,7 @@ class GatewayConfig:
     @ivar queue_message: the template of that message (fields C{{position}},
         C{{length}} and C{{eta}}; the gateway appends CRLF), or L{None} for
         a silent wait.
+    @ivar demo_max_sessions: each demo game server's session limit (0: none).
     @ivar queue_classes: the waiting room's priority classes, highest
         priority first (in the file's order among equals).
     """
@@ -393,6 +407,7 @@ class GatewayConfig:
     queue_update: float = 5.0
     queue_message: str | None = None
     queue_classes: tuple[QueueClassSpec, ...] = ()
+    demo_max_sessions: int = 0
 
     @property
     def game_pool(self) -> PoolSpec:

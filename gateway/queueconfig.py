@@ -22,7 +22,13 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any, Protocol
 
 from gateway.checks import ConfigError, check_count, check_line, check_pattern, check_seconds
-from gateway.config import GatewayConfig, QueueClassSpec
+from gateway.config import (
+    DEMO_MAX_SESSIONS,
+    DEMO_QUEUE_MESSAGE,
+    DEMO_QUEUE_SIZE,
+    GatewayConfig,
+    QueueClassSpec,
+)
 
 __all__ = [
     "MAX_PRIORITY",
@@ -65,6 +71,7 @@ class Source(Protocol):
     """
 
     queue_classes: list[RawQueueClass]
+    values: dict[str, Any]
 
     def __getitem__(self, name: str) -> Any: ...
 
@@ -262,6 +269,19 @@ def with_queue(s: Source, config: GatewayConfig) -> GatewayConfig:
     timeout = check_seconds(label("queue-timeout"), s["queue-timeout"], allow_zero=False)
     update = check_seconds(label("queue-update"), s["queue-update"], allow_zero=False)
     message = s["queue-message"]
+    demo_limit = 0
+    if config.demo and config.workers == 1:
+        # The demo shows the waiting room: small game servers, a room, a message.
+        given = s.values
+        demo_limit = (
+            check_count(label("max-sessions"), s["max-sessions"])
+            if "max-sessions" in given
+            else DEMO_MAX_SESSIONS
+        )
+        if "queue-size" not in given and demo_limit:
+            size = DEMO_QUEUE_SIZE
+            if message is None:
+                message = DEMO_QUEUE_MESSAGE
     if message is not None:
         message = check_queue_message(label("queue-message"), message)
     classes = check_queue_classes(s.queue_classes)
@@ -296,4 +316,5 @@ def with_queue(s: Source, config: GatewayConfig) -> GatewayConfig:
         queue_update=update,
         queue_message=message,
         queue_classes=classes,
+        demo_max_sessions=demo_limit,
     )

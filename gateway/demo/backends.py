@@ -31,8 +31,14 @@ class DemoBackends(Service):
 
     _log = Logger()
 
-    def __init__(self, pool: Pool, reactor: IReactorTCP, names: tuple[str, ...]) -> None:
+    def __init__(
+        self, pool: Pool, reactor: IReactorTCP, names: tuple[str, ...], max_sessions: int = 0
+    ) -> None:
+        """
+        @param max_sessions: each server's session limit (0: none).
+        """
         self._pool = pool
+        self._max_sessions = max_sessions
         self._reactor = reactor
         self._names = names
         self._ports: list[IListeningPort] = []
@@ -51,6 +57,7 @@ class DemoBackends(Service):
                 name=name,
                 description=description,
                 endpoint=TCP4ClientEndpoint(self._reactor, "127.0.0.1", number),
+                max_sessions=self._max_sessions,
             )
             self._pool.add(backend)
             self._backends.append(backend)

@@ -39,7 +39,7 @@ small entries, not a thousand timers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Protocol as Structural
@@ -51,7 +51,8 @@ from gateway.histogram import Histogram
 from gateway.pool.backend import Backend, BackendState
 
 if TYPE_CHECKING:
-    from gateway.pool.backends import Pool
+    from gateway.config import GatewayConfig
+    from gateway.interfaces import IBalancer
 
 __all__ = [
     "QUEUE_WAIT_BOUNDS",
@@ -68,6 +69,25 @@ QUEUE_WAIT_BOUNDS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 SMOOTHING = 0.2
 """The weight of the newest interval between admissions in the ETA's average."""
+
+
+class RoomPool(Structural):
+    """
+    What the room uses of its pool (L{gateway.pool.backends.Pool}, which
+    holds the room: a structural type, so that neither module imports the
+    other).
+    """
+
+    @property
+    def backends(self) -> tuple[Backend, ...]: ...
+    @property
+    def needs_key(self) -> bool: ...
+    @property
+    def balancer(self) -> IBalancer: ...
+    def has_room(self, backend: Backend, blocked: int = 0) -> bool: ...
+    def choose(
+        self, exclude: Collection[Backend] = (), key: bytes | None = None, blocked: int = 0
+    ) -> Backend | None: ...
 
 
 class QueueClass(Structural):
@@ -102,6 +122,20 @@ class RoomSettings:
     update: float = 5.0
     message: str | None = None
     classes: tuple[QueueClass, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> RoomSettings:
+        """
+        The waiting room's settings of a validated configuration (every
+        pool's room has the same).
+        """
+        return cls(
+            size=config.queue_size,
+            timeout=config.queue_timeout,
+            update=config.queue_update,
+            message=config.queue_message,
+            classes=config.queue_classes,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +222,7 @@ class WaitingRoom:
 
     _log = Logger()
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: RoomPool) -> None:
         self._pool = pool
         self._clock: IReactorTime | None = None
         self.settings = RoomSettings()

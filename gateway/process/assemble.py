@@ -99,17 +99,13 @@ def make_service(
     served = role != "worker"
     # First: stopped last, once no request uses the connections.
     children: list[IService] = [_Closing(core.connections)]
-    if config.demo and served:
-        children.append(DemoBackends(core.pools.game, reactor, DEMO_BACKENDS))
     workers = None
     if role == "acceptor":
         workers = WorkerPool(config.workers, reactor, core.pools, lambda: reloader.config)
     health = None
     if served:
-        # After the demo backends, so that its first round sees them.
-        health = PoolHealth(core.pools, reactor, fall=PASSIVE_FALL)
-        health.configure(pool_health(config))
-        children.append(health)
+        backend_services, health = _backend_services(config, core, reactor)
+        children.extend(backend_services)
     listeners = _fronts(config, core, workers) if served else []
     children.extend(listeners)
     if workers is not None:
@@ -151,6 +147,24 @@ def make_service(
     for child in children:
         child.setServiceParent(service)
     return service
+
+
+def _backend_services(
+    config: GatewayConfig, core: _Core, reactor: Any
+) -> tuple[list[IService], PoolHealth]:
+    """
+    The demo game servers (with C{--demo}), then the health checks (after
+    them, so that the first round sees them).
+    """
+    children: list[IService] = []
+    if config.demo:
+        children.append(
+            DemoBackends(core.pools.game, reactor, DEMO_BACKENDS, config.demo_max_sessions)
+        )
+    health = PoolHealth(core.pools, reactor, fall=PASSIVE_FALL)
+    health.configure(pool_health(config))
+    children.append(health)
+    return children, health
 
 
 def _access_log(config: GatewayConfig, served: bool) -> AccessLogFile | None:

@@ -32,6 +32,7 @@ from gateway.pool.backends import Backend, Pool
 from gateway.pool.balance import make_balancer
 from gateway.pool.health import HealthCheck
 from gateway.pool.pools import Pools
+from gateway.pool.room import RoomSettings
 from gateway.pool.watch import PoolHealth
 from gateway.session.settings import SessionSettings
 
@@ -99,7 +100,7 @@ def pool_of(spec: PoolSpec, config: GatewayConfig, reactor: Any) -> Pool:
     """
     A pool for a configured one, with its backends.
     """
-    return Pool(
+    pool = Pool(
         (backend_of(b, reactor) for b in config.backends if b.pool == spec.name),
         make_balancer(spec.balance),
         # Passive detection only with health checks: they bring a backend back.
@@ -107,6 +108,8 @@ def pool_of(spec: PoolSpec, config: GatewayConfig, reactor: Any) -> Pool:
         name=spec.name,
         clock=reactor,
     )
+    pool.room.configure(RoomSettings.from_config(config), reactor)
+    return pool
 
 
 def backend_of(spec: BackendSpec, reactor: Any) -> Backend:

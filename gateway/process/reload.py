@@ -30,6 +30,7 @@ from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.balance import make_balancer
 from gateway.pool.pools import Pools
 from gateway.pool.probe import quote_bytes
+from gateway.pool.room import RoomSettings
 from gateway.process.parts import (
     PASSIVE_FALL,
     Parts,
@@ -185,6 +186,7 @@ class Reloader:
         changes: list[str] = []
         new = self._keep_restart_only(old, new, changes)
         self._apply_backends(old, new, changes)
+        self._apply_rooms(new)
         self._apply_admission(new)
         self._apply_front(old, new)
         self._apply_health(new, changes)
@@ -306,6 +308,16 @@ class Reloader:
             backend.max_sessions = spec.max_sessions
         backend.proxy_protocol = spec.proxy_protocol
 
+    def _apply_rooms(self, new: GatewayConfig) -> None:
+        """
+        Every pool's waiting room gets the new settings (players waiting
+        keep their place), and admits whoever a backend added or grown now
+        has room for.
+        """
+        settings = RoomSettings.from_config(new)
+        for pool in self.parts.pools.pools:
+            pool.room.configure(settings, self.parts.reactor)
+
     def _apply_admission(self, new: GatewayConfig) -> None:
         parts = self.parts
         parts.cap_state.reconfigure(new.max_connections, new.overflow == "queue")
@@ -374,7 +386,15 @@ def _differences(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     are said by the steps that handle them; a token's value is never shown).
     """
     changes = []
-    skip = {"backends", "pools", "routes", "config_file", "admin_token", *RESTART_ONLY}
+    skip = {
+        "backends",
+        "pools",
+        "routes",
+        "config_file",
+        "admin_token",
+        "queue_classes",
+        *RESTART_ONLY,
+    }
     for field in dataclasses.fields(GatewayConfig):
         if field.name in skip:
             continue
@@ -383,6 +403,10 @@ def _differences(old: GatewayConfig, new: GatewayConfig) -> list[str]:
             changes.append(f"{field.name.replace('_', '-')} {before!r} -> {after!r}")
     if old.admin_token != new.admin_token:
         changes.append("admin token changed")
+    if old.queue_classes != new.queue_classes:
+        changes.append(
+            "queue classes: " + (", ".join(c.name for c in new.queue_classes) or "none")
+        )
     before = {route.name: route for route in old.routes}
     after = {route.name: route for route in new.routes}
     for name in after:
