@@ -426,15 +426,16 @@ class WaitingRoom:
                 self._admit_own(level, up, free, blocked)
                 continue
             # Without keys every waiter of a level is alike: admit heads
-            # while the pool has a slot (at most the level's size: a waiter
-            # that comes back at once is not taken twice in one pass).
-            for _ in range(len(level)):
-                if not level:
-                    break
+            # while the pool has a slot, each waiter at most once a pass (one
+            # that comes back at once is not taken twice, and a returning
+            # ticket replaces the level's dict, so `level` may be stale).
+            for ticket in list(level.values()):
+                if self._all.get(ticket.seq) is not ticket:
+                    continue  # gone meanwhile
                 backend = pool.choose((), None, blocked)
                 if backend is None:
                     break
-                self._admit(next(iter(level.values())), backend)
+                self._admit(ticket, backend)
 
     def _admit_own(
         self, level: dict[int, Ticket], up: tuple[Backend, ...], free: list[Backend], blocked: int
@@ -445,7 +446,7 @@ class WaitingRoom:
         """
         pool = self._pool
         for ticket in list(level.values()):
-            if ticket.seq not in level:
+            if self._all.get(ticket.seq) is not ticket:
                 continue  # admitted or gone meanwhile
             if ticket.own is None:
                 ticket.own = pool.balancer.choose(up, ticket.waiter.key)
@@ -476,9 +477,16 @@ class WaitingRoom:
     # Deadlines
 
     def _arm_deadline(self) -> None:
-        if self._deadline_call is not None or not self._all or self._clock is None:
+        if not self._all or self._clock is None:
             return
         first = next(iter(self._all.values()))
+        call = self._deadline_call
+        if call is not None:
+            # A returning ticket may have a deadline before the one the
+            # timer was armed for.
+            if call.getTime() <= first.deadline:
+                return
+            call.cancel()
         delay = max(0.0, first.deadline - self._clock.seconds())
         self._deadline_call = self._clock.callLater(delay, self._deadline_passed)
 
