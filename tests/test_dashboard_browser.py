@@ -28,6 +28,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from websockets.sync.client import connect as websocket_connect
 
@@ -38,6 +39,9 @@ from gateway.ops.registry import Counters, SessionRegistry
 from gateway.ops.status import AdminState
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.pools import Pools
+from gateway.pool.room import RoomSettings
+from gateway.session.relay import GameSession
+from gateway.session.settings import SessionSettings
 from tests.cdp import Browser
 from tests.support import (
     HEADLESS_CHROMIUM,
@@ -331,6 +335,68 @@ async def test_dashboard_groups_backends_by_pool(two_pools_admin: str, tmp_path:
         ["api-1", "tcp:127.0.0.1:7001", "up"],
         ["api-2", "tcp:127.0.0.1:7003", "draining"],
         ["api-3", "tcp:127.0.0.1:7004", "up"],
+    ]
+    assert page.by_id.get("error", "") == ""
+
+
+@pytest_twisted.async_yield_fixture
+async def waiting_room_admin() -> AsyncIterator[str]:
+    """
+    An admin endpoint on loopback (in this process) whose game pool's one
+    backend is full (max-sessions 1) and whose waiting room (size 5) holds
+    three real game sessions, entered one after the other.
+
+    @return: its URL.
+    """
+    clock: IReactorTime = reactor
+    backend = Backend(
+        name="game-1",
+        description="tcp:127.0.0.1:7000",
+        endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", 7000),
+        max_sessions=1,
+    )
+    backend.active = 1  # full: nobody is admitted while the test runs
+    pool = Pool([backend], clock=clock)
+    pool.room.configure(RoomSettings(size=5, timeout=3600.0), clock)
+    registry = SessionRegistry(clock)
+    settings = SessionSettings(
+        sniff_timeout=1.0, connect_timeout=5.0, idle_timeout=0.0, fin_timeout=5.0
+    )
+    for number in range(3):
+        session = GameSession(
+            StringTransport(), pool, clock, settings, peer=f"192.0.2.{number + 1}:4000"
+        )
+        session.start(b"hello\n")
+        registry.add(session)
+    state = AdminState(Pools(pool), registry, Counters(), clock=clock)
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port: IListeningPort = await endpoint.listen(make_admin_site(state, clock))
+    try:
+        yield f"http://127.0.0.1:{port.getHost().port}"  # type: ignore[attr-defined]
+    finally:
+        pool.room.turn_away()  # and its timers with it
+        stopping = port.stopListening()
+        if stopping is not None:
+            await stopping
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_shows_the_waiting_room(waiting_room_admin: str, tmp_path: Path) -> None:
+    """
+    With sessions waiting, the page shows the pool's waiting room (how many
+    wait of how many may, how the waits ended) and each waiting session's
+    state with its place in the sessions table ("waiting #N").
+    """
+    page = await deferToThread(render, waiting_room_admin + "/", tmp_path / "profile")
+
+    [room] = page.rows["queues"]
+    assert room[0] == "game"
+    assert room[1] == "3 / 5"
+    assert re.fullmatch(r"\d+ s", room[2])
+    assert room[3:] == ["0", "0", "0", "0"]
+    # id, kind, peer, backend, state: the oldest first.
+    assert [row[:5] for row in page.rows["sessions"]] == [
+        [str(n), "game", f"192.0.2.{n}:4000", "-", f"waiting #{n}"] for n in (1, 2, 3)
     ]
     assert page.by_id.get("error", "") == ""
 

@@ -28,6 +28,7 @@ from gateway.ops.registry import Counters, SessionRegistry
 from gateway.ops.status import AdminState, gather_status, status
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.pools import Pools
+from gateway.pool.room import RoomSettings
 from gateway.process.wire import BackendCounts, StatusReply
 
 DASHBOARD = Path(__file__).parent.parent / "contrib" / "grafana" / "gateway-dashboard.json"
@@ -288,6 +289,13 @@ def test_grafana_dashboard_queries_existing_metrics() -> None:
     exposed = {name for name, _ in samples_of(merged_metrics())}
     config_state = make_state(MemoryReactorClock(), GatewayConfig(max_connections=10))
     exposed |= {name for name, _ in samples_of(render_metrics(config_state))}
+    # The waiting room's families are there when a room is open.
+    clock = MemoryReactorClock()
+    waiting = Pool([])
+    waiting.room.configure(RoomSettings(size=1), clock)
+    queued = AdminState(Pools(waiting), SessionRegistry(), Counters(), clock=clock)
+    exposed |= {name for name, _ in samples_of(render_metrics(queued))}
     used = dashboard_metrics()
     assert {"gateway_backend_state", "gateway_session_duration_seconds_bucket"} <= used
+    assert {"gateway_queue_length", "gateway_queue_wait_seconds_bucket"} <= used
     assert used - exposed == set()

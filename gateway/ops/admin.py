@@ -55,7 +55,14 @@ from gateway.http.site import HTTPSite
 from gateway.ops.metrics import metrics_text, render_metrics
 from gateway.ops.registry import LiveSession, RefusalLog
 from gateway.ops.sampling import Sampler
-from gateway.ops.status import AdminState, backend_status, gather_status, session_json, status
+from gateway.ops.status import (
+    AdminState,
+    WaitingPlaces,
+    backend_status,
+    gather_status,
+    session_json,
+    status,
+)
 from gateway.pool.backends import BackendState
 
 __all__ = [
@@ -210,7 +217,9 @@ class _Status(Resource):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         request.write(head.encode())
-        work = self._cooperator.cooperate(self._steps(request, ids, sessions))
+        # The waiters' positions as they were when the request arrived.
+        places = WaitingPlaces(self._state.pool, document["now"])
+        work = self._cooperator.cooperate(self._steps(request, ids, sessions, places))
         finished = request.notifyFinish()  # type: ignore[attr-defined]
 
         def _gone(reason: object) -> None:
@@ -224,11 +233,18 @@ class _Status(Resource):
         return NOT_DONE_YET
 
     def _steps(
-        self, request: IRequest, ids: list[int], sessions: list[LiveSession]
+        self,
+        request: IRequest,
+        ids: list[int],
+        sessions: list[LiveSession],
+        places: WaitingPlaces,
     ) -> Iterator[None]:
         for start in range(0, len(ids), STREAM_CHUNK):
             end = start + STREAM_CHUNK
-            text = ",".join(map(session_json, ids[start:end], sessions[start:end]))
+            text = ",".join(
+                session_json(number, session, places=places)
+                for number, session in zip(ids[start:end], sessions[start:end], strict=True)
+            )
             request.write((("," if start else "") + text).encode())
             yield None
         request.write(b"]}\n")

@@ -6,7 +6,10 @@ time (nothing is counted twice, and nothing costs anything between
 scrapes).  Labels are bounded: backend names, refusal reasons and session
 kinds, never client addresses.
 
-Besides the document's counters: the histograms the data path keeps as
+Besides the document's counters: the waiting rooms by pool (length, size,
+oldest wait, admissions, waits; their refusals, C{queue-full} and
+C{queue-timeout}, are C{gateway_connections_refused} reasons like the
+others, not counted twice), the histograms the data path keeps as
 plain lists (L{gateway.histogram}), the configured limits (so that "how
 close to full" is one division), C{gateway_build_info}, the start time,
 and C{prometheus_client}'s process collector (C{process_*}: RSS, CPU time,
@@ -38,6 +41,7 @@ from gateway.front.limits import default_burst
 from gateway.histogram import CONNECT_TIME_BOUNDS, SESSION_DURATION_BOUNDS
 from gateway.ops.status import SESSION_KINDS, AdminState, status
 from gateway.pool.backends import BackendState
+from gateway.pool.room import QUEUE_WAIT_BOUNDS
 
 __all__ = ["limits_of", "metrics_text", "render_metrics"]
 
@@ -217,6 +221,47 @@ def _histograms(document: dict[str, Any]) -> Iterator[Metric]:
     yield moved
 
 
+def _queues(queues: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """
+    The waiting rooms' families, labelled by pool (rooms that are open, or
+    counted something: L{gateway.ops.status.queue_status}).
+    """
+    labels = ["pool"]
+    length = GaugeMetricFamily(
+        "gateway_queue_length", "Sessions waiting in the pool's waiting room now.", labels=labels
+    )
+    size = GaugeMetricFamily(
+        "gateway_queue_size",
+        "The waiting room's size (--queue-size: players who may wait at once).",
+        labels=labels,
+    )
+    oldest = GaugeMetricFamily(
+        "gateway_queue_oldest_wait_seconds",
+        "How long the longest waiter has waited (0: nobody waits).",
+        labels=labels,
+    )
+    admitted = CounterMetricFamily(
+        "gateway_queue_admitted", "Waiters admitted to a backend.", labels=labels
+    )
+    left = CounterMetricFamily(
+        "gateway_queue_left", "Waiters whose client left while waiting.", labels=labels
+    )
+    waits = HistogramMetricFamily(
+        "gateway_queue_wait_seconds",
+        "How long waiters waited (counted when admitted or timed out).",
+        labels=labels,
+    )
+    for pool, room in sorted(queues.items()):
+        length.add_metric([pool], room["length"])
+        size.add_metric([pool], room["size"])
+        oldest.add_metric([pool], room["oldest_wait"])
+        admitted.add_metric([pool], room["admitted"])
+        left.add_metric([pool], room["left"])
+        state = room["waits"]
+        waits.add_metric([pool], _histogram_buckets(QUEUE_WAIT_BOUNDS, state), state["sum"])
+    yield from (length, size, oldest, admitted, left, waits)
+
+
 def limits_of(config: GatewayConfig) -> dict[str, tuple[str, float]]:
     """
     The configured limits as C{/metrics} shows them: metric name ->
@@ -307,6 +352,7 @@ class _GatewayCollector(Collector):
         yield from _sessions(counters)
         yield from _backends(document["backends"], document["started"])
         yield from _histograms(document)
+        yield from _queues(counters.get("queues", {}))
         yield from _process(self._state)
         if "workers" in document:
             yield from _workers(document["workers"], counters)

@@ -2,8 +2,10 @@
 The status document of C{/status.json}: the gateway's version, host name and
 start time, the backends (name, endpoint, state, active, total, failures,
 weight, reason), the live sessions (the "children list": id, kind, peer,
-backend, started, bytes_in, bytes_out) and the counters, all read when asked
-(the data path only adds to plain integers).
+backend, started, bytes_in, bytes_out; a game or WebSocket session's state,
+and while it waits its position, wait and class), the counters and the
+waiting rooms (C{counters.queues}), all read when asked (the data path only
+adds to plain integers).
 
 L{status} builds it for one process; L{session_json} writes one session as
 JSON text without building a dictionary (for long lists); with C{--workers},
@@ -35,6 +37,7 @@ from gateway.histogram import (
 from gateway.ops.registry import Counters, LiveSession, SessionRegistry
 from gateway.pool.backends import Backend, BackendState
 from gateway.pool.pools import Pools
+from gateway.pool.room import Ticket, WaitingRoom
 from gateway.process.wire import StatusReply
 
 if TYPE_CHECKING:
@@ -43,9 +46,11 @@ if TYPE_CHECKING:
 __all__ = [
     "SESSION_KINDS",
     "AdminState",
+    "WaitingPlaces",
     "WorkerProcesses",
     "backend_status",
     "gather_status",
+    "queue_status",
     "session_entry",
     "session_json",
     "status",
@@ -166,11 +171,62 @@ def backend_status(backend: Backend) -> dict[str, Any]:
     }
 
 
-def session_entry(number: int, session: LiveSession) -> dict[str, Any]:
+class WaitingPlaces:
+    """
+    The places of the sessions waiting in the pools' waiting rooms, read
+    once for one document: a room's positions cost a pass over its waiters,
+    so they are computed once, not once per session listed.
+
+    @ivar now: the document's time, for how long each has waited.
+    """
+
+    __slots__ = ("_places", "now")
+
+    def __init__(self, pools: Pools, now: float) -> None:
+        self.now = now
+        # By the ticket's id, with the ticket itself: an id alone could be
+        # reused by a new ticket while a long list is written in steps.
+        self._places: dict[int, tuple[Ticket, int]] = {}
+        for pool in pools.pools:
+            room = pool.room
+            if not len(room):
+                continue
+            positions = room.positions()
+            for ticket in room.tickets():
+                self._places[id(ticket)] = (ticket, positions[ticket.seq])
+
+    def position(self, ticket: Ticket) -> int | None:
+        """
+        The waiter's position in its room (L{None}: it entered after the
+        positions were read).
+        """
+        place = self._places.get(id(ticket))
+        return place[1] if place is not None and place[0] is ticket else None
+
+
+def _session_state(session: LiveSession) -> tuple[str | None, Ticket | None]:
+    """
+    A session's state (its phase's name: game and WebSocket sessions have
+    one, HTTP connections none) and its waiting room ticket while it waits.
+    """
+    state = getattr(getattr(session, "phase", None), "value", None)
+    ticket = getattr(session, "ticket", None)
+    return (
+        state if isinstance(state, str) else None,
+        ticket if isinstance(ticket, Ticket) else None,
+    )
+
+
+def session_entry(
+    number: int, session: LiveSession, places: WaitingPlaces | None = None
+) -> dict[str, Any]:
     """
     One live session as C{/status.json} lists it (byte counts read now).
+
+    @param places: the waiters' places; with them, a waiting session shows
+        its C{position}, C{waited} (seconds) and C{class}.
     """
-    return {
+    entry = {
         "id": number,
         "kind": session.kind,
         "peer": session.peer,
@@ -179,6 +235,46 @@ def session_entry(number: int, session: LiveSession) -> dict[str, Any]:
         "bytes_in": session.bytes_in,
         "bytes_out": session.bytes_out,
     }
+    state, ticket = _session_state(session)
+    if state is not None:
+        entry["state"] = state
+    if ticket is not None and places is not None:
+        entry["position"] = places.position(ticket)
+        entry["waited"] = max(0.0, places.now - ticket.entered)
+        entry["class"] = ticket.standing.name
+    return entry
+
+
+def _room_status(room: WaitingRoom) -> dict[str, Any]:
+    """
+    One pool's waiting room as C{counters.queues} shows it.
+    """
+    return {
+        "length": len(room),
+        "size": room.settings.size,
+        "timeout": room.settings.timeout,
+        "oldest_wait": room.oldest_wait(),
+        "admitted": room.admitted,
+        "timed_out": room.timed_out,
+        "full": room.full,
+        "left": room.left,
+        "waits": room.waits.state(),
+    }
+
+
+def _counts(room: WaitingRoom) -> bool:
+    """
+    Whether a room is open, or closed but counted something (closed by a
+    reload): the rooms C{counters.queues} lists.
+    """
+    return room.open or any((len(room), room.admitted, room.timed_out, room.full, room.left))
+
+
+def queue_status(pools: Pools) -> dict[str, dict[str, Any]]:
+    """
+    The waiting rooms by pool name (those L{_counts} keeps).
+    """
+    return {pool.name: _room_status(pool.room) for pool in pools.pools if _counts(pool.room)}
 
 
 def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
@@ -188,6 +284,8 @@ def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
     @param limit: list at most this many sessions (the oldest); L{None}: all.
     """
     pool, registry, counters = state.pool, state.registry, state.counters
+    now = state.clock.seconds() if state.clock is not None else 0.0
+    places = WaitingPlaces(pool, now) if limit != 0 else None
     sessions: list[dict[str, Any]] = []
     live_in = live_out = 0
     by_backend = {name: list(moved) for name, moved in registry.ended_by_backend.items()}
@@ -203,13 +301,13 @@ def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
             moved[1] += bytes_out
         if limit is not None and len(sessions) >= limit:
             continue  # still summed into the byte totals
-        sessions.append(session_entry(number, session))
+        sessions.append(session_entry(number, session, places))
     active = registry.active()
     return {
         "version": __version__,
         "host": socket.gethostname(),
         "started": state.started,
-        "now": state.clock.seconds() if state.clock is not None else 0.0,
+        "now": now,
         "backends": [backend_status(backend) for backend in pool.backends],
         "sessions": sessions,
         "counters": {
@@ -227,24 +325,41 @@ def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
             "backend_bytes": by_backend,
             "connect_time": {b.name: b.connect_time.state() for b in pool.backends},
             "durations": {kind: h.state() for kind, h in registry.durations.items()},
+            "queues": queue_status(pool),
         },
     }
 
 
-def session_json(number: int, session: LiveSession, worker: int | None = None) -> str:
+def session_json(
+    number: int,
+    session: LiveSession,
+    worker: int | None = None,
+    places: WaitingPlaces | None = None,
+) -> str:
     """
     L{session_entry} as JSON text, built from strings only: strings are not
     tracked by the garbage collector, dictionaries are, and allocating 10,000
     of them would trigger collections that pause the reactor.
 
     @param worker: the worker process serving it, with C{--workers}.
+    @param places: the waiters' places (see L{session_entry}).
     """
     backend = session.backend_name
+    state, ticket = _session_state(session)
+    more = "" if state is None else f',"state":{_quote(state)}'
+    if ticket is not None and places is not None:
+        position = places.position(ticket)
+        more += (
+            f',"position":{"null" if position is None else int(position)}'
+            f',"waited":{max(0.0, places.now - ticket.entered)!r}'
+            f',"class":{_quote(ticket.standing.name)}'
+        )
     return (
         f'{{"id":{number},"kind":{_quote(session.kind)},"peer":{_quote(session.peer)},'
         f'"backend":{"null" if backend is None else _quote(backend)},'
         f'"started":{float(session.started)!r},'
         f'"bytes_in":{int(session.bytes_in)},"bytes_out":{int(session.bytes_out)}'
+        + more
         + ("}" if worker is None else f',"worker":{worker}}}')
     )
 
@@ -267,6 +382,27 @@ def _merge_histograms(counters: dict[str, Any], theirs: dict[str, Any]) -> None:
         for label, state in theirs.get(family, {}).items():
             with suppress(ValueError):
                 merge_state(ours.setdefault(label, empty_state(bounds)), state)
+    _merge_queues(counters["queues"], theirs.get("queues", {}))
+
+
+def _merge_queues(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    """
+    Add a worker's waiting rooms to the acceptor's, pool by pool: each
+    process has its own room, so lengths, sizes and counts add up and the
+    oldest wait is the longest.  (The waiting room is refused with
+    C{--workers} above 1 for now; this keeps the document right if that
+    changes.)
+    """
+    for name, room in theirs.items():
+        into = ours.get(name)
+        if into is None:
+            ours[name] = room
+            continue
+        for field in ("length", "size", "admitted", "timed_out", "full", "left"):
+            into[field] += room.get(field, 0)
+        into["oldest_wait"] = max(into["oldest_wait"], room.get("oldest_wait", 0.0))
+        with suppress(ValueError, KeyError):
+            merge_state(into["waits"], room["waits"])
 
 
 def gather_status(

@@ -273,6 +273,7 @@ function renderSessions(sessions, total, now) {
     cell(row, session.kind);
     cell(row, session.peer);
     cell(row, session.backend);
+    cell(row, sessionState(session), "state state-" + (session.state || "none"));
     cell(row, formatAge(Math.max(0, now - session.started)), "number");
     cell(row, session.bytes_in, "number");
     cell(row, session.bytes_out, "number");
@@ -283,6 +284,33 @@ function renderSessions(sessions, total, now) {
   labelCells(document.getElementById("sessions"));
   document.getElementById("sessions-shown").textContent =
     sessions.length < total ? "(the oldest " + sessions.length + " of " + total + ")" : "";
+}
+
+// A session's state; a waiting one's with its place: "waiting #3".
+function sessionState(session) {
+  if (session.state !== "waiting") return session.state;
+  return session.position ? "waiting #" + session.position : "waiting";
+}
+
+// One row per pool with a waiting room (only when one is open or counted
+// something): how many wait of how many may, the longest wait, and how
+// the waits ended.
+function renderQueues(queues) {
+  const entries = Object.entries(queues || {});
+  document.getElementById("queues-section").hidden = entries.length === 0;
+  const rows = entries.map(([pool, queue]) => {
+    const row = document.createElement("tr");
+    cell(row, pool, "name");
+    cell(row, queue.length + " / " + queue.size, queue.length ? "number waiting" : "number");
+    cell(row, queue.length ? formatAge(queue.oldest_wait) : "-", "number");
+    cell(row, queue.admitted, "number");
+    cell(row, queue.timed_out, "number");
+    cell(row, queue.full, "number");
+    cell(row, queue.left, "number");
+    return row;
+  });
+  replaceRows(document.querySelector("#queues tbody"), rows);
+  labelCells(document.getElementById("queues"));
 }
 
 function renderWorkers(workers) {
@@ -320,6 +348,7 @@ async function refresh() {
     renderBackends(status.backends);
     renderCounters(status.counters);
     renderWorkers(status.workers);
+    renderQueues(status.counters.queues);
     const live = status.counters.active_sessions;
     renderSessions(status.sessions, live.game + live.websocket + live.http, status.now);
     addSample(status);
