@@ -10,6 +10,7 @@ from __future__ import annotations
 import tracemalloc
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
@@ -539,6 +540,32 @@ def test_configure_and_turn_away() -> None:
     assert late.ends == ["full"] and sim.room.full == 1
     assert sim.room.turn_away() == waiters
     assert len(sim.room) == 0 and not sim.clock.getDelayedCalls()
+
+
+@pytest.mark.parametrize("timeout", [3.0, 30.0])
+def test_a_new_timeout_counts_from_entering(timeout: float) -> None:
+    """
+    A reload's new timeout applies to the players already waiting, counted
+    from when each entered: shorter, the oldest go at once and the rest at
+    their new deadlines; longer, nobody goes at the old deadline.
+    """
+    sim = Sim(Pool(backends(1)), RoomSettings(size=10, timeout=10), checked=True)
+    sim.arrive()
+    waiters = []
+    for _ in range(3):
+        waiters.append(sim.arrive())
+        sim.clock.advance(2)
+    # t = 6; entered at 0, 2, 4.
+    sim.room.configure(RoomSettings(size=10, timeout=timeout), sim.clock)
+    sim.clock.advance(0)
+    expected = [[]] * 3 if timeout > 6 else [["timed out"], ["timed out"], []]
+    assert [p.ends for p in waiters] == expected
+    sim.clock.advance(4.5)  # t = 10.5: past every old deadline but the last
+    assert [len(p.ends) for p in waiters] == ([0, 0, 0] if timeout > 6 else [1, 1, 1])
+    sim.clock.advance(timeout)
+    assert [len(p.ends) for p in waiters] == [1, 1, 1]
+    assert len(sim.clock.getDelayedCalls()) == 0
+    sim.check()
 
 
 class CountingHash:

@@ -404,17 +404,21 @@ class FrontDoor(CloseHooks, Protocol):
         sniffed = self._stop_sniffing()
         factory = self.factory
         settings = factory.settings
+        room = getattr(factory.chooser, "room", None)
+        wants_line = (settings.session_key is not None and factory.chooser.needs_key) or (
+            room is not None and room.wants_first_line
+        )
         if (
-            settings.session_key is not None
-            and factory.chooser.needs_key
+            wants_line
             and sniffed
             and not client_eof
             and b"\n" not in sniffed
             and len(sniffed) < KEY_LINE_LIMIT
         ):
-            # The key is in the first line: wait for it (at most the sniff
-            # timeout and KEY_LINE_LIMIT bytes).  A silent client (server
-            # speaks first) is not kept waiting: it has no first line.
+            # The key (or the waiting-room class) is in the first line:
+            # wait for it (at most the sniff timeout and KEY_LINE_LIMIT
+            # bytes).  A silent client (server speaks first) is not kept
+            # waiting: it has no first line.
             self._key_wait = sniffed
             self._forward = self._key_data
             self._key_call = factory.clock.callLater(settings.sniff_timeout, self._key_done)

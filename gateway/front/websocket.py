@@ -267,11 +267,14 @@ class Upgrade:
         door.forward_to(self.reader.dataReceived)
         target = door.factory.target(self.pool)
         chooser, settings = target if target is not None else (None, door.factory.settings)
-        if chooser is None or not chooser.needs_key:
+        # A waiting-room class may match the first message, as a key may.
+        room = getattr(chooser, "room", None)
+        wants_line = room is not None and room.wants_first_line
+        if chooser is None or not (chooser.needs_key or wants_line):
             self._launch(None)
         elif key is not None:
             self._launch(key)
-        elif settings.session_key is not None:
+        elif settings.session_key is not None or wants_line:
             self._waiting_key = True
             door.factory.pending.add(door)
             self._key_call = door.factory.clock.callLater(settings.sniff_timeout, self._key_found)
@@ -299,7 +302,10 @@ class Upgrade:
         door = self.door
         door.factory.pending.discard(door)
         target = door.factory.target(self.pool)
-        pattern = target[1].session_key if target is not None else None
+        if target is None or not target[0].needs_key:
+            self._launch(None)  # the first message was awaited for the class only
+            return
+        pattern = target[1].session_key
         match = pattern.search(self._first[:KEY_MESSAGE_LIMIT]) if pattern and complete else None
         if match is not None and match.group(1) is not None:
             self._launch(match.group(1))

@@ -39,6 +39,7 @@ small entries, not a thousand timers.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -101,6 +102,8 @@ class QueueClass(Structural):
     def priority(self) -> int: ...
     @property
     def reserved(self) -> int: ...
+    @property
+    def first_line(self) -> re.Pattern[bytes] | None: ...
     def matches(self, host: str | None, first_line: bytes) -> bool: ...
 
 
@@ -249,8 +252,11 @@ class WaitingRoom:
     def configure(self, settings: RoomSettings, clock: IReactorTime) -> None:
         """
         New settings (start or reload).  Players already waiting keep their
-        place and their deadline; a smaller size turns away only new players.
+        place and their class; a smaller size turns away only new players; a
+        new timeout counts from when each waiter entered (so arrival order
+        stays deadline order, which the one deadline timer relies on).
         """
+        timeout_changed = settings.timeout != self.settings.timeout
         self.settings = settings
         self._clock = clock
         standings = []
@@ -264,6 +270,13 @@ class WaitingRoom:
             self._update_call.cancel()
         self._update_call = None
         self._arm_update()
+        if timeout_changed and self._all:
+            for ticket in self._all.values():
+                ticket.deadline = ticket.entered + settings.timeout
+            if self._deadline_call is not None and self._deadline_call.active():
+                self._deadline_call.cancel()
+            self._deadline_call = None
+            self._arm_deadline()
         self.kick()
 
     @property
@@ -275,6 +288,14 @@ class WaitingRoom:
 
     def __len__(self) -> int:
         return len(self._all)
+
+    @property
+    def wants_first_line(self) -> bool:
+        """
+        Whether a player's class may depend on its first line (then the
+        front door waits for that line, as for a session key).
+        """
+        return self.open and any(c.first_line is not None for c in self.settings.classes)
 
     def standing(self, host: str | None, first_line: bytes) -> Standing:
         """
