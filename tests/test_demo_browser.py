@@ -279,3 +279,35 @@ def test_page_over_https_plays_over_wss(tmp_path: Path) -> None:
         assert browser.evaluate("location.protocol") == "https:"
         browser.type_line("#play-line", "over wss")
         wait_for(lambda: page_lines(browser)[-1] == "over wss", "the echo")
+
+
+def test_page_waits_in_the_queue(tmp_path: Path, browser: Browser) -> None:
+    """
+    With the demo's four seats taken (two servers of max-sessions 2), the
+    page's player waits in the gateway's waiting room: the page says
+    "waiting" and shows its place (a text message); a name typed while it
+    waits is kept, and when a terminal player quits the page gets the seat,
+    the banner, and the server's answer to that name.
+    """
+    with GatewayProcess(["--demo", "--sniff-timeout", "0.2"], tmp_path, host=HOST) as gateway:
+        seated = []
+        for _ in range(4):
+            player = LinePlayer(connect(gateway.port, HOST))
+            assert _BANNER.fullmatch(player.read_line()) is not None
+            seated.append(player)
+        browser.open(f"http://{HOST}:{gateway.port}/")
+        wait_for_line(browser, "The game is full: you are number 1 in the queue of 1 ")
+        assert browser.evaluate(_STATUS) == "waiting"
+        assert not page_lines(browser)[-1].startswith("Welcome")
+        browser.type_line("#play-line", "ada")
+        seated[0].read_line()  # "What is your name?"
+        seated[0].send_line("bob")
+        seated[0].read_until("Hello bob!")
+        seated[0].send_line("quit")
+        seated[0].read_until("Goodbye, bob!")
+        seated[0].close()  # as nc does once the server has closed
+        wait_for_line(browser, _BANNER.pattern)
+        wait_for_line(browser, "Hello ada!")
+        assert browser.evaluate(_STATUS) == "connected"
+        for player in seated:
+            player.close()

@@ -78,7 +78,8 @@
   function setState(state, detail) {
     status.textContent = detail ? state + " (" + detail + ")" : state;
     status.dataset.state = state;
-    const open = state === "connected";
+    // A waiting player may type: the gateway keeps its lines for the game.
+    const open = state === "connected" || state === "waiting";
     input.disabled = !open;
     send.disabled = !open;
     connect.hidden = state !== "disconnected";
@@ -132,11 +133,15 @@
     ws.addEventListener("message", function (event) {
       if (socket !== ws) return;
       if (typeof event.data === "string") {
-        // Under the "text" subprotocol the server would send text messages.
-        received(event.data);
-      } else {
-        received(decoder.decode(new Uint8Array(event.data), { stream: true }));
+        // Under the "binary" subprotocol the game's bytes come as binary
+        // messages; a text message is the gateway's own: its waiting room
+        // telling this player its place while the game servers are full.
+        addLine(event.data, "line queue");
+        setState("waiting");
+        return;
       }
+      if (status.dataset.state === "waiting") setState("connected");
+      received(decoder.decode(new Uint8Array(event.data), { stream: true }));
     });
     ws.addEventListener("close", function (event) {
       if (socket === ws) closed(event);
