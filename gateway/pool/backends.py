@@ -129,14 +129,15 @@ class Pool:
         """
         The backend for a new session: chosen by the balancing policy among
         the backends that are up, have room (L{has_room}) and are not
-        excluded.  With the waiting room open and a policy that uses keys, a
-        key's own backend (its choice among those up) or none: the player
-        waits for it rather than land on another backend.
+        excluded.  With the waiting room open, a policy that uses keys and a
+        key (a game session's), the key's own backend (its choice among those
+        up) or none: the player waits for it rather than land on another
+        backend.
 
         @param blocked: slots of each backend the session may not take
             (reserved for queue classes above its own).
         """
-        if self.room.open and self.balancer.needs_key:
+        if self.room.open and self.balancer.needs_key and key is not None:
             up = [b for b in self._backends if b.state is BackendState.UP and b not in exclude]
             if not up:
                 return None
