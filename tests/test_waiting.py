@@ -74,13 +74,21 @@ class Room:
             busy_message=BUSY,
         )
 
-    def start(self, first: bytes = b"hello\n") -> tuple[GameSession, FakeTransport]:
+    def start(
+        self, first: bytes = b"hello\n", *, wait: bool = True
+    ) -> tuple[GameSession, FakeTransport]:
         """
         A new session from a client that sent C{first}.
         """
         client = HalfCloseableTransport()
         session = GameSession(
-            client, self.pool, self.reactor, self.settings, peer=PEER, refusals=self.refusals
+            client,
+            self.pool,
+            self.reactor,
+            self.settings,
+            peer=PEER,
+            refusals=self.refusals,
+            wait=wait,
         )
         client.on_lost = lambda reason: session.client_lost()
         session.start(first)
@@ -311,3 +319,16 @@ def test_no_refusal_logged_as_error_when_waiting(log_events: list[dict[str, obje
     room.start()
     errors = [formatEvent(e) for e in log_events if e["log_level"] is LogLevel.error]
     assert errors == []
+
+
+def test_a_session_that_may_not_wait_is_refused() -> None:
+    """
+    A session made not to wait (a WebSocket upgrade passed through to an
+    HTTP pool) is refused at once with no-backend, the room open or not.
+    """
+    room = Room()
+    room.connected()
+    session, client = room.start(wait=False)
+    assert session.close_reason is CloseReason.NO_BACKEND
+    assert len(room.pool.room) == 0
+    assert written(client) == (BUSY + "\r\n").encode()

@@ -111,6 +111,7 @@ class _PassThrough:
             key=key,
             refusals=factory.refusals,
             kind="websocket",
+            wait=False,
         )
         door.session = session
         door.register(session)

@@ -147,6 +147,7 @@ class GameSession(SessionEnding):
         key: bytes | None = None,
         refusals: RefusalLog | None = None,
         kind: str = "game",
+        wait: bool = True,
     ) -> None:
         """
         @param client: the client's transport (also an IPushProducer and IConsumer).
@@ -163,6 +164,9 @@ class GameSession(SessionEnding):
             logged (sampled, like every refusal); without it, it is logged
             as an error every time.
         @param kind: C{"game"}, or C{"websocket"} (a MessageStream client).
+        @param wait: whether it may wait in the pool's waiting room (not a
+            WebSocket upgrade passed through to an HTTP pool: its client
+            expects an HTTP response, not a line about its place).
         """
         self.client = cast(Stream, client)
         self._clock = clock
@@ -171,7 +175,7 @@ class GameSession(SessionEnding):
         self.key = key
         self._refusals = refusals
         self._chooser = chooser
-        self._room: WaitingRoom | None = getattr(chooser, "room", None)
+        self._room: WaitingRoom | None = getattr(chooser, "room", None) if wait else None
         self._standing: Standing = DEFAULT
         self._ticket: Ticket | None = None
         self._dialer: Dialer | None = None
