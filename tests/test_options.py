@@ -19,7 +19,13 @@ from twisted.internet.testing import MemoryReactor
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 
-from gateway.config import BackendSpec, GatewayConfig
+from gateway.config import (
+    DEMO_MAX_SESSIONS,
+    DEMO_QUEUE_MESSAGE,
+    DEMO_QUEUE_SIZE,
+    BackendSpec,
+    GatewayConfig,
+)
 from gateway.options import GatewayOptions, Options
 
 
@@ -162,12 +168,34 @@ def test_full_command_line(tmp_path: Path) -> None:
 
 def test_demo_defaults() -> None:
     """
-    --demo needs no backend and listens on loopback port 8080 by default.
+    --demo needs no backend and listens on loopback port 8080 by default; its
+    game servers take DEMO_MAX_SESSIONS players each, and more wait in a
+    waiting room that tells them their place.
     """
     assert parse(["--demo"]) == GatewayConfig(
-        listen=("tcp:8080:interface=127.0.0.1",), demo=True, websocket=("/play",)
+        listen=("tcp:8080:interface=127.0.0.1",),
+        demo=True,
+        websocket=("/play",),
+        demo_max_sessions=DEMO_MAX_SESSIONS,
+        queue_size=DEMO_QUEUE_SIZE,
+        queue_message=DEMO_QUEUE_MESSAGE,
     )
     assert parse(["--demo", "--admin", "none"]).admin is None
+
+
+def test_demo_waiting_room_as_told() -> None:
+    """
+    --demo's seats and room give way to what the command line says: no
+    limit (--max-sessions 0) means no room; a given size or message is kept.
+    """
+    unlimited = parse(["--demo", "--max-sessions", "0"])
+    assert (unlimited.demo_max_sessions, unlimited.queue_size) == (0, 0)
+    own = parse(
+        ["--demo", "--max-sessions", "5", "--queue-size", "3", "--queue-message", "{position}"]
+    )
+    assert (own.demo_max_sessions, own.queue_size, own.queue_message) == (5, 3, "{position}")
+    silent = parse(["--demo", "--queue-size", "0"])
+    assert (silent.demo_max_sessions, silent.queue_size) == (DEMO_MAX_SESSIONS, 0)
 
 
 def test_demo_with_listen() -> None:
