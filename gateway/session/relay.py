@@ -553,6 +553,11 @@ class GameSession(SessionEnding):
         """
         The client half-closed (or closed) its sending side.
         """
+        if self._phase is Phase.WAITING and self.kind == "websocket":
+            # A browser does not half-close: its close frame (or its end of
+            # stream) is its leaving, and no reply could reach it now.
+            self.client.loseConnection()
+            return
         self._client_eof = True
         if self._ended_by is None:
             self._ended_by = CloseReason.CLIENT_CLOSED
