@@ -195,15 +195,13 @@ def test_players_who_leave_are_removed_at_once(tmp_path: Path) -> None:
             stayer.close()
 
 
-def test_a_waiter_that_half_closes_keeps_its_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["close", "half-close"])
+def test_a_waiter_that_closes_leaves_at_once(tmp_path: Path, how: str) -> None:
     """
-    A raw TCP player that ends its sending side while it waits (C{nc -N},
-    a request and then C{shutdown(SHUT_WR)}) has not left: it keeps its
-    place, and once admitted the backend gets its bytes, then the end of
-    stream, and the player gets the whole reply.  (So a player who closes
-    normally, which looks the same on the wire, leaves the room only when a
-    write to it fails or its turn comes: HAProxy's queue without
-    C{option abortonclose} behaves the same.)
+    A raw TCP player that ends its sending side while it waits, by closing
+    normally or by C{shutdown(SHUT_WR)} (the two look the same on the
+    wire), has left: it is out of the room at once, never reaches the
+    backend, and the player behind it moves up.
     """
     with Backend(echo) as backend:
         args = room_args(backend, extra=("--max-sessions", "1"))
@@ -211,18 +209,23 @@ def test_a_waiter_that_half_closes_keeps_its_place(tmp_path: Path) -> None:
             url = admin_url(gateway)
             admitted = TcpPlayer(gateway.port)
             round_trip(admitted, b"in\n")
-            asker = TcpPlayer(gateway.port, b"question\n")
-            assert asker.place() == (1, 1)
-            asker.sock.shutdown(socket.SHUT_WR)
+            leaver = TcpPlayer(gateway.port, b"leaver\n")
+            assert leaver.place() == (1, 1)
             behind = TcpPlayer(gateway.port, b"behind\n")
             assert behind.place() == (2, 2)
-            assert room(url)["left"] == 0
+            if how == "close":
+                leaver.close()
+            else:
+                leaver.sock.shutdown(socket.SHUT_WR)
+            wait_for(lambda: room(url)["length"] == 1, "the leaver to leave the room")
+            assert room(url)["left"] == 1
+            assert behind.place() == (1, 1)
+            if how == "half-close":
+                assert leaver.rest() == b""  # closed by the gateway, nothing more sent
+                leaver.close()
             admitted.close()
-            assert asker.rest() == b"question\n"
-            asker.close()
-            # Its session over, the slot goes to the next (told its place
-            # first, or not, as the update timer falls).
             assert behind.data_after_places(len(b"behind\n")) == b"behind\n"
+            assert backend.connections == 2  # the leaver never reached it
             behind.close()
 
 

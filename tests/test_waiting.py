@@ -332,3 +332,23 @@ def test_a_session_that_may_not_wait_is_refused() -> None:
     assert session.close_reason is CloseReason.NO_BACKEND
     assert len(room.pool.room) == 0
     assert written(client) == (BUSY + "\r\n").encode()
+
+
+def test_end_of_stream_while_waiting_is_leaving() -> None:
+    """
+    A waiting client whose sending side ends (a normal close looks the same
+    as a half-close) has left: its connection is closed and it is out of
+    the room at once; the seat goes to the one behind it.
+    """
+    room = Room(size=3, message=None)
+    _first, _client1, server1 = room.connected()
+    leaver, leaver_client = room.start(b"leaver\n")
+    stayer, _c3 = room.start(b"stayer\n")
+    leaver.client_eof()
+    assert leaver_client.disconnecting
+    leaver_client.connection_lost(Failure(ConnectionError()))
+    assert len(room.pool.room) == 1 and room.pool.room.left == 1
+    assert leaver.close_reason is CloseReason.CLIENT_LEFT_EARLY
+    server1.connection_lost(Failure(ConnectionError()))
+    assert phase(stayer) is Phase.CONNECTING
+    assert len(room.reactor.tcpClients) == 2

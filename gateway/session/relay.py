@@ -553,9 +553,11 @@ class GameSession(SessionEnding):
         """
         The client half-closed (or closed) its sending side.
         """
-        if self._phase is Phase.WAITING and self.kind == "websocket":
-            # A browser does not half-close: its close frame (or its end of
-            # stream) is its leaving, and no reply could reach it now.
+        if self._phase is Phase.WAITING:
+            # A waiting player whose sending side ends has left: a normal
+            # close looks the same on the wire as a half-close, a browser
+            # does not half-close, and a seat given to it would be wasted
+            # (as HAProxy's queue with option abortonclose).
             self.client.loseConnection()
             return
         self._client_eof = True
