@@ -436,7 +436,8 @@ class WaitingRoom:
             self._up = up
             for ticket in self._all.values():
                 ticket.own = None
-        for level in list(self._levels.values()):
+        for priority in list(self._levels):
+            level = self._levels.get(priority)
             if not level:
                 continue
             blocked = next(iter(level.values())).standing.blocked
@@ -445,18 +446,30 @@ class WaitingRoom:
                 continue
             if keyed:
                 self._admit_own(level, up, free, blocked)
-                continue
-            # Without keys every waiter of a level is alike: admit heads
-            # while the pool has a slot, each waiter at most once a pass (one
-            # that comes back at once is not taken twice, and a returning
-            # ticket replaces the level's dict, so `level` may be stale).
-            for ticket in list(level.values()):
-                if self._all.get(ticket.seq) is not ticket:
-                    continue  # gone meanwhile
-                backend = pool.choose((), None, blocked)
-                if backend is None:
-                    break
-                self._admit(ticket, backend)
+            else:
+                self._admit_heads(priority, blocked)
+
+    def _admit_heads(self, priority: int, blocked: int) -> None:
+        """
+        Without keys every waiter of a level is alike: admit its heads while
+        the pool has a slot, each waiter at most once a pass (one that comes
+        back at once is not taken twice).  The level is looked up again each
+        time: a returning ticket replaces its dict.  Each admission costs
+        the admissions before it in this pass, not the level's length.
+        """
+        seen: set[int] = set()
+        while True:
+            level = self._levels.get(priority)
+            if not level:
+                return
+            ticket = next((t for t in level.values() if t.seq not in seen), None)
+            if ticket is None:
+                return
+            backend = self._pool.choose((), None, blocked)
+            if backend is None:
+                return
+            seen.add(ticket.seq)
+            self._admit(ticket, backend)
 
     def _admit_own(
         self, level: dict[int, Ticket], up: tuple[Backend, ...], free: list[Backend], blocked: int
