@@ -26,7 +26,10 @@ class IBackendChooser(Interface):
     needs_key = Attribute("Whether choose() uses the session key (then it is worth waiting for).")
 
     def choose(
-        exclude: Collection[Backend], key: bytes | None = None, blocked: int = 0
+        exclude: Collection[Backend],
+        key: bytes | None = None,
+        blocked: int = 0,
+        patient: bool = False,
     ) -> Backend | None:
         """
         The backend for the next connection attempt.
@@ -35,6 +38,8 @@ class IBackendChooser(Interface):
         @param key: the session's affinity key (see L{IBalancer}), if any.
         @param blocked: slots of each limited backend the session may not
             take (reserved for waiting-room classes above its own).
+        @param patient: whether the session may wait in the waiting room for
+            its own backend (with a policy that uses keys).
         @return: a backend that accepts new sessions, or L{None} when none is left.
         """
 

@@ -302,12 +302,15 @@ def with_queue(s: Source, config: GatewayConfig) -> GatewayConfig:
             f"{s.other('queue-size', 'queue-class')} above 0"
         )
     reserved = sum(spec.reserved for spec in classes)
-    for backend in config.backends:
-        if reserved and backend.max_sessions and reserved >= backend.max_sessions:
+    limits = [(backend.name, backend.max_sessions) for backend in config.backends]
+    limits += [("each demo game server", demo_limit)] if demo_limit else []
+    for name, limit in limits:
+        if reserved and limit and reserved >= limit:
             raise ConfigError(
                 f"{label('queue-class')}: the classes reserve {reserved} slots in all, but "
-                f"backend {backend.name!r} takes at most {backend.max_sessions} sessions "
-                "(max-sessions): reserve fewer, so that others can play there too"
+                f"{name if name.startswith('each demo') else f'backend {name!r}'} takes at "
+                f"most {limit} sessions (max-sessions): reserve fewer, so that others can "
+                "play there too"
             )
     return dataclasses.replace(
         config,

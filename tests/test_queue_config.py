@@ -423,6 +423,11 @@ def test_bad_file(tmp_path: Path, text: str, message: str) -> None:
             "'small' takes at most 3 sessions (max-sessions): reserve fewer",
         ),
         (
+            "demo = true\n" + _CLASS + "reserved = 2\n",
+            "gateway.toml: queue-class: the classes reserve 2 slots in all, but each demo "
+            "game server takes at most 2 sessions",
+        ),
+        (
             'queue-size = "10"\nbackend = ["tcp:127.0.0.1:7000"]\n',
             "gateway.toml: queue-size: must be a whole number, got '10'",
         ),

@@ -9,6 +9,7 @@ game sessions on L{StringTransport} and L{MemoryReactorClock}.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ class AddressClass:
     priority: int
     reserved: int
     address: str
+    first_line: re.Pattern[bytes] | None = None
 
     def matches(self, host: str | None, first_line: bytes) -> bool:
         return host == self.address

@@ -346,3 +346,49 @@ def test_a_backends_own_check_changed_is_said(log_events: EventLoggingObserver) 
     text = "\n".join(lines(log_events))
     assert 'backend a health-expect None -> "PONG"' in text
     assert "nothing changed" not in text
+
+
+def test_a_removed_pool_dismisses_its_waiting_players() -> None:
+    """
+    Players waiting for a seat in a pool that a reload removes are told at
+    once (refused no-backend, with the detail why): no seat can come.  A
+    reload that keeps the pool keeps them waiting, in their place.
+    """
+    api = PoolSpec(name="api", health_interval=0.0)
+    d = BackendSpec(name="d", endpoint="tcp:127.0.0.1:7004", pool="api", max_sessions=1)
+    with_api = dataclasses.replace(
+        BASE, pools=(api,), backends=(A, B, d), queue_size=5, queue_message="{position}"
+    )
+    service, source, _reactor = gateway(with_api)
+    pool = service.pools.pool("api")
+    assert pool is not None and pool.room.open
+    d_backend = service.pools.get("d")
+    assert d_backend is not None
+    d_backend.active = 1
+
+    class Waiter:
+        key = None
+        told: list[str] = []
+        dismissed: list[str] = []
+
+        def admit(self, backend: object) -> None:
+            raise AssertionError("no seat frees")
+
+        def tell(self, text: str) -> None:
+            self.told.append(text)
+
+        def expire(self) -> None:
+            raise AssertionError("not timed out")
+
+        def dismiss(self, detail: str) -> None:
+            self.dismissed.append(detail)
+
+    waiter = Waiter()
+    assert pool.room.enter(waiter, pool.room.standing(None, b"")) is not None
+    source.next = dataclasses.replace(with_api, queue_size=3)
+    assert service.reload()
+    assert len(pool.room) == 1 and waiter.dismissed == []
+    source.next = dataclasses.replace(BASE, queue_size=3)
+    assert service.reload()
+    assert len(pool.room) == 0
+    assert waiter.dismissed == ["pool api was removed from the configuration"]

@@ -7,6 +7,7 @@ asks the pool, then waits; an ended session frees its slot and kicks).
 
 from __future__ import annotations
 
+import re
 import tracemalloc
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ class Tier:
     name: str
     priority: int
     reserved: int = 0
+    first_line: re.Pattern[bytes] | None = None
 
     def matches(self, host: str | None, first_line: bytes) -> bool:
         return first_line.startswith(self.name.encode())
@@ -61,6 +63,9 @@ class Player:
     def tell(self, text: str) -> None:
         assert self.sim is not None
         self.told.append((self.sim.clock.seconds(), text))
+
+    def dismiss(self, detail: str) -> None:
+        self.ends.append("dismissed")
 
     def expire(self) -> None:
         assert self.sim is not None and self.ticket is not None
@@ -121,7 +126,9 @@ class Sim:
             return
         limit = backend.max_sessions
         assert backend.state is BackendState.UP
-        assert not limit or backend.active < limit - player.standing.blocked
+        # The room's standing: a reload may have changed what is reserved above it.
+        standing = player.ticket.standing if player.ticket is not None else player.standing
+        assert not limit or backend.active < limit - standing.blocked
         ticket = player.ticket
         for other in self.room.tickets():
             ahead = other.standing.priority > player.standing.priority or (
@@ -141,14 +148,14 @@ class Sim:
         self.players.append(player)
         if self.room.open:
             self.room.kick()
-        backend = self.pool.choose((), key, standing.blocked)
+        backend = self.pool.choose((), key, standing.blocked, self.room.has_space)
         if backend is not None:
             self.check_admission(player, backend)
             backend.active += 1
             player.backend = backend
             player.ends.append("connected")
             self.connected.append(player)
-        elif self.room.can_hold():
+        elif self.room.can_hold(standing):
             player.ticket = self.room.enter(player, standing)
             if player.ticket is None:
                 self.refused_full += 1
@@ -375,6 +382,33 @@ def test_reserved_slots() -> None:
     sim.end(plain)
     assert waiting.ends == ["admitted"]
     sim.check()
+
+
+def test_a_reload_recomputes_the_reserved_slots() -> None:
+    """
+    Players waiting keep their place and class, but the slots reserved
+    above them are the new classes': with the reserving class gone, a plain
+    waiter takes the seat a plain newcomer would; with one added, it no
+    longer may.
+    """
+    admins = (Tier("admin", 2, reserved=1),)
+    pool = Pool(backends(2))
+    sim = Sim(pool, RoomSettings(size=10, classes=admins), checked=True)
+    sim.arrive()
+    waiting = sim.arrive()
+    assert waiting.ends == [] and waiting.standing.blocked == 1
+    sim.room.configure(RoomSettings(size=10), sim.clock)
+    assert waiting.ends == ["admitted"] and pool.backends[0].active == 2
+    sim.end(waiting)
+    later = sim.arrive()
+    assert later.ends == ["connected"]
+    again = sim.arrive()
+    assert again.ends == []
+    sim.room.configure(RoomSettings(size=10, classes=admins), sim.clock)
+    sim.end(later)
+    assert again.ends == [] and pool.backends[0].active == 1
+    ticket = again.ticket
+    assert ticket is not None and ticket.standing.blocked == 1
 
 
 def test_one_timer_for_every_deadline() -> None:

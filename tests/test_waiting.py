@@ -16,7 +16,8 @@ from twisted.python.failure import Failure
 from gateway.front.limits import Refusal
 from gateway.ops.registry import Counters, RefusalLog
 from gateway.pool.backends import Pool
-from gateway.pool.room import RoomSettings
+from gateway.pool.balance import make_balancer
+from gateway.pool.room import KICK_RETRY, RoomSettings
 from gateway.session.lifecycle import CloseReason, Phase
 from gateway.session.relay import WAIT_HOLD_LIMIT, GameSession
 from gateway.session.settings import SessionSettings
@@ -75,7 +76,7 @@ class Room:
         )
 
     def start(
-        self, first: bytes = b"hello\n", *, wait: bool = True
+        self, first: bytes = b"hello\n", *, wait: bool = True, key: bytes | None = None
     ) -> tuple[GameSession, FakeTransport]:
         """
         A new session from a client that sent C{first}.
@@ -89,6 +90,7 @@ class Room:
             peer=PEER,
             refusals=self.refusals,
             wait=wait,
+            key=key,
         )
         client.on_lost = lambda reason: session.client_lost()
         session.start(first)
@@ -241,43 +243,112 @@ def test_stop_turns_waiting_players_away() -> None:
     assert session.close_reason is CloseReason.SHUTDOWN
 
 
+def refuse_last_attempt(room: Room) -> None:
+    """
+    Fail the last connection attempt as refused.
+    """
+    factory = room.reactor.tcpClients[-1][2]
+    factory.clientConnectionFailed(room.reactor.connectors[-1], Failure(ConnectionRefusedError()))
+
+
 def test_failed_admission_goes_back_to_its_place() -> None:
     """
-    A waiter admitted to a backend that refuses the connection, with no
-    other backend free, waits again at its own place, ahead of those who
-    came after it.
+    A waiter admitted to a backend that refuses the connection, while the
+    other backend is full, waits again at its own place, ahead of those who
+    came after it; the seat it gave back is offered again after KICK_RETRY
+    seconds (not at once: a backend that refuses everyone is not hammered).
     """
-    room = Room(size=3, message=None)
+    room = Room(backends=2, size=3, message=None)
     _first, _client1, server1 = room.connected()
+    room.connected()
     early, _c2 = room.start(b"early\n")
     late, _c3 = room.start(b"late\n")
     server1.connection_lost(Failure(ConnectionError()))
     assert phase(early) is Phase.CONNECTING
-    factory = room.reactor.tcpClients[-1][2]
-    factory.clientConnectionFailed(room.reactor.connectors[-1], Failure(ConnectionRefusedError()))
+    refuse_last_attempt(room)
     assert phase(early) is Phase.WAITING and phase(late) is Phase.WAITING
     assert room.backends[0].active == 0
     positions = room.pool.room.positions()
     assert early.ticket is not None and late.ticket is not None
     assert positions[early.ticket.seq] == 1 and positions[late.ticket.seq] == 2
+    attempts = len(room.reactor.tcpClients)
+    room.reactor.advance(KICK_RETRY - 0.01)
+    assert len(room.reactor.tcpClients) == attempts
+    room.reactor.advance(0.01)
+    assert phase(early) is Phase.CONNECTING and phase(late) is Phase.WAITING
+    assert room.reactor.tcpClients[-1][1] == 7000  # b0 again, its seat free
 
 
 def test_arrival_does_not_pass_waiters() -> None:
     """
-    A slot that freed without the room hearing of it (a failed admission)
+    A seat that freed before the room looked again (a failed admission)
     goes to the longest waiter when the next player arrives, not to the
     newcomer.
     """
-    room = Room(size=3, message=None)
+    room = Room(backends=2, size=3, message=None)
     _first, _client1, server1 = room.connected()
+    room.connected()
     waiter, _c2 = room.start(b"waiter\n")
     server1.connection_lost(Failure(ConnectionError()))
-    factory = room.reactor.tcpClients[-1][2]
-    factory.clientConnectionFailed(room.reactor.connectors[-1], Failure(ConnectionRefusedError()))
+    refuse_last_attempt(room)
     assert phase(waiter) is Phase.WAITING
     newcomer, _c3 = room.start(b"newcomer\n")
     assert phase(waiter) is Phase.CONNECTING
     assert phase(newcomer) is Phase.WAITING
+
+
+def test_a_failing_backend_is_no_reason_to_wait() -> None:
+    """
+    A session whose attempts all failed while no backend is full (a backend
+    that refuses connections) is refused at once, no-backend, as without a
+    waiting room: waiting in front of an empty backend would be for nothing.
+    """
+    room = Room(backends=1, size=3)
+    session, client = room.start()
+    refuse_last_attempt(room)
+    assert session.close_reason is CloseReason.NO_BACKEND
+    assert len(room.pool.room) == 0
+    assert written(client) == (BUSY + "\r\n").encode()
+
+
+def test_hash_with_the_room_full_overflows() -> None:
+    """
+    With balance hash, a player whose own backend is full waits for it; but
+    with the room full it takes another backend with a free seat rather than
+    be refused.
+    """
+    room = Room(backends=2, max_sessions=1, size=1, message=None)
+    room.pool.reconfigure(balancer=make_balancer("hash"), fall=0)
+    first, _c1 = room.start(b"", key=b"k")
+    room.accept()
+    own = first.backend
+    assert own is not None
+    keys = (b"k%d" % n for n in range(1000))
+    same = [k for k in keys if room.pool.choose((), k, 0, True) is None][:2]
+    waiter, _c2 = room.start(b"", key=same[0])
+    assert phase(waiter) is Phase.WAITING
+    overflow, _c3 = room.start(b"", key=same[1])
+    assert phase(overflow) is Phase.CONNECTING
+    other = room.backends[1] if own is room.backends[0] else room.backends[0]
+    assert room.reactor.tcpClients[-1][1] == other.endpoint._port  # type: ignore[attr-defined]
+
+
+def test_a_waiting_browser_that_fails_closes_with_its_own_code() -> None:
+    """
+    A waiting session closed for its own fault (a WebSocket protocol error,
+    a message too big, no pong) leaves the room and closes as any session
+    does, not with the busy line; only a stopping gateway turns waiters away.
+    """
+    room = Room(message=None)
+    room.connected()
+    session, client = room.start()
+    session.close(CloseReason.PROTOCOL_ERROR)
+    assert client.disconnecting and written(client) == b""
+    assert len(room.pool.room) == 0 and room.pool.room.left == 1
+    stopped, stopped_client = room.start()
+    stopped.close(CloseReason.SHUTDOWN)
+    assert written(stopped_client) == (BUSY + "\r\n").encode()
+    assert room.pool.room.left == 1  # turned away, not left
 
 
 def test_closed_room_refuses_as_before(log_events: object) -> None:

@@ -386,6 +386,28 @@ def test_answered_pings_keep_the_session() -> None:
     assert bridge.reactor.getDelayedCalls() == []
 
 
+def test_no_ping_deadline_while_the_browser_is_not_read() -> None:
+    """
+    While the session does not read the browser (a slow backend, or a full
+    hold in the waiting room), its pong cannot arrive: no ping is sent and
+    nobody is closed; once reading resumes, pings and their deadline do too.
+    """
+    bridge = Bridge(ping=PING)
+    backend = bridge.accept()
+    bridge.reactor.advance(PING)
+    assert bridge.browser.read() == [Ping(payload=b"gateway")]
+    bridge.stream.pauseProducing()
+    bridge.reactor.advance(5 * PING)
+    assert bridge.browser.read() == []
+    assert not bridge.transport.disconnecting and bridge.session.close_reason is None
+    bridge.stream.resumeProducing()
+    bridge.reactor.advance(PING)
+    assert bridge.browser.read() == [Ping(payload=b"gateway")]
+    bridge.reactor.advance(PING)
+    assert closes(bridge.browser.read()) == [(CLOSE_GOING_AWAY, "no answer to ping")]
+    assert backend.disconnecting
+
+
 def test_no_pings_when_the_interval_is_zero() -> None:
     """
     C{--websocket-ping 0} sends no pings and closes nobody for silence.

@@ -311,7 +311,7 @@ class Upgrade:
             self._launch(match.group(1))
             return
         counters = door.factory.counters
-        if counters is not None:
+        if counters is not None and pattern is not None:
             counters.key_fallbacks += 1
         self._launch(self._address_key())
 

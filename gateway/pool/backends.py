@@ -124,20 +124,25 @@ class Pool:
         self._backends.remove(backend)
 
     def choose(
-        self, exclude: Collection[Backend] = (), key: bytes | None = None, blocked: int = 0
+        self,
+        exclude: Collection[Backend] = (),
+        key: bytes | None = None,
+        blocked: int = 0,
+        patient: bool = False,
     ) -> Backend | None:
         """
         The backend for a new session: chosen by the balancing policy among
         the backends that are up, have room (L{has_room}) and are not
-        excluded.  With the waiting room open, a policy that uses keys and a
-        key (a game session's), the key's own backend (its choice among those
-        up) or none: the player waits for it rather than land on another
-        backend.
+        excluded.  For a C{patient} session with a policy that uses keys, the
+        key's own backend (its choice among those up) or none: the player
+        waits for it in the waiting room rather than land on another backend.
 
         @param blocked: slots of each backend the session may not take
             (reserved for queue classes above its own).
+        @param patient: whether the session may wait for a seat (a game
+            session with room for it in the waiting room).
         """
-        if self.room.open and self.balancer.needs_key and key is not None:
+        if patient and self.balancer.needs_key and key is not None:
             up = [b for b in self._backends if b.state is BackendState.UP and b not in exclude]
             if not up:
                 return None

@@ -71,6 +71,10 @@ QUEUE_WAIT_BOUNDS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 SMOOTHING = 0.2
 """The weight of the newest interval between admissions in the ETA's average."""
 
+KICK_RETRY = 1.0
+"""Seconds before the room looks again at a seat that a failed connection
+attempt gave back."""
+
 
 class RoomPool(Structural):
     """
@@ -87,7 +91,11 @@ class RoomPool(Structural):
     def balancer(self) -> IBalancer: ...
     def has_room(self, backend: Backend, blocked: int = 0) -> bool: ...
     def choose(
-        self, exclude: Collection[Backend] = (), key: bytes | None = None, blocked: int = 0
+        self,
+        exclude: Collection[Backend] = (),
+        key: bytes | None = None,
+        blocked: int = 0,
+        patient: bool = False,
     ) -> Backend | None: ...
 
 
@@ -189,6 +197,12 @@ class Waiter(Structural):
         The wait is over (the queue timeout): refuse the player.
         """
 
+    def dismiss(self, detail: str) -> None:
+        """
+        No seat can come (its pool left the configuration): refuse the
+        player, saying why.
+        """
+
 
 class Ticket:
     """
@@ -238,6 +252,8 @@ class WaitingRoom:
         self._seq = 0
         self._deadline_call: IDelayedCall | None = None
         self._update_call: IDelayedCall | None = None
+        self._kick_call: IDelayedCall | None = None
+        self._batch = 0
         self._kicking = False
         self._again = False
         self._up: tuple[Backend, ...] = ()
@@ -252,20 +268,30 @@ class WaitingRoom:
     def configure(self, settings: RoomSettings, clock: IReactorTime) -> None:
         """
         New settings (start or reload).  Players already waiting keep their
-        place and their class; a smaller size turns away only new players; a
-        new timeout counts from when each waiter entered (so arrival order
-        stays deadline order, which the one deadline timer relies on).
+        place, their class's name and priority; the seats reserved above them
+        are the new classes' (so that a waiter and a newcomer of the same
+        priority see the same seats); a smaller size turns away only new
+        players; a new timeout counts from when each waiter entered (so
+        arrival order stays deadline order, which the one deadline timer
+        relies on).
         """
         timeout_changed = settings.timeout != self.settings.timeout
         self.settings = settings
         self._clock = clock
-        standings = []
-        for qclass in settings.classes:
-            above = sum(c.reserved for c in settings.classes if c.priority > qclass.priority)
-            standings.append((qclass, Standing(qclass.name, qclass.priority, above)))
-        self._standings = tuple(standings)
-        above_default = sum(c.reserved for c in settings.classes if c.priority > 0)
-        self._default = Standing(DEFAULT.name, 0, above_default)
+        classes = settings.classes
+
+        def above(priority: int) -> int:
+            return sum(c.reserved for c in classes if c.priority > priority)
+
+        self._standings = tuple(
+            (qclass, Standing(qclass.name, qclass.priority, above(qclass.priority)))
+            for qclass in classes
+        )
+        self._default = Standing(DEFAULT.name, 0, above(0))
+        for ticket in self._all.values():
+            old = ticket.standing
+            if old.blocked != above(old.priority):
+                ticket.standing = Standing(old.name, old.priority, above(old.priority))
         if self._update_call is not None and self._update_call.active():
             self._update_call.cancel()
         self._update_call = None
@@ -310,15 +336,27 @@ class WaitingRoom:
                 return standing
         return self._default
 
-    def can_hold(self) -> bool:
+    def can_hold(self, standing: Standing) -> bool:
         """
         Whether a session no backend could take should wait: the room is
-        open and some backend that is up has a session limit, so a slot can
-        free (with none up, or none limited, waiting would be for nothing).
+        open and some backend that is up is full for this player, so a seat
+        can free.  Not when the backends it could take merely failed (a
+        refused or timed-out connection: waiting in front of an empty
+        backend would be for nothing), nor with none up.
         """
         return self.open and any(
-            b.state is BackendState.UP and b.max_sessions for b in self._pool.backends
+            b.state is BackendState.UP
+            and b.max_sessions
+            and not self._pool.has_room(b, standing.blocked)
+            for b in self._pool.backends
         )
+
+    @property
+    def has_space(self) -> bool:
+        """
+        Whether a new player could wait now (open, and not full).
+        """
+        return self.open and len(self._all) < self.settings.size
 
     def oldest_wait(self) -> float:
         """
@@ -365,11 +403,14 @@ class WaitingRoom:
             self._tell(ticket, self._positions().get(ticket.seq, 1), now)
         return ticket
 
-    def leave(self, ticket: Ticket) -> None:
+    def leave(self, ticket: Ticket, *, left: bool = True) -> None:
         """
-        A waiter left (its client is gone): forget it now.
+        A waiter leaves: forget it now.
+
+        @param left: whether the player left (counted in L{left}), rather
+            than being turned away (the gateway stopping).
         """
-        if self._remove(ticket):
+        if self._remove(ticket) and left:
             self.left += 1
 
     def _level(self, priority: int) -> dict[int, Ticket]:
@@ -416,6 +457,7 @@ class WaitingRoom:
             self._again = True
             return
         self._kicking = True
+        self._batch = 0
         try:
             self._again = True
             while self._again and self._all:
@@ -423,6 +465,27 @@ class WaitingRoom:
                 self._admit_pass()
         finally:
             self._kicking = False
+        if self._batch:
+            self._measure(self._batch)
+
+    def _measure(self, admitted: int) -> None:
+        """
+        C{admitted} waiters were admitted at once: the time since the last
+        admissions, shared among them, enters the smoothed interval (a burst,
+        such as a reload raising the limits, is not a rate of zero).
+        """
+        assert self._clock is not None
+        now = self._clock.seconds()
+        last = self._last_admission
+        self._last_admission = now
+        if last is None:
+            return
+        interval = (now - last) / admitted
+        self._interval = (
+            interval
+            if self._interval is None
+            else SMOOTHING * interval + (1 - SMOOTHING) * self._interval
+        )
 
     def _admit_pass(self) -> None:
         pool = self._pool
@@ -496,16 +559,8 @@ class WaitingRoom:
         self._remove(ticket)
         now = self._clock.seconds()
         self.admitted += 1
+        self._batch += 1
         self.waits.observe(now - ticket.entered)
-        last = self._last_admission
-        if last is not None:
-            interval = now - last
-            self._interval = (
-                interval
-                if self._interval is None
-                else SMOOTHING * interval + (1 - SMOOTHING) * self._interval
-            )
-        self._last_admission = now
         ticket.waiter.admit(backend)
 
     # Deadlines
@@ -621,11 +676,26 @@ class WaitingRoom:
         self._arm_update()
 
     def _stop_timers(self) -> None:
-        for call in (self._deadline_call, self._update_call):
+        for call in (self._deadline_call, self._update_call, self._kick_call):
             if call is not None and call.active():
                 call.cancel()
         self._deadline_call = None
         self._update_call = None
+        self._kick_call = None
+
+    def kick_later(self) -> None:
+        """
+        A seat freed that a failed connection attempt had (or one abandoned):
+        look again in L{KICK_RETRY} seconds, not at once, so that waiters are
+        not sent round a tight loop to a backend that refuses them.
+        """
+        if self._kick_call is not None or not self._all or self._clock is None:
+            return
+        self._kick_call = self._clock.callLater(KICK_RETRY, self._kick_again)
+
+    def _kick_again(self) -> None:
+        self._kick_call = None
+        self.kick()
 
     def turn_away(self) -> list[Waiter]:
         """

@@ -233,6 +233,10 @@ class Reloader:
         self.departures.wanted_pools = {spec.name for spec in new.pool_specs()}
         for name in before.keys() - self.departures.wanted_pools:
             changes.append(f"pool {name} removed: its backends drain")
+            gone = pools.pool(name)
+            # No seat can come: its waiting players are told so now.
+            for waiter in gone.room.turn_away() if gone is not None else ():
+                waiter.dismiss(f"pool {name} was removed from the configuration")
 
     def _apply_backends(self, old: GatewayConfig, new: GatewayConfig, changes: list[str]) -> None:
         self._apply_pools(old, new, changes)

@@ -89,6 +89,7 @@ class Dialer:
         "_attempt_timer",
         "_blocked",
         "_chooser",
+        "_patient",
         "_clock",
         "_connect_timeout",
         "_dialed_at",
@@ -112,6 +113,7 @@ class Dialer:
         key: bytes | None,
         peer: str,
         blocked: int = 0,
+        patient: bool = False,
     ) -> None:
         """
         @param owner: the session, which hears of every event.
@@ -122,6 +124,8 @@ class Dialer:
         @param peer: the client's address, for logs.
         @param blocked: slots of each backend the session may not take
             (reserved for waiting-room classes above its own).
+        @param patient: whether the session may wait for a seat (then a
+            keyed pool offers only the key's own backend).
         """
         self._owner = owner
         self._chooser = chooser
@@ -131,6 +135,7 @@ class Dialer:
         self._key = key
         self._peer = peer
         self._blocked = blocked
+        self._patient = patient
         self.tried: list[Backend] = []
         self._pending: BackendLink | None = None
         self._attempt: Deferred[IProtocol] | None = None
@@ -143,7 +148,7 @@ class Dialer:
         """
         backend = None
         if len(self.tried) <= self._retries:
-            backend = self._chooser.choose(self.tried, self._key, self._blocked)
+            backend = self._chooser.choose(self.tried, self._key, self._blocked, self._patient)
         if backend is None:
             self._give_up()
             return
@@ -264,6 +269,11 @@ class Dialer:
             return False
         if not taken:
             link.backend.active -= 1
+            # The seat is free again; a waiter may have it, after a pause
+            # (not at once: this backend may be refusing everyone).
+            room = getattr(self._chooser, "room", None)
+            if room is not None:
+                room.kick_later()
         self._pending = None
         self._attempt = None
         if self._attempt_timer is not None:

@@ -33,6 +33,9 @@ __all__ = ["CLOSE_GRACE", "SessionEnding"]
 CLOSE_GRACE = 10.0
 """Seconds a timed-out session gets to flush before it is aborted."""
 
+_STOPPING = frozenset({CloseReason.SHUTDOWN, CloseReason.DRAIN_TIMEOUT})
+"""Why the gateway itself closes sessions: a waiting player then gets the busy line."""
+
 
 class SessionEnding:
     """
@@ -71,7 +74,7 @@ class SessionEnding:
 
         def _enter(self, phase: Phase) -> None: ...
         def _stop_splicing(self) -> None: ...
-        def _leave_room(self) -> None: ...
+        def _leave_room(self, *, left: bool = True) -> None: ...
 
     def _refuse(
         self, refusal: Refusal, reason: CloseReason, detail: str, **fields: object
@@ -180,13 +183,16 @@ class SessionEnding:
         if self._client_gone:
             return
         self._finish(reason)
-        if self._phase is Phase.WAITING:
+        if self._phase is Phase.WAITING and reason in _STOPPING:
             # A waiting player hears why it is turned away.
-            self._leave_room()
+            self._leave_room(left=False)
             self._enter(Phase.CLOSING)
             self._turn_away()
         else:
-            if self._phase is Phase.CONNECTING:
+            # A waiting session that failed (a WebSocket protocol error, a
+            # message too big, no pong) closes as any session does, with its
+            # own close code.
+            if self._phase in (Phase.CONNECTING, Phase.WAITING):
                 self._leave_room()
             self._close_both()
         if self._abort_call is None:

@@ -275,6 +275,7 @@ class GameSession(SessionEnding):
         self._new_dialer().connect_next()
 
     def _new_dialer(self) -> Dialer:
+        room = self._room
         dialer = Dialer(
             self,
             self._chooser,
@@ -283,6 +284,7 @@ class GameSession(SessionEnding):
             key=self.key,
             peer=self.peer,
             blocked=self._standing.blocked,
+            patient=room is not None and (self._ticket is not None or room.has_space),
         )
         self._dialer = dialer
         return dialer
@@ -341,7 +343,7 @@ class GameSession(SessionEnding):
         @return: whether the session waits or was refused here.
         """
         room = self._room
-        if room is None or not room.can_hold():
+        if room is None or not room.can_hold(self._standing):
             return False
         ticket = room.enter(self, self._standing, self._ticket)
         if ticket is None:
@@ -360,14 +362,24 @@ class GameSession(SessionEnding):
             self.client.pauseProducing()
         return True
 
-    def _leave_room(self) -> None:
+    def dismiss(self, detail: str) -> None:
+        """
+        No seat can come (the pool left the configuration): refuse the
+        session, C{no-backend}, with the busy line.
+        """
+        self._chooser.nothing_available()
+        self._refuse(Refusal.NO_BACKEND, CloseReason.NO_BACKEND, detail)
+
+    def _leave_room(self, *, left: bool = True) -> None:
         """
         Leave the waiting room (the client left, or the gateway stops), and
         give a pending attempt's slot to the next waiter.
+
+        @param left: whether the player left (rather than being turned away).
         """
         room = self._room
         if self._phase is Phase.WAITING and self._ticket is not None and room is not None:
-            room.leave(self._ticket)
+            room.leave(self._ticket, left=left)
         if self._dialer is not None:
             self._dialer.abandon()
             if room is not None:
@@ -557,7 +569,10 @@ class GameSession(SessionEnding):
             # A waiting player whose sending side ends has left: a normal
             # close looks the same on the wire as a half-close, a browser
             # does not half-close, and a seat given to it would be wasted
-            # (as HAProxy's queue with option abortonclose).
+            # (as HAProxy's queue with option abortonclose).  Out at once.
+            self._finish(CloseReason.CLIENT_LEFT_EARLY)
+            self._leave_room()
+            self._enter(Phase.CLOSING)
             self.client.loseConnection()
             return
         self._client_eof = True

@@ -102,6 +102,8 @@ class MessageStream:
     @ivar close_text: the reason text of that close frame.
     @ivar dropped: bytes from the backend that arrived after the close frame
         was sent (a WebSocket cannot carry them any more).
+    @ivar reading_paused: whether the session paused reading the browser
+        (flow control, or a full hold while it waits for a seat).
     """
 
     def __init__(self, transport: Any, connection: Connection, *, text: bool = False) -> None:
@@ -119,6 +121,7 @@ class MessageStream:
         self.close_code = CLOSE_NORMAL
         self.close_text = ""
         self.dropped = 0
+        self.reading_paused = False
 
     @property
     def open(self) -> bool:
@@ -205,9 +208,11 @@ class MessageStream:
         self.transport.abortConnection()
 
     def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer
+        self.reading_paused = True
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer
+        self.reading_paused = False
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:  # noqa: N802 - IPushProducer
@@ -386,6 +391,13 @@ class MessageReader:
 
     def _ping(self) -> None:
         self._ping_call = None
+        if self._stream.reading_paused:
+            # Its pong cannot be read while the session does not read it (a
+            # slow backend, or a full hold in the waiting room): not the
+            # browser's fault.  Ask again once it is read.
+            self._awaiting_pong = False
+            self._ping_call = self._clock.callLater(self._ping_interval, self._ping)
+            return
         if self._awaiting_pong:
             self._log.info(
                 "websocket session from {peer}: no answer to a ping in {interval:g} s; closing it",
