@@ -56,11 +56,12 @@ from gateway.interfaces import IBackendChooser
 from gateway.ops.access import log_session_start
 from gateway.pool.room import DEFAULT, Standing, Ticket, WaitingRoom
 from gateway.session.dialer import Dialer
-from gateway.session.ending import CLOSE_GRACE, SessionEnding
+from gateway.session.ending import CLOSE_GRACE
 from gateway.session.lifecycle import CloseReason, Phase, can_move
 from gateway.session.quiet import QuietWatch
 from gateway.session.splice import SpliceRelay, splice_available, spliceable
 from gateway.session.stream import Stream, half_close, send_now, write_now
+from gateway.session.waiting import WAIT_HOLD_LIMIT, SessionWaiting
 
 if TYPE_CHECKING:
     from gateway.ops.registry import RefusalLog
@@ -73,12 +74,8 @@ __all__ = ["CLOSE_GRACE", "HOLD_LIMIT", "WAIT_HOLD_LIMIT", "GameSession"]
 HOLD_LIMIT = 64 * 1024
 """Client bytes held while connecting before the client's reading is paused."""
 
-WAIT_HOLD_LIMIT = 8 * 1024
-"""Client bytes held while waiting in the waiting room before its reading is
-paused: a thousand waiting players hold at most 8 MiB."""
 
-
-class GameSession(SessionEnding):
+class GameSession(SessionWaiting):
     """
     One client relayed to one backend.
 
@@ -108,21 +105,16 @@ class GameSession(SessionEnding):
         "_chooser",
         "_client_eof",
         "_client_gone",
-        "_client_paused",
         "_clock",
-        "_dialer",
         "_ended_by",
         "_held",
         "_held_size",
         "_phase",
         "_quiet",
         "_refusals",
-        "_room",
         "_server",
         "_settings",
         "_splice",
-        "_standing",
-        "_ticket",
         "backend",
         "bytes_in",
         "bytes_out",
@@ -296,94 +288,6 @@ class GameSession(SessionEnding):
         if self._held_size >= limit and not self._client_paused:
             self._client_paused = True
             self.client.pauseProducing()
-
-    # Events from the waiting room
-
-    @property
-    def ticket(self) -> Ticket | None:
-        """
-        Its place in the waiting room while it waits.
-        """
-        return self._ticket if self._phase is Phase.WAITING else None
-
-    def admit(self, backend: Backend) -> None:
-        """
-        The waiting room has a slot on C{backend} for this session: connect.
-        """
-        self._enter(Phase.CONNECTING)
-        self._new_dialer().dial(backend)
-
-    def tell(self, text: str) -> None:
-        """
-        Tell the waiting player their place: a line, or a WebSocket text message.
-        """
-        send_text = getattr(self.client, "send_text", None)
-        if send_text is not None:
-            send_text(text)
-        else:
-            self.client.write(text.encode() + b"\r\n")
-
-    def expire(self) -> None:
-        """
-        The wait timed out: refuse the session.
-        """
-        timeout = self._room.settings.timeout if self._room is not None else 0.0
-        self._chooser.nothing_available()
-        self._refuse(
-            Refusal.QUEUE_TIMEOUT,
-            CloseReason.QUEUE_TIMEOUT,
-            f"waited {timeout:g} s in the waiting room",
-        )
-
-    def _wait(self, detail: str) -> bool:
-        """
-        No backend can take the session now: wait in the room if it holds
-        sessions (or refuse it, C{queue-full}, if the room is full).
-
-        @return: whether the session waits or was refused here.
-        """
-        room = self._room
-        if room is None or not room.can_hold(self._standing):
-            return False
-        ticket = room.enter(self, self._standing, self._ticket)
-        if ticket is None:
-            self._chooser.nothing_available()
-            self._refuse(
-                Refusal.QUEUE_FULL,
-                CloseReason.QUEUE_FULL,
-                f"the waiting room is full ({room.settings.size} waiting); {detail}",
-            )
-            return True
-        self._ticket = ticket
-        self._dialer = None
-        self._enter(Phase.WAITING)
-        if self._held_size >= WAIT_HOLD_LIMIT and not self._client_paused:
-            self._client_paused = True
-            self.client.pauseProducing()
-        return True
-
-    def dismiss(self, detail: str) -> None:
-        """
-        No seat can come (the pool left the configuration): refuse the
-        session, C{no-backend}, with the busy line.
-        """
-        self._chooser.nothing_available()
-        self._refuse(Refusal.NO_BACKEND, CloseReason.NO_BACKEND, detail)
-
-    def _leave_room(self, *, left: bool = True) -> None:
-        """
-        Leave the waiting room (the client left, or the gateway stops), and
-        give a pending attempt's slot to the next waiter.
-
-        @param left: whether the player left (rather than being turned away).
-        """
-        room = self._room
-        if self._phase is Phase.WAITING and self._ticket is not None and room is not None:
-            room.leave(self._ticket, left=left)
-        if self._dialer is not None:
-            self._dialer.abandon()
-            if room is not None:
-                room.kick()
 
     # Events from the dialer and the backend link
 
