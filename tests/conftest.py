@@ -5,11 +5,13 @@ Shared fixtures: threaded loopback backends for the end-to-end tests.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
+from tests.redisserver import RedisServer
 from tests.support import Backend, banner_then_echo, echo, sink
 
 
@@ -49,3 +51,13 @@ def log_events() -> Iterator[EventLoggingObserver]:
     globalLogPublisher.addObserver(observer)
     yield observer
     globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """
+    A running C{redis-server} on 127.0.0.1, no password (skipped without
+    redis-server, unless C{GATEWAY_REQUIRE_REDIS=1}: tests/redisserver.py).
+    """
+    with RedisServer(tmp_path) as server:
+        yield server
