@@ -1,12 +1,13 @@
 """
 What C{--check-config} prints for a valid configuration: L{summary}, one
 line naming the fronts, the backends (by pool), the routes the file's tables
-became, the waiting room and its classes, and the admin endpoint, so an
-operator sees what was understood.
+became, the waiting room and its classes, the admin endpoint and the
+cluster (its password masked), so an operator sees what was understood.
 """
 
 from __future__ import annotations
 
+from gateway.clusterconfig import password_file_warning
 from gateway.config import GAME_POOL, GatewayConfig, PoolSpec, QueueClassSpec, RouteSpec
 
 __all__ = ["summary"]
@@ -42,6 +43,29 @@ def summary(config: GatewayConfig) -> str:
         + (f"websocket {', '.join(config.websocket)}; " if config.websocket else "")
         + _queue_summary(config)
         + f"admin {config.admin or 'none'}"
+        + _cluster_summary(config)
+    )
+
+
+def _cluster_summary(config: GatewayConfig) -> str:
+    """
+    The cluster as C{--check-config} lists it, its password masked (empty
+    without a cluster).
+    """
+    spec = config.cluster
+    if spec is None:
+        return ""
+    cap = config.cluster_max_sessions or "none"
+    password = ""
+    if config.cluster_password_file is not None:
+        password = f", password from {config.cluster_password_file}"
+        warning = password_file_warning(config.cluster_password_file)
+        password += f" (warning: {warning})" if warning else ""
+    return (
+        f"; cluster {spec.shown()} (name {spec.name}, node {spec.node}, "
+        f"ttl {config.cluster_ttl:g} s, timeout {config.cluster_timeout:g} s, "
+        f"affinity-ttl {config.affinity_ttl:g} s, max-sessions {cap}, "
+        f"required {'yes' if config.cluster_required else 'no'}{password})"
     )
 
 

@@ -83,6 +83,20 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Process", ("workers", "handover")),
     ("WebSocket", ("websocket", "websocket-origin", "websocket-max-message", "websocket-ping")),
     ("HTTP and files", ("http-root", "http-listing", "cache-control", "cache-immutable")),
+    (
+        "Cluster",
+        (
+            "cluster",
+            "cluster-password-file",
+            "node-name",
+            "cluster-name",
+            "cluster-ttl",
+            "cluster-timeout",
+            "affinity-ttl",
+            "cluster-max-sessions",
+            "cluster-required",
+        ),
+    ),
 )
 """The headings of C{--help}, each with its options in the order listed."""
 

@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_ROUTE_TIMEOUT",
     "GAME_POOL",
     "BackendSpec",
+    "ClusterSpec",
     "ConfigError",
     "GatewayConfig",
     "PoolSpec",
@@ -272,6 +273,55 @@ def _addresses(host: str | None) -> tuple[IPv4Address | IPv6Address, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """
+    Where the cluster's Redis is and who this node is in it (C{--cluster},
+    C{--cluster-password-file}, C{--cluster-name}, C{--node-name}): what a
+    reload cannot change.  The cluster's timings and limits are
+    L{GatewayConfig} fields of their own (C{cluster_ttl} and the others),
+    which a reload does change.
+
+    @ivar scheme: C{redis}, C{rediss} (TLS) or C{unix}.
+    @ivar host: the server's host name or IP address (L{None} for C{unix}).
+    @ivar port: its TCP port (6379 by default; unused for C{unix}).
+    @ivar path: the UNIX socket's absolute path (L{None} but for C{unix}).
+    @ivar db: the Redis database number, 0 to 15.
+    @ivar username: the ACL user name, or L{None} for Redis' default user.
+    @ivar password: the password, from the URL or the password file, or
+        L{None}.  Neither shown by C{repr} nor compared: a reload that
+        changes only the password is no restart-only change (a client
+        uses the new one at its next connection).
+    @ivar name: the cluster's name: nodes with the same Redis and name form
+        one cluster (it prefixes the keys).
+    @ivar node: this node's name in the cluster, unique among its nodes.
+    """
+
+    scheme: str
+    name: str
+    node: str
+    host: str | None = None
+    port: int = 6379
+    path: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False, compare=False)
+
+    def shown(self) -> str:
+        """
+        The URL as logs and C{--check-config} show it: whole, its password
+        (if any) as C{***}.
+        """
+        user = self.username or ""
+        secret = ":***" if self.password is not None else ""
+        userinfo = f"{user}{secret}@" if user or secret else ""
+        if self.scheme == "unix":
+            query = f"?db={self.db}" if self.db else ""
+            return f"unix://{userinfo}{self.path}{query}"
+        host = f"[{self.host}]" if self.host is not None and ":" in self.host else self.host
+        return f"{self.scheme}://{userinfo}{host}:{self.port}/{self.db}"
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """
     Every setting of one gateway, validated.
@@ -357,6 +407,18 @@ class GatewayConfig:
     @ivar demo_max_sessions: each demo game server's session limit (0: none).
     @ivar queue_classes: the waiting room's priority classes, highest
         priority first (in the file's order among equals).
+    @ivar cluster: the cluster's Redis and this node's name in it, or
+        L{None}: no cluster, every limit is this node's.
+    @ivar cluster_password_file: the file the cluster's password was read
+        from (an absolute path), or L{None}.
+    @ivar cluster_ttl: seconds after which a node that stopped heartbeating
+        (every third of it) is gone, with its counts and membership.
+    @ivar cluster_timeout: seconds an admission waits for Redis before it
+        is decided with local limits.
+    @ivar affinity_ttl: seconds a session key's backend is remembered.
+    @ivar cluster_max_sessions: game sessions across the cluster (0: no cap).
+    @ivar cluster_required: refuse to start when Redis cannot be reached or
+        refuses the password (else start with local limits and retry).
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -408,6 +470,13 @@ class GatewayConfig:
     queue_message: str | None = None
     queue_classes: tuple[QueueClassSpec, ...] = ()
     demo_max_sessions: int = 0
+    cluster: ClusterSpec | None = None
+    cluster_password_file: str | None = None
+    cluster_ttl: float = 15.0
+    cluster_timeout: float = 0.05
+    affinity_ttl: float = 3600.0
+    cluster_max_sessions: int = 0
+    cluster_required: bool = False
 
     @property
     def game_pool(self) -> PoolSpec:

@@ -52,7 +52,7 @@ __all__ = ["FILE_SETTINGS", "MAX_FILE_SIZE", "FileSettings", "read_config_file"]
 MAX_FILE_SIZE = 1024 * 1024
 """The largest configuration file read (a larger one is refused unread)."""
 
-_PATHS = ("http-root", "access-log", "handover", "admin-token-file")
+_PATHS = ("http-root", "access-log", "handover", "admin-token-file", "cluster-password-file")
 """Settings that are paths, relative to the file's folder when not absolute."""
 
 _NUMBER = "a number"
@@ -111,6 +111,15 @@ FILE_SETTINGS: dict[str, str] = {
     "queue-update": _DURATION,
     "queue-message": _STRING,
     "queue-class": "an array of tables ([[queue-class]])",
+    "cluster": _STRING,
+    "cluster-password-file": _STRING,
+    "node-name": _STRING,
+    "cluster-name": _STRING,
+    "cluster-ttl": _DURATION,
+    "cluster-timeout": _DURATION,
+    "affinity-ttl": _DURATION,
+    "cluster-max-sessions": _INTEGER,
+    "cluster-required": _BOOL,
 }
 """Every top-level key a file may have, and the type of its value."""
 

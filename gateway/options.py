@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from gateway.checksummary import summary
 from gateway.cli import did_you_mean, grouped_usage, package_version
+from gateway.clusterconfig import CLUSTER_FLAGS, CLUSTER_PARAMETERS
 from gateway.config import (
     DEFAULT_ADMIN,
     DEMO_LISTEN,
@@ -92,6 +93,7 @@ class GatewayOptions(usage.Options):
             None,
             "List the files of a folder that has no index.html (off: such folders are a 404).",
         ],
+        *CLUSTER_FLAGS,
     ]
     optParameters = [
         [
@@ -384,6 +386,7 @@ class GatewayOptions(usage.Options):
             "(seconds, '?' until known); {{ and }} are braces. Default: none, a silent "
             "wait (safe for any protocol).",
         ],
+        *CLUSTER_PARAMETERS,
     ]
 
     def __init__(self, reactor: IReactorCore | None = None) -> None:

@@ -72,18 +72,23 @@ class TokenFiles:
         """
         return list(self._read)
 
-    def read(self, option: str, path: str) -> str:
+    def read(
+        self, option: str, path: str, *, reader: Callable[[str, str], str] = read_token_file
+    ) -> str:
         """
         Read the token in C{path}; if this process may not read it any more
         (it dropped privileges), the token read before while the file is
         the same.
+
+        @param reader: reads and checks the file (the cluster's password
+            file has a reader of its own).
 
         @raise ConfigError: the file cannot be read (and changed, or was
             never read), or its token is not valid.
         """
         absolute = os.path.abspath(path)
         try:
-            token = read_token_file(option, path)
+            token = reader(option, path)
         except ConfigError:
             known = self._read.get(absolute)
             if os.path.exists(absolute) and not os.access(absolute, os.R_OK):
@@ -153,13 +158,15 @@ def ownership_lines(
         )
     for token_file in token_files:
         ok = may(token_file, os.R_OK)
+        secret = "password" if token_file == config.cluster_password_file else "token"
+        kind = "cluster-password-file" if secret == "password" else "admin-token-file"
         lines.append(
-            f"  admin-token-file {token_file}: "
+            f"  {kind} {token_file}: "
             + (
                 "readable"
                 if ok
-                else f"read at start only: a reload keeps its token until the file changes; "
-                f"make it readable by {user} to change the token with a reload"
+                else f"read at start only: a reload keeps its {secret} until the file changes; "
+                f"make it readable by {user} to change the {secret} with a reload"
             )
         )
     if config.access_log is not None and config.access_log != "-":

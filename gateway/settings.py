@@ -40,6 +40,7 @@ from gateway.checks import (
     check_writable_file,
     read_token_file,
 )
+from gateway.clusterconfig import with_cluster
 from gateway.config import (
     BALANCE_CHOICES,
     DEFAULT_LISTEN,
@@ -232,7 +233,8 @@ def build_config(
         websocket_ping=ping,
         pools=pools,
     )
-    return with_queue(s, _with_routes(s, _with_caching(s, config)))
+    config = with_queue(s, _with_routes(s, _with_caching(s, config)))
+    return with_cluster(s, config, tokens)
 
 
 def _http(s: Settings) -> tuple[str | None, bool]:

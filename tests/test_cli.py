@@ -146,7 +146,7 @@ def test_help_from_twistd() -> None:
             ["--idle_timeout", "5"],
             "option --idle_timeout not recognized; did you mean --idle-timeout?",
         ),
-        (["--colour", "blue"], "option --colour not recognized"),
+        (["--flavour", "blue"], "option --flavour not recognized"),
     ],
 )
 def test_misspelt_option(argv: list[str], message: str) -> None:
@@ -510,12 +510,12 @@ def test_every_duration_key_of_the_file_takes_a_unit() -> None:
     """
     The file's duration keys (those taking a string with a unit) are the
     command line's durations: each timeout and interval, the ping and the
-    waiting room's update interval.
+    waiting room's update interval, the cluster's TTLs.
     """
     durations = {name for name, kind in FILE_SETTINGS.items() if "'10m'" in kind}
     assert durations == {
         name for name in _long_options() if name.endswith(("-timeout", "-interval"))
-    } | {"websocket-ping", "queue-update"}
+    } | {"websocket-ping", "queue-update", "cluster-ttl", "affinity-ttl"}
 
 
 def test_readme_lists_every_option() -> None:

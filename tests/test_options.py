@@ -296,10 +296,11 @@ def test_bad_settings(argv: list[str], message: str) -> None:
 DURATIONS = {
     field.name.replace("_", "-"): field.name
     for field in dataclasses.fields(GatewayConfig)
-    if field.name.endswith(("_timeout", "_interval"))
+    if field.name.endswith(("_timeout", "_interval")) and field.name != "cluster_timeout"
 }
 """Every seconds setting, option name to config field (found from the
-config's fields, so that a new one cannot be missed)."""
+config's fields, so that a new one cannot be missed); C{--cluster-timeout}
+has bounds of its own (milliseconds: tests/test_cluster_config.py)."""
 
 
 def test_every_duration_is_known() -> None:

@@ -47,7 +47,7 @@ from gateway.session.settings import SessionSettings
 
 __all__ = ["RESTART_ONLY", "Departures", "Reloader"]
 
-RESTART_ONLY = ("listen", "admin", "demo", "handover", "workers", "log_format")
+RESTART_ONLY = ("listen", "admin", "demo", "handover", "workers", "log_format", "cluster")
 """Settings a reload cannot change: they need new listening sockets."""
 
 
