@@ -199,9 +199,26 @@ class _Status(Resource):
                     raise ValueError
             except ValueError:
                 return _json(request, 400, {"error": "limit must be a whole number >= 0"})
+        scopes = request.args.get(b"scope") if request.args else None
+        scope = scopes[0] if scopes else b"node"
+        cluster = self._state.cluster
+        if scope not in (b"node", b"cluster"):
+            return _json(request, 400, {"error": "scope must be node or cluster"})
+        if scope == b"cluster" and cluster is None:
+            return _json(request, 400, {"error": "scope=cluster needs --cluster"})
+        extra = (
+            {"cluster": cluster.summary(), "nodes": cluster.document()}
+            if scope == b"cluster" and cluster is not None
+            else None
+        )
         if self._state.workers is not None:
-            _WorkersReply(request).answer(gather_status(self._state, limit), _gathered_json)
+            gathered = gather_status(self._state, limit)
+            if extra is not None:
+                gathered.addCallback(lambda found: ({**found[0], **extra}, *found[1:]))
+            _WorkersReply(request).answer(gathered, _gathered_json)
             return NOT_DONE_YET
+        if extra is not None:
+            return _json(request, 200, {**status(self._state, limit), **extra})
         if (
             limit is not None
             and limit <= STREAM_CHUNK
@@ -393,6 +410,10 @@ class _BackendActions(Resource):
         backend = self._state.pool.get(name)
         if backend is None:
             return _json(request, 404, {"error": f"no backend named {name!r}"})
+        enabling_down = action == "enable" and backend.state is BackendState.DOWN
+        if self._state.cluster is not None and not enabling_down:
+            # Every node applies it (this one now, the others from Redis).
+            self._state.cluster.operator_action(name, action, peer)
         if action == "drain":
             self._state.pool.set_state(
                 backend, BackendState.DRAINING, f"drained by an operator from {peer}"

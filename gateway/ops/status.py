@@ -86,6 +86,31 @@ class WorkerProcesses(Protocol):
         """
 
 
+class ClusterMember(Protocol):
+    """
+    What the admin endpoint uses of this node's cluster membership
+    (L{gateway.cluster.node.ClusterNode}), with C{--cluster}.
+    """
+
+    def document(self) -> list[dict[str, Any]]:
+        """
+        The live nodes, for C{status.json?scope=cluster}.
+        """
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """
+        The cluster as this node sees it: its name, this node's name, Redis' URL
+        (password masked) and whether Redis answers.
+        """
+        ...
+
+    def operator_action(self, backend: str, action: str, peer: str) -> None:
+        """
+        An operator's drain or enable here: every node applies it.
+        """
+
+
 class AdminState:
     """
     Everything the admin endpoint reads, and the token its actions need.
@@ -115,10 +140,13 @@ class AdminState:
         hosts: tuple[str, ...] = (),
         workers: WorkerProcesses | None = None,
         config: GatewayConfig | None = None,
+        cluster: ClusterMember | None = None,
     ) -> None:
         """
         @param workers: with C{--workers}, the worker processes, whose
             sessions and counters the documents gather.
+        @param cluster: with C{--cluster}, this node's membership (nodes for
+            C{scope=cluster}; operators' actions shared with every node).
         @raise ValueError: the token is empty (it would let anyone in).
         """
         if token is not None and not token.strip():
@@ -131,6 +159,7 @@ class AdminState:
         self.hosts = tuple(name.lower() for name in hosts)
         self.workers = workers
         self.config = config
+        self.cluster = cluster
         self.started = clock.seconds() if clock is not None else 0.0
 
     def reconfigure(

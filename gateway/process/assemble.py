@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
@@ -66,6 +66,9 @@ from gateway.process.takeover import TakeOver
 from gateway.process.workerpool import WorkerPool
 from gateway.session.settings import SessionSettings
 
+if TYPE_CHECKING:
+    from gateway.cluster.node import ClusterNode
+
 __all__ = ["make_service"]
 
 _log = Logger()
@@ -106,6 +109,12 @@ def make_service(
     if served:
         backend_services, health = _backend_services(config, core, reactor)
         children.extend(backend_services)
+    cluster = None
+    if config.cluster is not None and served:
+        # Before the fronts: with --cluster-required, a Redis that cannot be
+        # reached stops the start before anything listens.
+        cluster = _cluster(config, core)
+        children.append(cluster)
     listeners = _fronts(config, core, workers) if served else []
     children.extend(listeners)
     if workers is not None:
@@ -114,7 +123,7 @@ def make_service(
         children.append(workers)
     admin = state = admin_site = None
     if config.admin is not None and served:
-        admin, state, admin_site = _admin(config, core, workers)
+        admin, state, admin_site = _admin(config, core, workers, cluster)
         children.append(admin)
     access_log = _access_log(config, served)
     if access_log is not None:
@@ -358,8 +367,31 @@ def _gate(core: _Core, inner: Factory, limits: AddressLimits | None) -> AddressG
     return gate
 
 
+def _cluster(config: GatewayConfig, core: _Core) -> ClusterNode:
+    """
+    This node's membership of the cluster (C{--cluster}).
+    """
+    assert config.cluster is not None
+    # Imported here: txredisapi imports the reactor when it is loaded, and the
+    # gateway's modules must not install one before twistd's -r has.
+    from gateway.cluster.node import ClusterNode
+
+    reactor = core.reactor
+    return ClusterNode(
+        config.cluster,
+        reactor,
+        core.pools,
+        core.registry,
+        ttl=config.cluster_ttl,
+        timeout=config.cluster_timeout,
+        address=config.listen[0] if config.listen else "",
+        started=reactor.seconds(),
+        required=config.cluster_required,
+    )
+
+
 def _admin(
-    config: GatewayConfig, core: _Core, workers: WorkerPool | None
+    config: GatewayConfig, core: _Core, workers: WorkerPool | None, cluster: ClusterNode | None
 ) -> tuple[FrontListener, AdminState, HTTPSite]:
     """
     The admin endpoint (never a public front): its listener, the state its
@@ -376,6 +408,7 @@ def _admin(
         hosts=config.admin_hosts,
         workers=workers,
         config=config,
+        cluster=cluster,
     )
     site = make_admin_site(
         state, reactor, header_timeout=config.header_timeout, refusals=core.refusals

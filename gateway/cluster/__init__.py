@@ -1,0 +1,3 @@
+"""
+The cluster (C{--cluster}): several gateway nodes sharing state through Redis.
+"""

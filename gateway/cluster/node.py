@@ -1,0 +1,321 @@
+"""
+This gateway as a node of a cluster (C{--cluster}): L{ClusterNode}.
+
+Every node with the same Redis and the same C{--cluster-name} is one
+cluster.  A node:
+
+  - B{heartbeats} every third of C{--cluster-ttl}: its entry in the
+    cluster's hash of nodes (C{NAME:nodes}, field: the node's name, value:
+    a JSON object with its address, start time, live sessions and the time
+    of the beat), then reads the hash back; entries whose beat is older than
+    the TTL are of dead nodes, dropped from the list and from the hash.  A
+    node that stops cleanly removes its own entry.
+  - B{shares operators' actions}: a drain or an enable on its admin
+    endpoint is published on the cluster's channel (C{NAME:ops}) and kept in
+    the hash of drained backends (C{NAME:drained}), so every node applies it
+    within a round trip and a node that starts later (or reconnects after
+    Redis was away) applies the drains in force.  Health checks stay per
+    node: each node checks the backends it uses.
+
+Redis away changes nothing on the data path: beats are skipped (and the
+nodes list kept as last read), an action stays local, and the link logs when
+Redis goes and comes back (L{gateway.cluster.link.RedisLink}).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from gateway.cluster.link import RedisDownError, RedisLink
+from gateway.cluster.probe import check_redis
+from gateway.config import ClusterSpec
+from gateway.ops.registry import SessionRegistry
+from gateway.pool.backend import BackendState
+from gateway.pool.pools import Pools
+from gateway.process.errors import StartupError
+
+__all__ = ["ClusterNode"]
+
+START_CHECK_TIMEOUT = 2.0
+"""Seconds each step of the start-up check of Redis may take."""
+
+OPERATIONS_TIMEOUT = 2.0
+"""Seconds a heartbeat or an operator's action may wait for Redis (they are
+off the data path; --cluster-timeout is for admissions)."""
+
+
+class ClusterNode(MultiService):
+    """
+    This node's membership and shared operations (see the module's
+    docstring).
+
+    @ivar nodes: the live nodes as last read, this one included: name to
+        its entry (C{address}, C{started}, C{sessions}, C{heartbeat}).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        reactor: Any,
+        pools: Pools,
+        registry: SessionRegistry,
+        *,
+        ttl: float,
+        timeout: float,
+        address: str,
+        started: float,
+        required: bool = False,
+    ) -> None:
+        """
+        @param ttl: seconds after which a node that stopped beating is gone.
+        @param timeout: seconds an admission waits for Redis.
+        @param address: the node's front, as operators reach it.
+        @param started: when the node started (wall clock).
+        @param required: refuse to start when Redis cannot be reached or
+            refuses the password (C{--cluster-required}); else say so in one
+            line and start with this node's own state.
+        """
+        super().__init__()
+        self.spec = spec
+        self._reactor = reactor
+        self._pools = pools
+        self._registry = registry
+        self.ttl = ttl
+        self._address = address
+        self._started = started
+        self._required = required
+        self._checked = False
+        self._nodes_key = f"{spec.name}:nodes"
+        self._drained_key = f"{spec.name}:drained"
+        self._channel = f"{spec.name}:ops"
+        self.link = RedisLink(
+            spec, reactor, timeout=timeout, channel=self._channel, deliver=self._message
+        )
+        self.link.setServiceParent(self)
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self._synced = False
+        self._beats = LoopingCall(self._beat)
+        self._beats.clock = reactor
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """
+        This node's name.
+        """
+        return self.spec.node
+
+    @override
+    def privilegedStartService(self) -> None:
+        # Before the fronts bind theirs (this service comes first): with
+        # --cluster-required a Redis that cannot be used stops the start
+        # before anything listens.
+        self._check()
+        super().privilegedStartService()
+
+    def _check(self) -> None:
+        self._checked = True
+        problem = check_redis(self.spec, START_CHECK_TIMEOUT)
+        if problem is not None:
+            if self._required:
+                raise StartupError(f"gateway: error: --cluster-required: {problem}")
+            self._log.warn(
+                "cluster: {problem}; starting with this node's own state, and joining the "
+                "cluster once Redis answers",
+                problem=problem,
+            )
+
+    @override
+    def startService(self) -> None:
+        if not self._checked:
+            self._check()  # started without the privileged step (twist)
+        super().startService()
+        self._beats.start(self.ttl / 3, now=True)
+
+    @override
+    def stopService(self) -> Deferred[None] | None:
+        if self._beats.running:
+            self._beats.stop()
+        leaving = self._call("HDEL", self._nodes_key, self.name)
+        leaving.addErrback(lambda failure: None)
+        stopped = Deferred[None]()
+
+        def stop(_: object) -> None:
+            result = MultiService.stopService(self)
+            if isinstance(result, Deferred):
+                result.chainDeferred(stopped)
+            else:
+                stopped.callback(None)
+
+        leaving.addBoth(stop)
+        return stopped
+
+    # Heartbeats and the nodes list
+
+    def _entry(self) -> str:
+        return json.dumps(
+            {
+                "address": self._address,
+                "started": self._started,
+                "sessions": len(self._registry),
+                "heartbeat": self._reactor.seconds(),
+            }
+        )
+
+    def _call(self, *args: object) -> Deferred[Any]:
+        """
+        A command off the data path (a beat, an action): a longer timeout.
+        """
+        return self.link.call(*args, timeout=OPERATIONS_TIMEOUT)
+
+    def _beat(self) -> Deferred[None]:
+        beat = self._call("HSET", self._nodes_key, self.name, self._entry())
+        beat.addCallback(lambda _: self._call("HGETALL", self._nodes_key))
+        beat.addCallback(self._read_nodes)
+        beat.addCallback(lambda _: self._sync_drains())
+        beat.addErrback(self._beat_failed)
+        return beat
+
+    def _read_nodes(self, reply: object) -> None:
+        now = self._reactor.seconds()
+        entries = _pairs(reply)
+        live: dict[str, dict[str, Any]] = {}
+        dead: list[str] = []
+        for name, value in entries.items():
+            try:
+                entry = json.loads(value)
+                beat = float(entry["heartbeat"])
+            except (ValueError, KeyError, TypeError):
+                dead.append(name)
+                continue
+            if now - beat > self.ttl:
+                dead.append(name)
+            else:
+                live[name] = entry
+        self.nodes = live
+        if dead:
+            self._call("HDEL", self._nodes_key, *dead).addErrback(lambda failure: None)
+
+    def _beat_failed(self, failure: Failure) -> None:
+        if not failure.check(RedisDownError):
+            self._log.failure("cluster: a heartbeat failed", failure)
+        # The next beat after Redis comes back reads the drains again: some
+        # may have been made or lifted meanwhile.
+        self._synced = False
+
+    # Operators' actions
+
+    def operator_action(self, backend: str, action: str, peer: str) -> None:
+        """
+        An operator drained (C{action} C{drain}) or enabled (C{enable}) a
+        backend on this node's admin endpoint: every node applies it.
+        """
+        link = self.link
+        if action == "drain":
+            kept = link.call(
+                "HSET", self._drained_key, backend, self.name, timeout=OPERATIONS_TIMEOUT
+            )
+        else:
+            kept = link.call("HDEL", self._drained_key, backend, timeout=OPERATIONS_TIMEOUT)
+        message = json.dumps({"node": self.name, "backend": backend, "action": action, "by": peer})
+        kept.addCallback(
+            lambda _: link.call(
+                "PUBLISH", f"{self.spec.name}:ops", message, timeout=OPERATIONS_TIMEOUT
+            )
+        )
+        kept.addErrback(self._action_failed, backend, action)
+
+    def _action_failed(self, failure: Failure, backend: str, action: str) -> None:
+        self._log.warn(
+            "cluster: the {action} of backend {backend} applies on this node only: {why}",
+            action=action,
+            backend=backend,
+            why=failure.getErrorMessage(),
+        )
+
+    def _message(self, message: dict[str, Any]) -> None:
+        node, backend, action = message.get("node"), message.get("backend"), message.get("action")
+        if node == self.name or not isinstance(backend, str) or action not in ("drain", "enable"):
+            return
+        self._apply(backend, action, f"by an operator on node {node}")
+
+    def _apply(self, name: str, action: str, how: str) -> None:
+        backend = self._pools.get(name)
+        if backend is None:
+            return  # not in this node's configuration
+        if action == "drain" and backend.state is not BackendState.DRAINING:
+            self._pools.set_state(backend, BackendState.DRAINING, f"drained {how}")
+        elif action == "enable" and backend.state is BackendState.DRAINING:
+            self._pools.set_state(backend, BackendState.UP, f"enabled {how}")
+
+    def _sync_drains(self) -> Deferred[None] | None:
+        """
+        Once per connection to Redis: apply the drains in force (made before
+        this node started, or while it could not hear them).
+        """
+        if self._synced:
+            return None
+        reading = self._call("HGETALL", self._drained_key)
+
+        def apply(reply: object) -> None:
+            self._synced = True
+            for backend, node in _pairs(reply).items():
+                if node != self.name:
+                    self._apply(backend, "drain", f"by an operator on node {node}")
+
+        return reading.addCallback(apply)
+
+    def summary(self) -> dict[str, Any]:
+        """
+        The cluster as this node sees it (for C{scope=cluster}).
+        """
+        return {
+            "name": self.spec.name,
+            "node": self.name,
+            "redis": self.spec.shown(),
+            "redis_up": self.link.up,
+            "ttl": self.ttl,
+        }
+
+    def document(self) -> list[dict[str, Any]]:
+        """
+        The live nodes for C{status.json?scope=cluster}, by name.
+        """
+        now = self._reactor.seconds()
+        return [
+            {
+                "name": name,
+                "address": entry.get("address"),
+                "started": entry.get("started"),
+                "sessions": entry.get("sessions"),
+                "heartbeat": entry.get("heartbeat"),
+                "age": round(max(0.0, now - float(entry.get("heartbeat", now))), 3),
+                "self": name == self.name,
+            }
+            for name, entry in sorted(self.nodes.items())
+        ]
+
+
+def _pairs(reply: object) -> dict[str, str]:
+    """
+    A hash's fields and values from C{HGETALL}'s reply (txredisapi gives a
+    dict, raw RESP a flat list), as text.
+    """
+
+    def text(value: object) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    if isinstance(reply, dict):
+        return {text(k): text(v) for k, v in reply.items()}
+    if isinstance(reply, list):
+        return {text(reply[i]): text(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
+    return {}
