@@ -117,20 +117,22 @@ CLUSTER_PARAMETERS: list[list[Any]] = [
         None,
         f"{_DEFAULTS.cluster_timeout:g}",
         "Seconds an admission waits for Redis before it is decided with local limits "
-        "(each divided by the nodes last seen alive); below a third of --cluster-ttl.",
+        "(each divided by the nodes last seen alive); below a third of --cluster-ttl. "
+        "Not built yet: refused when given.",
     ],
     [
         "affinity-ttl",
         None,
         f"{_DEFAULTS.affinity_ttl:g}",
         "With --balance hash: seconds the cluster remembers the backend a session key "
-        "was sent to.",
+        "was sent to. Not built yet: refused when given.",
     ],
     [
         "cluster-max-sessions",
         None,
         str(_DEFAULTS.cluster_max_sessions),
-        "Game sessions at once across the whole cluster (0: no cap).",
+        "Game sessions at once across the whole cluster (0: no cap). Not built yet: "
+        "refused when given.",
     ],
 ]
 """The cluster's options with a value, as L{gateway.options} lists them."""
@@ -140,7 +142,8 @@ CLUSTER_FLAGS: list[list[Any]] = [
         "cluster-required",
         None,
         "Refuse to start when Redis cannot be reached or refuses the password "
-        "(default: start with local limits and keep retrying).",
+        "(default: start with this node's own state, say why in one line, and join once "
+        "Redis answers).",
     ],
 ]
 """The cluster's flags, as L{gateway.options} lists them."""
@@ -407,6 +410,11 @@ def _duration(option: str, text: str, low: float, high: float) -> float:
     return value
 
 
+NOT_BUILT = ("cluster-timeout", "affinity-ttl", "cluster-max-sessions")
+"""Cluster options of the contract whose part of the cluster is not built yet
+(issue 17): refused when given, rather than accepted and ignored."""
+
+
 def with_cluster(
     s: Source, config: GatewayConfig, tokens: TokenFiles | None = None
 ) -> GatewayConfig:
@@ -457,15 +465,21 @@ def with_cluster(
             f"{s.other('cluster-ttl', 'cluster-timeout')} ({ttl / 3:g} s: the heartbeat), "
             f"got {timeout:g}"
         )
+    affinity = _duration(label("affinity-ttl"), s["affinity-ttl"], MIN_SECONDS, MAX_AFFINITY)
+    cap = check_count(label("cluster-max-sessions"), s["cluster-max-sessions"])
+    for option in NOT_BUILT:
+        if option in s.values:
+            raise ConfigError(
+                f"{label(option)}: not built yet: a cluster shares membership and operators' "
+                "drains so far; shared limits, affinity and the cluster-wide cap come next"
+            )
     return dataclasses.replace(
         config,
         cluster=ClusterSpec(name=name, node=node, **fields),
         cluster_password_file=password_file,
         cluster_ttl=ttl,
         cluster_timeout=timeout,
-        affinity_ttl=_duration(
-            label("affinity-ttl"), s["affinity-ttl"], MIN_SECONDS, MAX_AFFINITY
-        ),
-        cluster_max_sessions=check_count(label("cluster-max-sessions"), s["cluster-max-sessions"]),
+        affinity_ttl=affinity,
+        cluster_max_sessions=cap,
         cluster_required=bool(s["cluster-required"]),
     )

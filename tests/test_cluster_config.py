@@ -339,22 +339,39 @@ def test_password_file_unreadable_after_the_privilege_drop(tmp_path: Path) -> No
 
 def test_names_and_timings() -> None:
     """
-    The names, timings (with units), cap and flag are carried as given.
+    The names, the TTL (with units) and the flag are carried as given.
     """
     config = cluster(
         *("--cluster", "redis://h", "--node-name", "eu-1.a:9", "--cluster-name", "prod_2"),
-        *("--cluster-ttl", "30s", "--cluster-timeout", "20ms", "--affinity-ttl", "2d"),
-        *("--cluster-max-sessions", "5000", "--cluster-required"),
+        *("--cluster-ttl", "30s", "--cluster-required"),
     )
     assert config.cluster is not None
     assert (config.cluster.node, config.cluster.name) == ("eu-1.a:9", "prod_2")
-    assert (config.cluster_ttl, config.cluster_timeout, config.affinity_ttl) == (
-        30.0,
-        0.02,
-        172800.0,
+    assert config.cluster_ttl == 30.0
+    assert config.cluster_required is True
+    assert "required yes)" in summary(config)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--cluster-timeout", "20ms"],
+        ["--affinity-ttl", "2d"],
+        ["--cluster-max-sessions", "5000"],
+    ],
+)
+def test_options_of_parts_not_built_yet(argv: list[str]) -> None:
+    """
+    The options of the cluster's parts not built yet (shared limits,
+    affinity, the cluster-wide cap) are refused with a line that says so,
+    not accepted and ignored; a bad value still gets its own error.
+    """
+    with pytest.raises(UsageError) as raised:
+        cluster("--cluster", "redis://h", *argv)
+    assert str(raised.value) == (
+        f"{argv[0]}: not built yet: a cluster shares membership and operators' drains so far; "
+        "shared limits, affinity and the cluster-wide cap come next"
     )
-    assert (config.cluster_max_sessions, config.cluster_required) == (5000, True)
-    assert "max-sessions 5000, required yes)" in summary(config)
 
 
 @pytest.mark.parametrize(
@@ -454,9 +471,6 @@ cluster-password-file = "redis-password"
 node-name = "eu-1"
 cluster-name = "prod"
 cluster-ttl = "1m"
-cluster-timeout = 0.1
-affinity-ttl = "2h"
-cluster-max-sessions = 100
 cluster-required = true
 backend = ["tcp:127.0.0.1:7000"]
 """,
@@ -473,8 +487,7 @@ backend = ["tcp:127.0.0.1:7000"]
     )
     assert config.cluster.password == SECRET
     assert config.cluster_password_file == str(tmp_path / "redis-password")
-    assert (config.cluster_ttl, config.cluster_timeout, config.affinity_ttl) == (60, 0.1, 7200)
-    assert (config.cluster_max_sessions, config.cluster_required) == (100, True)
+    assert (config.cluster_ttl, config.cluster_required) == (60, True)
 
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
