@@ -47,8 +47,18 @@ from gateway.session.settings import SessionSettings
 
 __all__ = ["RESTART_ONLY", "Departures", "Reloader"]
 
-RESTART_ONLY = ("listen", "admin", "demo", "handover", "workers", "log_format", "cluster")
-"""Settings a reload cannot change: they need new listening sockets."""
+RESTART_ONLY = (
+    "listen",
+    "admin",
+    "demo",
+    "handover",
+    "workers",
+    "log_format",
+    "cluster",
+    "cluster_ttl",
+)
+"""Settings a reload cannot change: they need new listening sockets (or, for
+the cluster, a node that every other node sees the same way)."""
 
 
 class Departures:
