@@ -195,7 +195,7 @@ def test_redis_away_at_start_and_back(tmp_path: Path) -> None:
         n1 = stack.enter_context(node(redis, 1, tmp_path, a))
         with connect(n1.port, "127.0.0.1") as sock:
             assert sock.recv(64).startswith(b"HELLO")
-        wait_for(lambda: "does not answer" in n1.log(), "the log line about Redis")
+        wait_for(lambda: "cannot reach Redis at" in n1.log(), "the log line about Redis")
         assert status(n1, 1)["cluster"]["redis_up"] is False
         redis.start()
         wait_for(lambda: status(n1, 1)["cluster"]["redis_up"] is True, "Redis back")
@@ -299,3 +299,33 @@ def test_a_node_on_the_uvloop_reactor(tmp_path: Path) -> None:
     ):
         wait_for(lambda: names(n1, 1) == ["n1"], "the node listed")
         assert status(n1, 1)["cluster"]["redis_up"] is True
+
+
+def test_redis_going_away_and_coming_back(tmp_path: Path) -> None:
+    """
+    Redis stopped under two running nodes: both say so once, keep serving,
+    and a drain made meanwhile stays on its node; once Redis is back they
+    say so, list each other again, and a drain reaches the other node.
+    """
+    require_redis()
+    with ExitStack() as stack:
+        redis = stack.enter_context(RedisServer(tmp_path))
+        a = stack.enter_context(Backend(banner_then_echo))
+        b = stack.enter_context(Backend(banner_then_echo))
+        n1 = stack.enter_context(node(redis, 1, tmp_path, a, b))
+        n2 = stack.enter_context(node(redis, 2, tmp_path, a, b))
+        wait_for(lambda: names(n1, 1) == ["n1", "n2"], "two nodes listed")
+        redis.stop()
+        wait_for(lambda: "does not answer" in n1.log(), "node 1 saying Redis is away")
+        wait_for(lambda: status(n2, 2)["cluster"]["redis_up"] is False, "node 2 seeing it")
+        with connect(n2.port, "127.0.0.2") as sock:
+            assert sock.recv(64).startswith(b"HELLO")
+        assert post(n1, 1, f"/backends/{a.endpoint}/drain") == 200
+        assert state_of(n1, 1, a.endpoint) == "draining"
+        redis.start()
+        wait_for(lambda: f"{redis.port}/0 is back" in n1.log(), "node 1 saying Redis is back")
+        wait_for(lambda: status(n2, 2)["cluster"]["redis_up"] is True, "node 2 seeing it")
+        assert state_of(n2, 2, a.endpoint) == "up"  # made while Redis was away
+        assert post(n1, 1, f"/backends/{b.endpoint}/drain") == 200
+        wait_for(lambda: state_of(n2, 2, b.endpoint) == "draining", "the later drain on node 2")
+        assert n1.log().count("does not answer") == 1

@@ -77,7 +77,11 @@ class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
         factory = self.factory
 
         def subscribe(_: object) -> Any:
-            return self.subscribe(factory.channel)
+            subscribed = self.subscribe(factory.channel)
+            # Whatever was published while this connection was down is lost:
+            # the owner reads the state kept in Redis again.
+            subscribed.addCallback(lambda _: factory.on_subscribed())
+            return subscribed
 
         if isinstance(ready, Deferred):
             ready.addCallback(subscribe)
@@ -110,6 +114,7 @@ class RedisLink(Service):
         timeout: float,
         channel: str,
         deliver: Callable[[dict[str, Any]], None],
+        subscribed: Callable[[], None] = lambda: None,
     ) -> None:
         """
         @param timeout: seconds a command may take (C{--cluster-timeout}
@@ -118,12 +123,15 @@ class RedisLink(Service):
         @param deliver: called with each message on the channel, decoded
             from JSON (a message that is not a JSON object is logged and
             dropped).
+        @param subscribed: called each time the subscriber connection has
+            (re)subscribed: messages published while it was down are lost.
         """
         self.spec = spec
         self._reactor = reactor
         self.timeout = timeout
         self._channel = channel
         self._deliver = deliver
+        self._subscribed = subscribed
         self.up = False
         self.failures = 0
         self._known = False
@@ -154,6 +162,9 @@ class RedisLink(Service):
         subscriber.maxDelay = 2.0
         subscriber.channel = self._channel
         subscriber.deliver = self._message
+        subscriber.on_subscribed = self._subscribed
+        subscriber.initialDelay = 0.1
+        commands.initialDelay = 0.1
         self._factories = [commands, subscriber]
         self._commands = commands.handler
         for factory in self._factories:
@@ -180,8 +191,13 @@ class RedisLink(Service):
             at a time is sent, to find out when it is back), or Redis' own
             error.
         """
-        if self._commands is None:
-            return fail(RedisDownError("not connected yet"))
+        factory = self._factories[0] if self._factories else None
+        if factory is None or not factory.pool:
+            # No connection: txredisapi would keep the command until one
+            # is made, however long Redis is away.  Not sent at all.
+            if self._known:
+                self._mark(False, "no connection")
+            return fail(RedisDownError("no connection to Redis"))
         if self._known and not self.up:
             if self._probing:
                 return fail(RedisDownError("Redis is away"))

@@ -99,11 +99,18 @@ class ClusterNode(MultiService):
         self._drained_key = f"{spec.name}:drained"
         self._channel = f"{spec.name}:ops"
         self.link = RedisLink(
-            spec, reactor, timeout=timeout, channel=self._channel, deliver=self._message
+            spec,
+            reactor,
+            timeout=timeout,
+            channel=self._channel,
+            deliver=self._message,
+            subscribed=self._resync,
         )
         self.link.setServiceParent(self)
         self.nodes: dict[str, dict[str, Any]] = {}
         self._synced = False
+        # Backends this node drains because another node's operator did.
+        self._remote_drains: set[str] = set()
         self._beats = LoopingCall(self._beat)
         self._beats.clock = reactor
 
@@ -252,10 +259,21 @@ class ClusterNode(MultiService):
         backend = self._pools.get(name)
         if backend is None:
             return  # not in this node's configuration
-        if action == "drain" and backend.state is not BackendState.DRAINING:
-            self._pools.set_state(backend, BackendState.DRAINING, f"drained {how}")
-        elif action == "enable" and backend.state is BackendState.DRAINING:
-            self._pools.set_state(backend, BackendState.UP, f"enabled {how}")
+        if action == "drain":
+            self._remote_drains.add(name)
+            if backend.state is not BackendState.DRAINING:
+                self._pools.set_state(backend, BackendState.DRAINING, f"drained {how}")
+        elif action == "enable":
+            self._remote_drains.discard(name)
+            if backend.state is BackendState.DRAINING:
+                self._pools.set_state(backend, BackendState.UP, f"enabled {how}")
+
+    def _resync(self) -> None:
+        """
+        The subscriber (re)subscribed: read the drains in force now.
+        """
+        self._synced = False
+        self._sync_drains()
 
     def _sync_drains(self) -> Deferred[None] | None:
         """
@@ -268,11 +286,17 @@ class ClusterNode(MultiService):
 
         def apply(reply: object) -> None:
             self._synced = True
-            for backend, node in _pairs(reply).items():
+            drained = _pairs(reply)
+            for backend, node in drained.items():
                 if node != self.name:
                     self._apply(backend, "drain", f"by an operator on node {node}")
+            for backend in self._remote_drains - drained.keys():
+                # Enabled elsewhere while this node could not hear it.
+                self._apply(backend, "enable", "by an operator on another node")
 
-        return reading.addCallback(apply)
+        reading.addCallback(apply)
+        reading.addErrback(lambda failure: None)  # the next beat tries again
+        return reading
 
     def summary(self) -> dict[str, Any]:
         """
