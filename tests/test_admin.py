@@ -24,6 +24,7 @@ from gateway.ops.registry import Counters, SessionRegistry
 from gateway.ops.status import AdminState, status
 from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.pools import Pools
+from tests.clusterview import ClusterView, three_nodes
 from tests.support import Backend as ServerBackend
 from tests.support import (
     GatewayProcess,
@@ -148,6 +149,30 @@ def test_status_names_the_gateway() -> None:
     document = status(make_state())
     assert document["version"] == gateway.__version__
     assert document["host"] == socket.gethostname()
+
+
+def test_status_carries_the_cluster_summary() -> None:
+    """
+    With a cluster, the node's own status.json carries the cluster as this
+    node sees it (name, node, Redis' masked URL and state, TTL, failures),
+    small: the nodes are only listed with scope=cluster.  Without a
+    cluster there is no C{cluster} key.
+    """
+    plain = make_state()
+    assert "cluster" not in status(plain)
+    view = ClusterView(three_nodes(0.0), failures=4)
+    state = AdminState(plain.pool, plain.registry, plain.counters, cluster=view)
+    document = status(state)
+    assert document["cluster"] == {
+        "name": "eu",
+        "node": "n1",
+        "redis": "redis://:***@127.0.0.1:6379/0",
+        "redis_up": True,
+        "ttl": 15.0,
+        "failures": 4,
+    }
+    assert "nodes" not in document
+    assert view.documents == 0
 
 
 def test_metrics_parse_with_prometheus_client() -> None:

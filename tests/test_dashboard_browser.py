@@ -136,6 +136,15 @@ def render(url: str, profile: Path) -> _Cells:
     """
     Load C{url} in headless chromium, let its scripts run, and parse the DOM.
     """
+    cells = _Cells()
+    cells.feed(dump_dom(url, profile))
+    return cells
+
+
+def dump_dom(url: str, profile: Path) -> str:
+    """
+    Load C{url} in headless chromium, let its scripts run: the DOM as HTML.
+    """
     assert BROWSER is not None, "chromium is required here (GATEWAY_REQUIRE_BROWSER=1)"
     result = subprocess.run(
         [
@@ -151,9 +160,7 @@ def render(url: str, profile: Path) -> _Cells:
         timeout=60,
         check=True,
     )
-    cells = _Cells()
-    cells.feed(result.stdout.decode())
-    return cells
+    return result.stdout.decode()
 
 
 def test_dashboard_shows_backends_and_sessions(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.redisserver import RedisServer, require_redis
 from tests.support import (
@@ -79,6 +80,21 @@ def status(gateway: GatewayProcess, number: int, scope: str = "cluster") -> dict
     with urllib.request.urlopen(url, timeout=DEADLINE) as reply:
         document: dict[str, Any] = json.load(reply)
     return document
+
+
+def metrics(gateway: GatewayProcess, number: int) -> dict[str, float]:
+    """
+    Node C{number}'s C{/metrics}: the cluster's samples, by name.
+    """
+    url = f"{admin_url(gateway, f'127.0.1.{number}')}/metrics"
+    with urllib.request.urlopen(url, timeout=DEADLINE) as reply:
+        text = reply.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("gateway_cluster_")
+    }
 
 
 def post(gateway: GatewayProcess, number: int, path: str) -> int:
@@ -140,6 +156,11 @@ def test_nodes_share_membership_and_operators_actions(tmp_path: Path) -> None:
         summary = status(n1, 1)["cluster"]
         assert summary["name"] == "gateway" and summary["node"] == "n1"
         assert summary["redis_up"] is True
+        # The node's own status.json says it is in a cluster (the dashboard
+        # then asks for scope=cluster); /metrics counts the nodes it sees.
+        assert status(n1, 1, "node")["cluster"]["node"] == "n1"
+        assert "nodes" not in status(n1, 1, "node")
+        assert metrics(n1, 1)["gateway_cluster_nodes"] == 2
 
         assert post(n1, 1, f"/backends/{a.endpoint}/drain") == 200
         wait_for(lambda: state_of(n2, 2, a.endpoint) == "draining", "the drain on node 2")
@@ -197,9 +218,16 @@ def test_redis_away_at_start_and_back(tmp_path: Path) -> None:
             assert sock.recv(64).startswith(b"HELLO")
         wait_for(lambda: "cannot reach Redis at" in n1.log(), "the log line about Redis")
         assert status(n1, 1)["cluster"]["redis_up"] is False
+        away = metrics(n1, 1)
+        assert away["gateway_cluster_up"] == 0
+        assert away["gateway_cluster_failures_total"] >= 1
         redis.start()
         wait_for(lambda: status(n1, 1)["cluster"]["redis_up"] is True, "Redis back")
         wait_for(lambda: names(n1, 1) == ["n1"], "the node listed")
+        back = metrics(n1, 1)
+        assert back["gateway_cluster_up"] == 1
+        assert back["gateway_cluster_nodes"] == 1
+        assert back["gateway_cluster_failures_total"] >= away["gateway_cluster_failures_total"]
         assert "is back" in n1.log() or "reached" in n1.log()
 
 

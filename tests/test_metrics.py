@@ -30,6 +30,7 @@ from gateway.pool.backends import Backend, BackendState, Pool
 from gateway.pool.pools import Pools
 from gateway.pool.room import RoomSettings
 from gateway.process.wire import BackendCounts, StatusReply
+from tests.clusterview import ClusterView, three_nodes
 
 DASHBOARD = Path(__file__).parent.parent / "contrib" / "grafana" / "gateway-dashboard.json"
 
@@ -295,7 +296,61 @@ def test_grafana_dashboard_queries_existing_metrics() -> None:
     waiting.room.configure(RoomSettings(size=1), clock)
     queued = AdminState(Pools(waiting), SessionRegistry(), Counters(), clock=clock)
     exposed |= {name for name, _ in samples_of(render_metrics(queued))}
+    # The cluster's families are there with --cluster.
+    clustered = make_state(MemoryReactorClock(), cluster=ClusterView(three_nodes(0.0)))
+    exposed |= {name for name, _ in samples_of(render_metrics(clustered))}
     used = dashboard_metrics()
     assert {"gateway_backend_state", "gateway_session_duration_seconds_bucket"} <= used
     assert {"gateway_queue_length", "gateway_queue_wait_seconds_bucket"} <= used
+    assert {"gateway_cluster_up", "gateway_cluster_nodes"} <= used
     assert used - exposed == set()
+
+
+def test_cluster_families() -> None:
+    """
+    With a cluster, /metrics has gateway_cluster_up (1 while Redis answers,
+    0 once it does not), the live nodes as last read and the count of
+    failed Redis commands; without one, no gateway_cluster_ family at all.
+    """
+    clock = MemoryReactorClock()
+    view = ClusterView(three_nodes(1_700_000_000.0), failures=7)
+    state = make_state(clock, cluster=view)
+    samples = samples_of(render_metrics(state))
+    assert samples[("gateway_cluster_up", ())] == 1
+    assert samples[("gateway_cluster_nodes", ())] == 3
+    assert samples[("gateway_cluster_failures_total", ())] == 7
+
+    view.redis_up = False
+    view.nodes = view.nodes[:1]
+    view.failures = 9
+    samples = samples_of(render_metrics(state))
+    assert samples[("gateway_cluster_up", ())] == 0
+    assert samples[("gateway_cluster_nodes", ())] == 1
+    assert samples[("gateway_cluster_failures_total", ())] == 9
+
+    alone = samples_of(render_metrics(make_state(MemoryReactorClock())))
+    assert not [name for name, _ in alone if name.startswith("gateway_cluster_")]
+
+
+def test_cluster_families_with_workers() -> None:
+    """
+    With worker processes too, the acceptor's /metrics has the cluster's
+    families (its own membership: one set, not one per worker).
+    """
+    backends = [Backend(name="a", description="tcp:10.0.0.1:7000", endpoint=None)]  # type: ignore[arg-type]
+    acceptor = AdminState(
+        Pools(Pool(backends)),
+        SessionRegistry(),
+        Counters(),
+        workers=FakeWorkers([worker_reply(1), worker_reply(2)]),
+        cluster=ClusterView(three_nodes(0.0), redis_up=False, failures=2),
+    )
+    found: list[bytes] = []
+    gather_status(acceptor, 0).addCallback(
+        lambda result: found.append(metrics_text(result[0], acceptor))
+    )
+    [text] = found
+    samples = samples_of(text)
+    assert samples[("gateway_cluster_up", ())] == 0
+    assert samples[("gateway_cluster_nodes", ())] == 3
+    assert samples[("gateway_cluster_failures_total", ())] == 2

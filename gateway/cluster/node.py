@@ -300,7 +300,8 @@ class ClusterNode(MultiService):
 
     def summary(self) -> dict[str, Any]:
         """
-        The cluster as this node sees it (for C{scope=cluster}).
+        The cluster as this node sees it (for C{status.json} and
+        C{/metrics}).
         """
         return {
             "name": self.spec.name,
@@ -308,6 +309,7 @@ class ClusterNode(MultiService):
             "redis": self.spec.shown(),
             "redis_up": self.link.up,
             "ttl": self.ttl,
+            "failures": self.link.failures,
         }
 
     def document(self) -> list[dict[str, Any]]:

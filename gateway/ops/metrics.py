@@ -14,7 +14,10 @@ plain lists (L{gateway.histogram}), the configured limits (so that "how
 close to full" is one division), C{gateway_build_info}, the start time,
 and C{prometheus_client}'s process collector (C{process_*}: RSS, CPU time,
 open descriptors) for the process that serves the endpoint (with
-C{--workers}, the acceptor's: the workers' are not included).
+C{--workers}, the acceptor's: the workers' are not included).  With
+C{--cluster}: whether Redis answers, the live nodes as last read and the
+Redis commands that failed (L{gateway.ops.status.ClusterMember}); the
+cluster's other figures stay per node, for Prometheus to add up.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from gateway.cli import package_version
 from gateway.config import GatewayConfig
 from gateway.front.limits import default_burst
 from gateway.histogram import CONNECT_TIME_BOUNDS, SESSION_DURATION_BOUNDS
-from gateway.ops.status import SESSION_KINDS, AdminState, status
+from gateway.ops.status import SESSION_KINDS, AdminState, ClusterMember, status
 from gateway.pool.backends import BackendState
 from gateway.pool.room import QUEUE_WAIT_BOUNDS
 
@@ -335,6 +338,28 @@ def _workers(workers: list[dict[str, Any]], counters: dict[str, Any]) -> Iterato
     )
 
 
+def _cluster(cluster: ClusterMember) -> Iterator[Metric]:
+    """
+    With C{--cluster}: this node's view of the cluster.
+    """
+    summary = cluster.summary()
+    up = GaugeMetricFamily(
+        "gateway_cluster_up", "1 if the cluster's Redis answered this node's last command."
+    )
+    up.add_metric([], 1 if summary["redis_up"] else 0)
+    yield up
+    nodes = GaugeMetricFamily(
+        "gateway_cluster_nodes", "Live nodes of the cluster as this node last read them."
+    )
+    nodes.add_metric([], len(cluster.document()))
+    yield nodes
+    yield _counter(
+        "gateway_cluster_failures",
+        "Redis commands of this node that failed or timed out.",
+        summary["failures"],
+    )
+
+
 class _GatewayCollector(Collector):
     """
     Turns a status document into Prometheus metric families at scrape time.
@@ -356,6 +381,8 @@ class _GatewayCollector(Collector):
         yield from _process(self._state)
         if "workers" in document:
             yield from _workers(document["workers"], counters)
+        if self._state.cluster is not None:
+            yield from _cluster(self._state.cluster)
 
 
 def metrics_text(document: dict[str, Any], state: AdminState) -> bytes:

@@ -5,7 +5,9 @@ weight, reason), the live sessions (the "children list": id, kind, peer,
 backend, started, bytes_in, bytes_out; a game or WebSocket session's state,
 and while it waits its position, wait and class), the counters and the
 waiting rooms (C{counters.queues}), all read when asked (the data path only
-adds to plain integers).
+adds to plain integers); with C{--cluster}, the cluster as this node sees it
+(C{cluster}: L{ClusterMember.summary}, small, so that the dashboard knows to
+ask for C{scope=cluster}).
 
 L{status} builds it for one process; L{session_json} writes one session as
 JSON text without building a dictionary (for long lists); with C{--workers},
@@ -100,8 +102,10 @@ class ClusterMember(Protocol):
 
     def summary(self) -> dict[str, Any]:
         """
-        The cluster as this node sees it: its name, this node's name, Redis' URL
-        (password masked) and whether Redis answers.
+        The cluster as this node sees it: its name (C{name}), this node's
+        name (C{node}), Redis' URL with the password masked (C{redis}),
+        whether Redis answers (C{redis_up}), the TTL (C{ttl}) and how many
+        Redis commands failed or timed out (C{failures}).
         """
         ...
 
@@ -332,7 +336,7 @@ def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
             continue  # still summed into the byte totals
         sessions.append(session_entry(number, session, places))
     active = registry.active()
-    return {
+    document: dict[str, Any] = {
         "version": __version__,
         "host": socket.gethostname(),
         "started": state.started,
@@ -357,6 +361,9 @@ def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
             "queues": queue_status(pool),
         },
     }
+    if state.cluster is not None:
+        document["cluster"] = state.cluster.summary()
+    return document
 
 
 def session_json(

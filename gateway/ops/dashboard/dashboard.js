@@ -331,6 +331,78 @@ function renderWorkers(workers) {
   labelCells(document.getElementById("workers"));
 }
 
+// With --cluster: status.json carries the cluster as this node sees it, and
+// the page then asks for scope=cluster, which adds the live nodes.  Hidden
+// without a cluster.
+let clusterScope = false;
+
+function statusUrl() {
+  return "status.json?limit=" + SESSIONS_SHOWN + (clusterScope ? "&scope=cluster" : "");
+}
+
+// A node is late once it has missed a heartbeat (they come every ttl/3).
+function nodeRow(node, ttl, now) {
+  const row = document.createElement("tr");
+  if (node.self) row.className = "self";
+  const name = cell(row, node.name, "name");
+  if (node.self) {
+    const mark = document.createElement("span");
+    mark.className = "self-mark";
+    mark.textContent = "this node";
+    name.append(" ", mark);
+  }
+  cell(row, node.address);
+  cell(row, node.sessions, "number");
+  const late = node.age > (2 * ttl) / 3;
+  cell(row, formatAge(node.age) + " ago", late ? "number late" : "number");
+  cell(row, node.started ? formatUptime(now - node.started) : "-", "number");
+  return row;
+}
+
+function renderCluster(status) {
+  const cluster = status.cluster;
+  document.getElementById("cluster-section").hidden = !cluster;
+  if (!cluster) return;
+  document.getElementById("cluster-name").textContent = cluster.name + ", node " + cluster.node;
+  const redis = document.getElementById("cluster-redis");
+  redis.textContent = cluster.redis_up ? "up" : "down";
+  redis.className = "redis " + (cluster.redis_up ? "up" : "down");
+  document.getElementById("cluster-url").textContent = cluster.redis;
+  document.getElementById("cluster-failures").textContent = cluster.failures;
+  // Redis away: the list is the one read before it went.
+  document.getElementById("cluster-stale").hidden = cluster.redis_up;
+  if (!status.nodes) return; // the first poll, before scope=cluster
+  const rows = status.nodes.map((node) => nodeRow(node, cluster.ttl, status.now));
+  if (rows.length === 0) {
+    const row = document.createElement("tr");
+    cell(row, "no node listed yet", "none muted").colSpan = 5;
+    rows.push(row);
+  }
+  replaceRows(document.querySelector("#cluster-nodes tbody"), rows);
+  labelCells(document.getElementById("cluster-nodes"));
+}
+
+// status.json, with the cluster's nodes when this node is in one: the
+// first answer tells whether it is (then asked again at once with
+// scope=cluster); a 400 to scope=cluster (the gateway restarted without
+// --cluster) asks again without.
+async function readStatus() {
+  for (let attempt = 0; attempt < 2; attempt += 1) {
+    const asked = clusterScope;
+    const response = await fetch(statusUrl(), { cache: "no-store" });
+    if (asked && response.status === 400) {
+      clusterScope = false;
+      continue;
+    }
+    if (!response.ok) throw new Error("status.json: " + response.status);
+    const status = await response.json();
+    clusterScope = Boolean(status.cluster);
+    if (clusterScope && !asked && attempt === 0) continue;
+    return status;
+  }
+  throw new Error("status.json: the cluster's scope changed twice");
+}
+
 // Which gateway this is, and for how long it has run.
 function renderAbout(status) {
   document.getElementById("version").textContent = status.version ? "v" + status.version : "";
@@ -342,13 +414,12 @@ function renderAbout(status) {
 async function refresh() {
   const error = document.getElementById("error");
   try {
-    const response = await fetch("status.json?limit=" + SESSIONS_SHOWN, { cache: "no-store" });
-    if (!response.ok) throw new Error("status.json: " + response.status);
-    const status = await response.json();
+    const status = await readStatus();
     renderBackends(status.backends);
     renderCounters(status.counters);
     renderWorkers(status.workers);
     renderQueues(status.counters.queues);
+    renderCluster(status);
     const live = status.counters.active_sessions;
     renderSessions(status.sessions, live.game + live.websocket + live.http, status.now);
     addSample(status);
