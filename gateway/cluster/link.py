@@ -101,7 +101,8 @@ class RedisLink(Service):
     docstring).
 
     @ivar up: whether Redis answered the last command.
-    @ivar failures: commands that failed or timed out so far.
+    @ivar failures: commands that failed, timed out or could not be sent
+        (no connection) so far.
     """
 
     _log = Logger()
@@ -195,6 +196,7 @@ class RedisLink(Service):
         if factory is None or not factory.pool:
             # No connection: txredisapi would keep the command until one
             # is made, however long Redis is away.  Not sent at all.
+            self.failures += 1
             if self._known:
                 self._mark(False, "no connection")
             return fail(RedisDownError("no connection to Redis"))

@@ -105,16 +105,10 @@ def make_service(
     workers = None
     if role == "acceptor":
         workers = WorkerPool(config.workers, reactor, core.pools, lambda: reloader.config)
-    health = None
+    health = cluster = None
     if served:
-        backend_services, health = _backend_services(config, core, reactor)
+        backend_services, health, cluster = _backend_services(config, core, reactor)
         children.extend(backend_services)
-    cluster = None
-    if config.cluster is not None and served:
-        # Before the fronts: with --cluster-required, a Redis that cannot be
-        # reached stops the start before anything listens.
-        cluster = _cluster(config, core)
-        children.append(cluster)
     listeners = _fronts(config, core, workers) if served else []
     children.extend(listeners)
     if workers is not None:
@@ -160,10 +154,13 @@ def make_service(
 
 def _backend_services(
     config: GatewayConfig, core: _Core, reactor: Any
-) -> tuple[list[IService], PoolHealth]:
+) -> tuple[list[IService], PoolHealth, ClusterNode | None]:
     """
     The demo game servers (with C{--demo}), then the health checks (after
-    them, so that the first round sees them).
+    them, so that the first round sees them), then the cluster membership
+    (with C{--cluster}; before the fronts, so that with
+    C{--cluster-required} a Redis that cannot be used stops the start before
+    anything listens).
     """
     children: list[IService] = []
     if config.demo:
@@ -173,7 +170,10 @@ def _backend_services(
     health = PoolHealth(core.pools, reactor, fall=PASSIVE_FALL)
     health.configure(pool_health(config))
     children.append(health)
-    return children, health
+    cluster = _cluster(config, core) if config.cluster is not None else None
+    if cluster is not None:
+        children.append(cluster)
+    return children, health, cluster
 
 
 def _access_log(config: GatewayConfig, served: bool) -> AccessLogFile | None:
