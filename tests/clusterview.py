@@ -54,6 +54,12 @@ class ClusterView:
             "failures": self.failures,
         }
 
+    def sessions(self) -> list[dict[str, Any]]:
+        """
+        No sessions: the dashboard's view does not list them.
+        """
+        return []
+
     def document(self) -> list[dict[str, Any]]:
         """
         The live nodes, as set.

@@ -357,3 +357,33 @@ def test_redis_going_away_and_coming_back(tmp_path: Path) -> None:
         assert post(n1, 1, f"/backends/{b.endpoint}/drain") == 200
         wait_for(lambda: state_of(n2, 2, b.endpoint) == "draining", "the later drain on node 2")
         assert n1.log().count("does not answer") == 1
+
+
+def test_the_clusters_children_list(tmp_path: Path) -> None:
+    """
+    scope=cluster on any node lists every node's sessions, each with its
+    node: a session through node 2 shows on node 1 (as of node 2's last
+    beat), and is gone from it once it ended and node 2 beat again.
+    """
+    require_redis()
+    with ExitStack() as stack:
+        redis = stack.enter_context(RedisServer(tmp_path))
+        a = stack.enter_context(Backend(banner_then_echo))
+        n1 = stack.enter_context(node(redis, 1, tmp_path, a))
+        n2 = stack.enter_context(node(redis, 2, tmp_path, a))
+        wait_for(lambda: names(n1, 1) == ["n1", "n2"], "two nodes listed")
+
+        def listed(number: int, gateway: GatewayProcess) -> list[tuple[str, str]]:
+            return [
+                (entry["node"], entry["kind"])
+                for entry in status(gateway, number)["cluster_sessions"]
+                if entry["kind"] == "game"
+            ]
+
+        with connect(n2.port, "127.0.0.2") as sock:
+            assert sock.recv(64).startswith(b"HELLO")
+            wait_for(lambda: listed(1, n1) == [("n2", "game")], "node 2's session on node 1")
+            assert listed(2, n2) == [("n2", "game")]
+            entry = status(n1, 1)["cluster_sessions"][0]
+            assert entry["backend"] == a.endpoint and entry["state"] in ("relaying", "splicing")
+        wait_for(lambda: listed(1, n1) == [], "the ended session gone from node 1")

@@ -38,6 +38,7 @@ from gateway.cluster.link import RedisDownError, RedisLink
 from gateway.cluster.probe import check_redis
 from gateway.config import ClusterSpec
 from gateway.ops.registry import SessionRegistry
+from gateway.ops.status import session_entry
 from gateway.pool.backend import BackendState
 from gateway.pool.pools import Pools
 from gateway.process.errors import StartupError
@@ -46,6 +47,9 @@ __all__ = ["ClusterNode"]
 
 START_CHECK_TIMEOUT = 2.0
 """Seconds each step of the start-up check of Redis may take."""
+
+SESSIONS_SHARED = 1000
+"""The most sessions a node shares in the cluster's children list each beat."""
 
 OPERATIONS_TIMEOUT = 2.0
 """Seconds a heartbeat or an operator's action may wait for Redis (they are
@@ -108,6 +112,8 @@ class ClusterNode(MultiService):
         )
         self.link.setServiceParent(self)
         self.nodes: dict[str, dict[str, Any]] = {}
+        # The other nodes' sessions, as they last shared them.
+        self._shared: dict[str, list[dict[str, Any]]] = {}
         self._synced = False
         # Backends this node drains because another node's operator did.
         self._remote_drains: set[str] = set()
@@ -186,8 +192,10 @@ class ClusterNode(MultiService):
 
     def _beat(self) -> Deferred[None]:
         beat = self._call("HSET", self._nodes_key, self.name, self._entry())
+        beat.addCallback(lambda _: self._share_sessions())
         beat.addCallback(lambda _: self._call("HGETALL", self._nodes_key))
         beat.addCallback(self._read_nodes)
+        beat.addCallback(lambda _: self._read_sessions())
         beat.addCallback(lambda _: self._sync_drains())
         beat.addErrback(self._beat_failed)
         return beat
@@ -211,6 +219,55 @@ class ClusterNode(MultiService):
         self.nodes = live
         if dead:
             self._call("HDEL", self._nodes_key, *dead).addErrback(lambda failure: None)
+
+    def _own_sessions(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        for number, session in self._registry.items():
+            if len(entries) >= SESSIONS_SHARED:
+                break
+            entries.append({**session_entry(number, session), "node": self.name})
+        return entries
+
+    def _share_sessions(self) -> Deferred[Any]:
+        """
+        This node's sessions (at most L{SESSIONS_SHARED}) for the others'
+        children list, expiring with the node.
+        """
+        key = f"{self.spec.name}:sessions:{self.name}"
+        ttl_ms = str(int(self.ttl * 1000))
+        return self._call("SET", key, json.dumps(self._own_sessions()), "PX", ttl_ms)
+
+    def _read_sessions(self) -> Deferred[Any] | None:
+        others = sorted(name for name in self.nodes if name != self.name)
+        if not others:
+            self._shared = {}
+            return None
+        keys = [f"{self.spec.name}:sessions:{name}" for name in others]
+
+        def read(reply: object) -> None:
+            shared: dict[str, list[dict[str, Any]]] = {}
+            values = reply if isinstance(reply, list) else []
+            for name, value in zip(others, values, strict=False):
+                try:
+                    entries = json.loads(value) if value is not None else []
+                except (TypeError, ValueError):
+                    entries = []
+                if isinstance(entries, list):
+                    shared[name] = [e for e in entries if isinstance(e, dict)]
+            self._shared = shared
+
+        return self._call("MGET", *keys).addCallback(read)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """
+        The cluster's children list: this node's sessions now, and the
+        other live nodes' as of their last beat, each with its C{node}.
+        """
+        listed = self._own_sessions()
+        for name in sorted(self._shared):
+            if name in self.nodes:
+                listed.extend(self._shared[name])
+        return listed
 
     def _beat_failed(self, failure: Failure) -> None:
         if not failure.check(RedisDownError):

@@ -207,7 +207,11 @@ class _Status(Resource):
         if scope == b"cluster" and cluster is None:
             return _json(request, 400, {"error": "scope=cluster needs --cluster"})
         extra = (
-            {"cluster": cluster.summary(), "nodes": cluster.document()}
+            {
+                "cluster": cluster.summary(),
+                "nodes": cluster.document(),
+                "cluster_sessions": cluster.sessions(),
+            }
             if scope == b"cluster" and cluster is not None
             else None
         )

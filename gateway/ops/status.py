@@ -114,6 +114,13 @@ class ClusterMember(Protocol):
         An operator's drain or enable here: every node applies it.
         """
 
+    def sessions(self) -> list[dict[str, Any]]:
+        """
+        The cluster's children list: this node's live sessions and the other
+        nodes' as they last shared them, each with its C{node}.
+        """
+        ...
+
 
 class AdminState:
     """
