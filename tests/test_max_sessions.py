@@ -74,7 +74,8 @@ def test_a_full_backend_is_not_down() -> None:
     backend = Backend("a", "tcp:h:1", None, max_sessions=1)  # type: ignore[arg-type]
     pool = Pool([backend])
     backend.active = 1
-    assert pool.choose() is None and backend.state is BackendState.UP and backend.full
+    assert pool.choose() is None and backend.state is BackendState.UP
+    assert not Pool.has_room(backend)
     backend.active = 0
     assert pool.choose() is backend
 

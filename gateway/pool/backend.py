@@ -76,14 +76,6 @@ class Backend:
     proxy_protocol: str | None = None
     pool: str = GAME_POOL
     max_sessions: int = 0
-
-    @property
-    def full(self) -> bool:
-        """
-        Whether it is at its session limit (C{max_sessions}; 0: none).
-        """
-        return bool(self.max_sessions) and self.active >= self.max_sessions
-
     check_failures: int = 0
     changed: float = 0.0
     connect_time: Histogram = field(default_factory=lambda: Histogram(CONNECT_TIME_BOUNDS))

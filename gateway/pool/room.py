@@ -554,8 +554,8 @@ class WaitingRoom:
 
     def turn_away(self) -> list[Waiter]:
         """
-        Empty the room (the gateway is stopping): the waiters, in order, for
-        the caller to refuse.
+        Empty the room (its pool left the configuration, so no seat can
+        come): the waiters, in order, for the caller to refuse.
         """
         waiters = [ticket.waiter for ticket in self.tickets()]
         self._all.clear()

@@ -284,6 +284,13 @@ class GameSession(SessionWaiting):
     def _hold(self, data: bytes) -> None:
         self._held.append(data)
         self._held_size += len(data)
+        self._bound_hold()
+
+    def _bound_hold(self) -> None:
+        """
+        Pause the client's reading once the hold is at its limit (smaller
+        while it waits in the waiting room).
+        """
         limit = WAIT_HOLD_LIMIT if self._phase is Phase.WAITING else HOLD_LIMIT
         if self._held_size >= limit and not self._client_paused:
             self._client_paused = True

@@ -52,6 +52,7 @@ class SessionWaiting(SessionEnding):
         _held_size: int
 
         def _new_dialer(self) -> Dialer: ...
+        def _bound_hold(self) -> None: ...
 
     @property
     def ticket(self) -> Ticket | None:
@@ -111,9 +112,7 @@ class SessionWaiting(SessionEnding):
         self._ticket = ticket
         self._dialer = None
         self._enter(Phase.WAITING)
-        if self._held_size >= WAIT_HOLD_LIMIT and not self._client_paused:
-            self._client_paused = True
-            self.client.pauseProducing()
+        self._bound_hold()
         return True
 
     def dismiss(self, detail: str) -> None:
