@@ -410,7 +410,7 @@ def _duration(option: str, text: str, low: float, high: float) -> float:
     return value
 
 
-NOT_BUILT = ("cluster-timeout", "affinity-ttl", "cluster-max-sessions")
+NOT_BUILT = ("affinity-ttl", "cluster-max-sessions")
 """Cluster options of the contract whose part of the cluster is not built yet
 (issue 17): refused when given, rather than accepted and ignored."""
 
@@ -470,8 +470,9 @@ def with_cluster(
     for option in NOT_BUILT:
         if option in s.values:
             raise ConfigError(
-                f"{label(option)}: not built yet: a cluster shares membership and operators' "
-                "drains so far; shared limits, affinity and the cluster-wide cap come next"
+                f"{label(option)}: not built yet: a cluster shares membership, operators' "
+                "drains and the per-address limits so far; affinity and the cluster-wide cap "
+                "come next"
             )
     return dataclasses.replace(
         config,

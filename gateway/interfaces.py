@@ -84,14 +84,18 @@ class IAddressPolicy(Interface):
 
     reason = Attribute("The L{gateway.front.limits.Refusal} counted when this policy refuses.")
 
-    def allows(key: str, now: float) -> bool:
+    def allows(key: str, now: float, share: int = 1) -> bool:
         """
         Whether a new connection from C{key} may be admitted at C{now}.
+
+        @param share: how many nodes' worth of the limit this node decides
+            alone (a cluster without Redis): the limit is divided by it.
         """
 
-    def acquire(key: str, now: float) -> None:
+    def acquire(key: str, now: float, share: int = 1) -> None:
         """
-        Count an admitted connection from C{key}.
+        Count an admitted connection from C{key} (taking C{share} of a
+        divided limit's allowance, see L{allows}).
         """
 
     def release(key: str) -> None:

@@ -355,23 +355,30 @@ def test_names_and_timings() -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--cluster-timeout", "20ms"],
         ["--affinity-ttl", "2d"],
         ["--cluster-max-sessions", "5000"],
     ],
 )
 def test_options_of_parts_not_built_yet(argv: list[str]) -> None:
     """
-    The options of the cluster's parts not built yet (shared limits,
-    affinity, the cluster-wide cap) are refused with a line that says so,
-    not accepted and ignored; a bad value still gets its own error.
+    The options of the cluster's parts not built yet (affinity, the
+    cluster-wide cap) are refused with a line that says so, not accepted and
+    ignored; a bad value still gets its own error.
     """
     with pytest.raises(UsageError) as raised:
         cluster("--cluster", "redis://h", *argv)
     assert str(raised.value) == (
-        f"{argv[0]}: not built yet: a cluster shares membership and operators' drains so far; "
-        "shared limits, affinity and the cluster-wide cap come next"
+        f"{argv[0]}: not built yet: a cluster shares membership, operators' drains and the "
+        "per-address limits so far; affinity and the cluster-wide cap come next"
     )
+
+
+def test_cluster_timeout_is_taken() -> None:
+    """
+    C{--cluster-timeout} (the shared limits' wait) is read with its unit.
+    """
+    assert cluster("--cluster", "redis://h", "--cluster-timeout", "20ms").cluster_timeout == 0.02
+    assert cluster("--cluster", "redis://h").cluster_timeout == 0.05
 
 
 @pytest.mark.parametrize(

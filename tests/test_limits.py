@@ -659,14 +659,14 @@ class Recorder:
         self.allow = allow
         self.calls: list[tuple[str, str]] = []
 
-    def allows(self, key: str, now: float) -> bool:
+    def allows(self, key: str, now: float, share: int = 1) -> bool:
         """
         Record the question and answer C{allow}.
         """
         self.calls.append(("allows", key))
         return self.allow
 
-    def acquire(self, key: str, now: float) -> None:
+    def acquire(self, key: str, now: float, share: int = 1) -> None:
         """
         Record the count.
         """

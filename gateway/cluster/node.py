@@ -10,6 +10,10 @@ cluster.  A node:
     of the beat), then reads the hash back; entries whose beat is older than
     the TTL are of dead nodes, dropped from the list and from the hash.  A
     node that stops cleanly removes its own entry.
+  - B{shares the per-address limits}: C{--max-per-ip} and C{--rate-per-ip}
+    count a client's connections through every node together
+    (L{gateway.cluster.admission.SharedLimits}, used by the fronts' address
+    gates); its counts are kept alive, or written again, with each beat.
   - B{shares operators' actions}: a drain or an enable on its admin
     endpoint is published on the cluster's channel (C{NAME:ops}) and kept in
     the hash of drained backends (C{NAME:drained}), so every node applies it
@@ -34,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from gateway.cluster.admission import SharedLimits
 from gateway.cluster.link import RedisDownError, RedisLink
 from gateway.cluster.probe import check_redis
 from gateway.config import ClusterSpec
@@ -112,6 +117,14 @@ class ClusterNode(MultiService):
         )
         self.link.setServiceParent(self)
         self.nodes: dict[str, dict[str, Any]] = {}
+        self.limits = SharedLimits(
+            self.link,
+            reactor,
+            cluster=spec.name,
+            node=spec.node,
+            ttl=ttl,
+            live_nodes=lambda: len(self.nodes),
+        )
         # The other nodes' sessions, as they last shared them.
         self._shared: dict[str, list[dict[str, Any]]] = {}
         self._synced = False
@@ -159,6 +172,7 @@ class ClusterNode(MultiService):
         if self._beats.running:
             self._beats.stop()
         leaving = self._call("HDEL", self._nodes_key, self.name)
+        leaving.addCallback(lambda _: self.limits.forget())
         leaving.addErrback(lambda failure: None)
         stopped = Deferred[None]()
 
@@ -192,6 +206,7 @@ class ClusterNode(MultiService):
 
     def _beat(self) -> Deferred[None]:
         beat = self._call("HSET", self._nodes_key, self.name, self._entry())
+        beat.addCallback(lambda _: self.limits.beat())
         beat.addCallback(lambda _: self._share_sessions())
         beat.addCallback(lambda _: self._call("HGETALL", self._nodes_key))
         beat.addCallback(self._read_nodes)
@@ -367,6 +382,7 @@ class ClusterNode(MultiService):
             "redis_up": self.link.up,
             "ttl": self.ttl,
             "failures": self.link.failures,
+            **self.limits.summary(),
         }
 
     def document(self) -> list[dict[str, Any]]:

@@ -16,6 +16,9 @@ A listener's factory chain is, from the outside in::
   - L{AddressGate} applies the per-address policies once the real client
     address is known: at C{buildProtocol} for a plain front, or after the
     PROXY header for a C{haproxy:} front (L{gateway.front.proxyheader}).
+    In a cluster the decision is Redis' (a L{SharedAdmission}): the
+    connection gets a L{gateway.front.pending.Pending} protocol, paused, until the answer (at most
+    C{--cluster-timeout}) says which protocol it gets.
   - A L{Refuser} answers a refused connection the way its client understands:
     an HTTP client gets C{503 Service Unavailable} with C{Retry-After}; a game
     client is closed, after the optional one-line busy message.
@@ -51,6 +54,7 @@ from zope.interface import alsoProvides, implementer
 from gateway.connection import CloseHooks, describe_peer
 from gateway.front.door import Verdict, classify
 from gateway.front.limits import AddressLimits, Refusal, TotalCap, address_key
+from gateway.front.pending import Later, Pending, SharedAdmission
 from gateway.interfaces import IRefusal
 from gateway.ops.registry import RefusalLog
 
@@ -430,24 +434,19 @@ class CapFactory(ServerFactory):
         return with_close_hook(protocol, state.release)
 
 
-@implementer(IHalfCloseableProtocol)
-class Held(Protocol):
+class Held(Later):
     """
     A connection accepted at the cap in queue mode: paused until a slot frees,
-    then handed to the protocol it would have had, which from then on gets
-    every event through this object.
+    then handed to the protocol it would have had.
     """
 
     def __init__(self, factory: CapFactory, addr: IAddress | None) -> None:
         self._factory = factory
         self._addr = addr
-        self.inner: IProtocol | None = None
-        self._early: list[bytes] = []
 
     @override
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        super().connectionMade()
         self._factory.state.hold(self)
         self._factory.state.update_pause()
 
@@ -464,52 +463,14 @@ class Held(Protocol):
             return
         if IRefusal.providedBy(built):
             state.release()
-            inner: IProtocol = built
+            self.become(built)
         else:
-            inner = with_close_hook(built, state.release)
-        self.inner = inner
-        assert self.transport is not None
-        inner.makeConnection(self.transport)
-        early, self._early = self._early, []
-        for data in early:
-            inner.dataReceived(data)
-        self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self.become(with_close_hook(built, state.release))
 
     @override
-    def dataReceived(self, data: bytes) -> None:
-        if self.inner is not None:
-            self.inner.dataReceived(data)
-        else:
-            # Bytes read in the same event as the pause: keep them for later.
-            self._early.append(data)
-
-    def readConnectionLost(self) -> None:
-        """
-        Pass a half-close on, or close if the inner protocol cannot take one.
-        """
-        if self.inner is None:
-            assert self.transport is not None
-            self.transport.loseConnection()
-        elif IHalfCloseableProtocol.providedBy(self.inner):
-            self.inner.readConnectionLost()
-        else:
-            assert self.transport is not None
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        """
-        Pass our half-close's completion on.
-        """
-        if self.inner is not None and IHalfCloseableProtocol.providedBy(self.inner):
-            self.inner.writeConnectionLost()
-
-    @override
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        if self.inner is None:
-            self._factory.state.unhold(self)
-            self._factory.state.update_pause()
-        else:
-            self.inner.connectionLost(reason)
+    def gone(self) -> None:
+        self._factory.state.unhold(self)
+        self._factory.state.update_pause()
 
 
 class RefusalFactory(Factory):
@@ -534,6 +495,9 @@ class RefusalFactory(Factory):
 class AddressGate(Factory):
     """
     Applies the per-address limits once the real client address is known.
+
+    @ivar shared: the cluster's shared limits, which decide instead of
+        this node's own when given (C{--cluster}).
     """
 
     noisy = False
@@ -546,9 +510,11 @@ class AddressGate(Factory):
         clock: IReactorTime,
         refusals: RefusalLog,
         responder: Responder,
+        shared: SharedAdmission | None = None,
     ) -> None:
         self.wrapped = wrapped
         self.limits = limits
+        self.shared = shared
         self._clock = clock
         self._refusals = refusals
         self._responder = responder
@@ -564,19 +530,37 @@ class AddressGate(Factory):
     def buildProtocol(self, addr: IAddress | None) -> IProtocol | None:  # type: ignore[override]
         limits = self.limits
         host = getattr(addr, "host", None)
-        key = address_key(host) if limits is not None and isinstance(host, str) else None
-        if key is not None and limits is not None:
-            refusal = limits.admit(key, self._clock.seconds())
-            if refusal is not None:
-                assert addr is not None
-                self._refusals.refused(refusal, describe_peer(addr))
-                return Refuser(self._responder, refusal)
+        if limits is None or not isinstance(host, str):
+            return self.admitted(addr, None)
+        assert addr is not None
+        key = address_key(host)
+        if self.shared is not None:
+            return Pending(self, addr, key, limits)
+        refusal = limits.admit(key, self._clock.seconds())
+        if refusal is not None:
+            return self.refuse(refusal, addr)
+        return self.admitted(addr, lambda: limits.release(key))
+
+    def refuse(self, refusal: Refusal, addr: IAddress) -> Refuser:
+        """
+        Count and log a refusal, and answer it.
+        """
+        self._refusals.refused(refusal, describe_peer(addr))
+        return Refuser(self._responder, refusal)
+
+    def admitted(
+        self, addr: IAddress | None, release: Callable[[], None] | None
+    ) -> IProtocol | None:
+        """
+        The protocol of an admitted connection, with C{release} run when it
+        ends (at once if no protocol is built).
+        """
         protocol = self.wrapped.buildProtocol(addr)
         if protocol is None:
-            if key is not None and limits is not None:
-                limits.release(key)
+            if release is not None:
+                release()
             return None
         self._refusals.counters.accepted += 1
-        if key is not None and limits is not None:
-            return with_close_hook(protocol, lambda: limits.release(key))
+        if release is not None:
+            return with_close_hook(protocol, release)
         return protocol

@@ -20,6 +20,11 @@ connections), and L{AddressRate} forgets an address once its bucket has
 refilled (it is then the same as a new address) and never keeps more than
 C{max_entries} addresses, evicting the one that was quiet longest.
 
+In a cluster (C{--cluster}) the limits are decided in Redis
+(L{gateway.cluster.admission}), and these objects count this node's own
+connections; when Redis does not answer, they decide with each limit divided
+by the nodes last seen alive (the C{share} arguments).
+
 These objects do no I/O and read no clock: callers pass C{now}.  The
 factories that apply them to connections are in L{gateway.front.admission}.
 """
@@ -173,10 +178,22 @@ class AddressCap:
         """
         return self._counts.get(key, 0)
 
-    def allows(self, key: str, now: float) -> bool:
-        return self._counts.get(key, 0) < self.limit
+    def counts(self) -> dict[str, int]:
+        """
+        Live connections by address key (a copy).
+        """
+        return dict(self._counts)
 
-    def acquire(self, key: str, now: float) -> None:
+    def allows(self, key: str, now: float, share: int = 1) -> bool:
+        """
+        Whether C{key} has fewer live connections than the limit, or than
+        this node's C{share} of it (the limit divided by C{share}, at least
+        one connection).
+        """
+        limit = self.limit if share <= 1 else max(1, self.limit // share)
+        return self._counts.get(key, 0) < limit
+
+    def acquire(self, key: str, now: float, share: int = 1) -> None:
         self._counts[key] = self._counts.get(key, 0) + 1
 
     def release(self, key: str) -> None:
@@ -240,12 +257,20 @@ class AddressRate:
         tokens, stamp = bucket
         return min(self.burst, tokens + (now - stamp) * self.rate)
 
-    def allows(self, key: str, now: float) -> bool:
-        return self.tokens(key, now + _CLOCK_SLACK) >= 1
+    def _cost(self, share: int) -> float:
+        """
+        The tokens one connection takes: C{share} when this node decides
+        alone for C{share} nodes (the rate and the burst divided by them),
+        at most the whole burst.
+        """
+        return float(min(max(1, share), self.burst))
 
-    def acquire(self, key: str, now: float) -> None:
+    def allows(self, key: str, now: float, share: int = 1) -> bool:
+        return self.tokens(key, now + _CLOCK_SLACK) >= self._cost(share)
+
+    def acquire(self, key: str, now: float, share: int = 1) -> None:
         self._expire(now)
-        tokens = max(0.0, self.tokens(key, now) - 1)
+        tokens = max(0.0, self.tokens(key, now) - self._cost(share))
         bucket = self._buckets.pop(key, None)
         if bucket is None:
             bucket = [tokens, now]
@@ -283,20 +308,55 @@ class AddressLimits:
     def __init__(self, policies: Sequence[IAddressPolicy]) -> None:
         self.policies = tuple(policies)
 
-    def admit(self, key: str, now: float) -> Refusal | None:
+    def admit(self, key: str, now: float, share: int = 1) -> Refusal | None:
         """
         Admit a new connection from C{key} if every policy allows it.
 
+        @param share: the number of nodes whose limits this node applies
+            alone (its share of each limit is the limit divided by them).
         @return: L{None} when admitted (then every policy counts it), else the
             reason of the first policy that refused (then nothing is counted).
         """
+        # A policy of one's own may not take a share: it is passed only when
+        # there is one.
+        extra = (share,) if share > 1 else ()
         for policy in self.policies:
-            if not policy.allows(key, now):
+            if not policy.allows(key, now, *extra):
                 reason: Refusal = policy.reason
                 return reason
         for policy in self.policies:
-            policy.acquire(key, now)
+            policy.acquire(key, now, *extra)
         return None
+
+    def count(self, key: str, now: float) -> None:
+        """
+        Count a connection from C{key} that was admitted elsewhere (by the
+        cluster's shared limits), without checking.
+        """
+        for policy in self.policies:
+            policy.acquire(key, now)
+
+    def shape(self) -> tuple[int, float, float]:
+        """
+        The limits as numbers: the per-address cap (0: none), the rate and
+        its burst (0: no rate).
+        """
+        cap, rate, burst = 0, 0.0, 0.0
+        for policy in self.policies:
+            if isinstance(policy, AddressCap):
+                cap = policy.limit
+            elif isinstance(policy, AddressRate):
+                rate, burst = policy.rate, policy.burst
+        return cap, rate, burst
+
+    def counts(self) -> dict[str, int]:
+        """
+        This node's live connections by address key (empty without a cap).
+        """
+        for policy in self.policies:
+            if isinstance(policy, AddressCap):
+                return policy.counts()
+        return {}
 
     def release(self, key: str) -> None:
         """

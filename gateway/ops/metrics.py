@@ -358,6 +358,18 @@ def _cluster(cluster: ClusterMember) -> Iterator[Metric]:
         "Redis commands of this node that failed or timed out.",
         summary["failures"],
     )
+    yield _counter(
+        "gateway_cluster_local_admissions",
+        "Admissions this node decided alone (Redis did not answer within --cluster-timeout), "
+        "with each per-address limit divided by the live nodes.",
+        summary["local_admissions"],
+    )
+    alone = GaugeMetricFamily(
+        "gateway_cluster_limits_alone",
+        "1 while this node decides admissions alone (Redis away).",
+    )
+    alone.add_metric([], 1 if summary["limits_alone"] else 0)
+    yield alone
 
 
 class _GatewayCollector(Collector):

@@ -67,6 +67,7 @@ from gateway.process.workerpool import WorkerPool
 from gateway.session.settings import SessionSettings
 
 if TYPE_CHECKING:
+    from gateway.cluster.admission import SharedLimits
     from gateway.cluster.node import ClusterNode
 
 __all__ = ["make_service"]
@@ -109,7 +110,7 @@ def make_service(
     if served:
         backend_services, health, cluster = _backend_services(config, core, reactor)
         children.extend(backend_services)
-    listeners = _fronts(config, core, workers) if served else []
+    listeners = _fronts(config, core, workers, cluster) if served else []
     children.extend(listeners)
     if workers is not None:
         # After the fronts: stopped first, before they are (a drain stops
@@ -308,23 +309,27 @@ class _Closing(Service):
         return self._connections.close()
 
 
-def _fronts(config: GatewayConfig, core: _Core, workers: WorkerPool | None) -> list[FrontListener]:
+def _fronts(
+    config: GatewayConfig, core: _Core, workers: WorkerPool | None, cluster: ClusterNode | None
+) -> list[FrontListener]:
     """
     One listener per C{--listen} front, each with its chain: total cap, then
     (PROXY header reader, address gate, front door) in a single process; in
     an acceptor, an address gate per front whose end hands the connection to
-    a worker, and TLS spoken only to refuse (the worker speaks it).
+    a worker, and TLS spoken only to refuse (the worker speaks it).  In a
+    cluster the address gates ask the cluster's shared limits.
     """
     reactor, refusals = core.reactor, core.refusals
     limits = address_policies(config, None)
-    shared = None if workers is not None else _gate(core, core.factory, limits)
+    together = cluster.limits if cluster is not None else None
+    shared = None if workers is not None else _gate(core, core.factory, limits, together)
     listeners = []
     for index, description in enumerate(config.listen):
         proxy, text = split_front(description)
         endpoint = server_endpoint(reactor, text, "--listen", core.certificates)
         creator: SNICertificates | None = None
         if workers is not None:
-            gate = _gate(core, Dispatcher(workers, index), limits)
+            gate = _gate(core, Dispatcher(workers, index), limits, together)
             creator = getattr(endpoint, "connectionCreator", None)
             if creator is not None:
                 # TLS is the worker's business: the acceptor listens on the
@@ -355,13 +360,20 @@ def _fronts(config: GatewayConfig, core: _Core, workers: WorkerPool | None) -> l
     return listeners
 
 
-def _gate(core: _Core, inner: Factory, limits: AddressLimits | None) -> AddressGate:
+def _gate(
+    core: _Core, inner: Factory, limits: AddressLimits | None, shared: SharedLimits | None
+) -> AddressGate:
     """
     An address gate in front of C{inner}, listed in C{core.gates} so that a
-    reload gives it new limits.
+    reload gives it new limits; C{shared} decides in a cluster.
     """
     gate = AddressGate(
-        inner, limits, clock=core.reactor, refusals=core.refusals, responder=core.responder
+        inner,
+        limits,
+        clock=core.reactor,
+        refusals=core.refusals,
+        responder=core.responder,
+        shared=shared,
     )
     core.gates.append(gate)
     return gate

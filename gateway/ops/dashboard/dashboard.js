@@ -369,6 +369,8 @@ function renderCluster(status) {
   redis.className = "redis " + (cluster.redis_up ? "up" : "down");
   document.getElementById("cluster-url").textContent = cluster.redis;
   document.getElementById("cluster-failures").textContent = cluster.failures;
+  document.getElementById("cluster-local").textContent = cluster.local_admissions;
+  document.getElementById("cluster-alone").hidden = !cluster.limits_alone;
   // Redis away: the list is the one read before it went.
   document.getElementById("cluster-stale").hidden = cluster.redis_up;
   if (!status.nodes) return; // the first poll, before scope=cluster

@@ -1,0 +1,269 @@
+"""
+Unit tests of L{gateway.front.pending}: a connection whose address gate asks
+the cluster's shared limits (L{Pending}), on string transports.
+
+The shared limits here are a hand-driven L{SharedAdmission}: each question
+is a L{Deferred} the test answers, so every order of events (bytes, a
+half-close, the client leaving) against the answer can be played; the real
+shared limits, on a real Redis, are tested in C{test_shared_limits.py}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import (
+    EventLoggingObserver,
+    MemoryReactorClock,
+    StringTransportWithDisconnection,
+)
+from twisted.python.failure import Failure
+
+from gateway.front.admission import AddressGate, Refuser, Responder
+from gateway.front.limits import AddressCap, AddressLimits, Refusal
+from gateway.front.pending import Decision, Pending, Ticket
+from gateway.ops.registry import Counters, RefusalLog
+from tests.test_admission import Inner, InnerFactory, connect, make_cap, peer
+from tests.test_admission import refusal_lines as refusal_log_lines
+
+
+class Shared:
+    """
+    Shared limits answered by hand.
+
+    @ivar asked: each question (address key, limits) with its answer to give.
+    @ivar released: the tickets released, in order.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, AddressLimits, Deferred[Decision]]] = []
+        self.released: list[Ticket] = []
+
+    def admit(self, key: str, limits: AddressLimits) -> Deferred[Decision]:
+        """
+        Record the question; the test answers it.
+        """
+        answer: Deferred[Decision] = Deferred()
+        self.asked.append((key, limits, answer))
+        return answer
+
+    def release(self, ticket: Ticket) -> None:
+        """
+        Record the release.
+        """
+        self.released.append(ticket)
+
+    def admit_next(self) -> Ticket:
+        """
+        Admit the oldest question (counting it locally, as the real one does).
+        """
+        key, limits, answer = self.asked.pop(0)
+        ticket = Ticket(key, True, 0)
+        limits.count(key, 0.0)
+        answer.callback(Decision(None, ticket))
+        return ticket
+
+    def refuse_next(self, refusal: Refusal) -> None:
+        """
+        Refuse the oldest question.
+        """
+        self.asked.pop(0)[2].callback(Decision(refusal, None))
+
+
+@dataclass
+class Setup:
+    """
+    A gate with a per-address cap of 2 that asks L{Shared}.
+    """
+
+    gate: AddressGate
+    shared: Shared
+    cap: AddressCap
+    counters: Counters
+    inner: InnerFactory
+
+    def connect(self, number: int = 1) -> tuple[Pending, StringTransportWithDisconnection]:
+        """
+        Accept a connection from 192.0.2.1 (port C{number}).
+        """
+        protocol, transport = connect(self.gate, peer(number))
+        assert isinstance(protocol, Pending)
+        return protocol, transport
+
+
+def setup(half_close: bool = False) -> Setup:
+    """
+    A L{Setup}.
+    """
+    cap = AddressCap(2)
+    clock = MemoryReactorClock()
+    counters = Counters()
+    inner = InnerFactory(half_close=half_close)
+    shared = Shared()
+    gate = AddressGate(
+        inner,
+        AddressLimits([cap]),
+        clock=clock,
+        refusals=RefusalLog(clock, counters),
+        responder=Responder(clock, busy_message="busy"),
+        shared=shared,
+    )
+    return Setup(gate, shared, cap, counters, inner)
+
+
+def test_pending_holds_bytes_until_admitted() -> None:
+    """
+    A connection waits, paused, for the shared decision; the bytes it sent
+    meanwhile reach the front door in order once admitted, and its end
+    releases both counts.
+    """
+    s = setup()
+    protocol, transport = s.connect()
+    assert transport.producerState == "paused"
+    assert [key for key, _, _ in s.shared.asked] == ["192.0.2.1"]
+    protocol.dataReceived(b"hello ")
+    protocol.dataReceived(b"world")
+    assert s.inner.built == []
+    ticket = s.shared.admit_next()
+    assert transport.producerState == "producing"
+    assert s.inner.built[0].received == b"hello world"
+    protocol.dataReceived(b"!")
+    assert s.inner.built[0].received == b"hello world!"
+    assert s.cap.count("192.0.2.1") == 1
+    assert s.counters.accepted == 1
+    transport.loseConnection()
+    assert s.shared.released == [ticket]
+    assert s.cap.count("192.0.2.1") == 0
+    assert s.inner.built[0].lost == 1
+
+
+def test_pending_refused(log_events: EventLoggingObserver) -> None:
+    """
+    A shared refusal is answered by a L{Refuser} with its reason, counted and
+    logged like a local one; nothing is counted or released.
+    """
+    s = setup()
+    protocol, transport = s.connect()
+    protocol.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+    s.shared.refuse_next(Refusal.ADDRESS_CAP)
+    assert isinstance(protocol.inner, Refuser)
+    assert transport.value().startswith(b"HTTP/1.1 503 ")
+    assert s.counters.refused[Refusal.ADDRESS_CAP] == 1
+    assert s.counters.accepted == 0
+    assert refusal_log_lines(log_events) == ["refused 192.0.2.1:10001: address-cap"]
+    transport.loseConnection()
+    assert s.shared.released == []
+    assert s.inner.built == []
+
+
+def test_client_leaving_before_the_answer_is_released() -> None:
+    """
+    A client that left while its admission was asked is released when the
+    answer admits it: no count is left behind, no protocol built.
+    """
+    s = setup()
+    protocol, transport = s.connect()
+    protocol.connectionLost(Failure(ConnectionError()))
+    ticket = s.shared.admit_next()
+    assert s.shared.released == [ticket]
+    assert s.cap.count("192.0.2.1") == 0
+    assert s.inner.built == []
+    assert s.counters.accepted == 0
+
+
+def test_client_leaving_before_a_refusal() -> None:
+    """
+    A client that left before its refusal: nothing to answer or release.
+    """
+    s = setup()
+    protocol, transport = s.connect()
+    protocol.connectionLost(Failure(ConnectionError()))
+    s.shared.refuse_next(Refusal.RATE)
+    assert s.shared.released == []
+    assert transport.value() == b""
+
+
+def test_half_close_before_the_answer_closes() -> None:
+    """
+    A client that half-closes before the decision is closed (as a held
+    connection is); its admission, when it comes, is given back.
+    """
+    s = setup(half_close=True)
+    protocol, transport = s.connect()
+    protocol.readConnectionLost()
+    assert not transport.connected
+    protocol.connectionLost(Failure(ConnectionError()))
+    ticket = s.shared.admit_next()
+    assert s.shared.released == [ticket]
+
+
+def test_half_close_after_admission_is_passed_on() -> None:
+    """
+    Once admitted, a half-close reaches the front door.
+    """
+    s = setup(half_close=True)
+    protocol, transport = s.connect()
+    s.shared.admit_next()
+    protocol.readConnectionLost()
+    assert s.inner.built[0].read_closed == 1  # type: ignore[attr-defined]
+    assert transport.connected
+
+
+def test_declining_factory_releases() -> None:
+    """
+    A front door that declines an admitted connection: it is closed and
+    released.
+    """
+    s = setup()
+    s.inner.refuse = True
+    protocol, transport = s.connect()
+    ticket = s.shared.admit_next()
+    assert not transport.connected
+    assert s.shared.released == [ticket]
+    assert s.cap.count("192.0.2.1") == 0
+
+
+def test_unlimited_gate_never_asks() -> None:
+    """
+    Without per-address limits the shared ones are not asked: nothing waits.
+    """
+    s = setup()
+    s.gate.reconfigure(None)
+    protocol, _ = connect(s.gate, peer(1))
+    assert isinstance(protocol, Inner)
+    assert s.shared.asked == []
+
+
+def test_answers_in_any_order() -> None:
+    """
+    Answers coming back in another order than asked each reach their own
+    connection.
+    """
+    s = setup()
+    first, _ = s.connect(1)
+    second, _ = s.connect(2)
+    first.dataReceived(b"one")
+    second.dataReceived(b"two")
+    _, limits, answer = s.shared.asked.pop(1)
+    limits.count("192.0.2.1", 0.0)
+    answer.callback(Decision(None, Ticket("192.0.2.1", True, 0)))
+    assert [p.received for p in s.inner.built] == [b"two"]
+    s.shared.admit_next()
+    assert [p.received for p in s.inner.built] == [b"two", b"one"]
+
+
+def test_pending_behind_the_cap_holds_a_slot_until_it_ends() -> None:
+    """
+    Behind the total cap, a pending connection holds its slot while it
+    waits and as long as it lives; a refused one gives it back when its
+    answer has been taken.
+    """
+    cap = make_cap(1, queue=False)
+    s = setup()
+    cap.factory.wrapped = s.gate
+    protocol, transport = connect(cap.factory, peer(1))
+    assert cap.state.cap.active == 1
+    s.shared.refuse_next(Refusal.ADDRESS_CAP)
+    transport.loseConnection()
+    assert cap.state.cap.active == 0
