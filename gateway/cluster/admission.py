@@ -242,9 +242,11 @@ class SharedLimits:
 
     def beat(self) -> Deferred[Any] | None:
         """
-        A heartbeat: keep this node's counts alive for another TTL, or
-        write them again if Redis may disagree (or lost them).
+        A heartbeat, which Redis answered: keep this node's counts alive for
+        another TTL, or write them again if Redis may disagree (or lost
+        them).
         """
+        self._together()
         if self._dirty:
             return self.reconcile()
         if not self._counts():
