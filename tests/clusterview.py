@@ -32,8 +32,10 @@ class ClusterView:
         redis_up: bool = True,
         failures: int = 0,
         ttl: float = 15.0,
+        affinity: dict[str, Any] | None = None,
     ) -> None:
         self.node = node
+        self.affinity = affinity
         self.nodes = nodes
         self.redis_up = redis_up
         self.failures = failures
@@ -52,6 +54,7 @@ class ClusterView:
             "redis_up": self.redis_up,
             "ttl": self.ttl,
             "failures": self.failures,
+            "affinity": self.affinity,
         }
 
     def sessions(self) -> list[dict[str, Any]]:

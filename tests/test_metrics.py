@@ -328,6 +328,14 @@ def test_cluster_families() -> None:
     assert samples[("gateway_cluster_nodes", ())] == 1
     assert samples[("gateway_cluster_failures_total", ())] == 9
 
+    assert not [name for name, _ in samples if name == "gateway_cluster_affinity_total"]
+    view.affinity = {"ttl": 3600.0, "used": 4, "overridden": 3, "none": 2, "failed": 1}
+    samples = samples_of(render_metrics(state))
+    assert {
+        result: samples[("gateway_cluster_affinity_total", (("result", result),))]
+        for result in ("used", "overridden", "none", "failed")
+    } == {"used": 4, "overridden": 3, "none": 2, "failed": 1}
+
     alone = samples_of(render_metrics(make_state(MemoryReactorClock())))
     assert not [name for name, _ in alone if name.startswith("gateway_cluster_")]
 

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from gateway.cluster.affinity import SharedAffinity
 from gateway.cluster.link import RedisDownError, RedisLink
 from gateway.cluster.probe import check_redis
 from gateway.config import ClusterSpec
@@ -63,6 +64,7 @@ class ClusterNode(MultiService):
 
     @ivar nodes: the live nodes as last read, this one included: name to
         its entry (C{address}, C{started}, C{sessions}, C{heartbeat}).
+    @ivar affinity: the shared affinity, unless C{--affinity-ttl} is 0.
     """
 
     _log = Logger()
@@ -79,6 +81,7 @@ class ClusterNode(MultiService):
         address: str,
         started: float,
         required: bool = False,
+        affinity_ttl: float = 0.0,
     ) -> None:
         """
         @param ttl: seconds after which a node that stopped beating is gone.
@@ -88,6 +91,8 @@ class ClusterNode(MultiService):
         @param required: refuse to start when Redis cannot be reached or
             refuses the password (C{--cluster-required}); else say so in one
             line and start with this node's own state.
+        @param affinity_ttl: seconds a session key's backend is remembered
+            (0: affinity is not shared).
         """
         super().__init__()
         self.spec = spec
@@ -111,6 +116,11 @@ class ClusterNode(MultiService):
             subscribed=self._resync,
         )
         self.link.setServiceParent(self)
+        self.affinity = (
+            SharedAffinity(self.link, spec.name, ttl=affinity_ttl, timeout=timeout)
+            if affinity_ttl > 0
+            else None
+        )
         self.nodes: dict[str, dict[str, Any]] = {}
         # The other nodes' sessions, as they last shared them.
         self._shared: dict[str, list[dict[str, Any]]] = {}
@@ -367,6 +377,7 @@ class ClusterNode(MultiService):
             "redis_up": self.link.up,
             "ttl": self.ttl,
             "failures": self.link.failures,
+            "affinity": self.affinity.summary() if self.affinity is not None else None,
         }
 
     def document(self) -> list[dict[str, Any]]:

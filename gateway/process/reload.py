@@ -56,6 +56,7 @@ RESTART_ONLY = (
     "log_format",
     "cluster",
     "cluster_ttl",
+    "affinity_ttl",
 )
 """Settings a reload cannot change: they need new listening sockets (or, for
 the cluster, a node that every other node sees the same way)."""
