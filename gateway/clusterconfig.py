@@ -125,7 +125,8 @@ CLUSTER_PARAMETERS: list[list[Any]] = [
         None,
         f"{_DEFAULTS.affinity_ttl:g}",
         "With --balance hash: seconds the cluster remembers the backend a session key "
-        "was sent to. Not built yet: refused when given.",
+        "was last sent to, so that every node sends the key there while it is up "
+        "(0: not shared). Needs a restart to change.",
     ],
     [
         "cluster-max-sessions",
@@ -410,7 +411,21 @@ def _duration(option: str, text: str, low: float, high: float) -> float:
     return value
 
 
-NOT_BUILT = ("affinity-ttl", "cluster-max-sessions")
+def _affinity_ttl(option: str, text: str) -> float:
+    """
+    C{--affinity-ttl}: 0 (affinity not shared), or L{MIN_SECONDS} to
+    L{MAX_AFFINITY} seconds.
+    """
+    value = parse_duration(option, text)
+    if value != 0 and not MIN_SECONDS <= value <= MAX_AFFINITY:
+        raise ConfigError(
+            f"{option}: must be 0 (not shared) or {MIN_SECONDS:g} to {MAX_AFFINITY:g} seconds, "
+            f"got {text!r}"
+        )
+    return value
+
+
+NOT_BUILT = ("cluster-max-sessions",)
 """Cluster options of the contract whose part of the cluster is not built yet
 (issue 17): refused when given, rather than accepted and ignored."""
 
@@ -465,14 +480,14 @@ def with_cluster(
             f"{s.other('cluster-ttl', 'cluster-timeout')} ({ttl / 3:g} s: the heartbeat), "
             f"got {timeout:g}"
         )
-    affinity = _duration(label("affinity-ttl"), s["affinity-ttl"], MIN_SECONDS, MAX_AFFINITY)
+    affinity = _affinity_ttl(label("affinity-ttl"), s["affinity-ttl"])
     cap = check_count(label("cluster-max-sessions"), s["cluster-max-sessions"])
     for option in NOT_BUILT:
         if option in s.values:
             raise ConfigError(
                 f"{label(option)}: not built yet: a cluster shares membership, operators' "
-                "drains and the per-address limits so far; affinity and the cluster-wide cap "
-                "come next"
+                "drains, the per-address limits and affinity so far; the cluster-wide cap "
+                "comes next"
             )
     return dataclasses.replace(
         config,

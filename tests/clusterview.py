@@ -19,6 +19,8 @@ class ClusterView:
 
     @ivar redis_up: whether Redis answers (what C{summary} reports).
     @ivar failures: Redis commands failed so far.
+    @ivar local_admissions: admissions decided without Redis so far.
+    @ivar limits_alone: whether admissions are decided without Redis now.
     @ivar nodes: the live nodes as C{document} lists them.
     @ivar documents: how many times the nodes were asked for.
     @ivar actions: the operators' actions passed on, as (backend, action, peer).
@@ -32,8 +34,14 @@ class ClusterView:
         redis_up: bool = True,
         failures: int = 0,
         ttl: float = 15.0,
+        affinity: dict[str, Any] | None = None,
+        local_admissions: int = 0,
+        limits_alone: bool = False,
     ) -> None:
         self.node = node
+        self.local_admissions = local_admissions
+        self.limits_alone = limits_alone
+        self.affinity = affinity
         self.nodes = nodes
         self.redis_up = redis_up
         self.failures = failures
@@ -52,6 +60,9 @@ class ClusterView:
             "redis_up": self.redis_up,
             "ttl": self.ttl,
             "failures": self.failures,
+            "local_admissions": self.local_admissions,
+            "limits_alone": self.limits_alone,
+            "affinity": self.affinity,
         }
 
     def sessions(self) -> list[dict[str, Any]]:

@@ -154,9 +154,9 @@ def test_status_names_the_gateway() -> None:
 def test_status_carries_the_cluster_summary() -> None:
     """
     With a cluster, the node's own status.json carries the cluster as this
-    node sees it (name, node, Redis' masked URL and state, TTL, failures),
-    small: the nodes are only listed with scope=cluster.  Without a
-    cluster there is no C{cluster} key.
+    node sees it (name, node, Redis' masked URL and state, TTL, failures,
+    the shared affinity: None when off), small: the nodes are only listed
+    with scope=cluster.  Without a cluster there is no C{cluster} key.
     """
     plain = make_state()
     assert "cluster" not in status(plain)
@@ -170,6 +170,9 @@ def test_status_carries_the_cluster_summary() -> None:
         "redis_up": True,
         "ttl": 15.0,
         "failures": 4,
+        "local_admissions": 0,
+        "limits_alone": False,
+        "affinity": None,
     }
     assert "nodes" not in document
     assert view.documents == 0

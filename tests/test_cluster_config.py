@@ -28,6 +28,9 @@ from gateway.options import GatewayOptions
 from gateway.process.reload import RESTART_ONLY
 from tests.support import TWISTD
 from tests.test_configfile import parse, write
+from tests.test_reload import BASE as RELOAD_BASE
+from tests.test_reload import gateway as reload_gateway
+from tests.test_reload import lines as reload_lines
 
 BACKEND = ["--backend", "tcp:127.0.0.1:7000"]
 SECRET = "s3cr3t-Pa55"
@@ -355,21 +358,19 @@ def test_names_and_timings() -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--affinity-ttl", "2d"],
         ["--cluster-max-sessions", "5000"],
     ],
 )
 def test_options_of_parts_not_built_yet(argv: list[str]) -> None:
     """
-    The options of the cluster's parts not built yet (affinity, the
-    cluster-wide cap) are refused with a line that says so, not accepted and
-    ignored; a bad value still gets its own error.
+    The option of the cluster's part not built yet (the cluster-wide cap) is
+    refused with a line that says so, not accepted and ignored.
     """
     with pytest.raises(UsageError) as raised:
         cluster("--cluster", "redis://h", *argv)
     assert str(raised.value) == (
-        f"{argv[0]}: not built yet: a cluster shares membership, operators' drains and the "
-        "per-address limits so far; affinity and the cluster-wide cap come next"
+        f"{argv[0]}: not built yet: a cluster shares membership, operators' drains, the "
+        "per-address limits and affinity so far; the cluster-wide cap comes next"
     )
 
 
@@ -405,8 +406,13 @@ def test_cluster_timeout_is_taken() -> None:
             ["--cluster-ttl", "1", "--cluster-timeout", "0.4"],
             "--cluster-timeout: must be below a third of --cluster-ttl",
         ),
-        (["--affinity-ttl", "0"], "--affinity-ttl: must be 0.1 to 2.592e+06 seconds, got '0'"),
-        (["--affinity-ttl", "31d"], "--affinity-ttl: must be 0.1 to 2.592e+06 seconds"),
+        (
+            ["--affinity-ttl", "0.05"],
+            "--affinity-ttl: must be 0 (not shared) or 0.1 to 2.592e+06 seconds, got '0.05'",
+        ),
+        (["--affinity-ttl", "31d"], "--affinity-ttl: must be 0 (not shared) or 0.1 to"),
+        (["--affinity-ttl", "-1"], "--affinity-ttl: must be 0 (not shared) or 0.1 to"),
+        (["--affinity-ttl", "later"], "--affinity-ttl: expected a number of seconds"),
         (["--cluster-max-sessions", "-1"], "--cluster-max-sessions: must not be negative"),
     ],
 )
@@ -440,6 +446,47 @@ def test_cluster_options_need_a_cluster(argv: list[str]) -> None:
     with pytest.raises(UsageError) as raised:
         cluster(*argv)
     assert str(raised.value) == f"{argv[0]}: needs --cluster (a Redis URL)"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("2d", 172800.0), ("0", 0.0), ("0.1", 0.1), ("30d", 2592000.0)]
+)
+def test_affinity_ttl(text: str, seconds: float) -> None:
+    """
+    C{--affinity-ttl} takes a duration with its unit, 0 turning the shared
+    affinity off; C{--check-config} shows it.
+    """
+    config = cluster("--cluster", "redis://h", "--affinity-ttl", text)
+    assert config.affinity_ttl == seconds
+    assert f"affinity-ttl {seconds:g} s" in summary(config)
+
+
+def test_affinity_ttl_in_toml(tmp_path: Path) -> None:
+    """
+    The configuration file's C{affinity-ttl} (a number or a duration text)
+    is the option's; the command line wins over it.
+    """
+    path = write(tmp_path, 'cluster = "redis://h"\naffinity-ttl = "10m"\n')
+    assert parse([*BACKEND, "--config", str(path)]).affinity_ttl == 600.0
+    path = write(tmp_path, 'cluster = "redis://h"\naffinity-ttl = 0\n')
+    assert parse([*BACKEND, "--config", str(path)]).affinity_ttl == 0.0
+    assert parse([*BACKEND, "--config", str(path), "--affinity-ttl", "5"]).affinity_ttl == 5.0
+
+
+def test_affinity_ttl_needs_a_restart(log_events: EventLoggingObserver) -> None:
+    """
+    A reload keeps the running C{--affinity-ttl} (the node's shared
+    affinity is made at start, on or off), says so, and applies the rest.
+    """
+    service, source, _ = reload_gateway()
+    source.next = dataclasses.replace(RELOAD_BASE, affinity_ttl=5.0, max_per_ip=7)
+    service.reload()
+    assert service.config.affinity_ttl == RELOAD_BASE.affinity_ttl
+    assert service.config.max_per_ip == 7
+    assert any(
+        "affinity_ttl changed, which needs a restart: kept as it was" in line
+        for line in reload_lines(log_events)
+    )
 
 
 def test_workers_are_members() -> None:

@@ -109,7 +109,8 @@ async def test_dashboard_shows_the_cluster(tmp_path: Path) -> None:
     node's names, Redis up (its URL, password masked) and one row per live
     node (name, address, sessions, last heartbeat, uptime), this node
     marked, a node that missed a heartbeat flagged.  With Redis away it says
-    Redis is down and that the nodes are as last read.
+    Redis is down, that the nodes are as last read and that the limits are
+    decided by this node alone, with the count of such admissions.
     """
     view = ClusterView(three_nodes(reactor.seconds()))
     async with admin_of(view) as url:
@@ -121,6 +122,8 @@ async def test_dashboard_shows_the_cluster(tmp_path: Path) -> None:
         assert attributes.by_id["cluster-redis"]["class"] == "redis up"
         assert page.by_id["cluster-url"] == "redis://:***@127.0.0.1:6379/0"
         assert page.by_id["cluster-failures"] == "0"
+        assert page.by_id["cluster-local"] == "0"
+        assert "hidden" in attributes.by_id["cluster-alone"]
         assert "hidden" in attributes.by_id["cluster-stale"]
         rows = page.rows["cluster-nodes"]
         assert [row[:4] for row in rows] == [
@@ -140,11 +143,14 @@ async def test_dashboard_shows_the_cluster(tmp_path: Path) -> None:
 
         view.redis_up = False
         view.failures = 3
+        view.local_admissions, view.limits_alone = 17, True
         page, attributes = await deferToThread(page_of, url + "/", tmp_path / "two")
 
         assert page.by_id["cluster-redis"] == "down"
         assert attributes.by_id["cluster-redis"]["class"] == "redis down"
         assert page.by_id["cluster-failures"] == "3"
+        assert page.by_id["cluster-local"] == "17"
+        assert "hidden" not in attributes.by_id["cluster-alone"]
         assert "hidden" not in attributes.by_id["cluster-stale"]
         assert len(page.rows["cluster-nodes"]) == 3
 

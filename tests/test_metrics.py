@@ -309,8 +309,9 @@ def test_grafana_dashboard_queries_existing_metrics() -> None:
 def test_cluster_families() -> None:
     """
     With a cluster, /metrics has gateway_cluster_up (1 while Redis answers,
-    0 once it does not), the live nodes as last read and the count of
-    failed Redis commands; without one, no gateway_cluster_ family at all.
+    0 once it does not), the live nodes as last read, the count of failed
+    Redis commands and of admissions decided alone (and whether they are
+    now); without one, no gateway_cluster_ family at all.
     """
     clock = MemoryReactorClock()
     view = ClusterView(three_nodes(1_700_000_000.0), failures=7)
@@ -319,14 +320,27 @@ def test_cluster_families() -> None:
     assert samples[("gateway_cluster_up", ())] == 1
     assert samples[("gateway_cluster_nodes", ())] == 3
     assert samples[("gateway_cluster_failures_total", ())] == 7
+    assert samples[("gateway_cluster_local_admissions_total", ())] == 0
+    assert samples[("gateway_cluster_limits_alone", ())] == 0
 
     view.redis_up = False
     view.nodes = view.nodes[:1]
     view.failures = 9
+    view.local_admissions, view.limits_alone = 12, True
     samples = samples_of(render_metrics(state))
     assert samples[("gateway_cluster_up", ())] == 0
     assert samples[("gateway_cluster_nodes", ())] == 1
     assert samples[("gateway_cluster_failures_total", ())] == 9
+    assert samples[("gateway_cluster_local_admissions_total", ())] == 12
+    assert samples[("gateway_cluster_limits_alone", ())] == 1
+
+    assert not [name for name, _ in samples if name == "gateway_cluster_affinity_total"]
+    view.affinity = {"ttl": 3600.0, "used": 4, "overridden": 3, "none": 2, "failed": 1}
+    samples = samples_of(render_metrics(state))
+    assert {
+        result: samples[("gateway_cluster_affinity_total", (("result", result),))]
+        for result in ("used", "overridden", "none", "failed")
+    } == {"used": 4, "overridden": 3, "none": 2, "failed": 1}
 
     alone = samples_of(render_metrics(make_state(MemoryReactorClock())))
     assert not [name for name, _ in alone if name.startswith("gateway_cluster_")]

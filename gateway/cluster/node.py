@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from gateway.cluster.admission import SharedLimits
+from gateway.cluster.affinity import SharedAffinity
 from gateway.cluster.link import RedisDownError, RedisLink
 from gateway.cluster.probe import check_redis
 from gateway.config import ClusterSpec
@@ -68,6 +69,7 @@ class ClusterNode(MultiService):
 
     @ivar nodes: the live nodes as last read, this one included: name to
         its entry (C{address}, C{started}, C{sessions}, C{heartbeat}).
+    @ivar affinity: the shared affinity, unless C{--affinity-ttl} is 0.
     """
 
     _log = Logger()
@@ -84,6 +86,7 @@ class ClusterNode(MultiService):
         address: str,
         started: float,
         required: bool = False,
+        affinity_ttl: float = 0.0,
     ) -> None:
         """
         @param ttl: seconds after which a node that stopped beating is gone.
@@ -93,6 +96,8 @@ class ClusterNode(MultiService):
         @param required: refuse to start when Redis cannot be reached or
             refuses the password (C{--cluster-required}); else say so in one
             line and start with this node's own state.
+        @param affinity_ttl: seconds a session key's backend is remembered
+            (0: affinity is not shared).
         """
         super().__init__()
         self.spec = spec
@@ -116,6 +121,11 @@ class ClusterNode(MultiService):
             subscribed=self._resync,
         )
         self.link.setServiceParent(self)
+        self.affinity = (
+            SharedAffinity(self.link, spec.name, ttl=affinity_ttl, timeout=timeout)
+            if affinity_ttl > 0
+            else None
+        )
         self.nodes: dict[str, dict[str, Any]] = {}
         self.limits = SharedLimits(
             self.link,
@@ -383,6 +393,7 @@ class ClusterNode(MultiService):
             "ttl": self.ttl,
             "failures": self.link.failures,
             **self.limits.summary(),
+            "affinity": self.affinity.summary() if self.affinity is not None else None,
         }
 
     def document(self) -> list[dict[str, Any]]:

@@ -16,8 +16,9 @@ and C{prometheus_client}'s process collector (C{process_*}: RSS, CPU time,
 open descriptors) for the process that serves the endpoint (with
 C{--workers}, the acceptor's: the workers' are not included).  With
 C{--cluster}: whether Redis answers, the live nodes as last read and the
-Redis commands that failed (L{gateway.ops.status.ClusterMember}); the
-cluster's other figures stay per node, for Prometheus to add up.
+Redis commands that failed, and how the shared affinity's lookups ended
+(L{gateway.ops.status.ClusterMember}); the cluster's other figures stay per
+node, for Prometheus to add up.
 """
 
 from __future__ import annotations
@@ -370,6 +371,17 @@ def _cluster(cluster: ClusterMember) -> Iterator[Metric]:
     )
     alone.add_metric([], 1 if summary["limits_alone"] else 0)
     yield alone
+    affinity = summary.get("affinity")
+    if affinity is not None:
+        looked = CounterMetricFamily(
+            "gateway_cluster_affinity",
+            "Lookups of a session key's shared backend, by result (used, overridden: "
+            "not usable on this node, none: nothing remembered, failed: Redis did not answer).",
+            labels=["result"],
+        )
+        for result in ("used", "overridden", "none", "failed"):
+            looked.add_metric([result], affinity[result])
+        yield looked
 
 
 class _GatewayCollector(Collector):

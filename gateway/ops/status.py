@@ -104,8 +104,11 @@ class ClusterMember(Protocol):
         """
         The cluster as this node sees it: its name (C{name}), this node's
         name (C{node}), Redis' URL with the password masked (C{redis}),
-        whether Redis answers (C{redis_up}), the TTL (C{ttl}) and how many
-        Redis commands failed or timed out (C{failures}).
+        whether Redis answers (C{redis_up}), the TTL (C{ttl}), how many
+        Redis commands failed or timed out (C{failures}) and the shared
+        affinity (C{affinity}: its C{ttl}, its lookups by result C{used},
+        C{overridden}, C{none}, C{failed}, and C{remember_failures}; L{None}
+        when it is off).
         """
         ...
 

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.interfaces import IBackendChooser, IBalancer
+from gateway.pool.affinity import AffinityStore
 from gateway.pool.backend import GAME_POOL, Backend, BackendState
 from gateway.pool.balance import RoundRobin
 from gateway.pool.room import WaitingRoom
@@ -43,6 +44,9 @@ class Pool:
     @ivar clock: for the time of a backend's last change of state (L{None}:
         not recorded).
     @ivar room: its waiting room (closed until configured with a size).
+    @ivar affinity: where the backends session keys were sent to are shared
+        with other gateways (C{--cluster}), for a policy that uses keys;
+        L{None}: not shared.
     """
 
     _log = Logger()
@@ -65,6 +69,7 @@ class Pool:
         self.unserved = 0
         self.observers: list[Callable[[Backend], None]] = []
         self.room = WaitingRoom(self)
+        self.affinity: AffinityStore | None = None
         for backend in backends:
             self.add(backend)
 
@@ -156,6 +161,17 @@ class Pool:
         if not candidates:
             return None
         return self.balancer.choose(candidates, key)
+
+    def remembered(self, name: str, blocked: int = 0) -> Backend | None:
+        """
+        The backend called C{name}, if it is in this pool and takes a new
+        session (L{has_room}): a shared affinity's choice, which this node
+        follows only while it sees that backend up.
+
+        @param blocked: slots of each backend the session may not take.
+        """
+        backend = self.get(name)
+        return backend if backend is not None and self.has_room(backend, blocked) else None
 
     @staticmethod
     def has_room(backend: Backend, blocked: int = 0) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
+from gateway.pool.affinity import AffinityStore
 from gateway.pool.backend import GAME_POOL, Backend, BackendState
 from gateway.pool.backends import Pool
 
@@ -40,6 +41,7 @@ class Pools:
         self.observers: list[Callable[[Backend], None]] = []
         self._retired_transitions = 0
         self._retired_unserved = 0
+        self._affinity: AffinityStore | None = None
         self.add_pool(game)
 
     @property
@@ -72,6 +74,16 @@ class Pools:
             raise ValueError(f"duplicate pool name {pool.name!r}")
         self._pools[pool.name] = pool
         pool.observers.append(self._changed)
+        pool.affinity = self._affinity
+
+    def share_affinity(self, store: AffinityStore | None) -> None:
+        """
+        Share the backends session keys are sent to through C{store} (the
+        cluster's), in every pool, those added later too.
+        """
+        self._affinity = store
+        for pool in self._pools.values():
+            pool.affinity = store
 
     def remove_pool(self, name: str) -> None:
         """

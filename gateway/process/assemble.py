@@ -389,7 +389,7 @@ def _cluster(config: GatewayConfig, core: _Core) -> ClusterNode:
     from gateway.cluster.node import ClusterNode
 
     reactor = core.reactor
-    return ClusterNode(
+    node = ClusterNode(
         config.cluster,
         reactor,
         core.pools,
@@ -399,7 +399,10 @@ def _cluster(config: GatewayConfig, core: _Core) -> ClusterNode:
         address=config.listen[0] if config.listen else "",
         started=reactor.seconds(),
         required=config.cluster_required,
+        affinity_ttl=config.affinity_ttl,
     )
+    core.pools.share_affinity(node.affinity)
+    return node
 
 
 def _admin(

@@ -57,6 +57,7 @@ RESTART_ONLY = (
     "cluster",
     "cluster_ttl",
     "cluster_timeout",
+    "affinity_ttl",
 )
 """Settings a reload cannot change: they need new listening sockets (or, for
 the cluster, a node that every other node sees the same way)."""

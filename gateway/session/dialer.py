@@ -24,11 +24,20 @@ attempt's connect time goes to the backend's histogram
 The attempts' protocol is a L{BackendLink} whose events go to the session
 (L{DialerOwner}); the session hands the attempt-related ones back here
 (L{Dialer.take}, L{Dialer.link_failed}).
+
+With an affinity shared with other gateways (C{--cluster}: the pool's
+L{gateway.pool.affinity.AffinityStore}), a policy that uses keys and a
+session with a key, the first choice waits for one lookup of the backend
+the key was last sent to (at most the store's timeout): that backend is
+tried first if it takes the session here (L{Pool.remembered}); otherwise,
+or if the store did not answer, the pool chooses as always.  The backend
+that takes the session is remembered (L{Dialer.take}); retries choose as
+always.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as Structural
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -39,6 +48,7 @@ from twisted.python.failure import Failure
 
 from gateway.connection import OneShotFactory
 from gateway.interfaces import IBackendChooser
+from gateway.pool.affinity import AffinityStore, Lookup
 from gateway.session.backendlink import BackendLink, LinkOwner, describe_failure, local_shortage
 
 if TYPE_CHECKING:
@@ -94,6 +104,7 @@ class Dialer:
         "_connect_timeout",
         "_dialed_at",
         "_key",
+        "_lookup",
         "_owner",
         "_peer",
         "_pending",
@@ -141,11 +152,63 @@ class Dialer:
         self._attempt: Deferred[IProtocol] | None = None
         self._attempt_timer: IDelayedCall | None = None
         self._dialed_at = 0.0
+        # The shared affinity's lookup: None before it is asked, True once answered.
+        self._lookup: Lookup | bool | None = None
+
+    def _shared_affinity(self) -> AffinityStore | None:
+        """
+        The pool's shared affinity, if this session uses one: it has a key
+        and its pool a policy that uses keys.
+        """
+        store: AffinityStore | None = getattr(self._chooser, "affinity", None)
+        if store is None or not self._key or not self._chooser.needs_key:
+            return None
+        return store
 
     def connect_next(self) -> None:
         """
-        Try the next backend the pool chooses, or give up.
+        Try the next backend the pool chooses, or give up.  The first time,
+        with a shared affinity, ask it first (see the module's docstring).
         """
+        if self._lookup is None and not self.tried:
+            store = self._shared_affinity()
+            if store is not None:
+                assert self._key is not None
+                pool = getattr(self._chooser, "name", "")
+                lookup = Lookup(
+                    store,
+                    self._clock,
+                    pool,
+                    self._key,
+                    lambda name, failed: self._looked_up(store, name, failed),
+                )
+                # An answer given at once has already gone on.
+                self._lookup = True if lookup.done else lookup
+                return
+        self._choose_next()
+
+    def _looked_up(self, store: AffinityStore, name: str | None, failed: bool) -> None:
+        """
+        The shared affinity answered (or did not in time): try the backend it
+        names if it takes the session here, else choose as always.
+        """
+        self._lookup = True
+        backend = None
+        if failed:
+            result = "failed"
+        elif name is None:
+            result = "none"
+        else:
+            chooser: Any = self._chooser
+            backend = chooser.remembered(name, self._blocked)
+            result = "used" if backend is not None else "overridden"
+        store.count(result)
+        if backend is not None:
+            self.dial(backend)
+        else:
+            self._choose_next()
+
+    def _choose_next(self) -> None:
         backend = None
         if len(self.tried) <= self._retries:
             backend = self._chooser.choose(self.tried, self._key, self._blocked, self._patient)
@@ -182,6 +245,10 @@ class Dialer:
         causes is the session's, not the backend's: it is neither counted
         nor logged, and no other backend is tried.
         """
+        lookup = self._lookup
+        if isinstance(lookup, Lookup):
+            lookup.cancel()  # its answer, if it comes, is ignored
+            self._lookup = True
         link, attempt = self._pending, self._attempt
         if link is None:
             return
@@ -211,6 +278,10 @@ class Dialer:
         backend = link.backend
         backend.connect_time.observe(self._clock.seconds() - self._dialed_at)
         self._chooser.attempt_succeeded(backend)
+        store = self._shared_affinity()
+        if store is not None:
+            assert self._key is not None
+            store.remember(backend.pool, self._key, backend.name)
         return True
 
     def link_failed(self, link: BackendLink, reason: Failure) -> None:
