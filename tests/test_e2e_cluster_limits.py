@@ -205,3 +205,26 @@ def test_redis_stopped_during_a_flood(tmp_path: Path) -> None:
         # The session admitted alone counts too: 127.0.0.99 may have two more.
         with session(gateways[0], 1, "127.0.0.99"), session(gateways[2], 3, "127.0.0.99"):
             assert refused(gateways[0], 1, "127.0.0.99")
+
+
+def test_workers_share_the_limits(tmp_path: Path) -> None:
+    """
+    A node with C{--workers 2} (its acceptor decides admissions) and a
+    single-process node hold C{--max-per-ip 2} together.
+    """
+    require_redis()
+    with ExitStack() as stack:
+        redis = stack.enter_context(RedisServer(tmp_path))
+        backend = stack.enter_context(Backend(banner_then_echo))
+        limit = ("--max-per-ip", "2")
+        n1 = stack.enter_context(
+            node(redis, 1, tmp_path, backend, extra=(*limit, "--workers", "2"))
+        )
+        n2 = stack.enter_context(node(redis, 2, tmp_path, backend, extra=limit))
+        wait_for(lambda: names(n1, 1) == ["n1", "n2"], "two nodes listed")
+        first = stack.enter_context(session(n1, 1))
+        second = stack.enter_context(session(n2, 2))
+        assert refused(n1, 1) and refused(n2, 2)
+        assert echoes(first) and echoes(second)
+        first.close()
+        wait_for(lambda: not refused(n2, 2), "the place freed on the workers' node")
