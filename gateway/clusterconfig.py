@@ -436,8 +436,8 @@ def with_cluster(
     """
     C{config} with the cluster's settings: none without C{--cluster} (and
     then no other cluster option may be given); with it, a L{ClusterSpec}
-    and its timings.  Any number of worker processes may join: each is a
-    member of its own.
+    and its timings.  With C{--workers} above 1 the acceptor is the member
+    (it decides admissions; its workers do not join).
 
     @param tokens: remembers the password read at start, for a reload
         after twistd dropped the privileges to read it (L{TokenFiles}).
