@@ -425,11 +425,6 @@ def _affinity_ttl(option: str, text: str) -> float:
     return value
 
 
-NOT_BUILT = ("cluster-max-sessions",)
-"""Cluster options of the contract whose part of the cluster is not built yet
-(issue 17): refused when given, rather than accepted and ignored."""
-
-
 def with_cluster(
     s: Source, config: GatewayConfig, tokens: TokenFiles | None = None
 ) -> GatewayConfig:
@@ -482,13 +477,6 @@ def with_cluster(
         )
     affinity = _affinity_ttl(label("affinity-ttl"), s["affinity-ttl"])
     cap = check_count(label("cluster-max-sessions"), s["cluster-max-sessions"])
-    for option in NOT_BUILT:
-        if option in s.values:
-            raise ConfigError(
-                f"{label(option)}: not built yet: a cluster shares membership, operators' "
-                "drains, the per-address limits and affinity so far; the cluster-wide cap "
-                "comes next"
-            )
     return dataclasses.replace(
         config,
         cluster=ClusterSpec(name=name, node=node, **fields),

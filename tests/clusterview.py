@@ -62,6 +62,10 @@ class ClusterView:
             "failures": self.failures,
             "local_admissions": self.local_admissions,
             "limits_alone": self.limits_alone,
+            "max_sessions": 0,
+            "sessions": 0,
+            "local_seats": 0,
+            "seats_alone": False,
             "affinity": self.affinity,
         }
 

@@ -91,6 +91,7 @@ def test_status_document() -> None:
             "failures": 2,
             "weight": 1,
             "max_sessions": 0,
+            "elsewhere": 0,
             "reason": "",
             "check_failures": 0,
             "changed": 0.0,
@@ -105,6 +106,7 @@ def test_status_document() -> None:
             "failures": 0,
             "weight": 1,
             "max_sessions": 0,
+            "elsewhere": 0,
             "reason": "health check failed 3 times: refused",
             "check_failures": 0,
             "changed": 0.0,
@@ -172,6 +174,10 @@ def test_status_carries_the_cluster_summary() -> None:
         "failures": 4,
         "local_admissions": 0,
         "limits_alone": False,
+        "max_sessions": 0,
+        "sessions": 0,
+        "local_seats": 0,
+        "seats_alone": False,
         "affinity": None,
     }
     assert "nodes" not in document

@@ -355,23 +355,15 @@ def test_names_and_timings() -> None:
     assert "required yes)" in summary(config)
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--cluster-max-sessions", "5000"],
-    ],
-)
-def test_options_of_parts_not_built_yet(argv: list[str]) -> None:
+def test_cluster_max_sessions_is_taken() -> None:
     """
-    The option of the cluster's part not built yet (the cluster-wide cap) is
-    refused with a line that says so, not accepted and ignored.
+    C{--cluster-max-sessions} (the cluster's cap on game sessions) is read.
     """
-    with pytest.raises(UsageError) as raised:
-        cluster("--cluster", "redis://h", *argv)
-    assert str(raised.value) == (
-        f"{argv[0]}: not built yet: a cluster shares membership, operators' drains, the "
-        "per-address limits and affinity so far; the cluster-wide cap comes next"
+    assert (
+        cluster("--cluster", "redis://h", "--cluster-max-sessions", "5000").cluster_max_sessions
+        == 5000
     )
+    assert cluster("--cluster", "redis://h").cluster_max_sessions == 0
 
 
 def test_cluster_timeout_is_taken() -> None:

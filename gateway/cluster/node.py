@@ -14,6 +14,9 @@ cluster.  A node:
     count a client's connections through every node together
     (L{gateway.cluster.admission.SharedLimits}, used by the fronts' address
     gates); its counts are kept alive, or written again, with each beat.
+  - B{shares the backends' seats}: a backend's C{max-sessions} counts its
+    sessions through every node, and C{--cluster-max-sessions} caps them
+    all (L{gateway.cluster.seats.SharedSeats}, the pools' seat store).
   - B{shares operators' actions}: a drain or an enable on its admin
     endpoint is published on the cluster's channel (C{NAME:ops}) and kept in
     the hash of drained backends (C{NAME:drained}), so every node applies it
@@ -42,6 +45,7 @@ from gateway.cluster.admission import SharedLimits
 from gateway.cluster.affinity import SharedAffinity
 from gateway.cluster.link import RedisDownError, RedisLink
 from gateway.cluster.probe import check_redis
+from gateway.cluster.seats import SharedSeats
 from gateway.config import ClusterSpec
 from gateway.ops.registry import SessionRegistry
 from gateway.ops.status import session_entry
@@ -87,6 +91,7 @@ class ClusterNode(MultiService):
         started: float,
         required: bool = False,
         affinity_ttl: float = 0.0,
+        max_sessions: int = 0,
     ) -> None:
         """
         @param ttl: seconds after which a node that stopped beating is gone.
@@ -98,6 +103,7 @@ class ClusterNode(MultiService):
             line and start with this node's own state.
         @param affinity_ttl: seconds a session key's backend is remembered
             (0: affinity is not shared).
+        @param max_sessions: the cluster's cap on game sessions (0: none).
         """
         super().__init__()
         self.spec = spec
@@ -133,6 +139,16 @@ class ClusterNode(MultiService):
             cluster=spec.name,
             node=spec.node,
             ttl=ttl,
+            live_nodes=lambda: len(self.nodes),
+        )
+        self.seats = SharedSeats(
+            self.link,
+            reactor,
+            pools,
+            cluster=spec.name,
+            node=spec.node,
+            ttl=ttl,
+            cap=max_sessions,
             live_nodes=lambda: len(self.nodes),
         )
         # The other nodes' sessions, as they last shared them.
@@ -183,6 +199,7 @@ class ClusterNode(MultiService):
             self._beats.stop()
         leaving = self._call("HDEL", self._nodes_key, self.name)
         leaving.addCallback(lambda _: self.limits.forget())
+        leaving.addCallback(lambda _: self.seats.forget())
         leaving.addErrback(lambda failure: None)
         stopped = Deferred[None]()
 
@@ -217,6 +234,7 @@ class ClusterNode(MultiService):
     def _beat(self) -> Deferred[None]:
         beat = self._call("HSET", self._nodes_key, self.name, self._entry())
         beat.addCallback(lambda _: self.limits.beat())
+        beat.addCallback(lambda _: self.seats.beat())
         beat.addCallback(lambda _: self._share_sessions())
         beat.addCallback(lambda _: self._call("HGETALL", self._nodes_key))
         beat.addCallback(self._read_nodes)
@@ -393,6 +411,7 @@ class ClusterNode(MultiService):
             "ttl": self.ttl,
             "failures": self.link.failures,
             **self.limits.summary(),
+            **self.seats.summary(),
             "affinity": self.affinity.summary() if self.affinity is not None else None,
         }
 

@@ -85,6 +85,8 @@ class Refusal(Enum):
     """A game session no backend could take, with the waiting room full."""
     QUEUE_TIMEOUT = "queue-timeout"
     """A game session that waited C{--queue-timeout} seconds in vain."""
+    CLUSTER_CAP = "cluster-cap"
+    """A game session beyond the cluster's cap (C{--cluster-max-sessions})."""
 
 
 def address_key(host: str) -> str:

@@ -156,6 +156,12 @@ def _backends(backends: list[dict[str, Any]], started: float) -> Iterator[Metric
         "The backend's session limit (max-sessions; 0: none).",
         labels=labels,
     )
+    elsewhere = GaugeMetricFamily(
+        "gateway_backend_sessions_elsewhere",
+        "In a cluster: the backend's sessions through the other nodes, as this node last "
+        "learned them (counted against max-sessions with this node's).",
+        labels=labels,
+    )
     for backend in backends:
         name = [backend["name"], backend.get("pool", "game")]
         up.add_metric(name, 1 if backend["state"] == BackendState.UP.value else 0)
@@ -167,7 +173,8 @@ def _backends(backends: list[dict[str, Any]], started: float) -> Iterator[Metric
         failures.add_metric(name, backend["failures"])
         checks.add_metric(name, backend.get("check_failures", 0))
         limit.add_metric(name, backend.get("max_sessions", 0))
-    yield from (up, state, changed, active, total, failures, checks, limit)
+        elsewhere.add_metric(name, backend.get("elsewhere", 0))
+    yield from (up, state, changed, active, total, failures, checks, limit, elsewhere)
 
 
 def _histogram_buckets(
@@ -371,6 +378,20 @@ def _cluster(cluster: ClusterMember) -> Iterator[Metric]:
     )
     alone.add_metric([], 1 if summary["limits_alone"] else 0)
     yield alone
+    yield _counter(
+        "gateway_cluster_local_seats",
+        "Seats this node took or refused alone (Redis did not answer within "
+        "--cluster-timeout), with each backend's max-sessions and the cluster's cap divided "
+        "by the live nodes.",
+        summary["local_seats"],
+    )
+    sessions = GaugeMetricFamily(
+        "gateway_cluster_sessions",
+        "Game sessions holding a shared seat across the cluster, as this node last learned "
+        "them (this node's now, the others' as of the last heartbeat).",
+    )
+    sessions.add_metric([], summary["sessions"])
+    yield sessions
     affinity = summary.get("affinity")
     if affinity is not None:
         looked = CounterMetricFamily(

@@ -208,6 +208,7 @@ def backend_status(backend: Backend) -> dict[str, Any]:
         "failures": backend.failures,
         "weight": backend.weight,
         "max_sessions": backend.max_sessions,
+        "elsewhere": backend.elsewhere,
         "reason": backend.reason,
         "check_failures": backend.check_failures,
         "changed": backend.changed,

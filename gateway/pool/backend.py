@@ -56,6 +56,10 @@ class Backend:
     @ivar max_sessions: the most sessions it takes at once (0: no limit);
         C{active} counts a session from the moment it is chosen, so a burst
         of arrivals cannot overshoot it.
+    @ivar elsewhere: in a cluster, its sessions through the other nodes as
+        this node last learned them (L{gateway.pool.seats}), counted
+        against C{max_sessions} with C{active}; without Redis, what this
+        node leaves to the others of its C{max_sessions}.
     @ivar check_failures: health checks of it that failed.
     @ivar changed: when its state last changed, in the clock's seconds (0:
         not since the gateway started).
@@ -76,6 +80,7 @@ class Backend:
     proxy_protocol: str | None = None
     pool: str = GAME_POOL
     max_sessions: int = 0
+    elsewhere: int = 0
     check_failures: int = 0
     changed: float = 0.0
     connect_time: Histogram = field(default_factory=lambda: Histogram(CONNECT_TIME_BOUNDS))

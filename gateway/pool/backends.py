@@ -24,6 +24,7 @@ from gateway.pool.affinity import AffinityStore
 from gateway.pool.backend import GAME_POOL, Backend, BackendState
 from gateway.pool.balance import RoundRobin
 from gateway.pool.room import WaitingRoom
+from gateway.pool.seats import SeatStore
 
 __all__ = ["Backend", "BackendState", "Pool"]
 
@@ -47,6 +48,8 @@ class Pool:
     @ivar affinity: where the backends session keys were sent to are shared
         with other gateways (C{--cluster}), for a policy that uses keys;
         L{None}: not shared.
+    @ivar seats: where sessions take their seats on backends with other
+        gateways (C{--cluster}); L{None}: each node counts its own.
     """
 
     _log = Logger()
@@ -70,6 +73,7 @@ class Pool:
         self.observers: list[Callable[[Backend], None]] = []
         self.room = WaitingRoom(self)
         self.affinity: AffinityStore | None = None
+        self.seats: SeatStore | None = None
         for backend in backends:
             self.add(backend)
 
@@ -177,12 +181,14 @@ class Pool:
     def has_room(backend: Backend, blocked: int = 0) -> bool:
         """
         Whether C{backend} takes a new session: it is up and below its
-        session limit less C{blocked} reserved slots (no limit: always).
+        session limit less C{blocked} reserved slots (no limit: always),
+        counting its sessions through this node and, in a cluster, through
+        the others (C{elsewhere}).
         """
         if backend.state is not BackendState.UP:
             return False
         limit = backend.max_sessions
-        return not limit or backend.active < limit - blocked
+        return not limit or backend.active + backend.elsewhere < limit - blocked
 
     def set_state(
         self, backend: Backend, state: BackendState, reason: str, *, log: bool = True

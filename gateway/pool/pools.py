@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from gateway.pool.affinity import AffinityStore
 from gateway.pool.backend import GAME_POOL, Backend, BackendState
 from gateway.pool.backends import Pool
+from gateway.pool.seats import SeatStore
 
 __all__ = ["Pools"]
 
@@ -42,6 +43,7 @@ class Pools:
         self._retired_transitions = 0
         self._retired_unserved = 0
         self._affinity: AffinityStore | None = None
+        self._seats: SeatStore | None = None
         self.add_pool(game)
 
     @property
@@ -75,6 +77,7 @@ class Pools:
         self._pools[pool.name] = pool
         pool.observers.append(self._changed)
         pool.affinity = self._affinity
+        pool.seats = self._seats
 
     def share_affinity(self, store: AffinityStore | None) -> None:
         """
@@ -84,6 +87,15 @@ class Pools:
         self._affinity = store
         for pool in self._pools.values():
             pool.affinity = store
+
+    def share_seats(self, store: SeatStore | None) -> None:
+        """
+        Count the sessions' seats with other gateways through C{store} (the
+        cluster's), in every pool, those added later too.
+        """
+        self._seats = store
+        for pool in self._pools.values():
+            pool.seats = store
 
     def remove_pool(self, name: str) -> None:
         """

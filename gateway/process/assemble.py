@@ -400,8 +400,10 @@ def _cluster(config: GatewayConfig, core: _Core) -> ClusterNode:
         started=reactor.seconds(),
         required=config.cluster_required,
         affinity_ttl=config.affinity_ttl,
+        max_sessions=config.cluster_max_sessions,
     )
     core.pools.share_affinity(node.affinity)
+    core.pools.share_seats(node.seats)
     return node
 
 

@@ -57,6 +57,7 @@ RESTART_ONLY = (
     "cluster",
     "cluster_ttl",
     "cluster_timeout",
+    "cluster_max_sessions",
     "affinity_ttl",
 )
 """Settings a reload cannot change: they need new listening sockets (or, for

@@ -33,6 +33,14 @@ tried first if it takes the session here (L{Pool.remembered}); otherwise,
 or if the store did not answer, the pool chooses as always.  The backend
 that takes the session is remembered (L{Dialer.take}); retries choose as
 always.
+
+With seats shared with other gateways (C{--cluster}: the pool's
+L{gateway.pool.seats.SeatStore}), a chosen backend that needs one is claimed
+before it is connected to (at most the store's timeout): a backend full
+through the other nodes is uncounted and the next is chosen; at the
+cluster's cap the session is refused (L{DialerOwner.capped}).  The seat
+(L{Dialer.seat}) goes with the session, which gives it back when its
+backend connection ends; a failed attempt gives it back at once.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from twisted.python.failure import Failure
 from gateway.connection import OneShotFactory
 from gateway.interfaces import IBackendChooser
 from gateway.pool.affinity import AffinityStore, Lookup
+from gateway.pool.seats import Seat, SeatAnswer, SeatStore
 from gateway.session.backendlink import BackendLink, LinkOwner, describe_failure, local_shortage
 
 if TYPE_CHECKING:
@@ -85,12 +94,18 @@ class DialerOwner(LinkOwner, Structural):
         client.
         """
 
+    def capped(self, detail: str) -> None:
+        """
+        The cluster's cap on game sessions is reached: refuse the client.
+        """
+
 
 class Dialer:
     """
     The connection attempts of one session, one at a time.
 
     @ivar tried: the backends tried so far, in order.
+    @ivar seat: the shared seat of the pending or taken attempt, if any.
     """
 
     # Slots: one dialer per live session (see GameSession).
@@ -99,6 +114,7 @@ class Dialer:
         "_attempt_timer",
         "_blocked",
         "_chooser",
+        "_claiming",
         "_patient",
         "_clock",
         "_connect_timeout",
@@ -109,6 +125,7 @@ class Dialer:
         "_peer",
         "_pending",
         "_retries",
+        "seat",
         "tried",
     )
 
@@ -154,6 +171,9 @@ class Dialer:
         self._dialed_at = 0.0
         # The shared affinity's lookup: None before it is asked, True once answered.
         self._lookup: Lookup | bool | None = None
+        # The backend whose shared seat is being claimed.
+        self._claiming: Backend | None = None
+        self.seat: Seat | None = None
 
     def _shared_affinity(self) -> AffinityStore | None:
         """
@@ -224,6 +244,35 @@ class Dialer:
         """
         self.tried.append(backend)
         backend.active += 1  # uncounted by _stop_attempt unless taken
+        store: SeatStore | None = getattr(self._chooser, "seats", None)
+        if store is not None and store.applies(backend):
+            self._claiming = backend
+            store.claim(backend).addCallback(self._claimed, backend)
+            return
+        self._connect(backend)
+
+    def _claimed(self, answer: tuple[SeatAnswer, Seat | None], backend: Backend) -> None:
+        """
+        The shared seat's answer: connect, or choose again, or refuse.
+        """
+        result, seat = answer
+        if self._claiming is not backend:
+            # Abandoned meanwhile (the session uncounted it then).
+            if seat is not None:
+                seat.release()
+            return
+        self._claiming = None
+        if result is SeatAnswer.TAKEN:
+            self.seat = seat
+            self._connect(backend)
+            return
+        backend.active -= 1
+        if result is SeatAnswer.CAPPED:
+            self._owner.capped("the cluster's cap on game sessions is reached")
+        else:
+            self.connect_next()  # full through the other nodes: the pool now sees it
+
+    def _connect(self, backend: Backend) -> None:
         link = BackendLink(self._owner, backend)
         self._pending = link
         self._dialed_at = self._clock.seconds()
@@ -249,6 +298,9 @@ class Dialer:
         if isinstance(lookup, Lookup):
             lookup.cancel()  # its answer, if it comes, is ignored
             self._lookup = True
+        claiming, self._claiming = self._claiming, None
+        if claiming is not None:
+            claiming.active -= 1  # its seat, if taken, is given back on the answer
         link, attempt = self._pending, self._attempt
         if link is None:
             return
@@ -340,6 +392,9 @@ class Dialer:
             return False
         if not taken:
             link.backend.active -= 1
+            seat, self.seat = self.seat, None
+            if seat is not None:
+                seat.release()
             # The seat is free again; a waiter may have it, after a pause
             # (not at once: this backend may be refusing everyone).
             room = getattr(self._chooser, "room", None)

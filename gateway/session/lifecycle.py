@@ -24,8 +24,8 @@ class CloseReason(Enum):
     (L{gateway.ops.access.log_game_session}), and the argument of
     L{GameSession.close} (C{DRAIN_TIMEOUT}, C{SHUTDOWN}).
 
-    C{NO_BACKEND}, C{LOCAL_RESOURCES}, C{QUEUE_FULL} and C{QUEUE_TIMEOUT}
-    end a session refused before it reached a backend: such a session writes
+    C{NO_BACKEND}, C{LOCAL_RESOURCES}, C{QUEUE_FULL}, C{QUEUE_TIMEOUT} and
+    C{CLUSTER_CAP} end a session refused before it reached a backend: such a session writes
     no access event, and is counted and logged as a refusal instead (the
     L{Refusal} of the same name).
     """
@@ -49,6 +49,8 @@ class CloseReason(Enum):
     """Refused: no backend could take it and the waiting room was full."""
     QUEUE_TIMEOUT = "queue-timeout"
     """Refused: it waited C{--queue-timeout} seconds in the waiting room."""
+    CLUSTER_CAP = "cluster-cap"
+    """Refused: the cluster's cap on game sessions (C{--cluster-max-sessions})."""
 
 
 class Phase(Enum):

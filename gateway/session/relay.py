@@ -66,6 +66,7 @@ from gateway.session.waiting import WAIT_HOLD_LIMIT, SessionWaiting
 if TYPE_CHECKING:
     from gateway.ops.registry import RefusalLog
     from gateway.pool.backends import Backend
+    from gateway.pool.seats import Seat
     from gateway.session.backendlink import BackendLink
     from gateway.session.settings import SessionSettings
 
@@ -112,6 +113,7 @@ class GameSession(SessionWaiting):
         "_phase",
         "_quiet",
         "_refusals",
+        "_seat",
         "_server",
         "_settings",
         "_splice",
@@ -171,6 +173,7 @@ class GameSession(SessionWaiting):
         self._standing: Standing = DEFAULT
         self._ticket: Ticket | None = None
         self._dialer: Dialer | None = None
+        self._seat: Seat | None = None
         self._quiet = QuietWatch(
             self, clock, idle_timeout=settings.idle_timeout, fin_timeout=settings.fin_timeout
         )
@@ -306,7 +309,8 @@ class GameSession(SessionWaiting):
         if dialer is None or not dialer.take(link):
             return
         # The attempts are over (a link lost from now on is a stale one's):
-        # a live session does not keep its dialer.
+        # a live session does not keep its dialer, only its shared seat.
+        self._seat = dialer.seat
         self._dialer = None
         link.ready = True
         backend = link.backend
@@ -362,6 +366,12 @@ class GameSession(SessionWaiting):
         session (other backends would need the same resources).
         """
         self._refuse(Refusal.LOCAL_RESOURCES, CloseReason.LOCAL_RESOURCES, detail)
+
+    def capped(self, detail: str) -> None:
+        """
+        The cluster's cap on game sessions is reached: refuse the session.
+        """
+        self._refuse(Refusal.CLUSTER_CAP, CloseReason.CLUSTER_CAP, detail)
 
     def _pair_transports(self) -> None:
         """
@@ -553,6 +563,9 @@ class GameSession(SessionWaiting):
         backend = self.backend
         if backend is not None:
             backend.active -= 1
+            seat, self._seat = self._seat, None
+            if seat is not None:
+                seat.release()
             if self._room is not None:
                 self._room.kick()  # a slot freed
         self._finish(self._ended_by or CloseReason.BACKEND_CLOSED)
