@@ -116,9 +116,9 @@ CLUSTER_PARAMETERS: list[list[Any]] = [
         "cluster-timeout",
         None,
         f"{_DEFAULTS.cluster_timeout:g}",
-        "Seconds an admission waits for Redis before it is decided with local limits "
-        "(each divided by the nodes last seen alive); below a third of --cluster-ttl. "
-        "Not built yet: refused when given.",
+        "Seconds an admission, a seat or an affinity lookup waits for Redis before this "
+        "node decides alone (each limit divided by the nodes last seen alive); below a "
+        "third of --cluster-ttl. Needs a restart to change.",
     ],
     [
         "affinity-ttl",
@@ -132,8 +132,8 @@ CLUSTER_PARAMETERS: list[list[Any]] = [
         "cluster-max-sessions",
         None,
         str(_DEFAULTS.cluster_max_sessions),
-        "Game sessions at once across the whole cluster (0: no cap). Not built yet: "
-        "refused when given.",
+        "Game sessions at once across the whole cluster (0: no cap); beyond it new ones "
+        "are refused (cluster-cap). Needs a restart to change.",
     ],
 ]
 """The cluster's options with a value, as L{gateway.options} lists them."""
