@@ -268,11 +268,13 @@ class AddressRate:
         return float(min(max(1, share), self.burst))
 
     def allows(self, key: str, now: float, share: int = 1) -> bool:
-        return self.tokens(key, now + _CLOCK_SLACK) >= self._cost(share)
+        cost = 1.0 if share <= 1 else self._cost(share)
+        return self.tokens(key, now + _CLOCK_SLACK) >= cost
 
     def acquire(self, key: str, now: float, share: int = 1) -> None:
         self._expire(now)
-        tokens = max(0.0, self.tokens(key, now) - self._cost(share))
+        cost = 1.0 if share <= 1 else self._cost(share)
+        tokens = max(0.0, self.tokens(key, now) - cost)
         bucket = self._buckets.pop(key, None)
         if bucket is None:
             bucket = [tokens, now]
@@ -319,15 +321,29 @@ class AddressLimits:
         @return: L{None} when admitted (then every policy counts it), else the
             reason of the first policy that refused (then nothing is counted).
         """
-        # A policy of one's own may not take a share: it is passed only when
-        # there is one.
-        extra = (share,) if share > 1 else ()
+        policies = self.policies
+        if share > 1:
+            return self._admit_share(key, now, share)
+        for policy in policies:
+            if not policy.allows(key, now):
+                reason: Refusal = policy.reason
+                return reason
+        for policy in policies:
+            policy.acquire(key, now)
+        return None
+
+    def _admit_share(self, key: str, now: float, share: int) -> Refusal | None:
+        """
+        L{admit} for a node deciding alone for C{share} nodes (a policy of
+        one's own may not take a share: it is passed only when there is one,
+        off the common path).
+        """
         for policy in self.policies:
-            if not policy.allows(key, now, *extra):
+            if not policy.allows(key, now, share):
                 reason: Refusal = policy.reason
                 return reason
         for policy in self.policies:
-            policy.acquire(key, now, *extra)
+            policy.acquire(key, now, share)
         return None
 
     def count(self, key: str, now: float) -> None:
