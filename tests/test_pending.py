@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import (
     EventLoggingObserver,
     MemoryReactorClock,
@@ -24,6 +25,7 @@ from gateway.front.admission import AddressGate, Refuser, Responder
 from gateway.front.limits import AddressCap, AddressLimits, Refusal
 from gateway.front.pending import Decision, Pending, Ticket
 from gateway.ops.registry import Counters, RefusalLog
+from gateway.process.dispatch import TLSRefusals
 from tests.test_admission import Inner, InnerFactory, connect, make_cap, peer
 from tests.test_admission import refusal_lines as refusal_log_lines
 
@@ -267,3 +269,66 @@ def test_pending_behind_the_cap_holds_a_slot_until_it_ends() -> None:
     s.shared.refuse_next(Refusal.ADDRESS_CAP)
     transport.loseConnection()
     assert cap.state.cap.active == 0
+
+
+# Found in review (issue 17)
+
+
+def test_held_then_pending_stays_paused_until_the_decision() -> None:
+    """
+    Queue mode at the cap: a connection held, then given its slot, asks the
+    shared limits; it must stay paused until they decide (a L{Held} resuming
+    after handing over must not undo the L{Pending}'s pause).
+    """
+    cap = make_cap(1, queue=True)
+    s = setup()
+    cap.factory.wrapped = s.gate
+    first, first_transport = connect(cap.factory, peer(1))
+    s.shared.admit_next()
+    second, second_transport = connect(cap.factory, peer(2))
+    assert second_transport.producerState == "paused"  # held
+    first_transport.loseConnection()  # its slot goes to the held one
+    assert len(s.shared.asked) == 1  # now asking the shared limits
+    assert second_transport.producerState == "paused", "reading before the decision"
+    s.shared.admit_next()
+    assert second_transport.producerState == "producing"
+
+
+def test_a_shared_refusal_gives_back_its_total_cap_slot_at_once() -> None:
+    """
+    As with the local limits (L{CapFactory.admit}, the PROXY header reader),
+    a connection refused by a per-address policy must not hold a total-cap
+    slot that another address's client could use, while its refusal is
+    answered.
+    """
+    local = make_cap(1, queue=False)
+    alone = setup()
+    alone.gate.shared = None
+    alone.cap.limit = 0  # every connection over the per-address cap
+    local.factory.wrapped = alone.gate
+    _, transport = connect(local.factory, peer(1))
+    assert transport.connected and local.state.cap.active == 0  # the local rule
+    cap = make_cap(1, queue=False)
+    s = setup()
+    cap.factory.wrapped = s.gate
+    _, transport = connect(cap.factory, peer(1))
+    s.shared.refuse_next(Refusal.ADDRESS_CAP)
+    assert transport.connected  # the refusal waits for the client's first bytes
+    assert cap.state.cap.active == 0, "a refused connection holds a total-cap slot"
+
+
+def test_a_shared_refusal_on_a_tls_front_of_the_acceptor_is_not_in_clear() -> None:
+    """
+    In an acceptor (C{--workers}), a C{tls:} front's refusals are answered
+    over TLS (L{TLSRefusals}: the worker speaks TLS, the acceptor only to
+    refuse).  A shared refusal comes after L{TLSRefusals} has passed the
+    pending connection on untouched: its answer must not go out in clear
+    to a client that speaks TLS.
+    """
+    s = setup()
+    front = TLSRefusals(s.gate, CertificateOptions())
+    protocol, transport = connect(front, peer(1))
+    assert isinstance(protocol, Pending)
+    s.shared.refuse_next(Refusal.ADDRESS_CAP)
+    protocol.dataReceived(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello
+    assert b"busy" not in transport.value(), "the busy line sent in clear to a TLS client"

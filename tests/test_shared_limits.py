@@ -359,3 +359,55 @@ def test_an_error_of_redis_decides_alone(redis_server: RedisServer, nodes: list[
         redis_server.command("CONFIG", "SET", "maxmemory", "0")
     assert decision.refusal is None
     assert nodes[0].shared.alone and nodes[0].shared.local == 1
+
+
+# Found in review (issue 17)
+
+
+def test_an_answer_after_an_empty_rewrite_keeps_a_ttl(
+    redis_server: RedisServer, nodes: list[Node]
+) -> None:
+    """
+    An admission counted by Redis before a rewrite of a node that had
+    nothing counted (the rewrite deletes the hash and sets no TTL), answered
+    after it: counted again, the hash must still expire with the node and be
+    listed for the other nodes' sums.
+    """
+    node = nodes[0]
+    node.link.hold = True
+    decisions: list[Decision] = []
+    node.shared.admit(ADDRESS, node.limits).addCallback(decisions.append)
+    node.shared.reconcile()  # nothing counted locally yet: DEL, no PEXPIRE
+    node.link.hold = False
+    node.link.deliver()
+    assert decisions[0].refusal is None
+    assert counts(redis_server, "n1") == {ADDRESS.encode(): b"1"}
+    ttl = redis_server.command("PTTL", "t:conn:n1")
+    assert isinstance(ttl, int) and 0 < ttl <= 3000, f"the count never expires (PTTL {ttl!r})"
+
+
+def test_release_of_a_connection_admitted_before_a_cap_was_added(
+    redis_server: RedisServer, nodes: list[Node]
+) -> None:
+    """
+    A reload that adds C{--max-per-ip} (L{address_policies} builds a new
+    cap): a connection admitted before it was never in any count, local or
+    Redis'.  Once a rewrite has started a new epoch, its end must not take
+    another connection's count off Redis.
+    """
+    node = nodes[0]
+    node.limits = AddressLimits([AddressRate(100.0, burst=10)])  # before the reload: no cap
+    before = node.ticket()
+    assert before.counted is False
+    old = node.limits
+    node.limits = AddressLimits([AddressCap(3)])  # the reload adds a cap
+    after = node.ticket()
+    assert counts(redis_server, "n1") == {ADDRESS.encode(): b"1"}
+    node.shared.reconcile()  # any rewrite (a beat after a hiccup)
+    old.release(before.key)
+    node.shared.release(before)
+    assert counts(redis_server, "n1") == {ADDRESS.encode(): b"1"}, (
+        "the connection admitted after the reload is no longer counted"
+    )
+    node.release(after)
+    assert counts(redis_server, "n1") == {}

@@ -151,6 +151,9 @@ class NodeCounts:
         if counted and epoch != self._epoch:
             for field in fields:
                 self._send(("HINCRBY", self._own, field, 1))
+            # The rewrite may have had nothing to write: no TTL, not listed.
+            self._send(("PEXPIRE", self._own, self._ttl_ms))
+            self._send(("SADD", self._members, self._node))
         return self._epoch
 
     def unanswered(self, failure: Failure) -> int:
