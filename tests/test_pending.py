@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from gateway.front.admission import AddressGate, Refuser, Responder
 from gateway.front.limits import AddressCap, AddressLimits, Refusal
 from gateway.front.pending import Decision, Pending, Ticket
+from gateway.front.proxyheader import ProxyHeaderFactory
 from gateway.ops.registry import Counters, RefusalLog
 from gateway.process.dispatch import TLSRefusals
 from tests.test_admission import Inner, InnerFactory, connect, make_cap, peer
@@ -258,16 +259,18 @@ def test_answers_in_any_order() -> None:
 def test_pending_behind_the_cap_holds_a_slot_until_it_ends() -> None:
     """
     Behind the total cap, a pending connection holds its slot while it
-    waits and as long as it lives; a refused one gives it back when its
-    answer has been taken.
+    waits, and once admitted as long as it lives (given back once).
     """
-    cap = make_cap(1, queue=False)
+    cap = make_cap(2, queue=False)
     s = setup()
     cap.factory.wrapped = s.gate
     protocol, transport = connect(cap.factory, peer(1))
     assert cap.state.cap.active == 1
-    s.shared.refuse_next(Refusal.ADDRESS_CAP)
+    s.shared.admit_next()
+    assert cap.state.cap.active == 1
     transport.loseConnection()
+    assert cap.state.cap.active == 0
+    protocol.connectionLost(Failure(ConnectionError()))
     assert cap.state.cap.active == 0
 
 
@@ -332,3 +335,23 @@ def test_a_shared_refusal_on_a_tls_front_of_the_acceptor_is_not_in_clear() -> No
     s.shared.refuse_next(Refusal.ADDRESS_CAP)
     protocol.dataReceived(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello
     assert b"busy" not in transport.value(), "the busy line sent in clear to a TLS client"
+
+
+def test_shared_refusal_behind_a_proxy_header_gives_back_the_slot() -> None:
+    """
+    On a C{haproxy:} front the shared limits are asked about the address in
+    the PROXY header; a refusal gives the total cap's slot (held by the
+    header reader) back at once.
+    """
+    cap = make_cap(1, queue=False)
+    s = setup()
+    clock = MemoryReactorClock()
+    cap.factory.wrapped = ProxyHeaderFactory(
+        s.gate, clock=clock, timeout=5.0, refusals=RefusalLog(clock, Counters())
+    )
+    protocol, _ = connect(cap.factory, peer(1))
+    protocol.dataReceived(b"PROXY TCP4 198.51.100.7 192.0.2.1 5000 7777\r\n")
+    assert [key for key, _, _ in s.shared.asked] == ["198.51.100.7"]
+    assert cap.state.cap.active == 1
+    s.shared.refuse_next(Refusal.ADDRESS_CAP)
+    assert cap.state.cap.active == 0

@@ -411,3 +411,26 @@ def test_release_of_a_connection_admitted_before_a_cap_was_added(
     )
     node.release(after)
     assert counts(redis_server, "n1") == {}
+
+
+def test_release_after_a_reload_replaced_the_cap(
+    redis_server: RedisServer, nodes: list[Node]
+) -> None:
+    """
+    A reload that replaces the per-address cap (N, none, then N again: a new
+    cap): a connection counted by Redis in the old cap is not in a rewrite
+    made from the new one, so its end takes nothing off Redis; the new
+    cap's connections keep their count.
+    """
+    node = nodes[0]
+    before = node.ticket()
+    old = node.limits
+    node.limits = AddressLimits([AddressCap(3)])  # a new cap, empty
+    after = node.ticket()
+    node.shared.reconcile()
+    assert counts(redis_server, "n1") == {ADDRESS.encode(): b"1"}
+    old.release(before.key)
+    node.shared.release(before)
+    assert counts(redis_server, "n1") == {ADDRESS.encode(): b"1"}
+    node.release(after)
+    assert counts(redis_server, "n1") == {}

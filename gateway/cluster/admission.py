@@ -128,9 +128,17 @@ class SharedLimits(NodeCounts):
         )
         self._rate = f"{cluster}:rate:"
         self._limits: AddressLimits | None = None
+        # The per-address cap whose counts the last rewrite wrote.
+        self._rewritten: object = None
 
     def counts(self) -> dict[str, int]:
         return self._limits.counts() if self._limits is not None else {}
+
+    def reconcile(self) -> Deferred[Any]:
+        # A reload may have put a new per-address cap in place: the rewrite
+        # holds the connections counted in the cap of the latest limits.
+        self._rewritten = self._limits.address_cap if self._limits is not None else None
+        return super().reconcile()
 
     def admit(self, key: str, limits: AddressLimits) -> Deferred[Decision]:
         """
@@ -161,18 +169,21 @@ class SharedLimits(NodeCounts):
         if code == 2:
             return Decision(Refusal.RATE, None)
         limits.count(key, self._clock.seconds())
-        return Decision(None, Ticket(key, counts, epoch))
+        return Decision(None, Ticket(key, counts, epoch, limits.address_cap))
 
     def _unanswered(self, failure: Failure, key: str, limits: AddressLimits) -> Decision:
         epoch = self.unanswered(failure)
         refusal = limits.admit(key, self._clock.seconds(), self.share())
-        return Decision(refusal, None if refusal is not None else Ticket(key, False, epoch))
+        if refusal is not None:
+            return Decision(refusal, None)
+        return Decision(None, Ticket(key, False, epoch, limits.address_cap))
 
     def release(self, ticket: Ticket) -> None:  # type: ignore[override]
         """
         An admitted connection ended.
         """
-        NodeCounts.release(self, (ticket.key,), ticket.counted, ticket.epoch)
+        rewritten = ticket.holder is not None and ticket.holder is self._rewritten
+        NodeCounts.release(self, (ticket.key,), ticket.counted, ticket.epoch, rewritten)
 
     def summary(self) -> dict[str, Any]:
         """

@@ -176,12 +176,18 @@ class NodeCounts:
             self.alone = False
             self._log.info(self.TOGETHER, count=self.local)
 
-    def release(self, fields: tuple[str, ...], counted: bool, epoch: int) -> None:
+    def release(
+        self, fields: tuple[str, ...], counted: bool, epoch: int, rewritten: bool = True
+    ) -> None:
         """
-        What was counted ends: take it off Redis' count if Redis has it
-        (its question counted it, or a rewrite since did).
+        What was counted ends: take it off Redis' count if Redis has it:
+        its question counted it and no rewrite came since, or the last
+        rewrite included it.
+
+        @param rewritten: whether the last rewrite's counts included it
+            (by default, what is counted is always in L{counts}).
         """
-        if counted or epoch != self._epoch:
+        if counted if epoch == self._epoch else rewritten:
             self.script(RELEASE, (self._own,), fields).addErrback(self._lost)
 
     # Keeping Redis' counts true

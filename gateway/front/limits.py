@@ -367,14 +367,22 @@ class AddressLimits:
                 rate, burst = policy.rate, policy.burst
         return cap, rate, burst
 
+    @property
+    def address_cap(self) -> AddressCap | None:
+        """
+        The per-address cap among the policies, if any.
+        """
+        for policy in self.policies:
+            if isinstance(policy, AddressCap):
+                return policy
+        return None
+
     def counts(self) -> dict[str, int]:
         """
         This node's live connections by address key (empty without a cap).
         """
-        for policy in self.policies:
-            if isinstance(policy, AddressCap):
-                return policy.counts()
-        return {}
+        cap = self.address_cap
+        return cap.counts() if cap is not None else {}
 
     def release(self, key: str) -> None:
         """

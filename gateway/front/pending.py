@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from gateway.connection import CloseHooks
 from gateway.front.limits import AddressLimits, Refusal
 
 __all__ = ["Decision", "Gate", "Later", "Pending", "SharedAdmission", "Ticket"]
@@ -56,7 +57,10 @@ class Later(Protocol):
         early, self._early = self._early, []
         for data in early:
             inner.dataReceived(data)
-        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if not isinstance(inner, Later) or inner.inner is not None:
+            # (A connection handed to another that is still deciding stays
+            # paused: that one resumes it.)
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -105,11 +109,15 @@ class Ticket:
     @ivar counted: whether the shared count has it from its admission.
     @ivar epoch: the shared count's epoch it was admitted in (see
         L{gateway.cluster.admission}).
+    @ivar holder: the local count it is in (the per-address cap it was
+        counted in, or L{None}), which a rewrite of the shared count may
+        have included.
     """
 
     key: str
     counted: bool
     epoch: int
+    holder: object = None
 
 
 class Decision(NamedTuple):
@@ -165,18 +173,41 @@ class Gate(Structural):
         """
 
 
-class Pending(Later):
+class Pending(CloseHooks, Later):
     """
     A connection waiting for a L{SharedAdmission}'s decision (paused, for at
     most C{--cluster-timeout}).
+
+    Its close hooks (the total cap's slot, L{gateway.front.admission.CapFactory})
+    run when it is lost, or at once when it is refused, as for a connection
+    refused by this node's own limits: a refused client must not hold a slot
+    another address's client could use while its answer lingers.
     """
 
     def __init__(self, gate: Gate, addr: IAddress, key: str, limits: AddressLimits) -> None:
+        CloseHooks.__init__(self)
         self._gate = gate
         self._addr = addr
         self._key = key
         self._limits = limits
         self._lost = False
+        self._on_refusal: list[Callable[[], None]] = []
+        self._answer_wraps: list[Callable[[IProtocol], IProtocol]] = []
+
+    def when_refused(self, hook: Callable[[], None]) -> None:
+        """
+        Run C{hook} at once if the decision is a refusal (a layer outside the
+        gate, such as the PROXY header reader, giving back the total cap's
+        slot it holds).
+        """
+        self._on_refusal.append(hook)
+
+    def answer_through(self, wrap: Callable[[IProtocol], IProtocol]) -> None:
+        """
+        A refusal's answer goes through C{wrap} (TLS, on an acceptor's
+        C{tls:} front whose admitted connections its workers decrypt).
+        """
+        self._answer_wraps.append(wrap)
 
     @override
     def connectionMade(self) -> None:
@@ -198,7 +229,14 @@ class Pending(Later):
                 release()  # admitted for a client that already left
             return
         if decision.refusal is not None:
-            self.become(self._gate.refuse(decision.refusal, self._addr))
+            self.run_close_hooks()
+            hooks, self._on_refusal = self._on_refusal, []
+            for hook in hooks:
+                hook()
+            answer = self._gate.refuse(decision.refusal, self._addr)
+            for wrap in self._answer_wraps:
+                answer = wrap(answer)
+            self.become(answer)
             return
         built = self._gate.admitted(self._addr, release)
         if built is None:
@@ -210,3 +248,10 @@ class Pending(Later):
     @override
     def gone(self) -> None:
         self._lost = True
+
+    @override
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.run_close_hooks()

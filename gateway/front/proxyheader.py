@@ -47,6 +47,7 @@ from zope.interface import alsoProvides, implementer, providedBy
 
 from gateway.connection import CloseHooks, describe_peer
 from gateway.front.limits import Refusal
+from gateway.front.pending import Pending
 from gateway.interfaces import IRefusal
 from gateway.ops.registry import RefusalLog
 
@@ -241,6 +242,9 @@ class ProxyHeaderProtocol(CloseHooks, Protocol):
             # Refused by a per-address policy: give back the total-cap slot
             # this connection holds (the close hooks) now, not at its close.
             self.run_close_hooks()
+        elif isinstance(inner, Pending):
+            # The same, if the cluster's shared limits refuse it.
+            inner.when_refused(self.run_close_hooks)
         self.inner = inner
         assert self.transport is not None
         # Offer what the real transport offers (as policies.ProtocolWrapper

@@ -35,6 +35,7 @@ from zope.interface import alsoProvides, implementer
 
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.connection import CloseHooks, describe_peer
+from gateway.front.pending import Pending
 from gateway.interfaces import IRefusal
 from gateway.pool.pools import Pools
 
@@ -276,8 +277,16 @@ class TLSRefusals(Factory):
     @override
     def buildProtocol(self, addr: IAddress | None) -> IProtocol | None:  # type: ignore[override]
         protocol = self.wrapped.buildProtocol(addr)
+        if isinstance(protocol, Pending):
+            # The cluster's shared limits decide later: a refusal then is
+            # answered over TLS too.
+            protocol.answer_through(self._over_tls)
+            return protocol
         if protocol is None or not IRefusal.providedBy(protocol):
             return protocol
-        tls = TLSMemoryBIOProtocol(self._tls, protocol)
+        return self._over_tls(protocol)
+
+    def _over_tls(self, refusal: IProtocol) -> IProtocol:
+        tls = TLSMemoryBIOProtocol(self._tls, refusal)
         alsoProvides(tls, IRefusal)
         return tls
