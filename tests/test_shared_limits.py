@@ -150,13 +150,20 @@ def nodes(redis_server: RedisServer) -> Iterator[list[Node]]:
         node.connection.close()
 
 
-def counts(redis: RedisServer, node: str) -> dict[bytes, bytes]:
+def hash_of(redis: RedisServer, key: str) -> dict[bytes, bytes]:
     """
-    Node C{node}'s hash of counts, as Redis has it.
+    A Redis hash, as Redis has it.
     """
-    reply = redis.command("HGETALL", f"t:conn:{node}")
+    reply = redis.command("HGETALL", key)
     assert isinstance(reply, list)
     return {reply[i]: reply[i + 1] for i in range(0, len(reply), 2)}  # type: ignore[misc]
+
+
+def counts(redis: RedisServer, node: str) -> dict[bytes, bytes]:
+    """
+    Node C{node}'s hash of per-address counts.
+    """
+    return hash_of(redis, f"t:conn:{node}")
 
 
 def test_cap_holds_across_nodes(nodes: list[Node]) -> None:

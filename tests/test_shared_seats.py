@@ -8,7 +8,6 @@ order sent; a link can be away).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
@@ -19,7 +18,7 @@ from gateway.pool.backends import Pool
 from gateway.pool.pools import Pools
 from gateway.pool.seats import Seat, SeatAnswer
 from tests.redisserver import RedisServer
-from tests.test_shared_limits import Link
+from tests.test_shared_limits import Link, hash_of
 
 
 class Node:
@@ -90,13 +89,11 @@ def two(redis_server: RedisServer) -> Iterator[list[Node]]:
         node.connection.close()
 
 
-def fields(redis: RedisServer, node: str) -> dict[bytes, Any]:
+def fields(redis: RedisServer, node: str) -> dict[bytes, bytes]:
     """
     Node C{node}'s hash of seats, as Redis has it.
     """
-    reply = redis.command("HGETALL", f"t:seats:{node}")
-    assert isinstance(reply, list)
-    return {reply[i]: reply[i + 1] for i in range(0, len(reply), 2)}  # type: ignore[misc]
+    return hash_of(redis, f"t:seats:{node}")
 
 
 def test_max_sessions_across_nodes(redis_server: RedisServer, two: list[Node]) -> None:
