@@ -13,15 +13,9 @@ backend keeps its connections, one that changes the endpoint gets fresh ones
 backend: the proxy sets C{Host} itself.  (C{.invalid} is reserved by RFC 2606
 and never resolves.)
 
-Twisted's client keeps a response's connection fields (C{Connection},
-C{Content-Length}, C{Transfer-Encoding}...) out of C{response.headers}, and
-with them the options C{Connection} names, which a proxy must drop from what
-it forwards (RFC 9110 7.6.1).  The pool's protocol here
-(L{_OptionsClientProtocol}) notes them on each response
-(L{connection_options}).  It subclasses Twisted's private
-C{HTTP11ClientProtocol} factory and reads its parser's C{connHeaders}: the one
-place the proxy depends on the client's internals, checked by
-C{test_hop_by_hop_fields_removed_both_ways}.
+The pool and the agent come from L{gateway.http.clientpool}, imported when
+the first agent is asked for: without proxied routes, Twisted's HTTP client
+is never loaded (start-up memory, issue 18).
 
 A connection attempt is bounded by its pool's C{connect-timeout}
 (L{TimedEndpoint}); a failed or timed-out attempt fails with
@@ -33,26 +27,19 @@ request was sent (only an idempotent one may).
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IAddress,
-    IProtocolFactory,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol
-from twisted.web._newclient import Request as ClientRequest
-from twisted.web.client import URI, Agent, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
-from typing_extensions import override
+from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
 
-from gateway.http.forwarded import connection_tokens
 from gateway.pool.backend import Backend
+
+if TYPE_CHECKING:
+    from twisted.web.client import URI, HTTPConnectionPool
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -61,7 +48,6 @@ __all__ = [
     "BackendConnections",
     "BackendEndpoints",
     "TimedEndpoint",
-    "connection_options",
 ]
 
 IDLE_TIMEOUT = 30.0
@@ -73,48 +59,6 @@ PER_BACKEND = 32
 """Idle connections kept per backend (more may be open while busy)."""
 
 _DOMAIN = b".pool.invalid"
-
-_OPTIONS = "_gateway_connection_options"
-
-
-def connection_options(response: IResponse) -> frozenset[bytes]:
-    """
-    The lower-cased options the C{Connection} field of C{response} named.
-    """
-    options: frozenset[bytes] = getattr(response, _OPTIONS, frozenset())
-    return options
-
-
-class _OptionsClientProtocol(HTTP11ClientProtocol):
-    """
-    Twisted's HTTP/1.1 client connection, noting on each response the
-    options its C{Connection} field named.
-    """
-
-    @override
-    def request(self, request: ClientRequest) -> Deferred[IResponse]:
-        result: Deferred[IResponse] = super().request(request)
-        parser = self._parser
-        if parser is not None:
-
-            def note(response: IResponse) -> IResponse:
-                setattr(response, _OPTIONS, connection_tokens(parser.connHeaders))
-                return response
-
-            result.addCallback(note)
-        return result
-
-
-class _OptionsClientFactory(_HTTP11ClientFactory):
-    """
-    The pool's factory of L{_OptionsClientProtocol}s.
-    """
-
-    noisy = False  # one "Starting factory" line per backend connection otherwise
-
-    @override
-    def buildProtocol(self, addr: IAddress | None) -> HTTP11ClientProtocol:
-        return _OptionsClientProtocol(self._quiescentCallback)
 
 
 class BackendConnectError(Exception):
@@ -160,7 +104,6 @@ class BackendConnections:
     The process's keep-alive connections to HTTP backends, and the synthetic
     host name of each backend.
 
-    @ivar pool: Twisted's connection pool (persistent connections).
     @ivar cooperator: what sends request bodies (on the process's reactor).
     """
 
@@ -172,10 +115,9 @@ class BackendConnections:
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.reactor = reactor
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool._factory = _OptionsClientFactory
-        self.pool.maxPersistentPerHost = per_backend
-        self.pool.cachedConnectionTimeout = idle_timeout  # type: ignore[assignment]
+        self._per_backend = per_backend
+        self._idle_timeout = idle_timeout
+        self._pool: HTTPConnectionPool | None = None
         self._numbers = itertools.count(1)
         self._hosts: dict[tuple[str, str], bytes] = {}
         self._backends: dict[bytes, Backend] = {}
@@ -205,16 +147,24 @@ class BackendConnections:
         An agent that reaches backends by their synthetic names through the
         shared pool, its connection attempts bounded by C{connect_timeout}.
         """
-        endpoints = BackendEndpoints(self, connect_timeout)
-        agent: IAgent = Agent.usingEndpointFactory(self.reactor, endpoints, pool=self.pool)
-        return agent
+        # Imported here, when a proxied route is made: Twisted's HTTP client
+        # only where a route proxies (start-up memory, issue 18).
+        from gateway.http.clientpool import backend_agent, connection_pool
+
+        if self._pool is None:
+            self._pool = connection_pool(
+                self.reactor, per_backend=self._per_backend, idle_timeout=self._idle_timeout
+            )
+        return backend_agent(self.reactor, BackendEndpoints(self, connect_timeout), self._pool)
 
     def close(self) -> Deferred[None]:
         """
         Close the idle connections (the process is stopping).
         """
         self.cooperator.stop()
-        done: Deferred[None] = self.pool.closeCachedConnections()
+        if self._pool is None:
+            return succeed(None)
+        done: Deferred[None] = self._pool.closeCachedConnections()
         return done
 
 

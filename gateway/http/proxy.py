@@ -65,11 +65,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
-from gateway.http.connections import (
-    BackendConnectError,
-    BackendConnections,
-    connection_options,
-)
+from gateway.http.clientpool import connection_options
+from gateway.http.connections import BackendConnectError, BackendConnections
 from gateway.http.forwarded import (
     backend_path,
     connection_tokens,

@@ -29,17 +29,14 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from gateway.config import GatewayConfig
-from gateway.demo.backends import DEMO_BACKENDS, DemoBackends
 from gateway.front.admission import AddressGate, CapFactory, CapState, RefusalFactory, Responder
 from gateway.front.chain import connection_chain, split_front
-from gateway.front.door import GatewayFactory
+from gateway.front.door import FrontDoor, GatewayFactory
 from gateway.front.limits import AddressLimits, Refusal, TotalCap
 from gateway.front.tls import SNICertificates
-from gateway.front.websocket import answer_upgrade
 from gateway.http.connections import BackendConnections
 from gateway.http.site import HTTPSite, make_site
 from gateway.ops.access import AccessLogFile, access_log_only, access_log_starts
-from gateway.ops.admin import make_admin_site
 from gateway.ops.registry import Counters, RefusalLog, SessionRegistry
 from gateway.ops.status import AdminState
 from gateway.pool.pools import Pools
@@ -67,6 +64,8 @@ from gateway.process.workerpool import WorkerPool
 from gateway.session.settings import SessionSettings
 
 if TYPE_CHECKING:
+    from twisted.web.server import Request
+
     from gateway.cluster.admission import SharedLimits
     from gateway.cluster.node import ClusterNode
 
@@ -165,6 +164,10 @@ def _backend_services(
     """
     children: list[IService] = []
     if config.demo:
+        # Imported here: the demo's game servers only with --demo (start-up
+        # memory, issue 18).
+        from gateway.demo.backends import DEMO_BACKENDS, DemoBackends
+
         children.append(
             DemoBackends(core.pools.game, reactor, DEMO_BACKENDS, config.demo_max_sessions)
         )
@@ -261,7 +264,7 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         cache=cache_policy_of(config),
     )
     factory = GatewayFactory(
-        upgrade=answer_upgrade,
+        upgrade=_websocket_upgrade,
         site=site,
         chooser=pools.game,
         pools=pools.pool,
@@ -293,6 +296,19 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         refusals,
         connections,
     )
+
+
+def _websocket_upgrade(door: FrontDoor, request: Request, pool: str) -> bytes | int:
+    """
+    The front door's answer to a request on a C{--websocket} path
+    (L{gateway.front.websocket.answer_upgrade}).
+    """
+    # Imported here, at the first such request: wsproto, h11 and the
+    # WebSocket session only where WebSockets are used (start-up memory,
+    # issue 18).
+    from gateway.front.websocket import answer_upgrade
+
+    return answer_upgrade(door, request, pool)
 
 
 class _Closing(Service):
@@ -415,6 +431,10 @@ def _admin(
     documents read and its site.
     """
     assert config.admin is not None
+    # Imported here: the admin site and its /metrics (prometheus_client) only
+    # with --admin (start-up memory, issue 18).
+    from gateway.ops.admin import make_admin_site
+
     reactor = core.reactor
     state = AdminState(
         core.pools,

@@ -22,7 +22,6 @@ from gateway.front.limits import AddressCap, AddressLimits, AddressRate
 from gateway.front.proxyheader import proxy_header
 from gateway.front.tls import SNICertificates
 from gateway.http.connections import BackendConnections
-from gateway.http.proxy import HTTPProxy
 from gateway.http.site import RouteTarget, WebSocketBridge
 from gateway.http.static import CachePolicy, StaticRoot
 from gateway.interfaces import IAddressPolicy
@@ -160,6 +159,10 @@ def route_targets(
             target = RouteTarget(WebSocketBridge(spec.bridge), rate=rate)
         else:
             assert spec.pool is not None
+            # Imported here: the proxy and Twisted's HTTP client only with a
+            # proxied route (start-up memory, issue 18).
+            from gateway.http.proxy import HTTPProxy
+
             pool, pool_spec = pools.pool(spec.pool), specs[spec.pool]
             assert pool is not None  # made from this configuration before the routes
             strip = spec.path if spec.strip_prefix else None

@@ -22,7 +22,6 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from gateway.config import BackendSpec, ConfigError, GatewayConfig
-from gateway.demo.backends import DEMO_BACKENDS
 from gateway.front.tls import SNICertificates
 from gateway.http.site import make_site
 from gateway.ops.access import access_log_only, access_log_starts
@@ -276,7 +275,12 @@ class Reloader:
                 continue
             self._apply_backend(backend, spec, changes)
             self._note_checks(before.get(spec.name), spec, changes)
-        keep = set(DEMO_BACKENDS) if old.demo else set()
+        keep: set[str] = set()
+        if old.demo:
+            # Imported here: the demo only with --demo (start-up memory, issue 18).
+            from gateway.demo.backends import DEMO_BACKENDS
+
+            keep = set(DEMO_BACKENDS)
         for backend in pools.backends:
             if backend.name in wanted or backend.name in keep or departures.leaving(backend.name):
                 continue
