@@ -8,6 +8,9 @@ Both serve the same folder: a 2,500-byte text file (C{small.txt}) and a
 
   - C{nginx}: one worker, C{root} on the folder, C{sendfile on},
     C{tcp_nopush on}, no access log, C{keepalive_requests} unbounded;
+  - C{nginx-log} (only when C{--columns} names it): the same with nginx's
+    default access log on (C{combined} format, unbuffered: one C{write(2)}
+    per request, as the gateway's access log does);
   - C{gateway}: C{twistd -n gateway --http-root FOLDER --admin none}, a
     game backend nobody connects to, no health checks, its defaults
     otherwise (its access log is on: that is how users run it);
@@ -71,9 +74,9 @@ from bench.http_proxy import (  # noqa: E402
 from bench.profile_areas import profile_areas  # noqa: E402
 from tests.support import GatewayProcess  # noqa: E402
 
-COLUMNS = ("nginx", "gateway", "gateway-base")
-"""The columns; the ratios are gateway / nginx (and gateway / gateway-base
-when that column runs)."""
+COLUMNS = ("nginx", "gateway", "nginx-log", "gateway-base")
+"""The columns; the ratios are gateway / nginx (and gateway / nginx-log,
+gateway / gateway-base when those columns run)."""
 
 SMALL = 2500
 """The small file's size in bytes (a page's script or stylesheet)."""
@@ -100,16 +103,20 @@ def make_root(folder: Path) -> Path:
     return folder
 
 
-def nginx(tmp: Path, root: Path) -> http_proxy.Server:
+def nginx(tmp: Path, root: Path, log: bool = False) -> http_proxy.Server:
     """
     The C{nginx} column: one worker serving C{root}.
+
+    @param log: write nginx's default access log (the C{nginx-log} column).
     """
-    server = f"""        root {root};
+    name = "nginx-log" if log else "nginx"
+    logging = f"        access_log {tmp / name}/access.log combined;\n" if log else ""
+    server = f"""{logging}        root {root};
         sendfile on;
         tcp_nopush on;
         default_type application/octet-stream;
         types {{ text/plain txt; }}"""
-    return _nginx(tmp, "nginx", free_port(), server)
+    return _nginx(tmp, name, free_port(), server)
 
 
 def gateway(tmp: Path, root: Path, stack: ExitStack, base: str | None = None) -> tuple[int, int]:
@@ -204,7 +211,7 @@ def report(results: Results, columns: list[str]) -> str:
     """
     The markdown table: one column per server, then the ratios.
     """
-    ratios = [(a, b) for a, b in (("gateway", "nginx"), ("gateway", "gateway-base"))]
+    ratios = [("gateway", "nginx"), ("gateway", "nginx-log"), ("gateway", "gateway-base")]
     ratios = [(a, b) for a, b in ratios if a in columns and b in columns]
     head = ["row", *columns] + [f"{a} / {b}" for a, b in ratios]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -280,8 +287,8 @@ def _start(column: str, root: Path, stack: ExitStack, tmp: Path) -> tuple[int, i
 
     @return: its port and PID.
     """
-    if column == "nginx":
-        server = stack.enter_context(nginx(tmp, root))
+    if column in ("nginx", "nginx-log"):
+        server = stack.enter_context(nginx(tmp, root, log=column == "nginx-log"))
         return server.port, server.pid
     if column == "gateway":
         return gateway(tmp, root, stack)
