@@ -81,16 +81,6 @@ def test_plain_configuration_loads_no_heavy_module() -> None:
     assert {name: why for name, why in HEAVY.items() if name in loaded} == {}
 
 
-def test_websocket_path_waits_for_its_first_upgrade() -> None:
-    """
-    A C{--websocket} path alone does not load wsproto: the first upgrade
-    request does.
-    """
-    loaded = _loaded(*_plain("--admin", "none", "--websocket", "/play"))
-    assert "wsproto" not in loaded
-    assert "gateway.front.websocket" not in loaded
-
-
 @pytest.mark.parametrize(
     ("more", "expected"),
     [
@@ -99,6 +89,9 @@ def test_websocket_path_waits_for_its_first_upgrade() -> None:
             {"prometheus_client", "gateway.ops.admin"},
         ),
         (("--admin", "none", "--demo"), {"gateway.demo"}),
+        # Loaded at start, not by the first browser's request (which would
+        # hold the reactor while wsproto is imported).
+        (("--admin", "none", "--websocket", "/play"), {"wsproto", "gateway.front.websocket"}),
     ],
 )
 def test_used_part_is_loaded(more: tuple[str, ...], expected: set[str]) -> None:

@@ -263,6 +263,10 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         routes=route_targets(config, pools, connections),
         cache=cache_policy_of(config),
     )
+    if config.websocket or any(route.bridge for route in config.routes):
+        # The bridge is used: loaded now, not by the first browser's request
+        # (the import takes the reactor for some milliseconds).
+        import gateway.front.websocket  # noqa: F401
     factory = GatewayFactory(
         upgrade=_websocket_upgrade,
         site=site,
@@ -303,9 +307,10 @@ def _websocket_upgrade(door: FrontDoor, request: Request, pool: str) -> bytes | 
     The front door's answer to a request on a C{--websocket} path
     (L{gateway.front.websocket.answer_upgrade}).
     """
-    # Imported here, at the first such request: wsproto, h11 and the
-    # WebSocket session only where WebSockets are used (start-up memory,
-    # issue 18).
+    # Imported here: wsproto, h11 and the WebSocket session only where
+    # WebSockets are used (start-up memory, issue 18); loaded at start when
+    # the configuration has a bridge (_core), else at the first such request
+    # (a path added by a reload).
     from gateway.front.websocket import answer_upgrade
 
     return answer_upgrade(door, request, pool)
