@@ -621,8 +621,16 @@ def makeService(options: dict[str, Any]) -> IService:  # noqa: N802 - the plugin
 
     assert isinstance(options, GatewayOptions)
     service = make_service(options.config, rebuild=options.rebuild_now)
+    runner = getattr(options, "parent", None)
+    if runner is None:
+        return service
+    from twisted.internet import reactor
+
     if options.config.log_format == "json":
         from gateway.ops.jsonlog import use_json_log
 
-        return use_json_log(service, getattr(options, "parent", None))
-    return service
+        return use_json_log(service, runner, reactor)
+    from gateway.ops.logbuffer import text_line
+    from gateway.ops.twistdlog import use_log
+
+    return use_log(service, runner, text_line, reactor)

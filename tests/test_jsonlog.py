@@ -17,14 +17,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.application.service import Application, MultiService
-from twisted.internet.testing import EventLoggingObserver, MemoryReactor
+from twisted.internet.testing import EventLoggingObserver, MemoryReactor, MemoryReactorClock
 from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
 from gateway.config import GatewayConfig
 from gateway.ops.access import ACCESS_NAMESPACE, JsonLinesObserver, access_log_starts
-from gateway.ops.jsonlog import JsonLogRoot, flat_event, json_line, json_observer, use_json_log
+from gateway.ops.jsonlog import flat_event, json_line, json_observer, use_json_log
+from gateway.ops.twistdlog import LogRoot
 from gateway.options import GatewayOptions
 from gateway.process.summary import describe
 from tests.test_relay import PEER, Gateway
@@ -220,7 +221,7 @@ def test_twistd_application_gets_the_observer(tmp_path: Path) -> None:
 
     gateway = MultiService()
     runner = {"logfile": str(tmp_path / "twistd.log"), "nodaemon": True}
-    root = JsonLogRoot(gateway, runner, open_log)
+    root = LogRoot(gateway, runner, json_line, MemoryReactorClock(), open_log)
     application = Application("gateway")
     assert application.getComponent(ILogObserver, None) is None
     root.setServiceParent(application)
@@ -236,7 +237,9 @@ def test_twistd_log_file_written(tmp_path: Path) -> None:
     With twistd's C{--logfile FILE}, the observer appends JSON lines to FILE.
     """
     path = tmp_path / "gateway.log"
-    root = JsonLogRoot(MultiService(), {"logfile": str(path), "nodaemon": True})
+    root = LogRoot(
+        MultiService(), {"logfile": str(path), "nodaemon": True}, json_line, MemoryReactorClock()
+    )
     application = Application("gateway")
     root.setServiceParent(application)
     application.getComponent(ILogObserver)(
@@ -250,7 +253,12 @@ def test_twistd_own_choices_stand(runner: dict[str, Any]) -> None:
     """
     twistd's C{--syslog} and C{--logger} keep their observer.
     """
-    root = JsonLogRoot(MultiService(), {"logfile": "", "nodaemon": True, **runner})
+    root = LogRoot(
+        MultiService(),
+        {"logfile": "", "nodaemon": True, **runner},
+        json_line,
+        MemoryReactorClock(),
+    )
     application = Application("gateway")
     root.setServiceParent(application)
     assert application.getComponent(ILogObserver, None) is None
@@ -263,7 +271,7 @@ def test_twist_gets_the_observer_factory() -> None:
     """
     service = MultiService()
     runner: dict[str, Any] = {"logFile": io.StringIO(), "fileLogObserverFactory": None}
-    assert use_json_log(service, runner) is service
+    assert use_json_log(service, runner, MemoryReactorClock()) is service
     stream = io.StringIO()
     runner["fileLogObserverFactory"](stream)({"log_format": "hi", "log_time": 0.0})
     assert json.loads(stream.getvalue())["message"] == "hi"

@@ -27,7 +27,9 @@ The events (see the README's table):
     without one is an end.
 
 An event costs one dictionary when a session or request ends, never anything
-per chunk.
+per chunk.  The file's lines are written once per reactor turn
+(L{gateway.ops.logbuffer.LineBuffer}), and all of them before the file is
+closed, reopened or the reactor stops.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ import sys
 from typing import IO, Any
 
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublisher
 from typing_extensions import override
 from zope.interface import implementer
 
+from gateway.ops.logbuffer import LineBuffer
 from gateway.ownership import user_name
 from gateway.process.errors import StartupError
 
@@ -219,34 +223,40 @@ def log_http_request(
 class JsonLinesObserver:
     """
     Writes the access events it sees as JSON lines to a text stream and
-    ignores every other event.
+    ignores every other event: with a clock, once per turn of that clock's
+    reactor (L{LineBuffer}); without one, each at once.
+
+    @ivar lines: the lines not yet written.
     """
 
     _log = Logger()
 
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
+    def __init__(self, stream: IO[str], clock: IReactorTime | None = None) -> None:
+        self.lines = LineBuffer(stream, failed=self._failed, written=self._written)
+        if clock is not None:
+            self.lines.hold(clock)
         self.failing: str | None = None
         self.lost = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("log_namespace") != ACCESS_NAMESPACE:
             return
-        try:
-            self._write(event)
-        except OSError as error:
-            # A full disk (or a file gone bad) loses access lines, counted,
-            # and is reported once, not per event: twistd's own log may be
-            # on the same disk.
-            self.lost += 1
-            if self.failing is None:
-                self.failing = error.strerror or str(error)
-                self._log.error(
-                    "cannot write the access log: {error}; access events are lost "
-                    "until writing works again",
-                    error=self.failing,
-                )
-            return
+        self.lines.write(self._line(event))
+
+    def _failed(self, error: OSError, lines: int) -> None:
+        # A full disk (or a file gone bad) loses access lines, counted, and
+        # is reported once, not per event: twistd's own log may be on the
+        # same disk.
+        self.lost += lines
+        if self.failing is None:
+            self.failing = error.strerror or str(error)
+            self._log.error(
+                "cannot write the access log: {error}; access events are lost "
+                "until writing works again",
+                error=self.failing,
+            )
+
+    def _written(self) -> None:
         if self.failing is not None:
             self._log.info(
                 "the access log is written again; {lost} access events were lost",
@@ -254,7 +264,7 @@ class JsonLinesObserver:
             )
             self.failing, self.lost = None, 0
 
-    def _write(self, event: dict[str, Any]) -> None:
+    def _line(self, event: dict[str, Any]) -> str:
         record: dict[str, Any] = {"time": round(float(event.get("log_time", 0.0)), 6)}
         for name in ACCESS_FIELDS:
             if name in event:
@@ -262,8 +272,7 @@ class JsonLinesObserver:
         duration = record.get("duration")
         if isinstance(duration, float):
             record["duration"] = round(duration, 6)
-        self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._stream.flush()
+        return json.dumps(record, separators=(",", ":")) + "\n"
 
 
 def _listen(observer: ILogObserver) -> None:
@@ -306,13 +315,21 @@ class AccessLogFile(Service):
     JSON lines (C{-}: standard output).
 
     The file is opened in C{privilegedStartService}, before twistd drops
-    privileges, so it may live where only root can write.
+    privileges, so it may live where only root can write.  With a clock,
+    its lines are written once per turn of the clock's reactor, and the
+    lines held are written before the file is reopened or closed.
     """
 
     _log = Logger()
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, clock: IReactorTime | None = None) -> None:
+        """
+        @param path: the file (C{-}: standard output).
+        @param clock: the reactor's clock; without one, each line is
+            written at once.
+        """
         self.path = path
+        self._clock = clock
         self._stream: IO[str] | None = None
         self._observer: JsonLinesObserver | None = None
         self.setName("access-log")
@@ -328,7 +345,7 @@ class AccessLogFile(Service):
             raise StartupError(
                 f"gateway: error: --access-log {self.path}: {error.strerror or error}"
             ) from None
-        self._observer = JsonLinesObserver(self._stream)
+        self._observer = JsonLinesObserver(self._stream, self._clock)
         _listen(self._observer)
 
     @override
@@ -366,8 +383,9 @@ class AccessLogFile(Service):
             return
         old, old_path = self._stream, self.path
         _unlisten(self._observer)
+        self._observer.lines.release()
         self._stream, self.path = stream, path
-        self._observer = JsonLinesObserver(stream)
+        self._observer = JsonLinesObserver(stream, self._clock)
         _listen(self._observer)
         if old_path != "-":
             try:
@@ -382,6 +400,7 @@ class AccessLogFile(Service):
         super().stopService()
         if self._observer is not None:
             _unlisten(self._observer)
+            self._observer.lines.release()
             self._observer = None
         stream, self._stream = self._stream, None
         if stream is not None and self.path != "-":

@@ -21,7 +21,7 @@ Each event is one line holding one JSON object:
 Writing JSON (C{json.dumps} escapes line breaks) keeps one event on one
 line whatever its text holds.  L{use_json_log} installs the observer in
 twistd or twist, in place of their own text (or Twisted's internal JSON)
-observer.
+observer, writing once per reactor turn (L{gateway.ops.twistdlog}).
 """
 
 from __future__ import annotations
@@ -29,18 +29,15 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import signal
-import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import IO, Any
 
-from twisted.application.service import IService, MultiService
-from twisted.logger import FileLogObserver, ILogObserver, formatEvent
-from twisted.python.components import Componentized
-from twisted.python.logfile import LogFile
-from typing_extensions import override
+from twisted.application.service import IService
+from twisted.logger import FileLogObserver, formatEvent
 
-__all__ = ["FLAT_FIELDS", "JsonLogRoot", "flat_event", "json_line", "use_json_log"]
+from gateway.ops.twistdlog import use_log
+
+__all__ = ["FLAT_FIELDS", "flat_event", "json_line", "use_json_log"]
 
 FLAT_FIELDS = ("time", "level", "namespace", "message", "traceback", "worker")
 """The fields every line has (C{traceback} and C{worker} when they apply),
@@ -130,86 +127,16 @@ def json_observer(stream: IO[str]) -> FileLogObserver:
     return FileLogObserver(stream, json_line)
 
 
-def _twistd_log_file(runner: MutableMapping[str, Any]) -> IO[str] | LogFile | None:
+def use_json_log(
+    service: IService, runner: MutableMapping[str, Any] | None, reactor: Any
+) -> IService:
     """
-    Where twistd would write its log, opened as it would be: standard
-    output for C{--logfile -} or C{-n} without C{--logfile}, else the file
-    (C{twistd.log} by default), rotated by size and on SIGUSR1.
-
-    @return: L{None} where twistd's own choice must stand: C{--syslog},
-        C{--logger}, or a daemon told to log to standard output (twistd
-        refuses that itself).
-    """
-    if runner.get("syslog") or runner.get("logger"):
-        return None
-    name = runner.get("logfile") or ""
-    if name == "-" or (not name and runner.get("nodaemon")):
-        stdout: IO[str] | None = sys.stdout if runner.get("nodaemon") else None
-        return stdout
-    log_file: LogFile = LogFile.fromFullPath(name or "twistd.log")
-    if not signal.getsignal(signal.SIGUSR1):
-
-        def rotate(number: int, frame: object) -> None:
-            # As twistd does: rotate from the reactor's thread, not in the
-            # middle of a write.  This runs once the reactor is chosen.
-            from twisted.internet import reactor
-
-            reactor.callFromThread(log_file.rotate)  # type: ignore[attr-defined]
-
-        signal.signal(signal.SIGUSR1, rotate)
-    return log_file
-
-
-class JsonLogRoot(MultiService):
-    """
-    Under twistd, the root of the service tree when the log is JSON: it
-    holds the gateway's service, and once twistd gives it to the
-    application, sets the application's L{ILogObserver}, which twistd looks
-    for right after (C{twisted.application.app.AppLogger.start}): there is
-    no other way for a plugin to choose twistd's log observer.
-    """
-
-    def __init__(
-        self,
-        service: IService,
-        runner: MutableMapping[str, Any],
-        open_log: Callable[[MutableMapping[str, Any]], Any] = _twistd_log_file,
-    ) -> None:
-        """
-        @param service: the gateway's service.
-        @param runner: twistd's own options (C{--logfile}, C{--nodaemon}...).
-        @param open_log: opens the log file as twistd would.
-        """
-        super().__init__()
-        self.gateway = service
-        self._runner = runner
-        self._open_log = open_log
-        service.setServiceParent(self)
-
-    @override
-    def setServiceParent(self, parent: Any) -> None:
-        super().setServiceParent(parent)
-        if not isinstance(parent, Componentized):
-            return
-        if parent.getComponent(ILogObserver, None) is not None:
-            return
-        stream = self._open_log(self._runner)
-        if stream is not None:
-            parent.setComponent(ILogObserver, json_observer(stream))
-
-
-def use_json_log(service: IService, runner: MutableMapping[str, Any] | None) -> IService:
-    """
-    Have the program running C{service} write its log as JSON lines.
+    Have the program running C{service} write its log as JSON lines, once
+    per reactor turn (L{gateway.ops.twistdlog.use_log}).
 
     @param runner: the options of the program that called C{makeService}:
-        twistd's, or twist's (whose C{fileLogObserverFactory} is read once
-        C{makeService} has returned); with neither, nothing changes.
+        twistd's, or twist's; with neither, nothing changes.
+    @param reactor: the reactor the program runs.
     @return: the service to give that program.
     """
-    if runner is None:
-        return service
-    if "fileLogObserverFactory" in runner or "logFile" in runner:
-        runner["fileLogObserverFactory"] = json_observer
-        return service
-    return JsonLogRoot(service, runner)
+    return use_log(service, runner, json_line, reactor)

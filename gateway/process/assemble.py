@@ -119,7 +119,7 @@ def make_service(
     if config.admin is not None and served:
         admin, state, admin_site = _admin(config, core, workers, cluster)
         children.append(admin)
-    access_log = _access_log(config, served)
+    access_log = _access_log(config, served, reactor)
     if access_log is not None:
         children.append(access_log)
     takeover = None
@@ -180,7 +180,7 @@ def _backend_services(
     return children, health, cluster
 
 
-def _access_log(config: GatewayConfig, served: bool) -> AccessLogFile | None:
+def _access_log(config: GatewayConfig, served: bool, reactor: Any) -> AccessLogFile | None:
     """
     Route the access events as configured, and make the access log file's
     service if one is configured (not in a worker: the acceptor writes it).
@@ -189,7 +189,7 @@ def _access_log(config: GatewayConfig, served: bool) -> AccessLogFile | None:
     access_log_starts(config.access_log_starts)
     if config.access_log is None or not served:
         return None
-    return AccessLogFile(config.access_log)
+    return AccessLogFile(config.access_log, reactor)
 
 
 @dataclass(frozen=True, slots=True)
