@@ -82,7 +82,10 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("Process", ("workers", "handover")),
     ("WebSocket", ("websocket", "websocket-origin", "websocket-max-message", "websocket-ping")),
-    ("HTTP and files", ("http-root", "http-listing", "cache-control", "cache-immutable")),
+    (
+        "HTTP and files",
+        ("http-root", "http-listing", "cache-control", "cache-immutable", "no-http-fast-path"),
+    ),
     (
         "Cluster",
         (

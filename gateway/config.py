@@ -419,6 +419,8 @@ class GatewayConfig:
     @ivar cluster_max_sessions: game sessions across the cluster (0: no cap).
     @ivar cluster_required: refuse to start when Redis cannot be reached or
         refuses the password (else start with local limits and retry).
+    @ivar http_fast_path: answer plain GET and HEAD requests for small files
+        on the lean path (L{gateway.http.lean}); off: C{--no-http-fast-path}.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -477,6 +479,7 @@ class GatewayConfig:
     affinity_ttl: float = 3600.0
     cluster_max_sessions: int = 0
     cluster_required: bool = False
+    http_fast_path: bool = True
 
     @property
     def game_pool(self) -> PoolSpec:

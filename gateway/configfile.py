@@ -120,6 +120,7 @@ FILE_SETTINGS: dict[str, str] = {
     "affinity-ttl": _DURATION,
     "cluster-max-sessions": _INTEGER,
     "cluster-required": _BOOL,
+    "no-http-fast-path": _BOOL,
 }
 """Every top-level key a file may have, and the type of its value."""
 

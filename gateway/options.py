@@ -93,6 +93,12 @@ class GatewayOptions(usage.Options):
             None,
             "List the files of a folder that has no index.html (off: such folders are a 404).",
         ],
+        [
+            "no-http-fast-path",
+            None,
+            "Serve every HTTP request through twisted.web (off: plain GET and HEAD "
+            "requests for small files are answered on a lean path, with the same bytes).",
+        ],
         *CLUSTER_FLAGS,
     ]
     optParameters = [

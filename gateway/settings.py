@@ -232,6 +232,7 @@ def build_config(
         websocket_max_message=max_message,
         websocket_ping=ping,
         pools=pools,
+        http_fast_path=not s["no-http-fast-path"],
     )
     config = with_queue(s, _with_routes(s, _with_caching(s, config)))
     return with_cluster(s, config, tokens)

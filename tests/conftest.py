@@ -12,7 +12,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
 from tests.redisserver import RedisServer
-from tests.support import Backend, banner_then_echo, echo, sink
+from tests.support import Backend, GatewayProcess, banner_then_echo, echo, sink
 
 
 @pytest.fixture
@@ -61,3 +61,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """
     with RedisServer(tmp_path) as server:
         yield server
+
+
+@pytest.fixture(scope="module", params=["fast-path", "no-fast-path"])
+def http_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """
+    The HTTP modules' tests run twice: with the lean static path (the
+    default) and with C{--no-http-fast-path} (every request through
+    twisted.web); the gateways they start get the option.
+    """
+    param: str = request.param
+    GatewayProcess.extra_args = ("--no-http-fast-path",) if param == "no-fast-path" else ()
+    yield param
+    GatewayProcess.extra_args = ()

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar
 
 __all__ = [
     "HEADLESS_CHROMIUM",
@@ -128,7 +129,11 @@ class GatewayProcess:
     SIGKILL) by its PID, and its log stays readable in L{log}.
 
     @ivar port: the public front's port on C{host}.
+    @cvar extra_args: options every gateway started gets (the
+        C{http_path} fixture's C{--no-http-fast-path}).
     """
+
+    extra_args: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -157,7 +162,7 @@ class GatewayProcess:
         self.argv = [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path)]
         self.argv += ["-r", reactor] if reactor is not None else []
         self.argv += [*twistd_args, "gateway"]
-        self.argv += args
+        self.argv += [*args, *GatewayProcess.extra_args]
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
 

@@ -21,6 +21,9 @@ from gateway.config import GatewayConfig
 from gateway.options import GatewayOptions
 from tests.support import Backend, GatewayProcess, echo
 
+# Every test with the lean static path on and off (conftest.http_path).
+pytestmark = pytest.mark.usefixtures("http_path")
+
 APP = b"console.log('the game client, version 2');\n" * 40
 GZ = gzip.compress(APP)
 BR = b"not really brotli: the test only checks which bytes are sent\n"
@@ -30,7 +33,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(tmp_path_factory: pytest.TempPathFactory, http_path: str) -> Iterator[GatewayProcess]:
     """
     A gateway serving a root with C{app.js} and its two siblings, a file
     with a stale C{.gz}, and a fingerprinted name (C{--cache-immutable}).

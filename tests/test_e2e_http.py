@@ -33,6 +33,9 @@ from tests.support import (
     rss_kib,
 )
 
+# Every test with the lean static path on and off (conftest.http_path).
+pytestmark = pytest.mark.usefixtures("http_path")
+
 MIB = 1 << 20
 
 TIMEOUT = 10.0
@@ -203,7 +206,9 @@ def _serve(
 
 
 @pytest.fixture(scope="module")
-def gateway(tree: Tree, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(
+    tree: Tree, tmp_path_factory: pytest.TempPathFactory, http_path: str
+) -> Iterator[GatewayProcess]:
     """
     A gateway serving L{tree} with the default options (no listing).
     """
@@ -212,7 +217,7 @@ def gateway(tree: Tree, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
 
 @pytest.fixture(scope="module")
 def listing_gateway(
-    tree: Tree, tmp_path_factory: pytest.TempPathFactory
+    tree: Tree, tmp_path_factory: pytest.TempPathFactory, http_path: str
 ) -> Iterator[GatewayProcess]:
     """
     A gateway serving L{tree} with C{--http-listing}.

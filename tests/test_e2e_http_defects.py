@@ -32,6 +32,9 @@ from tests.support import (
     rss_kib,
 )
 
+# Every test with the lean static path on and off (conftest.http_path).
+pytestmark = pytest.mark.usefixtures("http_path")
+
 MIB = 1 << 20
 TIMEOUT = 10.0
 AB = shutil.which("ab")

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
@@ -25,6 +26,9 @@ from tests.support import (
     wait_for,
 )
 from tests.test_e2e_websocket import open_ws, receive_bytes
+
+# Every test with the lean static path on and off (conftest.http_path).
+pytestmark = pytest.mark.usefixtures("http_path")
 
 ADMIN = ["--admin", "tcp:0:interface=127.0.0.3"]
 

@@ -60,6 +60,7 @@ from gateway.session.relay import GameSession
 if TYPE_CHECKING:
     from twisted.web.server import Request
 
+    from gateway.http.lean import LeanStatic
     from gateway.ops.registry import Counters, LiveSession, RefusalLog, SessionRegistry
     from gateway.session.settings import SessionSettings
 
@@ -260,6 +261,7 @@ class FrontDoor(CloseHooks, Protocol):
         self.peer = ""
         self.started = 0.0
         self._http_in = 0
+        self._lean: LeanStatic | None = None
 
     def number_as(self, number: int) -> None:
         """
@@ -310,6 +312,8 @@ class FrontDoor(CloseHooks, Protocol):
         self.started = self.factory.clock.seconds()
         self._register(self)
         self._forward = self._http_data
+        lean_static = getattr(self.factory.site, "lean_static", None)
+        self._lean = lean_static() if lean_static is not None else None
         channel.makeConnection(self.transport)
         channel.websocket_upgrade = self._websocket_upgrade  # type: ignore[attr-defined]
         channel.pass_through = self._pass_through  # type: ignore[attr-defined]
@@ -362,6 +366,15 @@ class FrontDoor(CloseHooks, Protocol):
     def _http_data(self, data: bytes) -> None:
         self._http_in += len(data)
         assert self.http is not None
+        lean = self._lean
+        if lean is not None:
+            # The lean path answers what it can (gateway.http.lean); from
+            # the first request it leaves, twisted.web reads the connection.
+            rest = lean.feed(self, data)
+            if rest is None:
+                return
+            self._lean = None
+            data = rest
         self.http.dataReceived(data)
 
     def register(self, session: LiveSession) -> None:

@@ -32,6 +32,7 @@ from gateway.http.channel import (
     SEND_TIMEOUT,
     GatewayHTTPChannel,
 )
+from gateway.http.lean import LeanStatic
 from gateway.http.routes import RouteTable, origin_form, request_host, segments
 from gateway.http.static import ALLOWED_METHODS, CachePolicy, StaticRoot
 from gateway.ops.access import HTTP_CLIENT_LEFT, HTTP_COMPLETE, log_http_request
@@ -218,6 +219,8 @@ class HTTPSite(Site):
         game pool (C{--websocket}).
     @ivar routes: the routes (the file's, and the bridge's paths); a
         request no route takes gets the root resource.
+    @ivar fast_path: answer plain requests for small files on the lean
+        path (L{gateway.http.lean}) when the site serves only files.
     """
 
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
@@ -239,8 +242,11 @@ class HTTPSite(Site):
         refusals: RefusalLog | None = None,
         websocket_paths: frozenset[bytes] = frozenset(),
         routes: Sequence[tuple[RouteSpec, RouteTarget]] = (),
+        fast_path: bool = False,
     ) -> None:
         super().__init__(resource, timeout=HTTP_IDLE_TIMEOUT, reactor=reactor)
+        self.fast_path = fast_path
+        self._lean: LeanStatic | None = None
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
         self.refusals = refusals
@@ -268,16 +274,22 @@ class HTTPSite(Site):
         root: resource.IResource | None = None,
         websocket_paths: frozenset[bytes] | None = None,
         routes: Sequence[tuple[RouteSpec, RouteTarget]] | None = None,
+        fast_path: bool | None = None,
     ) -> None:
         """
-        New settings for the requests that come next (a reload).
+        New settings for the requests that come next (a reload); the lean
+        path's cache starts again.
 
         @param root: a new resource to serve (a changed folder), or L{None}
             to keep the current one.
         @param websocket_paths: the bridge's new paths, or L{None} to keep them.
         @param routes: the new routes, or L{None} to keep them.
+        @param fast_path: the lean path on or off, or L{None} to keep it.
         """
         self.header_timeout = header_timeout
+        self._lean = None
+        if fast_path is not None:
+            self.fast_path = fast_path
         if root is not None:
             self.resource = root
         if websocket_paths is not None:
@@ -285,6 +297,22 @@ class HTTPSite(Site):
         if routes is not None:
             self._file_routes = tuple(routes)
         self.routes = self._table()
+
+    def lean_static(self) -> LeanStatic | None:
+        """
+        The lean path of this site's files (L{gateway.http.lean}), if it is
+        on and the site serves only a L{StaticRoot}: no routes, no WebSocket
+        paths.
+        """
+        root = self.resource
+        if not self.fast_path or self.routes or type(root) is not StaticRoot:
+            return None
+        lean = self._lean
+        if lean is None or lean.root is not root:
+            lean = self._lean = LeanStatic(
+                root, self.reactor, server=SERVER, path_limit=LOGGED_PATH_LIMIT
+            )
+        return lean
 
     def route_of(self, host: bytes | None, path: bytes) -> tuple[RouteSpec, RouteTarget] | None:
         """
@@ -408,6 +436,7 @@ def make_site(
     websocket_paths: frozenset[bytes] = frozenset(),
     routes: Sequence[tuple[RouteSpec, RouteTarget]] = (),
     cache: CachePolicy = CachePolicy(),  # noqa: B008 - frozen, shared on purpose
+    fast_path: bool = False,
 ) -> HTTPSite:
     """
     Build the public HTTP site.
@@ -420,6 +449,8 @@ def make_site(
     @param websocket_paths: the request paths of the WebSocket bridge.
     @param routes: the file's routes and what serves each.
     @param cache: the caching headers of the files.
+    @param fast_path: answer plain requests for small files on the lean
+        path (L{gateway.http.lean}).
     """
     root: resource.IResource
     if http_root is None:
@@ -435,4 +466,5 @@ def make_site(
         refusals=refusals,
         websocket_paths=websocket_paths,
         routes=routes,
+        fast_path=fast_path,
     )

@@ -262,6 +262,7 @@ def _core(config: GatewayConfig, reactor: Any) -> _Core:
         websocket_paths=websocket_paths_of(config),
         routes=route_targets(config, pools, connections),
         cache=cache_policy_of(config),
+        fast_path=config.http_fast_path,
     )
     if config.websocket or any(route.bridge for route in config.routes):
         # The bridge is used: loaded now, not by the first browser's request

@@ -370,6 +370,7 @@ class Reloader:
             root=root,
             websocket_paths=websocket_paths_of(new),
             routes=route_targets(new, parts.pools, connections, parts.site.routes.routes),
+            fast_path=new.http_fast_path,
         )
         if parts.admin_site is not None:
             parts.admin_site.reconfigure(header_timeout=new.header_timeout)
