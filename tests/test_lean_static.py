@@ -474,3 +474,30 @@ def test_parser_takes_no_control_bytes(head: bytes) -> None:
         for name, value in request.headers.items():
             assert name == name.lower() and name
             assert all(byte == 9 or byte >= 0x20 and byte != 0x7F for byte in value)
+
+
+# The switch ------------------------------------------------------------------
+
+
+def test_switch_from_the_command_line_and_the_file(tmp_path: Path) -> None:
+    """
+    The lean path is on by default; C{--no-http-fast-path} or the file's
+    C{no-http-fast-path = true} turn it off, and the site made from the
+    configuration follows.
+    """
+    from twisted.internet.testing import MemoryReactor
+
+    from gateway.options import GatewayOptions
+
+    def config(*argv: str) -> bool:
+        options = GatewayOptions(reactor=MemoryReactor())
+        options.parseOptions(["--backend", "tcp:127.0.0.1:7000", *argv])
+        return options.config.http_fast_path
+
+    assert config() is True
+    assert config("--no-http-fast-path") is False
+    file = tmp_path / "gw.toml"
+    file.write_text("no-http-fast-path = true\n")
+    assert config("--config", str(file)) is False
+    file.write_text("no-http-fast-path = false\n")
+    assert config("--config", str(file)) is True
