@@ -425,3 +425,26 @@ def chunks_of(data: bytes, size: int) -> Iterator[bytes]:
     """
     for start in range(0, len(data), size):
         yield data[start : start + size]
+
+
+def start_gateway(
+    tmp_path: Path, *args: str, logfile: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{twistd -n gateway} with C{args} (no admin endpoint, a front on
+    an ephemeral loopback port) to its end: for a start expected to stop
+    (exit status 2 and one line on standard error).
+
+    @param logfile: twistd's log file; by default its standard output.
+    """
+    log = ("--logfile", str(logfile)) if logfile is not None else ()
+    return subprocess.run(
+        [
+            *(TWISTD, "-n", "--pidfile=", *log, "gateway"),
+            *("--admin", "none", "--listen", "tcp:0:interface=127.0.0.1", *args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )

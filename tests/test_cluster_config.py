@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,7 +25,7 @@ from gateway.clusterconfig import default_node_name, parse_cluster_url
 from gateway.config import ClusterSpec, GatewayConfig
 from gateway.options import GatewayOptions
 from gateway.process.reload import RESTART_ONLY
-from tests.support import TWISTD
+from tests.support import start_gateway
 from tests.test_configfile import parse, write
 from tests.test_reload import BASE as RELOAD_BASE
 from tests.test_reload import gateway as reload_gateway
@@ -566,17 +565,7 @@ def test_a_bad_url_stops_twistd(tmp_path: Path) -> None:
     twistd -n gateway with a bad URL exits with status 2 and one line on
     standard error, before it listens.
     """
-    result = subprocess.run(
-        [
-            *(TWISTD, "-n", "--pidfile=", "gateway", "--backend", "tcp:127.0.0.1:7000"),
-            *("--admin", "none", "--listen", "tcp:0:interface=127.0.0.1"),
-            *("--cluster", "bad://x"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    result = start_gateway(tmp_path, "--backend", "tcp:127.0.0.1:7000", "--cluster", "bad://x")
     assert result.returncode == 2, result.stderr
     assert result.stderr == (
         "gateway: error: --cluster: unknown scheme 'bad': expected redis://HOST[:PORT][/DB], "

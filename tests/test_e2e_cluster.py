@@ -27,13 +27,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.redisserver import RedisServer, require_redis
 from tests.support import (
     DEADLINE,
-    TWISTD,
     Backend,
     GatewayProcess,
     admin_url,
     banner_then_echo,
     closed_port,
     connect,
+    start_gateway,
 )
 from tests.support import wait_for as wait_until
 
@@ -235,16 +235,7 @@ def start_with(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """
     A gateway started with C{args} that is expected to stop at start-up.
     """
-    return subprocess.run(
-        [
-            *(TWISTD, "-n", "--pidfile=", "--logfile", str(tmp_path / "refused.log"), "gateway"),
-            *("--admin", "none", "--listen", "tcp:0:interface=127.0.0.1", *args),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    return start_gateway(tmp_path, *args, logfile=tmp_path / "refused.log")
 
 
 def test_a_refused_password_at_start(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import subprocess
 import unicodedata
 from ipaddress import ip_network
 from pathlib import Path
@@ -28,7 +27,7 @@ from gateway.queueconfig import (
     check_queue_classes,
     check_queue_message,
 )
-from tests.support import TWISTD
+from tests.support import start_gateway
 from tests.test_configfile import parse, write
 
 BACKEND = ["--backend", "tcp:127.0.0.1:7000"]
@@ -473,16 +472,7 @@ def test_a_bad_class_stops_twistd(tmp_path: Path) -> None:
     naming the file and the key, before it listens.
     """
     path = Path(write(tmp_path, _HEAD + _CLASS.replace("10.0.0.0/8", "10.0.0.1/8")))
-    result = subprocess.run(
-        [
-            *(TWISTD, "-n", "--pidfile=", "gateway", "--config", str(path)),
-            *("--admin", "none", "--listen", "tcp:0:interface=127.0.0.1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    result = start_gateway(tmp_path, "--config", str(path))
     assert result.returncode == 2, result.stderr
     assert result.stderr == (
         f"gateway: error: {path}: queue-class 'vip'.from: '10.0.0.1/8': 10.0.0.1/8 has host "
