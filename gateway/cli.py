@@ -41,6 +41,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "health-expect",
             "proxy-protocol",
             "relay",
+            "no-tcp-fast-path",
         ),
     ),
     (

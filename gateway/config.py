@@ -421,6 +421,9 @@ class GatewayConfig:
         refuses the password (else start with local limits and retry).
     @ivar http_fast_path: answer plain GET and HEAD requests for small files
         on the lean path (L{gateway.http.lean}); off: C{--no-http-fast-path}.
+    @ivar tcp_fast_path: connect the backends of game sessions that splice
+        with a bare socket (L{gateway.session.leanlink}); off:
+        C{--no-tcp-fast-path}.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -480,6 +483,7 @@ class GatewayConfig:
     cluster_max_sessions: int = 0
     cluster_required: bool = False
     http_fast_path: bool = True
+    tcp_fast_path: bool = True
 
     @property
     def game_pool(self) -> PoolSpec:

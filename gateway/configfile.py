@@ -121,6 +121,7 @@ FILE_SETTINGS: dict[str, str] = {
     "cluster-max-sessions": _INTEGER,
     "cluster-required": _BOOL,
     "no-http-fast-path": _BOOL,
+    "no-tcp-fast-path": _BOOL,
 }
 """Every top-level key a file may have, and the type of its value."""
 

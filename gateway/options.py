@@ -99,6 +99,13 @@ class GatewayOptions(usage.Options):
             "Serve every HTTP request through twisted.web (off: plain GET and HEAD "
             "requests for small files are answered on a lean path, with the same bytes).",
         ],
+        [
+            "no-tcp-fast-path",
+            None,
+            "Connect game sessions' backends through Twisted's endpoints (off: a session "
+            "that splices to a tcp: backend given by IP address, or a unix: one, connects "
+            "a bare socket and hands it to the splice relay).",
+        ],
         *CLUSTER_FLAGS,
     ]
     optParameters = [

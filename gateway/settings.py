@@ -233,6 +233,7 @@ def build_config(
         websocket_ping=ping,
         pools=pools,
         http_fast_path=not s["no-http-fast-path"],
+        tcp_fast_path=not s["no-tcp-fast-path"],
     )
     config = with_queue(s, _with_routes(s, _with_caching(s, config)))
     return with_cluster(s, config, tokens)

@@ -30,6 +30,7 @@ def test_from_config_takes_every_session_setting() -> None:
         busy_message="busy",
         relay="copy",
         session_key=r"^LOGIN (\w+)",
+        tcp_fast_path=False,
     )
     assert SessionSettings.from_config(config) == SessionSettings(
         sniff_timeout=0.5,
@@ -41,7 +42,9 @@ def test_from_config_takes_every_session_setting() -> None:
         busy_message="busy",
         relay_mode="copy",
         session_key=re.compile(rb"^LOGIN (\w+)"),
+        tcp_fast_path=False,
     )
+    assert SessionSettings.from_config(GatewayConfig()).tcp_fast_path
 
 
 def test_from_config_without_session_key() -> None:

@@ -5,6 +5,7 @@ servers in-process, on ephemeral loopback ports, and puts each into the pool.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.application.service import Service
@@ -58,6 +59,7 @@ class DemoBackends(Service):
                 description=description,
                 endpoint=TCP4ClientEndpoint(self._reactor, "127.0.0.1", number),
                 max_sessions=self._max_sessions,
+                address=(socket.AF_INET, ("127.0.0.1", number)),
             )
             self._pool.add(backend)
             self._backends.append(backend)

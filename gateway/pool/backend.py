@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from twisted.internet.interfaces import IStreamClientEndpoint
 
@@ -65,6 +66,10 @@ class Backend:
         not since the gateway started).
     @ivar connect_time: how long its connections took to become usable
         (game and WebSocket sessions; with TLS, the handshake included).
+    @ivar address: the address family and address a bare socket connects
+        to for the same connection as C{endpoint}
+        (L{gateway.session.leanlink.bare_address}), for the TCP fast path;
+        L{None} when only the endpoint can make it (TLS, a host name).
     """
 
     name: str
@@ -84,3 +89,4 @@ class Backend:
     check_failures: int = 0
     changed: float = 0.0
     connect_time: Histogram = field(default_factory=lambda: Histogram(CONNECT_TIME_BOUNDS))
+    address: tuple[int, Any] | None = None

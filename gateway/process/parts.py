@@ -33,6 +33,7 @@ from gateway.pool.health import HealthCheck
 from gateway.pool.pools import Pools
 from gateway.pool.room import RoomSettings
 from gateway.pool.watch import PoolHealth
+from gateway.session.leanlink import bare_address
 from gateway.session.settings import SessionSettings
 
 __all__ = [
@@ -123,6 +124,7 @@ def backend_of(spec: BackendSpec, reactor: Any) -> Backend:
         proxy_protocol=spec.proxy_protocol,
         pool=spec.pool,
         max_sessions=spec.max_sessions,
+        address=bare_address(spec.endpoint),
     )
 
 

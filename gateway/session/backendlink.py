@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as Structural
 
 from twisted.internet.error import ConnectError
@@ -33,10 +33,29 @@ if TYPE_CHECKING:
 __all__ = [
     "LOCAL_ERRNOS",
     "BackendLink",
+    "Link",
     "LinkOwner",
     "describe_failure",
     "local_shortage",
 ]
+
+
+class Link(Structural):
+    """
+    One backend connection of a session, as the session and the dialer see
+    it: a L{BackendLink} (through a Twisted transport) or a
+    L{gateway.session.leanlink.LeanLink} (a bare socket).
+    """
+
+    backend: Backend
+    ready: bool
+    failure_reason: str | None
+
+    @property
+    def transport(self) -> Any:
+        """
+        Its transport once connected (a lean link is its own), else L{None}.
+        """
 
 
 class LinkOwner(Structural):
@@ -44,12 +63,12 @@ class LinkOwner(Structural):
     What a L{BackendLink} tells its session (L{gateway.session.relay.GameSession}).
     """
 
-    def link_ready(self, link: BackendLink) -> None:
+    def link_ready(self, link: Link) -> None:
         """
         The link's connection is usable.
         """
 
-    def link_lost(self, link: BackendLink, reason: Failure) -> None:
+    def link_lost(self, link: Link, reason: Failure) -> None:
         """
         The link's connection is gone, before it was ready or after.
         """

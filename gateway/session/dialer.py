@@ -23,7 +23,11 @@ attempt's connect time goes to the backend's histogram
 
 The attempts' protocol is a L{BackendLink} whose events go to the session
 (L{DialerOwner}); the session hands the attempt-related ones back here
-(L{Dialer.take}, L{Dialer.link_failed}).
+(L{Dialer.take}, L{Dialer.link_failed}).  On the TCP fast path (a session
+that will splice, to a backend with a L{Backend.address}), the attempt is a
+L{gateway.session.leanlink.LeanLink} instead: a bare socket, connected without
+an endpoint, that reports its failure here the same way; the rest of this
+module does not tell the two apart.
 
 With an affinity shared with other gateways (C{--cluster}: the pool's
 L{gateway.pool.affinity.AffinityStore}), a policy that uses keys and a
@@ -48,9 +52,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as Structural
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -58,13 +62,32 @@ from gateway.connection import OneShotFactory
 from gateway.interfaces import IBackendChooser
 from gateway.pool.affinity import AffinityStore, Lookup
 from gateway.pool.seats import Seat, SeatAnswer, SeatStore
-from gateway.session.backendlink import BackendLink, LinkOwner, describe_failure, local_shortage
+from gateway.session.backendlink import (
+    BackendLink,
+    Link,
+    LinkOwner,
+    describe_failure,
+    local_shortage,
+)
+from gateway.session.leanlink import LeanLink
 
 if TYPE_CHECKING:
     from gateway.pool.backends import Backend
     from gateway.session.settings import SessionSettings
 
 __all__ = ["Dialer", "DialerOwner"]
+
+
+class _Attempt(Structural):
+    """
+    A connection attempt that can be given up: the Deferred of an endpoint's
+    C{connect}, or a L{LeanLink} connecting.
+    """
+
+    def cancel(self) -> None:
+        """
+        Give up: the attempt fails with a cancellation.
+        """
 
 
 class DialerOwner(LinkOwner, Structural):
@@ -119,6 +142,7 @@ class Dialer:
         "_clock",
         "_connect_timeout",
         "_dialed_at",
+        "_fast_path",
         "_key",
         "_lookup",
         "_owner",
@@ -142,6 +166,7 @@ class Dialer:
         peer: str,
         blocked: int = 0,
         patient: bool = False,
+        fast_path: bool = False,
     ) -> None:
         """
         @param owner: the session, which hears of every event.
@@ -154,6 +179,9 @@ class Dialer:
             (reserved for waiting-room classes above its own).
         @param patient: whether the session may wait for a seat (then a
             keyed pool offers only the key's own backend).
+        @param fast_path: whether a backend with a bare address is connected
+            on the TCP fast path (a session that will splice); C{clock} is
+            then the reactor.
         """
         self._owner = owner
         self._chooser = chooser
@@ -164,9 +192,10 @@ class Dialer:
         self._peer = peer
         self._blocked = blocked
         self._patient = patient
+        self._fast_path = fast_path
         self.tried: list[Backend] = []
-        self._pending: BackendLink | None = None
-        self._attempt: Deferred[IProtocol] | None = None
+        self._pending: Link | None = None
+        self._attempt: _Attempt | None = None
         self._attempt_timer: IDelayedCall | None = None
         self._dialed_at = 0.0
         # The shared affinity's lookup: None before it is asked, True once answered.
@@ -273,17 +302,30 @@ class Dialer:
             self.connect_next()  # full through the other nodes: the pool now sees it
 
     def _connect(self, backend: Backend) -> None:
+        address = backend.address if self._fast_path else None
+        if address is not None:
+            lean = LeanLink(self._owner, backend, self._clock, self._connect_failed)
+            self._start_attempt(lean)
+            self._attempt = lean
+            lean.connect(address)
+            return
         link = BackendLink(self._owner, backend)
-        self._pending = link
-        self._dialed_at = self._clock.seconds()
-        self._attempt_timer = self._clock.callLater(
-            self._connect_timeout, self._attempt_timed_out, link
-        )
+        self._start_attempt(link)
         attempt = backend.endpoint.connect(OneShotFactory(link))
         if self._pending is link:
             # Still pending: the endpoint did not answer synchronously.
             self._attempt = attempt
         attempt.addErrback(self._connect_failed, link)
+
+    def _start_attempt(self, link: Link) -> None:
+        """
+        C{link} is the pending attempt, timed from now.
+        """
+        self._pending = link
+        self._dialed_at = self._clock.seconds()
+        self._attempt_timer = self._clock.callLater(
+            self._connect_timeout, self._attempt_timed_out, link
+        )
 
     def abandon(self) -> None:
         """
@@ -306,11 +348,11 @@ class Dialer:
             return
         self._stop_attempt(link)
         if link.transport is not None:
-            link.transport.abortConnection()  # type: ignore[attr-defined]
+            link.transport.abortConnection()
         elif attempt is not None:
             attempt.cancel()
 
-    def take(self, link: BackendLink) -> bool:
+    def take(self, link: Link) -> bool:
         """
         C{link} is usable: end its attempt, and count it as a success (the
         session stays counted on its backend, and the attempt's time goes to
@@ -324,7 +366,7 @@ class Dialer:
             return False
         if self._owner.client_gone:
             self._stop_attempt(link)
-            link.transport.loseConnection()  # type: ignore[union-attr]
+            link.transport.loseConnection()
             return False
         self._stop_attempt(link, taken=True)
         backend = link.backend
@@ -336,7 +378,7 @@ class Dialer:
             store.remember(backend.pool, self._key, backend.name)
         return True
 
-    def link_failed(self, link: BackendLink, reason: Failure) -> None:
+    def link_failed(self, link: Link, reason: Failure) -> None:
         """
         C{link}'s connection was lost before it was usable (a failed attempt,
         e.g. a TLS verification error, or a handshake timeout).
@@ -347,7 +389,7 @@ class Dialer:
         tried = ", ".join(b.name for b in self.tried) or "none up"
         self._owner.no_backend(f"no backend available; tried: {tried}", tried)
 
-    def _attempt_timed_out(self, link: BackendLink) -> None:
+    def _attempt_timed_out(self, link: Link) -> None:
         self._attempt_timer = None
         if link.transport is None:
             # Still connecting at the TCP level: cancelling fails the attempt.
@@ -355,9 +397,9 @@ class Dialer:
                 self._attempt.cancel()
         else:
             link.failure_reason = f"TLS handshake not done within {self._connect_timeout:g} s"
-            link.transport.abortConnection()  # type: ignore[attr-defined]
+            link.transport.abortConnection()
 
-    def _connect_failed(self, failure: Failure, link: BackendLink) -> None:
+    def _connect_failed(self, failure: Failure, link: Link) -> None:
         if failure.check(CancelledError, ConnectingCancelledError):
             reason = f"no connection within {self._connect_timeout:g} s"
         elif local_shortage(failure):
@@ -367,7 +409,7 @@ class Dialer:
             reason = describe_failure(failure)
         self._attempt_failed(link, reason)
 
-    def _short_of_resources(self, link: BackendLink, reason: str) -> None:
+    def _short_of_resources(self, link: Link, reason: str) -> None:
         """
         The attempt on C{link} failed for want of the gateway's own resources:
         refuse the session, and leave the backend's state and counters alone
@@ -381,7 +423,7 @@ class Dialer:
             f"the gateway is short of resources; backend {link.backend.name}: {reason}"
         )
 
-    def _stop_attempt(self, link: BackendLink, *, taken: bool = False) -> bool:
+    def _stop_attempt(self, link: Link, *, taken: bool = False) -> bool:
         """
         Forget the pending attempt on C{link}, and unless the session takes
         it, uncount the session on its backend.
@@ -408,7 +450,7 @@ class Dialer:
             self._attempt_timer = None
         return True
 
-    def _attempt_failed(self, link: BackendLink, reason: str) -> None:
+    def _attempt_failed(self, link: Link, reason: str) -> None:
         if not self._stop_attempt(link) or self._owner.client_gone:
             # A stale attempt, or one we gave up ourselves because the client left.
             return

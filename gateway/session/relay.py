@@ -28,8 +28,12 @@ place, L{GameSession._enter}:
      other side down, and the gateway holds at most about one write buffer
      plus one read per direction (docs/architecture.md has the figure).  With
      the C{auto} or C{splice} relay mode and two plain sockets, the kernel
-     moves the bytes instead (L{gateway.session.splice}), until an end of
-     stream or an error hands the sockets back to the transports.
+     moves the bytes instead (L{gateway.session.splice}, driven by
+     L{gateway.session.splicing}): it passes a clean end of stream on
+     itself, and an error hands the sockets back to the transports.  Such a
+     session connects its backend on the TCP fast path where it can: a bare
+     socket, with no Twisted transport until one is needed
+     (L{gateway.session.leanlink}).
   3. B{Closing.}  An end of stream from one side is passed on as a half-close
      of the other side (C{shutdown(SHUT_WR)}) after what was in flight is
      flushed, so a client that half-closes still gets the whole reply.  When
@@ -44,7 +48,7 @@ place, L{GameSession._enter}:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.logger import Logger
@@ -59,15 +63,15 @@ from gateway.session.dialer import Dialer
 from gateway.session.ending import CLOSE_GRACE
 from gateway.session.lifecycle import CloseReason, Phase, can_move
 from gateway.session.quiet import QuietWatch
-from gateway.session.splice import SpliceRelay, splice_available, spliceable
-from gateway.session.stream import Stream, half_close, send_now, write_now
-from gateway.session.waiting import WAIT_HOLD_LIMIT, SessionWaiting
+from gateway.session.splicing import SessionSplicing
+from gateway.session.stream import Stream, half_close, write_now
+from gateway.session.waiting import WAIT_HOLD_LIMIT
 
 if TYPE_CHECKING:
     from gateway.ops.registry import RefusalLog
     from gateway.pool.backends import Backend
     from gateway.pool.seats import Seat
-    from gateway.session.backendlink import BackendLink
+    from gateway.session.backendlink import Link
     from gateway.session.settings import SessionSettings
 
 __all__ = ["CLOSE_GRACE", "HOLD_LIMIT", "WAIT_HOLD_LIMIT", "GameSession"]
@@ -76,7 +80,7 @@ HOLD_LIMIT = 64 * 1024
 """Client bytes held while connecting before the client's reading is paused."""
 
 
-class GameSession(SessionWaiting):
+class GameSession(SessionSplicing):
     """
     One client relayed to one backend.
 
@@ -101,30 +105,22 @@ class GameSession(SessionWaiting):
     # Slots, not a dict per session: a live session is mostly idle, and
     # thousands of them are what the gateway holds (docs/performance.md).
     __slots__ = (
-        "_backend_eof",
         "_backend_gone",
         "_chooser",
-        "_client_eof",
         "_client_gone",
         "_clock",
-        "_ended_by",
         "_held",
         "_held_size",
         "_phase",
         "_quiet",
         "_refusals",
         "_seat",
-        "_server",
         "_settings",
-        "_splice",
         "backend",
-        "bytes_in",
-        "bytes_out",
         "client",
         "key",
         "kind",
         "peer",
-        "spliced",
         "started",
     )
 
@@ -178,7 +174,7 @@ class GameSession(SessionWaiting):
             self, clock, idle_timeout=settings.idle_timeout, fin_timeout=settings.fin_timeout
         )
         self._phase = Phase.CONNECTING
-        self._splice: SpliceRelay | None = None
+        self._splice = None
         self.spliced = False
         self.backend: Backend | None = None
         self.bytes_in = 0
@@ -280,6 +276,7 @@ class GameSession(SessionWaiting):
             peer=self.peer,
             blocked=self._standing.blocked,
             patient=room is not None and (self._ticket is not None or room.has_space),
+            fast_path=self._fast_path_allowed(),
         )
         self._dialer = dialer
         return dialer
@@ -301,7 +298,7 @@ class GameSession(SessionWaiting):
 
     # Events from the dialer and the backend link
 
-    def link_ready(self, link: BackendLink) -> None:
+    def link_ready(self, link: Link) -> None:
         """
         A backend connection is usable: connected, and for TLS, verified.
         """
@@ -315,8 +312,7 @@ class GameSession(SessionWaiting):
         link.ready = True
         backend = link.backend
         self.backend = backend
-        server = cast(Stream, link.transport)
-        self._server = server
+        self._server = cast(Stream, link.transport)
         backend.total += 1  # active: counted from its choice (the dialer)
         duration = self._clock.seconds() - self.started
         log_session_start(peer=self.peer, backend=backend.name, kind=self.kind, duration=duration)
@@ -331,6 +327,7 @@ class GameSession(SessionWaiting):
         if self._try_splice(header, held):
             self._quiet.restart()
             return
+        server = self._full_server()
         if header:
             server.write(header)
         for chunk in held:
@@ -338,7 +335,7 @@ class GameSession(SessionWaiting):
             self.bytes_in += len(chunk)
         self._pair_transports()
 
-    def link_lost(self, link: BackendLink, reason: Failure) -> None:
+    def link_lost(self, link: Link, reason: Failure) -> None:
         """
         A backend connection is gone: before it was ready (a failed attempt,
         e.g. a TLS verification error) or during the session.
@@ -393,82 +390,6 @@ class GameSession(SessionWaiting):
             self.client.resumeProducing()
         self._quiet.restart()
 
-    def _try_splice(self, header: bytes, held: list[bytes]) -> bool:
-        """
-        Relay with splice(2) if the mode allows and both sides are plain
-        sockets: the first bytes (PROXY header, held client bytes) are sent
-        straight to the fresh backend socket, then the kernel moves the rest.
-
-        @return: whether the first bytes were sent (then the session relays,
-            by splice(2) or, rarely, through the transports); else nothing
-            was sent.
-        """
-        server, client = self._server, self.client
-        if (
-            self._settings.relay_mode == "copy"
-            or self._client_eof
-            or not splice_available()
-            or not spliceable(server)
-            or not spliceable(client)
-            or not hasattr(self._clock, "addReader")
-        ):
-            return False
-        first = header + b"".join(held)
-        sent = send_now(server.socket, first)  # type: ignore[union-attr]
-        if sent is None:
-            return False  # the copy path writes it all, and sees the error
-        self.bytes_in += len(first) - len(header)
-        if sent < len(first):
-            # Rare: a fresh socket that does not take a few KiB, or a backend
-            # already gone.  The rest goes through the transport (which sees
-            # any error), and this session is copied.
-            server.write(first[sent:])  # type: ignore[union-attr]
-            self._pair_transports()
-            return True
-        self._splice = SpliceRelay(
-            self._clock,
-            cast(Any, client),
-            cast(Any, server),
-            on_moved=self._spliced,
-            on_finished=self._splice_finished,
-        )
-        self._enter(Phase.SPLICING)
-        self._splice.start()
-        return True
-
-    def _spliced(self, up: int, down: int) -> None:
-        self.spliced = True
-        self.bytes_in += up
-        self.bytes_out += down
-
-    def _splice_finished(self, up: bytes, down: bytes) -> None:
-        """
-        Splicing ended (an end of stream, an error, or the session closing):
-        the transports relay again, from where the kernel stopped.
-        """
-        self._splice = None
-        server = self._server
-        assert server is not None
-        if up:
-            server.write(up)
-            self.bytes_in += len(up)
-        if down:
-            self.client.write(down)
-            self.bytes_out += len(down)
-        if self._client_gone or self._backend_gone:
-            return  # the caller closes the session
-        self._pair_transports()
-        for transport in (self.client, server):
-            if not getattr(transport, "disconnecting", False):
-                transport.startReading()  # type: ignore[attr-defined]
-
-    def _stop_splicing(self) -> None:
-        """
-        Hand the sockets back to the transports now (the session closes).
-        """
-        if self._splice is not None:
-            self._splice.finish("the session closes")
-
     # Events from the client side (the front door)
 
     def client_data(self, data: bytes) -> None:
@@ -496,9 +417,9 @@ class GameSession(SessionWaiting):
             self._enter(Phase.CLOSING)
             self.client.loseConnection()
             return
-        self._client_eof = True
-        if self._ended_by is None:
-            self._ended_by = CloseReason.CLIENT_CLOSED
+        if self._client_eof:
+            return  # passed on already (by the splice relay)
+        self._mark_ended(client=True)
         server = self._server
         if server is None:
             return  # passed on once connected
@@ -543,9 +464,9 @@ class GameSession(SessionWaiting):
         """
         The backend half-closed (or closed) its sending side.
         """
-        self._backend_eof = True
-        if self._ended_by is None:
-            self._ended_by = CloseReason.BACKEND_CLOSED
+        if self._backend_eof:
+            return  # passed on already (by the splice relay)
+        self._mark_ended(client=False)
         self._stop_server_feeding_client()
         if self._client_eof:
             self._close_both()

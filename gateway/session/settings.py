@@ -50,6 +50,9 @@ class SessionSettings:
         besides the request's own host (C{*}: any).
     @ivar websocket_max_message: the largest WebSocket message, in bytes.
     @ivar websocket_ping: seconds between pings to a browser (0: none).
+    @ivar tcp_fast_path: whether a game session that will splice connects a
+        backend that has a bare address with a bare socket
+        (L{gateway.session.leanlink}).
     """
 
     sniff_timeout: float
@@ -64,6 +67,7 @@ class SessionSettings:
     websocket_origins: tuple[str, ...] = ()
     websocket_max_message: int = 1024 * 1024
     websocket_ping: float = 20.0
+    tcp_fast_path: bool = False
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> SessionSettings:
@@ -86,6 +90,7 @@ class SessionSettings:
             websocket_origins=config.websocket_origins,
             websocket_max_message=config.websocket_max_message,
             websocket_ping=config.websocket_ping,
+            tcp_fast_path=config.tcp_fast_path,
         )
 
     def for_pool(self, pool: PoolSpec) -> SessionSettings:

@@ -14,12 +14,16 @@ destination that does not take them (a slow reader) leaves the pipe full, so
 the source is not read any more until it drains: flow control end to end,
 with at most one pipe per direction in the kernel and nothing in Python.
 
-The relay only ever moves data.  Anything else (an end of stream, an error,
-a socket type splice does not handle) ends splice mode: the relay stops
+The relay moves data, and passes on a clean end of stream: when a source
+ends its stream with nothing of it left in the pipe, the relay half-closes the
+destination (C{shutdown(SHUT_WR)}), stops reading that source, tells the
+session (C{on_ended}) and keeps relaying the other way; when both directions
+have ended it stops, and the session closes both connections.  Anything else
+(an end of stream with bytes still in flight, an error, a socket type splice
+does not handle, the session closing) ends splice mode: the relay stops
 reading, delivers what is still in its pipes, and hands both sockets back to
-their transports, which then see the same end of stream or error and close
-the session the ordinary way (half-close included).  So the ordinary path
-stays the one place where sessions end, and no byte is lost in either mode.
+their transports, which then see the same error and close the session the
+ordinary way.  No byte is lost in either mode.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -285,6 +290,8 @@ class SpliceRelay:
         "_client",
         "_client_end",
         "_down",
+        "_ended",
+        "_on_ended",
         "_on_finished",
         "_on_moved",
         "_reactor",
@@ -304,6 +311,7 @@ class SpliceRelay:
         *,
         on_moved: Callable[[int, int], None],
         on_finished: Callable[[bytes, bytes], None],
+        on_ended: Callable[[str, bool], None],
     ) -> None:
         """
         @param on_moved: called with the bytes delivered (client to server,
@@ -312,12 +320,19 @@ class SpliceRelay:
             bytes read but not delivered in each direction (client to server,
             server to client) when splicing them out failed: the caller
             writes them through the transports.
+        @param on_ended: called when the relay passed on a clean end of
+            stream (C{"client"} or C{"server"} ended; the other socket is
+            half-closed), with whether both directions have now ended (then
+            the relay has stopped, without handing the sockets back: the
+            caller closes them).
         """
         self._reactor = reactor
         self._client = client
         self._server = server
         self._on_moved = on_moved
         self._on_finished = on_finished
+        self._on_ended = on_ended
+        self._ended = 0
         client_fd, server_fd = client.fileno(), server.fileno()
         self._up = _Direction(client_fd, server_fd, POOL)
         self._down = _Direction(server_fd, client_fd, POOL)
@@ -365,10 +380,37 @@ class SpliceRelay:
             self.stop(f"{end.name} read: {os.strerror(error.errno or 0)}")
             return
         if count == 0:
-            # The end of stream: the transports will see it too.
-            self.stop(f"{end.name} ended its stream")
+            if direction.in_pipe:
+                # Bytes still to deliver before the end: the transports
+                # deliver them, then see the end of stream too.
+                self.stop(f"{end.name} ended its stream")
+            else:
+                self._pass_end(end)
             return
         self._deliver(direction, self._other(end), end)
+
+    def _pass_end(self, end: _SocketEnd) -> None:
+        """
+        C{end} ended its stream and nothing of it is in flight: half-close
+        the other socket and stop reading this one; once both have ended,
+        stop (the session closes the sockets).
+        """
+        self._reactor.removeReader(end)
+        other = self._server if end is self._client_end else self._client
+        try:
+            other.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the other peer is gone: reading or writing it says so
+        self._ended += 1
+        both = self._ended == 2
+        if both:
+            self.active = False
+            self.reason = "both ended their streams"
+            for each in (self._client_end, self._server_end):
+                self._reactor.removeWriter(each)
+            self._up.close()
+            self._down.close()
+        self._on_ended(end.name, both)
 
     def writable(self, end: _SocketEnd) -> None:
         """
