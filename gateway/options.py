@@ -27,14 +27,12 @@ from gateway.clusterconfig import CLUSTER_FLAGS, CLUSTER_PARAMETERS
 from gateway.config import (
     DEFAULT_ADMIN,
     DEMO_LISTEN,
-    GAME_POOL,
     ConfigError,
     GatewayConfig,
 )
 from gateway.ownership import TokenFiles, ownership_lines
-from gateway.poolconfig import RawPool, RawRoute
-from gateway.queueconfig import RawQueueClass
-from gateway.settings import RawBackend, Settings, build_config
+from gateway.settings import build_config
+from gateway.sources import CommandLine, merge_sources
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
@@ -540,66 +538,22 @@ class GatewayOptions(usage.Options):
             C{tls:} fronts here.
         @raise ConfigError: a setting is invalid; the message names it.
         """
-        values: dict[str, Any] = {}
-        labels: dict[str, str] = {}
-        backends: list[RawBackend] = []
-        pools: list[RawPool] = []
-        routes: list[RawRoute] = []
-        queue_classes: list[RawQueueClass] = []
         path = self["config"]
-        if path is not None:
-            from gateway.configfile import read_config_file
-
-            file = read_config_file(path)
-            values.update(file.values)
-            labels.update({key: file.label(key) for key in file.values})
-            backends = list(file.backends or [])
-            pools, routes = file.pools, file.routes
-            queue_classes = file.queue_classes
-            labels["queue-class"] = file.label("queue-class")
-            if file.backends is not None:
-                labels["backend"] = file.label("backend")
-            else:
-                labels["backend"] = f"--backend (or [[backend]] in {path})"
-        # The command line wins: each setting given there replaces the file's
-        # (a list given there, --listen or --backend, replaces the whole list).
-        for name in self._given:
-            if name in self.opts and name not in ("config", "check-config"):
-                values[name] = self[name]
-                labels[name] = f"--{name}"
-        # The two ways of giving the admin token: the command line's replaces
-        # the file's, whichever way either gives it.
-        for given, other in (
-            ("admin-token", "admin-token-file"),
-            ("admin-token-file", "admin-token"),
-        ):
-            if given in self._given and other not in self._given:
-                values.pop(other, None)
-        if self._listen:
-            values["listen"] = list(self._listen)
-            labels["listen"] = "--listen"
-        if self._backends:
-            # The command line's backends are the game pool's: they replace
-            # the file's game backends, not its other pools'.
-            backends = [RawBackend(label="--backend", endpoint=d) for d in self._backends] + [
-                raw for raw in backends if raw.pool != GAME_POOL
-            ]
-            labels["backend"] = "--backend"
-        for option, paths in (("websocket", self._websocket), ("websocket-origin", self._origins)):
-            if paths:
-                values[option] = list(paths)
-                labels[option] = f"--{option}"
         defaults: dict[str, Any] = {str(p[0]): p[2] for p in self.optParameters}
         defaults.update({str(f[0]): False for f in self.optFlags})
-        settings = Settings(
-            values,
-            labels,
-            backends,
-            defaults,
-            pools=pools,
-            routes=routes,
-            queue_classes=queue_classes,
+        given = CommandLine(
+            values={
+                name: self[name]
+                for name in self._given
+                if name in self.opts and name not in ("config", "check-config")
+            },
+            defaults=defaults,
+            listen=tuple(self._listen),
+            backends=tuple(self._backends),
+            websocket=tuple(self._websocket),
+            origins=tuple(self._origins),
         )
+        settings = merge_sources(path, given)
         return build_config(
             settings,
             reactor,

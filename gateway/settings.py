@@ -4,9 +4,10 @@ Raw settings in, a validated L{GatewayConfig} out: L{build_config}.
 The command line (L{gateway.options}) and the TOML file (L{gateway.configfile})
 give their settings as text, as they were written, each with the label its
 messages use (C{--max-connections}, or C{gateway.toml: max-connections}), and
-the command line's winning over the file's: a L{Settings}, with its backends
-as L{RawBackend}s.  L{build_config} checks them one area at a time (fronts,
-backends, rate limit, admin endpoint, processes, access log, balancing, HTTP
+the command line's winning over the file's (L{gateway.sources}): a
+L{Settings}, with its backends as L{RawBackend}s (checked by
+L{gateway.backendconfig}).  L{build_config} checks them one area at a time
+(fronts, backends, rate limit, admin endpoint, processes, access log, balancing, HTTP
 root, timeouts, caps, pool, drain, relay, health bytes), always in that order,
 so that of several bad settings the same one is reported first; each check
 raises L{ConfigError} naming the setting.
@@ -18,15 +19,14 @@ import dataclasses
 import os
 import re
 import stat
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorCore
 
+from gateway.backendconfig import MAX_WEIGHT, RawBackend, check_backends, with_session_limits
 from gateway.checks import (
     ConfigError,
     check_choice,
-    check_client_endpoint,
     check_count,
     check_directory,
     check_escaped,
@@ -45,12 +45,10 @@ from gateway.config import (
     BALANCE_CHOICES,
     DEFAULT_LISTEN,
     DEMO_LISTEN,
-    GAME_POOL,
     LOG_FORMATS,
     OVERFLOW_CHOICES,
     PROXY_CHOICES,
     RELAY_CHOICES,
-    BackendSpec,
     GatewayConfig,
 )
 from gateway.ownership import TokenFiles
@@ -67,35 +65,12 @@ __all__ = [
     "build_config",
 ]
 
-MAX_WEIGHT = 1000
-"""The largest backend weight (a weight is a share, not a count)."""
-
 MAX_WORKERS = 64
 """The most worker processes C{--workers} allows."""
 
 WORKER_FRONTS = ("tcp", "tcp6", "unix", "tls", "systemd")
 """Front types whose connections can be handed to a worker process: plain
 sockets (TLS is done by the worker; C{ssl:} wraps sockets another way)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RawBackend:
-    """
-    A backend as written (on the command line or in a file), not yet checked.
-
-    @ivar label: how error messages name it, e.g. C{--backend} or
-        C{gateway.toml: backend 'eu-1'}.
-    """
-
-    label: str
-    endpoint: str
-    name: str | None = None
-    weight: str | None = None
-    health_send: str | None = None
-    health_expect: str | None = None
-    proxy_protocol: str | None = None
-    pool: str = GAME_POOL
-    max_sessions: str | None = None
 
 
 class Settings:
@@ -176,8 +151,8 @@ def build_config(
     s, label = settings, settings.label
     demo = bool(s["demo"])
     listen = _fronts(s, reactor, demo=demo, read_folders=read_folders)
-    backends = _backends(s, reactor, demo=demo or bool(s.routes))
-    backends = _session_limits(s, backends)
+    backends = check_backends(s, reactor, demo=demo or bool(s.routes))
+    backends = with_session_limits(s, backends)
     rate_per_ip, rate_burst, busy_message = _rate_limit(s)
     admin, token, hosts = _admin(s, reactor, listen, read_folders=read_folders, tokens=tokens)
     handover, workers = _processes(s, listen)
@@ -232,11 +207,21 @@ def build_config(
         websocket_max_message=max_message,
         websocket_ping=ping,
         pools=pools,
-        http_fast_path=not s["no-http-fast-path"],
-        tcp_fast_path=not s["no-tcp-fast-path"],
+        **_fast_paths(s),
     )
     config = with_queue(s, _with_routes(s, _with_caching(s, config)))
     return with_cluster(s, config, tokens)
+
+
+def _fast_paths(s: Settings) -> dict[str, bool]:
+    """
+    Whether the lean HTTP path and the TCP fast path are on (both are, by
+    default).
+    """
+    return {
+        "http_fast_path": not s["no-http-fast-path"],
+        "tcp_fast_path": not s["no-tcp-fast-path"],
+    }
 
 
 def _http(s: Settings) -> tuple[str | None, bool]:
@@ -289,92 +274,6 @@ def _fronts(
         if description in listen[:index]:
             raise ConfigError(f"{s.label('listen')}: {description!r} is given twice")
     return tuple(listen)
-
-
-def _backends(s: Settings, reactor: IReactorCore, *, demo: bool) -> tuple[BackendSpec, ...]:
-    """
-    The game backends, in order: at least one unless C{demo}; no name twice,
-    nor an endpoint twice unless the later one has a name of its own.
-    """
-    backends: list[BackendSpec] = []
-    for raw in s.backends:
-        spec = _backend_spec(raw, reactor)
-        if raw.name is None and any(
-            b.endpoint == spec.endpoint and b.pool != spec.pool for b in backends
-        ):
-            raise ConfigError(
-                f"{raw.label}: {spec.endpoint!r} is also in pool "
-                f"{next(b.pool for b in backends if b.endpoint == spec.endpoint)!r}: give it a "
-                "name of its own (backend names are unique across pools)"
-            )
-        if any(b.endpoint == spec.endpoint for b in backends) and raw.name is None:
-            raise ConfigError(f"{raw.label}: {spec.endpoint!r} is given twice")
-        if any(b.name == spec.name for b in backends):
-            raise ConfigError(f"{raw.label}: the name {spec.name!r} is given twice")
-        backends.append(spec)
-    if not any(b.pool == GAME_POOL for b in backends) and not demo:
-        raise ConfigError(
-            f"{s.label('backend')}: at least one game backend is needed "
-            "(or --demo for the built-in demo game, or [[route]]s in the file for an "
-            "HTTP-only front)"
-        )
-    return tuple(backends)
-
-
-def _backend_spec(raw: RawBackend, reactor: IReactorCore) -> BackendSpec:
-    """
-    Check one backend as written: its endpoint, weight (1 to L{MAX_WEIGHT}),
-    name (by default its endpoint string) and its own health bytes and PROXY
-    version, if it has them.
-    """
-    check_client_endpoint(raw.label, raw.endpoint, reactor)
-    weight = 1
-    if raw.weight is not None:
-        weight = check_count(f"{raw.label}: weight", raw.weight)
-        if not 1 <= weight <= MAX_WEIGHT:
-            raise ConfigError(f"{raw.label}: weight must be 1 to {MAX_WEIGHT}, got {weight}")
-    name = raw.endpoint if raw.name is None else check_line(f"{raw.label}: name", raw.name)
-    if not name:
-        raise ConfigError(f"{raw.label}: name must not be empty")
-    return BackendSpec(
-        name=name,
-        endpoint=raw.endpoint,
-        weight=weight,
-        health_send=None
-        if raw.health_send is None
-        else check_escaped(f"{raw.label}: health-send", raw.health_send),
-        health_expect=None
-        if raw.health_expect is None
-        else check_escaped(f"{raw.label}: health-expect", raw.health_expect),
-        proxy_protocol=None
-        if raw.proxy_protocol is None
-        else check_choice(f"{raw.label}: proxy-protocol", raw.proxy_protocol, PROXY_CHOICES),
-        pool=raw.pool,
-    )
-
-
-def _session_limits(s: Settings, backends: tuple[BackendSpec, ...]) -> tuple[BackendSpec, ...]:
-    """
-    Each backend's session limit: its own C{max-sessions}, else
-    C{--max-sessions} (0: none).  Not with worker processes yet: each
-    worker would count only its own sessions.
-    """
-    default = check_count(s.label("max-sessions"), s["max-sessions"])
-    limited = []
-    for spec, raw in zip(backends, s.backends, strict=False):
-        own = raw.max_sessions
-        limit = default if own is None else check_count(f"{raw.label}: max-sessions", own)
-        limited.append(dataclasses.replace(spec, max_sessions=limit))
-    limited.extend(backends[len(limited) :])
-    if (
-        any(spec.max_sessions for spec in limited)
-        and check_count(s.label("workers"), s["workers"]) > 1
-    ):
-        raise ConfigError(
-            f"{s.label('max-sessions')}: not with {s.other('workers', 'max-sessions')} above 1 "
-            "yet (each worker process would count only its own sessions)"
-        )
-    return tuple(limited)
 
 
 def _rate_limit(s: Settings) -> tuple[float, float | None, str | None]:

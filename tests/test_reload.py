@@ -6,6 +6,7 @@ changes, what stays, and a bad configuration changing nothing.
 from __future__ import annotations
 
 import dataclasses
+import socket
 from pathlib import Path
 
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
@@ -122,6 +123,13 @@ def test_changed_backend_endpoint_and_weight() -> None:
     a = service.pool.get("a")
     assert a is not None
     assert (a.description, a.weight, a.state) == ("tcp:127.0.0.1:9001", 4, BackendState.UP)
+    # The TCP fast path connects to the new address too.
+    assert a.address == (socket.AF_INET, ("127.0.0.1", 9001))
+    source.next = dataclasses.replace(
+        BASE, backends=(dataclasses.replace(A, endpoint="tcp:localhost:9002"), B)
+    )
+    service.reload()
+    assert a.address is None  # a host name: the endpoint resolves it
 
 
 def test_limits_and_timeouts_apply_to_what_comes_next() -> None:

@@ -351,7 +351,7 @@ class CapState:
         Apply a new total cap and overflow mode (a reload): held connections
         get the slots a higher cap frees, and leaving queue mode accepts again.
         """
-        self.cap.limit = limit
+        self.cap.resize(limit)
         while self._held and not self.cap.full:
             held = self._held.popleft()
             self.cap.acquire()

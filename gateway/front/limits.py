@@ -130,6 +130,15 @@ class TotalCap:
         self.limit = limit
         self.active = 0
 
+    def resize(self, limit: int) -> None:
+        """
+        A new cap (a reload): the connections counted now stay counted, and
+        may be more than the new cap until they end.
+        """
+        if limit < 0:
+            raise ValueError(f"a cap cannot be negative: {limit}")
+        self.limit = limit
+
     @property
     def full(self) -> bool:
         """
@@ -167,6 +176,15 @@ class AddressCap:
             raise ValueError(f"a per-address cap must be at least 1: {limit}")
         self.limit = limit
         self._counts: dict[str, int] = {}
+
+    def resize(self, limit: int) -> None:
+        """
+        A new cap (a reload): the live counts stay, an address over the new
+        cap takes no more until its connections end.
+        """
+        if limit <= 0:
+            raise ValueError(f"a per-address cap must be at least 1: {limit}")
+        self.limit = limit
 
     def __len__(self) -> int:
         """

@@ -90,3 +90,23 @@ class Backend:
     changed: float = 0.0
     connect_time: Histogram = field(default_factory=lambda: Histogram(CONNECT_TIME_BOUNDS))
     address: tuple[int, Any] | None = None
+
+    def reconfigure(
+        self,
+        *,
+        description: str,
+        endpoint: IStreamClientEndpoint,
+        weight: int,
+        max_sessions: int,
+        proxy_protocol: str | None,
+        address: tuple[int, Any] | None,
+    ) -> None:
+        """
+        What a reload changes of a backend the configuration keeps (its
+        state and counters stay).
+        """
+        self.description, self.endpoint = description, endpoint
+        self.weight = weight
+        self.max_sessions = max_sessions
+        self.proxy_protocol = proxy_protocol
+        self.address = address

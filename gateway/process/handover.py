@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -359,6 +359,22 @@ def _peer_credentials(transport: object) -> tuple[int, int]:
     return pid, uid
 
 
+class _HandoverFactory(Factory):
+    """
+    Builds the hand-over socket's protocols, quietly (Twisted's factories
+    log their start and stop).
+    """
+
+    noisy = False
+
+    def __init__(self, server: HandoverServer) -> None:
+        self._server = server
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> _HandoverProtocol:
+        return _HandoverProtocol(self._server)
+
+
 class HandoverServer(Service):
     """
     Listens at C{--handover PATH} (mode 0600) for a new gateway to take over,
@@ -492,8 +508,7 @@ class HandoverServer(Service):
             os.chmod(temporary, 0o600)
             sock.listen(50)
             sock.setblocking(False)
-            factory = Factory.forProtocol(lambda: _HandoverProtocol(self))
-            factory.noisy = False
+            factory = _HandoverFactory(self)
             # Adopted under its own name (Twisted chmods that name, 0666);
             # the peer's user is checked on every connection anyway.
             port = self._reactor.adoptStreamPort(sock.fileno(), socket.AF_UNIX, factory)

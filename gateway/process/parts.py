@@ -242,7 +242,7 @@ def address_policies(config: GatewayConfig, old: AddressLimits | None) -> Addres
     if config.max_per_ip:
         if cap is None:
             cap = AddressCap(config.max_per_ip)
-        cap.limit = config.max_per_ip
+        cap.resize(config.max_per_ip)
         policies.append(cap)
     if config.rate_per_ip:
         burst = config.rate_burst

@@ -315,19 +315,25 @@ class Reloader:
         if self.departures.come_back(spec.name) is not None:
             self.parts.pools.set_state(backend, BackendState.UP, "back in the configuration")
             changes.append(f"backend {spec.name} back")
-        if backend.description != spec.endpoint:
+        description, endpoint, address = backend.description, backend.endpoint, backend.address
+        if description != spec.endpoint:
             fresh = backend_of(spec, self.parts.reactor)
-            backend.description, backend.endpoint = fresh.description, fresh.endpoint
+            description, endpoint, address = fresh.description, fresh.endpoint, fresh.address
             changes.append(f"backend {spec.name} now at {spec.endpoint}")
         if backend.weight != spec.weight:
             changes.append(f"backend {spec.name} weight {backend.weight} -> {spec.weight}")
-            backend.weight = spec.weight
         if backend.max_sessions != spec.max_sessions:
             changes.append(
                 f"backend {spec.name} max-sessions {backend.max_sessions} -> {spec.max_sessions}"
             )
-            backend.max_sessions = spec.max_sessions
-        backend.proxy_protocol = spec.proxy_protocol
+        backend.reconfigure(
+            description=description,
+            endpoint=endpoint,
+            weight=spec.weight,
+            max_sessions=spec.max_sessions,
+            proxy_protocol=spec.proxy_protocol,
+            address=address,
+        )
 
     def _apply_rooms(self, new: GatewayConfig) -> None:
         """
