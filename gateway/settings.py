@@ -213,7 +213,7 @@ def build_config(
     return with_cluster(s, config, tokens)
 
 
-def _fast_paths(s: Settings) -> dict[str, bool]:
+def _fast_paths(s: Settings) -> dict[str, Any]:
     """
     Whether the lean HTTP path and the TCP fast path are on (both are, by
     default).
