@@ -79,6 +79,11 @@ def _admission(counters: dict[str, Any]) -> Iterator[Metric]:
         "Connections that waited for a slot (queue mode).",
         counters["queued"],
     )
+    yield _counter(
+        "gateway_sessions_fast_path",
+        "Game sessions whose backend was connected on the TCP fast path.",
+        counters["fast_path"],
+    )
 
 
 def _sessions(counters: dict[str, Any]) -> Iterator[Metric]:

@@ -46,12 +46,15 @@ class Counters:
     @ivar queued: connections that waited for a free slot (--overflow queue).
     @ivar key_fallbacks: game sessions whose first line did not match
         --session-key (their key is the client's address).
+    @ivar fast_path: game sessions whose backend was connected on the TCP
+        fast path (L{gateway.session.leanlink}).
     """
 
     def __init__(self) -> None:
         self.accepted = 0
         self.queued = 0
         self.key_fallbacks = 0
+        self.fast_path = 0
         self.refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
 
 

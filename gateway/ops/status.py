@@ -365,6 +365,7 @@ def status(state: AdminState, limit: int | None = None) -> dict[str, Any]:
             "backend_failures": sum(backend.failures for backend in pool.backends),
             "unserved": pool.unserved,
             "key_fallbacks": counters.key_fallbacks,
+            "fast_path": counters.fast_path,
             "health_transitions": pool.transitions,
             "backend_bytes": by_backend,
             "connect_time": {b.name: b.connect_time.state() for b in pool.backends},
@@ -487,7 +488,14 @@ def gather_status(
             for name in ("sessions", "active_sessions"):
                 for kind, count in theirs[name].items():
                     counters[name][kind] += count
-            for name in ("bytes_in", "bytes_out", "backend_failures", "unserved", "key_fallbacks"):
+            for name in (
+                "bytes_in",
+                "bytes_out",
+                "backend_failures",
+                "unserved",
+                "key_fallbacks",
+                "fast_path",
+            ):
                 counters[name] += theirs[name]
             _merge_histograms(counters, theirs)
             for name, (active, total, failures, endpoint) in reply.backends.items():

@@ -61,6 +61,7 @@ from gateway.ops.access import log_session_start
 from gateway.pool.room import DEFAULT, Standing, Ticket, WaitingRoom
 from gateway.session.dialer import Dialer
 from gateway.session.ending import CLOSE_GRACE
+from gateway.session.leanlink import LeanLink
 from gateway.session.lifecycle import CloseReason, Phase, can_move
 from gateway.session.quiet import QuietWatch
 from gateway.session.splicing import SessionSplicing
@@ -313,6 +314,8 @@ class GameSession(SessionSplicing):
         backend = link.backend
         self.backend = backend
         self._server = cast(Stream, link.transport)
+        if isinstance(link, LeanLink) and self._refusals is not None:
+            self._refusals.counters.fast_path += 1
         backend.total += 1  # active: counted from its choice (the dialer)
         duration = self._clock.seconds() - self.started
         log_session_start(peer=self.peer, backend=backend.name, kind=self.kind, duration=duration)
