@@ -74,3 +74,18 @@ def http_path(request: pytest.FixtureRequest) -> Iterator[str]:
     GatewayProcess.extra_args = ("--no-http-fast-path",) if param == "no-fast-path" else ()
     yield param
     GatewayProcess.extra_args = ()
+
+
+@pytest.fixture(scope="module", params=["fast-path", "no-fast-path"])
+def tcp_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """
+    The game data path's modules run twice: with the TCP fast path (the
+    default: a bare backend socket handed to the splice relay) and with
+    C{--no-tcp-fast-path} (every backend through Twisted's endpoints); the
+    gateways they start get the option.  (tests/test_e2e_fast_path.py checks
+    which sessions take the fast path.)
+    """
+    param: str = request.param
+    GatewayProcess.extra_args = ("--no-tcp-fast-path",) if param == "no-fast-path" else ()
+    yield param
+    GatewayProcess.extra_args = ()

@@ -30,6 +30,8 @@ from tests.support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.usefixtures("tcp_path")
+
 
 @pytest.fixture
 def ca(tmp_path: Path) -> ScratchCA:

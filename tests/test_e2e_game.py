@@ -26,6 +26,8 @@ from tests.support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.usefixtures("tcp_path")
+
 MB = 1 << 20
 
 

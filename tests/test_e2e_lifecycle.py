@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support import Backend as ServerBackend
 from tests.support import (
     GatewayProcess,
@@ -29,6 +31,8 @@ from tests.support import (
     recv_until_eof,
     wait_for,
 )
+
+pytestmark = pytest.mark.usefixtures("tcp_path")
 
 
 def _refused(port: int) -> bool:

@@ -23,6 +23,8 @@ from tests.support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.usefixtures("tcp_path")
+
 LIMIT = 256
 """The gateway's descriptor limit (C{ulimit -n}), for each of its processes."""
 

@@ -36,6 +36,8 @@ from tests.support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.usefixtures("tcp_path")
+
 
 def banner_port(sock: socket.socket) -> int:
     """

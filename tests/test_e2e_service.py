@@ -24,6 +24,8 @@ import pytest
 
 from tests.support import DEADLINE, GatewayProcess, connect, listening_ports, wait_for
 
+pytestmark = pytest.mark.usefixtures("tcp_path")
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "abcdefghijklmnop-0123"
 

@@ -42,6 +42,8 @@ from tests.support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.usefixtures("tcp_path")
+
 
 def status(url: str) -> dict[str, Any]:
     """
