@@ -67,6 +67,7 @@ BARE = [
     ("tcp:1.2.3:80", None),
     ("tcp:fe80\\:\\:1%eth0:80", None),
     ("garbage", None),
+    ("tcp:127.0.0.1:80\\", None),  # a trailing escape: Twisted's parser raises
 ]
 
 

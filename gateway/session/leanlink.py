@@ -76,7 +76,7 @@ def bare_address(description: str) -> BareAddress | None:
     """
     try:
         args, kwargs = _parse(description)
-    except (ValueError, IndexError, TypeError):
+    except (ValueError, IndexError, TypeError, RuntimeError):  # a trailing "\\": RuntimeError
         return None
     if not args:
         return None
