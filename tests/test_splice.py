@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -21,8 +22,9 @@ from twisted.internet.threads import deferToThread
 
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.process.assemble import make_service
+from gateway.session import splice
 from gateway.session.relay import GameSession
-from gateway.session.splice import POOL, splice_available, spliceable
+from gateway.session.splice import POOL, SpliceRelay, splice_available, spliceable
 from tests.support import Backend, echo, pattern, recv_until_eof
 
 reactor: Any = _reactor
@@ -164,3 +166,264 @@ async def test_out_of_descriptors_falls_back_and_idle_sessions_hold_no_pipe(
             assert await deferToThread(_transfer, port, data) == data
         finally:
             await service.stopService()
+
+
+class _Plain:
+    """
+    What the relay asks of a transport, over a plain socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def stopReading(self) -> None:  # noqa: N802 - Twisted's name
+        pass
+
+    def stopWriting(self) -> None:  # noqa: N802 - Twisted's name
+        pass
+
+
+class _Watcher:
+    """
+    A reactor for one relay: records what it watches, and runs it over
+    select(2) on the real sockets (L{pump}).
+    """
+
+    def __init__(self) -> None:
+        self.readers: list[Any] = []
+        self.writers: list[Any] = []
+        self.ends: dict[str, Any] = {}
+
+    def addReader(self, end: Any) -> None:  # noqa: N802 - Twisted's name
+        self.ends.setdefault(end.name, end)
+        if end not in self.readers:
+            self.readers.append(end)
+
+    def removeReader(self, end: Any) -> None:  # noqa: N802 - Twisted's name
+        if end in self.readers:
+            self.readers.remove(end)
+
+    def addWriter(self, end: Any) -> None:  # noqa: N802 - Twisted's name
+        if end not in self.writers:
+            self.writers.append(end)
+
+    def removeWriter(self, end: Any) -> None:  # noqa: N802 - Twisted's name
+        if end in self.writers:
+            self.writers.remove(end)
+
+    def pump(self, done: Callable[[], bool], rounds: int = 500) -> None:
+        """
+        Run the relay's events until C{done()} (a bounded number of rounds;
+        a round with nothing to do within 10 s fails).
+        """
+        for _ in range(rounds):
+            if done():
+                return
+            readable, writable, _ = select.select(self.readers, self.writers, [], 10)
+            assert readable or writable, "the relay waits for nothing that happens"
+            for end in readable:
+                end.doRead()
+            for end in writable:
+                end.doWrite()
+        assert done(), "not done within the rounds"
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """
+    Two ends of a loopback TCP connection: (the peer's, the relay's).
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        peer = socket.create_connection(listener.getsockname())
+        mine, _ = listener.accept()
+    peer.settimeout(10)
+    mine.setblocking(False)
+    return peer, mine
+
+
+class _Spliced:
+    """
+    A relay between a client and a server connection, and what it reported.
+    """
+
+    def __init__(self) -> None:
+        self.client, client = _tcp_pair()
+        self.server, server = _tcp_pair()
+        self.watcher = _Watcher()
+        self.moved = [0, 0]
+        self.ended: list[tuple[str, bool]] = []
+        self.finished: list[tuple[bytes, bytes]] = []
+        self.relay = SpliceRelay(
+            self.watcher,
+            _Plain(client),  # type: ignore[arg-type]
+            _Plain(server),  # type: ignore[arg-type]
+            on_moved=self._on_moved,
+            on_finished=lambda up, down: self.finished.append((up, down)),
+            on_ended=lambda name, both: self.ended.append((name, both)),
+        )
+        self._sockets = (self.client, client, self.server, server)
+        self.relay.start()
+
+    def _on_moved(self, up: int, down: int) -> None:
+        self.moved[0] += up
+        self.moved[1] += down
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+@pytest.fixture
+def spliced() -> Any:
+    pair = _Spliced()
+    yield pair
+    pair.close()
+
+
+def _recv_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, "end of stream too early"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("first", ["client", "server"])
+def test_ends_of_stream_pass_through(spliced: _Spliced, first: str) -> None:
+    """
+    One side's end of stream half-closes the other's socket (its peer reads
+    the end) while bytes still flow the other way; the other side's end then
+    stops the relay without handing the sockets back.
+    """
+    ender, other = (
+        (spliced.client, spliced.server) if first == "client" else (spliced.server, spliced.client)
+    )
+    index = 0 if first == "client" else 1
+    ender.sendall(b"hello")
+    spliced.watcher.pump(lambda: spliced.moved[index] == 5)
+    assert _recv_exactly(other, 5) == b"hello"
+
+    ender.shutdown(socket.SHUT_WR)
+    spliced.watcher.pump(lambda: bool(spliced.ended))
+    assert spliced.ended == [(first, False)]
+    assert other.recv(1) == b""  # the half-close reached the far end
+    assert spliced.relay.active
+
+    data = pattern(300_000, seed=3)
+    other.sendall(data)
+    spliced.watcher.pump(lambda: spliced.moved[1 - index] == len(data))
+    assert _recv_exactly(ender, len(data)) == data
+
+    other.shutdown(socket.SHUT_WR)
+    second = "server" if first == "client" else "client"
+    spliced.watcher.pump(lambda: len(spliced.ended) == 2)
+    assert spliced.ended == [(first, False), (second, True)]
+    assert ender.recv(1) == b""
+    assert not spliced.relay.active
+    assert spliced.finished == []
+    assert spliced.watcher.readers == [] and spliced.watcher.writers == []
+    assert POOL.in_use == 0
+
+
+def _fill(sock: socket.socket) -> int:
+    """
+    Write to C{sock} (non-blocking) until it takes no more; the byte count.
+    """
+    count = 0
+    while True:
+        try:
+            count += sock.send(b"x" * 65536)
+        except BlockingIOError:
+            return count
+
+
+def test_end_of_stream_with_bytes_in_the_pipe_hands_back(spliced: _Spliced) -> None:
+    """
+    An end of stream read while bytes of that direction still wait in the
+    pipe (the destination is full; the reactor reported the source readable
+    in the same round) stops splicing: the pipe is delivered, then the
+    sockets are handed back; no byte is lost and no end is passed on.
+    """
+    server_side = spliced._sockets[3]
+    filler = _fill(server_side)
+    data = pattern(32_768, seed=5)
+    spliced.client.sendall(data)
+    spliced.client.shutdown(socket.SHUT_WR)
+    client_end = spliced.watcher.ends["client"]
+    select.select([client_end], [], [], 10)
+    for _ in range(10):
+        if spliced.relay.reason:
+            break
+        client_end.doRead()  # read by the relay, then a stale event
+    assert spliced.relay.reason == "client ended its stream"
+    assert spliced.relay.active and spliced.finished == []
+    assert spliced.watcher.writers  # bytes wait in the pipe for the server
+
+    received = b""
+    spliced.server.setblocking(False)
+    for _ in range(1000):
+        if spliced.finished:
+            break
+        try:
+            received += spliced.server.recv(1 << 20)
+        except BlockingIOError:
+            pass
+        _, writable, _ = select.select([], spliced.watcher.writers, [], 0.1)
+        for end in writable:
+            end.doWrite()
+    spliced.server.settimeout(10)
+    received += _recv_exactly(spliced.server, filler + spliced.moved[0] - len(received))
+    [(up, down)] = spliced.finished
+    assert received[:filler] == b"x" * filler
+    assert received[filler:] + up == data
+    assert down == b""
+    assert spliced.ended == []
+    assert not spliced.relay.active
+
+
+def test_a_full_pipe_is_not_an_end_of_stream(
+    spliced: _Spliced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A read event for a source whose pipe is full (its destination is full
+    too; the event came in the same round as the one that filled it) reads
+    nothing and ends nothing: splicing goes on once the destination drains.
+    """
+    monkeypatch.setattr(splice, "PIPE_SIZE", 4096)
+    monkeypatch.setattr(POOL, "_free", [])
+    filler = _fill(spliced._sockets[3])
+    data = pattern(32_768, seed=6)
+    spliced.client.sendall(data)
+    client_end = spliced.watcher.ends["client"]
+    select.select([client_end], [], [], 10)
+    client_end.doRead()
+    assert spliced.watcher.writers  # the destination is full
+    client_end.doRead()  # the stale event
+    assert spliced.relay.reason == ""
+    assert spliced.relay.active
+
+    spliced.server.setblocking(False)
+    received = b""
+    for _ in range(1000):
+        if spliced.moved[0] == len(data):
+            break
+        try:
+            received += spliced.server.recv(1 << 20)
+        except BlockingIOError:
+            pass
+        readable, writable, _ = select.select(
+            spliced.watcher.readers, spliced.watcher.writers, [], 0.1
+        )
+        for end in readable:
+            end.doRead()
+        for end in writable:
+            end.doWrite()
+    spliced.server.settimeout(10)
+    received += _recv_exactly(spliced.server, filler + len(data) - len(received))
+    assert received[filler:] == data
+    assert spliced.relay.active and spliced.finished == [] and spliced.ended == []

@@ -76,7 +76,7 @@ def bare_address(description: str) -> BareAddress | None:
     """
     try:
         args, kwargs = _parse(description)
-    except (ValueError, IndexError, TypeError):
+    except (ValueError, IndexError, TypeError, RuntimeError):  # a trailing "\\": RuntimeError
         return None
     if not args:
         return None
@@ -91,7 +91,7 @@ def bare_address(description: str) -> BareAddress | None:
         return (socket.AF_UNIX, values["path"]) if values["path"] else None
     family = _ip_family(values["host"])
     port = values["port"]
-    if family is None or not port.isdigit() or not 0 < int(port) < 65536:
+    if family is None or not port.isdecimal() or not 0 < int(port) < 65536:
         return None
     return family, (values["host"], int(port))
 

@@ -167,13 +167,16 @@ class _Direction:
         Move what the source has into the pipe.
 
         @return: the bytes moved (0 at the end of stream).
-        @raise BlockingIOError: the source has nothing now.
+        @raise BlockingIOError: the source has nothing now, or the pipe is full.
         @raise OSError: the source failed (reset) or cannot be spliced, or
             no pipe could be made.
         """
         pipe = self._pipe
         if pipe is None:
             pipe = self._pipe = self._pool.take()
+        if self.in_pipe >= pipe.size:
+            # A read of no bytes would look like the end of the stream.
+            raise BlockingIOError(errno.EAGAIN, "the pipe is full")
         try:
             count = os.splice(
                 self.source,
