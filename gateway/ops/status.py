@@ -453,6 +453,10 @@ def _merge_queues(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
             merge_state(into["waits"], room["waits"])
 
 
+_SUMMED = ("bytes_in", "bytes_out", "backend_failures", "unserved", "key_fallbacks", "fast_path")
+"""The plain counters of the workers' documents that the acceptor adds up."""
+
+
 def gather_status(
     state: AdminState, limit: int | None
 ) -> Deferred[tuple[dict[str, Any], list[str]]]:
@@ -488,14 +492,7 @@ def gather_status(
             for name in ("sessions", "active_sessions"):
                 for kind, count in theirs[name].items():
                     counters[name][kind] += count
-            for name in (
-                "bytes_in",
-                "bytes_out",
-                "backend_failures",
-                "unserved",
-                "key_fallbacks",
-                "fast_path",
-            ):
+            for name in _SUMMED:
                 counters[name] += theirs[name]
             _merge_histograms(counters, theirs)
             for name, (active, total, failures, endpoint) in reply.backends.items():
