@@ -8,7 +8,8 @@
 # Needs iperf3 / redis from bench/setup.sh and py-spy (.venv/bin/pip install -e '.[bench]').
 # Prints the workload's own figure, the processes' CPU seconds, and the hottest frames of
 # the gateway (with WORKERS > 1: of worker 1, then of the acceptor). Loopback only; every
-# process started here is stopped by its PID.
+# process started here is stopped by its PID. PROFILE_KEEP=DIR keeps the raw profiles there
+# (folded stacks, for bench/profile_areas.py or an inclusive view).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv=${GATEWAY_VENV:-$here/../.venv}
@@ -47,6 +48,7 @@ esac
 after=$(ticks); end=$(date +%s.%N)
 echo "gateway CPU (all its processes): $(echo "($after - $before) / 100" | bc -l | cut -c1-5) s in $(echo "$end - $start" | bc -l | cut -c1-4) s"
 sleep 8
+[[ -n ${PROFILE_KEEP:-} ]] && mkdir -p "$PROFILE_KEEP" && cp "$tmp"/profile-*.txt "$PROFILE_KEEP"/
 for i in "${!targets[@]}"; do
     echo; echo "== pid ${targets[$i]} $( ((workers > 1 && i == 0)) && echo '(worker 1)' || echo '')"
     "$venv/bin/python" - "$tmp/profile-$i.txt" <<'PY'
