@@ -261,16 +261,20 @@ class _Spliced:
             self.watcher,
             _Plain(client),  # type: ignore[arg-type]
             _Plain(server),  # type: ignore[arg-type]
-            on_moved=self._on_moved,
-            on_finished=lambda up, down: self.finished.append((up, down)),
-            on_ended=lambda name, both: self.ended.append((name, both)),
+            self,
         )
         self._sockets = (self.client, client, self.server, server)
         self.relay.start()
 
-    def _on_moved(self, up: int, down: int) -> None:
+    def splice_moved(self, up: int, down: int) -> None:
         self.moved[0] += up
         self.moved[1] += down
+
+    def splice_handed_back(self, up: bytes, down: bytes) -> None:
+        self.finished.append((up, down))
+
+    def splice_passed_end(self, name: str, both: bool) -> None:
+        self.ended.append((name, both))
 
     def close(self) -> None:
         for sock in self._sockets:

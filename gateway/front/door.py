@@ -283,6 +283,12 @@ class FrontDoor(CloseHooks, Protocol):
         if forward is not None:
             forward(data)
             return
+        session = self.session
+        if session is not None:
+            # A game session (others forward): no bound method kept per
+            # session for it (docs/performance.md).
+            session.client_data(data)
+            return
         self._sniffed += data
         verdict = classify(self._sniffed)
         if verdict is Verdict.HTTP:
@@ -484,8 +490,8 @@ class FrontDoor(CloseHooks, Protocol):
             refusals=factory.refusals,
         )
         self.session = session
+        self._forward = None  # to the session, from now (dataReceived)
         self._register(session)
-        self._forward = session.client_data
         session.start(first)
         if client_eof:
             session.client_eof()

@@ -153,7 +153,7 @@ class LeanLink:
         self.session = session
         self.backend = backend
         self._reactor = reactor
-        self._on_failed = on_failed
+        self._on_failed: Callable[[Failure, LeanLink], object] | None = on_failed
         self.ready = False
         self.failure_reason: str | None = None
         self.transport: LeanLink | None = None
@@ -183,7 +183,9 @@ class LeanLink:
 
     def _fail(self, error: Exception) -> None:
         self._close()
-        self._on_failed(Failure(error), self)
+        on_failed, self._on_failed = self._on_failed, None
+        if on_failed is not None:
+            on_failed(Failure(error), self)
 
     def _close(self) -> None:
         if self._watched:
@@ -219,6 +221,9 @@ class LeanLink:
             self._fail(getConnectError((code, os.strerror(code))))
             return
         self.transport = self
+        # Only a connect can fail through the dialer: let it go (a live
+        # session keeps no dialer; docs/performance.md).
+        self._on_failed = None
         self.session.link_ready(self)
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name

@@ -33,8 +33,8 @@ import fcntl
 import os
 import socket
 import sys
-from collections.abc import Callable
 from typing import Any
+from typing import Protocol as Structural
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IReadWriteDescriptor
@@ -42,7 +42,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["PIPE_SIZE", "POOL", "PipePool", "SpliceRelay", "splice_available", "spliceable"]
+__all__ = [
+    "PIPE_SIZE",
+    "POOL",
+    "PipePool",
+    "SpliceOwner",
+    "SpliceRelay",
+    "splice_available",
+    "spliceable",
+]
 
 PIPE_SIZE = 1 << 20
 """The size asked for each direction's pipe (the kernel may give less)."""
@@ -278,6 +286,35 @@ class _SocketEnd:
         return f"splice {self.name}"
 
 
+class SpliceOwner(Structural):
+    """
+    What a L{SpliceRelay} tells its session.  One object, not three
+    callbacks: a relay lives as long as an idle session, and each bound
+    method would cost it another 64 bytes (docs/performance.md).
+    """
+
+    def splice_moved(self, up: int, down: int) -> None:
+        """
+        Bytes delivered (client to server, server to client) since the last
+        call, after each step.
+        """
+
+    def splice_handed_back(self, up: bytes, down: bytes) -> None:
+        """
+        The sockets are handed back, with the bytes read but not delivered in
+        each direction (client to server, server to client) when splicing
+        them out failed: the session writes them through the transports.
+        """
+
+    def splice_passed_end(self, name: str, both: bool) -> None:
+        """
+        The relay passed on a clean end of stream (C{"client"} or
+        C{"server"} ended; the other socket is half-closed), and whether
+        both directions have now ended (then the relay has stopped, without
+        handing the sockets back: the session closes them).
+        """
+
+
 class SpliceRelay:
     """
     Relays the bytes of two plain sockets with splice(2) until anything but
@@ -294,9 +331,7 @@ class SpliceRelay:
         "_client_end",
         "_down",
         "_ended",
-        "_on_ended",
-        "_on_finished",
-        "_on_moved",
+        "_owner",
         "_reactor",
         "_server",
         "_server_end",
@@ -311,30 +346,15 @@ class SpliceRelay:
         reactor: Any,
         client: tcp.Connection,
         server: tcp.Connection,
-        *,
-        on_moved: Callable[[int, int], None],
-        on_finished: Callable[[bytes, bytes], None],
-        on_ended: Callable[[str, bool], None],
+        owner: SpliceOwner,
     ) -> None:
         """
-        @param on_moved: called with the bytes delivered (client to server,
-            server to client) since the last call, after each step.
-        @param on_finished: called once the sockets are handed back, with the
-            bytes read but not delivered in each direction (client to server,
-            server to client) when splicing them out failed: the caller
-            writes them through the transports.
-        @param on_ended: called when the relay passed on a clean end of
-            stream (C{"client"} or C{"server"} ended; the other socket is
-            half-closed), with whether both directions have now ended (then
-            the relay has stopped, without handing the sockets back: the
-            caller closes them).
+        @param owner: hears what the relay moved, passed on and handed back.
         """
         self._reactor = reactor
         self._client = client
         self._server = server
-        self._on_moved = on_moved
-        self._on_finished = on_finished
-        self._on_ended = on_ended
+        self._owner = owner
         self._ended = 0
         client_fd, server_fd = client.fileno(), server.fileno()
         self._up = _Direction(client_fd, server_fd, POOL)
@@ -413,7 +433,7 @@ class SpliceRelay:
                 self._reactor.removeWriter(each)
             self._up.close()
             self._down.close()
-        self._on_ended(end.name, both)
+        self._owner.splice_passed_end(end.name, both)
 
     def writable(self, end: _SocketEnd) -> None:
         """
@@ -462,9 +482,9 @@ class SpliceRelay:
         moved = direction.moved - before
         if moved:
             if direction is self._up:
-                self._on_moved(moved, 0)
+                self._owner.splice_moved(moved, 0)
             else:
-                self._on_moved(0, moved)
+                self._owner.splice_moved(0, moved)
 
     def stop(self, reason: str) -> None:
         """
@@ -506,4 +526,4 @@ class SpliceRelay:
         up, down = self._up.leftover(), self._down.leftover()
         self._up.close()
         self._down.close()
-        self._on_finished(up, down)
+        self._owner.splice_handed_back(up, down)

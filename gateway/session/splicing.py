@@ -133,24 +133,20 @@ class SessionSplicing(SessionWaiting):
             self._full_server().write(first[sent:])
             self._pair_transports()
             return True
-        self._splice = SpliceRelay(
-            self._clock,
-            cast(Any, client),
-            cast(Any, server),
-            on_moved=self._spliced,
-            on_finished=self._splice_finished,
-            on_ended=self._splice_ended,
-        )
+        self._splice = SpliceRelay(self._clock, cast(Any, client), cast(Any, server), self)
         self._enter(Phase.SPLICING)
         self._splice.start()
         return True
 
-    def _spliced(self, up: int, down: int) -> None:
+    def splice_moved(self, up: int, down: int) -> None:
+        """
+        The relay delivered bytes (L{gateway.session.splice.SpliceOwner}).
+        """
         self.spliced = True
         self.bytes_in += up
         self.bytes_out += down
 
-    def _splice_ended(self, name: str, both: bool) -> None:
+    def splice_passed_end(self, name: str, both: bool) -> None:
         """
         The relay passed on an end of stream (C{name}: C{"client"} or
         C{"server"}) as a half-close of the other side; with both ended,
@@ -163,7 +159,7 @@ class SessionSplicing(SessionWaiting):
         self._splice = None
         self._close_both()
 
-    def _splice_finished(self, up: bytes, down: bytes) -> None:
+    def splice_handed_back(self, up: bytes, down: bytes) -> None:
         """
         Splicing ended (an error, an end of stream with bytes in flight, or
         the session closing): the transports relay again, from where the
