@@ -501,3 +501,46 @@ def test_switch_from_the_command_line_and_the_file(tmp_path: Path) -> None:
     assert config("--config", str(file)) is False
     file.write_text("no-http-fast-path = false\n")
     assert config("--config", str(file)) is True
+
+
+def test_pipelined_responses_to_a_slow_reader_arrive_whole(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """
+    Over a real connection the lean path writes straight to the socket when
+    nothing is queued, and what the socket does not take goes through the
+    transport's buffer: many pipelined responses of a file near the limit,
+    to a client whose receive window is small and who reads only after
+    sending them all, arrive whole, in order, each once.
+    """
+    import socket
+
+    from tests.support import Backend, GatewayProcess, echo, pattern, recv_until_eof
+
+    body = pattern(FILE_LIMIT - 1000, seed=5)
+    (tmp_path / "big.bin").write_bytes(body)
+    count = 200
+    requests = b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n" * (count - 1)
+    requests += b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with (
+        Backend(echo) as backend,
+        GatewayProcess(
+            ["--backend", backend.endpoint, "--http-root", str(tmp_path)],
+            tmp_path_factory.mktemp("gateway"),
+        ) as gateway,
+        socket.socket() as sock,
+    ):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", gateway.port))
+        sock.sendall(requests)
+        data = recv_until_eof(sock)
+    seen = 0
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head[:80]
+        assert b"Content-Length: %d\r\n" % len(body) in head + b"\r\n"
+        assert data[: len(body)] == body
+        data = data[len(body) :]
+        seen += 1
+    assert seen == count

@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.tcp import Server
 from twisted.web import http
 from twisted.web.static import getTypeAndEncoding
 
@@ -197,6 +198,31 @@ def _read(path: str, info: os.stat_result, coding: bytes) -> _Body | None:
         b"ETag: " + etag + b"\r\nLast-Modified: " + http.datetimeToString(last_modified) + b"\r\n"
     )
     return _Body(_key(info), body, validators, etag, last_modified, coding)
+
+
+def _send(transport: Any, parts: list[bytes]) -> None:
+    """
+    Write a chunk's responses: on a plain TCP connection with nothing queued
+    straight to the socket (one C{send(2)}: no C{epoll_ctl} to wait for
+    writability, no reactor turn to write), and what the socket does not
+    take (or on any other transport: TLS, a C{haproxy:} front) through the
+    transport's buffer as before.
+    """
+    data = b"".join(parts)
+    if (
+        type(transport) is Server
+        and not transport.TLS
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer  # noqa: SLF001 - nothing queued before
+        and transport.connected
+        and not transport._writeDisconnected  # noqa: SLF001
+    ):
+        sent = transport.writeSomeData(data)
+        if type(sent) is int and sent > 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
 
 
 class LeanStatic:
@@ -431,12 +457,12 @@ class LeanStatic:
             )
             position = end + 4
             if not keep:
-                transport.writeSequence(out)
+                _send(transport, out)
                 channel.persistent = False
                 channel.loseConnection()
                 return None
             if gathered >= _WRITE_BATCH:
-                transport.writeSequence(out)
+                _send(transport, out)
                 out, gathered = [], 0
                 if getattr(channel, "_waitingForTransport", False):
                     # The client does not read: twisted.web reads the rest
@@ -444,7 +470,7 @@ class LeanStatic:
                     rest = data[position:] or None
                     break
         if out:
-            transport.writeSequence(out)
+            _send(transport, out)
         if position:
             channel.resetTimeout()
         return rest
