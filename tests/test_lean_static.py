@@ -544,3 +544,36 @@ def test_pipelined_responses_to_a_slow_reader_arrive_whole(
         data = data[len(body) :]
         seen += 1
     assert seen == count
+
+
+@pytest.mark.parametrize("close", [True, False])
+def test_response_goes_straight_to_a_tcp_socket(www: Path, close: bool) -> None:
+    """
+    On a TCP connection with nothing queued the response is in the client's
+    socket before the reactor turns (no write is left to the reactor); a
+    request that asks to close then closes with no send timeout armed (no
+    bytes wait for the client), and a keep-alive one keeps the connection.
+    """
+    import socket
+
+    from twisted.internet.tcp import Server
+
+    first, _, clock = make_front(www, fast_path=True)
+    front = first.factory.buildProtocol(PEER)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, address = listener.accept()
+    with client:
+        transport = Server(accepted, front, address, None, 1, clock)  # type: ignore[arg-type]
+        front.makeConnection(transport)
+        head = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n"
+        front.dataReceived(head + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+        client.settimeout(5)
+        reply = client.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert not transport.dataBuffer and not transport._tempDataBuffer
+        assert bool(transport.disconnecting) is close
+        channel = front.http
+        assert channel is not None
+        assert channel._closing_call is None
+        transport.connectionLost(Failure(ConnectionDone()))

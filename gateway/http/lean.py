@@ -200,13 +200,15 @@ def _read(path: str, info: os.stat_result, coding: bytes) -> _Body | None:
     return _Body(_key(info), body, validators, etag, last_modified, coding)
 
 
-def _send(transport: Any, parts: list[bytes]) -> None:
+def _send(transport: Any, parts: list[bytes]) -> bool:
     """
     Write a chunk's responses: on a plain TCP connection with nothing queued
     straight to the socket (one C{send(2)}: no C{epoll_ctl} to wait for
     writability, no reactor turn to write), and what the socket does not
     take (or on any other transport: TLS, a C{haproxy:} front) through the
     transport's buffer as before.
+
+    @return: whether the socket took every byte (nothing is queued).
     """
     data = b"".join(parts)
     if (
@@ -220,9 +222,10 @@ def _send(transport: Any, parts: list[bytes]) -> None:
         sent = transport.writeSomeData(data)
         if type(sent) is int and sent > 0:
             if sent == len(data):
-                return
+                return True
             data = data[sent:]
     transport.write(data)
+    return False
 
 
 class LeanStatic:
@@ -457,9 +460,13 @@ class LeanStatic:
             )
             position = end + 4
             if not keep:
-                _send(transport, out)
                 channel.persistent = False
-                channel.loseConnection()
+                if _send(transport, out):
+                    # Nothing left to send: the close needs nothing from the
+                    # client, so no send timeout is armed for it.
+                    http.HTTPChannel.loseConnection(channel)
+                else:
+                    channel.loseConnection()
                 return None
             if gathered >= _WRITE_BATCH:
                 _send(transport, out)
