@@ -17,13 +17,15 @@ It answers only:
   - a whole head in the chunk, at most L{HEAD_LIMIT} bytes and
     L{MAX_FIELDS} header lines, lines ended by CRLF;
   - the request line C{GET|HEAD SP /path SP HTTP/1.1|HTTP/1.0}, the target
-    printable ASCII without C{%}, C{#}, C{//}, C{/.} or a trailing C{/};
+    printable ASCII without C{%}, C{#}, C{//} or C{/.};
   - header names that are tokens, values without control characters, no
     continuation line, no name twice, and none of C{Content-Length},
     C{Transfer-Encoding}, C{Range}, C{If-Range}, C{Upgrade}, C{Expect};
   - a path that L{StaticRoot.getChild} (the same checks: hidden files,
     links out of the root) resolves to a regular file of at most
-    L{FILE_LIMIT} bytes whose extension implies no content coding.
+    L{FILE_LIMIT} bytes whose extension implies no content coding; a path
+    ending in C{/} only when that is the folder's first index name
+    (C{index.html}: no later file can be chosen before it).
 
 A file's cache entry holds its body and prebuilt headers, and is checked by
 one C{stat} per request (device, inode, size, modification and change
@@ -120,7 +122,7 @@ def parse_head(head: bytes) -> LeanRequest | None:
     if not _TARGET.match(target):
         return None
     path = target.partition(b"?")[0]
-    if b"//" in path or b"/." in path or path.endswith(b"/"):
+    if b"//" in path or b"/." in path:
         return None
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
@@ -291,6 +293,10 @@ class LeanStatic:
     def _load(self, path: bytes) -> _Entry | None:
         leaf = self._resolve(path)
         if leaf is None:
+            return None
+        if path.endswith(b"/") and leaf.basename() != self.root.indexNames[0]:
+            # A folder's index: only its first name, which no file created
+            # later can take the place of (the entry's stat would not see it).
             return None
         if leaf.type is None:
             leaf.type, leaf.encoding = getTypeAndEncoding(
