@@ -328,8 +328,9 @@ def test_http_event_is_what_logger_info_makes(only: bool) -> None:
         "reason": "complete",
     }
     seen: list[dict[str, Any]] = []
+    observer = seen.append
     publisher = access.ACCESS_ONLY if only else globalLogPublisher
-    publisher.addObserver(seen.append)
+    publisher.addObserver(observer)  # type: ignore[arg-type]
     access.access_log_only(only)
     try:
         access.log_http_request(**fields)
@@ -353,6 +354,6 @@ def test_http_event_is_what_logger_info_makes(only: bool) -> None:
         expected = dict(seen[-1])
     finally:
         access.access_log_only(False)
-        publisher.removeObserver(seen.append)
+        publisher.removeObserver(observer)  # type: ignore[arg-type]
     assert event.pop("log_time") <= expected.pop("log_time")
     assert list(event.items()) == list(expected.items())
