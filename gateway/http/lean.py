@@ -68,6 +68,13 @@ CACHE_BYTES = 16 * 1024 * 1024
 CACHE_ENTRIES = 4096
 """The paths a site's lean cache holds at most (then it starts again)."""
 
+HEAD_CACHE_ENTRIES = 1024
+"""The request heads whose responses a site's lean path remembers (then it
+starts again)."""
+
+HEAD_CACHE_LIMIT = 2048
+"""The longest request head whose response is remembered."""
+
 _WRITE_BATCH = 64 * 1024
 """Response bytes gathered before they are written (and the transport's
 back-pressure looked at)."""
@@ -169,6 +176,32 @@ class _Entry:
     siblings: dict[bytes, _Body] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """
+    The response to one request head, but its C{Date}: kept for that head
+    (clients send the same head again and again) while its file's entry is
+    the one it was made from.
+
+    @ivar before: the status line to the C{Server} line.
+    @ivar after: the lines after the C{Date} line, and the empty line.
+    @ivar body: the body sent (empty for C{HEAD}, 304 and 412).
+    @ivar keep: whether the connection stays open after it.
+    @ivar method: the method, as logged.
+    @ivar target: the target, as logged (cut to the path limit).
+    """
+
+    path: bytes
+    entry: _Entry
+    before: bytes
+    after: bytes
+    body: bytes
+    code: int
+    keep: bool
+    method: str
+    target: str
+
+
 def _key(info: os.stat_result) -> tuple[int, ...]:
     return (
         info.st_dev,
@@ -256,6 +289,7 @@ class LeanStatic:
         self._path_limit = path_limit
         self._cache: dict[bytes, _Entry] = {}
         self._cached_bytes = 0
+        self._heads: dict[bytes, _Prepared] = {}
         self._date_second = -1
         self._date = b""
 
@@ -323,6 +357,7 @@ class LeanStatic:
         if len(self._cache) >= CACHE_ENTRIES or self._cached_bytes > CACHE_BYTES:
             self._cache.clear()
             self._cached_bytes = 0
+            self._heads.clear()
         self._cache[path] = entry
         self._cached_bytes += len(plain.body)
         return entry
@@ -383,11 +418,26 @@ class LeanStatic:
         @return: the response's bytes, its status, its body's length, and
             whether the connection stays open after it.
         """
+        found = self._prepare(request)
+        if found is None:
+            return None
+        prepared = found[0]
+        response = (prepared.before, self._date_line(), prepared.after, prepared.body)
+        return b"".join(response), prepared.code, len(prepared.body), prepared.keep
+
+    def _prepare(self, request: LeanRequest) -> tuple[_Prepared, bool] | None:
+        """
+        The response to C{request} (see L{answer}), and whether it may be
+        reused for the same head while its file's entry stays: not when a
+        precompressed sibling was looked for (those are looked for again
+        on each request).
+        """
         entry = self._entry(request.path)
         if entry is None:
             return None
         headers = request.headers
-        body = self._representation(entry, headers.get(b"accept-encoding"))
+        accept = headers.get(b"accept-encoding")
+        body = self._representation(entry, accept)
         if body is None:
             return None
         connection = headers.get(b"connection")
@@ -406,7 +456,7 @@ class LeanStatic:
         start = request.version + b" " + _PHRASES[code] + b"\r\n"
         if not keep and request.version == b"HTTP/1.1":
             start += b"Connection: close\r\n"
-        parts = [start, self._server, self._date_line(), entry.common, body.validators]
+        parts = [entry.common, body.validators]
         sent = b""
         if code == PRECONDITION_FAILED:
             parts.append(b"Content-Length: 0\r\n")
@@ -421,8 +471,41 @@ class LeanStatic:
                 sent = body.body
         if keep and request.version == b"HTTP/1.0":
             parts.append(b"Connection: keep-alive\r\n")
-        parts += (b"\r\n", sent)
-        return b"".join(parts), code, len(sent), keep
+        parts.append(b"\r\n")
+        prepared = _Prepared(
+            request.path,
+            entry,
+            start + self._server,
+            b"".join(parts),
+            sent,
+            code,
+            keep,
+            request.method.decode("ascii"),
+            request.target.decode("ascii")[: self._path_limit],
+        )
+        return prepared, not (entry.precompressed and preferred_codings(accept))
+
+    def _prepared(self, head: bytes) -> _Prepared | None:
+        """
+        The response to a request C{head} (see L{answer}): the one made for
+        the same head before if its file's entry is still the one it was
+        made from (checked by L{_entry}'s C{stat}), else a new one.
+        """
+        prepared = self._heads.get(head)
+        if prepared is not None:
+            if self._entry(prepared.path) is prepared.entry:
+                return prepared
+            self._heads.pop(head, None)
+        request = parse_head(head)
+        found = self._prepare(request) if request is not None else None
+        if found is None:
+            return None
+        prepared, reusable = found
+        if reusable and len(head) <= HEAD_CACHE_LIMIT:
+            if len(self._heads) >= HEAD_CACHE_ENTRIES:
+                self._heads.clear()
+            self._heads[head] = prepared
+        return prepared
 
     def feed(self, door: Any, data: bytes) -> bytes | None:
         """
@@ -445,27 +528,26 @@ class LeanStatic:
         while position < len(data):
             started = clock.seconds()
             end = data.find(b"\r\n\r\n", position, position + HEAD_LIMIT + 4)
-            request = parse_head(data[position:end]) if end >= 0 else None
-            answer = self.answer(request) if request is not None else None
-            if request is None or answer is None:
+            prepared = self._prepared(data[position:end]) if end >= 0 else None
+            if prepared is None:
                 rest = data[position:]
                 break
-            response, code, length, keep = answer
-            out.append(response)
-            gathered += len(response)
+            length = len(prepared.body)
+            out += (prepared.before, self._date_line(), prepared.after, prepared.body)
+            gathered += len(prepared.after) + length
             channel.bytes_out += length
             log_http_request(
                 peer=door.peer,
-                method=request.method.decode("ascii"),
-                path=request.target.decode("ascii")[: self._path_limit],
-                status=code,
+                method=prepared.method,
+                path=prepared.target,
+                status=prepared.code,
                 bytes_in=0,
                 bytes_out=length,
                 duration=clock.seconds() - started,
                 reason=HTTP_COMPLETE,
             )
             position = end + 4
-            if not keep:
+            if not prepared.keep:
                 channel.persistent = False
                 if _send(transport, out):
                     # Nothing left to send: the close needs nothing from the
