@@ -359,6 +359,32 @@ def test_cache_is_bounded(www: Path) -> None:
         module.CACHE_ENTRIES = bound
 
 
+def test_responses_kept_by_head(www: Path) -> None:
+    """
+    The response to a head is kept for that head (not when precompressed
+    siblings were looked for), answered again with the Date of the moment,
+    and the kept heads are bounded.
+    """
+    from gateway.http import lean as module
+
+    front, transport, _reactor = make_front(www, fast_path=True)
+    head = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+    front.dataReceived(head * 2)
+    static = front._lean
+    assert static is not None
+    front.dataReceived(b"GET /app.js HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
+    assert list(static._heads) == [head[:-4]]
+    assert transport.value().count(b"\r\n\r\n" + b"alpha\n" * 10) == 2
+    bound = module.HEAD_CACHE_ENTRIES
+    module.HEAD_CACHE_ENTRIES = 2
+    try:
+        for name in (b"/index.html", b"/empty.txt", b"/old.css"):
+            front.dataReceived(b"GET " + name + b" HTTP/1.1\r\n\r\n")
+        assert len(static._heads) <= 2 and head[:-4] not in static._heads
+    finally:
+        module.HEAD_CACHE_ENTRIES = bound
+
+
 def test_no_lean_path_with_routes_or_switched_off(www: Path) -> None:
     """
     The lean path serves a site of files only, and only when it is on.
