@@ -30,7 +30,8 @@ seconds per 10,000 requests (its process tree, from C{/proc}).  Cells are
 medians over C{--rounds}; the column order rotates each round.  wrk and the
 servers share the machine's cores.
 
-C{--profile S} then runs wrk at the gateway (small file, keep-alive) once
+C{--profile S} then runs wrk at the gateway (C{--profile-row}, by default the
+small file over keep-alive) once
 more while py-spy samples it, and prints where its time went by area
 (L{bench.profile_areas}) and the hottest frames.
 
@@ -242,8 +243,8 @@ def report(results: Results, columns: list[str]) -> str:
 
 def profile(port: int, pid: int, seconds: int, raw: Path, args: argparse.Namespace) -> str:
     """
-    Sample the gateway with py-spy while wrk loads it with the small file
-    over keep-alive; the summary by area.
+    Sample the gateway with py-spy while wrk loads it with C{--profile-row}
+    (by default the small file over keep-alive); the summary by area.
     """
     spy = [PY_SPY, "record", "-p", str(pid), "-d", f"{seconds:g}", "-r", str(RATE), "--idle"]
     spy += ["--format", "raw", "-o", str(raw)]
@@ -253,7 +254,7 @@ def profile(port: int, pid: int, seconds: int, raw: Path, args: argparse.Namespa
             saved = args.duration
             args.duration = seconds + 1
             try:
-                load = measure(port, pid, "small keep-alive", args)
+                load = measure(port, pid, args.profile_row, args)
             finally:
                 args.duration = saved
             sampler.wait(timeout=seconds + 30)
@@ -267,7 +268,7 @@ def profile(port: int, pid: int, seconds: int, raw: Path, args: argparse.Namespa
     total, busy, areas, hottest = profile_areas(raw)
     lines = [
         f"py-spy, {seconds:g} s at {RATE} Hz (idle included) during wrk -t1 "
-        f"-c{args.connections} of the small file: {load.values['rps']:.0f} req/s, gateway "
+        f"-c{args.connections}, {args.profile_row}: {load.values['rps']:.0f} req/s, gateway "
         f"CPU {load.proxy_cpu:.2f} s; {total} samples, {busy} busy (not in epoll_wait)",
         "",
         "| area | % of samples | % of busy samples |",
@@ -306,6 +307,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50, help="wrk -c")
     parser.add_argument("--columns", default=",".join(COLUMNS[:2]), help=", ".join(COLUMNS))
     parser.add_argument("--profile", type=int, default=0, help="py-spy seconds (0: none)")
+    parser.add_argument(
+        "--profile-row", default="small keep-alive", help="the row py-spy samples (a ROWS name)"
+    )
     parser.add_argument("--profile-raw", type=Path, help="keep py-spy's raw profile here")
     args = parser.parse_args()
     columns = [c for c in args.columns.split(",") if c]

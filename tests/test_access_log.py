@@ -306,3 +306,54 @@ def test_game_session_duration(log_events: EventLoggingObserver) -> None:
     client.lose()
     [event] = [e for e in log_events if e.get("log_namespace") == "gateway.access"]
     assert event["duration"] == 2.5
+
+
+@pytest.mark.parametrize("only", [False, True])
+def test_http_event_is_what_logger_info_makes(only: bool) -> None:
+    """
+    An HTTP request's event is built without C{Logger.info}, and is the
+    event C{Logger.info} makes (keys, their order, values; the time aside),
+    on either route (C{--access-log-only} or not).
+    """
+    from gateway.ops import access
+
+    fields: dict[str, Any] = {
+        "peer": "192.0.2.2:6000",
+        "method": "GET",
+        "path": "/a",
+        "status": 200,
+        "bytes_in": 0,
+        "bytes_out": 12,
+        "duration": 0.001,
+        "reason": "complete",
+    }
+    seen: list[dict[str, Any]] = []
+    observer = seen.append
+    publisher = access.ACCESS_ONLY if only else globalLogPublisher
+    publisher.addObserver(observer)  # type: ignore[arg-type]
+    access.access_log_only(only)
+    try:
+        access.log_http_request(**fields)
+        event = dict(seen[-1])
+        text = event["log_text"]
+        access._route[0].info(
+            "{log_text}",
+            log_text=text,
+            kind="http",
+            peer="192.0.2.2:6000",
+            route=None,
+            backend=None,
+            method="GET",
+            path="/a",
+            status=200,
+            bytes_in=0,
+            bytes_out=12,
+            duration=0.001,
+            reason="complete",
+        )
+        expected = dict(seen[-1])
+    finally:
+        access.access_log_only(False)
+        publisher.removeObserver(observer)  # type: ignore[arg-type]
+    assert event.pop("log_time") <= expected.pop("log_time")
+    assert list(event.items()) == list(expected.items())

@@ -53,6 +53,7 @@ def _tree(root: Path) -> None:
         ".well-known/x.txt": b"known\n",
         "sub/c.css": b"p{color:red}\n",
         "sub/index.html": b"<p>sub</p>\n",
+        "htm/index.htm": b"<p>htm</p>\n",
         "big.bin": b"\xab" * (FILE_LIMIT + 1),
         "data.tar.gz": b"\x1f\x8b" + b"\x00" * 40,
         "name with+plus.txt": b"plus\n",
@@ -222,6 +223,7 @@ HEADERS = [
 
 
 ANSWERED = [b"/a.txt", b"/index.html", b"/empty.txt", b"/app.js", b"/old.css", b"/sub/c.css"]
+ANSWERED += [b"/", b"/sub/", b"/htm/"]
 PLAIN_HEADERS = HEADERS[:19]
 
 
@@ -293,6 +295,27 @@ def test_lean_path_answers_what_it_can(www: Path) -> None:
     assert b"HTTP/1.1 404 Not Found" in transport.value()
 
 
+def test_index_on_the_lean_path(www: Path) -> None:
+    """
+    A folder's C{index.html} is answered on the lean path (C{/}, C{/sub/});
+    a folder whose index is C{index.htm} is left to twisted.web (an
+    C{index.html} made later would be chosen before it, and the cached
+    entry's C{stat} would not see it).
+    """
+    front, transport, reactor = make_front(www, fast_path=True)
+    front.dataReceived(b"GET / HTTP/1.1\r\n\r\nGET /sub/ HTTP/1.1\r\n\r\n")
+    assert front._lean is not None
+    assert front.http is not None and not front.http.requests
+    got = transport.value()
+    assert got.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert got.endswith(b"Content-Length: 11\r\n\r\n<p>sub</p>\n")
+    front.dataReceived(b"GET /htm/ HTTP/1.1\r\n\r\n")
+    assert front._lean is None
+    for _ in range(5):
+        reactor.advance(0)  # twisted.web sends the file's parts one a turn
+    assert transport.value().endswith(b"<p>htm</p>\n")
+
+
 def test_changed_file_is_read_again(www: Path, tmp_path: Path) -> None:
     """
     A cached file that changes is served as it is now (its validators
@@ -334,6 +357,32 @@ def test_cache_is_bounded(www: Path) -> None:
         assert len(static._cache) == 1
     finally:
         module.CACHE_ENTRIES = bound
+
+
+def test_responses_kept_by_head(www: Path) -> None:
+    """
+    The response to a head is kept for that head (not when precompressed
+    siblings were looked for), answered again with the Date of the moment,
+    and the kept heads are bounded.
+    """
+    from gateway.http import lean as module
+
+    front, transport, _reactor = make_front(www, fast_path=True)
+    head = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+    front.dataReceived(head * 2)
+    static = front._lean
+    assert static is not None
+    front.dataReceived(b"GET /app.js HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
+    assert list(static._heads) == [head[:-4]]
+    assert transport.value().count(b"\r\n\r\n" + b"alpha\n" * 10) == 2
+    bound = module.HEAD_CACHE_ENTRIES
+    module.HEAD_CACHE_ENTRIES = 2
+    try:
+        for name in (b"/index.html", b"/empty.txt", b"/old.css"):
+            front.dataReceived(b"GET " + name + b" HTTP/1.1\r\n\r\n")
+        assert len(static._heads) <= 2 and head[:-4] not in static._heads
+    finally:
+        module.HEAD_CACHE_ENTRIES = bound
 
 
 def test_no_lean_path_with_routes_or_switched_off(www: Path) -> None:
@@ -427,7 +476,6 @@ def _mutations() -> Iterator[tuple[bytes, bytes]]:
     yield b"GET /a HTTP/1.1", b"get /a HTTP/1.1"
     yield b"GET /a HTTP/1.1", b"GET /a HTTP/2.0"
     yield b"GET /a HTTP/1.1", b"GET a HTTP/1.1"
-    yield b"GET /a HTTP/1.1", b"GET /a/ HTTP/1.1"
     yield b"GET /a HTTP/1.1", b"GET /%61 HTTP/1.1"
     yield b"GET /a HTTP/1.1", b"GET /a#b HTTP/1.1"
     yield b"GET /a HTTP/1.1", b"GET //a HTTP/1.1"
@@ -501,3 +549,79 @@ def test_switch_from_the_command_line_and_the_file(tmp_path: Path) -> None:
     assert config("--config", str(file)) is False
     file.write_text("no-http-fast-path = false\n")
     assert config("--config", str(file)) is True
+
+
+def test_pipelined_responses_to_a_slow_reader_arrive_whole(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """
+    Over a real connection the lean path writes straight to the socket when
+    nothing is queued, and what the socket does not take goes through the
+    transport's buffer: many pipelined responses of a file near the limit,
+    to a client whose receive window is small and who reads only after
+    sending them all, arrive whole, in order, each once.
+    """
+    import socket
+
+    from tests.support import Backend, GatewayProcess, echo, pattern, recv_until_eof
+
+    body = pattern(FILE_LIMIT - 1000, seed=5)
+    (tmp_path / "big.bin").write_bytes(body)
+    count = 200
+    requests = b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n" * (count - 1)
+    requests += b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with (
+        Backend(echo) as backend,
+        GatewayProcess(
+            ["--backend", backend.endpoint, "--http-root", str(tmp_path)],
+            tmp_path_factory.mktemp("gateway"),
+        ) as gateway,
+        socket.socket() as sock,
+    ):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", gateway.port))
+        sock.sendall(requests)
+        data = recv_until_eof(sock)
+    seen = 0
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head[:80]
+        assert b"Content-Length: %d\r\n" % len(body) in head + b"\r\n"
+        assert data[: len(body)] == body
+        data = data[len(body) :]
+        seen += 1
+    assert seen == count
+
+
+@pytest.mark.parametrize("close", [True, False])
+def test_response_goes_straight_to_a_tcp_socket(www: Path, close: bool) -> None:
+    """
+    On a TCP connection with nothing queued the response is in the client's
+    socket before the reactor turns (no write is left to the reactor); a
+    request that asks to close then closes with no send timeout armed (no
+    bytes wait for the client), and a keep-alive one keeps the connection.
+    """
+    import socket
+
+    from twisted.internet.tcp import Server
+
+    first, _, clock = make_front(www, fast_path=True)
+    front = first.factory.buildProtocol(PEER)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, address = listener.accept()
+    with client:
+        transport = Server(accepted, front, address, None, 1, clock)  # type: ignore[arg-type]
+        front.makeConnection(transport)
+        head = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n"
+        front.dataReceived(head + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+        client.settimeout(5)
+        reply = client.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert not transport.dataBuffer and not transport._tempDataBuffer
+        assert bool(transport.disconnecting) is close
+        channel = front.http
+        assert channel is not None
+        assert channel._closing_call is None
+        transport.connectionLost(Failure(ConnectionDone()))

@@ -186,6 +186,43 @@ def test_text_line_is_twistds_own(events: list[tuple[float, str, LogLevel]]) -> 
     assert ours.getvalue() == theirs.getvalue()
 
 
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=4e9, allow_nan=False),
+            st.text(max_size=30),
+            st.sampled_from([LogLevel.info, LogLevel.warn, None]),
+            st.sampled_from([None, "gateway.access", "x\ny"]),
+            st.sampled_from([None, "-", "sys tem"]),
+        ),
+        max_size=12,
+    )
+)
+def test_made_text_line_is_twistds_own(
+    events: list[tuple[float, str, LogLevel | None, str | None, str | None]],
+) -> None:
+    """
+    An event whose text was made before it was logged (C{"{log_text}"}, the
+    access events) gets twistd's own line too, whatever its text, level,
+    namespace and system (the line is put together without the formatter).
+    """
+    ours, theirs = io.StringIO(), io.StringIO()
+    stock = textFileLogObserver(theirs)
+    lines = LineBuffer(ours)
+    observer = BufferedLogObserver(lines, text_line)
+    for when, text, level, namespace, system in events:
+        event: dict[str, object] = {"log_format": "{log_text}", "log_text": text, "log_time": when}
+        if level is not None:
+            event["log_level"] = level
+        if namespace is not None:
+            event["log_namespace"] = namespace
+        if system is not None:
+            event["log_system"] = system
+        for seen in (stock, observer):
+            seen(dict(event))
+    assert ours.getvalue() == theirs.getvalue()
+
+
 def test_second_cache_changes_with_the_second() -> None:
     """
     The cached time text is the second's own, also on going back in time.

@@ -17,13 +17,15 @@ It answers only:
   - a whole head in the chunk, at most L{HEAD_LIMIT} bytes and
     L{MAX_FIELDS} header lines, lines ended by CRLF;
   - the request line C{GET|HEAD SP /path SP HTTP/1.1|HTTP/1.0}, the target
-    printable ASCII without C{%}, C{#}, C{//}, C{/.} or a trailing C{/};
+    printable ASCII without C{%}, C{#}, C{//} or C{/.};
   - header names that are tokens, values without control characters, no
     continuation line, no name twice, and none of C{Content-Length},
     C{Transfer-Encoding}, C{Range}, C{If-Range}, C{Upgrade}, C{Expect};
   - a path that L{StaticRoot.getChild} (the same checks: hidden files,
     links out of the root) resolves to a regular file of at most
-    L{FILE_LIMIT} bytes whose extension implies no content coding.
+    L{FILE_LIMIT} bytes whose extension implies no content coding; a path
+    ending in C{/} only when that is the folder's first index name
+    (C{index.html}: no later file can be chosen before it).
 
 A file's cache entry holds its body and prebuilt headers, and is checked by
 one C{stat} per request (device, inode, size, modification and change
@@ -40,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.tcp import Server
 from twisted.web import http
 from twisted.web.static import getTypeAndEncoding
 
@@ -64,6 +67,13 @@ CACHE_BYTES = 16 * 1024 * 1024
 
 CACHE_ENTRIES = 4096
 """The paths a site's lean cache holds at most (then it starts again)."""
+
+HEAD_CACHE_ENTRIES = 1024
+"""The request heads whose responses a site's lean path remembers (then it
+starts again)."""
+
+HEAD_CACHE_LIMIT = 2048
+"""The longest request head whose response is remembered."""
 
 _WRITE_BATCH = 64 * 1024
 """Response bytes gathered before they are written (and the transport's
@@ -119,7 +129,7 @@ def parse_head(head: bytes) -> LeanRequest | None:
     if not _TARGET.match(target):
         return None
     path = target.partition(b"?")[0]
-    if b"//" in path or b"/." in path or path.endswith(b"/"):
+    if b"//" in path or b"/." in path:
         return None
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
@@ -166,6 +176,32 @@ class _Entry:
     siblings: dict[bytes, _Body] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """
+    The response to one request head, but its C{Date}: kept for that head
+    (clients send the same head again and again) while its file's entry is
+    the one it was made from.
+
+    @ivar before: the status line to the C{Server} line.
+    @ivar after: the lines after the C{Date} line, and the empty line.
+    @ivar body: the body sent (empty for C{HEAD}, 304 and 412).
+    @ivar keep: whether the connection stays open after it.
+    @ivar method: the method, as logged.
+    @ivar target: the target, as logged (cut to the path limit).
+    """
+
+    path: bytes
+    entry: _Entry
+    before: bytes
+    after: bytes
+    body: bytes
+    code: int
+    keep: bool
+    method: str
+    target: str
+
+
 def _key(info: os.stat_result) -> tuple[int, ...]:
     return (
         info.st_dev,
@@ -199,6 +235,34 @@ def _read(path: str, info: os.stat_result, coding: bytes) -> _Body | None:
     return _Body(_key(info), body, validators, etag, last_modified, coding)
 
 
+def _send(transport: Any, parts: list[bytes]) -> bool:
+    """
+    Write a chunk's responses: on a plain TCP connection with nothing queued
+    straight to the socket (one C{send(2)}: no C{epoll_ctl} to wait for
+    writability, no reactor turn to write), and what the socket does not
+    take (or on any other transport: TLS, a C{haproxy:} front) through the
+    transport's buffer as before.
+
+    @return: whether the socket took every byte (nothing is queued).
+    """
+    data = b"".join(parts)
+    if (
+        type(transport) is Server
+        and not transport.TLS
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer  # noqa: SLF001 - nothing queued before
+        and transport.connected
+        and not transport._writeDisconnected  # noqa: SLF001
+    ):
+        sent = transport.writeSomeData(data)
+        if type(sent) is int and sent > 0:
+            if sent == len(data):
+                return True
+            data = data[sent:]
+    transport.write(data)
+    return False
+
+
 class LeanStatic:
     """
     The lean path of one site's files (see the module).
@@ -225,6 +289,7 @@ class LeanStatic:
         self._path_limit = path_limit
         self._cache: dict[bytes, _Entry] = {}
         self._cached_bytes = 0
+        self._heads: dict[bytes, _Prepared] = {}
         self._date_second = -1
         self._date = b""
 
@@ -263,6 +328,10 @@ class LeanStatic:
         leaf = self._resolve(path)
         if leaf is None:
             return None
+        if path.endswith(b"/") and leaf.basename() != self.root.indexNames[0]:
+            # A folder's index: only its first name, which no file created
+            # later can take the place of (the entry's stat would not see it).
+            return None
         if leaf.type is None:
             leaf.type, leaf.encoding = getTypeAndEncoding(
                 leaf.basename(), leaf.contentTypes, leaf.contentEncodings, leaf.defaultType
@@ -288,6 +357,7 @@ class LeanStatic:
         if len(self._cache) >= CACHE_ENTRIES or self._cached_bytes > CACHE_BYTES:
             self._cache.clear()
             self._cached_bytes = 0
+            self._heads.clear()
         self._cache[path] = entry
         self._cached_bytes += len(plain.body)
         return entry
@@ -348,11 +418,26 @@ class LeanStatic:
         @return: the response's bytes, its status, its body's length, and
             whether the connection stays open after it.
         """
+        found = self._prepare(request)
+        if found is None:
+            return None
+        prepared = found[0]
+        response = (prepared.before, self._date_line(), prepared.after, prepared.body)
+        return b"".join(response), prepared.code, len(prepared.body), prepared.keep
+
+    def _prepare(self, request: LeanRequest) -> tuple[_Prepared, bool] | None:
+        """
+        The response to C{request} (see L{answer}), and whether it may be
+        reused for the same head while its file's entry stays: not when a
+        precompressed sibling was looked for (those are looked for again
+        on each request).
+        """
         entry = self._entry(request.path)
         if entry is None:
             return None
         headers = request.headers
-        body = self._representation(entry, headers.get(b"accept-encoding"))
+        accept = headers.get(b"accept-encoding")
+        body = self._representation(entry, accept)
         if body is None:
             return None
         connection = headers.get(b"connection")
@@ -371,7 +456,7 @@ class LeanStatic:
         start = request.version + b" " + _PHRASES[code] + b"\r\n"
         if not keep and request.version == b"HTTP/1.1":
             start += b"Connection: close\r\n"
-        parts = [start, self._server, self._date_line(), entry.common, body.validators]
+        parts = [entry.common, body.validators]
         sent = b""
         if code == PRECONDITION_FAILED:
             parts.append(b"Content-Length: 0\r\n")
@@ -386,8 +471,41 @@ class LeanStatic:
                 sent = body.body
         if keep and request.version == b"HTTP/1.0":
             parts.append(b"Connection: keep-alive\r\n")
-        parts += (b"\r\n", sent)
-        return b"".join(parts), code, len(sent), keep
+        parts.append(b"\r\n")
+        prepared = _Prepared(
+            request.path,
+            entry,
+            start + self._server,
+            b"".join(parts),
+            sent,
+            code,
+            keep,
+            request.method.decode("ascii"),
+            request.target.decode("ascii")[: self._path_limit],
+        )
+        return prepared, not (entry.precompressed and preferred_codings(accept))
+
+    def _prepared(self, head: bytes) -> _Prepared | None:
+        """
+        The response to a request C{head} (see L{answer}): the one made for
+        the same head before if its file's entry is still the one it was
+        made from (checked by L{_entry}'s C{stat}), else a new one.
+        """
+        prepared = self._heads.get(head)
+        if prepared is not None:
+            if self._entry(prepared.path) is prepared.entry:
+                return prepared
+            self._heads.pop(head, None)
+        request = parse_head(head)
+        found = self._prepare(request) if request is not None else None
+        if found is None:
+            return None
+        prepared, reusable = found
+        if reusable and len(head) <= HEAD_CACHE_LIMIT:
+            if len(self._heads) >= HEAD_CACHE_ENTRIES:
+                self._heads.clear()
+            self._heads[head] = prepared
+        return prepared
 
     def feed(self, door: Any, data: bytes) -> bytes | None:
         """
@@ -410,33 +528,36 @@ class LeanStatic:
         while position < len(data):
             started = clock.seconds()
             end = data.find(b"\r\n\r\n", position, position + HEAD_LIMIT + 4)
-            request = parse_head(data[position:end]) if end >= 0 else None
-            answer = self.answer(request) if request is not None else None
-            if request is None or answer is None:
+            prepared = self._prepared(data[position:end]) if end >= 0 else None
+            if prepared is None:
                 rest = data[position:]
                 break
-            response, code, length, keep = answer
-            out.append(response)
-            gathered += len(response)
+            length = len(prepared.body)
+            out += (prepared.before, self._date_line(), prepared.after, prepared.body)
+            gathered += len(prepared.after) + length
             channel.bytes_out += length
             log_http_request(
                 peer=door.peer,
-                method=request.method.decode("ascii"),
-                path=request.target.decode("ascii")[: self._path_limit],
-                status=code,
+                method=prepared.method,
+                path=prepared.target,
+                status=prepared.code,
                 bytes_in=0,
                 bytes_out=length,
                 duration=clock.seconds() - started,
                 reason=HTTP_COMPLETE,
             )
             position = end + 4
-            if not keep:
-                transport.writeSequence(out)
+            if not prepared.keep:
                 channel.persistent = False
-                channel.loseConnection()
+                if _send(transport, out):
+                    # Nothing left to send: the close needs nothing from the
+                    # client, so no send timeout is armed for it.
+                    http.HTTPChannel.loseConnection(channel)
+                else:
+                    channel.loseConnection()
                 return None
             if gathered >= _WRITE_BATCH:
-                transport.writeSequence(out)
+                _send(transport, out)
                 out, gathered = [], 0
                 if getattr(channel, "_waitingForTransport", False):
                     # The client does not read: twisted.web reads the rest
@@ -444,7 +565,7 @@ class LeanStatic:
                     rest = data[position:] or None
                     break
         if out:
-            transport.writeSequence(out)
+            _send(transport, out)
         if position:
             channel.resetTimeout()
         return rest

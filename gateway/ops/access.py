@@ -37,11 +37,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import IO, Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher, globalLogPublisher
 from typing_extensions import override
 from zope.interface import implementer
 
@@ -177,6 +178,23 @@ def log_game_session(
     )
 
 
+def _info(event: dict[str, Any]) -> None:
+    """
+    Log C{event} (its C{log_text} first, then its fields) as
+    C{Logger.info("{log_text}", **event)} does on the access route: the
+    same event, keys in the same order, without C{Logger.emit}'s check that
+    C{info} is a level (a walk over every level, on every HTTP request).
+    """
+    logger = _route[0]
+    event["log_logger"] = logger
+    event["log_level"] = LogLevel.info
+    event["log_namespace"] = logger.namespace
+    event["log_source"] = logger.source
+    event["log_format"] = "{log_text}"
+    event["log_time"] = time.time()
+    logger.observer(event)
+
+
 def log_http_request(
     *,
     peer: str,
@@ -201,21 +219,22 @@ def log_http_request(
     via = ""
     if route is not None:
         via = f" via route {route}" + (f" to {backend}" if backend is not None else "")
-    _route[0].info(
-        "{log_text}",
-        log_text=f'http request from {peer}: "{method} {path}" {status} ({reason}){via}: '
-        f"{bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s",
-        kind="http",
-        peer=peer,
-        route=route,
-        backend=backend,
-        method=method,
-        path=path,
-        status=status,
-        bytes_in=bytes_in,
-        bytes_out=bytes_out,
-        duration=duration,
-        reason=reason,
+    _info(
+        {
+            "log_text": f'http request from {peer}: "{method} {path}" {status} ({reason}){via}: '
+            f"{bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s",
+            "kind": "http",
+            "peer": peer,
+            "route": route,
+            "backend": backend,
+            "method": method,
+            "path": path,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration": duration,
+            "reason": reason,
+        }
     )
 
 

@@ -190,7 +190,28 @@ def text_line(event: dict[str, Any]) -> str | None:
     """
     An event as twistd's text log writes it (C{textFileLogObserver}'s
     format, byte for byte), or L{None} for an event with no text.
+
+    An event whose text was made before it was logged (C{"{log_text}"}, as
+    the access events are: L{gateway.ops.access}) is put together here
+    without C{string.Formatter}, the same line for about half the cost.
     """
+    text = event.get("log_text")
+    if (
+        event.get("log_format") == "{log_text}"
+        and type(text) is str
+        and text
+        and "log_failure" not in event
+    ):
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            namespace = event.get("log_namespace", "-")
+            if type(namespace) is str and isinstance(level, type(LogLevel.info)):
+                system = f"{namespace}#{level.name}"
+        if type(system) is str:
+            when = event.get("log_time")
+            line = f"{_text_time(when)} [{system}] {text}"
+            return line.replace("\n", "\n\t") + "\n"
     return formatEventAsClassicLogText(event, formatTime=_text_time)
 
 
