@@ -15,7 +15,6 @@ still listed, under "Other options", and a test keeps that group empty.
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
 import os
 import re
 import textwrap
@@ -197,6 +196,10 @@ def package_version(distribution: str = "gateway") -> str:
     else the package's C{__version__} (run from a source tree that is not
     installed).
     """
+    # Imported here: importlib.metadata (about 0.5 MB at start, issue 18) is
+    # needed only by --version and the admin's /metrics, not by a plain start.
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:

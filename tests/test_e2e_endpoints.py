@@ -7,6 +7,7 @@ sides, and a front that cannot be bound in daemon mode.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import socketserver
 import ssl
@@ -71,6 +72,32 @@ def test_tls_backend_verified_and_relayed(
         client.sendall(b"over tls\n")
         assert recv_exactly(client, 9) == b"over tls\n"
         client.close()
+
+
+def test_reload_adds_a_tls_backend(
+    tmp_path: Path, ca: ScratchCA, tls_echo: Backend, echo_backend: Backend
+) -> None:
+    """
+    A reload that replaces a plain backend with a tls: one relays the next
+    session over TLS: nothing at start keeps a configuration without TLS from
+    taking TLS on at a reload (issue 18, start-up memory).
+    """
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'health-interval = 0\nbackend = ["{echo_backend.endpoint}"]\n')
+    with GatewayProcess(["--config", str(config)], tmp_path) as gateway:
+        client = connect(gateway.port)
+        client.sendall(b"plain\n")
+        assert recv_exactly(client, 6) == b"plain\n"
+        client.close()
+        backend = f"tls:localhost:{tls_echo.port}:trustRoots={ca.trust_dir}"
+        config.write_text(f'health-interval = 0\nbackend = ["{backend}"]\n')
+        os.kill(gateway.pid, signal.SIGHUP)
+        wait_for(lambda: f"backend {backend} added" in gateway.log(), "the reload")
+        client = connect(gateway.port)
+        client.sendall(b"over tls\n")
+        assert recv_exactly(client, 9) == b"over tls\n"
+        client.close()
+        assert tls_echo.connections == 1
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,7 @@ HEAVY = {
     "gateway.demo": "the demo game: only with --demo",
     "txredisapi": "the Redis client: only with --cluster",
     "hypothesis": "a test dependency: never at run time",
+    "importlib.metadata": "the installed version: only for --version and /metrics",
 }
 """The modules a plain configuration must not load, and why."""
 
@@ -117,3 +118,25 @@ def test_proxied_route_loads_the_http_client(tmp_path: Path) -> None:
     )
     loaded = _loaded("--config", str(config), "--listen", "tcp:0:interface=127.0.0.1")
     assert {"gateway.http.proxy", "twisted.web.client"} <= loaded
+
+
+def test_version_loads_the_package_metadata() -> None:
+    """
+    The installed version is read through C{importlib.metadata}, which
+    L{gateway.cli} imports only when C{package_version} is called (the
+    plain start above does not load it).
+    """
+    probe = (
+        "import sys, gateway.cli\n"
+        "before = 'importlib.metadata' in sys.modules\n"
+        "version = gateway.cli.package_version()\n"
+        "print(before, 'importlib.metadata' in sys.modules, bool(version))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.stdout.split() == ["False", "True", "True"]
