@@ -11,7 +11,7 @@ import errno
 import select
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +26,6 @@ from twisted.internet.endpoints import (
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
 from twisted.python.failure import Failure
 
-from gateway.session import leanlink
 from gateway.session.backendlink import BackendLink, local_shortage
 from gateway.session.leanlink import LeanLink, bare_address
 
@@ -321,7 +320,7 @@ def test_no_descriptors(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_socket(*args: Any, **kwargs: Any) -> socket.socket:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(leanlink.socket, "socket", no_socket)
+    monkeypatch.setattr(socket, "socket", no_socket)
     link, clock, session, failures = _link()
     link.connect((socket.AF_INET, ("127.0.0.1", 9)))
     [failure] = failures
@@ -389,7 +388,8 @@ def test_adopt(listener: socket.socket) -> None:
     assert (adopted_fd, family) == (fd, socket.AF_INET)
     protocol = factory.buildProtocol(None)
     assert isinstance(protocol, BackendLink)
-    assert protocol.ready and protocol.session is session and protocol.backend is BACKEND
+    assert protocol.ready and protocol.session is cast(object, session)
+    assert protocol.backend is BACKEND
     assert link.socket is None
     link.loseConnection()
     assert session.lost == []

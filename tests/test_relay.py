@@ -55,7 +55,7 @@ from typing_extensions import override
 from zope.interface import alsoProvides, implementer
 
 from gateway.pool.backends import Backend, BackendState, Pool
-from gateway.session.backendlink import BackendLink, describe_failure
+from gateway.session.backendlink import BackendLink, Link, describe_failure
 from gateway.session.lifecycle import CloseReason, Phase
 from gateway.session.relay import CLOSE_GRACE, HOLD_LIMIT, GameSession
 from gateway.session.settings import SessionSettings
@@ -1933,11 +1933,11 @@ class Recorder(GameSession):
         self.calls: list[object] = []
 
     @override
-    def link_ready(self, link: BackendLink) -> None:
+    def link_ready(self, link: Link) -> None:
         self.calls.append(("ready", link))
 
     @override
-    def link_lost(self, link: BackendLink, reason: Failure) -> None:
+    def link_lost(self, link: Link, reason: Failure) -> None:
         self.calls.append(("lost", link, reason))
 
     @override
