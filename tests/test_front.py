@@ -220,7 +220,7 @@ def test_silent_client_becomes_a_game_session_after_the_sniff_timeout() -> None:
     reactor.advance(0.01)
     assert front.session is not None
     assert endpoint.attempts == 1
-    assert front.session._held == []
+    assert not front.session._held
 
 
 def test_partial_method_then_silence_is_a_game() -> None:
