@@ -52,20 +52,32 @@ class CloseHooks:
     _hooks_log = Logger()
 
     def __init__(self) -> None:
-        self._close_hooks: list[Callable[[], None]] = []
+        # None, one hook, or a list of them: most connections have one hook
+        # (the cap's), and a list each would be 56 bytes more per idle
+        # connection (docs/performance.md).
+        self._close_hooks: Callable[[], None] | list[Callable[[], None]] | None = None
 
     def add_close_hook(self, hook: Callable[[], None]) -> None:
         """
         Run C{hook} when the connection is lost.
         """
-        self._close_hooks.append(hook)
+        hooks = self._close_hooks
+        if hooks is None:
+            self._close_hooks = hook
+        elif isinstance(hooks, list):
+            hooks.append(hook)
+        else:
+            self._close_hooks = [hooks, hook]
 
     def run_close_hooks(self) -> None:
         """
-        Run the hooks, once; one that fails is logged and the others still run.
+        Run the hooks, once, in the order they were added; one that fails is
+        logged and the others still run.
         """
-        hooks, self._close_hooks = self._close_hooks, []
-        for hook in hooks:
+        hooks, self._close_hooks = self._close_hooks, None
+        if hooks is None:
+            return
+        for hook in hooks if isinstance(hooks, list) else (hooks,):
             try:
                 hook()
             except Exception:

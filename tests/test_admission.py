@@ -12,6 +12,7 @@ in both modes; the refuser's classification against every split of its input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -1152,3 +1153,30 @@ def test_answered_refusal_aborted_if_never_closed() -> None:
     assert not transport.disconnected
     clock.advance(0.01)
     assert transport.disconnected
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3])
+def test_close_hooks_run_once_in_order(count: int, log_events: EventLoggingObserver) -> None:
+    """
+    However many hooks a connection has (none, one kept without a list, or
+    several), each runs once, in the order added, and one that fails does not
+    stop the others.
+    """
+    ran: list[int] = []
+
+    def hook(number: int) -> Callable[[], None]:
+        def run() -> None:
+            ran.append(number)
+            if number == 1:
+                raise RuntimeError("a failing hook")
+
+        return run
+
+    hooks = CloseHooks()
+    for number in range(count):
+        hooks.add_close_hook(hook(number))
+    hooks.run_close_hooks()
+    hooks.run_close_hooks()
+    assert ran == list(range(count))
+    failed = [e for e in log_events if e.get("log_format") == "a close hook failed"]
+    assert len(failed) == (1 if count > 1 else 0)

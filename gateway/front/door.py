@@ -321,9 +321,11 @@ class FrontDoor(CloseHooks, Protocol):
         lean_static = getattr(self.factory.site, "lean_static", None)
         self._lean = lean_static() if lean_static is not None else None
         channel.makeConnection(self.transport)
-        channel.websocket_upgrade = self._websocket_upgrade  # type: ignore[attr-defined]
-        channel.pass_through = self._pass_through  # type: ignore[attr-defined]
-        channel.trusted_forwarded = _behind_proxy(self.transport)  # type: ignore[attr-defined]
+        channel.serve_front(  # type: ignore[attr-defined]
+            websocket_upgrade=self._websocket_upgrade,
+            pass_through=self._pass_through,
+            trusted_forwarded=_behind_proxy(self.transport),
+        )
         self._http_data(sniffed)
 
     def _pass_through(self, request: Request, pool: IBackendChooser, head: bytes) -> bytes | int:
@@ -355,11 +357,13 @@ class FrontDoor(CloseHooks, Protocol):
     def leave_http(self, request: Request) -> bytes:
         """
         The connection is no longer HTTP (a WebSocket upgrade took it, after
-        C{request}): the channel stops, and its registry entry goes.
+        C{request}): the channel stops, its registry entry goes, and its kind
+        is C{websocket} from now.
 
         @return: the bytes the channel had read past the request.
         """
         channel, self.http = self.http, None
+        self.kind = "websocket"
         leftover = b""
         if channel is not None:
             leftover = channel.let_go(request)  # type: ignore[attr-defined]
@@ -383,10 +387,20 @@ class FrontDoor(CloseHooks, Protocol):
             data = rest
         self.http.dataReceived(data)
 
-    def register(self, session: LiveSession) -> None:
+    def upgrading(self, handler: WebSocketEnd) -> None:
         """
-        List C{session} in the registry as this connection's entry.
+        A WebSocket upgrade (the bridge's, or a pass-through's C{handler})
+        is taking this connection: it hears of the connection's end.
         """
+        self.websocket = handler
+
+    def take_session(self, session: GameSession) -> None:
+        """
+        C{session} (a WebSocket one) relays this connection from now: it
+        hears of the connection's end, and is listed in the registry as this
+        connection's entry.
+        """
+        self.session = session
         self._register(session)
 
     def _register(self, session: LiveSession) -> None:

@@ -39,15 +39,14 @@ class Door(Protocol):
 
     transport: Any
     factory: Any
-    websocket: Any
-    session: Any
-    kind: str
 
     def forward_to(self, forward: Callable[[bytes], None]) -> None: ...
 
     def leave_http(self, request: Request) -> bytes: ...
 
-    def register(self, session: Any) -> None: ...
+    def upgrading(self, handler: Any) -> None: ...
+
+    def take_session(self, session: Any) -> None: ...
 
 
 BAD_GATEWAY = "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n"
@@ -84,7 +83,7 @@ class _PassThrough:
         is over (it may still be parsing bytes that came with the request).
         """
         door = self.door
-        door.websocket = self
+        door.upgrading(self)
         door.forward_to(self._early.append)
         self._call = door.factory.clock.callLater(0, self._take_over)
 
@@ -95,7 +94,6 @@ class _PassThrough:
         if self._lost or transport is None:
             return  # gone before the channel let go
         leftover = door.leave_http(self._request)
-        door.kind = "websocket"
         factory = door.factory
         settings = dataclasses.replace(factory.settings, busy_message=BAD_GATEWAY)
         key = None
@@ -113,8 +111,7 @@ class _PassThrough:
             kind="websocket",
             wait=False,
         )
-        door.session = session
-        door.register(session)
+        door.take_session(session)
         door.forward_to(session.client_data)
         early, self._early = self._early, []
         session.start(b"".join([self._head, leftover, *early]))

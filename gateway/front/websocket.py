@@ -254,7 +254,7 @@ class Upgrade:
         door = self.door
         assert door.transport is not None
         door.transport.write(response)
-        door.websocket = self
+        door.upgrading(self)
         door.forward_to(self._early.append)
         door.factory.clock.callLater(0, self._take_over, key)
 
@@ -263,7 +263,6 @@ class Upgrade:
         if self._lost or door.transport is None:
             return  # gone before the channel let go
         leftover = door.leave_http(self._request)
-        door.kind = "websocket"
         door.forward_to(self.reader.dataReceived)
         target = door.factory.target(self.pool)
         chooser, settings = target if target is not None else (None, door.factory.settings)
@@ -337,8 +336,7 @@ class Upgrade:
             refusals=factory.refusals,
             kind="websocket",
         )
-        door.session = session
-        door.register(session)
+        door.take_session(session)
         first, self._first = self._first, b""
         self.reader.attach(session)
         session.start(first)

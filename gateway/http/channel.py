@@ -208,8 +208,26 @@ class GatewayHTTPChannel(HTTPChannel):
     site: ChannelSite
     _log = Logger()
     websocket_upgrade: Any = None
-    """What answers a request on a C{--websocket} path: set by the front door
-    (the admin endpoint's channels have none)."""
+    """What answers a request on a C{--websocket} path (L{serve_front}; the
+    admin endpoint's channels have none)."""
+    pass_through: Any = None
+    """What passes a WebSocket upgrade through to a proxied pool
+    (L{serve_front})."""
+    trusted_forwarded: bool = False
+    """Whether the connection comes through a trusted proxy, whose
+    C{Forwarded} fields are kept (L{serve_front})."""
+
+    def serve_front(
+        self, *, websocket_upgrade: Any, pass_through: Any, trusted_forwarded: bool
+    ) -> None:
+        """
+        This channel serves a public front's connection (the front door's):
+        what answers WebSocket upgrades, and whether its client comes
+        through a trusted proxy.
+        """
+        self.websocket_upgrade = websocket_upgrade
+        self.pass_through = pass_through
+        self.trusted_forwarded = trusted_forwarded
 
     def __init__(self) -> None:
         super().__init__()
