@@ -253,24 +253,25 @@ class _Direction:
 
 
 @implementer(IReadWriteDescriptor)
-class _SocketEnd:
+class _SocketEnd(_Direction):
     """
-    What the reactor watches for one socket while the relay owns it.
+    What the reactor watches for one socket while the relay owns it, and the
+    direction that reads from it (one object, not two: a relay lives as long
+    as an idle session; docs/performance.md).
     """
 
     __slots__ = (
-        "_fd",
         "_relay",
         "name",
     )
 
-    def __init__(self, relay: SpliceRelay, fd: int, name: str) -> None:
+    def __init__(self, relay: SpliceRelay, fd: int, other: int, name: str) -> None:
+        super().__init__(fd, other, POOL)
         self._relay = relay
-        self._fd = fd
         self.name = name
 
     def fileno(self) -> int:
-        return self._fd
+        return self.source
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
         self._relay.readable(self)
@@ -329,14 +330,12 @@ class SpliceRelay:
         "_broken",
         "_client",
         "_client_end",
-        "_down",
         "_ended",
         "_owner",
         "_reactor",
         "_server",
         "_server_end",
         "_stopping",
-        "_up",
         "active",
         "reason",
     )
@@ -357,10 +356,10 @@ class SpliceRelay:
         self._owner = owner
         self._ended = 0
         client_fd, server_fd = client.fileno(), server.fileno()
-        self._up = _Direction(client_fd, server_fd, POOL)
-        self._down = _Direction(server_fd, client_fd, POOL)
-        self._client_end = _SocketEnd(self, client_fd, "client")
-        self._server_end = _SocketEnd(self, server_fd, "server")
+        # Each end is also the direction that reads from it: the client's
+        # goes up (to the server), the server's down.
+        self._client_end = _SocketEnd(self, client_fd, server_fd, "client")
+        self._server_end = _SocketEnd(self, server_fd, client_fd, "server")
         self.active = False
         self._stopping = False
         self._broken = False
@@ -381,9 +380,7 @@ class SpliceRelay:
         """
         (the direction that reads from C{end}, the one that writes to it).
         """
-        if end is self._client_end:
-            return self._up, self._down
-        return self._down, self._up
+        return end, self._other(end)
 
     def _other(self, end: _SocketEnd) -> _SocketEnd:
         return self._server_end if end is self._client_end else self._client_end
@@ -431,8 +428,8 @@ class SpliceRelay:
             self.reason = "both ended their streams"
             for each in (self._client_end, self._server_end):
                 self._reactor.removeWriter(each)
-            self._up.close()
-            self._down.close()
+            self._client_end.close()
+            self._server_end.close()
         self._owner.splice_passed_end(end.name, both)
 
     def writable(self, end: _SocketEnd) -> None:
@@ -481,7 +478,7 @@ class SpliceRelay:
     def _report(self, direction: _Direction, before: int) -> None:
         moved = direction.moved - before
         if moved:
-            if direction is self._up:
+            if direction is self._client_end:
                 self._owner.splice_moved(moved, 0)
             else:
                 self._owner.splice_moved(0, moved)
@@ -497,8 +494,8 @@ class SpliceRelay:
         self._reactor.removeReader(self._client_end)
         self._reactor.removeReader(self._server_end)
         for direction, destination, source in (
-            (self._up, self._server_end, self._client_end),
-            (self._down, self._client_end, self._server_end),
+            (self._client_end, self._server_end, self._client_end),
+            (self._server_end, self._client_end, self._server_end),
         ):
             if direction.in_pipe:
                 self._deliver(direction, destination, source)
@@ -507,7 +504,7 @@ class SpliceRelay:
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if not self._broken and (self._up.in_pipe or self._down.in_pipe):
+        if not self._broken and (self._client_end.in_pipe or self._server_end.in_pipe):
             return  # still delivering (the writers are registered)
         self.finish(self.reason)
 
@@ -523,7 +520,7 @@ class SpliceRelay:
         for end in (self._client_end, self._server_end):
             self._reactor.removeReader(end)
             self._reactor.removeWriter(end)
-        up, down = self._up.leftover(), self._down.leftover()
-        self._up.close()
-        self._down.close()
+        up, down = self._client_end.leftover(), self._server_end.leftover()
+        self._client_end.close()
+        self._server_end.close()
         self._owner.splice_handed_back(up, down)
