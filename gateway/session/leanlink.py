@@ -280,6 +280,9 @@ class LeanLink:
         own socket is closed (the transport has a duplicate).
 
         @return: the transport.
+        @raise OSError: the socket cannot be adopted: its connection is gone
+            (reset: it has no peer address any more), or no descriptor is
+            left for the duplicate.  The link keeps its socket then.
         """
         sock = self.socket
         assert sock is not None
