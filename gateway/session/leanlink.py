@@ -174,7 +174,13 @@ class LeanLink:
             return
         self.socket = sock
         sock.setblocking(False)
-        code = sock.connect_ex(target)
+        try:
+            code = sock.connect_ex(target)
+        except (OSError, ValueError) as error:
+            # An address connect() does not take (a UNIX path too long for
+            # it, which the configuration accepts): a failed attempt.
+            self._fail(ConnectError(string=str(error)))
+            return
         if code in (0, errno.EINPROGRESS, errno.EAGAIN):
             self._watched = True
             self._reactor.addWriter(self)
