@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import socketserver
+import struct
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -217,3 +218,61 @@ def test_reload_turns_it_off_for_new_sessions(tmp_path: Path, echo_backend: Back
         running.close()
         wait_for(lambda: gateway.log().count("game session from") >= 2, "two access events")
         assert counters(gateway)["fast_path"] == 1
+
+
+def _reset_after_line(sock: socket.socket, backend: Backend) -> None:
+    """
+    Read one line, then reset the connection (a backend that crashes).
+    """
+    while not sock.recv(1 << 16).endswith(b"\n"):
+        pass
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("reactor", [None, "uvloop"])
+def test_backend_reset_while_spliced(tmp_path: Path, reactor: str | None) -> None:
+    """
+    A backend that resets a spliced fast-path session ends it at once, as a
+    backend that resets a transport does: the client's connection is
+    closed, the access event says C{backend-closed}, the backend counts no
+    active session and the gateway holds no socket of it.  (A reset socket
+    has no peer address, so it cannot become a Twisted transport: the lean
+    link itself tells the session it is gone.)
+    """
+    if reactor is not None:
+        pytest.importorskip(reactor)
+    with (
+        Backend(_reset_after_line) as backend,
+        GatewayProcess(
+            [*ADMIN, "--backend", backend.endpoint], tmp_path, reactor=reactor
+        ) as gateway,
+    ):
+        before = _sockets(gateway.pid)
+        with connect(gateway.port) as sock:
+            sock.sendall(b"crash\n")
+            try:
+                assert recv_until_eof(sock) == b""
+            except ConnectionResetError:
+                pass
+        wait_for(lambda: "(backend-closed)" in gateway.log(), "the access event")
+        wait_for(lambda: _sockets(gateway.pid) == before, "the session's sockets closed")
+        assert counters(gateway)["fast_path"] == 1
+        assert "Unhandled Error" not in gateway.log()
+        with urllib.request.urlopen(
+            f"{admin_url(gateway)}/status.json", timeout=DEADLINE
+        ) as reply:
+            assert [b["active"] for b in json.load(reply)["backends"]] == [0]
+
+
+def _sockets(pid: int) -> int:
+    """
+    How many sockets process C{pid} has open.
+    """
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:")
+        except FileNotFoundError:
+            pass
+    return count

@@ -263,6 +263,22 @@ def test_connect_unix_missing_path(tmp_path: Path) -> None:
     assert session.ready == [] and clock.writers == [] and link.socket is None
 
 
+def test_connect_unix_path_too_long() -> None:
+    """
+    A C{unix:} path longer than C{connect()} takes (which the configuration
+    accepts) fails the attempt, with the reason, rather than raising out of
+    the dialer into the front door.
+    """
+    address = bare_address("unix:/tmp/" + "a" * 200)
+    assert address is not None
+    link, clock, session, failures = _link()
+    link.connect(address)
+    [failure] = failures
+    assert failure.check(ConnectError)
+    assert "too long" in failure.getErrorMessage()
+    assert session.ready == [] and clock.writers == [] and link.socket is None
+
+
 @pytest.mark.parametrize("seen_by", ["doWrite", "connectionLost"])
 def test_refused(closed_port: int, seen_by: str) -> None:
     """

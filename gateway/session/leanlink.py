@@ -174,7 +174,13 @@ class LeanLink:
             return
         self.socket = sock
         sock.setblocking(False)
-        code = sock.connect_ex(target)
+        try:
+            code = sock.connect_ex(target)
+        except (OSError, ValueError) as error:
+            # An address connect() does not take (a UNIX path too long for
+            # it, which the configuration accepts): a failed attempt.
+            self._fail(ConnectError(string=str(error)))
+            return
         if code in (0, errno.EINPROGRESS, errno.EAGAIN):
             self._watched = True
             self._reactor.addWriter(self)
@@ -280,6 +286,9 @@ class LeanLink:
         own socket is closed (the transport has a duplicate).
 
         @return: the transport.
+        @raise OSError: the socket cannot be adopted: its connection is gone
+            (reset: it has no peer address any more), or no descriptor is
+            left for the duplicate.  The link keeps its socket then.
         """
         sock = self.socket
         assert sock is not None

@@ -336,6 +336,8 @@ class GameSession(SessionSplicing):
             self._quiet.restart()
             return
         server = self._full_server()
+        if server is None:
+            return  # gone already: the session closed
         if header:
             server.write(header)
         for chunk in held:

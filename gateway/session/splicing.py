@@ -82,15 +82,24 @@ class SessionSplicing(SessionWaiting):
         """
         return self._settings.tcp_fast_path and self.kind == "game" and self._splice_allowed()
 
-    def _full_server(self) -> Stream:
+    def _full_server(self) -> Stream | None:
         """
         The backend's connection as a Twisted transport: a lean link is
         adopted into one now (once).
+
+        @return: the transport; L{None} if the connection is gone already
+            (a reset socket cannot be adopted: it has no peer any more),
+            and then the lean link is closed, which ends the session as a
+            lost transport would.
         """
         server = self._server
         assert server is not None
         if isinstance(server, LeanLink):
-            server = self._server = cast(Stream, server.adopt())
+            try:
+                server = self._server = cast(Stream, server.adopt())
+            except OSError:
+                server.loseConnection()  # the session hears link_lost
+                return None
         return server
 
     def _mark_ended(self, client: bool) -> None:
@@ -130,8 +139,10 @@ class SessionSplicing(SessionWaiting):
             # Rare: a fresh socket that does not take a few KiB, or a backend
             # already gone.  The rest goes through the transport (which sees
             # any error), and this session is copied.
-            self._full_server().write(first[sent:])
-            self._pair_transports()
+            full = self._full_server()
+            if full is not None:
+                full.write(first[sent:])
+                self._pair_transports()
             return True
         self._splice = SpliceRelay(self._clock, cast(Any, client), cast(Any, server), self)
         self._enter(Phase.SPLICING)
@@ -166,13 +177,15 @@ class SessionSplicing(SessionWaiting):
         kernel stopped.
         """
         self._splice = None
-        server = self._full_server()
-        if up:
-            server.write(up)
-            self.bytes_in += len(up)
         if down:
             self.client.write(down)
             self.bytes_out += len(down)
+        server = self._full_server()
+        if server is None:
+            return  # the backend's connection was gone: the session closed
+        if up:
+            server.write(up)
+            self.bytes_in += len(up)
         if self._client_gone or self._backend_gone:
             return  # the caller closes the session
         self._pair_transports()
