@@ -357,3 +357,43 @@ def test_http_event_is_what_logger_info_makes(only: bool) -> None:
         publisher.removeObserver(observer)  # type: ignore[arg-type]
     assert event.pop("log_time") <= expected.pop("log_time")
     assert list(event.items()) == list(expected.items())
+
+
+@pytest.mark.parametrize("only", [False, True])
+def test_game_event_is_what_logger_info_makes(only: bool) -> None:
+    """
+    A game session's end event is built without C{Logger.info} too, and is
+    the event C{Logger.info} makes (keys, their order, values; the time
+    aside), on either route.
+    """
+    from gateway.ops import access
+
+    fields: dict[str, Any] = {
+        "kind": "game",
+        "peer": "192.0.2.2:6000",
+        "backend": "b1",
+        "bytes_in": 5,
+        "bytes_out": 12,
+        "duration": 0.25,
+        "reason": "client-closed",
+        "relay": "splice",
+    }
+    seen: list[dict[str, Any]] = []
+    observer = seen.append
+    publisher = access.ACCESS_ONLY if only else globalLogPublisher
+    publisher.addObserver(observer)  # type: ignore[arg-type]
+    access.access_log_only(only)
+    try:
+        access.log_game_session(**fields)
+        event = dict(seen[-1])
+        assert event["log_text"] == (
+            "game session from 192.0.2.2:6000 to b1 ended (client-closed): 5 bytes in, "
+            "12 bytes out, 0.250 s, splice"
+        )
+        access._route[0].info("{log_text}", log_text=event["log_text"], **fields)
+        expected = dict(seen[-1])
+    finally:
+        access.access_log_only(False)
+        publisher.removeObserver(observer)  # type: ignore[arg-type]
+    assert event.pop("log_time") <= expected.pop("log_time")
+    assert list(event.items()) == list(expected.items())

@@ -162,19 +162,20 @@ def log_game_session(
     # for old-style events does): formatting the fields through the log
     # system's formatter costs about 20 us more per session, on every
     # session of a churning gateway (docs/performance.md).
-    _route[0].info(
-        "{log_text}",
-        log_text=f"{kind} session from {peer} to {backend if backend is not None else '-'} "
-        f"ended ({reason}): {bytes_in} bytes in, {bytes_out} bytes out, {duration:.3f} s, "
-        f"{relay}",
-        kind=kind,
-        peer=peer,
-        backend=backend,
-        bytes_in=bytes_in,
-        bytes_out=bytes_out,
-        duration=duration,
-        reason=reason,
-        relay=relay,
+    _info(
+        {
+            "log_text": f"{kind} session from {peer} to "
+            f"{backend if backend is not None else '-'} ended ({reason}): {bytes_in} bytes in, "
+            f"{bytes_out} bytes out, {duration:.3f} s, {relay}",
+            "kind": kind,
+            "peer": peer,
+            "backend": backend,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration": duration,
+            "reason": reason,
+            "relay": relay,
+        }
     )
 
 
