@@ -4,13 +4,21 @@ The quiet-time watch of a game session: its idle and fin timeouts.
 A L{QuietWatch} closes a session through which no byte has moved for too
 long: the idle timeout, or, once one direction has ended, the fin timeout
 (like HAProxy's client-fin/server-fin), whichever is shorter.  It never
-touches a timer per chunk: a timer at a quarter of the limit compares the
+touches a timer per chunk: a check every quarter of the limit compares the
 session's byte counters with those it saw last, so traffic is dated to the
 check that first sees it, and a close is at most a quarter of the limit late.
+
+The checks are not a timer per session: the watches with the same period
+share one (a L{_Cohort}, one per period and clock: in practice one for the
+idle timeout and one for the fin timeout), which checks them all at each
+tick.  An idle session then holds a place in a set, not a C{DelayedCall}
+(about 0.4 KB each: docs/performance.md), and ten thousand idle sessions
+cost one timer.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Protocol as Structural
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -42,6 +50,69 @@ class QuietOwner(Structural):
         """
 
 
+class _Cohort:
+    """
+    The watches of one clock that check at the same period, and the one
+    timer that checks them: it runs while the cohort has watches.
+    """
+
+    __slots__ = ("_call", "_clock", "_due", "_period", "watches")
+
+    def __init__(self, clock: IReactorTime, period: float) -> None:
+        self._clock = clock
+        self._period = period
+        self._call: IDelayedCall | None = None
+        self._due = 0.0
+        # A dict as an ordered set: watches are checked in the order they joined.
+        self.watches: dict[QuietWatch, None] = {}
+
+    def join(self, watch: QuietWatch) -> None:
+        self.watches[watch] = None
+        if self._call is None:
+            self._due = self._clock.seconds() + self._period
+            self._call = self._clock.callLater(self._period, self._tick)
+
+    def leave(self, watch: QuietWatch) -> None:
+        self.watches.pop(watch, None)
+        if not self.watches and self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _tick(self) -> None:
+        self._call = None
+        for watch in list(self.watches):
+            if watch._cohort is self:  # it may have left during this tick
+                watch._check()
+        if self.watches and self._call is None:
+            # Every period from the first tick, not from whenever this one
+            # ran: a late tick does not make every later one late.
+            now = self._clock.seconds()
+            self._due = max(self._due + self._period, now)
+            self._call = self._clock.callLater(self._due - now, self._tick)
+
+
+_ROUNDING = 1e-6
+"""Seconds of float rounding forgiven when a tick lands on the deadline
+(ticks are a sum of periods: four quarters may come to a hair under the limit)."""
+
+
+_COHORTS: weakref.WeakKeyDictionary[IReactorTime, dict[float, _Cohort]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Each clock's cohorts by period (a test's clock goes with its cohorts)."""
+
+
+def _cohort(clock: IReactorTime, period: float) -> _Cohort:
+    cohorts = _COHORTS.get(clock)
+    if cohorts is None:
+        cohorts = _COHORTS[clock] = {}
+    cohort = cohorts.get(period)
+    if cohort is None:
+        cohort = cohorts[period] = _Cohort(clock, period)
+    return cohort
+
+
 class QuietWatch:
     """
     Watches one session's byte counters and calls back when it went quiet.
@@ -50,8 +121,8 @@ class QuietWatch:
     # Slots: one watch per live session (see GameSession); and its session
     # is held once, not as three bound methods.
     __slots__ = (
-        "_call",
         "_clock",
+        "_cohort",
         "_fin_timeout",
         "_idle_timeout",
         "_owner",
@@ -79,7 +150,7 @@ class QuietWatch:
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._fin_timeout = fin_timeout
-        self._call: IDelayedCall | None = None
+        self._cohort: _Cohort | None = None
         self._seen = 0
         self._since = 0.0
         self._stopped = False
@@ -100,7 +171,7 @@ class QuietWatch:
         """
         Count quiet time from now (the relay starts, or a direction ended: the
         fin timeout gives the other side its full time from this moment, as
-        HAProxy's does), and (re)start the checks at the current limit's pace.
+        HAProxy's does), and check at the current limit's pace.
         """
         self._seen = self._owner.traffic()
         self._since = self._clock.seconds()
@@ -111,20 +182,30 @@ class QuietWatch:
         Stop watching, for good (the session has ended).
         """
         self._stopped = True
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+        self._leave()
+
+    def _leave(self) -> None:
+        if self._cohort is not None:
+            self._cohort.leave(self)
+            self._cohort = None
 
     def _schedule(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+        """
+        Be checked every quarter of the current limit (not at all without one).
+        """
         limit, _fin = self._limit()
-        if limit and not self._stopped:
-            self._call = self._clock.callLater(limit / 4, self._check)
+        cohort = _cohort(self._clock, limit / 4) if limit and not self._stopped else None
+        if cohort is not self._cohort:
+            self._leave()
+            if cohort is not None:
+                self._cohort = cohort
+                cohort.join(self)
 
     def _check(self) -> None:
-        self._call = None
+        """
+        A tick of its cohort: traffic since the last check dates the quiet
+        time from now; otherwise, past the limit, the session went quiet.
+        """
         limit, fin = self._limit()
         now = self._clock.seconds()
         seen = self._owner.traffic()
@@ -132,13 +213,8 @@ class QuietWatch:
             # Traffic since the last check: it was quiet at most since now.
             self._seen = seen
             self._since = now
-            delay = limit / 4
-        else:
-            # Check again within a quarter of the limit even when the
-            # deadline is further: traffic seen at a check is dated to that
-            # check, so the gap between checks is the close's only lateness.
-            delay = min(self._since + limit - now, limit / 4)
-            if delay <= 0:
-                self._owner.went_quiet(limit, fin)
-                return
-        self._call = self._clock.callLater(delay, self._check)
+        elif now - self._since >= limit - _ROUNDING:
+            self.stop()
+            self._owner.went_quiet(limit, fin)
+            return
+        self._schedule()  # the limit may have changed (a direction ended)
