@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,36 @@ def test_game_session_duration(log_events: EventLoggingObserver) -> None:
     assert event["duration"] == 2.5
 
 
+def _as_logger_info_makes(only: bool, log: Callable[[], None], info: dict[str, Any]) -> str:
+    """
+    Log an access event with C{log}, then the same with C{Logger.info} (on
+    the route C{--access-log-only} chooses, with the first event's text and
+    C{info} as its fields), and check that the events are equal: keys, their
+    order, values; the time aside.
+
+    @return: the event's text.
+    """
+    from gateway.ops import access
+
+    seen: list[dict[str, Any]] = []
+    observer = seen.append
+    publisher = access.ACCESS_ONLY if only else globalLogPublisher
+    publisher.addObserver(observer)  # type: ignore[arg-type]
+    access.access_log_only(only)
+    try:
+        log()
+        event = dict(seen[-1])
+        text: str = event["log_text"]
+        access._route[0].info("{log_text}", log_text=text, **info)
+        expected = dict(seen[-1])
+    finally:
+        access.access_log_only(False)
+        publisher.removeObserver(observer)  # type: ignore[arg-type]
+    assert event.pop("log_time") <= expected.pop("log_time")
+    assert list(event.items()) == list(expected.items())
+    return text
+
+
 @pytest.mark.parametrize("only", [False, True])
 def test_http_event_is_what_logger_info_makes(only: bool) -> None:
     """
@@ -327,36 +358,9 @@ def test_http_event_is_what_logger_info_makes(only: bool) -> None:
         "duration": 0.001,
         "reason": "complete",
     }
-    seen: list[dict[str, Any]] = []
-    observer = seen.append
-    publisher = access.ACCESS_ONLY if only else globalLogPublisher
-    publisher.addObserver(observer)  # type: ignore[arg-type]
-    access.access_log_only(only)
-    try:
-        access.log_http_request(**fields)
-        event = dict(seen[-1])
-        text = event["log_text"]
-        access._route[0].info(
-            "{log_text}",
-            log_text=text,
-            kind="http",
-            peer="192.0.2.2:6000",
-            route=None,
-            backend=None,
-            method="GET",
-            path="/a",
-            status=200,
-            bytes_in=0,
-            bytes_out=12,
-            duration=0.001,
-            reason="complete",
-        )
-        expected = dict(seen[-1])
-    finally:
-        access.access_log_only(False)
-        publisher.removeObserver(observer)  # type: ignore[arg-type]
-    assert event.pop("log_time") <= expected.pop("log_time")
-    assert list(event.items()) == list(expected.items())
+    info = {"kind": "http", "peer": fields["peer"], "route": None, "backend": None}
+    info |= {k: v for k, v in fields.items() if k != "peer"}
+    _as_logger_info_makes(only, lambda: access.log_http_request(**fields), info)
 
 
 @pytest.mark.parametrize("only", [False, True])
@@ -378,22 +382,8 @@ def test_game_event_is_what_logger_info_makes(only: bool) -> None:
         "reason": "client-closed",
         "relay": "splice",
     }
-    seen: list[dict[str, Any]] = []
-    observer = seen.append
-    publisher = access.ACCESS_ONLY if only else globalLogPublisher
-    publisher.addObserver(observer)  # type: ignore[arg-type]
-    access.access_log_only(only)
-    try:
-        access.log_game_session(**fields)
-        event = dict(seen[-1])
-        assert event["log_text"] == (
-            "game session from 192.0.2.2:6000 to b1 ended (client-closed): 5 bytes in, "
-            "12 bytes out, 0.250 s, splice"
-        )
-        access._route[0].info("{log_text}", log_text=event["log_text"], **fields)
-        expected = dict(seen[-1])
-    finally:
-        access.access_log_only(False)
-        publisher.removeObserver(observer)  # type: ignore[arg-type]
-    assert event.pop("log_time") <= expected.pop("log_time")
-    assert list(event.items()) == list(expected.items())
+    text = _as_logger_info_makes(only, lambda: access.log_game_session(**fields), fields)
+    assert text == (
+        "game session from 192.0.2.2:6000 to b1 ended (client-closed): 5 bytes in, "
+        "12 bytes out, 0.250 s, splice"
+    )
