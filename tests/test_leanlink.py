@@ -279,6 +279,36 @@ def test_connect_unix_path_too_long() -> None:
     assert session.ready == [] and clock.writers == [] and link.socket is None
 
 
+def test_unix_backlog_full(tmp_path: Path) -> None:
+    """
+    A C{unix:} listener whose backlog is full answers C{connect()} with
+    C{EAGAIN}, which is no connect under way: the attempt fails at once
+    (it is not taken for connected when the socket turns writable).
+    """
+    path = str(tmp_path / "full.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(0)
+    waiting = []
+    try:
+        for _ in range(64):
+            pending = socket.socket(socket.AF_UNIX)
+            pending.setblocking(False)
+            waiting.append(pending)
+            if pending.connect_ex(path) == errno.EAGAIN:
+                break
+        else:
+            pytest.skip("the backlog never filled")
+        link, clock, session, failures = _link()
+        link.connect((socket.AF_UNIX, path))
+        [failure] = failures
+        assert failure.check(ConnectError)
+        assert session.ready == [] and clock.writers == [] and link.socket is None
+    finally:
+        for each in (server, *waiting):
+            each.close()
+
+
 @pytest.mark.parametrize("seen_by", ["doWrite", "connectionLost"])
 def test_refused(closed_port: int, seen_by: str) -> None:
     """

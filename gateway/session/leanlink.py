@@ -181,7 +181,10 @@ class LeanLink:
             # it, which the configuration accepts): a failed attempt.
             self._fail(ConnectError(string=str(error)))
             return
-        if code in (0, errno.EINPROGRESS, errno.EAGAIN):
+        # EAGAIN is no connect under way: a UNIX listener's backlog is full
+        # (Twisted's endpoint would call connect() again; this fails the
+        # attempt, and the dialer tries the next backend).
+        if code in (0, errno.EINPROGRESS):
             self._watched = True
             self._reactor.addWriter(self)
             return
