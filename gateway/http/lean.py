@@ -42,7 +42,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.tcp import Server
 from twisted.web import http
 from twisted.web.static import getTypeAndEncoding
 
@@ -50,6 +49,7 @@ from gateway.http.codings import SIBLINGS, preferred_codings
 from gateway.http.conditional import MODIFIED, PRECONDITION_FAILED, entity_tag, evaluate
 from gateway.http.static import StaticRoot
 from gateway.ops.access import HTTP_COMPLETE, log_http_request
+from gateway.session.stream import write_now
 
 __all__ = ["FILE_LIMIT", "HEAD_LIMIT", "MAX_FIELDS", "LeanRequest", "LeanStatic", "parse_head"]
 
@@ -237,30 +237,15 @@ def _read(path: str, info: os.stat_result, coding: bytes) -> _Body | None:
 
 def _send(transport: Any, parts: list[bytes]) -> bool:
     """
-    Write a chunk's responses: on a plain TCP connection with nothing queued
+    Write a chunk's responses: on a plain connection with nothing queued
     straight to the socket (one C{send(2)}: no C{epoll_ctl} to wait for
-    writability, no reactor turn to write), and what the socket does not
-    take (or on any other transport: TLS, a C{haproxy:} front) through the
-    transport's buffer as before.
+    writability, no reactor turn to write; L{write_now}), and what the socket
+    does not take (or on any other transport: TLS, a C{haproxy:} front)
+    through the transport's buffer as before.
 
     @return: whether the socket took every byte (nothing is queued).
     """
-    data = b"".join(parts)
-    if (
-        type(transport) is Server
-        and not transport.TLS
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer  # noqa: SLF001 - nothing queued before
-        and transport.connected
-        and not transport._writeDisconnected  # noqa: SLF001
-    ):
-        sent = transport.writeSomeData(data)
-        if type(sent) is int and sent > 0:
-            if sent == len(data):
-                return True
-            data = data[sent:]
-    transport.write(data)
-    return False
+    return write_now(transport, b"".join(parts))
 
 
 class LeanStatic:

@@ -62,7 +62,7 @@ def send_now(sock: socket.socket, data: bytes) -> int | None:
     return sent
 
 
-def write_now(transport: Any, data: bytes) -> None:
+def write_now(transport: Any, data: bytes) -> bool:
     """
     Write C{data} to C{transport}: on a plain TCP or UNIX socket with nothing
     waiting in its buffer, send what the socket takes at once, and buffer
@@ -74,6 +74,8 @@ def write_now(transport: Any, data: bytes) -> None:
     messages (a game's) pays on every one.  Sending at once when nothing is
     buffered keeps the order of the bytes; an error (a reset) is left for
     the transport's own write to meet.
+
+    @return: whether the socket took every byte (nothing was buffered).
     """
     if (
         type(transport) in _PLAIN
@@ -90,9 +92,10 @@ def write_now(transport: Any, data: bytes) -> None:
         except OSError:
             sent = 0
         if sent == len(data):
-            return
+            return True
         data = data[sent:]
     transport.write(data)
+    return False
 
 
 _PLAIN: tuple[type, ...] = (tcp.Server, tcp.Client)
