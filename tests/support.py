@@ -11,6 +11,7 @@ Every process started here is stopped by its PID.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import signal
@@ -26,6 +27,7 @@ from types import TracebackType
 from typing import ClassVar
 
 __all__ = [
+    "FullDisk",
     "HEADLESS_CHROMIUM",
     "Backend",
     "admin_url",
@@ -448,3 +450,18 @@ def start_gateway(
         timeout=60,
         cwd=tmp_path,
     )
+
+
+class FullDisk(io.StringIO):
+    """
+    A text stream that fails like a full disk until told otherwise
+    (C{full = False}): for the access log's and twistd's log's handling of
+    a write that fails.
+    """
+
+    full = True
+
+    def write(self, text: str) -> int:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        return super().write(text)

@@ -29,6 +29,7 @@ from gateway.ops.registry import SessionRegistry
 from gateway.options import GatewayOptions
 from gateway.process.assemble import make_service
 from gateway.process.errors import StartupError
+from tests.support import FullDisk
 
 TOKEN = "abcdefghijklmnop-0123"
 
@@ -255,26 +256,13 @@ def test_open_admin_endpoint_warns(
     assert warnings() == (1 if warned else 0)
 
 
-class _FullDisk(io.StringIO):
-    """
-    A stream that fails like a full disk until told otherwise.
-    """
-
-    full = True
-
-    def write(self, text: str) -> int:
-        if self.full:
-            raise OSError(28, "No space left on device")
-        return super().write(text)
-
-
 def test_full_disk_is_reported_once(log_events: EventLoggingObserver) -> None:
     """
     When the access log cannot be written (a full disk), the events are
     lost and counted, the failure is logged once (not per event, and not as
     a traceback), and when writing works again that is logged with the count.
     """
-    stream = _FullDisk()
+    stream = FullDisk()
     observer = JsonLinesObserver(stream)
     globalLogPublisher.addObserver(observer)
     event = NO_BACKEND_SESSION

@@ -29,6 +29,7 @@ from gateway.ops.logbuffer import (
     text_line,
 )
 from gateway.ops.twistdlog import LogRoot, rotation
+from tests.support import FullDisk
 
 SESSION: dict[str, Any] = {
     "peer": "192.0.2.1:5000",
@@ -316,25 +317,12 @@ def test_access_log_reopen_writes_held_lines_to_the_old_file(tmp_path: Path) -> 
     assert len(new.read_text().splitlines()) == 1
 
 
-class _FullDisk(io.StringIO):
-    """
-    A stream that fails like a full disk until told otherwise.
-    """
-
-    full = True
-
-    def write(self, text: str) -> int:
-        if self.full:
-            raise OSError(28, "No space left on device")
-        return super().write(text)
-
-
 def test_full_disk_counts_every_held_line(log_events: EventLoggingObserver) -> None:
     """
     A write that fails loses every line of the turn: all are counted, and
     the failure is logged once.
     """
-    stream, clock = _FullDisk(), MemoryReactorClock()
+    stream, clock = FullDisk(), MemoryReactorClock()
     observer = JsonLinesObserver(stream, clock)
     for _ in range(3):
         observer({"log_namespace": "gateway.access", "log_time": 1.0, **SESSION})
