@@ -21,6 +21,7 @@ from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
     UNIXServerEndpoint,
+    _parse,
     serverFromString,
     wrapServerTLS,
 )
@@ -34,10 +35,27 @@ from gateway.front.pemfolder import FolderError
 from gateway.front.tls import SNICertificates, is_tls_front, tls_front_endpoint
 from gateway.process.errors import StartupError
 
-__all__ = ["BIND_RETRY", "FrontListener", "server_endpoint"]
+__all__ = ["BIND_RETRY", "LISTEN_BACKLOG", "FrontListener", "server_endpoint", "with_backlog"]
 
 BIND_RETRY = 0.05
 """Seconds between attempts to bind an address a dying process still holds."""
+
+LISTEN_BACKLOG = 4096
+"""
+The listen queue of a front whose string does not set C{backlog=}.
+
+Twisted's default (50) overflows in a login storm, when every player comes
+back at once, or while the gateway is busy: the kernel then drops the
+handshake's last step, and the player waits for a retransmission (1 s, 3 s,
+7 s...) or, when the server speaks first, sits connected on its side only for
+as long.  The kernel caps the queue at C{net.core.somaxconn} (4096 on current
+Linux); HAProxy sizes it by its connection limit, nginx asks for 511.  An
+entry costs memory only while a connection waits in it.
+"""
+
+_BACKLOG_POSITION = {"tcp": 3, "tcp6": 2, "unix": 3, "ssl": 6, "tls": 3}
+"""Where C{backlog} comes among the arguments of each kind that has one (its
+kind counted as 0): C{tcp:PORT:INTERFACE:BACKLOG}, C{tcp6:PORT:BACKLOG}, ..."""
 
 
 class FrontListener(Service):
@@ -300,6 +318,7 @@ def server_endpoint(
     @raise StartupError: a C{tls:} folder cannot be served (it was checked
         with the options, but may have changed since).
     """
+    description = with_backlog(description)
     if not is_tls_front(description):
         plain: IStreamServerEndpoint = serverFromString(reactor, description)
         return plain
@@ -309,3 +328,21 @@ def server_endpoint(
         raise StartupError(f"gateway: error: {option} {description}: {error}") from None
     certificates.append(creator)
     return endpoint
+
+
+def with_backlog(description: str) -> str:
+    """
+    C{description} with C{backlog=}L{LISTEN_BACKLOG} added, if it is a kind
+    with a listen queue (C{tcp}, C{tcp6}, C{unix}, C{ssl}, the gateway's
+    C{tls}) and does not set one itself (by name or by position); any other
+    string (C{systemd:}, which adopts a socket already listening, or one that
+    does not parse: the parser's own error says why) unchanged.
+    """
+    try:
+        args, kwargs = _parse(description)
+    except (ValueError, RuntimeError):  # RuntimeError: a trailing backslash
+        return description
+    position = _BACKLOG_POSITION.get(str(args[0]).lower()) if args else None
+    if position is None or "backlog" in kwargs or len(args) > position:
+        return description
+    return f"{description}:backlog={LISTEN_BACKLOG}"
