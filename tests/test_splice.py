@@ -6,6 +6,7 @@ on through the transports without losing, duplicating or reordering a byte.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -25,7 +26,7 @@ from gateway.process.assemble import make_service
 from gateway.session import splice
 from gateway.session.relay import GameSession
 from gateway.session.splice import POOL, SpliceRelay, splice_available, spliceable
-from tests.support import Backend, echo, pattern, recv_until_eof
+from tests.support import Backend, echo, pattern, recv_exactly, recv_until_eof
 
 reactor: Any = _reactor
 
@@ -123,6 +124,80 @@ async def test_splice_failure_falls_back_without_losing_a_byte(
         assert not session.spliced
     if works >= 7:
         assert session.spliced
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_splice_failure_after_the_client_ended_keeps_the_backend_side(
+    fast_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The relay passed the client's end of stream on (the backend's socket is
+    half-closed), then splice(2) fails on the backend's bytes: the
+    transports relay every byte the backend still sends, and the session
+    ends when the backend does.  (The transports once half-closed the
+    backend's connection a second time, which failed as a lost connection
+    and cut the session short.)
+    """
+    question = b"\x00the question\n"
+    reply = pattern(1 << 20, seed=3)
+    asked, failing = threading.Event(), threading.Event()
+
+    def answer_after_the_end(sock: socket.socket, backend: Backend) -> None:
+        backend.record(recv_exactly(sock, len(question)))
+        asked.set()  # the session splices now: the client's end goes through the relay
+        backend.record(recv_until_eof(sock))
+        failing.set()  # splice(2) fails from now on: the reply goes by copy
+        sock.sendall(reply)
+        sock.close()
+
+    real = os.splice
+    calls = {"worked": 0, "failed": 0}
+
+    def splice_until_told(*args: Any, **kwargs: Any) -> int:
+        if failing.is_set():
+            calls["failed"] += 1
+            raise OSError(errno.EINVAL, "Invalid argument")
+        calls["worked"] += 1
+        return real(*args, **kwargs)
+
+    def ask(port: int) -> bytes:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with sock:
+            sock.sendall(question)
+            assert asked.wait(10)
+            sock.shutdown(socket.SHUT_WR)
+            return recv_until_eof(sock)
+
+    ended: list[GameSession] = []
+    original = GameSession._finish
+
+    def finish(session: GameSession, reason: Any) -> None:
+        if session not in ended:  # called again on the other side's close
+            ended.append(session)
+        original(session, reason)
+
+    monkeypatch.setattr(GameSession, "_finish", finish)
+    with Backend(answer_after_the_end) as backend:
+        config = dataclasses.replace(_config(backend), tcp_fast_path=fast_path)
+        service = make_service(config, reactor)
+        service.startService()
+        try:
+            front = service.listeners[0].port
+            assert front is not None
+            monkeypatch.setattr(os, "splice", splice_until_told)
+            received = await deferToThread(ask, front.getHost().port)  # type: ignore[attr-defined]
+        finally:
+            await service.stopService()
+    assert backend.received == [question, b""]
+    assert len(received) == len(reply)
+    assert received == reply
+    # The relay read the client's end (splice(2) said 0) and passed it on;
+    # then the reply's first splice(2) failed.
+    assert calls["worked"] >= 1
+    assert calls["failed"] >= 1
+    [session] = ended
+    assert (session.bytes_in, session.bytes_out) == (len(question), len(reply))
 
 
 def test_only_plain_sockets_are_spliceable() -> None:

@@ -380,11 +380,17 @@ class GameSession(SessionSplicing):
         """
         self._refuse(Refusal.CLUSTER_CAP, CloseReason.CLUSTER_CAP, detail)
 
-    def _pair_transports(self) -> None:
+    def _pair_transports(self, *, end_passed: bool = False) -> None:
         """
         Relay through the transports: each produces for the other's, so a
         full write buffer on one side pauses reading on the other (flow
         control end to end).
+
+        @param end_passed: the client's end of stream was passed on to the
+            backend's socket already (by the splice relay): its sending side
+            is shut down, and a second half-close, through the transport,
+            would fail as a lost connection and cut what the backend still
+            sends.
         """
         server = self._server
         assert server is not None
@@ -394,7 +400,8 @@ class GameSession(SessionSplicing):
         self._client_feeds_server = self._server_feeds_client = True
         if self._client_eof:
             self._stop_client_feeding_server()
-            half_close(server)
+            if not end_passed:
+                half_close(server)
         elif self._client_paused:
             self._client_paused = False
             self.client.resumeProducing()

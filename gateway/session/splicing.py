@@ -61,7 +61,7 @@ class SessionSplicing(SessionWaiting):
 
     if TYPE_CHECKING:
 
-        def _pair_transports(self) -> None: ...
+        def _pair_transports(self, *, end_passed: bool = False) -> None: ...
 
     def _splice_allowed(self) -> bool:
         """
@@ -188,7 +188,9 @@ class SessionSplicing(SessionWaiting):
             self.bytes_in += len(up)
         if self._client_gone or self._backend_gone:
             return  # the caller closes the session
-        self._pair_transports()
+        # While splicing, the client's transport reads nothing: a client end
+        # of stream known now was read by the relay, which passed it on.
+        self._pair_transports(end_passed=self._client_eof)
         # A side whose end of stream the relay passed on is not read again
         # (as Twisted stops reading a half-closed connection).
         for transport, ended in ((self.client, self._client_eof), (server, self._backend_eof)):
