@@ -514,6 +514,9 @@ class GatewayOptions(usage.Options):
     def _build(self, *, reloading: bool = False) -> GatewayConfig:
         reactor = self._reactor
         if reactor is None:
+            from gateway.process.leanreactor import install_default
+
+            install_default()  # unless twistd -r (or a test runner) chose one
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor

@@ -564,17 +564,18 @@ def test_handover_with_workers(tmp_path: Path, echo_backend: Backend) -> None:
             fresh.close()
 
 
-@pytest.mark.parametrize("reactor", [None, "uvloop"])
+@pytest.mark.parametrize("reactor", [None, "epoll", "uvloop"])
 def test_workers_run_the_acceptors_reactor(
     tmp_path: Path, echo_backend: Backend, reactor: str | None
 ) -> None:
     """
-    The workers run the reactor the acceptor was started with (twistd -r).
+    The workers run the reactor the acceptor was started with (twistd -r;
+    without it, the gateway's default, lean-epoll).
     """
     with GatewayProcess(options(echo_backend), tmp_path, reactor=reactor) as gateway:
         running(gateway, 2)
         sessions = [game_session("127.0.0.1", gateway.port) for _ in range(2)]
-        expected = reactor or "epoll"
+        expected = reactor or "lean-epoll"
         wait_for(
             lambda: gateway.log().count(f"ready, reactor {expected}") == 2,
             "both workers' reactor lines",

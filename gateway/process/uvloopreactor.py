@@ -43,6 +43,7 @@ def reactor_name(reactor: object) -> str | None:
         return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
     names = {
         "twisted.internet.epollreactor": "epoll",
+        "gateway.process.leanreactor": "lean-epoll",
         "twisted.internet.pollreactor": "poll",
         "twisted.internet.selectreactor": "select",
     }

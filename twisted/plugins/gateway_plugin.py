@@ -22,3 +22,9 @@ uvloop = Reactor(
     "gateway.process.uvloopreactor",
     "Twisted's asyncio reactor on uvloop's event loop (pip install 'gateway[uvloop]').",
 )
+
+lean_epoll = Reactor(
+    "lean-epoll",
+    "gateway.process.leanreactor",
+    "Twisted's epoll reactor without its per-event log context (the gateway's default on Linux).",
+)
