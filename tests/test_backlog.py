@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 from twisted.internet.endpoints import _parse
 
-from gateway.process.listener import LISTEN_BACKLOG, with_backlog
+from gateway.process.errors import StartupError
+from gateway.process.listener import (
+    LISTEN_BACKLOG,
+    FrontListener,
+    listen_backlog,
+    resize_queue,
+    server_endpoint,
+    with_backlog,
+)
 from tests.support import Backend, GatewayProcess, recv_exactly
 
 ADDED = f":backlog={LISTEN_BACKLOG}"
@@ -28,7 +36,6 @@ ADDED = f":backlog={LISTEN_BACKLOG}"
     [
         "tcp:8080",
         "tcp:8080:interface=127.0.0.1",
-        "TCP:80",
         "tcp6:8080:interface=\\:\\:1",
         "unix:/run/gw.sock",
         "unix:/run/gw\\:1.sock:mode=660",
@@ -68,6 +75,108 @@ def test_a_queue_already_sized_or_none_is_left(description: str) -> None:
     one, and a string that does not parse, are left as they are.
     """
     assert with_backlog(description) == description
+
+
+@pytest.mark.parametrize(
+    ("text", "queue"),
+    [
+        ("tcp:8080", LISTEN_BACKLOG),
+        ("tcp:8080:backlog=10", 10),
+        ("tcp:8080:127.0.0.1:10", 10),
+        ("tcp6:8080:10", 10),
+        ("unix:/run/gw.sock", LISTEN_BACKLOG),
+        ("tls:/certs:443:10", 10),
+        ("tls:/certs:port=443", LISTEN_BACKLOG),
+        ("tcp:8080:backlog=many", None),
+        ("systemd:domain=INET:index=0", None),
+        ("tcp:8080\\", None),
+    ],
+)
+def test_the_queue_a_front_asks_for(text: str, queue: int | None) -> None:
+    """
+    L{listen_backlog}: a front's own queue, else L{LISTEN_BACKLOG}; none
+    for a kind without one, or a string that does not parse.
+    """
+    assert listen_backlog(text) == queue
+
+
+def test_endpoints_get_the_queue() -> None:
+    """
+    The endpoints of TCP and UNIX fronts listen with L{LISTEN_BACKLOG}
+    unless their string sizes the queue.
+    """
+    from twisted.internet import reactor
+
+    made = [
+        server_endpoint(reactor, text, "--listen", [])
+        for text in ("tcp:0", "tcp6:0", "unix:/tmp/gw.sock", "tcp:0:backlog=7")
+    ]
+    assert [endpoint._backlog for endpoint in made] == [LISTEN_BACKLOG] * 3 + [7]  # type: ignore[attr-defined]
+
+
+def test_messages_name_the_front_as_configured() -> None:
+    """
+    An error about a front quotes its string as the user wrote it, not
+    with the queue added.
+    """
+    from twisted.internet import reactor
+
+    with pytest.raises(StartupError) as raised:
+        server_endpoint(reactor, "tls:/nonexistent/certs:port=8443", "--listen", [])
+    assert "--listen tls:/nonexistent/certs:port=8443: " in str(raised.value)
+    assert "backlog" not in str(raised.value)
+
+
+def _handshakes(port: int, count: int) -> int:
+    """
+    How many of C{count} connections to C{port} complete their handshake
+    within 0.5 s while nobody accepts (the queue's length, plus one).
+    """
+    clients = [socket.socket() for _ in range(count)]
+    selector = selectors.DefaultSelector()
+    done = 0
+    try:
+        for client in clients:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            selector.register(client, selectors.EVENT_WRITE)
+        deadline = time.monotonic() + 0.5
+        while done < count and time.monotonic() < deadline:
+            for key, _ in selector.select(0.05):
+                selector.unregister(key.fileobj)
+                done += 1
+    finally:
+        selector.close()
+        for client in clients:
+            client.close()
+    return done
+
+
+def test_a_taken_over_socket_gets_the_fronts_queue() -> None:
+    """
+    A front that takes over a listening socket (hand-over) sizes its queue
+    as its own string asks: the gateway it came from may have listened with
+    another (Twisted's 50, before this gateway's 4096).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.protocol import Factory
+
+    old = socket.socket()
+    old.bind(("127.0.0.1", 0))
+    old.listen(1)
+    port = old.getsockname()[1]
+    try:
+        assert _handshakes(port, 20) <= 3  # the old queue: one, plus the kernel's one more
+        front = FrontListener(
+            f"tcp:{port}:interface=127.0.0.1", TCP4ServerEndpoint(reactor, port), Factory()
+        )
+        front.adopt(reactor, old.fileno(), socket.AF_INET)
+        assert _handshakes(port, 20) == 20
+        resize_queue(old.fileno(), 1)
+        assert _handshakes(port, 20) <= 3
+    finally:
+        old.close()
 
 
 def _somaxconn() -> int:

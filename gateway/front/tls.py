@@ -83,18 +83,21 @@ class TLSFront:
 
     @ivar folder: the PEM folder, absolute.
     @ivar port: the TCP port.
-    @ivar backlog: the listen queue's length.
+    @ivar backlog: the listen queue's length, if the string gives one.
     @ivar interface: the address to bind (IPv6 syntax; C{::} is every address).
     """
 
     folder: str
     port: int
-    backlog: int
+    backlog: int | None
     interface: str
 
 
-def _front(path: str, port: str = "443", backlog: str = "50", interface: str = "::") -> TLSFront:
-    return TLSFront(os.path.abspath(path), int(port), int(backlog), interface)
+def _front(
+    path: str, port: str = "443", backlog: str | None = None, interface: str = "::"
+) -> TLSFront:
+    queue = int(backlog) if backlog is not None else None
+    return TLSFront(os.path.abspath(path), int(port), queue, interface)
 
 
 def parse_tls_front(description: str) -> TLSFront:
@@ -324,13 +327,14 @@ class SNICertificates:
 
 
 def tls_front_endpoint(
-    reactor: Any, description: str, clock: IReactorTime
+    reactor: Any, description: str, clock: IReactorTime, *, backlog: int = 50
 ) -> tuple[IStreamServerEndpoint, SNICertificates]:
     """
     The endpoint of a C{tls:} front and its connection creator (the folder
     read now).
 
     @param description: the C{tls:} string (without C{haproxy:}).
+    @param backlog: the listen queue, unless the string gives one.
     @raise ValueError: the string does not parse.
     @raise FolderError: the folder cannot be served.
     """
@@ -338,6 +342,12 @@ def tls_front_endpoint(
     now = datetime.datetime.fromtimestamp(clock.seconds(), datetime.UTC)
     creator = SNICertificates(load_folder(front.folder, now), UnknownNames(clock, description))
     endpoint = wrapServerTLS(
-        creator, TCP6ServerEndpoint(reactor, front.port, front.backlog, front.interface)
+        creator,
+        TCP6ServerEndpoint(
+            reactor,
+            front.port,
+            front.backlog if front.backlog is not None else backlog,
+            front.interface,
+        ),
     )
     return endpoint, creator

@@ -8,8 +8,9 @@ C{log.callWithLogger}: it asks the descriptor for its log prefix and pushes a
 copy of the legacy log context with it as C{system}, for whatever the call
 logs through C{twisted.python.log}.  A game session's bytes are one event per
 message each way, and a short session is half a dozen events: on this
-machine that context was about a sixth of the gateway's time per session
-(docs/performance.md, "the lean dispatch").  The gateway logs through
+machine that context was about a tenth of the gateway's samples per session
+(docs/performance.md, "the lean dispatch": churn 1.12×, the latency a
+session adds 0.72×).  The gateway logs through
 C{twisted.logger}, whose events do not read that context; what changes is
 the C{system} of a legacy log line written during an event (Twisted's own
 "Unhandled Error" when a protocol raises): C{-} instead of the connection's
@@ -73,7 +74,9 @@ class LeanEPollReactor(EPollReactor):
 def _prefix(selectable: object) -> str:
     try:
         return str(selectable.logPrefix())  # type: ignore[attr-defined]
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # as callWithLogger
         return "(buggy logPrefix method)"
 
 

@@ -31,11 +31,20 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from gateway.front.admission import CapState
+from gateway.front.chain import split_front
 from gateway.front.pemfolder import FolderError
 from gateway.front.tls import SNICertificates, is_tls_front, tls_front_endpoint
 from gateway.process.errors import StartupError
 
-__all__ = ["BIND_RETRY", "LISTEN_BACKLOG", "FrontListener", "server_endpoint", "with_backlog"]
+__all__ = [
+    "BIND_RETRY",
+    "LISTEN_BACKLOG",
+    "FrontListener",
+    "listen_backlog",
+    "resize_queue",
+    "server_endpoint",
+    "with_backlog",
+]
 
 BIND_RETRY = 0.05
 """Seconds between attempts to bind an address a dying process still holds."""
@@ -100,10 +109,15 @@ class FrontListener(Service):
     def adopt(self, reactor: Any, fd: int, family: int) -> None:
         """
         Listen on an already listening socket (taken over from the gateway
-        this one replaces) instead of binding a new one.
+        this one replaces) instead of binding a new one.  Its listen queue is
+        sized again as this front's string asks (the gateway it came from may
+        have asked for another: an older one listened with Twisted's 50).
         """
         self._endpoint = _adopting(self._endpoint, reactor, fd, family)
         self.adopted = True
+        backlog = listen_backlog(split_front(self.description)[1])
+        if backlog is not None:
+            resize_queue(fd, backlog)
 
     def clear_stale(self) -> None:
         """
@@ -280,6 +294,19 @@ def _answering(path: str) -> bool:
     return True
 
 
+def resize_queue(fd: int, backlog: int) -> None:
+    """
+    Set the listen queue of the listening socket C{fd} (C{listen(2)} again:
+    Linux resizes the queue of a socket that listens already); the
+    descriptor stays open.
+    """
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.listen(backlog)
+    finally:
+        sock.detach()
+
+
 def _adopting(endpoint: IStreamServerEndpoint, reactor: Any, fd: int, family: int) -> Any:
     """
     C{endpoint}, listening on the socket C{fd} instead of binding: the
@@ -318,16 +345,33 @@ def server_endpoint(
     @raise StartupError: a C{tls:} folder cannot be served (it was checked
         with the options, but may have changed since).
     """
-    description = with_backlog(description)
     if not is_tls_front(description):
-        plain: IStreamServerEndpoint = serverFromString(reactor, description)
+        plain: IStreamServerEndpoint = serverFromString(reactor, with_backlog(description))
         return plain
     try:
-        endpoint, creator = tls_front_endpoint(reactor, description, reactor)
+        endpoint, creator = tls_front_endpoint(
+            reactor, description, reactor, backlog=LISTEN_BACKLOG
+        )
     except (ValueError, FolderError) as error:
         raise StartupError(f"gateway: error: {option} {description}: {error}") from None
     certificates.append(creator)
     return endpoint
+
+
+def _backlog_argument(text: str) -> tuple[bool, str | None]:
+    """
+    Whether the front string C{text} (without C{haproxy:}) is of a kind with
+    a listen queue, and the queue it gives (by name or by position), if any.
+    """
+    try:
+        args, kwargs = _parse(text)
+    except (ValueError, RuntimeError):  # RuntimeError: a trailing backslash
+        return False, None  # the parser's own error says why, elsewhere
+    position = _BACKLOG_POSITION.get(str(args[0]).lower()) if args else None
+    if position is None:
+        return False, None
+    given = kwargs.get("backlog", args[position] if len(args) > position else None)
+    return True, None if given is None else str(given)
 
 
 def with_backlog(description: str) -> str:
@@ -336,13 +380,27 @@ def with_backlog(description: str) -> str:
     with a listen queue (C{tcp}, C{tcp6}, C{unix}, C{ssl}, the gateway's
     C{tls}) and does not set one itself (by name or by position); any other
     string (C{systemd:}, which adopts a socket already listening, or one that
-    does not parse: the parser's own error says why) unchanged.
+    does not parse) unchanged.  For the endpoint only: messages and log
+    lines name the front as configured.
     """
-    try:
-        args, kwargs = _parse(description)
-    except (ValueError, RuntimeError):  # RuntimeError: a trailing backslash
-        return description
-    position = _BACKLOG_POSITION.get(str(args[0]).lower()) if args else None
-    if position is None or "backlog" in kwargs or len(args) > position:
+    queued, given = _backlog_argument(description)
+    if not queued or given is not None:
         return description
     return f"{description}:backlog={LISTEN_BACKLOG}"
+
+
+def listen_backlog(text: str) -> int | None:
+    """
+    The listen queue the front string C{text} (without C{haproxy:}) asks
+    for: its own, else L{LISTEN_BACKLOG}; L{None} for a kind without one
+    (C{systemd:}) or a string that does not parse.
+    """
+    queued, given = _backlog_argument(text)
+    if not queued:
+        return None
+    if given is None:
+        return LISTEN_BACKLOG
+    try:
+        return int(given)
+    except ValueError:
+        return None
