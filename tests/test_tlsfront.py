@@ -32,6 +32,7 @@ from gateway.front.tls import (
     printable_name,
 )
 from gateway.options import GatewayOptions
+from gateway.process.listener import LISTEN_BACKLOG, server_endpoint
 from tests.pki import Pki, make_pki
 
 
@@ -248,9 +249,9 @@ def test_reload_keeps_certificates_of_a_bad_folder(tmp_path: Path, pkis: tuple[P
 @pytest.mark.parametrize(
     ("text", "front"),
     [
-        ("tls:/srv/certs", TLSFront("/srv/certs", 443, 50, "::")),
-        ("tls:/srv/certs:port=8443", TLSFront("/srv/certs", 8443, 50, "::")),
-        ("tls:/srv/certs:8443", TLSFront("/srv/certs", 8443, 50, "::")),
+        ("tls:/srv/certs", TLSFront("/srv/certs", 443, None, "::")),
+        ("tls:/srv/certs:port=8443", TLSFront("/srv/certs", 8443, None, "::")),
+        ("tls:/srv/certs:8443", TLSFront("/srv/certs", 8443, None, "::")),
         (
             "tls:/srv/certs:port=0:interface=\\:\\:1:backlog=7",
             TLSFront("/srv/certs", 0, 7, "::1"),
@@ -298,3 +299,24 @@ def test_reload_options_leave_folders_to_the_fronts(tmp_path: Path, pkis: tuple[
         GatewayOptions(reactor=MemoryReactor()).parseOptions(
             ["--listen", f"haproxy:tls:{folder}", "--backend", "tcp:127.0.0.1:1"]
         )
+
+
+@pytest.mark.parametrize(("suffix", "queue"), [("", LISTEN_BACKLOG), (":backlog=7", 7)])
+def test_a_tls_front_gets_the_listen_queue(
+    tmp_path: Path, pkis: tuple[Pki, Pki], suffix: str, queue: int
+) -> None:
+    """
+    A C{tls:} front listens with the gateway's queue unless its string sizes
+    it, and its certificates' log lines name it as configured.
+    """
+    from twisted.internet import reactor
+
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "localhost.pem").write_bytes(pkis[0].bundle("key", "leaf", "intermediate", "root"))
+    text = f"tls:{folder}:port=0{suffix}"
+    certificates: list[SNICertificates] = []
+    endpoint = server_endpoint(reactor, text, "--listen", certificates)
+    assert endpoint.endpoint._backlog == queue  # type: ignore[attr-defined]
+    [creator] = certificates
+    assert creator.unknown.front == text
