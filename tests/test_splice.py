@@ -66,6 +66,23 @@ def _config(backend: Backend) -> GatewayConfig:
     )
 
 
+def _record_endings(monkeypatch: pytest.MonkeyPatch) -> list[GameSession]:
+    """
+    The game sessions that end from now on, each once (C{_finish} is called
+    again on the other side's close).
+    """
+    ended: list[GameSession] = []
+    original = GameSession._finish
+
+    def finish(session: GameSession, reason: Any) -> None:
+        if session not in ended:
+            ended.append(session)
+        original(session, reason)
+
+    monkeypatch.setattr(GameSession, "_finish", finish)
+    return ended
+
+
 def _failing_after(calls: int) -> Callable[..., int]:
     """
     os.splice that works C{calls} times, then fails as for a socket type
@@ -97,15 +114,7 @@ async def test_splice_failure_falls_back_without_losing_a_byte(
     # would drop its unsent echo when the client's end of stream reaches it).
     with Backend(echo) as backend:
         service = make_service(_config(backend), reactor)
-        ended: list[GameSession] = []
-        original = GameSession._finish
-
-        def finish(session: GameSession, reason: Any) -> None:
-            if session not in ended:  # called again on the other side's close
-                ended.append(session)
-            original(session, reason)
-
-        monkeypatch.setattr(GameSession, "_finish", finish)
+        ended = _record_endings(monkeypatch)
         service.startService()
         try:
             front = service.listeners[0].port
@@ -169,15 +178,7 @@ async def test_splice_failure_after_the_client_ended_keeps_the_backend_side(
             sock.shutdown(socket.SHUT_WR)
             return recv_until_eof(sock)
 
-    ended: list[GameSession] = []
-    original = GameSession._finish
-
-    def finish(session: GameSession, reason: Any) -> None:
-        if session not in ended:  # called again on the other side's close
-            ended.append(session)
-        original(session, reason)
-
-    monkeypatch.setattr(GameSession, "_finish", finish)
+    ended = _record_endings(monkeypatch)
     with Backend(answer_after_the_end) as backend:
         config = dataclasses.replace(_config(backend), tcp_fast_path=fast_path)
         service = make_service(config, reactor)
