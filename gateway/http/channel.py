@@ -428,16 +428,16 @@ class GatewayHTTPChannel(HTTPChannel):
             return
         if self._requestProducer is not None:
             raise RuntimeError(f"a producer is already registered: {self._requestProducer!r}")
-        pump = _PullPump(producer, self.site.reactor, self._producer_failed)
+        pump = _PullPump(producer, self.site.reactor, self.response_failed)
         self._requestProducer = pump
         self._requestProducerStreaming = False
         pump.startStreaming()
 
-    def _producer_failed(self, failure: Failure) -> None:
+    def response_failed(self, failure: Failure) -> None:
         """
-        The response's producer raised: the response can never be completed,
-        so the connection is aborted (the client sees it cut short, and the
-        connection's slots are freed).
+        The response's producer raised (or its file could not be sent): the
+        response can never be completed, so the connection is aborted (the
+        client sees it cut short, and the connection's slots are freed).
         """
         self._log.failure(
             "response to {peer} failed mid-response; connection aborted",
@@ -445,6 +445,38 @@ class GatewayHTTPChannel(HTTPChannel):
             peer=self._peer(),
         )
         self._abort()
+
+    def lend_transport(self, producer: IPullProducer) -> None:
+        """
+        Let C{producer} write the response's body to the transport itself
+        (L{gateway.http.sendfile}): it becomes the transport's pull producer,
+        asked for more each time the transport's buffer has been sent, in
+        the channel's place until L{take_back_transport}.
+        """
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        transport.registerProducer(producer, False)
+
+    def take_back_transport(self) -> None:
+        """
+        The producer given the transport by L{lend_transport} is done: the
+        channel produces for its transport again (as C{connectionMade} set
+        it), with nothing waiting to be sent.
+        """
+        transport: Any = self.transport
+        if transport is None:
+            return
+        transport.unregisterProducer()
+        transport.registerProducer(self, True)
+        # Nothing is queued: whatever paused the channel before is over.
+        self.resumeProducing()
+
+    def response_progress(self) -> None:
+        """
+        A lent transport's producer sent some of the body: the response is
+        making progress (see L{SEND_TIMEOUT}).
+        """
+        self._writes += 1
 
     def _peer(self) -> str:
         return describe_peer(self.transport.getPeer()) if self.transport is not None else "-"

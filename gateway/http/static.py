@@ -3,7 +3,8 @@ The static files of the public HTTP side (C{--http-root}): L{StaticRoot}.
 
 L{StaticRoot} is C{twisted.web.static.File} (content types, HEAD, ranges, files
 streamed by a pull producer 64 KiB at a time, so memory stays bounded for any
-file size) with the defaults a public server wants:
+file size, or sent by C{sendfile(2)}: L{gateway.http.sendfile}) with the
+defaults a public server wants:
 
   - no folder listing unless asked (C{--http-listing});
   - nothing outside the root: C{..} segments are refused by C{FilePath}, and a
@@ -16,7 +17,8 @@ file size) with the defaults a public server wants:
   - methods other than GET and HEAD get a 405 with C{Allow: GET, HEAD};
   - C{Range} requests follow the policy of L{gateway.http.ranges} (invalid or
     more than 64 ranges: the whole file; overlapping ones merged), and every
-    response body is read from its file 64 KiB at a time, ranges or not;
+    response body is read from its file 64 KiB at a time, ranges or not
+    (or sent by the kernel, for one large span on a plain connection);
   - content types come from a pinned table for the common web types (so they
     do not depend on the host's C{/etc/mime.types}), then the host's table,
     and unknown extensions are C{application/octet-stream}, never HTML;
@@ -53,6 +55,7 @@ from gateway.http.conditional import (
     range_applies,
 )
 from gateway.http.ranges import MAX_RANGES, FileParts, Multipart, ResponseConsumer, select_ranges
+from gateway.http.sendfile import FileSender, file_sender
 
 __all__ = [
     "ALLOWED_METHODS",
@@ -306,10 +309,13 @@ class StaticRoot(File):
         size: int,
         header: bytes | None,
         coding: bytes,
-    ) -> FileParts:
+    ) -> FileParts | FileSender:
         """
         The producer of a response's body, with its status and content
         headers set: the whole file, one range, or several.
+
+        A large body on a plain connection goes by C{sendfile(2)}
+        (L{gateway.http.sendfile}); the others are copied.
 
         Instead of Twisted's producers: its multi-range one reads a whole
         file at once once part headers pass 64 KiB (a negative read size),
@@ -328,7 +334,9 @@ class StaticRoot(File):
             self._set_type(request)
             request.setHeader(b"content-length", b"%d" % size)
             request.setResponseCode(http.OK)
-            return FileParts(consumer, file, [(0, size)] if size else [])
+            return file_sender(request, file, 0, size) or FileParts(
+                consumer, file, [(0, size)] if size else []
+            )
         if not spans:
             request.setResponseCode(http.REQUESTED_RANGE_NOT_SATISFIABLE)
             request.setHeader(b"content-range", b"bytes */%d" % size)
@@ -340,7 +348,7 @@ class StaticRoot(File):
             self._set_type(request)
             request.setHeader(b"content-length", b"%d" % (stop - start))
             request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, stop - 1, size))
-            return FileParts(consumer, file, spans)
+            return file_sender(request, file, start, stop) or FileParts(consumer, file, spans)
         multipart = Multipart((self.type or self.defaultType).encode("ascii"), size)
         request.setHeader(b"content-type", multipart.content_type)
         request.setHeader(b"content-length", b"%d" % multipart.length(spans))

@@ -12,7 +12,7 @@ from typing import Protocol as Structural
 from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 
-__all__ = ["Stream", "half_close", "send_now", "write_now"]
+__all__ = ["Stream", "half_close", "nothing_queued", "plain_socket", "send_now", "write_now"]
 
 
 class Stream(Structural):
@@ -77,16 +77,7 @@ def write_now(transport: Any, data: bytes) -> bool:
 
     @return: whether the socket took every byte (nothing was buffered).
     """
-    if (
-        type(transport) in _PLAIN
-        and not transport._tempDataBuffer
-        and transport.offset == len(transport.dataBuffer)
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnecting
-        and not transport._writeDisconnected
-        and not getattr(transport, "TLS", False)
-    ):
+    if nothing_queued(transport):
         try:
             sent = transport.socket.send(data)
         except OSError:
@@ -96,6 +87,33 @@ def write_now(transport: Any, data: bytes) -> bool:
         data = data[sent:]
     transport.write(data)
     return False
+
+
+def nothing_queued(transport: Any) -> bool:
+    """
+    Whether C{transport} is a plain TCP or UNIX socket's, open for writing,
+    with nothing waiting in its buffer: what is written to its socket now
+    comes after everything written before (L{write_now}, and the static
+    files' C{sendfile(2)}: L{gateway.http.sendfile}).
+    """
+    return (
+        type(transport) in _PLAIN
+        and not transport._tempDataBuffer
+        and transport.offset == len(transport.dataBuffer)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+        and not getattr(transport, "TLS", False)
+    )
+
+
+def plain_socket(transport: Any) -> bool:
+    """
+    Whether C{transport} writes to a plain TCP or UNIX socket of its own
+    (not TLS, not a wrapping protocol such as a C{haproxy:} front's).
+    """
+    return type(transport) in _PLAIN and not getattr(transport, "TLS", False)
 
 
 _PLAIN: tuple[type, ...] = (tcp.Server, tcp.Client)
