@@ -166,7 +166,7 @@ def counted_sendfile(
         return sent
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sendfile.os, "sendfile", counting)
+        patch.setattr(os, "sendfile", counting)
         yield calls
 
 
