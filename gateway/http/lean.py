@@ -49,7 +49,7 @@ from gateway.http.codings import SIBLINGS, preferred_codings
 from gateway.http.conditional import MODIFIED, PRECONDITION_FAILED, entity_tag, evaluate
 from gateway.http.static import StaticRoot
 from gateway.ops.access import HTTP_COMPLETE, log_http_request
-from gateway.session.stream import write_now
+from gateway.session.stream import close_now, write_now
 
 __all__ = ["FILE_LIMIT", "HEAD_LIMIT", "MAX_FIELDS", "LeanRequest", "LeanStatic", "parse_head"]
 
@@ -535,9 +535,10 @@ class LeanStatic:
             if not prepared.keep:
                 channel.persistent = False
                 if _send(transport, out):
-                    # Nothing left to send: the close needs nothing from the
-                    # client, so no send timeout is armed for it.
-                    http.HTTPChannel.loseConnection(channel)
+                    # Nothing left to send: closed now (no send timeout is
+                    # armed, no turn waited for; the door and the channel
+                    # hear connectionLost before this returns).
+                    close_now(transport)
                 else:
                     channel.loseConnection()
                 return None

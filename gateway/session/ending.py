@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from gateway.front.limits import Refusal
 from gateway.ops.access import log_game_session
 from gateway.session.lifecycle import CloseReason, Phase
+from gateway.session.stream import close_now
 
 if TYPE_CHECKING:
     from gateway.ops.registry import RefusalLog
@@ -124,7 +125,9 @@ class SessionEnding:
         self._stop_server_feeding_client()
         self._stop_client_feeding_server()
         if not self._client_gone:
-            self.client.loseConnection()
+            # Closed at once when nothing waits to be sent: its session
+            # hears client_lost (and closes the backend) before this returns.
+            close_now(self.client)
         if self._server is not None and not self._backend_gone:
             self._server.loseConnection()
 

@@ -65,7 +65,7 @@ from gateway.session.leanlink import LeanLink
 from gateway.session.lifecycle import CloseReason, Phase, can_move
 from gateway.session.quiet import QuietWatch
 from gateway.session.splicing import SessionSplicing
-from gateway.session.stream import Stream, half_close, write_now
+from gateway.session.stream import Stream, close_now, half_close, write_now
 from gateway.session.waiting import WAIT_HOLD_LIMIT
 
 if TYPE_CHECKING:
@@ -510,6 +510,6 @@ class GameSession(SessionSplicing):
         if not self._client_gone:
             self._enter(Phase.CLOSING)
             self._stop_server_feeding_client()
-            self.client.loseConnection()
+            close_now(self.client)  # client_lost may run before this returns
         else:
             self._enter(Phase.CLOSED)

@@ -10,9 +10,19 @@ from typing import Any
 from typing import Protocol as Structural
 
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableDescriptor
+from twisted.python.failure import Failure
 
-__all__ = ["Stream", "half_close", "nothing_queued", "plain_socket", "send_now", "write_now"]
+__all__ = [
+    "Stream",
+    "close_now",
+    "half_close",
+    "nothing_queued",
+    "plain_socket",
+    "send_now",
+    "write_now",
+]
 
 
 class Stream(Structural):
@@ -106,6 +116,27 @@ def nothing_queued(transport: Any) -> bool:
         and not transport._writeDisconnected
         and not getattr(transport, "TLS", False)
     )
+
+
+def close_now(transport: Any) -> None:
+    """
+    Close C{transport}: at once when nothing waits in its buffer on a plain
+    socket (L{nothing_queued}), else once its buffer is sent.
+
+    Twisted's C{loseConnection} always waits for the transport's next turn
+    to write: it registers the socket for writing, and on the next turn
+    writes its (empty) buffer with a C{send} of nothing, unregisters the
+    socket and closes it.  With nothing to send, the close can be done now,
+    as Twisted does itself for a transport whose sending side is shut: the
+    protocol's C{connectionLost} (with L{ConnectionDone}) runs before this
+    returns, so the caller must not touch the connection after.
+    """
+    if nothing_queued(transport):
+        transport.stopReading()
+        transport.stopWriting()
+        transport.connectionLost(Failure(ConnectionDone()))
+    else:
+        transport.loseConnection()
 
 
 def plain_socket(transport: Any) -> bool:
