@@ -1694,6 +1694,85 @@ def test_fin_timeout_closes_half_closed_session(
     assert lines[-1].startswith(f"game session from {PEER} to b0 ended (fin-timeout)")
 
 
+def close_at_once(transport: FakeTransport) -> None:
+    """
+    What L{gateway.session.stream.close_now} does on a plain socket with
+    nothing queued: the connection is lost before it returns (a fake
+    transport is not a plain socket, so the real one would wait a turn).
+    """
+    if transport.lost:
+        return
+    if transport.value():
+        transport.loseConnection()
+    else:
+        transport.connection_lost()
+
+
+@pytest.mark.parametrize("side", ["client", "backend"])
+def test_closed_at_once_leaves_no_timer(
+    monkeypatch: pytest.MonkeyPatch, log_events: EventLoggingObserver, side: str
+) -> None:
+    """
+    A fin-timeout close whose connections both close at once (the client
+    by C{close_now}, the backend because its sending side was shut, as
+    Twisted's C{loseConnection} then does): the session ends, with no abort
+    timer left behind to hold it for C{CLOSE_GRACE} seconds, and no
+    impossible change of phase.
+    """
+    import gateway.session.ending as ending
+    import gateway.session.relay as relay
+
+    monkeypatch.setattr(ending, "close_now", close_at_once)
+    monkeypatch.setattr(relay, "close_now", close_at_once)
+    gateway = Gateway(idle_timeout=0, fin_timeout=5)
+    backend, protocol = gateway.connected()
+    lose = backend.loseConnection
+
+    def lose_at_once() -> None:
+        lose()
+        if not backend.lost:
+            backend.connection_lost()
+
+    monkeypatch.setattr(backend, "loseConnection", lose_at_once)
+    end_direction(gateway, protocol, side)
+    for _ in range(40):
+        gateway.reactor.advance(0.25)
+    assert gateway.client.lost and backend.lost
+    assert gateway.session.phase is Phase.CLOSED
+    assert gateway.session.close_reason is CloseReason.FIN_TIMEOUT
+    assert gateway.reactor.getDelayedCalls() == []
+    assert not [e for e in log_events if e["log_level"] is LogLevel.error]
+
+
+def test_close_after_the_hand_back_closed_everything(
+    monkeypatch: pytest.MonkeyPatch, log_events: EventLoggingObserver
+) -> None:
+    """
+    A session closed (the gateway stopping) whose splice relay, handing the
+    sockets back, found the backend gone and so closed the client at once:
+    the session is closed, with no impossible change of phase logged.
+    """
+    import gateway.session.ending as ending
+    import gateway.session.relay as relay
+
+    monkeypatch.setattr(ending, "close_now", close_at_once)
+    monkeypatch.setattr(relay, "close_now", close_at_once)
+    gateway = Gateway()
+    backend, protocol = gateway.connected()
+    session = gateway.session
+
+    def hand_back_finds_the_backend_gone(self: GameSession) -> None:
+        if not backend.lost:
+            backend.connection_lost(Failure(ConnectionDone()))
+
+    monkeypatch.setattr(GameSession, "_stop_splicing", hand_back_finds_the_backend_gone)
+    session.close(CloseReason.SHUTDOWN)
+    assert gateway.client.lost and backend.lost
+    assert session.phase is Phase.CLOSED
+    assert not [e for e in log_events if e["log_level"] is LogLevel.error]
+    assert gateway.reactor.getDelayedCalls() == []
+
+
 def test_fin_timeout_aborts_after_grace() -> None:
     """
     A fin-timeout close that has not completed after C{CLOSE_GRACE} seconds

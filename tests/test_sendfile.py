@@ -35,6 +35,8 @@ BIG = 3 * TURN_BYTES + 12_345
 
 REQUEST = b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n"
 
+REAL_SENDFILE = os.sendfile
+
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -98,7 +100,7 @@ class Connection:
                 self.transport.connectionLost(Failure(why))
         self.clock.advance(0)
 
-    def receive(self, size: int, *, turns: int = 20_000) -> bytes:
+    def receive(self, size: int, *, turns: int = 2_000) -> bytes:
         """
         Turn and read until C{size} bytes arrived (or the connection ended,
         or C{turns} ran out).
@@ -119,7 +121,7 @@ class Connection:
                 break
         return bytes(got)
 
-    def response(self, size: int, *, turns: int = 50_000) -> tuple[bytes, bytes]:
+    def response(self, size: int, *, turns: int = 5_000) -> tuple[bytes, bytes]:
         """
         Turn and read one response's head and C{size} bytes of body (less if
         the connection ended, or C{turns} ran out).
@@ -190,7 +192,6 @@ def test_large_file_goes_by_sendfile_and_the_connection_goes_on(root: Path) -> N
         assert b"\r\nContent-Length: %d" % BIG in head
         assert got == body
         assert sum(calls) == BIG
-        assert max(calls) <= TURN_BYTES
         assert conn.transport.producer is conn.front.http
         conn.front.dataReceived(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
         head, small = split_response(conn.receive(100))
@@ -374,3 +375,123 @@ def test_a_client_that_leaves_mid_body_ends_quietly(root: Path) -> None:
         assert not conn.transport.connected
     assert failures.formats == []
     assert [(e["path"], e["reason"]) for e in events.events] == [("/big.bin", "client-left")]
+
+
+def test_a_turn_sends_at_most_its_share(root: Path) -> None:
+    """
+    One connection's turn sends at most L{TURN_BYTES} (then it waits for
+    the socket to be writable again), however much the socket would take.
+    """
+    body = (root / "big.bin").read_bytes()
+    per_turn: list[int] = []
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        counted_sendfile() as calls,
+        connection(root, rcvbuf=4 * 1024 * 1024) as conn,
+    ):
+        patch.setattr(sendfile, "TURN_BYTES", 128 * 1024)
+        patch.setattr(sendfile, "STEP", 32 * 1024)
+        conn.front.dataReceived(REQUEST)
+        got = b""
+        for _ in range(5_000):
+            before = len(calls)
+            got += conn.receive(1, turns=1)
+            per_turn.append(sum(calls[before:]))
+            if len(got) >= BIG + 200 and b"\r\n\r\n" in got:
+                head, _, rest = got.partition(b"\r\n\r\n")
+                if len(rest) == BIG:
+                    break
+        assert got.partition(b"\r\n\r\n")[2] == body
+    assert max(per_turn) <= 128 * 1024
+    assert sum(per_turn) == BIG
+
+
+def test_a_close_while_the_body_is_sent_ends_the_connection(root: Path) -> None:
+    """
+    The transport's C{loseConnection} (the gateway stopping) while the
+    sender has it: the connection closes at its next turn, the rest unsent,
+    as for a copied body; the channel's own C{loseConnection} likewise.  The
+    file is closed either way, and the request logged as its client having
+    left (the response did not complete).
+    """
+    for close in ("transport", "channel"):
+        senders: list[Any] = []
+        with (
+            pytest.MonkeyPatch.context() as patch,
+            Events() as events,
+            connection(root, rcvbuf=65536) as conn,
+        ):
+            real = sendfile.FileSender.__init__
+
+            def keep(self: Any, *args: Any, real: Any = real, senders: Any = senders) -> None:
+                real(self, *args)
+                senders.append(self)
+
+            patch.setattr(sendfile.FileSender, "__init__", keep)
+            conn.front.dataReceived(REQUEST)
+            assert conn.receive(65536, turns=50)
+            if close == "transport":
+                conn.transport.loseConnection()
+            else:
+                assert conn.front.http is not None
+                conn.front.http.loseConnection()
+            for _ in range(50):
+                conn.turn()
+                if not conn.transport.connected:
+                    break
+            assert not conn.transport.connected, close
+            [sender] = senders
+            assert sender._file is None, close
+        assert [(e["path"], e["reason"]) for e in events.events] == [
+            ("/big.bin", "client-left")
+        ], close
+
+
+def test_a_reset_seen_by_sendfile_ends_quietly(root: Path) -> None:
+    """
+    C{sendfile} failing with C{ECONNRESET} (the client reset the
+    connection): the connection is aborted, nothing is logged as a failure.
+    """
+    sent: list[int] = []
+
+    def reset_after_one(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        if sent:
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        sent.append(REAL_SENDFILE(out_fd, in_fd, offset, min(count, 65536)))
+        return sent[0]
+
+    with (
+        Events() as events,
+        Failures() as failures,
+        counted_sendfile(reset_after_one),
+        connection(root) as conn,
+    ):
+        conn.front.dataReceived(REQUEST)
+        for _ in range(50):
+            conn.turn()
+            if not conn.transport.connected:
+                break
+        assert not conn.transport.connected
+        assert sent == [65536]
+    assert failures.formats == []
+    assert [(e["path"], e["reason"]) for e in events.events] == [("/big.bin", "client-left")]
+
+
+def test_a_channel_paused_before_the_body_reads_again_after(root: Path) -> None:
+    """
+    A channel its transport had paused (a full buffer before this response)
+    is told the transport takes data again when it gets the transport back:
+    else it would never read the connection's next request.
+    """
+    with counted_sendfile() as calls, connection(root) as conn:
+        conn.front.dataReceived(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.response(6)[1] == b"small\n"
+        channel = conn.front.http
+        assert channel is not None
+        channel.pauseProducing()  # what the transport does when its buffer is full
+        conn.front.dataReceived(REQUEST)
+        head, got = conn.response(BIG)
+        assert len(got) == BIG and sum(calls) == BIG
+        for _ in range(5):
+            conn.turn()
+        assert conn.transport in conn.clock.getReaders()

@@ -122,10 +122,22 @@ class FileSender:
             return
         transport = self._channel.transport
         if not nothing_queued(transport):
-            # The head (or an earlier response's tail) is still queued, or
-            # the connection is closing: wait for the transport's next turn.
-            if transport is not None and transport.connected and not transport.disconnecting:
-                transport.startWriting()
+            if transport is None or not transport.connected:
+                return  # lost: the transport stops its producer
+            if (
+                transport.disconnecting
+                or transport._writeDisconnecting
+                or transport._writeDisconnected
+            ):
+                # Closed (loseConnection) while the body was being sent: as
+                # for a copied body, the connection closes once its buffer
+                # is sent, the rest unsent; the transport closes only once
+                # its producer is the channel again.
+                self._channel.take_back_transport()
+                self.stopProducing()
+            # The head (or an earlier response's tail) is still queued:
+            # wait for the transport's next turn.
+            transport.startWriting()
             return
         budget = TURN_BYTES
         while True:

@@ -121,6 +121,8 @@ class SessionEnding:
         Close both connections once their buffers are flushed.
         """
         self._stop_splicing()
+        if self._phase is Phase.CLOSED:
+            return  # the relay's hand-back found a connection gone: closed
         self._enter(Phase.CLOSING)
         self._stop_server_feeding_client()
         self._stop_client_feeding_server()
@@ -175,7 +177,7 @@ class SessionEnding:
         )
         self._finish(reason)
         self._close_both()
-        self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort_both)
+        self._arm_abort_timer()
 
     def close(self, reason: CloseReason) -> None:
         """
@@ -198,7 +200,15 @@ class SessionEnding:
             if self._phase in (Phase.CONNECTING, Phase.WAITING):
                 self._leave_room()
             self._close_both()
-        if self._abort_call is None:
+        self._arm_abort_timer()
+
+    def _arm_abort_timer(self) -> None:
+        """
+        Abort what is still open after L{CLOSE_GRACE} seconds (nothing, if
+        both connections closed at once: L{close_now}).
+        """
+        still_open = not self._client_gone or (self._server is not None and not self._backend_gone)
+        if self._abort_call is None and still_open:
             self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort_both)
 
     def _stop_abort_timer(self) -> None:
