@@ -68,14 +68,16 @@ def _config(backend: Backend) -> GatewayConfig:
 
 def _record_endings(monkeypatch: pytest.MonkeyPatch) -> list[GameSession]:
     """
-    The game sessions that end from now on, each once (C{_finish} is called
-    again on the other side's close).
+    The game sessions that end from now on, each once: C{_finish} is called
+    again on the other side's close, which may come later (an earlier
+    test's session whose backend closes a turn after its client, during
+    this test), and only its first call ends the session.
     """
     ended: list[GameSession] = []
     original = GameSession._finish
 
     def finish(session: GameSession, reason: Any) -> None:
-        if session not in ended:
+        if session.close_reason is None:
             ended.append(session)
         original(session, reason)
 
