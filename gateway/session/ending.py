@@ -207,12 +207,18 @@ class SessionEnding:
         Abort what is still open after L{CLOSE_GRACE} seconds (nothing, if
         both connections closed at once: L{close_now}).
         """
-        still_open = not self._client_gone or (self._server is not None and not self._backend_gone)
-        if self._abort_call is None and still_open:
+        if self._abort_call is None and self._still_open():
             self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort_both)
 
+    def _still_open(self) -> bool:
+        """
+        Whether a connection of the session is still open (a backend never
+        connected is not).
+        """
+        return not self._client_gone or (self._server is not None and not self._backend_gone)
+
     def _stop_abort_timer(self) -> None:
-        if self._abort_call is not None and self._client_gone and self._backend_gone:
+        if self._abort_call is not None and not self._still_open():
             self._abort_call.cancel()
             self._abort_call = None
 
