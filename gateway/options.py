@@ -100,9 +100,11 @@ class GatewayOptions(usage.Options):
         [
             "no-tcp-fast-path",
             None,
-            "Connect game sessions' backends through Twisted's endpoints (off: a session "
-            "that splices to a tcp: backend given by IP address, or a unix: one, connects "
-            "a bare socket and hands it to the splice relay).",
+            "Connect game sessions' backends through Twisted's endpoints, and give every "
+            "client connection Twisted's transport (off: a session that splices to a tcp: "
+            "backend given by IP address, or a unix: one, connects a bare socket for the "
+            "splice relay, and a tcp: front's connections stay bare sockets until they "
+            "need a transport).",
         ],
         *CLUSTER_FLAGS,
     ]

@@ -20,9 +20,13 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from gateway.config import GatewayConfig
+from gateway.front.door import FrontDoor
 from gateway.pool.backends import BackendState
 from gateway.process.assemble import make_service
 from gateway.process.service import GatewayService
+from gateway.session.bareclient import BareClient, ClientTransport
+from gateway.session.lifecycle import Phase
+from gateway.session.relay import GameSession
 
 reactor: IReactorTCP = _reactor
 
@@ -149,3 +153,31 @@ async def test_stop_closes_the_front(demo: GatewayService) -> None:
     with pytest.raises(Exception, match="refused"):
         await connectProtocol(endpoint, Collector())
     demo.startService()  # so that the fixture's stop has something to stop
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_front_gives_game_sessions_a_bare_client(demo: GatewayService) -> None:
+    """
+    On a plain TCP front with the TCP fast path, a spliced game session's
+    client stays a bare socket (L{gateway.session.bareclient}), while an HTTP
+    connection on the same front gets a Twisted transport once sniffed.
+    """
+    player = await connect_client(demo)
+    await player.wait_for(b"What is your name?")
+    web = await connect_client(demo)
+    web.transport.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")  # type: ignore[union-attr]
+    await web.wait_for(b"nc localhost 8080")
+    entries = demo.registry.snapshot()[1]
+    [session] = [entry for entry in entries if isinstance(entry, GameSession)]
+    [door] = [entry for entry in entries if isinstance(entry, FrontDoor)]
+    assert type(session.client) is BareClient
+    assert session.phase is Phase.SPLICING
+    assert type(door.transport) is ClientTransport
+    player.transport.write(b"bob\r\nquit\r\n")
+    await player.closed
+    assert b"Goodbye, bob!" in player.received
+    web.transport.loseConnection()
+    await web.closed
+    await deferLater(reactor, 0.05, lambda: None)
+    assert len(demo.registry) == 0
+    assert [b.active for b in demo.pool.backends] == [0, 0]

@@ -221,6 +221,7 @@ def test_connect_succeeds(listener: socket.socket) -> None:
     assert failures == []
     peer, _ = listener.accept()
     assert link.socket is not None
+    assert not link.socket.getblocking() and link.socket.gettimeout() == 0.0
     link.socket.sendall(b"hi")
     assert peer.recv(2) == b"hi"
     peer.close()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from typing import Protocol as Structural
 
 from twisted.internet.interfaces import (
@@ -40,6 +40,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
     IReactorTime,
+    ITransport,
 )
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -55,7 +56,9 @@ from gateway.front.passthrough import pass_through
 from gateway.front.proxyheader import ProxyHeaderProtocol
 from gateway.interfaces import IBackendChooser
 from gateway.pool.backend import GAME_POOL
+from gateway.session.bareclient import BareClient
 from gateway.session.relay import GameSession
+from gateway.session.stream import Stream
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -97,6 +100,13 @@ class WebSocketEnd(Structural):
         """
         The connection is gone.
         """
+
+
+def _closing(data: bytes) -> None:
+    """
+    Bytes read after the response that closes the connection: dropped (as
+    C{twisted.web} drops them once it closes).
+    """
 
 
 class Verdict(Enum):
@@ -261,7 +271,19 @@ class FrontDoor(CloseHooks, Protocol):
         self.peer = ""
         self.started = 0.0
         self._http_in = 0
+        self._http_out = 0
         self._lean: LeanStatic | None = None
+
+    def replace_transport(self, transport: ITransport) -> None:
+        """
+        Use C{transport} from now on: the Twisted transport a bare client
+        built on its socket (L{gateway.session.bareclient.BareClient.full}),
+        for this connection and the game session relaying it.
+        """
+        old, self.transport = self.transport, transport
+        session = self.session
+        if session is not None and session.client is cast(object, old):
+            session.client = cast(Stream, transport)
 
     def number_as(self, number: int) -> None:
         """
@@ -310,16 +332,26 @@ class FrontDoor(CloseHooks, Protocol):
     def _start_http(self) -> None:
         sniffed = self._stop_sniffing()
         assert self.transport is not None
-        channel = self.factory.site.buildProtocol(self.transport.getPeer())
-        assert isinstance(channel, HTTPChannel)
-        self.http = channel
         self.kind = "http"
         self.peer = describe_peer(self.transport.getPeer())
         self.started = self.factory.clock.seconds()
         self._register(self)
-        self._forward = self._http_data
         lean_static = getattr(self.factory.site, "lean_static", None)
         self._lean = lean_static() if lean_static is not None else None
+        if isinstance(self.transport, BareClient):
+            # One request that closes the connection, on a bare client: the
+            # lean path answers it with no channel at all (gateway.http.lean).
+            if self._lean is not None:
+                self._http_in = len(sniffed)
+                self._forward = _closing
+                if self._lean.answer_alone(self, sniffed):
+                    return
+                self._http_in = 0
+            self.transport.full()  # twisted.web's channel needs a transport
+        channel = self.factory.site.buildProtocol(self.transport.getPeer())
+        assert isinstance(channel, HTTPChannel)
+        self.http = channel
+        self._forward = self._http_data
         channel.makeConnection(self.transport)
         channel.serve_front(  # type: ignore[attr-defined]
             websocket_upgrade=self._websocket_upgrade,
@@ -429,9 +461,16 @@ class FrontDoor(CloseHooks, Protocol):
     @property
     def bytes_out(self) -> int:
         """
-        Bytes of the responses sent to the HTTP client.
+        Bytes of the responses' bodies sent to the HTTP client.
         """
-        return int(getattr(self.http, "bytes_out", 0))
+        return self._http_out + int(getattr(self.http, "bytes_out", 0))
+
+    def count_out(self, size: int) -> None:
+        """
+        A response's body of C{size} bytes was sent with no channel (the
+        lean path's C{answer_alone}).
+        """
+        self._http_out += size
 
     def _start_game(self, *, client_eof: bool = False) -> None:
         sniffed = self._stop_sniffing()

@@ -49,7 +49,7 @@ from gateway.http.codings import SIBLINGS, preferred_codings
 from gateway.http.conditional import MODIFIED, PRECONDITION_FAILED, entity_tag, evaluate
 from gateway.http.static import StaticRoot
 from gateway.ops.access import HTTP_COMPLETE, log_http_request
-from gateway.session.stream import close_now, write_now
+from gateway.session.stream import close_now, send_now, write_now
 
 __all__ = ["FILE_LIMIT", "HEAD_LIMIT", "MAX_FIELDS", "LeanRequest", "LeanStatic", "parse_head"]
 
@@ -492,6 +492,56 @@ class LeanStatic:
             self._heads[head] = prepared
         return prepared
 
+    def _log(self, door: Any, prepared: _Prepared, started: float) -> None:
+        """
+        The access event of a request answered here (as C{twisted.web}'s).
+        """
+        log_http_request(
+            peer=door.peer,
+            method=prepared.method,
+            path=prepared.target,
+            status=prepared.code,
+            bytes_in=0,
+            bytes_out=len(prepared.body),
+            duration=self._clock.seconds() - started,
+            reason=HTTP_COMPLETE,
+        )
+
+    def answer_alone(self, door: Any, data: bytes) -> bool:
+        """
+        Answer a connection's first bytes, C{data}, without a C{twisted.web}
+        channel when they are one whole request after which the connection
+        closes (C{Connection: close}, or HTTP/1.0 without keep-alive), on a
+        bare client (L{gateway.session.bareclient}): the response goes
+        straight to the socket, which is then closed.  What the socket does
+        not take goes through the transport the bare client then becomes,
+        which closes the connection once it is sent.
+
+        @param door: the front door (its C{transport} a bare client); told
+            the body's size (C{count_out}) before the connection closes.
+        @return: whether the request was answered; else nothing was done.
+        """
+        end = data.find(b"\r\n\r\n", 0, HEAD_LIMIT + 4)
+        if end < 0 or end + 4 != len(data):
+            return False
+        started = self._clock.seconds()
+        prepared = self._prepared(data[:end])
+        if prepared is None or prepared.keep:
+            return False
+        door.count_out(len(prepared.body))
+        self._log(door, prepared, started)
+        response = b"".join((prepared.before, self._date_line(), prepared.after, prepared.body))
+        transport = door.transport
+        sent = send_now(transport.socket, response) or 0
+        if sent == len(response):
+            transport.loseConnection()  # closed now: the door hears it
+        else:
+            # A full socket buffer, or an error the transport will meet.
+            full = transport.full()
+            full.write(response[sent:])
+            full.loseConnection()
+        return True
+
     def feed(self, door: Any, data: bytes) -> bytes | None:
         """
         Answer the whole requests at the start of C{data}, read by
@@ -521,16 +571,7 @@ class LeanStatic:
             out += (prepared.before, self._date_line(), prepared.after, prepared.body)
             gathered += len(prepared.after) + length
             channel.bytes_out += length
-            log_http_request(
-                peer=door.peer,
-                method=prepared.method,
-                path=prepared.target,
-                status=prepared.code,
-                bytes_in=0,
-                bytes_out=length,
-                duration=clock.seconds() - started,
-                reason=HTTP_COMPLETE,
-            )
+            self._log(door, prepared, started)
             position = end + 4
             if not prepared.keep:
                 channel.persistent = False

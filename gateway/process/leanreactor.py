@@ -70,6 +70,31 @@ class LeanEPollReactor(EPollReactor):
 
     doIteration = doPoll  # noqa: N815 - Twisted's name
 
+    def replace_reader(self, old: object, new: object) -> bool:
+        """
+        Watch C{new} for reading instead of C{old}, on the same socket,
+        without telling the kernel: C{epoll} watches the descriptor, not the
+        object, so only the reactor's own map changes.  Removing C{old} and
+        adding C{new} would be two C{epoll_ctl} calls for nothing, once per
+        session when the splice relay takes a client's socket
+        (L{gateway.session.bareclient.pass_reader}).
+
+        @return: whether C{new} replaced C{old}; L{False} (nothing done) if
+            C{old} is not this descriptor's reader alone (not watched, also
+            watched for writing, or another descriptor).
+        """
+        fd = old.fileno()  # type: ignore[attr-defined]
+        if (
+            fd < 0
+            or fd != new.fileno()  # type: ignore[attr-defined]
+            or fd not in self._reads
+            or fd in self._writes
+            or self._selectables.get(fd) is not old
+        ):
+            return False
+        self._selectables[fd] = new
+        return True
+
 
 def _prefix(selectable: object) -> str:
     try:

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
@@ -32,9 +33,11 @@ from typing_extensions import override
 
 from gateway.front.admission import CapState
 from gateway.front.chain import split_front
+from gateway.front.door import FrontDoor
 from gateway.front.pemfolder import FolderError
 from gateway.front.tls import SNICertificates, is_tls_front, tls_front_endpoint
 from gateway.process.errors import StartupError
+from gateway.session.bareclient import BareClient
 
 __all__ = [
     "BIND_RETRY",
@@ -210,6 +213,9 @@ class FrontListener(Service):
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.port = port
+        if type(port) is tcp.Port:
+            # A plain TCP front: each connection gets the transport it needs.
+            port.transport = front_transport  # type: ignore[assignment]
         if self._cap_state is not None:
             self._cap_state.add_port(port)
         self._log.info(
@@ -251,6 +257,28 @@ class FrontListener(Service):
         if self._cap_state is not None:
             self._cap_state.remove_port(port)
         return port.stopListening()
+
+
+def front_transport(
+    sock: socket.socket,
+    protocol: Any,
+    addr: tuple[Any, ...],
+    port: tcp.Port,
+    sessionno: int,
+    reactor: Any,
+) -> BareClient | tcp.Server:
+    """
+    What a plain TCP front's port builds for each accepted connection, in
+    place of its C{tcp.Server} (C{tcp.Port.transport}, with its arguments):
+    a L{BareClient} for a connection that goes straight to the front door,
+    with the TCP fast path on (it becomes a transport when something needs
+    one: L{gateway.session.bareclient}); Twisted's C{tcp.Server} for
+    anything else (a refused, held, pending or handed-off connection, or
+    C{--no-tcp-fast-path}).
+    """
+    if type(protocol) is FrontDoor and protocol.factory.settings.tcp_fast_path:
+        return BareClient(sock, protocol, addr, port, sessionno, reactor)
+    return tcp.Server(sock, protocol, addr, port, sessionno, reactor)
 
 
 def _in_use(failure: Failure) -> bool:

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BareAddress", "LeanLink", "bare_address"]
 
+_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+"""C{SOCK_NONBLOCK} (Linux), or 0 where C{socket()} cannot take it."""
+
 BareAddress = tuple[int, Any]
 """An address family and the address C{connect()} takes for it."""
 
@@ -166,14 +169,17 @@ class LeanLink:
         """
         family, target = address
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # Non-blocking from the start where the platform can say so (no
+            # ioctl after: one system call less per session).
+            sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
         except OSError as error:
             # As Twisted reports it: a shortage of descriptors is recognised
             # by gateway.session.backendlink.local_shortage.
             self._fail(getConnectError((error.errno, error.strerror)))
             return
         self.socket = sock
-        sock.setblocking(False)
+        if not _NONBLOCK:
+            sock.setblocking(False)
         try:
             code = sock.connect_ex(target)
         except (OSError, ValueError) as error:

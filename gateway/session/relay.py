@@ -59,6 +59,7 @@ from gateway.front.proxyheader import proxy_header
 from gateway.interfaces import IBackendChooser
 from gateway.ops.access import log_session_start
 from gateway.pool.room import DEFAULT, Standing, Ticket, WaitingRoom
+from gateway.session.bareclient import BareClient
 from gateway.session.dialer import Dialer
 from gateway.session.ending import CLOSE_GRACE
 from gateway.session.leanlink import LeanLink
@@ -394,6 +395,9 @@ class GameSession(SessionSplicing):
         """
         server = self._server
         assert server is not None
+        if isinstance(self.client, BareClient):
+            # Twisted's transports relay: the client gets its own now.
+            self.client = cast(Stream, self.client.full())
         self._enter(Phase.RELAYING)
         server.registerProducer(self.client, True)
         self.client.registerProducer(server, True)

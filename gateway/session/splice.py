@@ -42,6 +42,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.session.bareclient import BareClient, pass_reader
+
 __all__ = [
     "PIPE_SIZE",
     "POOL",
@@ -73,7 +75,9 @@ def spliceable(transport: object) -> bool:
     Whether C{transport} is a plain stream socket of the reactor (TCP or
     UNIX), the only kind the relay can splice: not TLS, not a wrapper.
     """
-    return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
+    return isinstance(transport, tcp.Connection | BareClient) and not getattr(
+        transport, "TLS", False
+    )
 
 
 POOL_SIZE = 64
@@ -343,7 +347,7 @@ class SpliceRelay:
     def __init__(
         self,
         reactor: Any,
-        client: tcp.Connection,
+        client: tcp.Connection | BareClient,
         server: tcp.Connection,
         owner: SpliceOwner,
     ) -> None:
@@ -369,12 +373,12 @@ class SpliceRelay:
         """
         Take the sockets over from their transports and start relaying.
         """
-        for transport in (self._client, self._server):
-            transport.stopReading()
-            transport.stopWriting()
         self.active = True
-        self._reactor.addReader(self._client_end)
-        self._reactor.addReader(self._server_end)
+        for transport, end in ((self._client, self._client_end), (self._server, self._server_end)):
+            transport.stopWriting()
+            # The end takes the transport's registration (on the gateway's
+            # reactor, without a system call).
+            pass_reader(self._reactor, transport, end)
 
     def _directions(self, end: _SocketEnd) -> tuple[_Direction, _Direction]:
         """

@@ -14,6 +14,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.python.failure import Failure
 
+from gateway.session.bareclient import ClientTransport
+
 __all__ = [
     "Stream",
     "close_now",
@@ -147,9 +149,10 @@ def plain_socket(transport: Any) -> bool:
     return type(transport) in _PLAIN and not getattr(transport, "TLS", False)
 
 
-_PLAIN: tuple[type, ...] = (tcp.Server, tcp.Client)
+_PLAIN: tuple[type, ...] = (tcp.Server, tcp.Client, ClientTransport)
 """Transports whose socket L{write_now} may write to (C{unix.Server} and
-C{unix.Client} are added below when the platform has them)."""
+C{unix.Client} are added below when the platform has them; a bare client's
+transport, L{ClientTransport}, is a C{tcp.Server})."""
 
 try:
     from twisted.internet import unix
