@@ -12,6 +12,7 @@ the test, so every event is the test's.
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -113,7 +114,9 @@ def _bare(pair: Any, reactor: Any) -> tuple[BareClient, Door, socket.socket]:
     accepted, addr, peer = pair
     door = Door()
     client = BareClient(accepted, door, addr, Port(), 7, reactor)  # type: ignore[arg-type]
+    assert reactor.readers == []  # not before it starts reading
     door.makeConnection(client)
+    client.read_first()  # what the front door's connectionMade does
     return client, door, peer
 
 
@@ -437,4 +440,85 @@ def test_front_transport(pair: Any, protocol: Any, bare: bool) -> None:
     reactor = Recording()
     transport = front_transport(accepted, protocol(), addr, Port(), 3, reactor)  # type: ignore[arg-type]
     assert type(transport) is (BareClient if bare else tcp.Server)
-    assert reactor.readers == [transport]
+    # A bare client is watched once its front door starts it (read_first).
+    assert reactor.readers == ([] if bare else [transport])
+
+
+# The first read, in the turn the connection is accepted.
+
+
+class Reacting(Door):
+    """
+    A protocol that does C{action} with its transport on its first bytes.
+    """
+
+    def __init__(self, action: str) -> None:
+        super().__init__()
+        self.action = action
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        super().dataReceived(data)
+        transport: Any = self.transport
+        if self.action == "close":
+            transport.loseConnection()
+        elif self.action == "pause":
+            transport.pauseProducing()
+        elif self.action == "write":
+            transport.write(b"ok")
+        elif self.action == "pass":
+            pass_reader(transport._reactor, transport, Reader(transport.socket))
+
+
+def _first(pair: Any, protocol: Door, sent: bytes | None) -> tuple[BareClient, Recording]:
+    accepted, addr, peer = pair
+    if sent is not None:
+        peer.sendall(sent) if sent else peer.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)  # loopback: there by now
+    reactor = Recording()
+    client = BareClient(accepted, protocol, addr, Port(), 1, reactor)  # type: ignore[arg-type]
+    protocol.makeConnection(client)
+    client.read_first()
+    return client, reactor
+
+
+def test_first_bytes_already_there_are_read_at_once(pair: Any) -> None:
+    door = Door()
+    client, reactor = _first(pair, door, b"PING\r\n")
+    assert door.received == [b"PING\r\n"]
+    assert reactor.readers == [client]  # then watched for more
+
+
+def test_nothing_there_yet_is_watched(pair: Any) -> None:
+    door = Door()
+    client, reactor = _first(pair, door, None)
+    assert door.received == [] and reactor.readers == [client]
+
+
+def test_an_end_already_there_makes_the_transport(pair: Any) -> None:
+    door = Door()
+    client, reactor = _first(pair, door, b"")
+    [server] = door.replaced
+    assert reactor.readers == [server] and door.lost == []
+    assert reactor.calls == ["addReader"]  # the transport's only
+
+
+@pytest.mark.parametrize(
+    ("action", "watched"),
+    [("close", []), ("pause", []), ("write", ["transport"]), ("pass", ["reader"])],
+)
+def test_what_the_first_bytes_did_is_kept(pair: Any, action: str, watched: list[str]) -> None:
+    """
+    A client closed, paused, made a transport or passed on by its first
+    bytes is not watched as a bare client afterwards.
+    """
+    protocol = Reacting(action)
+    client, reactor = _first(pair, protocol, b"GET / HTTP/1.1\r\n\r\n")
+    assert protocol.received == [b"GET / HTTP/1.1\r\n\r\n"]
+    assert client not in reactor.readers
+    kinds = ["transport" if type(r) is ClientTransport else "reader" for r in reactor.readers]
+    assert kinds == watched
+    if action == "pause":
+        client.resumeProducing()
+        assert reactor.readers == [client]
+    if action == "close":
+        assert reactor.calls == [] and [f.type for f in protocol.lost] == [ConnectionDone]

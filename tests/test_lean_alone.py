@@ -13,6 +13,7 @@ one, and the tests write what a transport buffered themselves.
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import cast
 
@@ -43,9 +44,9 @@ class Bare:
     socket, and the client's end.
     """
 
-    def __init__(self, root: Path, *, send_buffer: int | None = None) -> None:
-        first, _transport, self.reactor = make_front(root, fast_path=True)
-        self.factory = first.factory
+    def __init__(self, root: Path, *, send_buffer: int | None = None, first: bytes = b"") -> None:
+        made, _transport, self.reactor = make_front(root, fast_path=True)
+        self.factory = made.factory
         self.factory.registry = self.registry = SessionRegistry()
         self.front: FrontDoor = self.factory.buildProtocol(None)
         with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -57,6 +58,9 @@ class Bare:
             accepted, address = listener.accept()
         if send_buffer is not None:
             accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        if first:
+            self.peer.sendall(first)
+            time.sleep(0.05)  # loopback: there by now
         self.bare = BareClient(accepted, self.front, address, Port(), 1, self.reactor)  # type: ignore[arg-type]
         self.front.makeConnection(self.bare)
         self.peer.settimeout(5)
@@ -206,3 +210,34 @@ def test_what_the_socket_does_not_take_goes_through_the_transport(www: Path) -> 
         assert connection.registry.ended_bytes_out == 60_000
     finally:
         small.unlink()
+
+
+def _timers(connection: Bare) -> list[object]:
+    # The timers of the connection's front door (make_front made another).
+    return [
+        call
+        for call in connection.reactor.getDelayedCalls()
+        if getattr(getattr(call, "func", None), "__self__", None) is connection.front
+    ]
+
+
+def test_a_request_there_at_accept_is_answered_in_that_turn(www: Path) -> None:
+    """
+    A request already in the socket when the connection is accepted is
+    read by the front door's C{connectionMade}, answered and closed there:
+    no sniff timer armed, and the socket never watched by the reactor.
+    """
+    connection = Bare(www, first=b"GET /a.txt HTTP/1.1\r\nConnection: close\r\n\r\n")
+    got, ended = connection.result()
+    assert ended and got.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert _timers(connection) == []
+    assert connection.reactor.getReaders() == []
+    assert len(connection.registry) == 0
+    connection.close()
+
+
+def test_a_silent_client_is_watched_and_timed(www: Path) -> None:
+    connection = Bare(www)
+    assert connection.reactor.getReaders() == [connection.bare]
+    assert len(_timers(connection)) == 1  # the sniff timeout
+    connection.close()

@@ -258,6 +258,7 @@ class FrontDoor(CloseHooks, Protocol):
         CloseHooks.__init__(self)
         self.factory = factory
         self._sniffed = b""
+        self._sniff_over = False
         self._sniff_call: IDelayedCall | None = None
         self._forward: Callable[[bytes], None] | None = None
         self.http: HTTPChannel | None = None
@@ -295,6 +296,12 @@ class FrontDoor(CloseHooks, Protocol):
     @override
     def connectionMade(self) -> None:
         self.factory.pending.add(self)
+        if isinstance(self.transport, BareClient):
+            # What the client sent already is classified now: the sniff
+            # timer is armed only if that did not decide (or end) it.
+            self.transport.read_first()
+            if self._sniff_over:
+                return
         self._sniff_call = self.factory.clock.callLater(
             self.factory.settings.sniff_timeout, self._sniff_timed_out
         )
@@ -323,6 +330,7 @@ class FrontDoor(CloseHooks, Protocol):
         self._start_game()
 
     def _stop_sniffing(self) -> bytes:
+        self._sniff_over = True
         if self._sniff_call is not None and self._sniff_call.active():
             self._sniff_call.cancel()
         self._sniff_call = None

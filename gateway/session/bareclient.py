@@ -115,6 +115,7 @@ class BareClient:
         "_reactor",
         "_reading",
         "_sessionno",
+        "_watched",
         "connected",
         "disconnecting",
         "protocol",
@@ -140,8 +141,27 @@ class BareClient:
         self._full: ClientTransport | None = None
         self.connected = True
         self.disconnecting = False
+        # Whether it reads (not paused), and whether the reactor watches it
+        # for that: not before read_first, nor once another reader took
+        # its registration.
+        self._reading = False
+        self._watched = False
+
+    def read_first(self) -> None:
+        """
+        Start reading (its protocol's C{connectionMade} calls it): what the
+        client sent already is read now, in the turn the connection was
+        accepted, then the reactor watches the socket, unless that read
+        closed it, paused it, passed it on or made it a transport.  A client
+        that speaks first (HTTP, most game protocols) is served without a
+        reactor turn in between, and one answered and closed at once is
+        never registered at all.
+        """
         self._reading = True
-        reactor.addReader(self)
+        self.doRead()
+        if self._reading and not self._watched and self.connected and self._full is None:
+            self._watched = True
+            self._reactor.addReader(self)
 
     def full(self) -> ClientTransport:
         """
@@ -202,14 +222,14 @@ class BareClient:
         """
         The reactor dropped the socket (a hang-up, or the reactor stopping).
         """
-        self._reading = False
+        self._reading = self._watched = False
         self._close(reason)
 
     def reading_passed(self) -> None:
         """
         Another reader took this socket's registration (L{pass_reader}).
         """
-        self._reading = False
+        self._reading = self._watched = False
 
     # What the front door and its game session ask of a transport.
 
@@ -231,13 +251,15 @@ class BareClient:
             self._full.stopReading()
         elif self._reading:
             self._reading = False
-            self._reactor.removeReader(self)
+            if self._watched:
+                self._watched = False
+                self._reactor.removeReader(self)
 
     def startReading(self) -> None:  # noqa: N802 - Twisted's name
         if self._full is not None:
             self._full.startReading()
         elif not self._reading and self.connected:
-            self._reading = True
+            self._reading = self._watched = True
             self._reactor.addReader(self)
 
     pauseProducing = stopReading
@@ -278,8 +300,9 @@ class BareClient:
         if not self.connected or self._full is not None:
             return
         self.connected = False
-        if self._reading:
-            self._reading = False
+        self._reading = False
+        if self._watched:
+            self._watched = False
             self._reactor.removeReader(self)
         self.socket.close()
         self.protocol.connectionLost(reason)
