@@ -25,17 +25,10 @@ from twisted.python.failure import Failure
 from gateway.front.door import FrontDoor
 from gateway.ops.registry import SessionRegistry
 from gateway.session.bareclient import BareClient, ClientTransport
+from tests.test_bareclient import Port
 from tests.test_lean_static import _DATE, Events, exchange, make_front, requests, www
 
 __all__ = ["www"]  # the fixture, shared with tests/test_lean_static.py
-
-
-class Port:
-    """
-    What a transport reads of its listening port (its number, for C{repr}).
-    """
-
-    _realPortNumber = 8080  # noqa: N815 - Twisted's name
 
 
 class Bare:
