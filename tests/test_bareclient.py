@@ -392,17 +392,89 @@ def test_closing_after_the_swap_leaves_the_new_reader(pair: Any) -> None:
     """
     reactor = LeanEPollReactor()
     try:
-        accepted, addr, _peer = pair
+        accepted, addr, peer = pair
         door = Door()
         client = BareClient(accepted, door, addr, Port(), 1, reactor)  # type: ignore[arg-type]
+        door.makeConnection(client)
+        client.read_first()  # nothing there yet: watched
+        assert _watched(reactor) == [client]
         new = Reader(accepted)
-        pass_reader(reactor, client, new)
+        pass_reader(reactor, client, new)  # swapped: no system call
         assert _watched(reactor) == [new]
-        reactor.removeReader(new)  # the relay's own removal
-        client.loseConnection()
-        assert _watched(reactor) == [] and door.lost
+        fd = accepted.fileno()
+        client.loseConnection()  # the socket goes (the relay's owner closes it)
+        assert _watched(reactor) == [new] and door.lost  # still the relay's
+        # (The relay removes its end before the session closes the socket;
+        # here the kernel dropped it with the close: the map alone is left.)
+        reactor._reads.discard(fd)
+        del reactor._selectables[fd]
     finally:
         reactor._poller.close()
+
+
+class Failing(Door):
+    """
+    A protocol whose first bytes make its transport full (a write), then
+    raise: a bug after the transport was built.
+    """
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        super().dataReceived(data)
+        self.transport.write(b"busy\r\n")  # type: ignore[union-attr]
+        raise RuntimeError("a bug")
+
+
+def test_an_error_after_the_transport_was_built_closes_it(pair: Any) -> None:
+    """
+    An event that raises after making the client a transport: the reactor
+    drops the bare client (its registration, by descriptor, was the
+    transport's), and the transport closes: nothing stays open unread.
+    """
+    reactor = LeanEPollReactor()
+    try:
+        accepted, addr, peer = pair
+        door = Failing()
+        client = BareClient(accepted, door, addr, Port(), 1, reactor)  # type: ignore[arg-type]
+        door.makeConnection(client)
+        client.read_first()
+        peer.sendall(b"x")
+        time.sleep(0.05)
+        reactor.doPoll(1)  # doRead raises: the reactor disconnects what it polled
+        [server] = door.replaced
+        assert [failure.type for failure in door.lost] == [RuntimeError]
+        assert not server.connected and _watched(reactor) == []
+        assert peer.recv(100) in (b"", b"busy\r\n")
+    finally:
+        reactor._poller.close()
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_an_error_in_the_first_read_closes_the_connection(pair: Any, full: bool) -> None:
+    """
+    The first read runs inside the port's accept loop, which would only
+    log an error: the connection is closed, its protocol hears why, and
+    nothing is left watched.
+    """
+    accepted, addr, peer = pair
+    peer.sendall(b"x")
+    time.sleep(0.05)
+    reactor = Recording()
+    door = Failing() if full else Reacting("raise")
+    client = BareClient(accepted, door, addr, Port(), 1, reactor)  # type: ignore[arg-type]
+    door.makeConnection(client)
+    client.read_first()
+    assert [failure.type for failure in door.lost] == [RuntimeError]
+    assert reactor.readers == [] and reactor.writers == []
+    assert client.fileno() == -1 or not door.replaced[0].connected
+    assert peer.recv(100) in (b"", b"busy\r\n")
+
+
+def test_a_closed_client_ignores_transport_calls(pair: Any) -> None:
+    client, door, _peer = _bare(pair, Recording())
+    client.loseConnection()
+    client.write(b"late")
+    client.unregisterProducer()
+    assert door.replaced == [] and len(door.lost) == 1
 
 
 # Which connections a plain TCP front gives a bare client.
@@ -467,6 +539,8 @@ class Reacting(Door):
             transport.write(b"ok")
         elif self.action == "pass":
             pass_reader(transport._reactor, transport, Reader(transport.socket))
+        elif self.action == "raise":
+            raise RuntimeError("a bug")
 
 
 def _first(pair: Any, protocol: Door, sent: bytes | None) -> tuple[BareClient, Recording]:

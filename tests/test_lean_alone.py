@@ -234,3 +234,58 @@ def test_a_silent_client_is_watched_and_timed(www: Path) -> None:
     assert connection.reactor.getReaders() == [connection.bare]
     assert len(_timers(connection)) == 1  # the sniff timeout
     connection.close()
+
+
+def _abort_timers(connection: Bare) -> list[object]:
+    # Pending calls that would abort the connection's transport.
+    abort = getattr(connection.front.transport, "abortConnection", None)
+    return [
+        call
+        for call in connection.reactor.getDelayedCalls()
+        if call.active() and getattr(call, "func", None) == abort
+    ]
+
+
+def test_a_client_that_does_not_read_the_rest_is_cut_off(www: Path) -> None:
+    """
+    The rest of a closing response that the socket did not take waits at
+    most the site's send timeout for a client that does not read it (as a
+    channel's closing connection does); then the connection is aborted.
+    """
+    small = www / "unread.bin"
+    small.write_bytes((www / "big.bin").read_bytes()[:60_000])
+    connection = Bare(www, send_buffer=4096)
+    try:
+        front = connection.front
+        front.dataReceived(b"GET /unread.bin HTTP/1.1\r\nConnection: close\r\n\r\n")
+        transport = front.transport
+        assert type(transport) is ClientTransport and transport.disconnecting
+        assert len(_abort_timers(connection)) == 1
+        connection.reactor.advance(front.factory.site.send_timeout - 1)
+        assert transport.connected  # still given its time
+        connection.reactor.advance(1)
+        connection.reactor.advance(0)  # the abort's connectionLost
+        assert not transport.connected
+        # (make_front's own door timed out into a game session meanwhile.)
+        assert all(entry is not front for _, entry in connection.registry.items())
+    finally:
+        small.unlink()
+        connection.peer.close()
+
+
+def test_the_send_timer_goes_when_the_rest_was_taken(www: Path) -> None:
+    body = (www / "big.bin").read_bytes()[:60_000]
+    small = www / "read.bin"
+    small.write_bytes(body)
+    connection = Bare(www, send_buffer=4096)
+    try:
+        connection.front.dataReceived(b"GET /read.bin HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert len(_abort_timers(connection)) == 1
+        connection.receive(b"")  # written out as the client reads, then closed
+        got, ended = connection.result()
+        assert ended and got.endswith(body)
+        assert _abort_timers(connection) == []
+        assert len(connection.registry) == 0
+    finally:
+        small.unlink()
+        connection.peer.close()

@@ -45,6 +45,7 @@ from typing import Any
 from twisted.web import http
 from twisted.web.static import getTypeAndEncoding
 
+from gateway.http.channel import SEND_TIMEOUT
 from gateway.http.codings import SIBLINGS, preferred_codings
 from gateway.http.conditional import MODIFIED, PRECONDITION_FAILED, entity_tag, evaluate
 from gateway.http.static import StaticRoot
@@ -262,16 +263,22 @@ class LeanStatic:
         *,
         server: bytes,
         path_limit: int,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         """
-        @param clock: the site's reactor (access events' durations).
+        @param clock: the site's reactor (access events' durations, the send
+            timeout).
         @param server: the C{Server} header's value.
         @param path_limit: characters of a path kept in its access event.
+        @param send_timeout: seconds a closing connection answered on a bare
+            client has to take what its socket did not take at once (the
+            site's, as its channels').
         """
         self.root = root
         self._clock = clock
         self._server = b"Server: " + server + b"\r\n"
         self._path_limit = path_limit
+        self._send_timeout = send_timeout
         self._cache: dict[bytes, _Entry] = {}
         self._cached_bytes = 0
         self._heads: dict[bytes, _Prepared] = {}
@@ -536,10 +543,14 @@ class LeanStatic:
         if sent == len(response):
             transport.loseConnection()  # closed now: the door hears it
         else:
-            # A full socket buffer, or an error the transport will meet.
+            # A full socket buffer, or an error the transport will meet; a
+            # client that does not read the rest is cut off after the send
+            # timeout (as a channel's closing connection is).
             full = transport.full()
             full.write(response[sent:])
             full.loseConnection()
+            timer = self._clock.callLater(self._send_timeout, full.abortConnection)
+            door.add_close_hook(lambda: timer.cancel() if timer.active() else None)
         return True
 
     def feed(self, door: Any, data: bytes) -> bytes | None:

@@ -310,7 +310,11 @@ class HTTPSite(Site):
         lean = self._lean
         if lean is None or lean.root is not root:
             lean = self._lean = LeanStatic(
-                root, self.reactor, server=SERVER, path_limit=LOGGED_PATH_LIMIT
+                root,
+                self.reactor,
+                server=SERVER,
+                path_limit=LOGGED_PATH_LIMIT,
+                send_timeout=self.send_timeout,
             )
         return lean
 

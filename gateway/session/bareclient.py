@@ -37,10 +37,13 @@ from typing import Any
 from twisted.internet import address, tcp
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableDescriptor, IReadDescriptor
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = ["BareClient", "ClientTransport", "pass_reader"]
+
+_log = Logger()
 
 READ_SIZE = 65536
 """The most bytes read at once (Twisted's transports read as much)."""
@@ -158,7 +161,16 @@ class BareClient:
         never registered at all.
         """
         self._reading = True
-        self.doRead()
+        try:
+            self.doRead()
+        except Exception:
+            # Inside the port's accept loop, which would only log it: the
+            # connection is closed, as the reactor closes one whose event
+            # raised (its protocol hears why).
+            failure = Failure()
+            _log.failure("a connection's first read failed; closing it", failure)
+            self.connectionLost(failure)
+            return
         if self._reading and not self._watched and self.connected and self._full is None:
             self._watched = True
             self._reactor.addReader(self)
@@ -187,6 +199,8 @@ class BareClient:
         # to build one).
         if name.startswith("__") or not hasattr(ClientTransport, name):
             raise AttributeError(name)
+        if not self.connected and self._full is None:
+            return _closed  # as a closed transport, which ignores what it is asked
         return getattr(self.full(), name)
 
     # What the reactor asks of a descriptor.
@@ -220,10 +234,15 @@ class BareClient:
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
         """
-        The reactor dropped the socket (a hang-up, or the reactor stopping).
+        The reactor dropped the socket (a hang-up, an event that raised, or
+        the reactor stopping); if it became a transport meanwhile (inside
+        that event), the transport closes.
         """
         self._reading = self._watched = False
-        self._close(reason)
+        if self._full is not None:
+            self._full.connectionLost(reason)
+        else:
+            self._close(reason)
 
     def reading_passed(self) -> None:
         """
@@ -244,7 +263,7 @@ class BareClient:
         if self._full is not None:
             host: address.IPv4Address | address.IPv6Address = self._full.getHost()
             return host
-        return self._kind()("TCP", *self.socket.getsockname())
+        return self._kind()("TCP", *tcp._getsockname(self.socket))
 
     def stopReading(self) -> None:  # noqa: N802 - Twisted's name
         if self._full is not None:
@@ -306,6 +325,12 @@ class BareClient:
             self._reactor.removeReader(self)
         self.socket.close()
         self.protocol.connectionLost(reason)
+
+
+def _closed(*args: object, **kwargs: object) -> None:
+    """
+    What a closed bare client does when asked anything of a transport.
+    """
 
 
 _RESET = struct.pack("ii", 1, 0)
