@@ -49,6 +49,9 @@ class CloseHooks:
     the protocol, so nothing is added to the data path).
     """
 
+    # A slot: a subclass with slots of its own (SessionEnd) has no dict.
+    __slots__ = ("_close_hooks",)
+
     _hooks_log = Logger()
 
     def __init__(self) -> None:

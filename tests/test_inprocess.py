@@ -6,6 +6,7 @@ ephemeral port, and talked to by Twisted clients.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,6 +22,7 @@ from typing_extensions import override
 
 from gateway.config import GatewayConfig
 from gateway.front.door import FrontDoor
+from gateway.front.sessionend import SessionEnd
 from gateway.pool.backends import BackendState
 from gateway.process.assemble import make_service
 from gateway.process.service import GatewayService
@@ -173,6 +175,10 @@ async def test_a_plain_front_gives_game_sessions_a_bare_client(demo: GatewayServ
     assert type(session.client) is BareClient
     assert session.phase is Phase.SPLICING
     assert type(door.transport) is ClientTransport
+    # The game session's front door handed its end duties on and is gone.
+    assert type(session.client.protocol) is SessionEnd
+    gc.collect()
+    assert [o for o in gc.get_objects() if type(o) is FrontDoor] == [door]
     player.transport.write(b"bob\r\nquit\r\n")
     await player.closed
     assert b"Goodbye, bob!" in player.received
@@ -181,3 +187,40 @@ async def test_a_plain_front_gives_game_sessions_a_bare_client(demo: GatewayServ
     await deferLater(reactor, 0.05, lambda: None)
     assert len(demo.registry) == 0
     assert [b.active for b in demo.pool.backends] == [0, 0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spliced_session_ends_as_the_front_door_would() -> None:
+    """
+    A spliced session on a bare client, whose front door handed its end
+    duties to a L{SessionEnd}: at its end it leaves the registry and runs the
+    connection's close hooks, so the cap of one connection takes the next
+    player; a player refused by the cap meanwhile is not counted.
+    """
+    config = GatewayConfig(
+        listen=("tcp:0:interface=127.0.0.1",),
+        demo=True,
+        sniff_timeout=0.2,
+        admin=None,
+        max_connections=1,
+    )
+    service = make_service(config, reactor)
+    service.startService()
+    try:
+        for name in (b"ann", b"bob"):
+            player = await connect_client(service)
+            await player.wait_for(b"What is your name?")
+            [session] = service.registry.snapshot()[1]
+            assert isinstance(session, GameSession)
+            assert type(session.client.protocol) is SessionEnd  # type: ignore[attr-defined]
+            refused = await connect_client(service)
+            await refused.closed
+            assert b"What is your name?" not in refused.received
+            player.transport.write(name + b"\r\nquit\r\n")  # type: ignore[union-attr]
+            await player.closed
+            assert b"Goodbye, " + name in player.received
+            await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+            assert len(service.registry) == 0
+            assert service.registry.ended_bytes_in >= len(name) + 8
+    finally:
+        await service.stopService()

@@ -54,6 +54,7 @@ from gateway.connection import CloseHooks, describe_peer
 from gateway.front.limits import address_key
 from gateway.front.passthrough import pass_through
 from gateway.front.proxyheader import ProxyHeaderProtocol
+from gateway.front.sessionend import SessionEnd
 from gateway.interfaces import IBackendChooser
 from gateway.pool.backend import GAME_POOL
 from gateway.session.bareclient import BareClient
@@ -553,6 +554,11 @@ class FrontDoor(CloseHooks, Protocol):
         self.session = session
         self._forward = None  # to the session, from now (dataReceived)
         self._register(session)
+        if isinstance(self.transport, BareClient):
+            # The front door's part is over: a slotted SessionEnd keeps its
+            # end duties for the session's life (gateway.front.sessionend).
+            self.transport.protocol = SessionEnd(session, factory.registry, self.registry_id, self)
+            self.registry_id = None
         session.start(first)
         if client_eof:
             session.client_eof()
