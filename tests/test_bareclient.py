@@ -412,6 +412,49 @@ def test_closing_after_the_swap_leaves_the_new_reader(pair: Any) -> None:
         reactor._poller.close()
 
 
+def test_the_peer_is_the_sockets_to_tell_once_passed_on(pair: Any) -> None:
+    """
+    Once the splice relay has its registration, a bare client keeps no
+    address (memory): it still names its peer, and the transport it
+    becomes on a hand-back does too; once the connection is gone, a
+    transport built on it names no peer instead of failing.
+    """
+    reactor = LeanEPollReactor()
+    try:
+        accepted, addr, peer = pair
+        door = Door()
+        client = BareClient(accepted, door, addr, Port(), 1, reactor)  # type: ignore[arg-type]
+        door.makeConnection(client)
+        client.read_first()
+        pass_reader(reactor, client, Reader(accepted))
+        assert client._addr is None
+        named = address.IPv4Address("TCP", *peer.getsockname())
+        assert client.getPeer() == named
+        transport = client.full()
+        assert transport.getPeer() == named == client.getPeer()
+        reactor.removeReader(transport)
+    finally:
+        reactor._poller.close()
+
+
+def test_a_gone_peer_is_named_as_no_address(pair: Any) -> None:
+    accepted, addr, peer = pair
+    reactor = Recording()
+    client = BareClient(accepted, Door(), addr, Port(), 1, reactor)  # type: ignore[arg-type]
+    client.reading_passed()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    peer.close()  # a reset: the accepted socket is not connected any more
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            accepted.getpeername()
+        except OSError:
+            break
+        time.sleep(0.01)
+    assert client.getPeer() == address.IPv4Address("TCP", "0.0.0.0", 0)
+    assert client.full().getPeer() == address.IPv4Address("TCP", "0.0.0.0", 0)
+
+
 class Failing(Door):
     """
     A protocol whose first bytes make its transport full (a write), then

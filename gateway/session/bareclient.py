@@ -110,6 +110,7 @@ class BareClient:
     """
 
     TLS = False
+    disconnecting = False  # it closes at once (a class attribute: no slot)
 
     __slots__ = (
         "_addr",
@@ -120,7 +121,6 @@ class BareClient:
         "_sessionno",
         "_watched",
         "connected",
-        "disconnecting",
         "protocol",
         "socket",
     )
@@ -137,13 +137,12 @@ class BareClient:
         sock.setblocking(False)
         self.socket = sock
         self.protocol = protocol
-        self._addr = addr
+        self._addr: tuple[Any, ...] | None = addr
         self._port = port
         self._sessionno = sessionno
         self._reactor = reactor
         self._full: ClientTransport | None = None
         self.connected = True
-        self.disconnecting = False
         # Whether it reads (not paused), and whether the reactor watches it
         # for that: not before read_first, nor once another reader took
         # its registration.
@@ -185,7 +184,12 @@ class BareClient:
         if server is not None:
             return server
         server = ClientTransport(
-            self.socket, self.protocol, self._addr, self._port, self._sessionno, self._reactor
+            self.socket,
+            self.protocol,
+            self._peer_address(),
+            self._port,
+            self._sessionno,
+            self._reactor,
         )
         if self._reading:
             pass_reader(self._reactor, self, server)  # before: self's own
@@ -246,24 +250,43 @@ class BareClient:
 
     def reading_passed(self) -> None:
         """
-        Another reader took this socket's registration (L{pass_reader}).
+        Another reader took this socket's registration (L{pass_reader}): the
+        splice relay, or the transport this client becomes.  From then on the
+        peer's address is the socket's to tell (C{getpeername}), not kept
+        here: it is about 150 bytes of an idle spliced session, which never
+        asks for it again (docs/performance.md).
         """
         self._reading = self._watched = False
+        self._addr = None
+
+    def _peer_address(self) -> tuple[Any, ...]:
+        addr = self._addr
+        if addr is not None:
+            return addr
+        try:
+            addr = self.socket.getpeername()
+        except OSError:
+            # The connection is gone already (a transport built on it now
+            # sees that at once): no peer to name.
+            v6 = self.socket.family == socket.AF_INET6
+            addr = ("::", 0, 0, 0) if v6 else ("0.0.0.0", 0)
+        return addr
 
     # What the front door and its game session ask of a transport.
 
     def getPeer(self) -> address.IPv4Address | address.IPv6Address:  # noqa: N802
-        return self._kind()("TCP", *self._addr)
-
-    def _kind(self) -> type[address.IPv4Address] | type[address.IPv6Address]:
-        # As tcp.Server: an IPv6 peer's address has four parts.
-        return address.IPv6Address if len(self._addr) != 2 else address.IPv4Address
+        if self._full is not None:
+            peer: address.IPv4Address | address.IPv6Address = self._full.getPeer()
+            return peer
+        addr = self._peer_address()
+        return _kind(addr)("TCP", *addr)
 
     def getHost(self) -> address.IPv4Address | address.IPv6Address:  # noqa: N802
         if self._full is not None:
             host: address.IPv4Address | address.IPv6Address = self._full.getHost()
             return host
-        return self._kind()("TCP", *tcp._getsockname(self.socket))
+        addr = tcp._getsockname(self.socket)
+        return _kind(addr)("TCP", *addr)
 
     def stopReading(self) -> None:  # noqa: N802 - Twisted's name
         if self._full is not None:
@@ -325,6 +348,11 @@ class BareClient:
             self._reactor.removeReader(self)
         self.socket.close()
         self.protocol.connectionLost(reason)
+
+
+def _kind(addr: tuple[Any, ...]) -> type[address.IPv4Address] | type[address.IPv6Address]:
+    # As tcp.Server: an IPv6 address has four parts.
+    return address.IPv6Address if len(addr) != 2 else address.IPv4Address
 
 
 def _closed(*args: object, **kwargs: object) -> None:

@@ -155,7 +155,6 @@ class _Direction:
 
     __slots__ = (
         "_pipe",
-        "_pool",
         "blocked",
         "destination",
         "in_pipe",
@@ -163,10 +162,11 @@ class _Direction:
         "source",
     )
 
-    def __init__(self, source: int, destination: int, pool: PipePool) -> None:
+    _pool = POOL  # the process's (a class attribute: no slot per direction)
+
+    def __init__(self, source: int, destination: int) -> None:
         self.source = source
         self.destination = destination
-        self._pool = pool
         self._pipe: _Pipe | None = None
         self.in_pipe = 0
         self.moved = 0
@@ -264,15 +264,15 @@ class _SocketEnd(_Direction):
     as an idle session; docs/performance.md).
     """
 
-    __slots__ = (
-        "_relay",
-        "name",
-    )
+    __slots__ = ("_relay",)
 
-    def __init__(self, relay: SpliceRelay, fd: int, other: int, name: str) -> None:
-        super().__init__(fd, other, POOL)
+    name = ""
+    """C{client} or C{server} (a class attribute of L{_ClientEnd} and
+    L{_ServerEnd}, not a slot per end)."""
+
+    def __init__(self, relay: SpliceRelay, fd: int, other: int) -> None:
+        super().__init__(fd, other)
         self._relay = relay
-        self.name = name
 
     def fileno(self) -> int:
         return self.source
@@ -289,6 +289,24 @@ class _SocketEnd(_Direction):
 
     def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
         return f"splice {self.name}"
+
+
+class _ClientEnd(_SocketEnd):
+    """
+    The client's socket, and the direction towards the server.
+    """
+
+    __slots__ = ()
+    name = "client"
+
+
+class _ServerEnd(_SocketEnd):
+    """
+    The server's socket, and the direction towards the client.
+    """
+
+    __slots__ = ()
+    name = "server"
 
 
 class SpliceOwner(Structural):
@@ -362,8 +380,8 @@ class SpliceRelay:
         client_fd, server_fd = client.fileno(), server.fileno()
         # Each end is also the direction that reads from it: the client's
         # goes up (to the server), the server's down.
-        self._client_end = _SocketEnd(self, client_fd, server_fd, "client")
-        self._server_end = _SocketEnd(self, server_fd, client_fd, "server")
+        self._client_end: _SocketEnd = _ClientEnd(self, client_fd, server_fd)
+        self._server_end: _SocketEnd = _ServerEnd(self, server_fd, client_fd)
         self.active = False
         self._stopping = False
         self._broken = False
