@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from gateway.front.limits import Refusal
 from gateway.ops.access import log_game_session
-from gateway.session.lifecycle import CloseReason, Phase
+from gateway.session.lifecycle import CloseReason, Fact, Phase
 from gateway.session.stream import close_now
 
 if TYPE_CHECKING:
@@ -44,13 +44,22 @@ class SessionEnding:
     module's docstring; the attributes are L{GameSession}'s).
     """
 
-    # The slots of what only the ending sets (the session's others are its own).
-    __slots__ = ("_abort_call", "_client_feeds_server", "_server_feeds_client", "close_reason")
+    # The slots of what only the ending sets (the session's others are its
+    # own), and the session's facts (GameSession's docstring), as bits.
+    __slots__ = ("_abort_call", "_facts", "close_reason")
 
     _abort_call: IDelayedCall | None
-    _client_feeds_server: bool
-    _server_feeds_client: bool
+    _facts: int
     close_reason: CloseReason | None
+
+    _backend_eof = Fact(1)
+    _backend_gone = Fact(2)
+    _client_eof = Fact(4)
+    _client_feeds_server = Fact(8)
+    _client_gone = Fact(16)
+    _client_paused = Fact(32)
+    _server_feeds_client = Fact(64)
+    spliced = Fact(128)
 
     _log = Logger()
 
@@ -61,10 +70,7 @@ class SessionEnding:
         bytes_out: int
         kind: str
         peer: str
-        spliced: bool
         started: float
-        _backend_gone: bool
-        _client_gone: bool
         _clock: IReactorTime
         _dialer: Dialer | None
         _phase: Phase

@@ -14,8 +14,38 @@ there are; L{gateway.session.relay.GameSession} makes every move through it.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any, overload
 
-__all__ = ["CloseReason", "Phase", "can_move"]
+__all__ = ["CloseReason", "Fact", "Phase", "can_move"]
+
+
+class Fact:
+    """
+    A boolean attribute kept as one bit of its object's C{_facts}: a
+    session's eight independent facts (which directions ended, which
+    connections are gone, ...) take one slot, not eight (56 bytes of every
+    idle session; docs/performance.md).
+    """
+
+    __slots__ = ("_bit",)
+
+    def __init__(self, bit: int) -> None:
+        self._bit = bit
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Fact: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type) -> bool: ...
+
+    def __get__(self, instance: Any, owner: type) -> Fact | bool:
+        if instance is None:
+            return self
+        return bool(instance._facts & self._bit)
+
+    def __set__(self, instance: Any, value: bool) -> None:
+        facts: int = instance._facts
+        instance._facts = facts | self._bit if value else facts & ~self._bit
 
 
 class CloseReason(Enum):

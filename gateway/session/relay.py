@@ -107,9 +107,7 @@ class GameSession(SessionSplicing):
     # Slots, not a dict per session: a live session is mostly idle, and
     # thousands of them are what the gateway holds (docs/performance.md).
     __slots__ = (
-        "_backend_gone",
         "_chooser",
-        "_client_gone",
         "_clock",
         "_held",
         "_held_size",
@@ -160,6 +158,8 @@ class GameSession(SessionSplicing):
             WebSocket upgrade passed through to an HTTP pool: its client
             expects an HTTP response, not a line about its place).
         """
+        # The facts (the class's docstring), all false: the bits of one int.
+        self._facts = 0
         self.client = cast(Stream, client)
         self._clock = clock
         self._settings = settings
@@ -177,7 +177,6 @@ class GameSession(SessionSplicing):
         )
         self._phase = Phase.CONNECTING
         self._splice = None
-        self.spliced = False
         self.backend: Backend | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -188,14 +187,7 @@ class GameSession(SessionSplicing):
         # list per idle session is 56 bytes: docs/performance.md).
         self._held: list[bytes] | None = None
         self._held_size = 0
-        self._client_paused = False
         self._server: Stream | None = None
-        self._client_eof = False
-        self._backend_eof = False
-        self._client_gone = False
-        self._backend_gone = False
-        self._client_feeds_server = False
-        self._server_feeds_client = False
         self._ended_by: CloseReason | None = None
         self._abort_call: IDelayedCall | None = None
 

@@ -40,24 +40,18 @@ class SessionSplicing(SessionWaiting):
 
     # The slots of what the splicing steps set (the session's others are its own).
     __slots__ = (
-        "_backend_eof",
-        "_client_eof",
         "_ended_by",
         "_server",
         "_splice",
         "bytes_in",
         "bytes_out",
-        "spliced",
     )
 
-    _backend_eof: bool
-    _client_eof: bool
     _ended_by: CloseReason | None
     _server: Stream | None
     _splice: SpliceRelay | None
     bytes_in: int
     bytes_out: int
-    spliced: bool
 
     if TYPE_CHECKING:
 

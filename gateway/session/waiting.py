@@ -38,9 +38,8 @@ class SessionWaiting(SessionEnding):
     """
 
     # The slots of what the waiting steps set (the session's others are its own).
-    __slots__ = ("_client_paused", "_dialer", "_room", "_standing", "_ticket")
+    __slots__ = ("_dialer", "_room", "_standing", "_ticket")
 
-    _client_paused: bool
     _dialer: Dialer | None
     _room: WaitingRoom | None
     _standing: Standing
