@@ -120,6 +120,17 @@ def _bare(pair: Any, reactor: Any) -> tuple[BareClient, Door, socket.socket]:
     return client, door, peer
 
 
+def _started(pair: Any, door: Door, reactor: Any) -> BareClient:
+    """
+    A bare client started as the front door starts it (its first read).
+    """
+    accepted, addr, _peer = pair
+    client = BareClient(accepted, door, addr, Port(), 1, reactor)  # type: ignore[arg-type]
+    door.makeConnection(client)
+    client.read_first()
+    return client
+
+
 def _read_all(client: BareClient) -> None:
     # A few reads: loopback delivers at once, but one read may come early.
     for _ in range(20):
@@ -392,11 +403,9 @@ def test_closing_after_the_swap_leaves_the_new_reader(pair: Any) -> None:
     """
     reactor = LeanEPollReactor()
     try:
-        accepted, addr, peer = pair
+        accepted, _addr, peer = pair
         door = Door()
-        client = BareClient(accepted, door, addr, Port(), 1, reactor)  # type: ignore[arg-type]
-        door.makeConnection(client)
-        client.read_first()  # nothing there yet: watched
+        client = _started(pair, door, reactor)  # nothing there yet: watched
         assert _watched(reactor) == [client]
         new = Reader(accepted)
         pass_reader(reactor, client, new)  # swapped: no system call
@@ -421,11 +430,8 @@ def test_the_peer_is_the_sockets_to_tell_once_passed_on(pair: Any) -> None:
     """
     reactor = LeanEPollReactor()
     try:
-        accepted, addr, peer = pair
-        door = Door()
-        client = BareClient(accepted, door, addr, Port(), 1, reactor)  # type: ignore[arg-type]
-        door.makeConnection(client)
-        client.read_first()
+        accepted, _addr, peer = pair
+        client = _started(pair, Door(), reactor)
         pass_reader(reactor, client, Reader(accepted))
         assert client._addr is None
         named = address.IPv4Address("TCP", *peer.getsockname())
@@ -475,11 +481,9 @@ def test_an_error_after_the_transport_was_built_closes_it(pair: Any) -> None:
     """
     reactor = LeanEPollReactor()
     try:
-        accepted, addr, peer = pair
+        _accepted, _addr, peer = pair
         door = Failing()
-        client = BareClient(accepted, door, addr, Port(), 1, reactor)  # type: ignore[arg-type]
-        door.makeConnection(client)
-        client.read_first()
+        _started(pair, door, reactor)
         peer.sendall(b"x")
         time.sleep(0.05)
         reactor.doPoll(1)  # doRead raises: the reactor disconnects what it polled

@@ -178,7 +178,7 @@ async def test_a_plain_front_gives_game_sessions_a_bare_client(demo: GatewayServ
     # The game session's front door handed its end duties on and is gone.
     assert type(session.client.protocol) is SessionEnd
     gc.collect()
-    assert [o for o in gc.get_objects() if type(o) is FrontDoor] == [door]
+    assert [o for o in gc.get_objects() if type(o) is FrontDoor and o.session is session] == []
     player.transport.write(b"bob\r\nquit\r\n")
     await player.closed
     assert b"Goodbye, bob!" in player.received

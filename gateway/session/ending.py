@@ -19,13 +19,13 @@ from twisted.logger import Logger
 from gateway.front.limits import Refusal
 from gateway.ops.access import log_game_session
 from gateway.session.lifecycle import CloseReason, Fact, Phase
+from gateway.session.quiet import QuietWatch
 from gateway.session.stream import close_now
 
 if TYPE_CHECKING:
     from gateway.ops.registry import RefusalLog
     from gateway.pool.backends import Backend
     from gateway.session.dialer import Dialer
-    from gateway.session.quiet import QuietWatch
     from gateway.session.settings import SessionSettings
     from gateway.session.stream import Stream
 
@@ -38,7 +38,7 @@ _STOPPING = frozenset({CloseReason.SHUTDOWN, CloseReason.DRAIN_TIMEOUT})
 """Why the gateway itself closes sessions: a waiting player then gets the busy line."""
 
 
-class SessionEnding:
+class SessionEnding(QuietWatch):
     """
     Closing, aborting, refusing and recording a game session (see the
     module's docstring; the attributes are L{GameSession}'s).
@@ -74,7 +74,6 @@ class SessionEnding:
         _clock: IReactorTime
         _dialer: Dialer | None
         _phase: Phase
-        _quiet: QuietWatch
         _refusals: RefusalLog | None
         _server: Stream | None
         _settings: SessionSettings
@@ -238,7 +237,7 @@ class SessionEnding:
         if self.close_reason is not None:
             return
         self.close_reason = reason
-        self._quiet.stop()
+        self.quiet_stop()
         if not access:
             return
         log_game_session(

@@ -19,6 +19,7 @@ cost one timer.
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 from typing import Protocol as Structural
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -81,9 +82,10 @@ class _Cohort:
 
     def _tick(self) -> None:
         self._call = None
+        due = self._due  # this tick's time (it may run a little late)
         for watch in list(self.watches):
             if watch._cohort is self:  # it may have left during this tick
-                watch._check()
+                watch._quiet_check(due)
         if self.watches and self._call is None:
             # Every period from the first tick, not from whenever this one
             # ran: a late tick does not make every later one late.
@@ -113,108 +115,114 @@ def _cohort(clock: IReactorTime, period: float) -> _Cohort:
     return cohort
 
 
+_STOPPED = -1
+"""What a stopped watch has seen (traffic is never negative)."""
+
+
 class QuietWatch:
     """
-    Watches one session's byte counters and calls back when it went quiet.
+    Watches one session's byte counters and tells it when it went quiet: a
+    base of the session, not an object of its own (one per live session: a
+    separate watch was 96 bytes of every idle session, docs/performance.md).
+
+    The session gives it C{_clock}, L{quiet_timeouts} and the questions of
+    L{QuietOwner}.
     """
 
-    # Slots: one watch per live session (see GameSession); and its session
-    # is held once, not as three bound methods.
-    __slots__ = (
-        "_clock",
-        "_cohort",
-        "_fin_timeout",
-        "_idle_timeout",
-        "_owner",
-        "_seen",
-        "_since",
-        "_stopped",
-    )
+    __slots__ = ("_cohort", "_seen", "_since")
 
-    def __init__(
-        self,
-        owner: QuietOwner,
-        clock: IReactorTime,
-        *,
-        idle_timeout: float,
-        fin_timeout: float,
-    ) -> None:
+    if TYPE_CHECKING:
+        _clock: IReactorTime
+
+        def traffic(self) -> int: ...
+
+        def one_direction_ended(self) -> bool: ...
+
+        def went_quiet(self, limit: float, fin: bool) -> None: ...
+
+    def quiet_timeouts(self) -> tuple[float, float]:
         """
-        @param owner: the session watched, told once when it went quiet.
-        @param clock: for the checks.
-        @param idle_timeout: seconds without traffic before closing; 0 for never.
-        @param fin_timeout: seconds without traffic before closing once one
-            direction has ended; 0 for never.
+        The idle and fin timeouts, in seconds (0: none).
         """
-        self._owner = owner
-        self._clock = clock
-        self._idle_timeout = idle_timeout
-        self._fin_timeout = fin_timeout
+        raise NotImplementedError
+
+    def quiet_init(self) -> None:
+        """
+        Not watched yet (the session's C{__init__} calls it).
+        """
         self._cohort: _Cohort | None = None
         self._seen = 0
         self._since = 0.0
-        self._stopped = False
 
-    def _limit(self) -> tuple[float, bool]:
+    def _quiet_limit(self) -> tuple[float, bool]:
         """
         How long the session may go without traffic now, and whether that is
         the fin timeout: the idle timeout, or the fin timeout once a direction
         has ended, whichever is shorter (0: no limit).
         """
-        limit, fin = self._idle_timeout, False
-        if self._fin_timeout and self._owner.one_direction_ended():
-            if not limit or self._fin_timeout < limit:
-                limit, fin = self._fin_timeout, True
+        limit, fin_timeout = self.quiet_timeouts()
+        fin = False
+        if fin_timeout and self.one_direction_ended():
+            if not limit or fin_timeout < limit:
+                limit, fin = fin_timeout, True
         return limit, fin
 
-    def restart(self) -> None:
+    def quiet_restart(self) -> None:
         """
         Count quiet time from now (the relay starts, or a direction ended: the
         fin timeout gives the other side its full time from this moment, as
         HAProxy's does), and check at the current limit's pace.
         """
-        self._seen = self._owner.traffic()
+        if self._seen == _STOPPED:
+            return
+        self._seen = self.traffic()
         self._since = self._clock.seconds()
-        self._schedule()
+        self._quiet_schedule()
 
-    def stop(self) -> None:
+    def quiet_stop(self) -> None:
         """
         Stop watching, for good (the session has ended).
         """
-        self._stopped = True
-        self._leave()
+        self._seen = _STOPPED
+        self._quiet_leave()
 
-    def _leave(self) -> None:
+    def _quiet_leave(self) -> None:
         if self._cohort is not None:
             self._cohort.leave(self)
             self._cohort = None
 
-    def _schedule(self) -> None:
+    def _quiet_schedule(self) -> None:
         """
         Be checked every quarter of the current limit (not at all without one).
         """
-        limit, _fin = self._limit()
-        cohort = _cohort(self._clock, limit / 4) if limit and not self._stopped else None
+        limit, _fin = self._quiet_limit()
+        cohort = _cohort(self._clock, limit / 4) if limit else None
         if cohort is not self._cohort:
-            self._leave()
+            self._quiet_leave()
             if cohort is not None:
                 self._cohort = cohort
                 cohort.join(self)
 
-    def _check(self) -> None:
+    def _quiet_check(self, now: float) -> None:
         """
-        A tick of its cohort: traffic since the last check dates the quiet
-        time from now; otherwise, past the limit, the session went quiet.
+        A tick of its cohort, due at C{now}: traffic since the last check
+        dates the quiet time from now; otherwise, past the limit, the session
+        went quiet.
+
+        C{now} is the tick's time, not the clock's: on a busy reactor a tick
+        runs a little late, and traffic dated by a late tick while the later
+        ones ran on time would close the session a period late (1.5 limits
+        after its last byte).  Dated by the ticks' times, the close comes
+        between one limit (less that lateness) and 1.25 limits after it.
         """
-        limit, fin = self._limit()
-        now = self._clock.seconds()
-        seen = self._owner.traffic()
+        limit, fin = self._quiet_limit()
+        seen = self.traffic()
         if seen != self._seen:
             # Traffic since the last check: it was quiet at most since now.
             self._seen = seen
             self._since = now
         elif now - self._since >= limit - _ROUNDING:
-            self.stop()
-            self._owner.went_quiet(limit, fin)
+            self.quiet_stop()
+            self.went_quiet(limit, fin)
             return
-        self._schedule()  # the limit may have changed (a direction ended)
+        self._quiet_schedule()  # the limit may have changed (a direction ended)

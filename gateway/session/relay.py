@@ -64,7 +64,6 @@ from gateway.session.dialer import Dialer
 from gateway.session.ending import CLOSE_GRACE
 from gateway.session.leanlink import LeanLink
 from gateway.session.lifecycle import CloseReason, Phase, can_move
-from gateway.session.quiet import QuietWatch
 from gateway.session.splicing import SessionSplicing
 from gateway.session.stream import Stream, close_now, half_close, write_now
 from gateway.session.waiting import WAIT_HOLD_LIMIT
@@ -112,7 +111,6 @@ class GameSession(SessionSplicing):
         "_held",
         "_held_size",
         "_phase",
-        "_quiet",
         "_refusals",
         "_seat",
         "_settings",
@@ -172,9 +170,7 @@ class GameSession(SessionSplicing):
         self._ticket: Ticket | None = None
         self._dialer: Dialer | None = None
         self._seat: Seat | None = None
-        self._quiet = QuietWatch(
-            self, clock, idle_timeout=settings.idle_timeout, fin_timeout=settings.fin_timeout
-        )
+        self.quiet_init()
         self._phase = Phase.CONNECTING
         self._splice = None
         self.backend: Backend | None = None
@@ -241,6 +237,13 @@ class GameSession(SessionSplicing):
         Whether the client or the backend has ended its sending side.
         """
         return self._client_eof or self._backend_eof
+
+    def quiet_timeouts(self) -> tuple[float, float]:
+        """
+        The idle and fin timeouts the session started with.
+        """
+        settings = self._settings
+        return settings.idle_timeout, settings.fin_timeout
 
     def start(self, first_bytes: bytes) -> None:
         """
@@ -326,7 +329,7 @@ class GameSession(SessionSplicing):
             client = cast(ITransport, self.client)
             header = proxy_header(version, client.getPeer(), client.getHost())
         if self._try_splice(header, held):
-            self._quiet.restart()
+            self.quiet_restart()
             return
         server = self._full_server()
         if server is None:
@@ -401,7 +404,7 @@ class GameSession(SessionSplicing):
         elif self._client_paused:
             self._client_paused = False
             self.client.resumeProducing()
-        self._quiet.restart()
+        self.quiet_restart()
 
     # Events from the client side (the front door)
 
@@ -441,7 +444,7 @@ class GameSession(SessionSplicing):
             self._close_both()
         else:
             half_close(server)
-            self._quiet.restart()
+            self.quiet_restart()
 
     def client_lost(self) -> None:
         """
@@ -485,7 +488,7 @@ class GameSession(SessionSplicing):
             self._close_both()
         else:
             half_close(self.client)
-            self._quiet.restart()
+            self.quiet_restart()
 
     def _backend_lost(self) -> None:
         """

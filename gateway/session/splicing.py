@@ -159,7 +159,7 @@ class SessionSplicing(SessionWaiting):
         """
         self._mark_ended(name == "client")
         if not both:
-            self._quiet.restart()  # the fin timeout applies from now
+            self.quiet_restart()  # the fin timeout applies from now
             return
         self._splice = None
         self._close_both()
