@@ -5,11 +5,12 @@ checked by one timer per period and clock, shared by every session.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from gateway.session.quiet import QuietWatch
+from gateway.session.quiet import LATE_DATING, QuietWatch
 
 
 class Owner(QuietWatch):
@@ -171,3 +172,27 @@ def test_a_stopped_watch_stays_stopped() -> None:
     assert clock.getDelayedCalls() == []
     clock.advance(30)
     assert owner.quiet_at == []
+
+
+@pytest.mark.parametrize("stall", [0.02, 0.5, 0.9, 4.0, 30.0])
+def test_a_late_check_does_not_close_early(stall: float) -> None:
+    """
+    A reactor held up past a check's time (a slow callback, a pause) reads
+    bytes, then runs the overdue check: the bytes are dated at most a tenth
+    of a period (or LATE_DATING) before they came, so the session is not
+    closed early, and never at once.
+    """
+    clock = Clock()
+    owner, quiet = watch(clock, idle=4.0)  # checked every second
+    quiet.quiet_restart()
+    for _ in range(10):
+        owner.moved += 1
+        clock.advance(1.0)
+    clock.rightNow = 11.0 + stall  # the check due at 11 is overdue
+    owner.moved += 1  # bytes read in that turn, before the check runs
+    last_byte = clock.seconds()
+    clock.advance(0)  # the overdue check
+    while not owner.quiet_at and clock.seconds() < last_byte + 10:
+        clock.advance(0.01)
+    [(at, _limit, _fin)] = owner.quiet_at
+    assert 4.0 - max(LATE_DATING, 0.1) - 1e-6 <= at - last_byte <= 1.25 * 4.0 + 1e-6

@@ -82,10 +82,14 @@ class _Cohort:
 
     def _tick(self) -> None:
         self._call = None
-        due = self._due  # this tick's time (it may run a little late)
+        # The tick's time, for its checks: when it was due (a tick runs a
+        # little late), but never more than LATE_DATING before the clock (a
+        # tick held up longer, by a stall, dates by the clock less that).
+        now = self._clock.seconds()
+        at = max(self._due, now - max(LATE_DATING, self._period / 10))
         for watch in list(self.watches):
             if watch._cohort is self:  # it may have left during this tick
-                watch._quiet_check(due)
+                watch._quiet_check(at)
         if self.watches and self._call is None:
             # Every period from the first tick, not from whenever this one
             # ran: a late tick does not make every later one late.
@@ -93,6 +97,10 @@ class _Cohort:
             self._due = max(self._due + self._period, now)
             self._call = self._clock.callLater(self._due - now, self._tick)
 
+
+LATE_DATING = 0.05
+"""Seconds by which a check may date traffic before it saw it (or a tenth of
+its period, if more): what a close may come early, the reactor's lateness."""
 
 _ROUNDING = 1e-6
 """Seconds of float rounding forgiven when a tick lands on the deadline
@@ -205,15 +213,17 @@ class QuietWatch:
 
     def _quiet_check(self, now: float) -> None:
         """
-        A tick of its cohort, due at C{now}: traffic since the last check
-        dates the quiet time from now; otherwise, past the limit, the session
-        went quiet.
+        A tick of its cohort, at C{now}: traffic since the last check dates
+        the quiet time from now; otherwise, past the limit, the session went
+        quiet.
 
-        C{now} is the tick's time, not the clock's: on a busy reactor a tick
-        runs a little late, and traffic dated by a late tick while the later
-        ones ran on time would close the session a period late (1.5 limits
-        after its last byte).  Dated by the ticks' times, the close comes
-        between one limit (less that lateness) and 1.25 limits after it.
+        C{now} is the tick's due time, not the clock's: on a busy reactor a
+        tick runs a little late, and traffic dated by a late tick while the
+        later ones ran on time would close the session a period late (1.5
+        limits after its last byte).  Dated by the ticks' due times, the
+        close comes between one limit and 1.25 limits after the last byte,
+        give or take the reactor's lateness (at most L{LATE_DATING}, or a
+        tenth of the period, early).
         """
         limit, fin = self._quiet_limit()
         seen = self.traffic()
