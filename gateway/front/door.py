@@ -22,7 +22,9 @@ pattern's first group in that line, else the client's address (the fallback
 is counted).
 
 After the decision the front door stays the transport's protocol and forwards
-each event to the chosen side (one method call per chunk).  Its settings are
+each event to the chosen side (one method call per chunk), except for a game
+session on a bare client (the TCP fast path): there its part is over, and a
+slotted L{gateway.front.sessionend.SessionEnd} takes its place.  Its settings are
 the factory's L{gateway.session.settings.SessionSettings}: a front door reads
 them when it needs them, a game session keeps those it started with, and a
 reload replaces them in one step.
