@@ -20,35 +20,10 @@ from __future__ import annotations
 
 import weakref
 from typing import TYPE_CHECKING
-from typing import Protocol as Structural
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["QuietOwner", "QuietWatch"]
-
-
-class QuietOwner(Structural):
-    """
-    What a L{QuietWatch} asks and tells its session.
-    """
-
-    def traffic(self) -> int:
-        """
-        The bytes moved so far, both ways together.
-        """
-        ...
-
-    def one_direction_ended(self) -> bool:
-        """
-        Whether a direction has ended now.
-        """
-        ...
-
-    def went_quiet(self, limit: float, fin: bool) -> None:
-        """
-        No byte moved for C{limit} seconds (the fin timeout if C{fin}, else
-        the idle timeout); the watch has stopped.
-        """
+__all__ = ["QuietWatch"]
 
 
 class _Cohort:
@@ -133,8 +108,7 @@ class QuietWatch:
     base of the session, not an object of its own (one per live session: a
     separate watch was 96 bytes of every idle session, docs/performance.md).
 
-    The session gives it C{_clock}, L{quiet_timeouts} and the questions of
-    L{QuietOwner}.
+    The session gives it C{_clock}, L{quiet_timeouts} and the three below.
     """
 
     __slots__ = ("_cohort", "_seen", "_since")
@@ -142,11 +116,21 @@ class QuietWatch:
     if TYPE_CHECKING:
         _clock: IReactorTime
 
-        def traffic(self) -> int: ...
+        def traffic(self) -> int:
+            """
+            The bytes moved so far, both ways together.
+            """
 
-        def one_direction_ended(self) -> bool: ...
+        def one_direction_ended(self) -> bool:
+            """
+            Whether a direction has ended now.
+            """
 
-        def went_quiet(self, limit: float, fin: bool) -> None: ...
+        def went_quiet(self, limit: float, fin: bool) -> None:
+            """
+            No byte moved for C{limit} seconds (the fin timeout if C{fin},
+            else the idle timeout); the watch has stopped.
+            """
 
     def quiet_timeouts(self) -> tuple[float, float]:
         """
