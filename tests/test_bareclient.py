@@ -414,9 +414,10 @@ def test_closing_after_the_swap_leaves_the_new_reader(pair: Any) -> None:
         client.loseConnection()  # the socket goes (the relay's owner closes it)
         assert _watched(reactor) == [new] and door.lost  # still the relay's
         # (The relay removes its end before the session closes the socket;
-        # here the kernel dropped it with the close: the map alone is left.)
-        reactor._reads.discard(fd)
-        del reactor._selectables[fd]
+        # here the kernel dropped it with the close, and says so when told.)
+        with pytest.raises(OSError):
+            reactor.removeReader(new)
+        assert _watched(reactor) == [] and fd not in reactor._reads
     finally:
         reactor._poller.close()
 

@@ -7,6 +7,7 @@ is chosen are checked here.
 
 from __future__ import annotations
 
+import select
 import socket
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from typing import Any, cast
 from unittest import SkipTest
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.test.test_core import SystemEventTestsBuilder
 from twisted.internet.test.test_fdset import ReactorFDSetTestsBuilder
@@ -212,3 +215,138 @@ def test_twistd_runs_the_gateway_on_it_unless_told(
     with GatewayProcess(["--backend", "tcp:127.0.0.1:9"], tmp_path, reactor=reactor) as gateway:
         wait_for(lambda: "reactor class:" in gateway.log(), "twistd's reactor line")
         assert _reactor_line(gateway.log()).endswith(f"reactor class: {expected}.")
+
+
+class _End:
+    """
+    One end of a socket pair as a descriptor that notes its events.
+    """
+
+    def __init__(self, sock: socket.socket, seen: list[tuple[str, int]]) -> None:
+        self.sock = sock
+        self.seen = seen
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> None:  # noqa: N802 - Twisted's name
+        self.sock.recv(10)
+        self.seen.append(("read", self.fileno()))
+
+    def doWrite(self) -> None:  # noqa: N802 - Twisted's name
+        self.seen.append(("write", self.fileno()))
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802 - Twisted's name
+        self.seen.append(("lost", self.fileno()))
+
+    def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
+        return "end"
+
+
+def _kernel_watches(reactor: LeanEPollReactor) -> dict[int, int]:
+    """
+    What the kernel's epoll set holds: descriptor to events (from
+    C{/proc/self/fdinfo}).
+    """
+    watched = {}
+    with open(f"/proc/self/fdinfo/{reactor._poller.fileno()}") as info:
+        for line in info:
+            if line.startswith("tfd:"):
+                words = line.split()
+                watched[int(words[1])] = int(words[3], 16) & (select.EPOLLIN | select.EPOLLOUT)
+    return watched
+
+
+_OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["addReader", "addWriter", "removeReader", "removeWriter"]),
+        st.integers(0, 4),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(operations=_OPERATIONS)
+def test_the_maps_follow_what_is_watched(operations: list[tuple[str, int]]) -> None:
+    """
+    Any sequence of adding and removing readers and writers leaves the
+    reactor's arrays, Twisted's views of them (C{_reads}, C{_writes},
+    C{_selectables}, C{getReaders}, C{getWriters}), the kernel's epoll set
+    and the events dispatched all saying the same as a model: each
+    descriptor is watched for what was last added and not removed.
+    """
+    reactor = LeanEPollReactor()
+    pairs = [_pair() for _ in range(5)]
+    seen: list[tuple[str, int]] = []
+    ends = [_End(one, seen) for one, _two in pairs]
+    model: dict[int, set[str]] = {end.fileno(): set() for end in ends}
+    try:
+        for operation, index in operations:
+            end = ends[index]
+            getattr(reactor, operation)(end)
+            kind = "read" if operation.endswith("Reader") else "write"
+            if operation.startswith("add"):
+                model[end.fileno()].add(kind)
+            else:
+                model[end.fileno()].discard(kind)
+        readers = {fd for fd, kinds in model.items() if "read" in kinds}
+        writers = {fd for fd, kinds in model.items() if "write" in kinds}
+        waker = reactor.waker.fileno()
+        assert {each.fileno() for each in reactor.getReaders()} == readers | {waker}
+        assert {each.fileno() for each in reactor.getWriters()} == writers
+        assert set(reactor._reads) == readers | {waker} and set(reactor._writes) == writers
+        assert all((fd in reactor._reads) == (fd in readers) for fd in model)
+        assert set(reactor._selectables) == readers | writers | {waker}
+        assert len(reactor._selectables) == len(readers | writers) + 1
+        expected = {fd: select.EPOLLIN for fd in readers} | {waker: select.EPOLLIN}
+        for fd in writers:
+            expected[fd] = expected.get(fd, 0) | select.EPOLLOUT
+        assert _kernel_watches(reactor) == expected
+        for _one, two in pairs:
+            two.send(b"x")
+        reactor.doPoll(0)  # a pair's byte is there at once
+        events = {(kind, fd) for fd in readers for kind in ["read"]}
+        events |= {("write", fd) for fd in writers}
+        assert set(seen) == events and len(seen) == len(events)
+    finally:
+        reactor._poller.close()
+        reactor.waker.connectionLost(None)
+        for one, two in pairs:
+            one.close()
+            two.close()
+
+
+def test_a_closed_descriptor_is_forgotten_and_its_number_watched_again() -> None:
+    """
+    A reader whose socket was closed while watched (the kernel forgot it)
+    is forgotten by the maps when removed, though the kernel says it has
+    no such descriptor; a new socket given the same number is then watched
+    and dispatched as any other (Twisted's sets kept the number, and a new
+    reader of it was never registered).
+    """
+    reactor = LeanEPollReactor()
+    seen: list[tuple[str, int]] = []
+    one, two = _pair()
+    fd = one.fileno()
+    first = _End(one, seen)
+    reactor.addReader(first)
+    one.close()
+    with pytest.raises(OSError):
+        reactor.removeReader(first)  # found by identity: its fileno is -1
+    assert fd not in reactor._reads and first not in reactor.getReaders()
+    three, four = _pair()
+    if three.fileno() != fd:  # the lowest free number is reused
+        three, four = four, three
+    assert three.fileno() == fd
+    try:
+        reactor.addReader(_End(three, seen))
+        assert _kernel_watches(reactor)[fd] == select.EPOLLIN
+        four.send(b"x")
+        reactor.doPoll(0.5)
+        assert seen == [("read", fd)]
+    finally:
+        reactor._poller.close()
+        reactor.waker.connectionLost(None)
+        for sock in (two, three, four):
+            sock.close()
