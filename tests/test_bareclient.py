@@ -11,6 +11,7 @@ the test, so every event is the test's.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Any
@@ -644,3 +645,43 @@ def test_what_the_first_bytes_did_is_kept(pair: Any, action: str, watched: list[
         assert reactor.readers == [client]
     if action == "close":
         assert reactor.calls == [] and [f.type for f in protocol.lost] == [ConnectionDone]
+
+
+def test_a_parked_client_keeps_its_descriptor_and_rebuilds_its_socket(pair: Any) -> None:
+    """
+    Parked (the splice relay owns its bytes), a bare client keeps only its
+    descriptor, open; asked for its socket (a hand-back), it gets one on the
+    same descriptor that works (its family and peer are the kernel's); and
+    a parked client that closes closes the descriptor.
+    """
+    reactor = Recording()
+    client, door, peer = _bare(pair, reactor)
+    accepted = pair[0]
+    fd = client.fileno()
+    assert client.park() == fd and client._sock == fd and client.fileno() == fd
+    assert accepted.fileno() == -1  # detached: the object does not own it
+    os.fstat(fd)  # still open
+    rebuilt = client.socket
+    assert rebuilt.fileno() == fd and rebuilt.family == socket.AF_INET
+    assert rebuilt.getpeername() == peer.getsockname()
+    assert client.socket is rebuilt  # once
+    rebuilt.sendall(b"still here")
+    assert peer.recv(100) == b"still here"
+    client.park()
+    client.loseConnection()
+    assert door.lost and client.fileno() == -1 and client.socket.fileno() == -1
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_a_client_with_a_transport_is_not_parked(pair: Any) -> None:
+    """
+    Once a transport is built on the socket, parking keeps the socket (the
+    transport uses it).
+    """
+    reactor = Recording()
+    client, _door, _peer = _bare(pair, reactor)
+    transport = client.full()
+    fd = client.fileno()
+    assert client.park() == fd and transport.socket.fileno() == fd
+    assert isinstance(client._sock, socket.socket)

@@ -7,6 +7,8 @@ ephemeral port, and talked to by Twisted clients.
 from __future__ import annotations
 
 import gc
+import os
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -27,6 +29,7 @@ from gateway.pool.backends import BackendState
 from gateway.process.assemble import make_service
 from gateway.process.service import GatewayService
 from gateway.session.bareclient import BareClient, ClientTransport
+from gateway.session.leanlink import LeanLink
 from gateway.session.lifecycle import Phase
 from gateway.session.relay import GameSession
 
@@ -187,6 +190,37 @@ async def test_a_plain_front_gives_game_sessions_a_bare_client(demo: GatewayServ
     await deferLater(reactor, 0.05, lambda: None)
     assert len(demo.registry) == 0
     assert [b.active for b in demo.pool.backends] == [0, 0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spliced_session_keeps_descriptors_not_sockets(demo: GatewayService) -> None:
+    """
+    While the relay moves a spliced session's bytes, its client and its
+    backend link keep only their descriptors (no socket object of either is
+    left); the session still relays and passes each end of stream on, and
+    at its end both descriptors are closed (none is left open).
+    """
+    await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+    before = len(os.listdir("/proc/self/fd"))
+    player = await connect_client(demo)
+    await player.wait_for(b"What is your name?")
+    [session] = demo.registry.snapshot()[1]
+    assert isinstance(session, GameSession) and session.phase is Phase.SPLICING
+    client: object = session.client
+    link: object = session._server
+    assert isinstance(client, BareClient) and isinstance(link, LeanLink)
+    fds = {client._sock, link._sock}
+    assert all(type(fd) is int for fd in fds) and len(fds) == 2
+    gc.collect()
+    assert [
+        o for o in gc.get_objects() if isinstance(o, socket.socket) and o.fileno() in fds
+    ] == []
+    player.transport.write(b"cy\r\nquit\r\n")  # type: ignore[union-attr]
+    await player.closed
+    assert b"Goodbye, cy!" in player.received
+    await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+    assert len(demo.registry) == 0
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 @pytest_twisted.ensureDeferred

@@ -30,6 +30,7 @@ only (L{gateway.process.leanreactor.LeanEPollReactor.replace_reader}).
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from typing import Any
@@ -41,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["BareClient", "ClientTransport", "pass_reader"]
+__all__ = ["BareClient", "ClientTransport", "Parkable", "pass_reader"]
 
 _log = Logger()
 
@@ -94,8 +95,62 @@ class ClientTransport(tcp.Server):
             super().startReading()
 
 
+class Parkable:
+    """
+    A socket that can be I{parked}: while the splice relay moves a session's
+    bytes, only its descriptor is kept (the same int the relay's ends keep),
+    not the socket object, which is 88 bytes of an idle spliced session for
+    each of its two sockets (docs/performance.md).  Whatever asks for the
+    socket again (a hand-back, a local address) gets one rebuilt on the same
+    descriptor, once.
+
+    @ivar _sock: the socket, its descriptor while parked, or L{None} once
+        closed (or not made yet).
+    """
+
+    __slots__ = ("_sock",)
+
+    _sock: socket.socket | int | None
+
+    def park(self) -> int:
+        """
+        Keep only the descriptor, open, from now.
+
+        @return: the descriptor.
+        """
+        sock = self._sock
+        if isinstance(sock, socket.socket):
+            self._sock = sock = sock.detach()
+        assert isinstance(sock, int)
+        return sock
+
+    def _socket_object(self) -> socket.socket | None:
+        sock = self._sock
+        if isinstance(sock, int):
+            # Off the common path: the kernel says the family and type.
+            sock = self._sock = socket.socket(fileno=sock)
+            sock.setblocking(False)
+        return sock
+
+    def fileno(self) -> int:
+        """
+        The socket's descriptor (-1 once closed).
+        """
+        sock = self._sock
+        if sock is None:
+            return -1
+        return sock if isinstance(sock, int) else sock.fileno()
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if isinstance(sock, int):
+            os.close(sock)
+        elif sock is not None:
+            sock.close()
+
+
 @implementer(IReadDescriptor, IHalfCloseableDescriptor)
-class BareClient:
+class BareClient(Parkable):
     """
     One accepted client socket and its protocol (a front door), with no
     Twisted transport until one is needed (L{full}).
@@ -103,7 +158,8 @@ class BareClient:
     The listening port builds it as it would build its C{tcp.Server}, with
     the same arguments (C{tcp.Port.transport}).
 
-    @ivar socket: the accepted socket.
+    @ivar socket: the accepted socket (rebuilt if it was parked; a closed
+        socket once closed).
     @ivar protocol: its protocol (the front door).
     @ivar connected: whether the socket is open.
     @ivar disconnecting: whether it is closing (never: it closes at once).
@@ -122,7 +178,6 @@ class BareClient:
         "_watched",
         "connected",
         "protocol",
-        "socket",
     )
 
     def __init__(
@@ -135,7 +190,7 @@ class BareClient:
         reactor: Any,
     ) -> None:
         sock.setblocking(False)
-        self.socket = sock
+        self._sock = sock
         self.protocol = protocol
         self._addr: tuple[Any, ...] | None = addr
         self._port = port
@@ -207,13 +262,21 @@ class BareClient:
             return _closed  # as a closed transport, which ignores what it is asked
         return getattr(self.full(), name)
 
-    # What the reactor asks of a descriptor.
+    @property
+    def socket(self) -> socket.socket:
+        sock = self._socket_object()
+        return sock if sock is not None else _CLOSED
 
-    def fileno(self) -> int:
+    def park(self) -> int:
         """
-        The socket's descriptor (-1 once closed).
+        Keep only the descriptor (the splice relay took the socket's
+        bytes), unless a transport was built on the socket.
         """
-        return self.socket.fileno()
+        if self._full is not None:
+            return self._full.fileno()
+        return super().park()
+
+    # What the reactor asks of a descriptor.
 
     def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
         return "BareClient"
@@ -224,8 +287,11 @@ class BareClient:
         then reads it (and follows Twisted's half-close rules); an error
         closes the connection.
         """
+        sock = self._sock
+        if not isinstance(sock, socket.socket):
+            sock = self.socket  # closed (or, never here, parked)
         try:
-            data = self.socket.recv(READ_SIZE)
+            data = sock.recv(READ_SIZE)
         except BlockingIOError:
             return
         except OSError as error:
@@ -346,7 +412,7 @@ class BareClient:
         if self._watched:
             self._watched = False
             self._reactor.removeReader(self)
-        self.socket.close()
+        self._close_socket()
         self.protocol.connectionLost(reason)
 
 
@@ -360,6 +426,11 @@ def _closed(*args: object, **kwargs: object) -> None:
     What a closed bare client does when asked anything of a transport.
     """
 
+
+_CLOSED = socket.socket()
+_CLOSED.close()
+"""What a closed bare client's C{socket} is: one closed socket for all (its
+descriptor is -1, and it answers anything else with an L{OSError})."""
 
 _RESET = struct.pack("ii", 1, 0)
 """C{SO_LINGER} on with no time: C{close} sends a reset (as Twisted's abort)."""

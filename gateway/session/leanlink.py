@@ -43,6 +43,7 @@ from zope.interface import implementer
 
 from gateway.connection import OneShotFactory
 from gateway.session.backendlink import BackendLink
+from gateway.session.bareclient import Parkable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -111,7 +112,7 @@ class _AdoptedLink(BackendLink):
 
 
 @implementer(IReadWriteDescriptor)
-class LeanLink:
+class LeanLink(Parkable):
     """
     One backend connection as a bare socket, until it is closed or adopted.
 
@@ -135,7 +136,6 @@ class LeanLink:
         "failure_reason",
         "ready",
         "session",
-        "socket",
         "transport",
     )
 
@@ -161,7 +161,15 @@ class LeanLink:
         self.failure_reason: str | None = None
         self.transport: LeanLink | None = None
         self._watched = False
-        self.socket: socket.socket | None = None
+        self._sock = None
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """
+        The socket (rebuilt if it was parked), or L{None} before it is made
+        and once closed.
+        """
+        return self._socket_object()
 
     def connect(self, address: BareAddress) -> None:
         """
@@ -177,7 +185,7 @@ class LeanLink:
             # by gateway.session.backendlink.local_shortage.
             self._fail(getConnectError((error.errno, error.strerror)))
             return
-        self.socket = sock
+        self._sock = sock
         if not _NONBLOCK:
             sock.setblocking(False)
         try:
@@ -206,23 +214,15 @@ class LeanLink:
         if self._watched:
             self._watched = False
             self._reactor.removeWriter(self)
-        sock, self.socket = self.socket, None
-        if sock is not None:
-            sock.close()
+        self._close_socket()
 
     def cancel(self) -> None:
         """
         Give up connecting (the connect timed out, or the attempt was
         abandoned): the attempt fails with L{CancelledError}.
         """
-        if self.socket is not None and self.transport is None:
+        if self._sock is not None and self.transport is None:
             self._fail(CancelledError())
-
-    def fileno(self) -> int:
-        """
-        The socket's descriptor (-1 once closed).
-        """
-        return self.socket.fileno() if self.socket is not None else -1
 
     def doWrite(self) -> None:  # noqa: N802 - Twisted's name
         """
@@ -230,8 +230,9 @@ class LeanLink:
         """
         self._watched = False
         self._reactor.removeWriter(self)
-        assert self.socket is not None
-        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        sock = self._sock
+        assert isinstance(sock, socket.socket)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             self._fail(getConnectError((code, os.strerror(code))))
             return
@@ -252,9 +253,10 @@ class LeanLink:
         connect comes here, not to L{doWrite}), or is shutting down.
         """
         self._watched = False  # the reactor no longer watches it
-        if self.socket is None or self.transport is not None:
+        sock = self._sock
+        if not isinstance(sock, socket.socket) or self.transport is not None:
             return
-        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         error = (
             getConnectError((code, os.strerror(code)))
             if code
@@ -280,7 +282,7 @@ class LeanLink:
         Close the socket; a taken link tells its session the connection is
         gone, as a transport's protocol would.
         """
-        if self.socket is None:
+        if self._sock is None:
             return
         self._close()
         if self.ready:
@@ -299,13 +301,12 @@ class LeanLink:
             (reset: it has no peer address any more), or no descriptor is
             left for the duplicate.  The link keeps its socket then.
         """
-        sock = self.socket
+        sock = self.socket  # rebuilt if parked
         assert sock is not None
         link = _AdoptedLink(self.session, self.backend)
         link.ready = True
         transport = self._reactor.adoptStreamConnection(
             sock.fileno(), sock.family, OneShotFactory(link)
         )
-        self.socket = None
-        sock.close()
+        self._close_socket()
         return transport

@@ -309,6 +309,25 @@ class _ServerEnd(_SocketEnd):
     name = "server"
 
 
+def _park(transport: object) -> int:
+    park = getattr(transport, "park", None)  # a Parkable: a bare client, a lean link
+    return int(park() if park is not None else transport.fileno())  # type: ignore[attr-defined]
+
+
+def _shutdown_write(fd: int) -> None:
+    """
+    C{shutdown(fd, SHUT_WR)}, with a socket object made for the call only:
+    with its family and type given, making it asks the kernel only whether
+    the descriptor is a socket (C{getsockname}; any family will do for
+    C{shutdown}), and it is detached after, so the descriptor stays open.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    finally:
+        sock.detach()
+
+
 class SpliceOwner(Structural):
     """
     What a L{SpliceRelay} tells its session.  One object, not three
@@ -377,7 +396,8 @@ class SpliceRelay:
         self._server = server
         self._owner = owner
         self._ended = 0
-        client_fd, server_fd = client.fileno(), server.fileno()
+        # A bare socket keeps only its descriptor while the relay owns it.
+        client_fd, server_fd = _park(client), _park(server)
         # Each end is also the direction that reads from it: the client's
         # goes up (to the server), the server's down.
         self._client_end: _SocketEnd = _ClientEnd(self, client_fd, server_fd)
@@ -438,9 +458,8 @@ class SpliceRelay:
         stop (the session closes the sockets).
         """
         self._reactor.removeReader(end)
-        other = self._server if end is self._client_end else self._client
         try:
-            other.socket.shutdown(socket.SHUT_WR)
+            _shutdown_write(end.destination)
         except OSError:
             pass  # the other peer is gone: reading or writing it says so
         self._ended += 1
