@@ -144,6 +144,32 @@ def test_classify_is_a_function_of_the_first_bytes(data: bytes) -> None:
         assert verdict is not Verdict.UNDECIDED
 
 
+def _classify_by_definition(data: bytes) -> Verdict:
+    head = data[:SNIFF_LIMIT]
+    if any(head.startswith(method + b" ") for method in HTTP_METHODS):
+        return Verdict.HTTP
+    if any((method + b" ").startswith(head) for method in HTTP_METHODS):
+        return Verdict.UNDECIDED
+    return Verdict.GAME
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=12),
+        st.tuples(st.sampled_from(HTTP_METHODS), st.binary(max_size=3)).map(
+            lambda parts: (parts[0] + b" ")[: len(parts[0]) + 1 - len(parts[1])] + parts[1]
+        ),
+    )
+)
+def test_classify_is_its_definition(data: bytes) -> None:
+    """
+    The verdict is what the docstring defines, for any bytes, and for bytes
+    near a method (a prefix of "METHOD " with anything after it): the
+    first-byte shortcut decides nothing the definition would not.
+    """
+    assert classify(data) is _classify_by_definition(data)
+
+
 REQUEST = b"GET /missing HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n"
 
 

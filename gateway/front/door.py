@@ -89,6 +89,9 @@ _STARTS = tuple(method + b" " for method in HTTP_METHODS)
 SNIFF_LIMIT = max(len(start) for start in _STARTS)
 """The most bytes L{classify} ever needs to decide."""
 
+_FIRST_BYTES = frozenset(start[0] for start in _STARTS)
+"""The bytes an HTTP request line can start with."""
+
 KEY_LINE_LIMIT = 4096
 """The most bytes waited for to find the session key in the first line."""
 
@@ -132,6 +135,8 @@ def classify(prefix: bytes) -> Verdict:
         (including the empty prefix), L{Verdict.GAME} otherwise.
     """
     head = prefix[:SNIFF_LIMIT]
+    if head and head[0] not in _FIRST_BYTES:
+        return Verdict.GAME  # most game protocols: one test, not sixteen
     for start in _STARTS:
         if head.startswith(start):
             return Verdict.HTTP

@@ -36,8 +36,9 @@ import struct
 from typing import Any
 
 from twisted.internet import address, tcp
-from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableDescriptor, IReadDescriptor
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -388,7 +389,7 @@ class BareClient(Parkable):
         if self._full is not None:
             self._full.loseConnection()
         else:
-            self._close(Failure(ConnectionDone()))
+            self._close(connectionDone)  # Twisted's one clean-close failure
 
     def abortConnection(self) -> None:  # noqa: N802 - Twisted's name
         """

@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import _parse
-from twisted.internet.error import ConnectError, ConnectionDone, getConnectError
+from twisted.internet.error import ConnectError, getConnectError
 from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -286,7 +287,7 @@ class LeanLink(Parkable):
             return
         self._close()
         if self.ready:
-            self.session.link_lost(self, Failure(ConnectionDone()))
+            self.session.link_lost(self, connectionDone)  # Twisted's one clean-close failure
 
     abortConnection = loseConnection
 
