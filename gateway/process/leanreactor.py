@@ -36,7 +36,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from twisted.internet.epollreactor import EPOLLIN, EPollReactor
+from twisted.internet.epollreactor import EPOLLIN, EPOLLOUT, EPollReactor
 from twisted.python import log
 
 __all__ = ["NAME", "LeanEPollReactor", "install", "install_default"]
@@ -45,9 +45,10 @@ NAME = "lean-epoll"
 """Its C{twistd -r} name (the plugin in C{twisted/plugins/gateway_plugin.py})."""
 
 
-_READ = 1
-_WRITE = 2
-"""A descriptor's flags: watched for reading, for writing."""
+_READ = EPOLLIN
+_WRITE = EPOLLOUT
+"""A descriptor's flags: watched for reading, for writing (the events the
+kernel is asked for, so a descriptor's flags are its registration)."""
 
 
 class _Watched:
@@ -134,24 +135,26 @@ class LeanEPollReactor(EPollReactor):
     ) -> None:
         """
         Watch C{xer} for C{event} too (Twisted's C{_add}, on the arrays):
-        the kernel is told first, the maps follow only if it agreed.
+        the kernel is told first, the maps follow only if it agreed.  (The
+        flags are the events: C{EPOLLIN} for reading, C{EPOLLOUT}.)
         """
         fd = xer.fileno()
         flags = self._flags
-        if not 0 <= fd < len(flags):
-            if fd < 0:
-                self._poller.register(fd, event)  # raises, as Twisted's would
+        if fd < 0:
+            self._poller.register(fd, event)  # raises, as Twisted's would
+        try:
+            have = flags[fd]
+        except IndexError:
             self._make_room(fd)
-        have = flags[fd]
-        bit = _READ if event == EPOLLIN else _WRITE
-        if have & bit:
+            have = 0
+        if have & event:
             return
         if have:
-            self._poller.modify(fd, event | antievent)
+            self._poller.modify(fd, have | event)
         else:
             self._poller.register(fd, event)
             self._count += 1
-        flags[fd] = have | bit
+        flags[fd] = have | event
         self._table[fd] = xer
 
     def _make_room(self, fd: int) -> None:
@@ -184,13 +187,16 @@ class LeanEPollReactor(EPollReactor):
             else:
                 return
         flags = self._flags
-        bit = _READ if event == EPOLLIN else _WRITE
-        if not 0 <= fd < len(flags) or not flags[fd] & bit:
+        try:
+            have = flags[fd]
+        except IndexError:
             return
-        rest = flags[fd] & ~bit
+        if not have & event:
+            return
+        rest = have ^ event
         flags[fd] = rest
         if rest:
-            self._poller.modify(fd, antievent)
+            self._poller.modify(fd, rest)
         else:
             table[fd] = None
             self._count -= 1
