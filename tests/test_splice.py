@@ -335,14 +335,12 @@ class _Spliced:
         self.moved = [0, 0]
         self.ended: list[tuple[str, bool]] = []
         self.finished: list[tuple[bytes, bytes]] = []
-        self.relay = SpliceRelay(
-            self.watcher,
+        self.relay = SpliceRelay(self.watcher, self)
+        self._sockets = (self.client, client, self.server, server)
+        self.relay.start(
             _Plain(client),  # type: ignore[arg-type]
             _Plain(server),  # type: ignore[arg-type]
-            self,
         )
-        self._sockets = (self.client, client, self.server, server)
-        self.relay.start()
 
     def splice_moved(self, up: int, down: int) -> None:
         self.moved[0] += up

@@ -357,62 +357,72 @@ class SpliceOwner(Structural):
         """
 
 
+_ACTIVE = 1
+"""The relay owns the sockets (from L{SpliceRelay.start} until it hands them
+back or both have ended)."""
+_STOPPING = 2
+"""It stopped reading and is delivering what its pipes hold."""
+_BROKEN = 4
+"""A destination failed: what is in the pipes is handed back, not delivered."""
+_ONE_ENDED = 8
+"""Added once per end of stream passed on (so 16: both ended)."""
+
+
 class SpliceRelay:
     """
     Relays the bytes of two plain sockets with splice(2) until anything but
     data happens, then hands them back.
 
-    @ivar active: whether the relay owns the sockets now.
+    Its state is the bits of one int (C{_ACTIVE}, C{_STOPPING}, C{_BROKEN},
+    and the ends passed on, in steps of C{_ONE_ENDED}): a relay lives as
+    long as an idle session (docs/performance.md).
+
+    @ivar reason: why it stopped, once it did.
     """
 
     _log = Logger()
 
     __slots__ = (
-        "_broken",
-        "_client",
         "_client_end",
-        "_ended",
         "_owner",
         "_reactor",
-        "_server",
         "_server_end",
-        "_stopping",
-        "active",
+        "_state",
         "reason",
     )
 
-    def __init__(
-        self,
-        reactor: Any,
-        client: tcp.Connection | BareClient,
-        server: tcp.Connection,
-        owner: SpliceOwner,
-    ) -> None:
+    _client_end: _SocketEnd
+    _server_end: _SocketEnd
+
+    def __init__(self, reactor: Any, owner: SpliceOwner) -> None:
         """
+        @param reactor: watches the sockets.
         @param owner: hears what the relay moved, passed on and handed back.
         """
         self._reactor = reactor
-        self._client = client
-        self._server = server
         self._owner = owner
-        self._ended = 0
+        self._state = 0
+        self.reason = ""
+
+    @property
+    def active(self) -> bool:
+        """
+        Whether the relay owns the sockets now.
+        """
+        return bool(self._state & _ACTIVE)
+
+    def start(self, client: tcp.Connection | BareClient, server: tcp.Connection) -> None:
+        """
+        Take the sockets over from their transports and start relaying.
+        """
         # A bare socket keeps only its descriptor while the relay owns it.
         client_fd, server_fd = _park(client), _park(server)
         # Each end is also the direction that reads from it: the client's
         # goes up (to the server), the server's down.
-        self._client_end: _SocketEnd = _ClientEnd(self, client_fd, server_fd)
-        self._server_end: _SocketEnd = _ServerEnd(self, server_fd, client_fd)
-        self.active = False
-        self._stopping = False
-        self._broken = False
-        self.reason = ""
-
-    def start(self) -> None:
-        """
-        Take the sockets over from their transports and start relaying.
-        """
-        self.active = True
-        for transport, end in ((self._client, self._client_end), (self._server, self._server_end)):
+        self._client_end = _ClientEnd(self, client_fd, server_fd)
+        self._server_end = _ServerEnd(self, server_fd, client_fd)
+        self._state = _ACTIVE
+        for transport, end in ((client, self._client_end), (server, self._server_end)):
             transport.stopWriting()
             # The end takes the transport's registration (on the gateway's
             # reactor, without a system call).
@@ -431,7 +441,7 @@ class SpliceRelay:
         """
         The socket C{end} has bytes (or an end of stream, or an error).
         """
-        if not self.active or self._stopping:
+        if self._state & (_ACTIVE | _STOPPING) != _ACTIVE:
             return
         direction, _ = self._directions(end)
         try:
@@ -462,10 +472,10 @@ class SpliceRelay:
             _shutdown_write(end.destination)
         except OSError:
             pass  # the other peer is gone: reading or writing it says so
-        self._ended += 1
-        both = self._ended == 2
+        self._state += _ONE_ENDED
+        both = self._state >= 2 * _ONE_ENDED
         if both:
-            self.active = False
+            self._state &= ~_ACTIVE
             self.reason = "both ended their streams"
             for each in (self._client_end, self._server_end):
                 self._reactor.removeWriter(each)
@@ -477,7 +487,7 @@ class SpliceRelay:
         """
         The socket C{end} takes bytes again.
         """
-        if not self.active:
+        if not self._state & _ACTIVE:
             return
         _, direction = self._directions(end)
         self._deliver(direction, end, self._other(end))
@@ -490,9 +500,9 @@ class SpliceRelay:
             # The destination is gone: what is in the pipes cannot be
             # delivered this way; the transports will see the error.
             self._report(direction, before)
-            self._broken = True
+            self._state |= _BROKEN
             reason = f"{destination.name} write: {os.strerror(error.errno or 0)}"
-            if self._stopping:
+            if self._state & _STOPPING:
                 self.finish(reason)
             else:
                 self.stop(reason)
@@ -503,9 +513,9 @@ class SpliceRelay:
                 # Room again: read the source again, stop watching for room.
                 direction.blocked = False
                 self._reactor.removeWriter(destination)
-                if not self._stopping:
+                if not self._state & _STOPPING:
                     self._reactor.addReader(source)
-            if self._stopping:
+            if self._state & _STOPPING:
                 self._maybe_finish()
         elif not direction.blocked:
             # The destination is full: stop reading the source until it
@@ -528,9 +538,9 @@ class SpliceRelay:
         """
         Stop reading; hand the sockets back once the pipes are delivered.
         """
-        if not self.active or self._stopping:
+        if self._state & (_ACTIVE | _STOPPING) != _ACTIVE:
             return
-        self._stopping = True
+        self._state |= _STOPPING
         self.reason = reason
         self._reactor.removeReader(self._client_end)
         self._reactor.removeReader(self._server_end)
@@ -540,12 +550,12 @@ class SpliceRelay:
         ):
             if direction.in_pipe:
                 self._deliver(direction, destination, source)
-                if not self.active:
+                if not self._state & _ACTIVE:
                     return
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if not self._broken and (self._client_end.in_pipe or self._server_end.in_pipe):
+        if not self._state & _BROKEN and (self._client_end.in_pipe or self._server_end.in_pipe):
             return  # still delivering (the writers are registered)
         self.finish(self.reason)
 
@@ -554,9 +564,9 @@ class SpliceRelay:
         Hand the sockets back now; what could not be delivered through the
         pipes is given to the caller.
         """
-        if not self.active:
+        if not self._state & _ACTIVE:
             return
-        self.active = False
+        self._state &= ~_ACTIVE
         self.reason = self.reason or reason
         for end in (self._client_end, self._server_end):
             self._reactor.removeReader(end)

@@ -138,9 +138,9 @@ class SessionSplicing(SessionWaiting):
                 full.write(first[sent:])
                 self._pair_transports()
             return True
-        self._splice = SpliceRelay(self._clock, cast(Any, client), cast(Any, server), self)
+        self._splice = SpliceRelay(self._clock, self)
         self._enter(Phase.SPLICING)
-        self._splice.start()
+        self._splice.start(cast(Any, client), cast(Any, server))
         return True
 
     def splice_moved(self, up: int, down: int) -> None:
