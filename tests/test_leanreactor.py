@@ -350,3 +350,70 @@ def test_a_closed_descriptor_is_forgotten_and_its_number_watched_again() -> None
         reactor.waker.connectionLost(None)
         for sock in (two, three, four):
             sock.close()
+
+
+def test_a_closed_descriptor_watched_both_ways_is_forgotten_at_the_first_removal() -> None:
+    """
+    A descriptor watched for reading and writing and closed meanwhile: the
+    first removal (Twisted's disconnect removes the reader first, and stops
+    at the error) forgets it both ways, so a new socket given the number is
+    watched as any other.
+    """
+    reactor = LeanEPollReactor()
+    seen: list[tuple[str, int]] = []
+    one, two = _pair()
+    fd = one.fileno()
+    first = _End(one, seen)
+    reactor.addReader(first)
+    reactor.addWriter(first)
+    one.close()
+    with pytest.raises(OSError):
+        reactor.removeReader(first)
+    assert fd not in reactor._reads and fd not in reactor._writes
+    assert reactor.getWriters() == [] and len(reactor._selectables) == 1  # the waker
+    three, four = _pair()
+    if three.fileno() != fd:
+        three, four = four, three
+    try:
+        reactor.addReader(_End(three, seen))
+        four.send(b"x")
+        reactor.doPoll(0.5)
+        assert seen == [("read", fd)]
+    finally:
+        reactor._poller.close()
+        reactor.waker.connectionLost(None)
+        for sock in (two, three, four):
+            sock.close()
+
+
+def test_a_descriptor_below_minus_one_touches_no_other_entry() -> None:
+    """
+    A reader whose descriptor reads as a negative number other than -1 is
+    looked for by identity (never as a negative index, which would be
+    another descriptor's entry).
+    """
+    reactor = LeanEPollReactor()
+    seen: list[tuple[str, int]] = []
+    one, two = _pair()
+    kept = _End(one, seen)
+    reactor.addReader(kept)
+
+    # The number that, as a negative index, would be the kept reader's entry.
+    odd = one.fileno() - len(reactor._flags)
+    assert odd < -1
+
+    class Odd(_End):
+        def fileno(self) -> int:
+            return odd
+
+    try:
+        reactor.removeReader(Odd(one, seen))
+        assert kept in reactor.getReaders() and one.fileno() in reactor._reads
+        two.send(b"x")
+        reactor.doPoll(0.5)
+        assert seen == [("read", one.fileno())]
+    finally:
+        reactor._poller.close()
+        reactor.waker.connectionLost(None)
+        one.close()
+        two.close()

@@ -180,7 +180,7 @@ class LeanEPollReactor(EPollReactor):
         """
         fd = xer.fileno()
         table = self._table
-        if fd == -1:
+        if fd < 0:  # closed (-1): found by identity, never by a negative index
             for fd, each in enumerate(table):  # noqa: B007 - the loop finds fd
                 if each is xer:
                     break
@@ -196,7 +196,15 @@ class LeanEPollReactor(EPollReactor):
         rest = have ^ event
         flags[fd] = rest
         if rest:
-            self._poller.modify(fd, rest)
+            try:
+                self._poller.modify(fd, rest)
+            except OSError as error:
+                if error.errno in (errno.EBADF, errno.ENOENT):
+                    # Closed: the kernel forgot it for both directions.
+                    flags[fd] = 0
+                    table[fd] = None
+                    self._count -= 1
+                raise
         else:
             table[fd] = None
             self._count -= 1

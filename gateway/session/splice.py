@@ -470,7 +470,7 @@ class SpliceRelay:
         self._reactor.removeReader(end)
         try:
             _shutdown_write(end.destination)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a descriptor closed already (-1)
             pass  # the other peer is gone: reading or writing it says so
         self._state += _ONE_ENDED
         both = self._state >= 2 * _ONE_ENDED
