@@ -317,13 +317,15 @@ def test_the_maps_follow_what_is_watched(operations: list[tuple[str, int]]) -> N
             two.close()
 
 
-def test_a_closed_descriptor_is_forgotten_and_its_number_watched_again() -> None:
+@pytest.mark.parametrize("both_ways", [False, True])
+def test_a_closed_descriptor_is_forgotten_and_its_number_watched_again(both_ways: bool) -> None:
     """
-    A reader whose socket was closed while watched (the kernel forgot it)
-    is forgotten by the maps when removed, though the kernel says it has
-    no such descriptor; a new socket given the same number is then watched
-    and dispatched as any other (Twisted's sets kept the number, and a new
-    reader of it was never registered).
+    A reader (or a reader and writer) whose socket was closed while watched
+    (the kernel forgot it) is forgotten by the maps at its first removal,
+    though the kernel says it has no such descriptor (Twisted's disconnect
+    removes the reader first, and stops at the error); a new socket given
+    the same number is then watched and dispatched as any other (Twisted's
+    sets kept the number, and a new reader of it was never registered).
     """
     reactor = LeanEPollReactor()
     seen: list[tuple[str, int]] = []
@@ -331,10 +333,14 @@ def test_a_closed_descriptor_is_forgotten_and_its_number_watched_again() -> None
     fd = one.fileno()
     first = _End(one, seen)
     reactor.addReader(first)
+    if both_ways:
+        reactor.addWriter(first)
     one.close()
     with pytest.raises(OSError):
         reactor.removeReader(first)  # found by identity: its fileno is -1
-    assert fd not in reactor._reads and first not in reactor.getReaders()
+    assert fd not in reactor._reads and fd not in reactor._writes
+    assert first not in reactor.getReaders() and reactor.getWriters() == []
+    assert len(reactor._selectables) == 1  # the waker
     three, four = _pair()
     if three.fileno() != fd:  # the lowest free number is reused
         three, four = four, three
@@ -342,40 +348,6 @@ def test_a_closed_descriptor_is_forgotten_and_its_number_watched_again() -> None
     try:
         reactor.addReader(_End(three, seen))
         assert _kernel_watches(reactor)[fd] == select.EPOLLIN
-        four.send(b"x")
-        reactor.doPoll(0.5)
-        assert seen == [("read", fd)]
-    finally:
-        reactor._poller.close()
-        reactor.waker.connectionLost(None)
-        for sock in (two, three, four):
-            sock.close()
-
-
-def test_a_closed_descriptor_watched_both_ways_is_forgotten_at_the_first_removal() -> None:
-    """
-    A descriptor watched for reading and writing and closed meanwhile: the
-    first removal (Twisted's disconnect removes the reader first, and stops
-    at the error) forgets it both ways, so a new socket given the number is
-    watched as any other.
-    """
-    reactor = LeanEPollReactor()
-    seen: list[tuple[str, int]] = []
-    one, two = _pair()
-    fd = one.fileno()
-    first = _End(one, seen)
-    reactor.addReader(first)
-    reactor.addWriter(first)
-    one.close()
-    with pytest.raises(OSError):
-        reactor.removeReader(first)
-    assert fd not in reactor._reads and fd not in reactor._writes
-    assert reactor.getWriters() == [] and len(reactor._selectables) == 1  # the waker
-    three, four = _pair()
-    if three.fileno() != fd:
-        three, four = four, three
-    try:
-        reactor.addReader(_End(three, seen))
         four.send(b"x")
         reactor.doPoll(0.5)
         assert seen == [("read", fd)]
